@@ -1,0 +1,55 @@
+// The Runtime seam (ARCHITECTURE.md): what a model executes on. A runtime owns the weights and ONE
+// sequence's KV cache. Everything above it (chunking, snapshots, sampling, stop conditions,
+// cancellation) is the sequence driver in core/engine, written once.
+//
+// Runtimes: WASM SIMD (wasm/src), native via emscripten or N-API (native/ts). A runtime that cannot
+// run here is a stub of this shape whose `create` fails with NotAvailableError.
+
+import type { KvLayout } from "../kv/layout.ts";
+import type { ModelConfig } from "../model/config-types.ts";
+
+export interface RuntimeInfo {
+  /** Registry name: "wasm", "native-wasm", "cuda", ... */
+  name: string;
+  /** KV cache layout, including the dtype the cache is stored in. */
+  kv: KvLayout;
+  /** Most positions the KV cache can hold (allocated or allowed). */
+  maxPositions: number;
+  /** Worker threads (1 when single-threaded). */
+  threads: number;
+  /** Bytes held for weights and for the KV cache at `maxPositions`. */
+  weightBytes: number;
+  kvCapacityBytes: number;
+}
+
+export interface Runtime {
+  readonly config: ModelConfig;
+  readonly info: RuntimeInfo;
+  /** Number of positions currently in the KV cache (the next token goes at this position). */
+  readonly position: number;
+
+  /**
+   * Run the model over `tokens` at positions [position, position + tokens.length), appending their
+   * K and V to the cache. Returns the logits (vocab_size floats) of the LAST token: decode is
+   * `forward([token])`. Rejects with CancelledError if `signal` fires between layers.
+   */
+  forward(tokens: Int32Array, signal?: AbortSignal): Promise<Float32Array>;
+
+  /** Like forward but computes no logits (saves the lm_head for every chunk but the last). */
+  prefill(tokens: Int32Array, signal?: AbortSignal): Promise<void>;
+
+  /** Drop every position >= `position` (keep a prefix). */
+  truncate(position: number): void;
+
+  /** The KV of positions [start, end) in the layout of core/kv/layout.ts, in `info.kv.dtype`. */
+  exportKv(start: number, end: number): Promise<Uint8Array>;
+
+  /**
+   * Append KV for positions [position, position + tokens) from bytes in the layout of
+   * core/kv/layout.ts with the given dtype (converted if it differs from the cache's).
+   */
+  importKv(bytes: Uint8Array, tokens: number, dtype: KvLayout["dtype"]): Promise<void>;
+
+  /** Free workers and memory. The runtime is unusable afterwards. */
+  close(): Promise<void>;
+}
