@@ -1,0 +1,11 @@
+#!/bin/sh
+# Container entry of the model function: fetch the weights once per instance, then serve the model
+# role only (the edge runs elsewhere and signs every request).
+set -eu
+: "${ULTRALONG_MODEL_URI:?ULTRALONG_MODEL_URI must name the model directory in S3}"
+: "${ULTRALONG_STORE:?ULTRALONG_STORE must name the snapshot store}"
+MODEL_DIR=${MODEL_DIR:-/models/current}
+mkdir -p "$MODEL_DIR"
+aws s3 sync --only-show-errors "$ULTRALONG_MODEL_URI" "$MODEL_DIR"
+exec node /app/functions/cli/bin.js serve --role model --model "$MODEL_DIR" \
+  --port "${PORT:-8080}" --store "$ULTRALONG_STORE" --runtime auto
