@@ -20,6 +20,11 @@ export interface RuntimeInfo {
   /** Bytes held for weights and for the KV cache at `maxPositions`. */
   weightBytes: number;
   kvCapacityBytes: number;
+  /**
+   * Optional: the prefill chunk (tokens) this runtime is fastest with, measured by its author
+   * (docs/driver.md). The sequence driver uses it when a request names no chunk size.
+   */
+  preferredChunkTokens?: number;
 }
 
 export interface Runtime {
