@@ -1,4 +1,7 @@
 // Every `ultralong` subcommand, loaded lazily so `ultralong tokenize` does not load the runtime.
 import type { Command } from "./command.ts";
 
-export const commands: Record<string, () => Promise<{ command: Command }>> = {};
+export const commands: Record<string, () => Promise<{ command: Command }>> = {
+  "make-model": () => import("./commands/make-model.ts"),
+  inspect: () => import("./commands/inspect.ts"),
+};

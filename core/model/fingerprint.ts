@@ -1,0 +1,165 @@
+// The model fingerprint (ARCHITECTURE.md, KV snapshots): a SHA-256 that changes whenever anything
+// that shapes the KV of a token sequence changes: any weight byte, config.json, the tokenizer files,
+// the rope settings. It is computed from content, never from names or shapes alone, and cached
+// (keyed by every input file's size and mtime) so a 32 GB checkpoint is hashed once.
+//
+// Definition (docs/model-directory.md has the same, for other implementations). Every field is
+// length-prefixed: u64 little-endian byte length, then the bytes; strings are UTF-8.
+//   field("ultralong-model-fingerprint-v1")
+//   field("config.json"), field(config.json bytes)
+//   field("rope"), field(canonical JSON of the normalised rope settings, see ropeSettingsJson)
+//   for name in TOKENIZER_FILES: field(name), field("present" | "absent"), field(bytes or empty)
+//   field(u64 tensor count)
+//   for each tensor, sorted by name (UTF-16 code unit order):
+//     field(name), field(safetensors dtype, e.g. "BF16"), field(JSON shape, e.g. "[64,32]"),
+//     field(SHA-256 of the tensor's stored bytes, 32 raw bytes)
+// Tensors are hashed one by one as they lie in the files (shard by shard, ascending offset, in
+// bounded chunks), and combined in name order, so the same weights give the same fingerprint
+// however they are sharded, while a change of dtype (F32 vs BF16 files) changes it.
+
+import { type HasherFactory, sha256 } from "../hash/sha256.ts";
+import type { ModelFiles } from "../io/byte-source.ts";
+import type { Checkpoint } from "../safetensors/checkpoint.ts";
+import { safetensorsDtypeName } from "../safetensors/dtype.ts";
+import type { ModelConfig } from "./config-types.ts";
+
+export const FINGERPRINT_VERSION = "ultralong-model-fingerprint-v1";
+export const TOKENIZER_FILES = [
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "special_tokens_map.json",
+];
+
+/** One input file's identity for the cache key. */
+export interface FileStamp {
+  name: string;
+  size: number;
+  mtimeMs: number;
+}
+
+/** Where fingerprints are remembered. core/node/fingerprint-cache.ts keeps a file beside the model. */
+export interface FingerprintCache {
+  /** The cached fingerprint if it was stored under exactly these stamps, else null. */
+  get(stamps: FileStamp[]): Promise<string | null>;
+  put(stamps: FileStamp[], fingerprint: string): Promise<void>;
+}
+
+export interface FingerprintOptions {
+  /** Default: the pure-TS SHA-256 (core/hash); Node passes node:crypto's. */
+  hasher?: HasherFactory;
+  cache?: FingerprintCache;
+}
+
+/** The normalised rope settings as canonical JSON (sorted keys, no whitespace). */
+export function ropeSettingsJson(config: ModelConfig): string {
+  const settings = {
+    headDim: config.headDim,
+    maxPositionEmbeddings: config.maxPositionEmbeddings,
+    partialRotaryFactor: config.partialRotaryFactor,
+    ropeScaling: config.ropeScaling,
+    ropeTheta: config.ropeTheta,
+  };
+  return canonicalJson(settings);
+}
+
+function canonicalJson(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(",")}]`;
+  if (v !== null && typeof v === "object") {
+    const keys = Object.keys(v)
+      .filter((k) => (v as Record<string, unknown>)[k] !== undefined)
+      .sort();
+    return `{${keys.map((k) => `${JSON.stringify(k)}:${canonicalJson((v as Record<string, unknown>)[k])}`).join(",")}}`;
+  }
+  return JSON.stringify(v);
+}
+
+const utf8 = new TextEncoder();
+
+function hexToBytes(hex: string): Uint8Array {
+  const out = new Uint8Array(hex.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = Number.parseInt(hex.slice(2 * i, 2 * i + 2), 16);
+  return out;
+}
+
+/** The files whose stamps key the cache: config, tokenizer files present, index, shards. */
+export async function fingerprintStamps(
+  files: ModelFiles,
+  checkpoint: Checkpoint,
+): Promise<FileStamp[]> {
+  const present = new Set(await files.list());
+  const names = ["config.json", ...TOKENIZER_FILES.filter((f) => present.has(f))];
+  if (checkpoint.indexFile) names.push(checkpoint.indexFile);
+  names.push(...checkpoint.files);
+  const out: FileStamp[] = [];
+  for (const name of names) out.push({ name, ...(await files.stat(name)) });
+  return out;
+}
+
+/** Computes the fingerprint from content (no cache). */
+export async function computeFingerprint(
+  files: ModelFiles,
+  config: ModelConfig,
+  checkpoint: Checkpoint,
+  hasher: HasherFactory = sha256,
+): Promise<string> {
+  const h = hasher();
+  const field = (bytes: Uint8Array | string) => {
+    const b = typeof bytes === "string" ? utf8.encode(bytes) : bytes;
+    const len = new Uint8Array(8);
+    new DataView(len.buffer).setBigUint64(0, BigInt(b.byteLength), true);
+    h.update(len);
+    h.update(b);
+  };
+  field(FINGERPRINT_VERSION);
+  field("config.json");
+  field(await files.readBytes("config.json"));
+  field("rope");
+  field(ropeSettingsJson(config));
+  const present = new Set(await files.list());
+  for (const name of TOKENIZER_FILES) {
+    field(name);
+    const has = present.has(name);
+    field(has ? "present" : "absent");
+    field(has ? await files.readBytes(name) : new Uint8Array(0));
+  }
+  const digests = new Map<string, string>();
+  for (const t of checkpoint.entries()) {
+    const th = hasher();
+    for await (const chunk of checkpoint.rawChunks(t.name)) th.update(chunk);
+    digests.set(t.name, th.digestHex());
+  }
+  const entries = checkpoint
+    .entries()
+    .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const count = new Uint8Array(8);
+  new DataView(count.buffer).setBigUint64(0, BigInt(entries.length), true);
+  field(count);
+  for (const t of entries) {
+    field(t.name);
+    field(safetensorsDtypeName(t.dtype));
+    field(JSON.stringify(t.shape));
+    field(hexToBytes(digests.get(t.name)!));
+  }
+  return h.digestHex();
+}
+
+/** The fingerprint, from the cache when its stamps still match, else computed and stored. */
+export async function modelFingerprint(
+  files: ModelFiles,
+  config: ModelConfig,
+  checkpoint: Checkpoint,
+  opts: FingerprintOptions = {},
+): Promise<string> {
+  const stamps = opts.cache ? await fingerprintStamps(files, checkpoint) : [];
+  if (opts.cache) {
+    const hit = await opts.cache.get(stamps);
+    if (hit) return hit;
+  }
+  const fp = await computeFingerprint(files, config, checkpoint, opts.hasher);
+  if (opts.cache) {
+    // A file that changed while we hashed would make the entry lie: store only if stamps held.
+    const after = await fingerprintStamps(files, checkpoint);
+    if (JSON.stringify(after) === JSON.stringify(stamps)) await opts.cache.put(stamps, fp);
+  }
+  return fp;
+}
