@@ -1,0 +1,192 @@
+// The local-directory SnapshotStore (the embedded default) and `openStore(spec)`, the Node entry
+// that turns a `--store` value into a store.
+//
+// Layout: <root>/<key> with '/' in keys as directories; writes go to <root>/.tmp/<random> and are
+// fsync'd, then renamed over the final path (atomic on POSIX within one filesystem), so a reader
+// or a crash never sees half an object. Keys pass validateKey, so no key names a path outside root.
+
+import { randomBytes } from "node:crypto";
+import { mkdir, open, readdir, rename, rm, stat, unlink } from "node:fs/promises";
+import { homedir } from "node:os";
+import { dirname, join, resolve, sep } from "node:path";
+import { assert, NotFoundError } from "../errors.ts";
+import { S3Store, type S3StoreOptions } from "../kv/s3-store.ts";
+import {
+  type ByteRange,
+  type ObjectInfo,
+  type SnapshotStore,
+  StoreError,
+  validateKey,
+  validatePrefix,
+} from "../kv/store.ts";
+import { parseStoreSpec } from "../kv/store-spec.ts";
+
+const TMP = ".tmp";
+
+function isCode(err: unknown, code: string): boolean {
+  return (err as NodeJS.ErrnoException)?.code === code;
+}
+
+export class DirectoryStore implements SnapshotStore {
+  readonly name: string;
+  readonly root: string;
+
+  constructor(root: string) {
+    this.root = resolve(root);
+    this.name = this.root;
+  }
+
+  #path(key: string): string {
+    const path = resolve(this.root, validateKey(key));
+    // validateKey already excludes "..", absolute paths and separators other than '/'; this is the
+    // invariant it guarantees, checked once more where it matters.
+    assert(path.startsWith(this.root + sep), "snapshot key resolves inside the store");
+    return path;
+  }
+
+  async put(key: string, bytes: Uint8Array): Promise<void> {
+    const path = this.#path(key);
+    const tmpDir = join(this.root, TMP);
+    const tmp = join(tmpDir, `${randomBytes(12).toString("hex")}.part`);
+    try {
+      await mkdir(tmpDir, { recursive: true });
+      await mkdir(dirname(path), { recursive: true });
+      const fh = await open(tmp, "w", 0o600);
+      try {
+        await fh.writeFile(bytes);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      await rename(tmp, path);
+    } catch (err) {
+      await rm(tmp, { force: true });
+      throw new StoreError(
+        `writing snapshot ${key} to ${this.root} failed: ${(err as Error).message}`,
+        {
+          cause: err,
+        },
+      );
+    }
+  }
+
+  async get(key: string, range?: ByteRange): Promise<Uint8Array> {
+    const path = this.#path(key);
+    let fh: Awaited<ReturnType<typeof open>>;
+    try {
+      fh = await open(path, "r");
+    } catch (err) {
+      if (isCode(err, "ENOENT") || isCode(err, "EISDIR")) {
+        throw new NotFoundError(`snapshot object ${key} not found in ${this.root}`);
+      }
+      throw new StoreError(`reading snapshot ${key}: ${(err as Error).message}`, { cause: err });
+    }
+    try {
+      const size = (await fh.stat()).size;
+      const offset = range?.offset ?? 0;
+      const length = range?.length ?? size;
+      if (offset + length > size) {
+        throw new StoreError(`range ${offset}+${length} is beyond ${key} (${size} bytes)`);
+      }
+      const out = new Uint8Array(length);
+      let done = 0;
+      while (done < length) {
+        const { bytesRead } = await fh.read(out, done, length - done, offset + done);
+        if (bytesRead === 0) throw new StoreError(`snapshot ${key} shrank while reading`);
+        done += bytesRead;
+      }
+      return out;
+    } finally {
+      await fh.close();
+    }
+  }
+
+  async head(key: string): Promise<ObjectInfo | null> {
+    try {
+      const s = await stat(this.#path(key));
+      return s.isFile() ? { key, size: s.size, lastModified: s.mtimeMs } : null;
+    } catch (err) {
+      if (isCode(err, "ENOENT")) return null;
+      throw new StoreError(`stat of snapshot ${key}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    try {
+      await unlink(this.#path(key));
+    } catch (err) {
+      if (!isCode(err, "ENOENT")) {
+        throw new StoreError(`deleting snapshot ${key}: ${(err as Error).message}`, { cause: err });
+      }
+    }
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    validatePrefix(prefix);
+    // Walk only below the deepest directory the prefix names.
+    const slash = prefix.lastIndexOf("/");
+    const base = slash < 0 ? "" : prefix.slice(0, slash);
+    yield* this.#walk(base, prefix);
+  }
+
+  async *#walk(dirKey: string, prefix: string): AsyncIterable<ObjectInfo> {
+    let entries: import("node:fs").Dirent[];
+    try {
+      entries = await readdir(dirKey ? join(this.root, dirKey) : this.root, {
+        withFileTypes: true,
+      });
+    } catch (err) {
+      if (isCode(err, "ENOENT") || isCode(err, "ENOTDIR")) return;
+      throw new StoreError(`listing ${this.root}: ${(err as Error).message}`, { cause: err });
+    }
+    for (const e of entries) {
+      if (!dirKey && e.name === TMP) continue;
+      const key = dirKey ? `${dirKey}/${e.name}` : e.name;
+      if (e.isDirectory()) {
+        if (key.startsWith(prefix) || prefix.startsWith(`${key}/`)) yield* this.#walk(key, prefix);
+      } else if (e.isFile() && key.startsWith(prefix)) {
+        const info = await this.head(key).catch(() => null);
+        if (info) yield info;
+      }
+    }
+  }
+
+  async move(from: string, to: string): Promise<void> {
+    const target = this.#path(to);
+    await mkdir(dirname(target), { recursive: true });
+    try {
+      await rename(this.#path(from), target);
+    } catch (err) {
+      if (isCode(err, "ENOENT"))
+        throw new NotFoundError(`snapshot object ${from} not found in ${this.root}`);
+      throw new StoreError(`moving snapshot ${from}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+}
+
+/** ~/.cache/ultralong/snapshots, or $XDG_CACHE_HOME/ultralong/snapshots. */
+export function defaultSnapshotDir(env: Record<string, string | undefined> = process.env): string {
+  const cache = env.XDG_CACHE_HOME || join(env.HOME || homedir(), ".cache");
+  return join(cache, "ultralong", "snapshots");
+}
+
+/**
+ * A store from a `--store` value (directory, file://, or s3://bucket/prefix; see
+ * core/kv/store-spec.ts for the environment it reads). No spec: the default cache directory.
+ */
+export function openStore(
+  spec?: string,
+  opts: { env?: Record<string, string | undefined>; s3?: Partial<S3StoreOptions> } = {},
+): SnapshotStore {
+  const env = opts.env ?? process.env;
+  const parsed = parseStoreSpec(spec || defaultSnapshotDir(env), env);
+  if (parsed.kind === "dir") return new DirectoryStore(parsed.path);
+  return new S3Store({
+    bucket: parsed.bucket,
+    prefix: parsed.prefix,
+    endpoint: parsed.endpoint,
+    forcePathStyle: parsed.forcePathStyle,
+    region: parsed.region,
+    ...opts.s3,
+  });
+}
