@@ -1,0 +1,2 @@
+/** Builds the native core (see build.mjs): emscripten module, CUDA compile check, addon. */
+export function build(opts: { root: string }): Promise<void>;

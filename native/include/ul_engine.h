@@ -1,0 +1,138 @@
+/*
+ * ul_engine.h: the C ABI of the native core (ARCHITECTURE.md, native/).
+ *
+ * One engine = one model's weights + ONE sequence's KV cache, on one kernel set ("backend"):
+ *   UL_BACKEND_REFERENCE  portable C++ loops, the oracle (also what the emscripten build runs)
+ *   UL_BACKEND_CUDA       bf16 storage, fp32 accumulation, tensor cores (needs a CUDA build + GPU)
+ *
+ * Lifecycle:
+ *   ul_engine_create(&config, &engine)       shapes, rope, KV dtype, capacity; allocates the cache
+ *   ul_engine_set_tensor(...) for every weight  (or ul_engine_load_safetensors per shard)
+ *   ul_engine_ready(engine)                  checks that every weight is present
+ *   ul_engine_forward / ul_engine_sample / ul_engine_export_kv / ul_engine_import_kv ...
+ *   ul_engine_destroy(engine)
+ *
+ * The config is passed in as a struct, already parsed and validated by TypeScript
+ * (core/model/config.ts) with rope inverse frequencies from core/model/rope.ts: one parser and one
+ * rope implementation for the whole project. RoPE is computed from the position in every kernel
+ * (angle = position * inv_freq[i] in float64, cos/sin scaled by attention_scaling), never from a
+ * table. float64 because at 4M positions an f32 angle is off by up to 0.25 rad.
+ *
+ * Every call returns a ul_status; on failure ul_engine_last_error() holds a one-line message.
+ * Calls on one engine are not thread-safe; different engines are independent.
+ */
+#ifndef UL_ENGINE_H
+#define UL_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define UL_ABI_VERSION 1
+
+typedef enum ul_status {
+  UL_OK = 0,
+  UL_ERR_INVALID_ARGUMENT = 1, /* caller passed something wrong (shape, range, name, dtype) */
+  UL_ERR_FORMAT = 2,           /* a file is malformed (safetensors header, truncated data) */
+  UL_ERR_NOT_AVAILABLE = 3,    /* backend not compiled in, no GPU, cuBLASLt absent where required */
+  UL_ERR_OUT_OF_MEMORY = 4,    /* host or device allocation failed */
+  UL_ERR_LIMIT = 5,            /* KV capacity (max_positions) exceeded */
+  UL_ERR_DEVICE = 6,           /* a CUDA call failed (message names file:line and the CUDA error) */
+  UL_ERR_IO = 7,               /* a file could not be opened or read */
+  UL_ERR_STATE = 8             /* call out of order (forward before ready, set_tensor after ready) */
+} ul_status;
+
+typedef enum ul_dtype {
+  UL_DTYPE_F32 = 0,
+  UL_DTYPE_BF16 = 1,
+  UL_DTYPE_F16 = 2,
+  UL_DTYPE_FP8_E4M3 = 3 /* KV cache only: per (layer, K|V, kv_head) scale, fixed at first write */
+} ul_dtype;
+
+typedef enum ul_backend_kind { UL_BACKEND_REFERENCE = 0, UL_BACKEND_CUDA = 1 } ul_backend_kind;
+
+typedef struct ul_config {
+  int32_t hidden_size;       /* 4096 for Llama-3.1-8B */
+  int32_t intermediate_size; /* 14336 */
+  int32_t num_layers;        /* 32 */
+  int32_t num_heads;         /* 32 query heads */
+  int32_t num_kv_heads;      /* 8 (GQA: num_heads % num_kv_heads == 0) */
+  int32_t head_dim;          /* 128 */
+  int32_t vocab_size;        /* 128256 */
+  int32_t tie_word_embeddings; /* 1: lm_head is model.embed_tokens.weight */
+  float rms_norm_eps;          /* 1e-5 */
+  /* RoPE: the first rotary_dim dims of each head rotate (rotate_half convention, HF layout). */
+  int32_t rotary_dim;          /* head_dim * partial_rotary_factor */
+  const double* inv_freq;      /* (rotary_dim / 2) radians per position; copied at create */
+  float attention_scaling;     /* multiplies cos and sin (YaRN mscale; 1 otherwise) */
+  int32_t max_positions;       /* KV capacity to allocate */
+  ul_dtype kv_dtype;           /* F32 (reference only), BF16, F16 (reference only), FP8_E4M3 */
+  ul_backend_kind backend;
+  int32_t max_chunk;           /* rows per internal prefill chunk (activation memory); 0 = default */
+} ul_config;
+
+typedef struct ul_memory_report {
+  uint64_t weight_bytes;     /* weights as held by the backend */
+  uint64_t kv_bytes;         /* KV cache at max_positions (incl. fp8 scales) */
+  uint64_t activation_bytes; /* scratch for one chunk of max_chunk rows */
+  uint64_t device_free;      /* CUDA: cudaMemGetInfo free; reference: 0 */
+  uint64_t device_total;     /* CUDA: cudaMemGetInfo total; reference: 0 */
+} ul_memory_report;
+
+typedef struct ul_engine ul_engine;
+
+/* Human-readable name of a status ("invalid_argument", ...). Never NULL. */
+const char* ul_status_name(ul_status status);
+/* 1 when this build has the backend compiled in (CUDA also needs a device at create time). */
+int32_t ul_backend_compiled(ul_backend_kind kind);
+
+ul_status ul_engine_create(const ul_config* config, ul_engine** out);
+void ul_engine_destroy(ul_engine* engine);
+/* Message of the last failed call on this engine (or of the last failed create when NULL). */
+const char* ul_engine_last_error(const ul_engine* engine);
+
+/*
+ * One weight by its Hugging Face name ("model.layers.0.self_attn.q_proj.weight"), row-major, in
+ * `dtype` (F32, BF16 or F16), with the shape the config implies (checked against `shape`). The
+ * backend converts: the reference keeps f32, CUDA keeps bf16. Unknown names are an error.
+ */
+ul_status ul_engine_set_tensor(ul_engine* engine, const char* name, ul_dtype dtype,
+                               const int64_t* shape, int32_t ndim, const void* data);
+/* Every tensor of one safetensors file (a shard or the whole model), via ul_engine_set_tensor. */
+ul_status ul_engine_load_safetensors(ul_engine* engine, const char* path);
+/* Checks that every weight is set; forward and KV import need it. */
+ul_status ul_engine_ready(ul_engine* engine);
+
+/*
+ * Runs tokens[0..n) at positions [position, position + n), appending their K and V to the cache.
+ * If logits != NULL, writes the vocab_size logits of the LAST token (f32). Long spans run in chunks
+ * of max_chunk rows (causal attention against the whole cache).
+ */
+ul_status ul_engine_forward(ul_engine* engine, const int32_t* tokens, int32_t n, float* logits);
+/* Samples from the logits of the last forward that computed logits, on the device: temperature
+ * <= 0 is argmax; otherwise Gumbel-max with a counter-based RNG keyed by (seed, position). */
+ul_status ul_engine_sample(ul_engine* engine, float temperature, uint64_t seed, int32_t* token);
+int32_t ul_engine_position(const ul_engine* engine);
+ul_status ul_engine_truncate(ul_engine* engine, int32_t position);
+
+/*
+ * KV of positions [start, end) in the snapshot layout of core/kv/layout.ts:
+ *   for layer: K (kv_head, pos, head_dim) post-RoPE, then V (kv_head, pos, head_dim)
+ * converted to `dtype` (F32, BF16 or F16). `out_bytes` must be exactly the payload size.
+ */
+ul_status ul_engine_export_kv(ul_engine* engine, int32_t start, int32_t end, ul_dtype dtype,
+                              void* out, size_t out_bytes);
+/* Appends `tokens` positions at the current position from bytes in that layout and `dtype`. */
+ul_status ul_engine_import_kv(ul_engine* engine, const void* bytes, size_t n_bytes,
+                              int32_t tokens, ul_dtype dtype);
+
+ul_status ul_engine_memory(const ul_engine* engine, ul_memory_report* out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* UL_ENGINE_H */

@@ -1,0 +1,122 @@
+// The kernel-set seam: a small vtable the host engine (engine.cpp) drives. Two implementations:
+// ref/ref_backend.cpp (plain loops, the oracle) and cuda/cuda_backend.cu (tensor cores). Buffers
+// are opaque device pointers; the engine does layout, the backend does arithmetic.
+//
+// Element types the engine uses:
+//   residual stream       f32                     (rows, hidden)
+//   activations ("act")   backend->act_dtype()    ref: f32, CUDA: bf16
+//   weights               backend->weight_dtype() ref: f32, CUDA: bf16
+//   KV cache              config kv_dtype         (layer, K|V, kv_head, max_pos, head_dim)
+//   fp8 KV scales         f32                     (layer, K|V, kv_head): x = fp8 * scale
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "ul_engine.h"
+
+namespace ul {
+
+/** A status plus message; UL_OK has none. Backends return these, the engine stores the message. */
+struct Status {
+  ul_status code = UL_OK;
+  std::string message;
+  bool ok() const { return code == UL_OK; }
+  static Status Ok() { return {}; }
+};
+inline Status Err(ul_status code, std::string message) { return Status{code, std::move(message)}; }
+
+#define UL_TRY(expr)              \
+  do {                            \
+    ::ul::Status st_ = (expr);    \
+    if (!st_.ok()) return st_;    \
+  } while (0)
+
+/** Attention over the cache for `rows` queries at positions [pos0, pos0 + rows). */
+struct AttentionArgs {
+  const void* q;        // (rows, heads, head_dim), act dtype, post-RoPE
+  const void* k_cache;  // (kv_heads, max_pos, head_dim), kv dtype, this layer
+  const void* v_cache;  // (kv_heads, max_pos, head_dim), kv dtype, this layer
+  const float* k_scale; // (kv_heads) fp8 only, else nullptr
+  const float* v_scale; // (kv_heads) fp8 only, else nullptr
+  void* out;            // (rows, heads, head_dim), act dtype
+  int rows, heads, kv_heads, head_dim, max_pos, pos0;
+  ul_dtype kv_dtype;
+  float softmax_scale;  // 1 / sqrt(head_dim)
+};
+
+/** Writes new K or V rows into one (layer, K|V) slice of the cache. */
+struct KvStoreArgs {
+  const void* src;  // (rows, kv_heads, head_dim), act dtype
+  void* cache;      // (kv_heads, max_pos, head_dim), kv dtype
+  float* scale;     // (kv_heads) fp8 only: set from this write when init_scale, else used as is
+  bool init_scale;
+  int rows, kv_heads, head_dim, max_pos, pos0;
+  ul_dtype kv_dtype;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;
+  virtual ul_dtype act_dtype() const = 0;
+  virtual ul_dtype weight_dtype() const = 0;
+  /** KV dtypes this backend supports (supports_op style, instead of guessing). */
+  virtual bool supports_kv(ul_dtype dt) const = 0;
+
+  // Memory. Sizes in bytes. upload/download are raw bytes (the engine converts dtypes on host).
+  virtual Status alloc(size_t bytes, void** out) = 0;
+  virtual void release(void* p) = 0;
+  virtual Status upload(void* dst, const void* src, size_t bytes) = 0;
+  virtual Status download(void* dst, const void* src, size_t bytes) = 0;
+  /** height rows of width bytes, device rows `pitch` bytes apart, host rows packed. */
+  virtual Status download_2d(void* dst, const void* src, size_t pitch, size_t width,
+                             size_t height) = 0;
+  virtual Status upload_2d(void* dst, size_t pitch, const void* src, size_t width,
+                           size_t height) = 0;
+  virtual Status memory_info(uint64_t* free_bytes, uint64_t* total_bytes) = 0;
+
+  // Ops. Shapes in comments; every pointer is device memory of this backend unless it says host.
+  /** out (rows, dim) f32 = table[tokens[r]]; table (vocab, dim) weight dtype; tokens on host. */
+  virtual Status embed(const void* table, const int32_t* tokens_host, int rows, int dim,
+                       float* out) = 0;
+  /** out (rows, dim) act = x / rms(x) * w; x (rows, dim) f32, w (dim) weight dtype. */
+  virtual Status rmsnorm(const float* x, const void* w, int rows, int dim, float eps,
+                         void* out) = 0;
+  /**
+   * y (rows, out_dim) = x (rows, in_dim) . w (out_dim, in_dim)^T; x act, w weight dtype.
+   * y_f32: y is f32 and accumulated into (y += ...), the residual add; else y is act and written.
+   */
+  virtual Status matmul(const void* x, const void* w, int rows, int in_dim, int out_dim, void* y,
+                        bool y_f32) = 0;
+  /** In place on x (rows, heads, head_dim) act: rotate_half RoPE of the first rot_dim dims at
+   *  position pos0 + row; angle = (double)pos * inv_freq[i] (f64); cos, sin scaled by `scaling`. */
+  virtual Status rope(void* x, int rows, int heads, int head_dim, int rot_dim, int pos0,
+                      const double* inv_freq, float scaling) = 0;
+  /** out (n) act = silu(gate) * up; gate and up are (rows, n/rows) act. */
+  virtual Status swiglu(const void* gate, const void* up, size_t n, void* out) = 0;
+  virtual Status kv_store(const KvStoreArgs& a) = 0;
+  virtual Status attention(const AttentionArgs& a) = 0;
+  /** argmax (temperature <= 0) or Gumbel-max sample of logits (vocab) f32 on device. */
+  virtual Status sample(const float* logits, int vocab, float temperature, uint64_t seed,
+                        uint64_t counter, int32_t* token_host) = 0;
+  /** Waits for queued work (CUDA); no-op for the reference. */
+  virtual Status sync() = 0;
+};
+
+std::unique_ptr<Backend> make_reference_backend();
+/** CUDA backend, or NOT_AVAILABLE (not compiled in, no device). Defined in cuda/ or cuda_stub. */
+Status make_cuda_backend(std::unique_ptr<Backend>* out);
+bool cuda_compiled();
+
+// Counter-based RNG for sampling (SplitMix64): the same on host and device, so the reference and
+// CUDA draw identical noise for the same (seed, counter, index).
+inline uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+}  // namespace ul

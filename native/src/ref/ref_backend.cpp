@@ -1,0 +1,224 @@
+// The reference kernel set: plain loops in f32 (double where a sum is long), the oracle every other
+// kernel is checked against. Host memory; weights f32; activations f32; KV in any supported dtype.
+// Also what the emscripten build runs (tests on machines with no GPU).
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "../backend.h"
+#include "../dtype.h"
+
+namespace ul {
+namespace {
+
+class RefBackend final : public Backend {
+ public:
+  const char* name() const override { return "reference"; }
+  ul_dtype act_dtype() const override { return UL_DTYPE_F32; }
+  ul_dtype weight_dtype() const override { return UL_DTYPE_F32; }
+  bool supports_kv(ul_dtype) const override { return true; }
+
+  Status alloc(size_t bytes, void** out) override {
+    *out = std::calloc(bytes ? bytes : 1, 1);
+    if (!*out) return Err(UL_ERR_OUT_OF_MEMORY, "reference: cannot allocate " + std::to_string(bytes) + " bytes");
+    return Status::Ok();
+  }
+  void release(void* p) override { std::free(p); }
+  Status upload(void* dst, const void* src, size_t bytes) override {
+    std::memcpy(dst, src, bytes);
+    return Status::Ok();
+  }
+  Status download(void* dst, const void* src, size_t bytes) override {
+    std::memcpy(dst, src, bytes);
+    return Status::Ok();
+  }
+  Status download_2d(void* dst, const void* src, size_t pitch, size_t width, size_t height) override {
+    for (size_t r = 0; r < height; ++r)
+      std::memcpy(static_cast<char*>(dst) + r * width, static_cast<const char*>(src) + r * pitch, width);
+    return Status::Ok();
+  }
+  Status upload_2d(void* dst, size_t pitch, const void* src, size_t width, size_t height) override {
+    for (size_t r = 0; r < height; ++r)
+      std::memcpy(static_cast<char*>(dst) + r * pitch, static_cast<const char*>(src) + r * width, width);
+    return Status::Ok();
+  }
+  Status memory_info(uint64_t* free_bytes, uint64_t* total_bytes) override {
+    *free_bytes = 0;
+    *total_bytes = 0;
+    return Status::Ok();
+  }
+
+  Status embed(const void* table, const int32_t* tokens, int rows, int dim, float* out) override {
+    const float* t = static_cast<const float*>(table);
+    for (int r = 0; r < rows; ++r)
+      std::memcpy(out + static_cast<size_t>(r) * dim, t + static_cast<size_t>(tokens[r]) * dim, dim * sizeof(float));
+    return Status::Ok();
+  }
+
+  Status rmsnorm(const float* x, const void* w, int rows, int dim, float eps, void* out) override {
+    const float* wf = static_cast<const float*>(w);
+    float* o = static_cast<float*>(out);
+    for (int r = 0; r < rows; ++r) {
+      const float* xr = x + static_cast<size_t>(r) * dim;
+      double ss = 0;
+      for (int i = 0; i < dim; ++i) ss += static_cast<double>(xr[i]) * xr[i];
+      // HF LlamaRMSNorm: x * rsqrt(mean(x^2) + eps) in f32, then times the weight.
+      float inv = 1.0f / std::sqrt(static_cast<float>(ss / dim) + eps);
+      for (int i = 0; i < dim; ++i) o[static_cast<size_t>(r) * dim + i] = wf[i] * (xr[i] * inv);
+    }
+    return Status::Ok();
+  }
+
+  Status matmul(const void* x, const void* w, int rows, int in_dim, int out_dim, void* y,
+                bool y_f32) override {
+    (void)y_f32;  // act dtype is f32 here: accumulate vs write is the only difference
+    const float* xf = static_cast<const float*>(x);
+    const float* wf = static_cast<const float*>(w);
+    float* yf = static_cast<float*>(y);
+    for (int r = 0; r < rows; ++r) {
+      const float* xr = xf + static_cast<size_t>(r) * in_dim;
+      for (int o = 0; o < out_dim; ++o) {
+        const float* wr = wf + static_cast<size_t>(o) * in_dim;
+        // Four partial sums: deterministic, and lets the compiler vectorise the loop.
+        float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        int i = 0;
+        for (; i + 4 <= in_dim; i += 4) {
+          s0 += xr[i] * wr[i];
+          s1 += xr[i + 1] * wr[i + 1];
+          s2 += xr[i + 2] * wr[i + 2];
+          s3 += xr[i + 3] * wr[i + 3];
+        }
+        for (; i < in_dim; ++i) s0 += xr[i] * wr[i];
+        float s = (s0 + s1) + (s2 + s3);
+        size_t at = static_cast<size_t>(r) * out_dim + o;
+        yf[at] = y_f32 ? yf[at] + s : s;
+      }
+    }
+    return Status::Ok();
+  }
+
+  Status rope(void* x, int rows, int heads, int head_dim, int rot_dim, int pos0,
+              const double* inv_freq, float scaling) override {
+    float* xf = static_cast<float*>(x);
+    int half = rot_dim / 2;
+    std::vector<float> cs(half), sn(half);
+    for (int r = 0; r < rows; ++r) {
+      // Angle in f64 as core/model/rope.ts does (HF uses f32, off by up to 0.25 rad at 4M).
+      double pos = static_cast<double>(pos0 + r);
+      for (int i = 0; i < half; ++i) {
+        double a = pos * inv_freq[i];
+        cs[i] = static_cast<float>(std::cos(a) * scaling);
+        sn[i] = static_cast<float>(std::sin(a) * scaling);
+      }
+      for (int h = 0; h < heads; ++h) {
+        float* v = xf + (static_cast<size_t>(r) * heads + h) * head_dim;
+        for (int i = 0; i < half; ++i) {
+          float a = v[i], b = v[i + half];
+          v[i] = a * cs[i] - b * sn[i];
+          v[i + half] = b * cs[i] + a * sn[i];
+        }
+      }
+    }
+    return Status::Ok();
+  }
+
+  Status swiglu(const void* gate, const void* up, size_t n, void* out) override {
+    const float* g = static_cast<const float*>(gate);
+    const float* u = static_cast<const float*>(up);
+    float* o = static_cast<float*>(out);
+    for (size_t i = 0; i < n; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+    return Status::Ok();
+  }
+
+  Status kv_store(const KvStoreArgs& a) override {
+    const float* src = static_cast<const float*>(a.src);
+    for (int h = 0; h < a.kv_heads; ++h) {
+      float scale = 1.0f;
+      if (a.kv_dtype == UL_DTYPE_FP8_E4M3) {
+        if (a.init_scale) {
+          float amax = 0;
+          for (int r = 0; r < a.rows; ++r)
+            for (int d = 0; d < a.head_dim; ++d)
+              amax = std::max(amax, std::fabs(src[(static_cast<size_t>(r) * a.kv_heads + h) * a.head_dim + d]));
+          // Headroom x2 for later positions; beyond it values saturate at 448 * scale.
+          a.scale[h] = amax > 0 ? 2.0f * amax / 448.0f : 1.0f;
+        }
+        scale = a.scale[h];
+      }
+      for (int r = 0; r < a.rows; ++r) {
+        size_t dst = (static_cast<size_t>(h) * a.max_pos + a.pos0 + r) * a.head_dim;
+        const float* s = src + (static_cast<size_t>(r) * a.kv_heads + h) * a.head_dim;
+        for (int d = 0; d < a.head_dim; ++d) store_from_f32(a.cache, a.kv_dtype, dst + d, s[d] / scale);
+      }
+    }
+    return Status::Ok();
+  }
+
+  Status attention(const AttentionArgs& a) override {
+    const float* q = static_cast<const float*>(a.q);
+    float* out = static_cast<float*>(a.out);
+    int group = a.heads / a.kv_heads;
+    int len = a.pos0 + a.rows;
+    std::vector<float> scores(len);
+    std::vector<double> acc(a.head_dim);
+    for (int r = 0; r < a.rows; ++r) {
+      int visible = a.pos0 + r + 1;  // causal: keys at positions <= this query's
+      for (int h = 0; h < a.heads; ++h) {
+        int kvh = h / group;
+        float ks = a.k_scale ? a.k_scale[kvh] : 1.0f, vs = a.v_scale ? a.v_scale[kvh] : 1.0f;
+        const float* qr = q + (static_cast<size_t>(r) * a.heads + h) * a.head_dim;
+        float m = -std::numeric_limits<float>::infinity();
+        for (int p = 0; p < visible; ++p) {
+          size_t base = (static_cast<size_t>(kvh) * a.max_pos + p) * a.head_dim;
+          double s = 0;
+          for (int d = 0; d < a.head_dim; ++d) s += static_cast<double>(qr[d]) * load_as_f32(a.k_cache, a.kv_dtype, base + d) * ks;
+          scores[p] = static_cast<float>(s) * a.softmax_scale;
+          m = std::max(m, scores[p]);
+        }
+        double denom = 0;
+        std::fill(acc.begin(), acc.end(), 0.0);
+        for (int p = 0; p < visible; ++p) {
+          double e = std::exp(static_cast<double>(scores[p] - m));
+          denom += e;
+          size_t base = (static_cast<size_t>(kvh) * a.max_pos + p) * a.head_dim;
+          for (int d = 0; d < a.head_dim; ++d) acc[d] += e * load_as_f32(a.v_cache, a.kv_dtype, base + d) * vs;
+        }
+        float* o = out + (static_cast<size_t>(r) * a.heads + h) * a.head_dim;
+        for (int d = 0; d < a.head_dim; ++d) o[d] = static_cast<float>(acc[d] / denom);
+      }
+    }
+    return Status::Ok();
+  }
+
+  Status sample(const float* logits, int vocab, float temperature, uint64_t seed, uint64_t counter,
+                int32_t* token) override {
+    int best = 0;
+    float best_v = -std::numeric_limits<float>::infinity();
+    for (int i = 0; i < vocab; ++i) {
+      float v = logits[i];
+      if (temperature > 0) {
+        // Gumbel-max: argmax(logit / T + G), G = -log(-log(U)), U in (0, 1) from 53 random bits.
+        uint64_t bits = splitmix64(seed ^ splitmix64(counter * 0x100000001b3ull + static_cast<uint64_t>(i)));
+        double u = (static_cast<double>(bits >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+        v = static_cast<float>(v / temperature - std::log(-std::log(u)));
+      }
+      if (v > best_v) {
+        best_v = v;
+        best = i;
+      }
+    }
+    *token = best;
+    return Status::Ok();
+  }
+
+  Status sync() override { return Status::Ok(); }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_reference_backend() { return std::make_unique<RefBackend>(); }
+
+}  // namespace ul

@@ -1,0 +1,127 @@
+// The C ABI of native/include/ul_engine.h as the TypeScript hosts see it: status and dtype codes,
+// the typed errors statuses map to, and the engine interface both hosts (emscripten module,
+// N-API addon) implement so one Runtime class serves both.
+
+import {
+  FormatError,
+  InvalidInputError,
+  LimitError,
+  NotAvailableError,
+  UltralongError,
+} from "../../core/errors.ts";
+import type { KvDtype } from "../../core/kv/layout.ts";
+
+/** ul_status. */
+export const Status = {
+  ok: 0,
+  invalidArgument: 1,
+  format: 2,
+  notAvailable: 3,
+  outOfMemory: 4,
+  limit: 5,
+  device: 6,
+  io: 7,
+  state: 8,
+} as const;
+
+/** ul_dtype. */
+export const Dtype = { f32: 0, bf16: 1, f16: 2, fp8e4m3: 3 } as const;
+export type DtypeCode = (typeof Dtype)[keyof typeof Dtype];
+
+/** ul_backend_kind. */
+export const Backend = { reference: 0, cuda: 1 } as const;
+
+export function kvDtypeCode(dtype: KvDtype): DtypeCode {
+  switch (dtype) {
+    case "f32":
+      return Dtype.f32;
+    case "bf16":
+      return Dtype.bf16;
+    case "f16":
+      return Dtype.f16;
+    case "fp8-e4m3":
+      return Dtype.fp8e4m3;
+  }
+}
+
+/** A native failure that none of core's typed errors describes (device error, I/O, call order). */
+export class NativeEngineError extends UltralongError {}
+
+/** Maps a failed ul_status and its message to core's typed errors (one place). */
+export function statusError(code: number, message: string): Error {
+  const text = `native engine: ${message}`;
+  switch (code) {
+    case Status.invalidArgument:
+      return new InvalidInputError(text);
+    case Status.format:
+      return new FormatError(text);
+    case Status.notAvailable:
+      return new NotAvailableError(text);
+    case Status.outOfMemory:
+    case Status.limit:
+      return new LimitError(text);
+    case Status.device:
+      return new NativeEngineError("device_error", text);
+    case Status.io:
+      return new NativeEngineError("io_error", text);
+    default:
+      return new NativeEngineError("native_state", text);
+  }
+}
+
+/** ul_config, with inv_freq as an array (the host copies it into its memory). */
+export interface EngineConfig {
+  hiddenSize: number;
+  intermediateSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  vocabSize: number;
+  tieWordEmbeddings: boolean;
+  rmsNormEps: number;
+  rotaryDim: number;
+  invFreq: Float64Array;
+  attentionScaling: number;
+  maxPositions: number;
+  kvDtype: DtypeCode;
+  backend: number;
+  /** Rows per internal chunk; 0 = the engine's default. */
+  maxChunk: number;
+}
+
+export interface MemoryReport {
+  weightBytes: number;
+  kvBytes: number;
+  activationBytes: number;
+  deviceFree: number;
+  deviceTotal: number;
+}
+
+/** One ul_engine, synchronous calls; errors are thrown as typed errors (statusError). */
+export interface NativeEngine {
+  setTensor(
+    name: string,
+    shape: number[],
+    data: Float32Array | Uint16Array,
+    dtype: DtypeCode,
+  ): void;
+  ready(): void;
+  /** Logits of the last token when `wantLogits`, else null. */
+  forward(tokens: Int32Array, wantLogits: boolean): Float32Array | null;
+  sample(temperature: number, seed: bigint): number;
+  position(): number;
+  truncate(position: number): void;
+  /** `bytes` is the payload size (core/kv/layout.ts kvPayloadBytes); the engine checks it. */
+  exportKv(start: number, end: number, dtype: DtypeCode, bytes: number): Uint8Array;
+  importKv(bytes: Uint8Array, tokens: number, dtype: DtypeCode): void;
+  memory(): MemoryReport;
+  destroy(): void;
+}
+
+/** A loaded host (module or addon) that makes engines. */
+export interface NativeHost {
+  readonly name: string;
+  backendCompiled(backend: number): boolean;
+  create(config: EngineConfig): NativeEngine;
+}

@@ -1,0 +1,209 @@
+// The Runtime (core/engine/runtime.ts) over a native engine, for both hosts: the emscripten module
+// ("native-wasm", reference kernels) and the N-API addon ("cuda"). Everything here is argument
+// shaping; the model runs in native/src/engine.cpp.
+
+import type { RuntimeOptions } from "../../core/engine/registry.ts";
+import type { Runtime, RuntimeInfo } from "../../core/engine/runtime.ts";
+import { CancelledError, InvalidInputError, NotAvailableError } from "../../core/errors.ts";
+import { type KvDtype, type KvLayout, kvPayloadBytes } from "../../core/kv/layout.ts";
+import type { ModelConfig } from "../../core/model/config-types.ts";
+import { computeRope, rotaryDim } from "../../core/model/rope.ts";
+import {
+  Dtype,
+  type EngineConfig,
+  kvDtypeCode,
+  type NativeEngine,
+  type NativeHost,
+} from "./abi.ts";
+
+export interface NativeRuntimeSpec {
+  /** Registry name reported in info. */
+  name: string;
+  /** ul_backend_kind. */
+  backend: number;
+  /** KV dtypes this runtime offers through the Runtime seam, first = default. */
+  kvDtypes: KvDtype[];
+  /** How weights cross into the engine: f32 (reference keeps f32) or bf16 (CUDA keeps bf16). */
+  weightTransfer: "f32" | "bf16";
+  /** Default KV capacity when options.maxPositions is absent (capped by the model's maximum). */
+  defaultMaxPositions: number;
+  /** Rows per chunk inside the engine (0 = engine default); forward also checks `signal` per chunk. */
+  maxChunk: number;
+}
+
+/** ul_config from the validated ModelConfig; rope from core/model/rope.ts (one implementation). */
+export function engineConfig(
+  c: ModelConfig,
+  spec: NativeRuntimeSpec,
+  maxPositions: number,
+  kvDtype: KvDtype,
+): EngineConfig {
+  if (c.attentionBias || c.mlpBias) {
+    throw new NotAvailableError(`the native core runs Llama without biases; this model has biases`);
+  }
+  // "dynamic" rope depends on the sequence length; the engine holds one set of frequencies, those
+  // for a sequence of maxPositions (equal to the static value up to max_position_embeddings).
+  const rope = computeRope(c, { seqLen: maxPositions });
+  return {
+    hiddenSize: c.hiddenSize,
+    intermediateSize: c.intermediateSize,
+    numLayers: c.numHiddenLayers,
+    numHeads: c.numAttentionHeads,
+    numKvHeads: c.numKeyValueHeads,
+    headDim: c.headDim,
+    vocabSize: c.vocabSize,
+    tieWordEmbeddings: c.tieWordEmbeddings,
+    rmsNormEps: c.rmsNormEps,
+    rotaryDim: rotaryDim(c),
+    invFreq: rope.invFreq,
+    attentionScaling: rope.attentionScaling,
+    maxPositions,
+    kvDtype: kvDtypeCode(kvDtype),
+    backend: spec.backend,
+    maxChunk: spec.maxChunk,
+  };
+}
+
+class NativeRuntime implements Runtime {
+  readonly config: ModelConfig;
+  readonly info: RuntimeInfo;
+  #engine: NativeEngine | null;
+  readonly #kvCode: number;
+
+  constructor(config: ModelConfig, info: RuntimeInfo, engine: NativeEngine) {
+    this.config = config;
+    this.info = info;
+    this.#engine = engine;
+    this.#kvCode = kvDtypeCode(info.kv.dtype);
+  }
+
+  get position(): number {
+    return this.#live().position();
+  }
+
+  #live(): NativeEngine {
+    if (!this.#engine) throw new InvalidInputError(`runtime '${this.info.name}' is closed`);
+    return this.#engine;
+  }
+
+  async forward(tokens: Int32Array, signal?: AbortSignal): Promise<Float32Array> {
+    const logits = await this.#run(tokens, true, signal);
+    return logits!;
+  }
+
+  async prefill(tokens: Int32Array, signal?: AbortSignal): Promise<void> {
+    await this.#run(tokens, false, signal);
+  }
+
+  // Chunks of 256 tokens per call so a cancel lands between them (a native call cannot be
+  // interrupted); each chunk yields to the event loop. A cancelled call keeps the chunks it finished
+  // and truncates back, so the visible position is unchanged, as the seam requires.
+  async #run(
+    tokens: Int32Array,
+    wantLogits: boolean,
+    signal?: AbortSignal,
+  ): Promise<Float32Array | null> {
+    const e = this.#live();
+    if (tokens.length === 0) throw new InvalidInputError("forward needs at least one token");
+    const start = e.position();
+    const step = 256;
+    let logits: Float32Array | null = null;
+    for (let at = 0; at < tokens.length; at += step) {
+      if (signal?.aborted) {
+        e.truncate(start);
+        throw new CancelledError();
+      }
+      const part = tokens.subarray(at, Math.min(tokens.length, at + step));
+      const last = at + step >= tokens.length;
+      logits = e.forward(part, wantLogits && last);
+      if (!last) await new Promise<void>((resolve) => setImmediate(resolve));
+    }
+    return logits;
+  }
+
+  truncate(position: number): void {
+    if (!Number.isInteger(position))
+      throw new InvalidInputError(`truncate(${position}): not an integer`);
+    this.#live().truncate(position);
+  }
+
+  async exportKv(start: number, end: number): Promise<Uint8Array> {
+    if (!Number.isInteger(start) || !Number.isInteger(end) || end < start || start < 0) {
+      throw new InvalidInputError(`exportKv(${start}, ${end}): not a position range`);
+    }
+    return this.#live().exportKv(
+      start,
+      end,
+      this.#kvCode as 0,
+      kvPayloadBytes(this.info.kv, end - start),
+    );
+  }
+
+  async importKv(bytes: Uint8Array, tokens: number, dtype: KvLayout["dtype"]): Promise<void> {
+    if (dtype === "fp8-e4m3") {
+      throw new NotAvailableError("fp8-e4m3 snapshots have no layout yet (core/kv/layout.ts)");
+    }
+    this.#live().importKv(bytes, tokens, kvDtypeCode(dtype));
+  }
+
+  async close(): Promise<void> {
+    this.#engine?.destroy();
+    this.#engine = null;
+  }
+}
+
+/** Builds a runtime: creates the engine, streams every weight in, checks it is complete. */
+export async function createNativeRuntime(
+  host: NativeHost,
+  spec: NativeRuntimeSpec,
+  options: RuntimeOptions,
+): Promise<Runtime> {
+  const { model } = options;
+  const c = model.config;
+  const kvDtype = options.kvDtype ?? spec.kvDtypes[0];
+  if (!spec.kvDtypes.includes(kvDtype)) {
+    throw new NotAvailableError(
+      `runtime '${spec.name}' stores KV as ${spec.kvDtypes.join(", ")}, not ${kvDtype}`,
+    );
+  }
+  const maxPositions =
+    options.maxPositions ?? Math.min(c.maxPositionEmbeddings, spec.defaultMaxPositions);
+  if (!Number.isInteger(maxPositions) || maxPositions < 1) {
+    throw new InvalidInputError(`maxPositions must be a positive integer, not ${maxPositions}`);
+  }
+  const engine = host.create(engineConfig(c, spec, maxPositions, kvDtype));
+  try {
+    for (const t of model.weights.tensors()) {
+      if (t.name.endsWith("rotary_emb.inv_freq")) continue; // buffers some checkpoints carry
+      if (t.name === "lm_head.weight" && c.tieWordEmbeddings) continue;
+      if (spec.weightTransfer === "bf16") {
+        engine.setTensor(t.name, t.shape, await model.weights.read(t.name, "bf16"), Dtype.bf16);
+      } else {
+        engine.setTensor(t.name, t.shape, await model.weights.read(t.name, "f32"), Dtype.f32);
+      }
+    }
+    engine.ready();
+  } catch (err) {
+    engine.destroy();
+    throw err;
+  }
+  const kv: KvLayout = {
+    layers: c.numHiddenLayers,
+    kvHeads: c.numKeyValueHeads,
+    headDim: c.headDim,
+    dtype: kvDtype,
+  };
+  const mem = engine.memory();
+  return new NativeRuntime(
+    c,
+    {
+      name: spec.name,
+      kv,
+      maxPositions,
+      threads: 1,
+      weightBytes: mem.weightBytes,
+      kvCapacityBytes: mem.kvBytes,
+    },
+    engine,
+  );
+}

@@ -1,0 +1,280 @@
+// The emscripten host: native/build/wasm/ul_engine.cjs (built by native/build.mjs from the host
+// engine + reference kernels) wrapped as a NativeHost. Thin: copies arguments into the module's
+// heap, calls the C ABI, copies results out, turns statuses into typed errors.
+
+import { existsSync, readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { fileURLToPath } from "node:url";
+import { NotAvailableError } from "../../core/errors.ts";
+import {
+  type DtypeCode,
+  type EngineConfig,
+  type MemoryReport,
+  type NativeEngine,
+  type NativeHost,
+  Status,
+  statusError,
+} from "./abi.ts";
+
+export const WASM_MODULE_PATH = fileURLToPath(
+  new URL("../build/wasm/ul_engine.cjs", import.meta.url),
+);
+
+// The emscripten Module: exported C functions (i64 arguments split into two i32, low then high)
+// and the heap views (replaced when memory grows, so always read them from the module).
+interface EmModule {
+  HEAPU8: Uint8Array;
+  HEAP32: Int32Array;
+  HEAPU32: Uint32Array;
+  HEAPF32: Float32Array;
+  HEAPF64: Float64Array;
+  UTF8ToString(ptr: number): string;
+  stringToUTF8(s: string, ptr: number, max: number): void;
+  lengthBytesUTF8(s: string): number;
+  _malloc(n: number): number;
+  _free(p: number): void;
+  _ul_backend_compiled(kind: number): number;
+  _ul_engine_create(cfg: number, out: number): number;
+  _ul_engine_destroy(e: number): void;
+  _ul_engine_last_error(e: number): number;
+  _ul_engine_set_tensor(
+    e: number,
+    name: number,
+    dt: number,
+    shape: number,
+    nd: number,
+    data: number,
+  ): number;
+  _ul_engine_ready(e: number): number;
+  _ul_engine_forward(e: number, tokens: number, n: number, logits: number): number;
+  _ul_engine_sample(e: number, t: number, seedLo: number, seedHi: number, out: number): number;
+  _ul_engine_position(e: number): number;
+  _ul_engine_truncate(e: number, p: number): number;
+  _ul_engine_export_kv(
+    e: number,
+    s: number,
+    end: number,
+    dt: number,
+    out: number,
+    bytes: number,
+  ): number;
+  _ul_engine_import_kv(e: number, b: number, n: number, tokens: number, dt: number): number;
+  _ul_engine_memory(e: number, out: number): number;
+  _ul_wasm_config_layout(out: number): void;
+}
+
+let loading: Promise<NativeHost> | null = null;
+
+/** Why the module cannot load here, or null. */
+export function wasmUnavailableReason(): string | null {
+  if (!existsSync(WASM_MODULE_PATH)) {
+    return `the emscripten build of the native core is missing (${WASM_MODULE_PATH}); install emscripten and run \`npm run build\``;
+  }
+  return null;
+}
+
+/** Loads the module once per process. */
+export function loadWasmHost(): Promise<NativeHost> {
+  const reason = wasmUnavailableReason();
+  if (reason) return Promise.reject(new NotAvailableError(reason));
+  loading ??= (async () => {
+    const require = createRequire(import.meta.url);
+    const factory = require(WASM_MODULE_PATH) as (o: {
+      wasmBinary: Uint8Array;
+    }) => Promise<EmModule>;
+    // Passing the bytes in: emscripten 3.1.6 would otherwise fetch() a file path, which Node rejects.
+    const wasmBinary = readFileSync(WASM_MODULE_PATH.replace(/\.cjs$/, ".wasm"));
+    return new WasmHost(await factory({ wasmBinary }));
+  })();
+  return loading;
+}
+
+class WasmHost implements NativeHost {
+  readonly name = "native-wasm";
+  readonly #m: EmModule;
+  readonly #layout: Int32Array; // sizeof(ul_config), then field offsets (wasm_layout.cpp)
+
+  constructor(m: EmModule) {
+    this.#m = m;
+    const p = m._malloc(17 * 4);
+    m._ul_wasm_config_layout(p);
+    this.#layout = m.HEAP32.slice(p >> 2, (p >> 2) + 17);
+    m._free(p);
+  }
+
+  backendCompiled(backend: number): boolean {
+    return this.#m._ul_backend_compiled(backend) === 1;
+  }
+
+  create(config: EngineConfig): NativeEngine {
+    const m = this.#m;
+    const L = this.#layout;
+    const cfg = m._malloc(L[0]);
+    const inv = m._malloc(config.invFreq.length * 8);
+    const out = m._malloc(4);
+    try {
+      m.HEAPF64.set(config.invFreq, inv >> 3);
+      const i32 = (field: number, v: number) => {
+        m.HEAP32[(cfg + L[field]) >> 2] = v;
+      };
+      const f32 = (field: number, v: number) => {
+        m.HEAPF32[(cfg + L[field]) >> 2] = v;
+      };
+      i32(1, config.hiddenSize);
+      i32(2, config.intermediateSize);
+      i32(3, config.numLayers);
+      i32(4, config.numHeads);
+      i32(5, config.numKvHeads);
+      i32(6, config.headDim);
+      i32(7, config.vocabSize);
+      i32(8, config.tieWordEmbeddings ? 1 : 0);
+      f32(9, config.rmsNormEps);
+      i32(10, config.rotaryDim);
+      i32(11, inv);
+      f32(12, config.attentionScaling);
+      i32(13, config.maxPositions);
+      i32(14, config.kvDtype);
+      i32(15, config.backend);
+      i32(16, config.maxChunk);
+      const st = m._ul_engine_create(cfg, out);
+      if (st !== Status.ok) throw statusError(st, m.UTF8ToString(m._ul_engine_last_error(0)));
+      return new WasmEngine(m, m.HEAP32[out >> 2], config.vocabSize);
+    } finally {
+      m._free(cfg);
+      m._free(inv);
+      m._free(out);
+    }
+  }
+}
+
+class WasmEngine implements NativeEngine {
+  readonly #m: EmModule;
+  #e: number;
+  readonly #vocab: number;
+
+  constructor(m: EmModule, e: number, vocab: number) {
+    this.#m = m;
+    this.#e = e;
+    this.#vocab = vocab;
+  }
+
+  #check(st: number): void {
+    if (st !== Status.ok)
+      throw statusError(st, this.#m.UTF8ToString(this.#m._ul_engine_last_error(this.#e)));
+  }
+
+  /** Copies `bytes` into a fresh heap block; the caller frees it. */
+  #copyIn(bytes: Uint8Array): number {
+    const p = this.#m._malloc(Math.max(bytes.byteLength, 1));
+    this.#m.HEAPU8.set(bytes, p);
+    return p;
+  }
+
+  setTensor(
+    name: string,
+    shape: number[],
+    data: Float32Array | Uint16Array,
+    dtype: DtypeCode,
+  ): void {
+    const m = this.#m;
+    const nameBytes = m.lengthBytesUTF8(name) + 1;
+    const np = m._malloc(nameBytes);
+    const sp = m._malloc(shape.length * 8);
+    const dp = this.#copyIn(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    try {
+      m.stringToUTF8(name, np, nameBytes);
+      // int64 shape: low word, high word (shapes are < 2^31).
+      for (let i = 0; i < shape.length; i++) {
+        m.HEAP32[(sp >> 2) + 2 * i] = shape[i];
+        m.HEAP32[(sp >> 2) + 2 * i + 1] = 0;
+      }
+      this.#check(m._ul_engine_set_tensor(this.#e, np, dtype, sp, shape.length, dp));
+    } finally {
+      m._free(np);
+      m._free(sp);
+      m._free(dp);
+    }
+  }
+
+  ready(): void {
+    this.#check(this.#m._ul_engine_ready(this.#e));
+  }
+
+  forward(tokens: Int32Array, wantLogits: boolean): Float32Array | null {
+    const m = this.#m;
+    const tp = this.#copyIn(new Uint8Array(tokens.buffer, tokens.byteOffset, tokens.byteLength));
+    const lp = wantLogits ? m._malloc(this.#vocab * 4) : 0;
+    try {
+      this.#check(m._ul_engine_forward(this.#e, tp, tokens.length, lp));
+      return wantLogits ? m.HEAPF32.slice(lp >> 2, (lp >> 2) + this.#vocab) : null;
+    } finally {
+      m._free(tp);
+      if (lp) m._free(lp);
+    }
+  }
+
+  sample(temperature: number, seed: bigint): number {
+    const m = this.#m;
+    const out = m._malloc(4);
+    try {
+      const lo = Number(seed & 0xffffffffn) | 0;
+      const hi = Number((seed >> 32n) & 0xffffffffn) | 0;
+      this.#check(m._ul_engine_sample(this.#e, temperature, lo, hi, out));
+      return m.HEAP32[out >> 2];
+    } finally {
+      m._free(out);
+    }
+  }
+
+  position(): number {
+    return this.#m._ul_engine_position(this.#e);
+  }
+
+  truncate(position: number): void {
+    this.#check(this.#m._ul_engine_truncate(this.#e, position));
+  }
+
+  exportKv(start: number, end: number, dtype: DtypeCode, n: number): Uint8Array {
+    const m = this.#m;
+    const p = m._malloc(Math.max(n, 1));
+    try {
+      this.#check(m._ul_engine_export_kv(this.#e, start, end, dtype, p, n));
+      return m.HEAPU8.slice(p, p + n);
+    } finally {
+      m._free(p);
+    }
+  }
+
+  importKv(bytes: Uint8Array, tokens: number, dtype: DtypeCode): void {
+    const p = this.#copyIn(bytes);
+    try {
+      this.#check(this.#m._ul_engine_import_kv(this.#e, p, bytes.byteLength, tokens, dtype));
+    } finally {
+      this.#m._free(p);
+    }
+  }
+
+  memory(): MemoryReport {
+    const m = this.#m;
+    const p = m._malloc(40);
+    try {
+      this.#check(m._ul_engine_memory(this.#e, p));
+      const u64 = (i: number) =>
+        m.HEAPU32[(p >> 2) + 2 * i] + m.HEAPU32[(p >> 2) + 2 * i + 1] * 2 ** 32;
+      return {
+        weightBytes: u64(0),
+        kvBytes: u64(1),
+        activationBytes: u64(2),
+        deviceFree: u64(3),
+        deviceTotal: u64(4),
+      };
+    } finally {
+      m._free(p);
+    }
+  }
+
+  destroy(): void {
+    if (this.#e) this.#m._ul_engine_destroy(this.#e);
+    this.#e = 0;
+  }
+}
