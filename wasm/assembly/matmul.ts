@@ -1,0 +1,277 @@
+// Matrix products against weights in HF Linear layout:
+//   y (T, N) [+]= x (T, K) @ W^T,   W (N, K) row-major, element W = f32 | bf16 | int8
+// x and y are f32, dense. int8 weights carry one f32 scale per block of 32 along K:
+//   scales (N, K / 32), W[n, k] ~= q[n, k] * scales[n, k / 32]
+//
+// The SIMD version is a blocked GEMM: rows of W are taken in blocks that fit in L2 (~128 KiB); for
+// each block, every tile of 4 tokens x 2 rows runs over K with 8 f32x4 accumulators, so each
+// weight vector loaded is used by 4 tokens and each x vector by 2 rows. Decode (T = 1) uses 1 x 4
+// tiles: memory-bound, one pass over W. K must be a multiple of 4 (32 for int8); the glue checks.
+//
+// Performance notes (what was tried): 4x3 and 4x4 tiles need 19+ live v128 values and spill on
+// x64's 16 xmm registers; 2x2 halves weight reuse. Relaxed-SIMD fma is not on by default in Node 20.
+import { hsum, loadBf16x4 } from "./simd";
+
+export const I8_BLOCK: i32 = 32;
+const L2_BLOCK_BYTES: i32 = 131072;
+
+/** Four weights at element pointer `p` widened to f32x4 (int8 still unscaled). */
+// @ts-ignore: decorator
+@inline
+function ldw<W>(p: usize): v128 {
+  if (sizeof<W>() == 4) return v128.load(p);
+  if (sizeof<W>() == 2) return loadBf16x4(p);
+  return f32x4.convert_i32x4_s(
+    i32x4.extend_low_i16x8_s(i16x8.extend_low_i8x16_s(v128.load32_zero(p))),
+  );
+}
+
+/** One weight as f32 (int8 unscaled). */
+// @ts-ignore: decorator
+@inline
+function ldw1<W>(p: usize): f32 {
+  if (sizeof<W>() == 4) return load<f32>(p);
+  if (sizeof<W>() == 2) return reinterpret<f32>(<u32>load<u16>(p) << 16);
+  return <f32>load<i8>(p);
+}
+
+// @ts-ignore: decorator
+@inline
+function blockOf<W>(K: i32): i32 {
+  return sizeof<W>() == 1 ? I8_BLOCK : K;
+}
+
+// @ts-ignore: decorator
+@inline
+function scaleOf<W>(scales: usize, K: i32, n: i32, k0: i32): v128 {
+  if (sizeof<W>() != 1) return f32x4.splat(1);
+  return f32x4.splat(load<f32>(scales + ((<usize>n * <usize>(K / I8_BLOCK) + <usize>(k0 / I8_BLOCK)) << 2)));
+}
+
+// @ts-ignore: decorator
+@inline
+function put(y: usize, v: f32, acc: bool): void {
+  store<f32>(y, acc ? load<f32>(y) + v : v);
+}
+
+// @ts-ignore: decorator
+@inline
+function tile4x2<W>(x: usize, K: i32, w: usize, scales: usize, n: i32, y: usize, N: i32, acc: bool): void {
+  const eb = <usize>sizeof<W>();
+  const xs = <usize>K << 2;
+  const w0 = w + <usize>n * <usize>K * eb;
+  const w1 = w0 + <usize>K * eb;
+  let a00 = f32x4.splat(0), a01 = f32x4.splat(0), a10 = f32x4.splat(0), a11 = f32x4.splat(0);
+  let a20 = f32x4.splat(0), a21 = f32x4.splat(0), a30 = f32x4.splat(0), a31 = f32x4.splat(0);
+  const bk = blockOf<W>(K);
+  for (let k0 = 0; k0 < K; k0 += bk) {
+    const s0 = scaleOf<W>(scales, K, n, k0);
+    const s1 = scaleOf<W>(scales, K, n + 1, k0);
+    const kEnd = k0 + bk;
+    for (let k = k0; k < kEnd; k += 4) {
+      let v0 = ldw<W>(w0 + <usize>k * eb);
+      let v1 = ldw<W>(w1 + <usize>k * eb);
+      if (sizeof<W>() == 1) {
+        v0 = f32x4.mul(v0, s0);
+        v1 = f32x4.mul(v1, s1);
+      }
+      const xp = x + (<usize>k << 2);
+      const x0 = v128.load(xp);
+      const x1 = v128.load(xp + xs);
+      const x2 = v128.load(xp + 2 * xs);
+      const x3 = v128.load(xp + 3 * xs);
+      a00 = f32x4.add(a00, f32x4.mul(x0, v0));
+      a01 = f32x4.add(a01, f32x4.mul(x0, v1));
+      a10 = f32x4.add(a10, f32x4.mul(x1, v0));
+      a11 = f32x4.add(a11, f32x4.mul(x1, v1));
+      a20 = f32x4.add(a20, f32x4.mul(x2, v0));
+      a21 = f32x4.add(a21, f32x4.mul(x2, v1));
+      a30 = f32x4.add(a30, f32x4.mul(x3, v0));
+      a31 = f32x4.add(a31, f32x4.mul(x3, v1));
+    }
+  }
+  const ys = <usize>N << 2;
+  const yp = y + (<usize>n << 2);
+  put(yp, hsum(a00), acc);
+  put(yp + 4, hsum(a01), acc);
+  put(yp + ys, hsum(a10), acc);
+  put(yp + ys + 4, hsum(a11), acc);
+  put(yp + 2 * ys, hsum(a20), acc);
+  put(yp + 2 * ys + 4, hsum(a21), acc);
+  put(yp + 3 * ys, hsum(a30), acc);
+  put(yp + 3 * ys + 4, hsum(a31), acc);
+}
+
+// @ts-ignore: decorator
+@inline
+function tile4x1<W>(x: usize, K: i32, w: usize, scales: usize, n: i32, y: usize, N: i32, acc: bool): void {
+  const eb = <usize>sizeof<W>();
+  const xs = <usize>K << 2;
+  const w0 = w + <usize>n * <usize>K * eb;
+  let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+  const bk = blockOf<W>(K);
+  for (let k0 = 0; k0 < K; k0 += bk) {
+    const s0 = scaleOf<W>(scales, K, n, k0);
+    const kEnd = k0 + bk;
+    for (let k = k0; k < kEnd; k += 4) {
+      let v0 = ldw<W>(w0 + <usize>k * eb);
+      if (sizeof<W>() == 1) v0 = f32x4.mul(v0, s0);
+      const xp = x + (<usize>k << 2);
+      a0 = f32x4.add(a0, f32x4.mul(v128.load(xp), v0));
+      a1 = f32x4.add(a1, f32x4.mul(v128.load(xp + xs), v0));
+      a2 = f32x4.add(a2, f32x4.mul(v128.load(xp + 2 * xs), v0));
+      a3 = f32x4.add(a3, f32x4.mul(v128.load(xp + 3 * xs), v0));
+    }
+  }
+  const ys = <usize>N << 2;
+  const yp = y + (<usize>n << 2);
+  put(yp, hsum(a0), acc);
+  put(yp + ys, hsum(a1), acc);
+  put(yp + 2 * ys, hsum(a2), acc);
+  put(yp + 3 * ys, hsum(a3), acc);
+}
+
+// @ts-ignore: decorator
+@inline
+function tile1x4<W>(x: usize, K: i32, w: usize, scales: usize, n: i32, y: usize, acc: bool): void {
+  const eb = <usize>sizeof<W>();
+  const rs = <usize>K * eb;
+  const w0 = w + <usize>n * rs;
+  let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+  const bk = blockOf<W>(K);
+  for (let k0 = 0; k0 < K; k0 += bk) {
+    const s0 = scaleOf<W>(scales, K, n, k0);
+    const s1 = scaleOf<W>(scales, K, n + 1, k0);
+    const s2 = scaleOf<W>(scales, K, n + 2, k0);
+    const s3 = scaleOf<W>(scales, K, n + 3, k0);
+    const kEnd = k0 + bk;
+    for (let k = k0; k < kEnd; k += 4) {
+      const wp = w0 + <usize>k * eb;
+      let v0 = ldw<W>(wp);
+      let v1 = ldw<W>(wp + rs);
+      let v2 = ldw<W>(wp + 2 * rs);
+      let v3 = ldw<W>(wp + 3 * rs);
+      if (sizeof<W>() == 1) {
+        v0 = f32x4.mul(v0, s0);
+        v1 = f32x4.mul(v1, s1);
+        v2 = f32x4.mul(v2, s2);
+        v3 = f32x4.mul(v3, s3);
+      }
+      const xv = v128.load(x + (<usize>k << 2));
+      a0 = f32x4.add(a0, f32x4.mul(xv, v0));
+      a1 = f32x4.add(a1, f32x4.mul(xv, v1));
+      a2 = f32x4.add(a2, f32x4.mul(xv, v2));
+      a3 = f32x4.add(a3, f32x4.mul(xv, v3));
+    }
+  }
+  const yp = y + (<usize>n << 2);
+  put(yp, hsum(a0), acc);
+  put(yp + 4, hsum(a1), acc);
+  put(yp + 8, hsum(a2), acc);
+  put(yp + 12, hsum(a3), acc);
+}
+
+// @ts-ignore: decorator
+@inline
+function tile1x1<W>(x: usize, K: i32, w: usize, scales: usize, n: i32, y: usize, acc: bool): void {
+  const eb = <usize>sizeof<W>();
+  const w0 = w + <usize>n * <usize>K * eb;
+  let a0 = f32x4.splat(0);
+  const bk = blockOf<W>(K);
+  for (let k0 = 0; k0 < K; k0 += bk) {
+    const s0 = scaleOf<W>(scales, K, n, k0);
+    const kEnd = k0 + bk;
+    for (let k = k0; k < kEnd; k += 4) {
+      let v0 = ldw<W>(w0 + <usize>k * eb);
+      if (sizeof<W>() == 1) v0 = f32x4.mul(v0, s0);
+      a0 = f32x4.add(a0, f32x4.mul(v128.load(x + (<usize>k << 2)), v0));
+    }
+  }
+  put(y + (<usize>n << 2), hsum(a0), acc);
+}
+
+function gemm<W>(x: usize, T: i32, K: i32, w: usize, scales: usize, N: i32, y: usize, acc: bool): void {
+  const rowBytes = K * sizeof<W>();
+  let nb = (L2_BLOCK_BYTES / rowBytes) & ~3;
+  if (nb < 4) nb = 4;
+  const xs = <usize>K << 2;
+  const ys = <usize>N << 2;
+  for (let n0 = 0; n0 < N; n0 += nb) {
+    const n1 = min(N, n0 + nb);
+    let t = 0;
+    for (; t + 4 <= T; t += 4) {
+      const xt = x + <usize>t * xs;
+      const yt = y + <usize>t * ys;
+      let n = n0;
+      for (; n + 2 <= n1; n += 2) tile4x2<W>(xt, K, w, scales, n, yt, N, acc);
+      if (n < n1) tile4x1<W>(xt, K, w, scales, n, yt, N, acc);
+    }
+    for (; t < T; t++) {
+      const xt = x + <usize>t * xs;
+      const yt = y + <usize>t * ys;
+      let n = n0;
+      for (; n + 4 <= n1; n += 4) tile1x4<W>(xt, K, w, scales, n, yt, acc);
+      for (; n < n1; n++) tile1x1<W>(xt, K, w, scales, n, yt, acc);
+    }
+  }
+}
+
+/** Scalar reference: the same product, one multiply-add at a time, in k order. */
+function gemmRef<W>(x: usize, T: i32, K: i32, w: usize, scales: usize, N: i32, y: usize, acc: bool): void {
+  const eb = <usize>sizeof<W>();
+  for (let t = 0; t < T; t++) {
+    for (let n = 0; n < N; n++) {
+      let s: f32 = 0;
+      for (let k = 0; k < K; k++) {
+        let wv = ldw1<W>(w + (<usize>n * <usize>K + <usize>k) * eb);
+        if (sizeof<W>() == 1) {
+          wv *= load<f32>(scales + ((<usize>n * <usize>(K / I8_BLOCK) + <usize>(k / I8_BLOCK)) << 2));
+        }
+        s += load<f32>(x + ((<usize>t * <usize>K + <usize>k) << 2)) * wv;
+      }
+      put(y + ((<usize>t * <usize>N + <usize>n) << 2), s, acc);
+    }
+  }
+}
+
+export function matmul_f32(x: usize, T: i32, K: i32, w: usize, N: i32, y: usize, acc: bool): void {
+  gemm<f32>(x, T, K, w, 0, N, y, acc);
+}
+export function matmul_bf16(x: usize, T: i32, K: i32, w: usize, N: i32, y: usize, acc: bool): void {
+  gemm<u16>(x, T, K, w, 0, N, y, acc);
+}
+export function matmul_i8(x: usize, T: i32, K: i32, w: usize, scales: usize, N: i32, y: usize, acc: bool): void {
+  gemm<i8>(x, T, K, w, scales, N, y, acc);
+}
+export function matmul_f32_ref(x: usize, T: i32, K: i32, w: usize, N: i32, y: usize, acc: bool): void {
+  gemmRef<f32>(x, T, K, w, 0, N, y, acc);
+}
+export function matmul_bf16_ref(x: usize, T: i32, K: i32, w: usize, N: i32, y: usize, acc: bool): void {
+  gemmRef<u16>(x, T, K, w, 0, N, y, acc);
+}
+export function matmul_i8_ref(x: usize, T: i32, K: i32, w: usize, scales: usize, N: i32, y: usize, acc: bool): void {
+  gemmRef<i8>(x, T, K, w, scales, N, y, acc);
+}
+
+/**
+ * Quantize f32 rows to int8 with one scale per 32 weights: scale = absmax / 127, q = round(w / scale).
+ * Error per weight <= scale / 2 = absmax_block / 254 (a block of zeros gets scale 0 and q 0).
+ * w (N, K) f32 -> q (N, K) i8, scales (N, K / 32) f32.
+ */
+export function quantize_i8(w: usize, N: i32, K: i32, q: usize, scales: usize): void {
+  const blocks = K / I8_BLOCK;
+  for (let n = 0; n < N; n++) {
+    for (let b = 0; b < blocks; b++) {
+      const base = <usize>n * <usize>K + <usize>(b * I8_BLOCK);
+      let amax: f32 = 0;
+      for (let i = 0; i < I8_BLOCK; i++) amax = max(amax, abs(load<f32>(w + ((base + i) << 2))));
+      const scale = amax / 127;
+      const inv: f32 = scale > 0 ? 1 / scale : 0;
+      store<f32>(scales + ((<usize>n * <usize>blocks + <usize>b) << 2), scale);
+      for (let i = 0; i < I8_BLOCK; i++) {
+        const v = <i32>nearest(load<f32>(w + ((base + i) << 2)) * inv);
+        store<i8>(q + base + i, <i8>max(-127, min(127, v)));
+      }
+    }
+  }
+}

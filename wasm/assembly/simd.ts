@@ -1,0 +1,73 @@
+// SIMD primitives shared by the kernels: horizontal sum, bf16 widening and a vector exp.
+// Every kernel file keeps its scalar reference beside the SIMD version; these helpers are the
+// only v128 code that is not itself a kernel.
+
+/** Sum of the four f32 lanes. */
+// @ts-ignore: decorator
+@inline
+export function hsum(v: v128): f32 {
+  const s = f32x4.add(v, v128.shuffle<f32>(v, v, 2, 3, 0, 1));
+  return f32x4.extract_lane(s, 0) + f32x4.extract_lane(s, 1);
+}
+
+/** Four bf16 values at `p` widened to f32x4 (bf16 is the top half of an f32). */
+// @ts-ignore: decorator
+@inline
+export function loadBf16x4(p: usize): v128 {
+  return i32x4.shl(v128.load16x4_u(p), 16);
+}
+
+/** Eight int8 values at `p` as two f32x4 (low four, high four). */
+// @ts-ignore: decorator
+@inline
+export function loadI8x8Lo(p: usize): v128 {
+  return f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(v128.load8x8_s(p)));
+}
+
+// @ts-ignore: decorator
+@inline
+export function i8x8Hi(w16: v128): v128 {
+  return f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(w16));
+}
+
+/** f32 -> bf16 bits, round to nearest even (NaN stays NaN: its mantissa top bits survive). */
+// @ts-ignore: decorator
+@inline
+export function f32ToBf16(x: f32): u16 {
+  const bits = reinterpret<u32>(x);
+  if ((bits & 0x7fffffff) > 0x7f800000) return <u16>((bits >>> 16) | 0x40);
+  return <u16>((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16);
+}
+
+// @ts-ignore: decorator
+@inline
+export function bf16ToF32(b: u16): f32 {
+  return reinterpret<f32>(<u32>b << 16);
+}
+
+// exp on f32x4 (Cephes expf): x = n ln2 + r with |r| <= ln2/2, e^r by a degree-6 polynomial, 2^n by
+// building the exponent bits. Relative error <= 2e-7 over the clamped range; inputs below -87.3
+// give ~1e-38 (softmax weights that small are 0 to f32 sums), NaN is not expected (scores are finite).
+const EXP_HI: f32 = 88.3762626647949;
+const EXP_LO: f32 = -87.3;
+const LOG2E: f32 = 1.44269504088896341;
+const LN2_HI: f32 = 0.693359375;
+const LN2_LO: f32 = -2.12194440e-4;
+
+// @ts-ignore: decorator
+@inline
+export function exp4(xIn: v128): v128 {
+  let x = f32x4.min(f32x4.max(xIn, f32x4.splat(EXP_LO)), f32x4.splat(EXP_HI));
+  const n = f32x4.floor(f32x4.add(f32x4.mul(x, f32x4.splat(LOG2E)), f32x4.splat(0.5)));
+  x = f32x4.sub(x, f32x4.mul(n, f32x4.splat(LN2_HI)));
+  x = f32x4.sub(x, f32x4.mul(n, f32x4.splat(LN2_LO)));
+  let y = f32x4.splat(1.9875691500e-4);
+  y = f32x4.add(f32x4.mul(y, x), f32x4.splat(1.3981999507e-3));
+  y = f32x4.add(f32x4.mul(y, x), f32x4.splat(8.3334519073e-3));
+  y = f32x4.add(f32x4.mul(y, x), f32x4.splat(4.1665795894e-2));
+  y = f32x4.add(f32x4.mul(y, x), f32x4.splat(1.6666665459e-1));
+  y = f32x4.add(f32x4.mul(y, x), f32x4.splat(5.0000001201e-1));
+  y = f32x4.add(f32x4.add(f32x4.mul(f32x4.mul(y, x), x), x), f32x4.splat(1.0));
+  const pow2n = i32x4.shl(i32x4.add(i32x4.trunc_sat_f32x4_s(n), i32x4.splat(127)), 23);
+  return f32x4.mul(y, pow2n);
+}

@@ -1,0 +1,94 @@
+// One shard in this thread: the single-threaded runtime (workerd has no worker_threads).
+// Cancellation: the layer loop checks the signal between layers and, at most every YIELD_MS,
+// yields to the event loop so an abort scheduled by a timer or a closed socket can run.
+import { CancelledError } from "../../core/errors.ts";
+import { Shard, type ShardSpec } from "./shard.mjs";
+import { rethrowShardError } from "./shard-errors.ts";
+import type { ShardSet } from "./shard-set.ts";
+
+const YIELD_MS = 20;
+
+const yieldToEventLoop = () => new Promise<void>((resolve) => setTimeout(resolve, 0));
+
+export class LocalShards implements ShardSet {
+  readonly count = 1;
+  readonly #shard: Shard;
+
+  constructor(module: WebAssembly.Module, spec: ShardSpec) {
+    try {
+      this.#shard = new Shard(module, spec);
+    } catch (err) {
+      rethrowShardError(err);
+    }
+  }
+
+  async setVector(
+    _s: number,
+    key: Parameters<Shard["setVector"]>[0],
+    layer: number,
+    data: Float32Array,
+  ) {
+    this.#shard.setVector(key, layer, data);
+  }
+
+  async setMatrix(
+    _s: number,
+    key: Parameters<Shard["setMatrix"]>[0],
+    layer: number,
+    rowOffset: number,
+    data: Float32Array | Uint16Array,
+  ) {
+    this.#shard.setMatrix(key, layer, rowOffset, data);
+  }
+
+  async setRope(invFreq: Float64Array, scaling: number) {
+    this.#shard.setRope(invFreq, scaling);
+  }
+
+  async forward(
+    p0: number,
+    input: Float32Array,
+    T: number,
+    wantLogits: boolean,
+    signal?: AbortSignal,
+  ) {
+    const shard = this.#shard;
+    try {
+      shard.input().set(input.subarray(0, T * shard.spec.hidden));
+      shard.begin(p0, T);
+      let last = Date.now();
+      for (let l = 0; l < shard.spec.layers; l++) {
+        if (signal) {
+          if (Date.now() - last >= YIELD_MS) {
+            await yieldToEventLoop();
+            last = Date.now();
+          }
+          if (signal.aborted) throw new CancelledError();
+        }
+        shard.attention(l, null);
+        shard.ffn(l, null);
+      }
+    } catch (err) {
+      rethrowShardError(err);
+    }
+    return wantLogits ? shard.logits().slice() : null;
+  }
+
+  async exportKv(start: number, end: number) {
+    return [this.#shard.exportKv(start, end)];
+  }
+
+  async importKv(parts: Uint8Array[], start: number, n: number) {
+    try {
+      this.#shard.importKv(parts[0], start, n);
+    } catch (err) {
+      rethrowShardError(err);
+    }
+  }
+
+  async memoryBytes() {
+    return [this.#shard.memoryBytes];
+  }
+
+  async close() {}
+}

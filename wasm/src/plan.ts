@@ -1,0 +1,81 @@
+// How a model is cut into shards (one per thread), Megatron-style: each shard gets a contiguous
+// range of KV heads with their query heads, a contiguous range of FFN columns and of vocab rows.
+import { InvalidInputError, NotAvailableError } from "../../core/errors.ts";
+import type { ModelConfig } from "../../core/model/config-types.ts";
+import type { ShardSpec, WeightFormat } from "./shard.mjs";
+
+export interface Range {
+  start: number;
+  end: number;
+}
+
+export interface ShardPlan {
+  /** KV heads [start, end); the query heads are these times (heads / kvHeads). */
+  kvHeads: Range;
+  /** FFN (intermediate) columns. */
+  ffn: Range;
+  /** lm_head rows. */
+  vocab: Range;
+  spec: ShardSpec;
+}
+
+/** Tokens per micro-batch inside one forward: activation buffers are sized for it. */
+export const MAX_BATCH = 128;
+
+/** `total` split into `parts` contiguous ranges, multiples of `unit` except possibly the last. */
+export function split(total: number, parts: number, unit = 1): Range[] {
+  const units = Math.ceil(total / unit);
+  const out: Range[] = [];
+  for (let i = 0; i < parts; i++) {
+    const a = Math.floor((i * units) / parts) * unit;
+    const b = Math.min(total, Math.floor(((i + 1) * units) / parts) * unit);
+    out.push({ start: Math.min(a, total), end: b });
+  }
+  return out;
+}
+
+/** The shapes the kernels need; throws a typed error naming the first one that does not fit. */
+export function checkShapes(config: ModelConfig, format: WeightFormat): void {
+  if (config.attentionBias || config.mlpBias) {
+    throw new NotAvailableError("the WASM runtime has no bias terms (attention_bias / mlp_bias)");
+  }
+  if (Math.floor(config.headDim * config.partialRotaryFactor) !== config.headDim) {
+    throw new NotAvailableError("the WASM runtime rotates whole heads (partial_rotary_factor 1)");
+  }
+  const unit = format === "int8" ? 32 : 4;
+  const need: [string, number, number][] = [
+    ["hidden_size", config.hiddenSize, unit],
+    ["intermediate_size", config.intermediateSize, unit],
+    ["head_dim", config.headDim, format === "int8" ? 32 : 8],
+  ];
+  for (const [name, value, m] of need) {
+    if (value % m !== 0) {
+      throw new InvalidInputError(
+        `the WASM runtime needs ${name} to be a multiple of ${m} for ${format} weights (got ${value})`,
+      );
+    }
+  }
+}
+
+export function planShards(
+  config: ModelConfig,
+  threads: number,
+  base: Omit<ShardSpec, "heads" | "kvHeads" | "ffn" | "vocab">,
+): ShardPlan[] {
+  const g = config.numAttentionHeads / config.numKeyValueHeads;
+  const kv = split(config.numKeyValueHeads, threads);
+  const ffn = split(config.intermediateSize, threads, base.weightFormat === "int8" ? 32 : 4);
+  const vocab = split(config.vocabSize, threads);
+  return kv.map((kvHeads, i) => ({
+    kvHeads,
+    ffn: ffn[i],
+    vocab: vocab[i],
+    spec: {
+      ...base,
+      kvHeads: kvHeads.end - kvHeads.start,
+      heads: (kvHeads.end - kvHeads.start) * g,
+      ffn: ffn[i].end - ffn[i].start,
+      vocab: vocab[i].end - vocab[i].start,
+    },
+  }));
+}

@@ -1,0 +1,381 @@
+// The WASM SIMD runtime: the Llama forward pass on the AssemblyScript kernels (wasm/assembly),
+// sharded over worker threads (WorkerShards) or run in this thread (LocalShards: workerd).
+//
+// Numerics: activations, norms, softmax and accumulations in f32; weights held as f32, bf16 or int8
+// (per-32 scales); KV cache f32 (default) or bf16. Bytes per token of KV cache, exactly:
+//   2 (K, V) * layers * kv_heads * head_dim * (4 for f32 | 2 for bf16)
+// the snapshot layout's size (core/kv/layout.ts); the cache grows by doubling up to maxPositions.
+
+import type { RuntimeFactory, RuntimeOptions } from "../../core/engine/registry.ts";
+import type { Runtime, RuntimeInfo } from "../../core/engine/runtime.ts";
+import {
+  assert,
+  CancelledError,
+  InvalidInputError,
+  LimitError,
+  NotAvailableError,
+} from "../../core/errors.ts";
+import {
+  type KvDtype,
+  type KvLayout,
+  kvBytesPerToken,
+  kvPayloadBytes,
+} from "../../core/kv/layout.ts";
+import type { ModelConfig } from "../../core/model/config-types.ts";
+import { computeRope } from "../../core/model/rope.ts";
+import type { LoadedModel } from "../../core/model/weights.ts";
+import { decodeTo16, decodeToF32 } from "../../core/safetensors/dtype.ts";
+import { loadShardWeights } from "./load-weights.ts";
+import { LocalShards } from "./local-shards.ts";
+import { loadWasmModule, wasmUnavailableReason } from "./module.ts";
+import { checkShapes, MAX_BATCH, planShards, type ShardPlan } from "./plan.ts";
+import { shardBytes, type WeightFormat } from "./shard.mjs";
+import type { ShardSet } from "./shard-set.ts";
+
+export interface WasmRuntimeOptions extends RuntimeOptions {
+  /** The compiled kernels; default: wasm/build/ultralong.wasm (Node only). */
+  wasmModule?: WebAssembly.Module;
+}
+
+/** One WebAssembly memory holds at most 4 GiB; keep 64 KiB for the module's own data. */
+const MEMORY_LIMIT = 2 ** 32 - 65536;
+
+function onNode(): boolean {
+  return typeof process !== "undefined" && typeof process.versions?.node === "string";
+}
+
+function defaultWeightFormat(model: LoadedModel): WeightFormat {
+  const q = model.weights.tensors().find((t) => t.name.endsWith("self_attn.q_proj.weight"));
+  return q?.dtype === "bf16" ? "bf16" : "f32";
+}
+
+export async function createWasmRuntime(options: WasmRuntimeOptions): Promise<Runtime> {
+  const { model } = options;
+  const config = model.config;
+  const weightFormat = options.weightFormat ?? defaultWeightFormat(model);
+  const kvDtype = options.kvDtype ?? "f32";
+  if (kvDtype !== "f32" && kvDtype !== "bf16") {
+    throw new NotAvailableError(`the WASM runtime stores KV as f32 or bf16, not ${kvDtype}`);
+  }
+  checkShapes(config, weightFormat);
+  let threads = options.threads;
+  if (threads === undefined) {
+    threads = onNode() ? (await import("../../core/node/worker-pool.ts")).defaultThreads() : 1;
+  }
+  if (!Number.isInteger(threads) || threads < 1) {
+    throw new InvalidInputError(`threads must be a positive integer, not ${threads}`);
+  }
+  if (threads > 1 && !onNode()) {
+    throw new NotAvailableError("threads > 1 needs Node worker_threads; use threads: 1 here");
+  }
+  const requested = options.maxPositions ?? config.maxPositionEmbeddings;
+  if (!Number.isInteger(requested) || requested < 1) {
+    throw new InvalidInputError(`maxPositions must be a positive integer, not ${requested}`);
+  }
+
+  const base = {
+    hidden: config.hiddenSize,
+    layers: config.numHiddenLayers,
+    headDim: config.headDim,
+    eps: config.rmsNormEps,
+    weightFormat,
+    kvDtype,
+    maxBatch: MAX_BATCH,
+    maxPositions: requested,
+  } as const;
+  const plans = planShards(config, threads, base);
+  // The positions the fullest shard's memory can hold after its weights and activations.
+  let fit = Number.POSITIVE_INFINITY;
+  let weightBytes = 0;
+  for (const p of plans) {
+    const b = shardBytes(p.spec);
+    weightBytes += b.weights;
+    const room = MEMORY_LIMIT - b.weights - b.activations;
+    if (room <= 0) {
+      throw new LimitError(
+        `a shard's weights (${b.weights} bytes) do not fit one 4 GiB WebAssembly memory with ` +
+          `${threads} thread(s): use more threads or bf16/int8 weights`,
+      );
+    }
+    if (b.kvPerPosition > 0) fit = Math.min(fit, Math.floor(room / b.kvPerPosition));
+  }
+  const maxPositions = Math.min(requested, fit);
+  for (const p of plans) p.spec.maxPositions = maxPositions;
+
+  const module = options.wasmModule ?? (await loadWasmModule());
+  let shards: ShardSet;
+  if (threads === 1) {
+    shards = new LocalShards(module, plans[0].spec);
+  } else {
+    const { WorkerShards } = await import("./worker-shards.ts");
+    shards = await WorkerShards.start(
+      module,
+      plans.map((p) => p.spec),
+      plans.map((p) => p.vocab.start),
+      config.vocabSize,
+    );
+  }
+  try {
+    const embed = await loadShardWeights(model, plans, shards, weightFormat);
+    weightBytes += embed.byteLength;
+    const kv: KvLayout = {
+      layers: config.numHiddenLayers,
+      kvHeads: config.numKeyValueHeads,
+      headDim: config.headDim,
+      dtype: kvDtype,
+    };
+    const info: RuntimeInfo = {
+      name: "wasm",
+      kv,
+      maxPositions,
+      threads,
+      weightBytes,
+      kvCapacityBytes: kvPayloadBytes(kv, maxPositions),
+    };
+    const runtime = new WasmRuntime(config, info, shards, plans, embed);
+    await runtime.init();
+    return runtime;
+  } catch (err) {
+    await shards.close();
+    throw err;
+  }
+}
+
+class WasmRuntime implements Runtime {
+  readonly config: ModelConfig;
+  readonly info: RuntimeInfo;
+  readonly #shards: ShardSet;
+  readonly #plans: ShardPlan[];
+  readonly #embed: Float32Array | Uint16Array; // (vocab, hidden), f32 or bf16 bits
+  readonly #input: Float32Array; // (MAX_BATCH, hidden) f32
+  #position = 0;
+  #busy = false;
+  #closed = false;
+  #ropeSeqLen = -1;
+
+  constructor(
+    config: ModelConfig,
+    info: RuntimeInfo,
+    shards: ShardSet,
+    plans: ShardPlan[],
+    embed: Float32Array | Uint16Array,
+  ) {
+    this.config = config;
+    this.info = info;
+    this.#shards = shards;
+    this.#plans = plans;
+    this.#embed = embed;
+    this.#input = new Float32Array(MAX_BATCH * config.hiddenSize);
+  }
+
+  async init(): Promise<void> {
+    await this.#setRope(0);
+  }
+
+  get position(): number {
+    return this.#position;
+  }
+
+  /**
+   * Rope for a forward ending at `end`. Only "dynamic" depends on it: its frequencies are those of
+   * one forward over `end` positions (computeRope's stateless rule), so positions cached by an
+   * earlier, shorter call keep the rotation they were computed with, as in transformers' cache.
+   */
+  async #setRope(end: number): Promise<void> {
+    const dynamic = this.config.ropeScaling.ropeType === "dynamic";
+    const seqLen = dynamic ? Math.max(end, this.config.maxPositionEmbeddings) : 0;
+    if (seqLen === this.#ropeSeqLen) return;
+    const rope = computeRope(this.config, dynamic ? { seqLen } : {});
+    assert(rope.invFreq.length * 2 === this.config.headDim, "rope covers the whole head");
+    await this.#shards.setRope(rope.invFreq, rope.attentionScaling);
+    this.#ropeSeqLen = seqLen;
+  }
+
+  forward(tokens: Int32Array, signal?: AbortSignal): Promise<Float32Array> {
+    return this.#run(tokens, true, signal) as Promise<Float32Array>;
+  }
+
+  async prefill(tokens: Int32Array, signal?: AbortSignal): Promise<void> {
+    await this.#run(tokens, false, signal);
+  }
+
+  async #run(tokens: Int32Array, wantLogits: boolean, signal?: AbortSignal) {
+    this.#enter();
+    const start = this.#position;
+    try {
+      const n = tokens.length;
+      if (n === 0) throw new InvalidInputError("forward needs at least one token");
+      if (start + n > this.info.maxPositions) {
+        throw new LimitError(
+          `${start + n} positions exceed this runtime's ${this.info.maxPositions}`,
+        );
+      }
+      const V = this.config.vocabSize;
+      for (const t of tokens) {
+        if (!(t >= 0 && t < V)) throw new InvalidInputError(`token id ${t} is outside [0, ${V})`);
+      }
+      if (signal?.aborted) throw new CancelledError();
+      await this.#setRope(start + n);
+      let logits: Float32Array | null = null;
+      for (let i = 0; i < n; i += MAX_BATCH) {
+        const T = Math.min(MAX_BATCH, n - i);
+        this.#embedRows(tokens.subarray(i, i + T));
+        const last = i + T === n;
+        logits = await this.#shards.forward(
+          this.#position,
+          this.#input,
+          T,
+          wantLogits && last,
+          signal,
+        );
+        this.#position += T;
+      }
+      return wantLogits ? logits : undefined;
+    } catch (err) {
+      // Nothing partial is visible: KV past the old position is ignored and later overwritten.
+      this.#position = start;
+      throw err;
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  #embedRows(tokens: Int32Array): void {
+    const H = this.config.hiddenSize;
+    const table = this.#embed;
+    if (table instanceof Float32Array) {
+      for (let t = 0; t < tokens.length; t++) {
+        this.#input.set(table.subarray(tokens[t] * H, (tokens[t] + 1) * H), t * H);
+      }
+      return;
+    }
+    const bits = new Uint32Array(this.#input.buffer);
+    for (let t = 0; t < tokens.length; t++) {
+      const src = tokens[t] * H;
+      for (let i = 0; i < H; i++) bits[t * H + i] = table[src + i] << 16;
+    }
+  }
+
+  truncate(position: number): void {
+    this.#open();
+    if (!Number.isInteger(position) || position < 0 || position > this.#position) {
+      throw new InvalidInputError(
+        `truncate(${position}): must be an integer in [0, ${this.#position}]`,
+      );
+    }
+    this.#position = position;
+  }
+
+  async exportKv(start: number, end: number): Promise<Uint8Array> {
+    this.#open();
+    if (!Number.isInteger(start) || !Number.isInteger(end) || start < 0 || start > end) {
+      throw new InvalidInputError(`exportKv(${start}, ${end}): not a position range`);
+    }
+    if (end > this.#position) {
+      throw new InvalidInputError(
+        `exportKv(${start}, ${end}): only ${this.#position} positions are in the cache`,
+      );
+    }
+    const parts = await this.#shards.exportKv(start, end);
+    const out = new Uint8Array(kvPayloadBytes(this.info.kv, end - start));
+    const row = this.#rowBytes() * (end - start);
+    const offsets = parts.map(() => 0);
+    let o = 0;
+    for (let l = 0; l < this.config.numHiddenLayers; l++) {
+      for (let which = 0; which < 2; which++) {
+        this.#plans.forEach((p, s) => {
+          const seg = (p.kvHeads.end - p.kvHeads.start) * row;
+          out.set(parts[s].subarray(offsets[s], offsets[s] + seg), o);
+          offsets[s] += seg;
+          o += seg;
+        });
+      }
+    }
+    return out;
+  }
+
+  async importKv(bytes: Uint8Array, tokens: number, dtype: KvDtype): Promise<void> {
+    this.#enter();
+    try {
+      if (dtype === "fp8-e4m3") throw new NotAvailableError("fp8-e4m3 KV is not supported yet");
+      if (!Number.isInteger(tokens) || tokens < 0) {
+        throw new InvalidInputError(`importKv: token count ${tokens} is not a count`);
+      }
+      const from: KvLayout = { ...this.info.kv, dtype };
+      if (bytes.byteLength !== kvPayloadBytes(from, tokens)) {
+        throw new InvalidInputError(
+          `importKv: ${bytes.byteLength} bytes is not ${tokens} tokens of ${dtype} KV (${kvBytesPerToken(from)} bytes per token)`,
+        );
+      }
+      if (this.#position + tokens > this.info.maxPositions) {
+        throw new LimitError(
+          `${this.#position + tokens} positions exceed this runtime's ${this.info.maxPositions}`,
+        );
+      }
+      const own = this.#toCacheDtype(bytes, dtype);
+      const row = this.#rowBytes() * tokens;
+      const parts = this.#plans.map(
+        (p) =>
+          new Uint8Array(2 * this.config.numHiddenLayers * (p.kvHeads.end - p.kvHeads.start) * row),
+      );
+      const offsets = parts.map(() => 0);
+      let o = 0;
+      for (let l = 0; l < this.config.numHiddenLayers; l++) {
+        for (let which = 0; which < 2; which++) {
+          this.#plans.forEach((p, s) => {
+            const seg = (p.kvHeads.end - p.kvHeads.start) * row;
+            parts[s].set(own.subarray(o, o + seg), offsets[s]);
+            offsets[s] += seg;
+            o += seg;
+          });
+        }
+      }
+      await this.#shards.importKv(parts, this.#position, tokens);
+      this.#position += tokens;
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  #toCacheDtype(bytes: Uint8Array, dtype: "f32" | "bf16" | "f16"): Uint8Array {
+    const to = this.info.kv.dtype;
+    if (dtype === to) return bytes;
+    const n = bytes.byteLength / (dtype === "f32" ? 4 : 2);
+    if (to === "f32") {
+      const out = new Float32Array(n);
+      decodeToF32(dtype, bytes, out, 0);
+      return new Uint8Array(out.buffer);
+    }
+    const out = new Uint16Array(n);
+    decodeTo16(dtype, "bf16", bytes, out, 0);
+    return new Uint8Array(out.buffer);
+  }
+
+  #rowBytes(): number {
+    return this.config.headDim * (this.info.kv.dtype === "bf16" ? 2 : 4);
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#shards.close();
+  }
+
+  #open(): void {
+    assert(!this.#closed, "the runtime is closed");
+  }
+
+  #enter(): void {
+    this.#open();
+    assert(!this.#busy, "one call at a time: a forward or importKv is already running");
+    this.#busy = true;
+  }
+}
+
+/** Registry entry: the CPU runtime, available wherever the kernels are built. */
+export const wasmRuntimeFactory: RuntimeFactory = {
+  name: "wasm",
+  priority: 10,
+  unavailableReason: wasmUnavailableReason,
+  create: (options) => createWasmRuntime(options),
+};

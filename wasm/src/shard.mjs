@@ -1,0 +1,364 @@
+// One shard of the Llama forward pass over one WebAssembly instance and its own memory.
+//
+// A shard holds, Megatron-style, a slice of every layer: its query heads and their KV heads (the
+// fused q/k/v rows and the matching o_proj COLUMNS), its slice of the FFN (gate/up rows and the
+// matching down_proj COLUMNS) and its rows of lm_head; norms are replicated. o_proj and down_proj of
+// a shard produce a partial sum of the residual update; the shards' partials are summed (in a fixed
+// order, so every shard holds bit-identical residuals). With one shard the partial is added to the
+// residual directly.
+//
+// Plain JavaScript (no TypeScript) on purpose: worker.mjs imports it, and a worker must start with no
+// TS loader. Types for the TS glue are in shard.d.mts.
+//
+// Memory map (every region 64-byte aligned), from heap_base up:
+//   weights    per layer: attnNorm (H) f32, qkv ((nh + 2 nkv) hd, H), o (H, nh hd), ffnNorm (H) f32,
+//              gu (2F, H) [gate rows then up rows], down (H, F); then finalNorm (H) f32, lm (V, H).
+//              Matrix elements f32 | bf16 | int8 (+ scales (rows, cols / 32) f32).
+//   activations x, xn, part (B, H); qkv (B, (nh + 2 nkv) hd); att (B, nh hd); gu (B, 2F); act (B, F);
+//              cos, sin (B, hd / 2); invFreq (hd / 2) f64; attention scratch; logits (V);
+//              quantization staging (64, max cols) f32 (int8 only)
+//   KV cache   at the top, grown by doubling: for each layer K (nkv, cap, hd) then V (nkv, cap, hd),
+//              f32 or bf16. Growing moves the regions up (memmove), so memory is one contiguous map.
+
+const ALIGN = 64;
+const PAGE = 65536;
+const MAX_PAGES = 65536;
+const QUANT_ROWS = 64;
+const I8_BLOCK = 32;
+
+const align = (n) => Math.ceil(n / ALIGN) * ALIGN;
+
+/** Bytes of one matrix (rows, cols) in `format`, int8 scales included. */
+export function matrixBytes(rows, cols, format) {
+  if (format === "int8") return align(rows * cols) + align((rows * cols) / I8_BLOCK) * 4;
+  return align(rows * cols * (format === "bf16" ? 2 : 4));
+}
+
+/** Every byte count a shard will hold, for planning before any memory exists. */
+export function shardBytes(spec) {
+  const { hidden: H, headDim: hd, heads: nh, kvHeads: nkv, ffn: F, vocab: V, layers: L } = spec;
+  const f = spec.weightFormat;
+  const nqkv = (nh + 2 * nkv) * hd;
+  const perLayer =
+    2 * align(H * 4) +
+    matrixBytes(nqkv, H, f) +
+    matrixBytes(H, nh * hd, f) +
+    matrixBytes(2 * F, H, f) +
+    matrixBytes(H, F, f);
+  const weights = L * perLayer + align(H * 4) + matrixBytes(V, H, f);
+  const B = spec.maxBatch;
+  const scratch = (2 * 64 * hd + 64 + 4 + 2 * 16 * Math.max(1, nh / Math.max(1, nkv))) * 4;
+  const activations =
+    3 * align(B * H * 4) +
+    align(B * nqkv * 4) +
+    align(B * nh * hd * 4) +
+    align(B * 2 * F * 4) +
+    align(B * F * 4) +
+    2 * align((B * hd) / 2) * 4 +
+    align((hd / 2) * 8) +
+    align(scratch) +
+    align(V * 4) +
+    (f === "int8" ? align(QUANT_ROWS * Math.max(H, F, nh * hd) * 4) : 0);
+  const kvPerPosition = 2 * L * nkv * hd * (spec.kvDtype === "bf16" ? 2 : 4);
+  return { weights, activations, kvPerPosition };
+}
+
+export class Shard {
+  /**
+   * @param {WebAssembly.Module} module  the compiled kernels (wasm/build/ultralong.wasm)
+   * @param {object} spec  this shard's dims: hidden, layers, headDim, heads, kvHeads, ffn, vocab (all
+   *   local counts), eps, weightFormat, kvDtype, maxBatch, maxPositions
+   */
+  constructor(module, spec) {
+    this.spec = spec;
+    this.memory = new WebAssembly.Memory({ initial: 1, maximum: MAX_PAGES });
+    this.k = new WebAssembly.Instance(module, { env: { memory: this.memory } }).exports;
+    const { hidden: H, headDim: hd, heads: nh, kvHeads: nkv, ffn: F, vocab: V, layers: L } = spec;
+    const f = spec.weightFormat;
+    const B = spec.maxBatch;
+    this.nqkv = (nh + 2 * nkv) * hd;
+    this.kvEb = spec.kvDtype === "bf16" ? 2 : 4;
+    let top = align(this.k.heap_base());
+    const take = (bytes) => {
+      const p = top;
+      top += align(bytes);
+      return p;
+    };
+    const matrix = (rows, cols) => {
+      const eb = f === "bf16" ? 2 : f === "int8" ? 1 : 4;
+      const m = { rows, cols, ptr: take(rows * cols * eb), scales: 0 };
+      if (f === "int8") m.scales = take((rows * cols * 4) / I8_BLOCK);
+      return m;
+    };
+    this.layers = [];
+    for (let l = 0; l < L; l++) {
+      this.layers.push({
+        attnNorm: take(H * 4),
+        qkv: matrix(this.nqkv, H),
+        o: matrix(H, nh * hd),
+        ffnNorm: take(H * 4),
+        gu: matrix(2 * F, H),
+        down: matrix(H, F),
+      });
+    }
+    this.finalNorm = take(H * 4);
+    this.lm = matrix(V, H);
+    this.weightEnd = top;
+    this.x = take(B * H * 4);
+    this.xn = take(B * H * 4);
+    this.part = take(B * H * 4);
+    this.qkvBuf = take(B * this.nqkv * 4);
+    this.att = take(B * nh * hd * 4);
+    this.guBuf = take(B * 2 * F * 4);
+    this.act = take(B * F * 4);
+    this.cos = take((B * hd * 4) / 2);
+    this.sin = take((B * hd * 4) / 2);
+    this.invFreq = take((hd / 2) * 8);
+    this.scratch = take(nkv > 0 ? this.k.attention_scratch_bytes(nh, nkv, hd) : 0);
+    this.logitsBuf = take(V * 4);
+    this.staging = f === "int8" ? take(QUANT_ROWS * Math.max(H, F, nh * hd) * 4) : 0;
+    this.kvBase = top;
+    this.cap = 0;
+    this.scaling = 1;
+    this.#ensureBytes(top);
+  }
+
+  #ensureBytes(end) {
+    const have = this.memory.buffer.byteLength;
+    if (end <= have) return;
+    const pages = Math.ceil((end - have) / PAGE);
+    try {
+      this.memory.grow(pages);
+    } catch (cause) {
+      const err = new Error(
+        `shard needs ${end} bytes of WebAssembly memory, more than the 4 GiB one memory holds; use more threads or a smaller weight format`,
+        { cause },
+      );
+      err.code = "limit_exceeded";
+      throw err;
+    }
+  }
+
+  #f32(ptr, n) {
+    return new Float32Array(this.memory.buffer, ptr, n);
+  }
+
+  /** Bytes held for weights, and KV bytes per position (K and V, every layer, local heads). */
+  get weightBytes() {
+    return this.weightEnd - align(this.k.heap_base());
+  }
+
+  /** A norm weight: key attnNorm | ffnNorm (per layer) or finalNorm (layer ignored). */
+  setVector(key, layer, data) {
+    const ptr = key === "finalNorm" ? this.finalNorm : this.layers[layer][key];
+    this.#f32(ptr, this.spec.hidden).set(data);
+  }
+
+  /**
+   * Rows [rowOffset, rowOffset + data.length / cols) of a matrix: key qkv | o | gu | down (per
+   * layer) or lm. data: Float32Array for f32 and int8 (quantized here), Uint16Array bf16 bits.
+   */
+  setMatrix(key, layer, rowOffset, data) {
+    const m = key === "lm" ? this.lm : this.layers[layer][key];
+    const K = m.cols;
+    const rows = K === 0 ? 0 : data.length / K;
+    if (rows === 0) return;
+    if (rowOffset + rows > m.rows || rows !== Math.floor(rows)) {
+      throw new Error(`setMatrix ${key}[${layer}]: ${data.length} values do not fit rows of ${K}`);
+    }
+    const f = this.spec.weightFormat;
+    if (f === "f32") this.#f32(m.ptr + rowOffset * K * 4, rows * K).set(data);
+    else if (f === "bf16")
+      new Uint16Array(this.memory.buffer, m.ptr + rowOffset * K * 2, rows * K).set(data);
+    else {
+      for (let r = 0; r < rows; r += QUANT_ROWS) {
+        const n = Math.min(QUANT_ROWS, rows - r);
+        this.#f32(this.staging, n * K).set(data.subarray(r * K, (r + n) * K));
+        const row = rowOffset + r;
+        this.k.quantize_i8(
+          this.staging,
+          n,
+          K,
+          m.ptr + row * K,
+          m.scales + ((row * K) / I8_BLOCK) * 4,
+        );
+      }
+    }
+  }
+
+  /** Rotary frequencies (hd / 2, f64) and yarn's attention scaling, from core/model/rope.ts. */
+  setRope(invFreq, scaling) {
+    new Float64Array(this.memory.buffer, this.invFreq, this.spec.headDim / 2).set(invFreq);
+    this.scaling = scaling;
+  }
+
+  /** The input rows (maxBatch, H): write the embeddings of the next micro-batch here. */
+  input() {
+    return this.#f32(this.x, this.spec.maxBatch * this.spec.hidden);
+  }
+
+  /** Make room for positions < end in the KV cache, keeping positions < keep. */
+  reserve(end, keep) {
+    if (end <= this.cap) return;
+    const { layers: L, kvHeads: nkv, headDim: hd, maxPositions } = this.spec;
+    const cap = Math.min(maxPositions, Math.max(end, this.cap * 2, 256));
+    const rowBytes = hd * this.kvEb;
+    this.#ensureBytes(this.kvBase + 2 * L * nkv * cap * rowBytes);
+    const bytes = new Uint8Array(this.memory.buffer);
+    // Regions only move up, so copying from the last one down never overwrites unread data.
+    for (let r = 2 * L - 1; r >= 0; r--) {
+      for (let h = nkv - 1; h >= 0; h--) {
+        const src = this.kvBase + (r * nkv + h) * this.cap * rowBytes;
+        const dst = this.kvBase + (r * nkv + h) * cap * rowBytes;
+        if (src !== dst && keep > 0) bytes.copyWithin(dst, src, src + keep * rowBytes);
+      }
+    }
+    this.cap = cap;
+  }
+
+  #kvPtr(layer, which) {
+    const { kvHeads: nkv, headDim: hd } = this.spec;
+    return this.kvBase + (2 * layer + which) * nkv * this.cap * hd * this.kvEb;
+  }
+
+  /** Start a micro-batch of T tokens at position p0 (the rows are already in input()). */
+  begin(p0, T) {
+    this.reserve(p0 + T, p0);
+    this.p0 = p0;
+    this.T = T;
+    this.k.rope_table(this.invFreq, this.spec.headDim / 2, p0, T, this.scaling, this.cos, this.sin);
+  }
+
+  #matmul(x, T, m, y, acc) {
+    const f = this.spec.weightFormat;
+    if (m.rows === 0) return;
+    if (f === "f32") this.k.matmul_f32(x, T, m.cols, m.ptr, m.rows, y, acc ? 1 : 0);
+    else if (f === "bf16") this.k.matmul_bf16(x, T, m.cols, m.ptr, m.rows, y, acc ? 1 : 0);
+    else this.k.matmul_i8(x, T, m.cols, m.ptr, m.scales, m.rows, y, acc ? 1 : 0);
+  }
+
+  /**
+   * Attention half of layer l. reduce === null: one shard, the output projection is added to the
+   * residual. Otherwise the partial goes to `part` and reduce(part) must add every shard's partial.
+   */
+  attention(l, reduce) {
+    const { hidden: H, headDim: hd, heads: nh, kvHeads: nkv, eps } = this.spec;
+    const w = this.layers[l];
+    const T = this.T;
+    const k = this.k;
+    const bf16 = this.kvEb === 2 ? 1 : 0;
+    k.rmsnorm(this.x, w.attnNorm, this.xn, T, H, eps);
+    if (nkv > 0) {
+      this.#matmul(this.xn, T, w.qkv, this.qkvBuf, false);
+      const kOff = this.qkvBuf + nh * hd * 4;
+      const vOff = kOff + nkv * hd * 4;
+      k.rope_apply(this.qkvBuf, this.nqkv, T, nh, hd, this.cos, this.sin);
+      k.rope_apply(kOff, this.nqkv, T, nkv, hd, this.cos, this.sin);
+      k.kv_store(kOff, this.nqkv, T, nkv, hd, this.#kvPtr(l, 0), this.cap, this.p0, bf16);
+      k.kv_store(vOff, this.nqkv, T, nkv, hd, this.#kvPtr(l, 1), this.cap, this.p0, bf16);
+      k.attention(
+        this.qkvBuf,
+        this.nqkv,
+        this.att,
+        nh * hd,
+        T,
+        this.p0,
+        nh,
+        nkv,
+        hd,
+        this.#kvPtr(l, 0),
+        this.#kvPtr(l, 1),
+        this.cap,
+        bf16,
+        1 / Math.sqrt(hd),
+        this.scratch,
+      );
+    }
+    this.#project(w.o, this.att, reduce);
+  }
+
+  /** FFN half of layer l (SwiGLU), same reduce contract as attention(). */
+  ffn(l, reduce) {
+    const { hidden: H, ffn: F, eps } = this.spec;
+    const w = this.layers[l];
+    const T = this.T;
+    this.k.rmsnorm(this.x, w.ffnNorm, this.xn, T, H, eps);
+    if (F > 0) {
+      this.#matmul(this.xn, T, w.gu, this.guBuf, false);
+      this.k.swiglu(this.guBuf, T, F, this.act);
+    }
+    this.#project(w.down, this.act, reduce);
+  }
+
+  #project(m, input, reduce) {
+    const T = this.T;
+    if (reduce === null) {
+      if (m.cols > 0) this.#matmul(input, T, m, this.x, true);
+      return;
+    }
+    if (m.cols > 0) this.#matmul(input, T, m, this.part, false);
+    else this.#f32(this.part, T * this.spec.hidden).fill(0);
+    reduce(this.#f32(this.part, T * this.spec.hidden));
+  }
+
+  /** Add `partial` (T, H) into the residual: the reduce step, in the caller's fixed shard order. */
+  addToResidual(partial) {
+    const n = this.T * this.spec.hidden;
+    this.#f32(this.part, n).set(partial.subarray(0, n));
+    this.k.add_into(this.x, this.part, n);
+  }
+
+  /** Final norm of the last row and this shard's logits (V local rows of lm_head); a view. */
+  logits() {
+    const { hidden: H, eps } = this.spec;
+    this.k.rmsnorm(this.x + (this.T - 1) * H * 4, this.finalNorm, this.xn, 1, H, eps);
+    this.#matmul(this.xn, 1, this.lm, this.logitsBuf, false);
+    return this.#f32(this.logitsBuf, this.spec.vocab);
+  }
+
+  /**
+   * KV of positions [start, end) for this shard's heads, in the cache dtype: for each layer
+   * K (nkv, n, hd) then V (nkv, n, hd). A copy.
+   */
+  exportKv(start, end) {
+    const { layers: L, kvHeads: nkv, headDim: hd } = this.spec;
+    const n = end - start;
+    const rowBytes = hd * this.kvEb;
+    const out = new Uint8Array(2 * L * nkv * n * rowBytes);
+    const mem = new Uint8Array(this.memory.buffer);
+    let o = 0;
+    for (let l = 0; l < L; l++) {
+      for (let which = 0; which < 2; which++) {
+        for (let h = 0; h < nkv; h++) {
+          const src = this.#kvPtr(l, which) + (h * this.cap + start) * rowBytes;
+          out.set(mem.subarray(src, src + n * rowBytes), o);
+          o += n * rowBytes;
+        }
+      }
+    }
+    return out;
+  }
+
+  /** Write positions [start, start + n) from bytes in exportKv's layout and the cache dtype. */
+  importKv(bytes, start, n) {
+    const { layers: L, kvHeads: nkv, headDim: hd } = this.spec;
+    this.reserve(start + n, start);
+    const rowBytes = hd * this.kvEb;
+    const mem = new Uint8Array(this.memory.buffer);
+    let o = 0;
+    for (let l = 0; l < L; l++) {
+      for (let which = 0; which < 2; which++) {
+        for (let h = 0; h < nkv; h++) {
+          const dst = this.#kvPtr(l, which) + (h * this.cap + start) * rowBytes;
+          mem.set(bytes.subarray(o, o + n * rowBytes), dst);
+          o += n * rowBytes;
+        }
+      }
+    }
+  }
+
+  /** Memory this shard's instance has grown to. */
+  get memoryBytes() {
+    return this.memory.buffer.byteLength;
+  }
+}

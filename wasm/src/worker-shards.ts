@@ -1,0 +1,155 @@
+// One shard per worker thread (core/node/worker-pool.ts, entry worker.mjs), each with its own
+// WebAssembly memory, so the model may exceed one 4 GiB memory and every core works on every layer.
+// Node only: runtime.ts imports this module dynamically, on the threaded path alone.
+//
+// Per micro-batch the main thread writes the embeddings into shared memory and posts `forward` to
+// every worker; the workers run all layers, meeting at a barrier for each of the two all-reduces
+// per layer (worker.mjs). Cancellation sets a flag that the last worker at a barrier turns into a
+// decision all workers share, so they stop at the same layer.
+import { CancelledError } from "../../core/errors.ts";
+import { WorkerCallError, WorkerPool } from "../../core/node/worker-pool.ts";
+import type { MatrixKey, ShardSpec, VectorKey } from "./shard.mjs";
+import { rethrowShardError } from "./shard-errors.ts";
+import type { ShardSet } from "./shard-set.ts";
+
+const CANCEL = 2;
+
+export class WorkerShards implements ShardSet {
+  readonly #pool: WorkerPool;
+  readonly #ctl: Int32Array; // (16) barrier state, see worker.mjs
+  readonly #input: Float32Array; // (maxBatch, hidden) f32
+  readonly #logits: Float32Array; // (vocab) f32
+
+  private constructor(
+    pool: WorkerPool,
+    sab: SharedArrayBuffer,
+    layout: SabLayout,
+    H: number,
+    B: number,
+  ) {
+    this.#pool = pool;
+    this.#ctl = new Int32Array(sab, layout.ctl, 16);
+    this.#input = new Float32Array(sab, layout.input, B * H);
+    this.#logits = new Float32Array(sab, layout.logits, layout.vocab);
+  }
+
+  static async start(
+    module: WebAssembly.Module,
+    specs: ShardSpec[],
+    vocabOffsets: number[],
+    vocab: number,
+  ): Promise<WorkerShards> {
+    const W = specs.length;
+    const { hidden: H, maxBatch: B } = specs[0];
+    const layout: SabLayout = { ctl: 0, input: 64, slots: 0, logits: 0, vocab, vocabOffset: 0 };
+    layout.slots = layout.input + B * H * 4;
+    layout.logits = layout.slots + 2 * W * B * H * 4;
+    const sab = new SharedArrayBuffer(layout.logits + vocab * 4);
+    const pool = new WorkerPool(new URL("./worker.mjs", import.meta.url), W, "wasm-shard");
+    try {
+      await Promise.all(
+        pool.workers.map((w, i) =>
+          w.call("init", [
+            module,
+            specs[i],
+            sab,
+            { ...layout, vocabOffset: vocabOffsets[i] },
+            i,
+            W,
+          ]),
+        ),
+      );
+    } catch (err) {
+      await pool.close();
+      rethrowWorker(err);
+    }
+    return new WorkerShards(pool, sab, layout, H, B);
+  }
+
+  get count() {
+    return this.#pool.size;
+  }
+
+  async setVector(s: number, key: VectorKey, layer: number, data: Float32Array) {
+    await this.#pool.workers[s].call("setVector", [key, layer, data]).catch(rethrowWorker);
+  }
+
+  async setMatrix(
+    s: number,
+    key: MatrixKey,
+    layer: number,
+    rowOffset: number,
+    data: Float32Array | Uint16Array,
+  ) {
+    await this.#pool.workers[s]
+      .call("setMatrix", [key, layer, rowOffset, data], [data.buffer as ArrayBuffer])
+      .catch(rethrowWorker);
+  }
+
+  async setRope(invFreq: Float64Array, scaling: number) {
+    await this.#pool.all("setRope", () => [invFreq, scaling]).catch(rethrowWorker);
+  }
+
+  async forward(
+    p0: number,
+    input: Float32Array,
+    T: number,
+    wantLogits: boolean,
+    signal?: AbortSignal,
+  ) {
+    if (signal?.aborted) throw new CancelledError();
+    this.#input.set(input.subarray(0, this.#input.length));
+    Atomics.store(this.#ctl, CANCEL, 0);
+    const onAbort = () => Atomics.store(this.#ctl, CANCEL, 1);
+    signal?.addEventListener("abort", onAbort);
+    let results: { cancelled: boolean }[];
+    try {
+      results = await this.#pool.all<{ cancelled: boolean }>("forward", () => [p0, T, wantLogits]);
+    } catch (err) {
+      rethrowWorker(err);
+    } finally {
+      signal?.removeEventListener("abort", onAbort);
+    }
+    if (results.some((r) => r.cancelled)) throw new CancelledError();
+    return wantLogits ? this.#logits.slice() : null;
+  }
+
+  async exportKv(start: number, end: number) {
+    return this.#pool.all<Uint8Array>("exportKv", () => [start, end]).catch(rethrowWorker);
+  }
+
+  async importKv(parts: Uint8Array[], start: number, n: number) {
+    await Promise.all(
+      this.#pool.workers.map((w, i) =>
+        w.call("importKv", [parts[i], start, n], [parts[i].buffer as ArrayBuffer]),
+      ),
+    ).catch(rethrowWorker);
+  }
+
+  async memoryBytes() {
+    return this.#pool.all<number>("memoryBytes", () => []).catch(rethrowWorker);
+  }
+
+  async close() {
+    await this.#pool.close();
+  }
+}
+
+interface SabLayout {
+  ctl: number;
+  input: number;
+  slots: number;
+  logits: number;
+  vocab: number;
+  vocabOffset: number;
+}
+
+function rethrowWorker(err: unknown): never {
+  if (err instanceof WorkerCallError) {
+    const e = new Error(err.message) as Error & { code?: string };
+    e.code = err.code;
+    e.stack = err.workerStack ?? e.stack;
+    rethrowShardError(e);
+  }
+  throw err;
+}

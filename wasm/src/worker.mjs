@@ -1,0 +1,109 @@
+// Worker entry for the threaded WASM runtime: one Shard (shard.mjs) per worker, driven by the
+// request/response protocol of core/node/worker-pool.ts. Plain JS: it must start with no TS loader.
+//
+// Shared memory (a SharedArrayBuffer from the main thread), byte offsets in `layout`:
+//   ctl     Int32Array(16): [0] arrivals, [1] barrier generation, [2] cancel request, [3] decision
+//   input   (maxBatch, H) f32      the micro-batch's embeddings, written by the main thread
+//   slots   (2, workers, maxBatch, H) f32   partial residual updates, two phases (attention, FFN)
+//   logits  (vocab) f32            each worker writes its rows' logits at its offset
+import { parentPort } from "node:worker_threads";
+import { Shard } from "./shard.mjs";
+
+const ARRIVED = 0;
+const GENERATION = 1;
+const CANCEL = 2;
+const DECISION = 3;
+
+let shard = null;
+let ctx = null;
+let phase = 0;
+
+class Cancelled extends Error {}
+
+/**
+ * Wait until every worker arrives. The last to arrive reads the cancel request and publishes the
+ * decision, so all workers see the same one and stop at the same layer.
+ */
+function barrier() {
+  const ctl = ctx.ctl;
+  const gen = Atomics.load(ctl, GENERATION);
+  if (Atomics.add(ctl, ARRIVED, 1) === ctx.count - 1) {
+    Atomics.store(ctl, ARRIVED, 0);
+    Atomics.store(ctl, DECISION, Atomics.load(ctl, CANCEL));
+    Atomics.add(ctl, GENERATION, 1);
+    Atomics.notify(ctl, GENERATION);
+  } else {
+    while (Atomics.load(ctl, GENERATION) === gen) Atomics.wait(ctl, GENERATION, gen);
+  }
+  return Atomics.load(ctl, DECISION) !== 0;
+}
+
+/** Publish this worker's partial, wait for all, then add every partial in worker order. */
+function reduce(partial) {
+  const n = partial.length;
+  const slots = ctx.slots[phase];
+  slots[ctx.index].set(partial);
+  if (barrier()) throw new Cancelled();
+  for (let w = 0; w < ctx.count; w++) shard.addToResidual(slots[w].subarray(0, n));
+  phase ^= 1;
+}
+
+const handlers = {
+  init(module, spec, sab, layout, index, count) {
+    shard = new Shard(module, spec);
+    const H = spec.hidden;
+    const B = spec.maxBatch;
+    const slots = [0, 1].map((p) =>
+      Array.from(
+        { length: count },
+        (_, w) => new Float32Array(sab, layout.slots + (p * count + w) * B * H * 4, B * H),
+      ),
+    );
+    ctx = {
+      ctl: new Int32Array(sab, layout.ctl, 16),
+      input: new Float32Array(sab, layout.input, B * H),
+      logits: new Float32Array(sab, layout.logits, layout.vocab),
+      slots,
+      index,
+      count,
+      vocabOffset: layout.vocabOffset,
+    };
+    return { weightBytes: shard.weightBytes };
+  },
+  setVector: (key, layer, data) => shard.setVector(key, layer, data),
+  setMatrix: (key, layer, rowOffset, data) => shard.setMatrix(key, layer, rowOffset, data),
+  setRope: (invFreq, scaling) => shard.setRope(invFreq, scaling),
+  forward(p0, T, wantLogits) {
+    const H = shard.spec.hidden;
+    shard.input().set(ctx.input.subarray(0, T * H));
+    shard.begin(p0, T);
+    try {
+      for (let l = 0; l < shard.spec.layers; l++) {
+        shard.attention(l, reduce);
+        shard.ffn(l, reduce);
+      }
+    } catch (err) {
+      if (err instanceof Cancelled) return { cancelled: true };
+      throw err;
+    }
+    if (wantLogits) ctx.logits.set(shard.logits(), ctx.vocabOffset);
+    return { cancelled: false };
+  },
+  exportKv: (start, end) => shard.exportKv(start, end),
+  importKv: (bytes, start, n) => shard.importKv(bytes, start, n),
+  memoryBytes: () => shard.memoryBytes,
+};
+
+parentPort.on("message", ({ id, method, args }) => {
+  try {
+    const result = handlers[method](...args);
+    const transfer = ArrayBuffer.isView(result) ? [result.buffer] : [];
+    parentPort.postMessage({ id, ok: true, result }, transfer);
+  } catch (err) {
+    parentPort.postMessage({
+      id,
+      ok: false,
+      error: { message: String(err?.message ?? err), code: err?.code, stack: err?.stack },
+    });
+  }
+});
