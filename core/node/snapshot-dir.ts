@@ -187,6 +187,15 @@ export function openStore(
     endpoint: parsed.endpoint,
     forcePathStyle: parsed.forcePathStyle,
     region: parsed.region,
+    // The SDK reads process.env itself; an explicit env (tests, child configs) must be passed on.
+    credentials:
+      env !== process.env && env.AWS_ACCESS_KEY_ID && env.AWS_SECRET_ACCESS_KEY
+        ? {
+            accessKeyId: env.AWS_ACCESS_KEY_ID,
+            secretAccessKey: env.AWS_SECRET_ACCESS_KEY,
+            sessionToken: env.AWS_SESSION_TOKEN,
+          }
+        : undefined,
     ...opts.s3,
   });
 }
