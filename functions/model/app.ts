@@ -1,0 +1,256 @@
+// The model function (Hono, Web Request/Response only): verifies the edge's signature, reads the
+// framed token stream, runs one generation per runtime through a bounded queue, and streams
+// events back as SSE. It never sees API keys or prompt text.
+//
+//   POST /v1/generate   signed, application/x-ultralong-frames -> text/event-stream (events.ts)
+//   GET  /healthz       liveness
+//   GET  /readyz        model, runtime, KV capacity, queue
+//   GET  /metrics       Prometheus text, behind the metrics key
+import { Hono } from "hono";
+import { CancelledError, InvalidInputError, UltralongError } from "../../core/errors.ts";
+import { sseComment, sseEvent } from "../../core/protocol/events.ts";
+import {
+  FRAME_END,
+  FRAME_HEADER,
+  FRAME_TOKENS,
+  type Frame,
+  readFrames,
+} from "../../core/protocol/frames.ts";
+import { type GenerateHeader, parseGenerateHeader } from "../../core/protocol/header.ts";
+import { importSigningKey, RequestVerifier } from "../../core/protocol/signing.ts";
+import {
+  describeError,
+  errorResponse,
+  UnsupportedMediaTypeError,
+} from "../platform/http-errors.ts";
+import { Metrics, statusClass } from "../platform/metrics.ts";
+import { metricsResponse } from "../platform/metrics-route.ts";
+import { consoleSink, type LogSink, logRequest } from "../platform/request-log.ts";
+import type { ModelEngine } from "./engine.ts";
+import { GenerationQueue } from "./queue.ts";
+
+export const FRAMES_CONTENT_TYPE = "application/x-ultralong-frames";
+export const GENERATE_PATH = "/v1/generate";
+
+export interface ModelAppOptions {
+  engine: ModelEngine;
+  /** Shared secret with the edge (required). */
+  secret: string | Uint8Array;
+  /** hex SHA-256 of the metrics key; without it /metrics answers 403. */
+  metricsKeySha256?: string;
+  /** Requests that may wait for the runtime (default 8). */
+  maxWaiting?: number;
+  /** SSE keep-alive comment interval, ms (default 15 000). */
+  keepAliveMs?: number;
+  /** Signature freshness window, ms (default 60 000). */
+  signatureWindowMs?: number;
+  clock?: () => number;
+  log?: LogSink;
+}
+
+export interface ModelApp {
+  app: Hono;
+  metrics: Metrics;
+  queue: GenerationQueue;
+}
+
+export async function createModelApp(options: ModelAppOptions): Promise<ModelApp> {
+  if (!options.engine) throw new Error("createModelApp: 'engine' is required");
+  if (!options.secret) throw new Error("createModelApp: 'secret' is required");
+  const clock = options.clock ?? Date.now;
+  const log = options.log ?? consoleSink;
+  const keepAliveMs = options.keepAliveMs ?? 15_000;
+  const key = await importSigningKey(options.secret);
+  const verifier = new RequestVerifier(key, { clock, windowMs: options.signatureWindowMs });
+  const engine = options.engine;
+  const queue = new GenerationQueue(1, options.maxWaiting ?? 8);
+  const metrics = new Metrics();
+  metrics.counter("ul_model_requests_total", "Requests by route and status class");
+  metrics.counter("ul_model_prompt_tokens_total", "Prompt tokens received");
+  metrics.counter("ul_model_cached_tokens_total", "Prompt tokens restored from snapshots");
+  metrics.counter("ul_model_output_tokens_total", "Tokens generated");
+  metrics.gauge("ul_model_queue_active", "Generations running", () => queue.active);
+  metrics.gauge(
+    "ul_model_queue_waiting",
+    "Generations waiting for the runtime",
+    () => queue.waiting,
+  );
+  metrics.gauge(
+    "ul_model_snapshot_bytes_written",
+    "Snapshot bytes uploaded",
+    () => engine.snapshotBytes?.().written ?? 0,
+  );
+  metrics.gauge(
+    "ul_model_snapshot_bytes_read",
+    "Snapshot bytes restored",
+    () => engine.snapshotBytes?.().read ?? 0,
+  );
+
+  const app = new Hono();
+  app.onError((err) => errorResponse(err));
+  app.notFound(() => errorResponse(new UltralongError("route_not_found", "no such route")));
+
+  app.get("/healthz", (c) => c.json({ ok: true }));
+  app.get("/readyz", (c) => {
+    const info = engine.info();
+    return c.json({
+      ready: true,
+      ...info,
+      queue: { active: queue.active, waiting: queue.waiting, max: queue.maxWaiting },
+    });
+  });
+  app.get("/metrics", (c) => metricsResponse(c, metrics, options.metricsKeySha256));
+
+  app.post(GENERATE_PATH, async (c) => {
+    const started = clock();
+    const requestId = c.req.header("x-request-id") ?? "";
+    const finish = (status: number, extra: Partial<Parameters<typeof logRequest>[1]> = {}) => {
+      metrics.inc("ul_model_requests_total", { route: GENERATE_PATH, class: statusClass(status) });
+      logRequest(
+        log,
+        {
+          app: "model",
+          requestId,
+          route: GENERATE_PATH,
+          status,
+          totalMs: clock() - started,
+          ...extra,
+        },
+        clock,
+      );
+    };
+    let frames: AsyncGenerator<Frame> | null = null;
+    try {
+      const signature = await verifier.verify("POST", GENERATE_PATH, c.req.raw.headers);
+      const type = (c.req.header("content-type") ?? "").split(";")[0].trim();
+      if (type !== FRAMES_CONTENT_TYPE)
+        throw new UnsupportedMediaTypeError(`expected ${FRAMES_CONTENT_TYPE}`);
+      const body = c.req.raw.body;
+      if (!body) throw new InvalidInputError("empty body");
+      frames = readFrames(body, key, signature);
+      const first = await frames.next();
+      if (first.done || first.value.type !== FRAME_HEADER)
+        throw new InvalidInputError("missing HEADER frame");
+      const header = parseGenerateHeader(first.value.json);
+      return await stream(c.req.raw.signal, header, frames, started, finish);
+    } catch (err) {
+      await frames?.return(undefined);
+      const { status, body } = describeError(err);
+      finish(status, { errorCode: body.error.code });
+      throw err;
+    }
+  });
+
+  async function stream(
+    clientSignal: AbortSignal,
+    header: GenerateHeader,
+    frames: AsyncGenerator<Frame>,
+    started: number,
+    finish: (status: number, extra?: Record<string, unknown>) => void,
+  ): Promise<Response> {
+    const abort = new AbortController();
+    const onClientAbort = () => abort.abort(new CancelledError("client went away"));
+    clientSignal.addEventListener("abort", onClientAbort, { once: true });
+    const release = await queue.acquire(abort.signal).catch((err) => {
+      clientSignal.removeEventListener("abort", onClientAbort);
+      throw err;
+    });
+    const queueMs = clock() - started;
+    const vocab = engine.info().vocabSize;
+    async function* prompt(): AsyncGenerator<Int32Array> {
+      for await (const f of frames) {
+        if (f.type === FRAME_END) return;
+        if (f.type !== FRAME_TOKENS) continue;
+        for (const id of f.tokens) {
+          if (id < 0 || id >= vocab)
+            throw new InvalidInputError(
+              `token id ${id} is outside the vocabulary (0..${vocab - 1})`,
+            );
+        }
+        metrics.inc("ul_model_prompt_tokens_total", {}, f.tokens.length);
+        yield f.tokens;
+      }
+    }
+    let timer: ReturnType<typeof setInterval> | undefined;
+    const body = new ReadableStream<Uint8Array>({
+      start(controller) {
+        const send = (bytes: Uint8Array) => {
+          if (!abort.signal.aborted) controller.enqueue(bytes);
+        };
+        timer = setInterval(() => send(sseComment("keep-alive")), keepAliveMs);
+        void (async () => {
+          let status = 200;
+          const stats: Record<string, unknown> = { tenant: header.tenant, queueMs };
+          try {
+            for await (const ev of engine.generate({
+              header,
+              prompt: prompt(),
+              signal: abort.signal,
+            })) {
+              if (ev.event === "progress" && !header.progress) continue;
+              if (ev.event === "usage") {
+                const u = ev.data;
+                metrics.inc("ul_model_cached_tokens_total", {}, u.cachedTokens);
+                metrics.inc("ul_model_output_tokens_total", {}, u.completionTokens);
+                if (u.prefillMs > 0)
+                  metrics.set(
+                    "ul_model_prefill_tokens_per_second",
+                    ((u.promptTokens - u.cachedTokens) / u.prefillMs) * 1000,
+                  );
+                if (u.decodeMs > 0)
+                  metrics.set(
+                    "ul_model_decode_tokens_per_second",
+                    (u.completionTokens / u.decodeMs) * 1000,
+                  );
+                Object.assign(stats, {
+                  promptTokens: u.promptTokens,
+                  completionTokens: u.completionTokens,
+                  cachedTokens: u.cachedTokens,
+                  finishReason: u.finishReason,
+                  prefillMs: u.prefillMs,
+                  decodeMs: u.decodeMs,
+                });
+              }
+              send(sseEvent(ev.event, ev.data));
+            }
+          } catch (err) {
+            const d = describeError(err);
+            status = abort.signal.aborted ? 499 : d.status;
+            stats.errorCode = abort.signal.aborted ? "cancelled" : d.body.error.code;
+            send(
+              sseEvent("error", {
+                code: d.body.error.code,
+                message: d.body.error.message,
+                status: d.status,
+              }),
+            );
+          } finally {
+            clearInterval(timer);
+            clientSignal.removeEventListener("abort", onClientAbort);
+            release();
+            await frames.return(undefined).catch(() => {});
+            finish(status, stats);
+            try {
+              controller.close();
+            } catch {
+              // already cancelled by the client
+            }
+          }
+        })();
+      },
+      cancel() {
+        clearInterval(timer);
+        abort.abort(new CancelledError("client went away"));
+      },
+    });
+    return new Response(body, {
+      headers: {
+        "content-type": "text/event-stream",
+        "cache-control": "no-cache",
+        "x-accel-buffering": "no",
+      },
+    });
+  }
+
+  return { app, metrics, queue };
+}

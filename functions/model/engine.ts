@@ -1,0 +1,35 @@
+// What the model function app needs from the model: generate events for a (streamed) prompt, and
+// describe itself for readiness. `createDriverEngine` (driver-engine.ts) implements it over the
+// runtime registry, the sequence driver and the snapshot cache; the app knows none of those.
+import type { ModelEvent } from "../../core/protocol/events.ts";
+import type { GenerateHeader } from "../../core/protocol/header.ts";
+
+export interface EngineInfo {
+  /** Model id served (directory name or configured). */
+  model: string;
+  /** Model fingerprint (SHA-256 hex), names snapshots. */
+  fingerprint: string;
+  runtime: string;
+  vocabSize: number;
+  /** Context length the runtime can hold. */
+  maxPositions: number;
+  kv: { dtype: string; bytesPerToken: number; capacityBytes: number };
+  /** Snapshot store in use ("none", "dir:/path", "s3://bucket/prefix"). */
+  store: string;
+}
+
+export interface GenerationRequest {
+  header: GenerateHeader;
+  /** Verified prompt tokens as they arrive; ends when the edge's END frame is verified. */
+  prompt: AsyncIterable<Int32Array>;
+  signal: AbortSignal;
+}
+
+export interface ModelEngine {
+  info(): EngineInfo;
+  /** Events in order: progress*, token*, then exactly one usage. Throws typed errors. */
+  generate(request: GenerationRequest): AsyncIterable<ModelEvent>;
+  /** Snapshot bytes written and read so far (metrics). */
+  snapshotBytes?(): { written: number; read: number };
+  close(): Promise<void>;
+}

@@ -1,0 +1,67 @@
+// One generation per runtime at a time (a runtime owns one sequence's KV cache), with a bounded
+// FIFO of waiters. Past the bound the caller gets RateLimitError (429 + Retry-After) at once rather
+// than waiting unboundedly: the edge or client retries, and memory stays bounded under load.
+import { CancelledError } from "../../core/errors.ts";
+import { RateLimitError } from "../platform/http-errors.ts";
+
+export class GenerationQueue {
+  #active = 0;
+  readonly #waiters: Array<{ resolve: () => void; reject: (e: unknown) => void }> = [];
+
+  constructor(
+    /** Generations that may run at once (runtimes in the pool). */
+    readonly slots: number,
+    /** Requests that may wait for a slot. */
+    readonly maxWaiting: number,
+    /** Seconds a client is told to wait when the queue is full. */
+    readonly retryAfterS = 1,
+  ) {}
+
+  get active(): number {
+    return this.#active;
+  }
+  get waiting(): number {
+    return this.#waiters.length;
+  }
+
+  /** Resolves with a release function once a slot is free. */
+  async acquire(signal?: AbortSignal): Promise<() => void> {
+    if (this.#active < this.slots && this.#waiters.length === 0) {
+      this.#active++;
+      return this.#releaser();
+    }
+    if (this.#waiters.length >= this.maxWaiting) {
+      throw new RateLimitError(
+        `the model is busy (${this.#active} running, ${this.#waiters.length} waiting); retry later`,
+        this.retryAfterS,
+      );
+    }
+    await new Promise<void>((resolve, reject) => {
+      const waiter = { resolve, reject };
+      this.#waiters.push(waiter);
+      signal?.addEventListener(
+        "abort",
+        () => {
+          const i = this.#waiters.indexOf(waiter);
+          if (i >= 0) {
+            this.#waiters.splice(i, 1);
+            reject(new CancelledError("client went away while queued"));
+          }
+        },
+        { once: true },
+      );
+    });
+    return this.#releaser();
+  }
+
+  #releaser(): () => void {
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const next = this.#waiters.shift();
+      if (next) next.resolve();
+      else this.#active--;
+    };
+  }
+}
