@@ -216,67 +216,107 @@ export function applyPenalties(
   }
 }
 
+/** Histogram resolution of `survivors`: buckets per nat of logit below the max. */
+const BUCKETS_PER_NAT = 16;
+/** Buckets; the last also holds everything further below (e < exp(-256): no weight at all). */
+const BUCKETS = 256 * BUCKETS_PER_NAT;
+
 /**
- * The ids that survive min-p, top-k and top-p on logits already divided by the temperature, most
- * likely first (ties to the lowest id), with their unnormalised weights exp(l - max); with no
- * filter on, every id in id order. Exported for tests; `Sampler` draws from it.
+ * The ids that survive min-p, top-k and top-p on logits already divided by the temperature, with
+ * their unnormalised weights exp(l - max). Order: every id clear of all three boundaries first (in
+ * id order), then the ids near the boundary most likely first, ties to the lowest id. With no
+ * filter on: every id in id order. Exported for tests; `Sampler` draws from it.
+ *
+ * How: one pass puts each id in a histogram bucket by (max - logit), with counts and masses; the
+ * filters' boundaries are found on the histogram, and only the one bucket holding the boundary is
+ * sorted. So a step costs O(vocab) plus a sort of one bucket, never a sort of the vocabulary.
  */
 export function survivors(
   scaled: Float32Array,
   o: Pick<SamplingOptions, "topK" | "topP" | "minP">,
-): { ids: number[]; weights: number[] } {
+): { ids: Int32Array; weights: Float64Array } {
   const topK = o.topK ?? 0;
   const topP = o.topP ?? 1;
   const minP = o.minP ?? 0;
+  const V = scaled.length;
   let max = Number.NEGATIVE_INFINITY;
-  for (let i = 0; i < scaled.length; i++) if (scaled[i] > max) max = scaled[i];
-  // (vocab) exp(l - max), f64 so the nucleus sums are exact enough for p close to 1.
-  const e = new Float64Array(scaled.length);
-  // Mass of the min-p survivors: top-p's normaliser when top-k does not cut.
-  let massMinP = 0;
-  for (let i = 0; i < scaled.length; i++) {
-    const w = (e[i] = Math.exp(scaled[i] - max));
+  for (let i = 0; i < V; i++) if (scaled[i] > max) max = scaled[i];
+  // (vocab) exp(l - max) in f64, so the nucleus sums are exact enough for p close to 1.
+  const e = new Float64Array(V);
+  if (topK === 0 && topP >= 1 && minP === 0) {
+    const all = new Int32Array(V);
+    for (let i = 0; i < V; i++) {
+      e[i] = Math.exp(scaled[i] - max);
+      all[i] = i;
+    }
+    return { ids: all, weights: e };
+  }
+  const bucket = new Uint16Array(V); // (vocab) histogram bucket of each id
+  const counts = new Int32Array(BUCKETS);
+  const masses = new Float64Array(BUCKETS);
+  let massMinP = 0; // mass of the min-p survivors: top-p's normaliser when top-k does not cut
+  for (let i = 0; i < V; i++) {
+    const d = max - scaled[i];
+    const w = (e[i] = Math.exp(-d));
+    const b = Math.min(BUCKETS - 1, Math.floor(d * BUCKETS_PER_NAT));
+    bucket[i] = b;
+    counts[b]++;
+    masses[b] += w;
     if (w >= minP) massMinP += w;
   }
-  if (topK === 0 && topP >= 1 && minP === 0) {
-    // No filter: every id, in id order (the draw needs no sorting).
-    return { ids: Array.from(e.keys()), weights: Array.from(e) };
-  }
 
-  // Smallest threshold t such that {i : e_i >= t} provably holds every survivor.
-  let ids: number[] = [];
-  for (let t = 1e-2; ; t = t > 1e-30 ? t * 1e-4 : 0) {
-    ids = [];
-    let mass = 0;
-    for (let i = 0; i < e.length; i++) {
-      if (e[i] >= t) {
-        ids.push(i);
-        mass += e[i];
+  // The last bucket that can hold a survivor.
+  let last = BUCKETS - 1;
+  if (minP > 0) last = Math.min(last, Math.floor(-Math.log(minP) * BUCKETS_PER_NAT));
+  if (topK > 0) {
+    let n = 0;
+    for (let b = 0; b <= last; b++) {
+      n += counts[b];
+      if (n >= topK) {
+        last = b;
+        break;
       }
     }
-    const enough =
-      t === 0 ||
-      (minP > 0 && minP >= t) ||
-      (topK > 0 && ids.length >= topK) ||
-      (topK === 0 && topP < 1 && mass >= topP * massMinP);
-    if (enough) break;
+  } else if (topP < 1) {
+    let m = 0;
+    for (let b = 0; b <= last; b++) {
+      m += masses[b];
+      if (m >= topP * massMinP) {
+        last = b;
+        break;
+      }
+    }
   }
-  ids.sort((a, b) => e[b] - e[a] || a - b);
+
+  // Ids clear of the boundary (all survive every filter, except top-p after top-k, which may cut
+  // anywhere, so with top-k on everything is sorted), then the sorted boundary ids.
+  const sortAll = topK > 0;
+  const clear: number[] = [];
+  const edge: number[] = [];
+  for (let i = 0; i < V; i++) {
+    const b = bucket[i];
+    if (b < last && !sortAll) clear.push(i);
+    else if (b <= last) edge.push(i);
+  }
+  const sorted = sortByLogit(scaled, edge);
+  let ids = new Int32Array(clear.length + sorted.length);
+  ids.set(clear);
+  ids.set(sorted, clear.length);
 
   if (minP > 0) {
-    let n = 0;
+    let n = clear.length;
     while (n < ids.length && e[ids[n]] >= minP) n++;
-    ids.length = Math.max(n, 1);
+    ids = ids.subarray(0, Math.max(n, 1));
   }
   if (topK > 0 && ids.length > topK) {
-    const kth = e[ids[topK - 1]];
+    const kth = scaled[ids[topK - 1]];
     let n = topK;
-    while (n < ids.length && e[ids[n]] === kth) n++;
-    ids.length = n;
+    while (n < ids.length && scaled[ids[n]] === kth) n++;
+    ids = ids.subarray(0, n);
   }
   if (topP < 1) {
-    // With top-k on, `ids` holds exactly the top-k (and min-p) survivors; without it, the set may
-    // be a strict subset of the min-p survivors, whose whole mass is the normaliser.
+    // With top-k on, `ids` is exactly the top-k (and min-p) survivors, renormalised over; without
+    // it, the normaliser is the mass of all min-p survivors.
     let z = massMinP;
     if (topK > 0) {
       z = 0;
@@ -285,9 +325,35 @@ export function survivors(
     let before = 0;
     let n = 0;
     while (n < ids.length && before < topP * z) before += e[ids[n++]];
-    ids.length = Math.max(n, 1);
+    ids = ids.subarray(0, Math.max(n, 1));
   }
-  return { ids, weights: ids.map((id) => e[id]) };
+  const weights = new Float64Array(ids.length);
+  for (let i = 0; i < ids.length; i++) weights[i] = e[ids[i]];
+  return { ids, weights };
+}
+
+/**
+ * `ids` most likely first, ties to the lowest id. Sorted as packed f64 keys (the f32 logit's bits
+ * in descending order, then the id), since a native numeric sort of a Float64Array is several
+ * times faster than sorting with a comparator.
+ */
+function sortByLogit(scaled: Float32Array, ids: readonly number[]): Int32Array {
+  const bits = new Uint32Array(scaled.buffer, scaled.byteOffset, scaled.length);
+  const idSpace = 2 ** Math.max(1, Math.ceil(Math.log2(scaled.length)));
+  if (idSpace > 2 ** 21) {
+    throw new Error("assertion failed: vocabularies above 2^21 ids cannot be packed in sort keys");
+  }
+  const keys = new Float64Array(ids.length);
+  for (let k = 0; k < ids.length; k++) {
+    const b = bits[ids[k]];
+    // The float's bits as an unsigned order (larger float, larger value), inverted.
+    const ordered = b & 0x80000000 ? ~b >>> 0 : (b | 0x80000000) >>> 0;
+    keys[k] = (0xffffffff - ordered) * idSpace + ids[k];
+  }
+  keys.sort();
+  const out = new Int32Array(ids.length);
+  for (let k = 0; k < ids.length; k++) out[k] = keys[k] % idSpace;
+  return out;
 }
 
 /** Draws an index of `weights` (unnormalised, >= 0) with probability proportional to its weight. */

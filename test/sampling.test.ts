@@ -1,0 +1,266 @@
+import { describe, expect, it } from "vitest";
+import {
+  applyPenalties,
+  createRng,
+  logSumExp,
+  PenaltyState,
+  Sampler,
+  type SamplingOptions,
+  survivors,
+  topLogprobs,
+  validateSamplingOptions,
+} from "../core/engine/sampling.ts";
+import { InvalidInputError } from "../core/errors.ts";
+
+/** Logits of a given probability vector (log p), as f32. */
+function logitsOf(probs: number[]): Float32Array {
+  return Float32Array.from(probs, (p) => Math.log(p));
+}
+
+/** Random logits with a realistic spread (a few likely tokens, a long tail). */
+function randomLogits(n: number, seed: number, spread = 4): Float32Array {
+  const rng = createRng(seed);
+  return Float32Array.from({ length: n }, () => {
+    const u = rng();
+    return spread * Math.log(u / (1 - u) + 1e-9);
+  });
+}
+
+/**
+ * Brute force, straight from the definitions (vLLM's order: min-p, top-k, top-p), for comparison
+ * with the histogram implementation: sort everything, cut.
+ */
+function bruteSurvivors(scaled: Float32Array, o: SamplingOptions): Set<number> {
+  const ids = Array.from(scaled.keys()).sort((a, b) => scaled[b] - scaled[a] || a - b);
+  const max = scaled[ids[0]];
+  const e = (i: number) => Math.exp(scaled[i] - max);
+  let kept = ids;
+  if (o.minP) kept = kept.filter((i) => e(i) >= (o.minP ?? 0));
+  if (o.topK && kept.length > o.topK) {
+    const kth = scaled[kept[o.topK - 1]];
+    kept = kept.filter((i) => scaled[i] >= kth);
+  }
+  if (o.topP !== undefined && o.topP < 1) {
+    const z = kept.reduce((a, i) => a + e(i), 0);
+    const out: number[] = [];
+    let before = 0;
+    for (const i of kept) {
+      if (before >= o.topP * z) break;
+      out.push(i);
+      before += e(i);
+    }
+    kept = out;
+  }
+  return new Set(kept);
+}
+
+describe("createRng", () => {
+  it("gives the same stream for the same seed and a different one for another seed", () => {
+    const take = (seed: number) => {
+      const r = createRng(seed);
+      return Array.from({ length: 8 }, () => r());
+    };
+    expect(take(42)).toEqual(take(42));
+    expect(take(42)).not.toEqual(take(43));
+    // Seeds differing only above bit 32 still give different streams.
+    expect(take(1)).not.toEqual(take(1 + 2 ** 32));
+  });
+
+  it("draws uniformly in [0, 1)", () => {
+    const r = createRng(7);
+    const bins = new Array(10).fill(0);
+    const n = 100_000;
+    for (let i = 0; i < n; i++) {
+      const u = r();
+      expect(u >= 0 && u < 1).toBe(true);
+      bins[Math.floor(u * 10)]++;
+    }
+    // Each bin ~ Binomial(n, 0.1): sd = 95; 6 sd is a bound a correct generator never crosses here.
+    for (const b of bins) expect(Math.abs(b - n / 10)).toBeLessThan(6 * 95);
+  });
+});
+
+describe("survivors", () => {
+  it("top-p keeps the minimal nucleus", () => {
+    const scaled = logitsOf([0.5, 0.3, 0.15, 0.05]);
+    const kept = (topP: number) => Array.from(survivors(scaled, { topP }).ids).sort();
+    // The mass before token 2 is 0.8: below 0.81 it is needed, at 0.8 it is not.
+    expect(kept(0.79)).toEqual([0, 1]);
+    expect(kept(0.81)).toEqual([0, 1, 2]);
+    expect(kept(0.4)).toEqual([0]);
+    expect(kept(0.999)).toEqual([0, 1, 2, 3]);
+  });
+
+  it("min-p keeps p >= min_p * p_max", () => {
+    const scaled = logitsOf([0.4, 0.3, 0.2, 0.08, 0.02]);
+    const kept = (minP: number) => Array.from(survivors(scaled, { minP }).ids).sort();
+    expect(kept(0.49)).toEqual([0, 1, 2]); // threshold 0.196
+    expect(kept(0.51)).toEqual([0, 1]);
+    expect(kept(0.049)).toEqual([0, 1, 2, 3, 4]); // threshold 0.0196
+  });
+
+  it("top-k keeps the k most likely, and ties with the k-th", () => {
+    const scaled = Float32Array.from([1, 3, 2, 2, 0, 2]);
+    expect(Array.from(survivors(scaled, { topK: 1 }).ids)).toEqual([1]);
+    expect(Array.from(survivors(scaled, { topK: 2 }).ids)).toEqual([1, 2, 3, 5]);
+    expect(Array.from(survivors(scaled, { topK: 5 }).ids)).toEqual([1, 2, 3, 5, 0]);
+  });
+
+  it("matches a brute-force sort on random logits for every filter combination", () => {
+    const combos: SamplingOptions[] = [
+      { topP: 0.9 },
+      { topP: 0.5 },
+      { topP: 0.99 },
+      { topK: 40 },
+      { topK: 1000 },
+      { minP: 0.05 },
+      { minP: 0.2, topP: 0.8 },
+      { topK: 50, topP: 0.7 },
+      { minP: 0.01, topK: 200, topP: 0.95 },
+    ];
+    for (const [seed, spread] of [
+      [1, 4],
+      [2, 0.3],
+      [3, 12],
+    ]) {
+      const scaled = randomLogits(20_000, seed, spread);
+      for (const o of combos) {
+        const got = survivors(scaled, o);
+        expect(new Set(got.ids), `${JSON.stringify(o)} spread ${spread}`).toEqual(
+          bruteSurvivors(scaled, o),
+        );
+        const max = Math.max(...scaled);
+        got.ids.forEach((id, i) => {
+          expect(got.weights[i]).toBeCloseTo(Math.exp(scaled[id] - max), 12);
+        });
+      }
+    }
+  });
+});
+
+describe("penalties", () => {
+  it("apply repetition to prompt and output tokens, presence and frequency to output only", () => {
+    const state = new PenaltyState(6);
+    state.addPrompt([0, 1]);
+    state.addOutput(1);
+    state.addOutput(2);
+    state.addOutput(2);
+    const logits = Float32Array.from([2, -2, 1, 3, -1, 0.5]);
+    applyPenalties(logits, state, {
+      repetitionPenalty: 2,
+      presencePenalty: 0.5,
+      frequencyPenalty: 0.25,
+    });
+    expect(logits[0]).toBeCloseTo(2 / 2); // prompt only: repetition
+    expect(logits[1]).toBeCloseTo(-2 * 2 - (1 * 0.25 + 0.5)); // prompt and output once
+    expect(logits[2]).toBeCloseTo(1 / 2 - (2 * 0.25 + 0.5)); // output twice
+    expect(Array.from(logits.subarray(3))).toEqual([3, -1, 0.5]); // never seen: untouched
+  });
+
+  it("steer greedy decoding away from repeated tokens", () => {
+    const logits = Float32Array.from([5, 4.9, 0]);
+    const plain = new Sampler({ temperature: 0 }, 3);
+    expect(plain.sample(logits).id).toBe(0);
+    expect(plain.sample(logits).id).toBe(0);
+    const penalised = new Sampler({ temperature: 0, frequencyPenalty: 0.5 }, 3);
+    expect(penalised.sample(logits).id).toBe(0);
+    expect(penalised.sample(logits).id).toBe(1); // 5 - 0.5 < 4.9
+    const repetition = new Sampler({ temperature: 0, repetitionPenalty: 1.1 }, 3);
+    repetition.addPrompt([0]);
+    expect(repetition.sample(logits).id).toBe(1); // 5 / 1.1 < 4.9
+  });
+});
+
+describe("Sampler", () => {
+  const V = 5000;
+  const logits = randomLogits(V, 11, 2);
+
+  it("is greedy at temperature 0, ties to the lowest id", () => {
+    const s = new Sampler({ temperature: 0 }, 4);
+    expect(s.sample(Float32Array.from([1, 3, 3, 2])).id).toBe(1);
+  });
+
+  it("gives the same tokens for the same seed and different ones for another", () => {
+    const run = (seed: number) => {
+      const s = new Sampler({ temperature: 1, topP: 0.95, seed }, V);
+      return Array.from({ length: 30 }, () => s.sample(logits).id);
+    };
+    expect(run(5)).toEqual(run(5));
+    expect(run(5)).not.toEqual(run(6));
+  });
+
+  it("uses an injected RNG instead of the seed", () => {
+    const draws = [0, 0.999999];
+    const s = new Sampler({ temperature: 1 }, 3, () => draws.shift() ?? 0);
+    const l = logitsOf([0.2, 0.5, 0.3]);
+    expect(s.sample(l).id).toBe(0); // u = 0: first id in id order
+    expect(s.sample(l).id).toBe(2); // u ~ 1: last
+  });
+
+  it("draws tokens with the probabilities softmax(logits / T) gives", () => {
+    const probs = [0.5, 0.25, 0.15, 0.1];
+    const l = logitsOf(probs);
+    const T = 2;
+    const tempered = probs.map((p) => p ** (1 / T));
+    const z = tempered.reduce((a, b) => a + b);
+    const s = new Sampler({ temperature: T, seed: 3 }, 4);
+    const n = 40_000;
+    const counts = [0, 0, 0, 0];
+    for (let i = 0; i < n; i++) counts[s.sample(l).id]++;
+    tempered.forEach((t, i) => {
+      const p = t / z;
+      const sd = Math.sqrt(n * p * (1 - p));
+      expect(Math.abs(counts[i] - n * p)).toBeLessThan(5 * sd);
+    });
+  });
+
+  it("never draws outside the nucleus, and renormalises inside it", () => {
+    const probs = [0.4, 0.3, 0.2, 0.1];
+    const s = new Sampler({ temperature: 1, topP: 0.6, seed: 9 }, 4);
+    const n = 20_000;
+    const counts = [0, 0, 0, 0];
+    for (let i = 0; i < n; i++) counts[s.sample(logitsOf(probs)).id]++;
+    expect(counts[2] + counts[3]).toBe(0);
+    const p0 = 0.4 / 0.7;
+    expect(Math.abs(counts[0] - n * p0)).toBeLessThan(5 * Math.sqrt(n * p0 * (1 - p0)));
+  });
+
+  it("reports raw logprobs that normalise, with the top-N most likely first", () => {
+    const s = new Sampler(
+      { temperature: 0.7, topK: 20, repetitionPenalty: 1.3, seed: 1, logprobs: 5 },
+      V,
+    );
+    s.addPrompt([1, 2, 3]);
+    const lse = logSumExp(logits);
+    let total = 0;
+    for (let i = 0; i < V; i++) total += Math.exp(logits[i] - lse);
+    expect(total).toBeCloseTo(1, 9);
+    const out = s.sample(logits);
+    // Raw: the model's log-softmax, whatever the penalties and temperature.
+    expect(out.logprob).toBeCloseTo(logits[out.id] - lse, 9);
+    const byValue = Array.from(logits.keys()).sort((a, b) => logits[b] - logits[a] || a - b);
+    expect(out.top?.map((t) => t.id)).toEqual(byValue.slice(0, 5));
+    for (const t of out.top ?? []) expect(t.logprob).toBeCloseTo(logits[t.id] - lse, 9);
+    expect(topLogprobs(logits, 0, lse)).toEqual([]);
+  });
+
+  it("refuses out-of-range options with InvalidInputError", () => {
+    const bad: SamplingOptions[] = [
+      { temperature: -1 },
+      { topP: 0 },
+      { topP: 1.5 },
+      { topK: -1 },
+      { topK: 2.5 },
+      { minP: 2 },
+      { repetitionPenalty: 0 },
+      { presencePenalty: 3 },
+      { frequencyPenalty: Number.NaN },
+      { seed: 1.5 },
+      { logprobs: 21 },
+    ];
+    for (const o of bad) {
+      expect(() => validateSamplingOptions(o), JSON.stringify(o)).toThrow(InvalidInputError);
+    }
+    expect(() => validateSamplingOptions({ temperature: 0, topP: 1, topK: 0 })).not.toThrow();
+  });
+});
