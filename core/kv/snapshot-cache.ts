@@ -242,8 +242,9 @@ export function createSnapshotCache(opts: SnapshotCacheOptions): SnapshotCache {
     signal?: AbortSignal,
   ): Promise<PrefixCacheRestore> {
     assert(runtime.position === 0, "restore needs an empty runtime");
-    // Leave at least one prompt token to prefill: the driver needs the last position's logits.
-    const chunks = Math.floor((tokens.length - 1) / C);
+    // Whole chunks of `tokens` only. The driver passes the prompt minus its last token, which it
+    // always computes (it needs that position's logits).
+    const chunks = Math.floor(tokens.length / C);
     if (chunks <= 0 || !sameLayout({ ...runtime.info.kv, dtype: layout.dtype }, layout)) {
       stats.misses++;
       return { restoredTokens: 0 };

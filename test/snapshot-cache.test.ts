@@ -1,0 +1,320 @@
+// The snapshot PrefixCache end to end: the real sequence driver, the reference runtime on a small
+// generated model, and real stores (a directory, and s3rver behind the fault proxy).
+import { readdir, readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { SequenceDriver } from "../core/engine/driver.ts";
+import type { PrefixCache } from "../core/engine/prefix-cache.ts";
+import { createReferenceRuntime } from "../core/engine/reference-runtime.ts";
+import type { Runtime } from "../core/engine/runtime.ts";
+import { parseSnapshotHeader } from "../core/kv/format.ts";
+import { S3Store } from "../core/kv/s3-store.ts";
+import { createSnapshotCache, type SnapshotCacheOptions } from "../core/kv/snapshot-cache.ts";
+import type { SnapshotLogger, SnapshotStore } from "../core/kv/store.ts";
+import type { LoadedModel } from "../core/model/weights.ts";
+import { DirectoryStore } from "../core/node/snapshot-dir.ts";
+import { type FaultProxy, randomFaults, startFaultProxy } from "./harness/fault-proxy.ts";
+import { type S3Server, startS3 } from "./harness/s3.ts";
+import { loadTestModel, SMALL_VOCAB, scratchDir } from "./support/models.ts";
+
+const CHUNK = 16;
+const quiet: SnapshotLogger = { debug() {}, warn() {} };
+let model: LoadedModel;
+let fingerprint: string;
+
+function prompt(n: number, seed: number): Int32Array {
+  const out = new Int32Array(n);
+  for (let i = 0; i < n; i++) out[i] = (seed * 131 + i * 17 + ((i * i) % 7)) % 500;
+  return out;
+}
+
+async function runtime(): Promise<Runtime> {
+  return createReferenceRuntime({ model, maxPositions: 256 });
+}
+
+/** Greedy generation: the tokens and usage, with or without a cache. */
+async function generate(tokens: Int32Array, cache?: PrefixCache) {
+  const rt = await runtime();
+  const driver = new SequenceDriver(rt, { eosTokenIds: [] });
+  const ids: number[] = [];
+  let cachedTokens = -1;
+  for await (const ev of driver.generate({
+    prompt: tokens,
+    maxTokens: 6,
+    ignoreEos: true,
+    sampling: { temperature: 0 },
+    prefixCache: cache,
+  })) {
+    if (ev.type === "token") ids.push(ev.id);
+    if (ev.type === "done") cachedTokens = ev.usage.cachedTokens;
+  }
+  await cache?.flush();
+  const kv = await rt.exportKv(0, tokens.length);
+  await rt.close();
+  return { ids, cachedTokens, kv };
+}
+
+function cacheOn(store: SnapshotStore, extra: Partial<SnapshotCacheOptions> = {}) {
+  return createSnapshotCache({
+    store,
+    modelFingerprint: fingerprint,
+    kvLayout: { layers: 2, kvHeads: 2, headDim: 16, dtype: "f32" },
+    tenantSalt: "tenant-a",
+    chunkTokens: CHUNK,
+    logger: quiet,
+    ...extra,
+  });
+}
+
+async function filesUnder(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) {
+    if (e.isFile()) out.push(join(e.parentPath, e.name));
+  }
+  return out;
+}
+
+beforeAll(async () => {
+  model = await loadTestModel(SMALL_VOCAB);
+  fingerprint = await model.fingerprint();
+});
+
+describe("snapshot cache on a directory store", () => {
+  it("cold then warm generation equals a run without snapshots, and the restored KV is identical", async () => {
+    const tokens = prompt(70, 1);
+    const plain = await generate(tokens);
+    const store = new DirectoryStore(scratchDir("snap"));
+    const cold = await generate(tokens, cacheOn(store));
+    expect(cold.cachedTokens).toBe(0);
+    expect(cold.ids).toEqual(plain.ids);
+    const warmCache = cacheOn(store);
+    const warm = await generate(tokens, warmCache);
+    expect(warm.cachedTokens).toBe(64);
+    expect(warmCache.stats().restoredChunks).toBe(4);
+    expect(warm.ids).toEqual(plain.ids);
+    expect(Buffer.compare(warm.kv, plain.kv)).toBe(0);
+  });
+
+  it("a longer prompt sharing a prefix restores the shared chunks only", async () => {
+    const store = new DirectoryStore(scratchDir("snap"));
+    const base = prompt(50, 2);
+    await generate(base, cacheOn(store));
+    const longer = new Int32Array(90);
+    longer.set(base);
+    longer.set(prompt(40, 3), 50);
+    const plain = await generate(longer);
+    const warm = await generate(longer, cacheOn(store));
+    // base has 3 whole chunks (48 tokens); the 4th chunk differs (tokens 48..49 shared, 50.. not).
+    expect(warm.cachedTokens).toBe(48);
+    expect(warm.ids).toEqual(plain.ids);
+  });
+
+  it("a tenant never gets a hit on another tenant's prompt", async () => {
+    const store = new DirectoryStore(scratchDir("snap"));
+    const tokens = prompt(70, 4);
+    await generate(tokens, cacheOn(store, { tenantSalt: "tenant-a" }));
+    const other = cacheOn(store, { tenantSalt: "tenant-b" });
+    const b = await generate(tokens, other);
+    expect(b.cachedTokens).toBe(0);
+    expect(other.stats().restoredChunks).toBe(0);
+    // And the other way: B's own snapshots now exist, A's are untouched and still hit.
+    const again = await generate(tokens, cacheOn(store, { tenantSalt: "tenant-a" }));
+    expect(again.cachedTokens).toBe(64);
+    const keys: string[] = [];
+    for await (const o of store.list("kv/")) keys.push(o.key);
+    expect(keys.length).toBe(8);
+    expect(new Set(keys.map((k) => k.split("/")[3])).size).toBe(2);
+  });
+
+  it("a damaged stored object is quarantined, recomputed and rewritten; the output is unchanged", async () => {
+    const dir = scratchDir("snap");
+    const store = new DirectoryStore(dir);
+    const tokens = prompt(70, 5);
+    const plain = await generate(tokens);
+    const first = cacheOn(store);
+    await generate(tokens, first);
+    // Flip one payload byte of chunk 2 on disk.
+    const keys = await first.chainKeys(tokens, 4);
+    const victim = join(dir, await first.objectKey(keys[2]));
+    const bytes = await readFile(victim);
+    bytes[300] ^= 0x01;
+    await writeFile(victim, bytes);
+
+    const second = cacheOn(store);
+    const run = await generate(tokens, second);
+    expect(second.stats().quarantined).toBe(1);
+    expect(run.cachedTokens).toBe(32);
+    expect(run.ids).toEqual(plain.ids);
+    expect((await filesUnder(join(dir, "quarantine"))).length).toBe(1);
+    // The recomputed chunk was saved again, so the next run restores the whole chain.
+    const third = await generate(tokens, cacheOn(store));
+    expect(third.cachedTokens).toBe(64);
+    expect(third.ids).toEqual(plain.ids);
+  });
+
+  it("a snapshot from another model or layout is a miss, never imported", async () => {
+    const store = new DirectoryStore(scratchDir("snap"));
+    const tokens = prompt(40, 6);
+    await generate(tokens, cacheOn(store));
+    const otherModel = cacheOn(store, { modelFingerprint: "ab".repeat(32) });
+    expect((await generate(tokens, otherModel)).cachedTokens).toBe(0);
+    const rt = await runtime();
+    const bf16 = cacheOn(store, {
+      kvLayout: { layers: 2, kvHeads: 2, headDim: 16, dtype: "bf16" },
+    });
+    expect((await bf16.restore(rt, tokens)).restoredTokens).toBe(0);
+    await rt.close();
+  });
+
+  it("encrypts at rest: round trip with the tenant key, a miss with another master key", async () => {
+    const dir = scratchDir("snap");
+    const store = new DirectoryStore(dir);
+    const tokens = prompt(70, 7);
+    const plain = await generate(tokens);
+    const masterKey = new Uint8Array(32).fill(9);
+    await generate(tokens, cacheOn(store, { encryption: { masterKey } }));
+    for (const f of await filesUnder(join(dir, "kv"))) {
+      expect((await parseSnapshotHeader(await readFile(f))).encrypted).toBe(true);
+    }
+    const warm = await generate(tokens, cacheOn(store, { encryption: { masterKey } }));
+    expect(warm.cachedTokens).toBe(64);
+    expect(warm.ids).toEqual(plain.ids);
+    const rotated = cacheOn(store, { encryption: { masterKey: new Uint8Array(32).fill(10) } });
+    const miss = await generate(tokens, rotated);
+    expect(miss.cachedTokens).toBe(0);
+    expect(rotated.stats().quarantined).toBe(0);
+    expect(miss.ids).toEqual(plain.ids);
+    // Without any key configured, encrypted objects are a miss too.
+    const none = await generate(tokens, cacheOn(new DirectoryStore(join(dir, "nothing"))));
+    expect(none.cachedTokens).toBe(0);
+  });
+});
+
+describe("snapshot cache on s3rver behind the fault proxy", () => {
+  let s3: S3Server;
+  let proxy: FaultProxy;
+  beforeAll(async () => {
+    s3 = await startS3();
+    proxy = await startFaultProxy({ target: s3.endpoint });
+  });
+  afterAll(async () => {
+    await proxy?.close();
+    await s3?.close();
+  });
+  const s3store = (prefix: string) =>
+    new S3Store({
+      bucket: s3.bucket,
+      prefix,
+      endpoint: proxy.endpoint,
+      forcePathStyle: true,
+      region: "us-east-1",
+      credentials: s3.credentials,
+      sleep: async () => {},
+      retry: { attempts: 8 },
+      logger: quiet,
+    });
+
+  it("faults of every kind: output equals the plain run, bad objects are quarantined, nothing crashes", async () => {
+    const tokens = prompt(100, 8);
+    const plain = await generate(tokens);
+    const store = s3store("faulty/");
+    const random = randomFaults({
+      seed: 11,
+      rate: 0.35,
+      faults: [
+        { kind: "status", status: 500 },
+        { kind: "throttle" },
+        { kind: "reset" },
+        { kind: "reset-mid-body" },
+        { kind: "truncate" },
+        { kind: "bitflip" },
+        { kind: "bitflip", target: "request", offset: 400 },
+        { kind: "slow", delayMs: 20 },
+      ],
+    });
+    let puts = 0;
+    // Every kind at random, plus one damaged upload for certain (the second PUT).
+    proxy.setSchedule((r) =>
+      r.method === "PUT" && ++puts === 2
+        ? { kind: "bitflip", target: "request", offset: 400 }
+        : random(r),
+    );
+    const runs = [];
+    let quarantined = 0;
+    try {
+      for (let i = 0; i < 4; i++) {
+        const cache = cacheOn(store);
+        runs.push(await generate(tokens, cache));
+        quarantined += cache.stats().quarantined;
+      }
+    } finally {
+      proxy.setSchedule(() => null);
+    }
+    for (const r of runs) expect(r.ids).toEqual(plain.ids);
+    expect(proxy.injected["bitflip-request"] ?? 0).toBeGreaterThan(0);
+    // Damaged uploads end in quarantine (or were overwritten before anyone read them).
+    const q: string[] = [];
+    for await (const o of store.list("quarantine/")) q.push(o.key);
+    expect(q.length).toBeLessThanOrEqual(quarantined);
+    // With the faults gone, the chain is whole again and restores fully.
+    const clean = await generate(tokens, cacheOn(store));
+    expect(clean.cachedTokens).toBe(96);
+    expect(clean.ids).toEqual(plain.ids);
+    expect(Buffer.compare(clean.kv, plain.kv)).toBe(0);
+  });
+
+  it("an object damaged on upload is quarantined by the next restore and recomputed", async () => {
+    const tokens = prompt(40, 12);
+    const plain = await generate(tokens);
+    const store = s3store("damaged/");
+    let puts = 0;
+    proxy.setSchedule((r) =>
+      r.method === "PUT" && puts++ === 0
+        ? { kind: "bitflip", target: "request", offset: 500 }
+        : null,
+    );
+    await generate(tokens, cacheOn(store));
+    proxy.setSchedule(() => null);
+    const cache = cacheOn(store);
+    const run = await generate(tokens, cache);
+    expect(cache.stats().quarantined).toBe(1);
+    expect(run.cachedTokens).toBe(0);
+    expect(run.ids).toEqual(plain.ids);
+    const q: string[] = [];
+    for await (const o of store.list("quarantine/")) q.push(o.key);
+    expect(q).toEqual([
+      `quarantine/${await cache.objectKey((await cache.chainKeys(tokens, 1))[0])}`,
+    ]);
+    expect((await generate(tokens, cacheOn(store))).cachedTokens).toBe(32);
+  });
+
+  it("a bit flipped in transit is fetched again, not quarantined", async () => {
+    const tokens = prompt(40, 9);
+    const store = s3store("transit/");
+    await generate(tokens, cacheOn(store));
+    let flips = 1;
+    proxy.setSchedule((r) =>
+      r.method === "GET" && flips-- > 0 ? { kind: "bitflip", offset: 1000 } : null,
+    );
+    const cache = cacheOn(store);
+    const warm = await generate(tokens, cache);
+    proxy.setSchedule(() => null);
+    expect(warm.cachedTokens).toBe(32);
+    expect(cache.stats()).toMatchObject({ refetched: 1, quarantined: 0 });
+  });
+
+  it("uploads run behind compute with at most maxPendingUploads in flight", async () => {
+    const tokens = prompt(120, 10);
+    const store = s3store("pressure/");
+    proxy.setSchedule((r) => (r.method === "PUT" ? { kind: "slow", delayMs: 60 } : null));
+    const cache = cacheOn(store, { maxPendingUploads: 2 });
+    const run = await generate(tokens, cache);
+    proxy.setSchedule(() => null);
+    const s = cache.stats();
+    expect(s.peakPendingUploads).toBe(2);
+    expect(s.uploads).toBe(7);
+    expect(s.pendingUploads).toBe(0);
+    expect(run.cachedTokens).toBe(0);
+    expect((await generate(tokens, cacheOn(store))).cachedTokens).toBe(112);
+  });
+});
