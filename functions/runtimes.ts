@@ -1,0 +1,11 @@
+// The composition root for runtimes: every runtime this build has, registered once. core never
+// imports a runtime; callers (CLI, model function) pick one here by name or "auto" (highest
+// priority that is available on this machine).
+//
+// Priorities: reference 0 (plain TypeScript, slowest, always available). Each runtime's engineer
+// adds its line with its own priority.
+import { referenceRuntimeFactory } from "../core/engine/reference-runtime.ts";
+import { RuntimeRegistry } from "../core/engine/registry.ts";
+
+export const runtimes = new RuntimeRegistry();
+runtimes.register(referenceRuntimeFactory);
