@@ -132,10 +132,14 @@ export function generatedConfig(opts: GenerateOptions = {}): ModelConfig {
     throw new InvalidInputError(`--rope must be one of ${types.join(", ")}, got ${o.rope}`);
   }
   const scaling = ropeScaling(o.rope, opts.ropeFactor);
-  const builtFor =
-    scaling.ropeType === "linear" || scaling.ropeType === "llama3" || scaling.ropeType === "yarn"
-      ? Math.round(ORIGINAL_CONTEXT * scaling.factor)
-      : ORIGINAL_CONTEXT;
+  // Default max_position_embeddings: what the rope is built for. llama3 mirrors Llama 3.1, whose
+  // config says 131072 with factor 8 over 8192.
+  let builtFor = ORIGINAL_CONTEXT;
+  if (scaling.ropeType === "linear" || scaling.ropeType === "yarn") {
+    builtFor = Math.round(ORIGINAL_CONTEXT * scaling.factor);
+  } else if (scaling.ropeType === "llama3") {
+    builtFor = Math.max(131072, Math.round(ORIGINAL_CONTEXT * scaling.factor));
+  }
   const vocab = positiveInt("vocab", o.vocab);
   const llamaIds = vocab >= LLAMA31_VOCAB;
   if (o.dtype !== "f32" && o.dtype !== "bf16") {
