@@ -102,8 +102,9 @@ export class DirectoryStore implements SnapshotStore {
   }
 
   async head(key: string): Promise<ObjectInfo | null> {
+    const path = this.#path(key);
     try {
-      const s = await stat(this.#path(key));
+      const s = await stat(path);
       return s.isFile() ? { key, size: s.size, lastModified: s.mtimeMs } : null;
     } catch (err) {
       if (isCode(err, "ENOENT")) return null;
@@ -112,8 +113,9 @@ export class DirectoryStore implements SnapshotStore {
   }
 
   async delete(key: string): Promise<void> {
+    const path = this.#path(key);
     try {
-      await unlink(this.#path(key));
+      await unlink(path);
     } catch (err) {
       if (!isCode(err, "ENOENT")) {
         throw new StoreError(`deleting snapshot ${key}: ${(err as Error).message}`, { cause: err });
@@ -152,10 +154,11 @@ export class DirectoryStore implements SnapshotStore {
   }
 
   async move(from: string, to: string): Promise<void> {
+    const source = this.#path(from);
     const target = this.#path(to);
     await mkdir(dirname(target), { recursive: true });
     try {
-      await rename(this.#path(from), target);
+      await rename(source, target);
     } catch (err) {
       if (isCode(err, "ENOENT"))
         throw new NotFoundError(`snapshot object ${from} not found in ${this.root}`);

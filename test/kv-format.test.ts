@@ -1,0 +1,196 @@
+// Snapshot object format v1, chain keys and tenant keys.
+import { describe, expect, it } from "vitest";
+import { toHex } from "../core/crypto/sha256.ts";
+import { deriveTenantKey, parseMasterKey } from "../core/crypto/tenant-key.ts";
+import { FormatError } from "../core/errors.ts";
+import { chainKey, chainKeys, tenantTag } from "../core/kv/chain-key.ts";
+import {
+  DecryptError,
+  decodeSnapshot,
+  encodeSnapshot,
+  parseSnapshotHeader,
+  SNAPSHOT_HEADER_BYTES,
+  type SnapshotMeta,
+} from "../core/kv/format.ts";
+import { type KvLayout, kvPayloadBytes } from "../core/kv/layout.ts";
+
+const FP = "0f".repeat(32);
+const layout: KvLayout = { layers: 2, kvHeads: 2, headDim: 8, dtype: "bf16" };
+const ctx = { modelFingerprint: FP, dtype: layout.dtype, tenantSalt: "salt" };
+
+function meta(over: Partial<SnapshotMeta> = {}): SnapshotMeta {
+  return {
+    modelFingerprint: FP,
+    layout,
+    tokenStart: 8,
+    tokenEnd: 12,
+    chainKey: new Uint8Array(32).fill(3),
+    previousKey: new Uint8Array(32).fill(2),
+    ...over,
+  };
+}
+
+function payload(tokens = 4): Uint8Array {
+  const p = new Uint8Array(kvPayloadBytes(layout, tokens));
+  for (let i = 0; i < p.length; i++) p[i] = (i * 31 + 7) & 0xff;
+  return p;
+}
+
+/** Re-seal the header digest after editing header bytes, to test field checks behind it. */
+async function resealHeader(obj: Uint8Array): Promise<void> {
+  const d = new Uint8Array(await crypto.subtle.digest("SHA-256", obj.slice(0, 224)));
+  obj.set(d, 224);
+}
+
+describe("snapshot format v1", () => {
+  it("round-trips header fields and payload", async () => {
+    const obj = await encodeSnapshot(meta(), payload());
+    expect(obj.length).toBe(SNAPSHOT_HEADER_BYTES + payload().length);
+    const { header, payload: back } = await decodeSnapshot(obj);
+    expect(back).toEqual(payload());
+    expect(header).toMatchObject({
+      version: 1,
+      encrypted: false,
+      layout,
+      tokenStart: 8,
+      tokenEnd: 12,
+    });
+    expect(header.modelFingerprint).toBe(FP);
+    expect(header.chainKey).toEqual(new Uint8Array(32).fill(3));
+    expect(header.previousKey).toEqual(new Uint8Array(32).fill(2));
+    const first = await decodeSnapshot(
+      await encodeSnapshot(meta({ previousKey: null }), payload()),
+    );
+    expect(first.header.previousKey).toBeNull();
+  });
+
+  it("detects a flipped bit anywhere in the object", async () => {
+    const obj = await encodeSnapshot(meta(), payload());
+    for (const at of [0, 9, 17, 21, 45, 100, 130, 200, 230, 256, 300, obj.length - 1]) {
+      const bad = obj.slice();
+      bad[at] ^= 0x04;
+      await expect(decodeSnapshot(bad), `byte ${at}`).rejects.toBeInstanceOf(FormatError);
+    }
+  });
+
+  it("refuses truncated, extended and foreign objects", async () => {
+    const obj = await encodeSnapshot(meta(), payload());
+    await expect(decodeSnapshot(obj.subarray(0, obj.length - 1))).rejects.toThrow(
+      /bytes, header says/,
+    );
+    const longer = new Uint8Array(obj.length + 1);
+    longer.set(obj);
+    await expect(decodeSnapshot(longer)).rejects.toThrow(/bytes, header says/);
+    await expect(decodeSnapshot(obj.subarray(0, 100))).rejects.toThrow(
+      /shorter than its 256-byte header/,
+    );
+    await expect(decodeSnapshot(new TextEncoder().encode("x".repeat(400)))).rejects.toThrow(
+      /bad magic/,
+    );
+  });
+
+  it("refuses off fields even when the header digest is re-sealed", async () => {
+    const edits: [string, (v: DataView) => void, RegExp][] = [
+      ["version", (v) => v.setUint16(8, 2, true), /version 2 is not supported/],
+      ["header size", (v) => v.setUint16(10, 128, true), /header size/],
+      ["flags", (v) => v.setUint32(12, 6, true), /unknown snapshot flags/],
+      ["dtype", (v) => v.setUint8(16, 9), /unknown KV dtype/],
+      ["fp8", (v) => v.setUint8(16, 4), /fp8-e4m3/],
+      ["payload layout", (v) => v.setUint8(17, 2), /payload layout/],
+      ["reserved", (v) => v.setUint32(36, 1, true), /reserved/],
+      ["scales", (v) => v.setUint32(32, 64, true), /reserved/],
+      ["layers", (v) => v.setUint32(20, 0, true), /layers 0 is out of range/],
+      ["empty range", (v) => v.setBigUint64(48, 8n, true), /token range is empty/],
+      ["payload size", (v) => v.setBigUint64(56, 1n, true), /payload size/],
+      ["body size", (v) => v.setBigUint64(64, 1n, true), /body size/],
+      ["huge", (v) => v.setBigUint64(48, 1n << 60n, true), /too large/],
+      ["nonce", (v) => v.setUint8(72, 1), /carries a nonce/],
+    ];
+    for (const [name, edit, message] of edits) {
+      const obj = await encodeSnapshot(meta(), payload());
+      edit(new DataView(obj.buffer));
+      await resealHeader(obj);
+      await expect(parseSnapshotHeader(obj), name).rejects.toThrow(message);
+    }
+  });
+
+  it("will not write fp8-e4m3 (scales reserved) nor a malformed fingerprint", async () => {
+    const fp8: KvLayout = { ...layout, dtype: "fp8-e4m3" };
+    await expect(
+      encodeSnapshot(meta({ layout: fp8 }), new Uint8Array(kvPayloadBytes(fp8, 4))),
+    ).rejects.toThrow(FormatError);
+    await expect(encodeSnapshot(meta({ modelFingerprint: "model-a" }), payload())).rejects.toThrow(
+      /64 hex/,
+    );
+  });
+
+  it("encrypts with AES-GCM under the header as AAD", async () => {
+    const key = await deriveTenantKey(new Uint8Array(32).fill(1), "tenant");
+    const obj = await encodeSnapshot(meta(), payload(), { key });
+    const h = await parseSnapshotHeader(obj);
+    expect(h.encrypted).toBe(true);
+    expect(h.bodyBytes).toBe(payload().length + 16);
+    // The payload does not appear in the clear.
+    expect(Buffer.from(obj).indexOf(Buffer.from(payload().subarray(0, 32)))).toBe(-1);
+    expect((await decodeSnapshot(obj, { key })).payload).toEqual(payload());
+    const other = await deriveTenantKey(new Uint8Array(32).fill(1), "another tenant");
+    await expect(decodeSnapshot(obj, { key: other })).rejects.toBeInstanceOf(DecryptError);
+    await expect(decodeSnapshot(obj)).rejects.toThrow(/encrypted and no key/);
+    // Edit an authenticated header field and re-seal both digests: GCM still refuses it.
+    const forged = obj.slice();
+    new DataView(forged.buffer).setBigUint64(40, 0n, true);
+    new DataView(forged.buffer).setBigUint64(48, 4n, true);
+    await resealHeader(forged);
+    await expect(decodeSnapshot(forged, { key })).rejects.toBeInstanceOf(DecryptError);
+  });
+
+  it("parses master keys from hex and base64 and refuses short ones", () => {
+    expect(parseMasterKey("ab".repeat(32))).toEqual(new Uint8Array(32).fill(0xab));
+    expect(parseMasterKey(Buffer.alloc(32, 7).toString("base64"))).toEqual(
+      new Uint8Array(32).fill(7),
+    );
+    expect(() => parseMasterKey(Buffer.alloc(16).toString("base64"))).toThrow(/at least 32 bytes/);
+  });
+});
+
+describe("chain keys", () => {
+  const t = (...ids: number[]) => Int32Array.from(ids);
+
+  it("match a hand-computed SHA-256 over length-prefixed fields", async () => {
+    const fields = ["ultralong-kv-chain", "\x01\x00", FP, "bf16", "salt", "", null];
+    const parts: number[] = [];
+    for (const f of fields) {
+      const bytes =
+        f === null ? new Uint8Array(new Int32Array([5, -1]).buffer) : new TextEncoder().encode(f);
+      parts.push(bytes.length & 0xff, 0, 0, 0, ...bytes);
+    }
+    const expected = new Uint8Array(await crypto.subtle.digest("SHA-256", new Uint8Array(parts)));
+    expect(toHex(await chainKey(ctx, null, t(5, -1)))).toBe(toHex(expected));
+  });
+
+  it("differ with tenant, model, dtype, previous key and tokens; shared prefixes share keys", async () => {
+    const tokens = t(1, 2, 3, 4, 5, 6);
+    const base = await chainKeys(ctx, tokens, 2, 3);
+    const variants = [
+      await chainKeys({ ...ctx, tenantSalt: "salt2" }, tokens, 2, 3),
+      await chainKeys({ ...ctx, modelFingerprint: "1f".repeat(32) }, tokens, 2, 3),
+      await chainKeys({ ...ctx, dtype: "f32" }, tokens, 2, 3),
+    ];
+    for (const v of variants)
+      for (let i = 0; i < 3; i++) expect(toHex(v[i])).not.toBe(toHex(base[i]));
+    const changedMiddle = await chainKeys(ctx, t(1, 2, 9, 4, 5, 6), 2, 3);
+    expect(toHex(changedMiddle[0])).toBe(toHex(base[0]));
+    // Chunk 2 has the same tokens but a different history: a different key.
+    expect(toHex(changedMiddle[1])).not.toBe(toHex(base[1]));
+    expect(toHex(changedMiddle[2])).not.toBe(toHex(base[2]));
+    expect(base.map(toHex)).toEqual((await chainKeys(ctx, tokens, 2, 3)).map(toHex));
+  });
+
+  it("length prefixes keep field boundaries apart", async () => {
+    const a = await chainKey({ ...ctx, tenantSalt: "ab" }, null, t(1));
+    const b = await chainKey({ ...ctx, tenantSalt: "a", modelFingerprint: `${FP}b` }, null, t(1));
+    expect(toHex(a)).not.toBe(toHex(b));
+    expect(await tenantTag("x")).toMatch(/^[0-9a-f]{16}$/);
+    expect(await tenantTag("x")).not.toBe(await tenantTag("y"));
+  });
+});

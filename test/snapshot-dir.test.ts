@@ -1,0 +1,136 @@
+// The local-directory SnapshotStore and `--store` parsing.
+import { mkdir, readdir, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { InvalidInputError, NotFoundError } from "../core/errors.ts";
+import { validateKey } from "../core/kv/store.ts";
+import { parseStoreSpec } from "../core/kv/store-spec.ts";
+import { DirectoryStore, defaultSnapshotDir, openStore } from "../core/node/snapshot-dir.ts";
+import { scratchDir } from "./support/models.ts";
+
+describe("snapshot keys", () => {
+  it("accepts plain segmented keys", () => {
+    for (const k of ["a", "kv/v1/abc/def", "quarantine/kv/x.y-z_1"]) expect(validateKey(k)).toBe(k);
+  });
+  it("refuses every key that could leave the directory or mean something to a filesystem", () => {
+    const bad = [
+      "",
+      "/etc/passwd",
+      "../x",
+      "a/../../x",
+      "a/./b",
+      ".",
+      "..",
+      "a//b",
+      "a/",
+      "a\\..\\b",
+      "a\0b",
+      "C:/x",
+      "a b",
+      "%2e%2e/x",
+      "é",
+      "x".repeat(513),
+    ];
+    for (const k of bad) expect(() => validateKey(k), JSON.stringify(k)).toThrow(InvalidInputError);
+  });
+});
+
+describe("DirectoryStore", () => {
+  it("puts atomically and reads whole objects and ranges", async () => {
+    const dir = scratchDir("store");
+    const st = new DirectoryStore(dir);
+    const data = Uint8Array.from({ length: 5000 }, (_, i) => i & 0xff);
+    await st.put("a/b/c", data);
+    expect(await st.get("a/b/c")).toEqual(data);
+    expect(await st.get("a/b/c", { offset: 4000, length: 1000 })).toEqual(data.subarray(4000));
+    await expect(st.get("a/b/c", { offset: 4500, length: 1000 })).rejects.toThrow(/beyond/);
+    // No temp file is left behind, and overwriting replaces the object whole.
+    expect(await readdir(join(dir, ".tmp"))).toEqual([]);
+    await st.put("a/b/c", data.subarray(0, 10));
+    expect((await st.head("a/b/c"))?.size).toBe(10);
+    await expect(st.get("a/none")).rejects.toBeInstanceOf(NotFoundError);
+    expect(await st.head("a/none")).toBeNull();
+  });
+
+  it("refuses keys outside the directory on every operation", async () => {
+    const dir = scratchDir("store");
+    const st = new DirectoryStore(join(dir, "inner"));
+    await writeFile(join(dir, "secret"), "x");
+    const k = "../secret";
+    await expect(st.get(k)).rejects.toBeInstanceOf(InvalidInputError);
+    await expect(st.put(k, new Uint8Array(1))).rejects.toBeInstanceOf(InvalidInputError);
+    await expect(st.head(k)).rejects.toBeInstanceOf(InvalidInputError);
+    await expect(st.delete(k)).rejects.toBeInstanceOf(InvalidInputError);
+    await expect(st.move("a", k)).rejects.toBeInstanceOf(InvalidInputError);
+    const listed = [];
+    await expect(async () => {
+      for await (const o of st.list("../")) listed.push(o);
+    }).rejects.toBeInstanceOf(InvalidInputError);
+  });
+
+  it("lists by prefix, skipping temp files, and moves and deletes", async () => {
+    const dir = scratchDir("store");
+    const st = new DirectoryStore(dir);
+    for (const k of ["kv/a/1", "kv/a/2", "kv/b/1", "kvx", "other/1"])
+      await st.put(k, new Uint8Array(3));
+    await mkdir(join(dir, ".tmp"), { recursive: true });
+    await writeFile(join(dir, ".tmp", "junk.part"), "x");
+    const keys = async (p: string) => {
+      const out: string[] = [];
+      for await (const o of st.list(p)) out.push(o.key);
+      return out.sort();
+    };
+    expect(await keys("kv/a/")).toEqual(["kv/a/1", "kv/a/2"]);
+    expect(await keys("kv")).toEqual(["kv/a/1", "kv/a/2", "kv/b/1", "kvx"]);
+    expect(await keys("")).toEqual(["kv/a/1", "kv/a/2", "kv/b/1", "kvx", "other/1"]);
+    expect(await keys("nothing/")).toEqual([]);
+    await st.move("kv/a/1", "quarantine/kv/a/1");
+    expect(await keys("quarantine/")).toEqual(["quarantine/kv/a/1"]);
+    await expect(st.move("kv/a/1", "x")).rejects.toBeInstanceOf(NotFoundError);
+    await st.delete("kv/a/2");
+    await st.delete("kv/a/2");
+    expect(await keys("kv/a")).toEqual([]);
+  });
+});
+
+describe("store specs", () => {
+  it("parses directories and s3 URLs with endpoint and path style from the environment", () => {
+    expect(parseStoreSpec("/tmp/x", {})).toEqual({ kind: "dir", path: "/tmp/x" });
+    expect(parseStoreSpec("file:///tmp/a%20b", {})).toEqual({ kind: "dir", path: "/tmp/a b" });
+    expect(parseStoreSpec("s3://my-bucket/some/prefix", {})).toEqual({
+      kind: "s3",
+      bucket: "my-bucket",
+      prefix: "some/prefix/",
+      endpoint: undefined,
+      forcePathStyle: false,
+      region: undefined,
+    });
+    const env = { AWS_ENDPOINT_URL_S3: "http://minio:9000", AWS_REGION: "eu-west-1" };
+    expect(parseStoreSpec("s3://b12", env)).toMatchObject({
+      prefix: "",
+      endpoint: "http://minio:9000",
+      forcePathStyle: true,
+      region: "eu-west-1",
+    });
+    expect(
+      parseStoreSpec("s3://b12", {
+        ...env,
+        ULTRALONG_S3_ENDPOINT: "http://x:1",
+        ULTRALONG_S3_PATH_STYLE: "0",
+      }),
+    ).toMatchObject({
+      endpoint: "http://x:1",
+      forcePathStyle: false,
+    });
+    expect(() => parseStoreSpec("s3://Bad_Bucket/x", {})).toThrow(InvalidInputError);
+    expect(() => parseStoreSpec("gs://b/x", {})).toThrow(/unsupported/);
+  });
+
+  it("defaults to the user's cache directory", () => {
+    expect(defaultSnapshotDir({ XDG_CACHE_HOME: "/c" })).toBe("/c/ultralong/snapshots");
+    expect(defaultSnapshotDir({ HOME: "/home/u" })).toBe("/home/u/.cache/ultralong/snapshots");
+    expect(openStore(undefined, { env: { XDG_CACHE_HOME: "/c" } }).name).toBe(
+      "/c/ultralong/snapshots",
+    );
+  });
+});
