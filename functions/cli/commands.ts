@@ -4,4 +4,5 @@ import type { Command } from "./command.ts";
 export const commands: Record<string, () => Promise<{ command: Command }>> = {
   "make-model": () => import("./commands/make-model.ts"),
   inspect: () => import("./commands/inspect.ts"),
+  snapshots: () => import("./commands/snapshots.ts"),
 };
