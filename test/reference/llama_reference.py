@@ -255,7 +255,10 @@ class LlamaReference:
         return rms_norm(h, self.w["model.norm.weight"], self.eps)
 
     def lm_head(self):
-        return self.w.get("lm_head.weight", self.w["model.embed_tokens.weight"])
+        # Tied: transformers points lm_head at embed_tokens, whatever lm_head.weight the file holds.
+        if self.config.get("tie_word_embeddings", False):
+            return self.w["model.embed_tokens.weight"]
+        return self.w["lm_head.weight"]
 
     def logits_blocks(self, tokens, last=None, kv=None, block=256):
         """Yields logits in row blocks (<= block positions each) for the last N positions."""
