@@ -9,6 +9,7 @@
 //   KV cache              config kv_dtype         (layer, K|V, kv_head, max_pos, head_dim)
 //   fp8 KV scales         f32                     (layer, K|V, kv_head): x = fp8 * scale
 #pragma once
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -112,11 +113,23 @@ bool cuda_compiled();
 
 // Counter-based RNG for sampling (SplitMix64): the same on host and device, so the reference and
 // CUDA draw identical noise for the same (seed, counter, index).
-inline uint64_t splitmix64(uint64_t x) {
+#ifdef __CUDACC__
+#define UL_HOST_DEVICE __host__ __device__
+#else
+#define UL_HOST_DEVICE
+#endif
+UL_HOST_DEVICE inline uint64_t splitmix64(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
   x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
   return x ^ (x >> 31);
+}
+
+/** Gumbel noise for vocabulary entry i: -log(-log(U)), U in (0, 1) from 53 random bits. */
+UL_HOST_DEVICE inline double gumbel_noise(uint64_t seed, uint64_t counter, uint64_t i) {
+  uint64_t bits = splitmix64(seed ^ splitmix64(counter * 0x100000001b3ull + i));
+  double u = (static_cast<double>(bits >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+  return -log(-log(u));
 }
 
 }  // namespace ul

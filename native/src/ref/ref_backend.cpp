@@ -200,10 +200,8 @@ class RefBackend final : public Backend {
     for (int i = 0; i < vocab; ++i) {
       float v = logits[i];
       if (temperature > 0) {
-        // Gumbel-max: argmax(logit / T + G), G = -log(-log(U)), U in (0, 1) from 53 random bits.
-        uint64_t bits = splitmix64(seed ^ splitmix64(counter * 0x100000001b3ull + static_cast<uint64_t>(i)));
-        double u = (static_cast<double>(bits >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-        v = static_cast<float>(v / temperature - std::log(-std::log(u)));
+        // Gumbel-max: argmax(logit / T + G) is an exact sample of softmax(logit / T).
+        v = static_cast<float>(v / temperature + gumbel_noise(seed, counter, static_cast<uint64_t>(i)));
       }
       if (v > best_v) {
         best_v = v;

@@ -1,0 +1,84 @@
+// Shared by the CUDA kernel files: error checks that become ul::Status (file:line + CUDA's message),
+// element loads/stores for the storage types, and the launcher declarations cuda_backend.cu calls.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "../backend.h"
+
+namespace ul {
+namespace cuda {
+
+using bf16 = __nv_bfloat16;
+using fp8 = __nv_fp8_e4m3;
+
+inline Status cuda_error(cudaError_t e, const char* expr, const char* file, int line) {
+  return Err(UL_ERR_DEVICE, std::string(file) + ":" + std::to_string(line) + ": " + expr + ": " +
+                                cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
+}
+
+#define UL_CUDA(expr)                                                               \
+  do {                                                                              \
+    cudaError_t e_ = (expr);                                                        \
+    if (e_ != cudaSuccess) return ::ul::cuda::cuda_error(e_, #expr, __FILE__, __LINE__); \
+  } while (0)
+
+/** After a kernel launch: launch-configuration errors (asynchronous faults surface at sync). */
+#define UL_CUDA_LAUNCHED() UL_CUDA(cudaGetLastError())
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(bf16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f32(fp8 x) { return static_cast<float>(x); }
+
+template <typename T>
+__device__ __forceinline__ T from_f32(float x);
+template <>
+__device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ bf16 from_f32<bf16>(float x) { return __float2bfloat16_rn(x); }
+template <>
+__device__ __forceinline__ fp8 from_f32<fp8>(float x) { return fp8(x); }  // saturates to +-448
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// ---- launchers (each kernel file defines its own) --------------------------------------------
+// elementwise.cu
+Status launch_embed(const bf16* table, const int32_t* tokens, int rows, int dim, float* out, cudaStream_t s);
+Status launch_rmsnorm(const float* x, const bf16* w, int rows, int dim, float eps, bf16* out, cudaStream_t s);
+Status launch_rope(bf16* x, int rows, int heads, int head_dim, int rot_dim, int pos0, const double* inv_freq,
+                   float scaling, cudaStream_t s);
+Status launch_swiglu(const bf16* gate, const bf16* up, size_t n, bf16* out, cudaStream_t s);
+Status launch_kv_store(const KvStoreArgs& a, cudaStream_t s);
+// gemm.cu: y (M, N) = x (M, K) . w (N, K)^T, tensor cores (wmma bf16, fp32 accumulate).
+Status launch_gemm_tc(const bf16* x, const bf16* w, int M, int K, int N, void* y, bool y_f32_accumulate,
+                      cudaStream_t s);
+// attention.cu
+Status launch_flash_prefill(const AttentionArgs& a, cudaStream_t s);
+/** Split-KV attention, any rows and head_dim <= 256; workspace grown by the caller to the size
+ *  decode_workspace_floats() names. */
+size_t decode_workspace_floats(const AttentionArgs& a);
+Status launch_split_kv(const AttentionArgs& a, float* workspace, cudaStream_t s);
+bool flash_supported(const AttentionArgs& a);
+// sampling.cu
+Status launch_sample(const float* logits, int vocab, float temperature, uint64_t seed, uint64_t counter,
+                     int32_t* token, cudaStream_t s);
+
+// cublaslt.cu: cuBLASLt through dlopen (absent library = nullptr handle, not an error).
+struct CublasLt;
+CublasLt* cublaslt_open();
+void cublaslt_close(CublasLt* lt);
+Status cublaslt_gemm(CublasLt* lt, const bf16* x, const bf16* w, int M, int K, int N, void* y,
+                     bool y_f32_accumulate, cudaStream_t s);
+
+}  // namespace cuda
+}  // namespace ul

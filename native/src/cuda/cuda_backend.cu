@@ -1,0 +1,172 @@
+// The CUDA kernel set behind the Backend vtable (backend.h): bf16 weights and activations, f32
+// residual stream, bf16 or fp8-e4m3 KV cache, one stream. Projections go to cuBLASLt when the
+// library loads (cublaslt.cu), else to our tensor-core GEMM (gemm.cu). Host <-> device copies of KV
+// ranges go through a pinned staging buffer (2D copies: one per layer and K|V).
+#include <algorithm>
+#include <cstring>
+
+#include "common.cuh"
+
+namespace ul {
+namespace cuda {
+namespace {
+
+class CudaBackend final : public Backend {
+ public:
+  ~CudaBackend() override {
+    cublaslt_close(lt_);
+    if (staging_) cudaFreeHost(staging_);
+    if (workspace_) cudaFree(workspace_);
+    if (tokens_) cudaFree(tokens_);
+    if (token_out_) cudaFree(token_out_);
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  Status init() {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0)
+      return Err(UL_ERR_NOT_AVAILABLE, std::string("no CUDA device: ") + (e != cudaSuccess ? cudaGetErrorString(e) : "none found"));
+    cudaDeviceProp prop{};
+    UL_CUDA(cudaGetDeviceProperties(&prop, 0));
+    if (prop.major < 8)
+      return Err(UL_ERR_NOT_AVAILABLE, std::string(prop.name) + " is sm_" + std::to_string(prop.major * 10 + prop.minor) + "; bf16 tensor cores need sm_80 or newer");
+    UL_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    UL_CUDA(cudaMalloc(&token_out_, sizeof(int32_t)));
+    lt_ = cublaslt_open();
+    return Status::Ok();
+  }
+
+  const char* name() const override { return lt_ ? "cuda+cublaslt" : "cuda"; }
+  ul_dtype act_dtype() const override { return UL_DTYPE_BF16; }
+  ul_dtype weight_dtype() const override { return UL_DTYPE_BF16; }
+  bool supports_kv(ul_dtype dt) const override { return dt == UL_DTYPE_BF16 || dt == UL_DTYPE_FP8_E4M3; }
+
+  Status alloc(size_t bytes, void** out) override {
+    cudaError_t e = cudaMalloc(out, bytes ? bytes : 1);
+    if (e == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      return Err(UL_ERR_OUT_OF_MEMORY, "cudaMalloc of " + std::to_string(bytes) + " bytes failed (device memory full)");
+    }
+    UL_CUDA(e);
+    UL_CUDA(cudaMemsetAsync(*out, 0, bytes, stream_));
+    return Status::Ok();
+  }
+  void release(void* p) override { cudaFree(p); }
+
+  Status upload(void* dst, const void* src, size_t bytes) override {
+    return upload_2d(dst, bytes, src, bytes, 1);
+  }
+  Status download(void* dst, const void* src, size_t bytes) override {
+    return download_2d(dst, src, bytes, bytes, 1);
+  }
+  Status download_2d(void* dst, const void* src, size_t pitch, size_t width, size_t height) override {
+    size_t bytes = width * height;
+    UL_TRY(grow_staging(bytes));
+    UL_CUDA(cudaMemcpy2DAsync(staging_, width, src, pitch, width, height, cudaMemcpyDeviceToHost, stream_));
+    UL_CUDA(cudaStreamSynchronize(stream_));
+    std::memcpy(dst, staging_, bytes);
+    return Status::Ok();
+  }
+  Status upload_2d(void* dst, size_t pitch, const void* src, size_t width, size_t height) override {
+    size_t bytes = width * height;
+    UL_TRY(grow_staging(bytes));
+    UL_CUDA(cudaStreamSynchronize(stream_));  // the previous upload has left the staging buffer
+    std::memcpy(staging_, src, bytes);
+    UL_CUDA(cudaMemcpy2DAsync(dst, pitch, staging_, width, width, height, cudaMemcpyHostToDevice, stream_));
+    UL_CUDA(cudaStreamSynchronize(stream_));
+    return Status::Ok();
+  }
+  Status memory_info(uint64_t* free_bytes, uint64_t* total_bytes) override {
+    size_t f = 0, t = 0;
+    UL_CUDA(cudaMemGetInfo(&f, &t));
+    *free_bytes = f;
+    *total_bytes = t;
+    return Status::Ok();
+  }
+
+  Status embed(const void* table, const int32_t* tokens_host, int rows, int dim, float* out) override {
+    if (static_cast<size_t>(rows) > tokens_cap_) {
+      if (tokens_) UL_CUDA(cudaFree(tokens_));
+      tokens_ = nullptr;
+      UL_CUDA(cudaMalloc(&tokens_, sizeof(int32_t) * rows));
+      tokens_cap_ = rows;
+    }
+    UL_TRY(upload(tokens_, tokens_host, sizeof(int32_t) * rows));
+    return launch_embed(static_cast<const bf16*>(table), tokens_, rows, dim, out, stream_);
+  }
+  Status rmsnorm(const float* x, const void* w, int rows, int dim, float eps, void* out) override {
+    return launch_rmsnorm(x, static_cast<const bf16*>(w), rows, dim, eps, static_cast<bf16*>(out), stream_);
+  }
+  Status matmul(const void* x, const void* w, int rows, int in_dim, int out_dim, void* y, bool y_f32) override {
+    const bf16* xb = static_cast<const bf16*>(x);
+    const bf16* wb = static_cast<const bf16*>(w);
+    if (lt_) return cublaslt_gemm(lt_, xb, wb, rows, in_dim, out_dim, y, y_f32, stream_);
+    return launch_gemm_tc(xb, wb, rows, in_dim, out_dim, y, y_f32, stream_);
+  }
+  Status rope(void* x, int rows, int heads, int head_dim, int rot_dim, int pos0, const double* inv_freq,
+              float scaling) override {
+    return launch_rope(static_cast<bf16*>(x), rows, heads, head_dim, rot_dim, pos0, inv_freq, scaling, stream_);
+  }
+  Status swiglu(const void* gate, const void* up, size_t n, void* out) override {
+    return launch_swiglu(static_cast<const bf16*>(gate), static_cast<const bf16*>(up), n, static_cast<bf16*>(out), stream_);
+  }
+  Status kv_store(const KvStoreArgs& a) override { return launch_kv_store(a, stream_); }
+  Status attention(const AttentionArgs& a) override {
+    if (flash_supported(a)) return launch_flash_prefill(a, stream_);
+    size_t need = decode_workspace_floats(a);
+    if (need > workspace_cap_) {
+      UL_CUDA(cudaStreamSynchronize(stream_));
+      if (workspace_) UL_CUDA(cudaFree(workspace_));
+      workspace_ = nullptr;
+      UL_CUDA(cudaMalloc(&workspace_, need * sizeof(float)));
+      workspace_cap_ = need;
+    }
+    return launch_split_kv(a, workspace_, stream_);
+  }
+  Status sample(const float* logits, int vocab, float temperature, uint64_t seed, uint64_t counter,
+                int32_t* token_host) override {
+    UL_TRY(launch_sample(logits, vocab, temperature, seed, counter, token_out_, stream_));
+    return download(token_host, token_out_, sizeof(int32_t));
+  }
+  Status sync() override {
+    UL_CUDA(cudaStreamSynchronize(stream_));
+    return Status::Ok();
+  }
+
+ private:
+  Status grow_staging(size_t bytes) {
+    if (bytes <= staging_cap_) return Status::Ok();
+    UL_CUDA(cudaStreamSynchronize(stream_));
+    if (staging_) UL_CUDA(cudaFreeHost(staging_));
+    staging_ = nullptr;
+    size_t cap = std::max(bytes, size_t{1} << 20);
+    UL_CUDA(cudaHostAlloc(&staging_, cap, cudaHostAllocDefault));
+    staging_cap_ = cap;
+    return Status::Ok();
+  }
+
+  cudaStream_t stream_ = nullptr;
+  CublasLt* lt_ = nullptr;
+  void* staging_ = nullptr;  // pinned host memory for every host <-> device copy
+  size_t staging_cap_ = 0;
+  float* workspace_ = nullptr;  // split-KV partials
+  size_t workspace_cap_ = 0;
+  int32_t* tokens_ = nullptr;  // (rows) token ids for embed
+  size_t tokens_cap_ = 0;
+  int32_t* token_out_ = nullptr;
+};
+
+}  // namespace
+}  // namespace cuda
+
+Status make_cuda_backend(std::unique_ptr<Backend>* out) {
+  auto be = std::make_unique<cuda::CudaBackend>();
+  UL_TRY(be->init());
+  *out = std::move(be);
+  return Status::Ok();
+}
+
+bool cuda_compiled() { return true; }
+
+}  // namespace ul
