@@ -2,7 +2,7 @@
 // transformers-independent PyTorch loads, the weight statistics that keep activations sane, and the
 // figures inspect prints.
 
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Writable } from "node:stream";
@@ -21,24 +21,8 @@ import { loadModelDir } from "../core/node/load-model-dir.ts";
 import { makeModelDir } from "../core/node/make-model.ts";
 import { f32ToBf16 } from "../core/safetensors/dtype.ts";
 import { main } from "../functions/cli/main.ts";
-import { SMALL_VOCAB, scratchDir, testModelDir } from "./support/models.ts";
+import { runUltralong, SMALL_VOCAB, scratchDir, testModelDir } from "./support/models.ts";
 import { haveTorch, TORCH_PYTHON, tool } from "./support/tools.ts";
-
-function runCli(
-  args: string[],
-): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ["functions/cli/bin.js", ...args], {
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d) => (stdout += d));
-    child.stderr.on("data", (d) => (stderr += d));
-    child.on("error", reject);
-    child.on("close", (status) => resolve({ status, stdout, stderr }));
-  });
-}
 
 /** The CLI's main() in this process, with its output captured. */
 async function runMain(
@@ -79,7 +63,7 @@ let cliModel: Promise<{ dir: string; stdout: string }> | null = null;
 function cliModelDir() {
   cliModel ??= (async () => {
     const dir = join(scratchDir("cli"), "model");
-    const r = await runCli(["make-model", dir, ...CLI_ARGS]);
+    const r = await runUltralong(["make-model", dir, ...CLI_ARGS]);
     expect(r.stderr).toBe("");
     expect(r.status).toBe(0);
     return { dir, stdout: r.stdout };
@@ -232,7 +216,7 @@ describe("make-model", () => {
     const results = [];
     for (const [args] of bad) results.push(await runMain(["make-model", dir, ...args]));
     for (const i of [1, 4]) {
-      const r = await runCli(["make-model", dir, ...bad[i][0]]);
+      const r = await runUltralong(["make-model", dir, ...bad[i][0]]);
       expect(r).toEqual(results[i]);
     }
     results.forEach((r, i) => {
@@ -242,7 +226,7 @@ describe("make-model", () => {
       expect(lines[0]).toMatch(new RegExp(`^ultralong make-model: ${bad[i][1].source}$`));
     });
     const existing = await testModelDir(SMALL_VOCAB);
-    const r = await runCli(["make-model", existing]);
+    const r = await runUltralong(["make-model", existing]);
     expect(r.status).toBe(1);
     expect(r.stderr.trim()).toMatch(
       /is not empty: make-model writes into a new or empty directory$/,
@@ -265,7 +249,7 @@ describe("inspect", () => {
     const params = 2 * c.vocabSize * H + c.numHiddenLayers * perLayer + H;
     const kv = (bytes: number) => 2 * c.numHiddenLayers * c.numKeyValueHeads * c.headDim * bytes;
 
-    const json = await runCli(["inspect", dir, "--json"]);
+    const json = await runUltralong(["inspect", dir, "--json"]);
     expect(json.status).toBe(0);
     const out = JSON.parse(json.stdout);
     expect(out.parameters).toBe(params);
@@ -275,7 +259,7 @@ describe("inspect", () => {
     expect(out.fingerprint).toBe(await m.fingerprint());
     expect(out.config).toEqual(c);
 
-    const text = await runCli(["inspect", dir]);
+    const text = await runUltralong(["inspect", dir]);
     expect(text.status).toBe(0);
     const group = (n: number) => n.toLocaleString("en-US");
     expect(text.stdout).toContain(`parameters   ${group(params)}\n`);

@@ -2,7 +2,6 @@
 // loadModel and through the real `ultralong inspect` process; loading reads headers only; the
 // fingerprint covers every weight byte and is served from its cache.
 
-import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import {
   cp,
@@ -18,7 +17,7 @@ import {
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { UltralongError } from "../core/errors.ts";
-import { Sha256 } from "../core/hash/sha256.ts";
+import { Sha256, sha256Digest } from "../core/hash/sha256.ts";
 import type { ByteSource, ModelFiles } from "../core/io/byte-source.ts";
 import type { GenerateOptions } from "../core/model/generate.ts";
 import { loadModel } from "../core/model/load.ts";
@@ -26,7 +25,7 @@ import { CACHE_FILE, DirectoryFingerprintCache } from "../core/node/fingerprint-
 import { nodeSha256 } from "../core/node/hasher.ts";
 import { loadModelDir } from "../core/node/load-model-dir.ts";
 import { DirectoryModelFiles } from "../core/node/model-files.ts";
-import { scratchDir, testModelDir } from "./support/models.ts";
+import { runUltralong, scratchDir, testModelDir } from "./support/models.ts";
 
 // 1 layer, hidden 32, vocab 256, F32: a few hundred KB, cheap to copy once per case.
 const BASE: GenerateOptions = {
@@ -287,22 +286,6 @@ const cases: BadCase[] = [
   },
 ];
 
-function runCli(
-  args: string[],
-): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ["functions/cli/bin.js", ...args], {
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d) => (stdout += d));
-    child.stderr.on("data", (d) => (stderr += d));
-    child.on("error", reject);
-    child.on("close", (status) => resolve({ status, stdout, stderr }));
-  });
-}
-
 describe("bad model directories", () => {
   const broken = new Map<string, Promise<string>>();
   const brokenDir = (c: BadCase) => {
@@ -340,7 +323,7 @@ describe("bad model directories", () => {
     for (const c of cases) {
       it(`${c.name}: exit 1 and the same line on stderr`, async () => {
         const dir = await brokenDir(c);
-        const r = await runCli(["inspect", dir]);
+        const r = await runUltralong(["inspect", dir]);
         expect(r.status).toBe(1);
         expect(r.stdout).toBe("");
         const lines = r.stderr.split("\n").filter((l) => l !== "");
@@ -443,6 +426,9 @@ describe("SHA-256", () => {
         expect(h.digestHex()).toBe(want);
       }
     }
+    expect(Buffer.from(sha256Digest(data)).equals(createHash("sha256").update(data).digest())).toBe(
+      true,
+    );
     const big = randomBytes(3 * 1024 * 1024 + 7);
     const h = new Sha256();
     h.update(big);

@@ -55,6 +55,13 @@ export class Sha256 implements Hasher {
   }
 
   digestHex(): string {
+    let hex = "";
+    for (const b of this.digest()) hex += b.toString(16).padStart(2, "0");
+    return hex;
+  }
+
+  /** The 32-byte digest; the hasher is finished afterwards. */
+  digest(): Uint8Array {
     const bits = this.#bytes * 8;
     const tail = new Uint8Array(((this.#fill + 9 + 63) & ~63) - this.#fill);
     tail[0] = 0x80;
@@ -63,9 +70,10 @@ export class Sha256 implements Hasher {
     dv.setUint32(tail.length - 4, bits >>> 0);
     this.update(tail);
     this.#done = true;
-    let hex = "";
-    for (const x of this.#h) hex += x.toString(16).padStart(8, "0");
-    return hex;
+    const out = new Uint8Array(32);
+    const dv2 = new DataView(out.buffer);
+    for (let i = 0; i < 8; i++) dv2.setUint32(4 * i, this.#h[i]);
+    return out;
   }
 
   #compress(p: Uint8Array, at: number): void {
@@ -118,3 +126,10 @@ export class Sha256 implements Hasher {
 }
 
 export const sha256: HasherFactory = () => new Sha256();
+
+/** One-shot SHA-256 of `data` (synchronous, unlike WebCrypto's digest). */
+export function sha256Digest(data: Uint8Array): Uint8Array {
+  const h = new Sha256();
+  h.update(data);
+  return h.digest();
+}

@@ -8,6 +8,7 @@
 // Everything goes through the real generator and the real loader: the files are exactly what
 // `ultralong make-model` writes.
 
+import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -65,4 +66,24 @@ export function testModelDir(opts: GenerateOptions = TINY): Promise<string> {
 /** testModelDir, loaded (headers only; the fingerprint cache lives beside the model). */
 export async function loadTestModel(opts: GenerateOptions = TINY): Promise<LoadedModel> {
   return loadModelDir(await testModelDir(opts));
+}
+
+/**
+ * Runs the real `ultralong` process (functions/cli/bin.js) from the repository root, for tests of
+ * CLI commands on generated models. Asynchronous, so several can run at once.
+ */
+export function runUltralong(
+  args: string[],
+): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ["functions/cli/bin.js", ...args], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d) => (stdout += d));
+    child.stderr.on("data", (d) => (stderr += d));
+    child.on("error", reject);
+    child.on("close", (status) => resolve({ status, stdout, stderr }));
+  });
 }
