@@ -1,0 +1,154 @@
+// Local mode (`ultralong serve`, tests, benchmarks): the model function and the edge as two Hono
+// apps on two loopback sockets in one process. The edge forwards over real HTTP, signed, exactly as
+// deployed; only the composition (which runtime, which store, which keys) is local.
+import { basename, resolve } from "node:path";
+import { NotAvailableError } from "../../core/errors.ts";
+import type { SnapshotStore } from "../../core/kv/store.ts";
+import { loadModelDir } from "../../core/node/load-model-dir.ts";
+import { openStore } from "../../core/node/snapshot-dir.ts";
+import { toHex } from "../../core/protocol/signing.ts";
+import { Tokenizer } from "../../core/tokenizer/index.ts";
+import { createEdgeApp, type EdgeApp } from "../edge/app.ts";
+import { DEFAULT_LIMITS, type KeyConfig, sha256Hex } from "../edge/keys.ts";
+import { type ChatRenderer, edgeTextFromTokenizer } from "../edge/tokenizer-text.ts";
+import { createModelApp, type ModelApp } from "../model/app.ts";
+import { createDriverEngine } from "../model/driver-engine.ts";
+import type { ModelEngine } from "../model/engine.ts";
+import { runtimes } from "../runtimes.ts";
+import { listen } from "./node.ts";
+import type { LogSink } from "./request-log.ts";
+
+export interface LocalOptions {
+  modelDir: string;
+  /** Id clients name in requests (default: the directory's name). */
+  modelId?: string;
+  /** Edge port (default 0: any free port). The model function always takes a free port. */
+  port?: number;
+  hostname?: string;
+  /** Snapshot store: a --store spec, a store object, or null for none (default: the cache dir). */
+  store?: string | SnapshotStore | null;
+  /** Snapshot chunk size in tokens (default 512). */
+  snapshotChunkTokens?: number;
+  /** API keys; default: one random demo key for tenant "demo". */
+  keys?: KeyConfig;
+  /** Runtime name or "auto" (default). */
+  runtime?: string;
+  threads?: number;
+  /** KV positions (default: min(model's max positions, 131072)). */
+  maxPositions?: number;
+  maxWaiting?: number;
+  keepAliveMs?: number;
+  log?: LogSink;
+  renderChat?: ChatRenderer;
+  env?: Record<string, string | undefined>;
+}
+
+export interface LocalServer {
+  url: string;
+  modelUrl: string;
+  modelId: string;
+  /** The generated demo key (only when no keys were given). */
+  demoKey: string | null;
+  /** Key for GET /metrics on both apps. */
+  metricsKey: string;
+  engine: ModelEngine;
+  edge: EdgeApp;
+  model: ModelApp;
+  close(): Promise<void>;
+}
+
+function randomHex(bytes: number): string {
+  const b = new Uint8Array(bytes);
+  crypto.getRandomValues(b);
+  return toHex(b);
+}
+
+export async function startLocal(options: LocalOptions): Promise<LocalServer> {
+  const dir = resolve(options.modelDir);
+  const modelId = options.modelId ?? basename(dir);
+  const model = await loadModelDir(dir);
+  const tokenizer = Tokenizer.fromJson(
+    await model.files.readText("tokenizer.json"),
+    await model.files.readText("tokenizer_config.json").catch(() => undefined),
+  );
+  const factory = await runtimes.pick(options.runtime ?? "auto");
+  const maxPositions =
+    options.maxPositions ?? Math.min(model.config.maxPositionEmbeddings, 131_072);
+  const runtime = await factory.create({ model, maxPositions, threads: options.threads });
+  let store: { store: SnapshotStore; name: string; chunkTokens?: number } | undefined;
+  if (options.store !== null) {
+    const s = options.store;
+    store =
+      typeof s === "object"
+        ? { store: s, name: "custom", chunkTokens: options.snapshotChunkTokens }
+        : {
+            store: openStore(s, { env: options.env }),
+            name: s ?? "default cache directory",
+            chunkTokens: options.snapshotChunkTokens,
+          };
+  }
+  // One process: the signing secret and the tenant-salt secret never leave it.
+  const secret = randomHex(32);
+  const engine = await createDriverEngine({
+    modelId,
+    model,
+    runtime,
+    tokenizer,
+    store,
+    saltSecret: randomHex(32),
+  });
+  const metricsKey = `ul-metrics-${randomHex(16)}`;
+  const metricsKeySha256 = await sha256Hex(metricsKey);
+  let demoKey: string | null = null;
+  let keys = options.keys;
+  if (!keys) {
+    demoKey = `ul-demo-${randomHex(16)}`;
+    keys = {
+      tenants: { demo: { ...DEFAULT_LIMITS, maxPromptTokens: maxPositions - 1 } },
+      keys: [{ sha256: await sha256Hex(demoKey), tenant: "demo" }],
+    };
+  }
+  keys = { ...keys, metricsKeySha256: keys.metricsKeySha256 ?? metricsKeySha256 };
+  const modelApp = await createModelApp({
+    engine,
+    secret,
+    metricsKeySha256: keys.metricsKeySha256,
+    maxWaiting: options.maxWaiting,
+    keepAliveMs: options.keepAliveMs,
+    log: options.log,
+  });
+  const modelServer = await listen(modelApp.app);
+  const renderChat: ChatRenderer =
+    options.renderChat ??
+    (() => {
+      throw new NotAvailableError(
+        "the chat template renderer (core/chat) is not in this build yet",
+      );
+    });
+  const edge = await createEdgeApp({
+    modelId,
+    maxContext: maxPositions,
+    text: edgeTextFromTokenizer(tokenizer, renderChat),
+    keys,
+    modelUrl: modelServer.url,
+    secret,
+    keepAliveMs: options.keepAliveMs,
+    log: options.log,
+  });
+  const edgeServer = await listen(edge.app, { port: options.port, hostname: options.hostname });
+  return {
+    url: edgeServer.url,
+    modelUrl: modelServer.url,
+    modelId,
+    demoKey,
+    metricsKey: keys.metricsKeySha256 === metricsKeySha256 ? metricsKey : "",
+    engine,
+    edge,
+    model: modelApp,
+    async close() {
+      await edgeServer.close();
+      await modelServer.close();
+      await engine.close();
+    },
+  };
+}
