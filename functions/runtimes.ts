@@ -6,6 +6,8 @@
 // adds its line with its own priority.
 import { referenceRuntimeFactory } from "../core/engine/reference-runtime.ts";
 import { RuntimeRegistry } from "../core/engine/registry.ts";
+import { wasmRuntimeFactory } from "../wasm/src/runtime.ts";
 
 export const runtimes = new RuntimeRegistry();
 runtimes.register(referenceRuntimeFactory);
+runtimes.register(wasmRuntimeFactory); // priority 10: AssemblyScript SIMD, CPU
