@@ -5,4 +5,5 @@ export const commands: Record<string, () => Promise<{ command: Command }>> = {
   "make-model": () => import("./commands/make-model.ts"),
   inspect: () => import("./commands/inspect.ts"),
   snapshots: () => import("./commands/snapshots.ts"),
+  serve: () => import("./commands/serve.ts"),
 };

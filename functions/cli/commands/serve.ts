@@ -1,0 +1,148 @@
+// `ultralong serve`: the edge and the model function on loopback (two Hono apps, signed HTTP
+// between them), with a generated demo model when no --model is given.
+import { mkdir, readFile, rename, rm, stat } from "node:fs/promises";
+import { homedir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { InvalidInputError } from "../../../core/errors.ts";
+import { makeModelDir } from "../../../core/node/make-model.ts";
+import type { KeyConfig } from "../../edge/keys.ts";
+import { startLocal } from "../../platform/local.ts";
+import type { Command } from "../command.ts";
+
+const usage = `usage: ultralong serve [options]
+
+Runs the OpenAI-compatible edge and the model function locally: the edge on --port, the model
+function on a private loopback port, requests between them signed (docs/http-api.md).
+
+options:
+  --model DIR        Hugging Face Llama directory (default: a small generated demo model,
+                     made once in the user cache directory)
+  --port N           edge port (default 8080; 0 = any free port)
+  --host H           listen address (default 127.0.0.1)
+  --store S          KV snapshots: DIR or s3://bucket/prefix (default: user cache directory)
+  --no-store         no snapshots
+  --api-keys FILE    JSON key file (hashed keys -> tenants with limits; docs/http-api.md);
+                     default: a random demo key printed at start
+  --threads N        worker threads for CPU runtimes (default: all cores)
+  --runtime NAME     auto|reference|wasm|native-wasm|cuda (default auto)
+  --max-positions N  KV positions (default: min(model's context, 131072))
+`;
+
+/** Demo model: Llama 3.1 vocabulary and tokenizer, 2 tiny layers (random weights, fast on a CPU). */
+const DEMO = { layers: 2, hidden: 64, heads: 4, kvHeads: 2, ffn: 192, seed: 0 };
+const DEMO_NAME = "demo-model-v1";
+
+function cacheDir(env: NodeJS.ProcessEnv): string {
+  return join(env.XDG_CACHE_HOME || join(env.HOME || homedir(), ".cache"), "ultralong");
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+/** The demo model directory, generated once (into a temporary sibling, then renamed: atomic). */
+export async function demoModelDir(env: NodeJS.ProcessEnv, say: (line: string) => void): Promise<string> {
+  const dir = join(cacheDir(env), DEMO_NAME);
+  if (await exists(join(dir, "config.json"))) {
+    say(`using the demo model in ${dir} (random weights: its output is not meaningful text)`);
+    return dir;
+  }
+  await mkdir(cacheDir(env), { recursive: true });
+  const tmp = `${dir}.tmp-${process.pid}`;
+  await rm(tmp, { recursive: true, force: true });
+  const t0 = performance.now();
+  await makeModelDir(tmp, DEMO);
+  await rename(tmp, dir).catch(async (err) => {
+    await rm(tmp, { recursive: true, force: true });
+    if (!(await exists(join(dir, "config.json")))) throw err; // else another process won the race
+  });
+  say(
+    `no --model given: generated a small demo model (2 layers, Llama 3.1 tokenizer, random weights) in ${dir} in ${Math.round(performance.now() - t0)} ms`,
+  );
+  return dir;
+}
+
+function int(name: string, v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  if (!/^\d+$/.test(v)) throw new InvalidInputError(`--${name} must be a non-negative integer, got '${v}'`);
+  return Number(v);
+}
+
+export const command: Command = {
+  summary: "run the OpenAI-compatible HTTP API locally (edge + model function)",
+  usage,
+  async run(argv, io) {
+    const { values } = parseArgs({
+      args: argv,
+      strict: true,
+      options: {
+        model: { type: "string" },
+        port: { type: "string" },
+        host: { type: "string" },
+        store: { type: "string" },
+        "no-store": { type: "boolean" },
+        "api-keys": { type: "string" },
+        threads: { type: "string" },
+        runtime: { type: "string" },
+        "max-positions": { type: "string" },
+      },
+    });
+    const say = (line: string) => io.stderr.write(`${line}\n`);
+    const modelDir = values.model ?? (await demoModelDir(io.env, say));
+    let keys: KeyConfig | undefined;
+    if (values["api-keys"]) {
+      const text = await readFile(values["api-keys"], "utf8").catch((err) => {
+        throw new InvalidInputError(`cannot read --api-keys ${values["api-keys"]}: ${err.message}`);
+      });
+      try {
+        keys = JSON.parse(text) as KeyConfig;
+      } catch {
+        throw new InvalidInputError(`--api-keys ${values["api-keys"]} is not JSON`);
+      }
+    }
+    const t0 = performance.now();
+    const server = await startLocal({
+      modelDir,
+      modelId: values.model ? undefined : "ultralong-demo",
+      port: int("port", values.port) ?? 8080,
+      hostname: values.host,
+      store: values["no-store"] ? null : values.store,
+      keys,
+      runtime: values.runtime,
+      threads: int("threads", values.threads),
+      maxPositions: int("max-positions", values["max-positions"]),
+      env: io.env,
+    });
+    const info = server.engine.info();
+    const key = server.demoKey ?? "<your key>";
+    io.stdout.write(
+      [
+        `ultralong serving '${server.modelId}' on ${server.url} (runtime ${info.runtime}, context ${info.maxPositions} tokens, snapshots: ${info.store}; ready in ${Math.round(performance.now() - t0)} ms)`,
+        server.demoKey ? `demo API key: ${server.demoKey}` : "API keys: from --api-keys",
+        server.metricsKey ? `metrics key:  ${server.metricsKey}   (GET ${server.url}/metrics)` : "",
+        "try:",
+        `  curl ${server.url}/v1/chat/completions -H 'Authorization: Bearer ${key}' -H 'Content-Type: application/json' \\`,
+        `    -d '{"model":"${server.modelId}","messages":[{"role":"user","content":"Hello!"}],"max_tokens":16}'`,
+        "",
+      ]
+        .filter((l) => l !== null)
+        .join("\n"),
+    );
+    await new Promise<void>((done) => {
+      const stop = () => {
+        process.off("SIGINT", stop);
+        process.off("SIGTERM", stop);
+        done();
+      };
+      process.on("SIGINT", stop);
+      process.on("SIGTERM", stop);
+    });
+    say("shutting down");
+    await server.close();
+    return 0;
+  },
+};
