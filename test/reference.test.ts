@@ -110,12 +110,15 @@ describe.skipIf(!tool("torch", haveTorch(), "the PyTorch reference tests"))(
       expect(readFileSync(run("bf16-sharded").out).equals(f32)).toBe(true);
     });
 
-    it("F16 agrees with F32 to 1e-3 (F16 flushes the few bf16 values below its normal range)", () => {
+    // F16 holds every bf16 value of this size exactly except the rare ones below its normal range
+    // (6.1e-5), which become subnormals with fewer bits: measured 1 of 106816 weights differs, and
+    // the logits by 4.8e-9; 1e-6 leaves 200x headroom and any misread weight moves logits far more.
+    it("F16 agrees with F32 to 1e-6", () => {
       const a = readF32(runF32().out);
       const b = readF32(run("f16").out);
       let worst = 0;
       for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
-      expect(worst).toBeLessThan(1e-3);
+      expect(worst).toBeLessThan(1e-6);
     });
 
     it("a model with zero attention and MLP weights gives lm_head(rmsnorm(embedding))", () => {
