@@ -1,0 +1,323 @@
+// The N-API addon: the C ABI of ul_engine.h as a Node module (plain node_api.h, no C++ wrapper).
+// Thin by design: check argument types, call the ABI, convert results; every failure throws an
+// Error whose `status` is the ul_status number (native/ts/addon-host.ts maps it to typed errors).
+// The engine handle is an external with a finalizer, so a forgotten close still frees the GPU.
+#include <node_api.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ul_engine.h"
+
+namespace {
+
+struct Handle {
+  ul_engine* engine = nullptr;
+  int32_t vocab = 0;
+};
+
+napi_value throw_status(napi_env env, ul_status st, const std::string& message) {
+  napi_value msg, err, code;
+  napi_create_string_utf8(env, message.c_str(), message.size(), &msg);
+  napi_create_error(env, nullptr, msg, &err);
+  napi_create_int32(env, static_cast<int32_t>(st), &code);
+  napi_set_named_property(env, err, "status", code);
+  napi_throw(env, err);
+  return nullptr;
+}
+
+napi_value throw_type(napi_env env, const char* what) {
+  napi_throw_type_error(env, nullptr, what);
+  return nullptr;
+}
+
+#define ARGS(n)                                                    \
+  size_t argc = n;                                                 \
+  napi_value argv[n];                                              \
+  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);      \
+  if (argc < n) return throw_type(env, "missing arguments");
+
+bool get_i32(napi_env env, napi_value v, int32_t* out) { return napi_get_value_int32(env, v, out) == napi_ok; }
+bool get_f64(napi_env env, napi_value v, double* out) { return napi_get_value_double(env, v, out) == napi_ok; }
+
+Handle* get_handle(napi_env env, napi_value v) {
+  void* p = nullptr;
+  if (napi_get_value_external(env, v, &p) != napi_ok) return nullptr;
+  Handle* h = static_cast<Handle*>(p);
+  return h && h->engine ? h : nullptr;
+}
+
+bool typed_array(napi_env env, napi_value v, void** data, size_t* bytes) {
+  napi_typedarray_type type;
+  size_t length = 0, offset = 0;
+  napi_value buffer;
+  if (napi_get_typedarray_info(env, v, &type, &length, data, &buffer, &offset) != napi_ok) return false;
+  size_t es = 1;
+  switch (type) {
+    case napi_int16_array: case napi_uint16_array: es = 2; break;
+    case napi_int32_array: case napi_uint32_array: case napi_float32_array: es = 4; break;
+    case napi_float64_array: case napi_bigint64_array: case napi_biguint64_array: es = 8; break;
+    default: es = 1;
+  }
+  *bytes = length * es;
+  return true;
+}
+
+napi_value check(napi_env env, Handle* h, ul_status st) {
+  if (st != UL_OK) return throw_status(env, st, ul_engine_last_error(h ? h->engine : nullptr));
+  napi_value undef;
+  napi_get_undefined(env, &undef);
+  return undef;
+}
+
+void finalize(napi_env, void* data, void*) {
+  Handle* h = static_cast<Handle*>(data);
+  if (h->engine) ul_engine_destroy(h->engine);
+  delete h;
+}
+
+int32_t prop_i32(napi_env env, napi_value obj, const char* name) {
+  napi_value v;
+  int32_t out = 0;
+  napi_get_named_property(env, obj, name, &v);
+  napi_get_value_int32(env, v, &out);
+  return out;
+}
+double prop_f64(napi_env env, napi_value obj, const char* name) {
+  napi_value v;
+  double out = 0;
+  napi_get_named_property(env, obj, name, &v);
+  napi_get_value_double(env, v, &out);
+  return out;
+}
+
+// backendCompiled(kind: number): boolean
+napi_value BackendCompiled(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int32_t kind;
+  if (!get_i32(env, argv[0], &kind)) return throw_type(env, "kind must be a number");
+  napi_value out;
+  napi_get_boolean(env, ul_backend_compiled(static_cast<ul_backend_kind>(kind)) != 0, &out);
+  return out;
+}
+
+// create(config: {hiddenSize, ..., invFreq: Float64Array, ...}): external
+napi_value Create(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  ul_config c{};
+  napi_value cfg = argv[0], inv;
+  c.hidden_size = prop_i32(env, cfg, "hiddenSize");
+  c.intermediate_size = prop_i32(env, cfg, "intermediateSize");
+  c.num_layers = prop_i32(env, cfg, "numLayers");
+  c.num_heads = prop_i32(env, cfg, "numHeads");
+  c.num_kv_heads = prop_i32(env, cfg, "numKvHeads");
+  c.head_dim = prop_i32(env, cfg, "headDim");
+  c.vocab_size = prop_i32(env, cfg, "vocabSize");
+  napi_value tie;
+  bool tied = false;
+  napi_get_named_property(env, cfg, "tieWordEmbeddings", &tie);
+  napi_get_value_bool(env, tie, &tied);
+  c.tie_word_embeddings = tied ? 1 : 0;
+  c.rms_norm_eps = static_cast<float>(prop_f64(env, cfg, "rmsNormEps"));
+  c.rotary_dim = prop_i32(env, cfg, "rotaryDim");
+  c.attention_scaling = static_cast<float>(prop_f64(env, cfg, "attentionScaling"));
+  c.max_positions = prop_i32(env, cfg, "maxPositions");
+  c.kv_dtype = static_cast<ul_dtype>(prop_i32(env, cfg, "kvDtype"));
+  c.backend = static_cast<ul_backend_kind>(prop_i32(env, cfg, "backend"));
+  c.max_chunk = prop_i32(env, cfg, "maxChunk");
+  napi_get_named_property(env, cfg, "invFreq", &inv);
+  void* inv_data = nullptr;
+  size_t inv_bytes = 0;
+  if (!typed_array(env, inv, &inv_data, &inv_bytes) || inv_bytes != static_cast<size_t>(c.rotary_dim / 2) * 8)
+    return throw_type(env, "invFreq must be a Float64Array of rotaryDim / 2 values");
+  c.inv_freq = static_cast<const double*>(inv_data);
+  ul_engine* e = nullptr;
+  ul_status st = ul_engine_create(&c, &e);
+  if (st != UL_OK) return throw_status(env, st, ul_engine_last_error(nullptr));
+  Handle* h = new Handle{e, c.vocab_size};
+  napi_value out;
+  napi_create_external(env, h, finalize, nullptr, &out);
+  return out;
+}
+
+// setTensor(h, name, shape: number[], data: TypedArray, dtype)
+napi_value SetTensor(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  Handle* h = get_handle(env, argv[0]);
+  if (!h) return throw_type(env, "closed or invalid engine");
+  size_t len = 0;
+  napi_get_value_string_utf8(env, argv[1], nullptr, 0, &len);
+  std::string name(len, '\0');
+  napi_get_value_string_utf8(env, argv[1], &name[0], len + 1, &len);
+  uint32_t nd = 0;
+  napi_get_array_length(env, argv[2], &nd);
+  std::vector<int64_t> shape(nd);
+  for (uint32_t i = 0; i < nd; ++i) {
+    napi_value v;
+    napi_get_element(env, argv[2], i, &v);
+    double d = 0;
+    get_f64(env, v, &d);
+    shape[i] = static_cast<int64_t>(d);
+  }
+  void* data = nullptr;
+  size_t bytes = 0;
+  int32_t dtype;
+  if (!typed_array(env, argv[3], &data, &bytes) || !get_i32(env, argv[4], &dtype))
+    return throw_type(env, "setTensor(h, name, shape, typedArray, dtype)");
+  return check(env, h, ul_engine_set_tensor(h->engine, name.c_str(), static_cast<ul_dtype>(dtype), shape.data(),
+                                            static_cast<int32_t>(nd), data));
+}
+
+napi_value Ready(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  Handle* h = get_handle(env, argv[0]);
+  if (!h) return throw_type(env, "closed or invalid engine");
+  return check(env, h, ul_engine_ready(h->engine));
+}
+
+// forward(h, tokens: Int32Array, wantLogits: boolean): Float32Array | null
+napi_value Forward(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  Handle* h = get_handle(env, argv[0]);
+  void* tokens = nullptr;
+  size_t bytes = 0;
+  bool want = false;
+  if (!h || !typed_array(env, argv[1], &tokens, &bytes)) return throw_type(env, "forward(h, Int32Array, bool)");
+  napi_get_value_bool(env, argv[2], &want);
+  napi_value out = nullptr;
+  float* logits = nullptr;
+  if (want) {
+    napi_value ab;
+    void* p = nullptr;
+    napi_create_arraybuffer(env, static_cast<size_t>(h->vocab) * 4, &p, &ab);
+    napi_create_typedarray(env, napi_float32_array, h->vocab, ab, 0, &out);
+    logits = static_cast<float*>(p);
+  } else {
+    napi_get_null(env, &out);
+  }
+  ul_status st = ul_engine_forward(h->engine, static_cast<const int32_t*>(tokens), static_cast<int32_t>(bytes / 4), logits);
+  if (st != UL_OK) return throw_status(env, st, ul_engine_last_error(h->engine));
+  return out;
+}
+
+// sample(h, temperature, seed: bigint): number
+napi_value Sample(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  Handle* h = get_handle(env, argv[0]);
+  double t = 0;
+  uint64_t seed = 0;
+  bool lossless = false;
+  if (!h || !get_f64(env, argv[1], &t) || napi_get_value_bigint_uint64(env, argv[2], &seed, &lossless) != napi_ok)
+    return throw_type(env, "sample(h, temperature, bigint seed)");
+  int32_t token = 0;
+  ul_status st = ul_engine_sample(h->engine, static_cast<float>(t), seed, &token);
+  if (st != UL_OK) return throw_status(env, st, ul_engine_last_error(h->engine));
+  napi_value out;
+  napi_create_int32(env, token, &out);
+  return out;
+}
+
+napi_value Position(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  Handle* h = get_handle(env, argv[0]);
+  if (!h) return throw_type(env, "closed or invalid engine");
+  napi_value out;
+  napi_create_int32(env, ul_engine_position(h->engine), &out);
+  return out;
+}
+
+napi_value Truncate(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  Handle* h = get_handle(env, argv[0]);
+  int32_t p;
+  if (!h || !get_i32(env, argv[1], &p)) return throw_type(env, "truncate(h, position)");
+  return check(env, h, ul_engine_truncate(h->engine, p));
+}
+
+// exportKv(h, start, end, dtype, bytes): Uint8Array
+napi_value ExportKv(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  Handle* h = get_handle(env, argv[0]);
+  int32_t s, e, dt;
+  double bytes;
+  if (!h || !get_i32(env, argv[1], &s) || !get_i32(env, argv[2], &e) || !get_i32(env, argv[3], &dt) ||
+      !get_f64(env, argv[4], &bytes))
+    return throw_type(env, "exportKv(h, start, end, dtype, bytes)");
+  napi_value ab, out;
+  void* p = nullptr;
+  size_t n = static_cast<size_t>(bytes);
+  napi_create_arraybuffer(env, n, &p, &ab);
+  napi_create_typedarray(env, napi_uint8_array, n, ab, 0, &out);
+  ul_status st = ul_engine_export_kv(h->engine, s, e, static_cast<ul_dtype>(dt), p, n);
+  if (st != UL_OK) return throw_status(env, st, ul_engine_last_error(h->engine));
+  return out;
+}
+
+// importKv(h, bytes: Uint8Array, tokens, dtype)
+napi_value ImportKv(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  Handle* h = get_handle(env, argv[0]);
+  void* data = nullptr;
+  size_t bytes = 0;
+  int32_t tokens, dt;
+  if (!h || !typed_array(env, argv[1], &data, &bytes) || !get_i32(env, argv[2], &tokens) || !get_i32(env, argv[3], &dt))
+    return throw_type(env, "importKv(h, Uint8Array, tokens, dtype)");
+  return check(env, h, ul_engine_import_kv(h->engine, data, bytes, tokens, static_cast<ul_dtype>(dt)));
+}
+
+napi_value Memory(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  Handle* h = get_handle(env, argv[0]);
+  if (!h) return throw_type(env, "closed or invalid engine");
+  ul_memory_report r{};
+  ul_status st = ul_engine_memory(h->engine, &r);
+  if (st != UL_OK) return throw_status(env, st, ul_engine_last_error(h->engine));
+  napi_value out;
+  napi_create_object(env, &out);
+  const std::pair<const char*, uint64_t> fields[] = {{"weightBytes", r.weight_bytes}, {"kvBytes", r.kv_bytes},
+                                                     {"activationBytes", r.activation_bytes},
+                                                     {"deviceFree", r.device_free}, {"deviceTotal", r.device_total}};
+  for (const auto& f : fields) {
+    napi_value v;
+    napi_create_double(env, static_cast<double>(f.second), &v);
+    napi_set_named_property(env, out, f.first, v);
+  }
+  return out;
+}
+
+napi_value Destroy(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  void* p = nullptr;
+  if (napi_get_value_external(env, argv[0], &p) == napi_ok && p) {
+    Handle* h = static_cast<Handle*>(p);
+    if (h->engine) ul_engine_destroy(h->engine);
+    h->engine = nullptr;
+  }
+  napi_value undef;
+  napi_get_undefined(env, &undef);
+  return undef;
+}
+
+napi_value Init(napi_env env, napi_value exports) {
+  const napi_property_descriptor props[] = {
+      {"backendCompiled", nullptr, BackendCompiled, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"create", nullptr, Create, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"setTensor", nullptr, SetTensor, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"ready", nullptr, Ready, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"forward", nullptr, Forward, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"sample", nullptr, Sample, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"position", nullptr, Position, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"truncate", nullptr, Truncate, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"exportKv", nullptr, ExportKv, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"importKv", nullptr, ImportKv, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"memory", nullptr, Memory, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"destroy", nullptr, Destroy, nullptr, nullptr, nullptr, napi_default, nullptr},
+  };
+  napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
+  return exports;
+}
+
+}  // namespace
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, Init)

@@ -1,0 +1,571 @@
+// ul_check: the C++ program behind native/scripts/gpu-check.sh. Subcommands print JSON on stdout.
+//
+//   ul_check kernels   [--backend cuda|reference] [--tiny]
+//       every op of the backend vtable against the reference kernels on the same (rounded) inputs:
+//       max abs error, error normalised by the reference's max magnitude, and a per-op tolerance
+//   ul_check logits    --config CFG --model DIR --tokens FILE --out FILE [--backend ..] [--kv bf16|fp8|f32]
+//       one forward pass of a model directory (every *.safetensors in DIR) -> last logits, f32 LE
+//   ul_check bench-attention --lens 16384,65536,131072 [--backend ..]
+//       full causal attention of L queries over L keys, 32/8 heads, d 128 (the SDPA comparison)
+//   ul_check bench-gemm --m 4096 [--backend ..]       the Llama-3.1-8B projection shapes
+//   ul_check bench-prefill --lens 32768,131072 [--shape 8b|tiny] [--backend ..]
+//       prefill tokens/s of a random-weight model of that shape through the whole engine
+//
+// CFG is a text file of "key value..." lines (written by gpu_check.py from config.json with
+// test/reference/rope_reference.py): hidden_size, intermediate_size, num_layers, num_heads,
+// num_kv_heads, head_dim, vocab_size, tie_word_embeddings, rms_norm_eps, rotary_dim,
+// attention_scaling, inv_freq f0 f1 ...
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <dirent.h>
+#include <fstream>
+#include <map>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "../src/backend.h"
+#include "../src/dtype.h"
+#include "ul_engine.h"
+
+using namespace ul;
+
+namespace {
+
+[[noreturn]] void die(const std::string& m) {
+  std::fprintf(stderr, "ul_check: %s\n", m.c_str());
+  std::exit(1);
+}
+void must(const Status& st, const char* what) {
+  if (!st.ok()) die(std::string(what) + ": " + st.message);
+}
+void must(ul_status st, ul_engine* e, const char* what) {
+  if (st != UL_OK) die(std::string(what) + ": " + ul_status_name(st) + ": " + ul_engine_last_error(e));
+}
+
+std::map<std::string, std::string> parse_flags(int argc, char** argv, int from) {
+  std::map<std::string, std::string> f;
+  for (int i = from; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a.rfind("--", 0) != 0) die("unexpected argument " + a);
+    if (i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0) f[a.substr(2)] = argv[++i];
+    else f[a.substr(2)] = "1";
+  }
+  return f;
+}
+
+std::vector<int> int_list(const std::string& s) {
+  std::vector<int> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) out.push_back(std::stoi(item));
+  return out;
+}
+
+ul_backend_kind backend_kind(const std::map<std::string, std::string>& f) {
+  auto it = f.find("backend");
+  std::string b = it == f.end() ? "cuda" : it->second;
+  if (b == "cuda") return UL_BACKEND_CUDA;
+  if (b == "reference") return UL_BACKEND_REFERENCE;
+  die("--backend must be cuda or reference");
+}
+
+std::unique_ptr<Backend> make_backend(ul_backend_kind kind) {
+  if (kind == UL_BACKEND_REFERENCE) return make_reference_backend();
+  std::unique_ptr<Backend> be;
+  must(make_cuda_backend(&be), "cuda backend");
+  return be;
+}
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// ---- device buffers in a backend's dtypes ---------------------------------------------------------
+struct Buffers {
+  Backend& be;
+  std::vector<void*> held;
+  explicit Buffers(Backend& b) : be(b) {}
+  ~Buffers() {
+    for (void* p : held) be.release(p);
+  }
+  void* alloc(size_t bytes) {
+    void* p = nullptr;
+    must(be.alloc(bytes, &p), "alloc");
+    held.push_back(p);
+    return p;
+  }
+  void* put(const std::vector<float>& v, ul_dtype dt) {
+    std::vector<unsigned char> tmp(v.size() * dtype_size(dt));
+    convert(v.data(), UL_DTYPE_F32, tmp.data(), dt, v.size());
+    void* p = alloc(tmp.size());
+    must(be.upload(p, tmp.data(), tmp.size()), "upload");
+    return p;
+  }
+  std::vector<float> get(const void* p, ul_dtype dt, size_t n) {
+    std::vector<unsigned char> tmp(n * dtype_size(dt));
+    must(be.download(tmp.data(), p, tmp.size()), "download");
+    std::vector<float> out(n);
+    convert(tmp.data(), dt, out.data(), UL_DTYPE_F32, n);
+    return out;
+  }
+};
+
+std::vector<float> randn(size_t n, float scale, uint32_t seed) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(g);
+  return v;
+}
+
+/** Rounds through dt, so both backends see identical input values. */
+std::vector<float> rounded(std::vector<float> v, ul_dtype dt) {
+  for (float& x : v) {
+    unsigned char b[4];
+    store_from_f32(b, dt, 0, x);
+    x = load_as_f32(b, dt, 0);
+  }
+  return v;
+}
+
+std::vector<double> inv_freq_default(int rot, double theta) {
+  std::vector<double> f(rot / 2);
+  for (int i = 0; i < rot / 2; ++i) f[i] = std::pow(theta, -2.0 * i / rot);
+  return f;
+}
+
+// ---- kernels: device backend vs reference --------------------------------------------------------
+struct Check {
+  std::string op, shape;
+  double max_abs, max_ref, tol;
+};
+
+Check compare(const std::string& op, const std::string& shape, const std::vector<float>& got,
+              const std::vector<float>& want, double tol) {
+  double ma = 0, mr = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    double d = std::fabs(static_cast<double>(got[i]) - want[i]);
+    if (!(d <= ma)) ma = d;  // NaN propagates as failure
+    mr = std::max(mr, std::fabs(static_cast<double>(want[i])));
+  }
+  return {op, shape, ma, mr, tol};
+}
+
+int cmd_kernels(const std::map<std::string, std::string>& f) {
+  bool tiny = f.count("tiny") > 0;
+  auto dev = make_backend(backend_kind(f));
+  auto ref = make_reference_backend();
+  Buffers D(*dev), R(*ref);
+  const ul_dtype act = dev->act_dtype(), wdt = dev->weight_dtype();
+  std::vector<Check> checks;
+  // Shapes: Llama-3.1-8B widths with short sequences (the reference runs on the CPU).
+  const int H = tiny ? 4 : 32, KVH = tiny ? 2 : 8, HD = 128, HID = tiny ? 256 : 4096, FFN = tiny ? 512 : 14336;
+  const int ROWS = tiny ? 16 : 64;
+  // Bound on error normalised by max |reference|: bf16 storage rounds at 2^-9 relative; sums of
+  // thousands of such terms stay within a few ulps of the largest output.
+  const double TOL_BF16 = 2e-2, TOL_FP8 = 1.5e-1;
+  const double tol_act = act == UL_DTYPE_F32 ? 1e-5 : TOL_BF16;
+  auto shape = [](std::initializer_list<int> d) {
+    std::string s = "(";
+    for (int x : d) s += (s.size() > 1 ? ", " : "") + std::to_string(x);
+    return s + ")";
+  };
+
+  {  // rmsnorm: x f32 (rows, hidden), w (hidden) -> act
+    auto x = randn(static_cast<size_t>(ROWS) * HID, 1.0f, 1), w = rounded(randn(HID, 0.1f, 2), wdt);
+    for (float& v : w) v += 1.0f;
+    w = rounded(w, wdt);
+    void* dx = D.put(x, UL_DTYPE_F32); void* dw = D.put(w, wdt); void* dout = D.alloc(x.size() * dtype_size(act));
+    void* rx = R.put(x, UL_DTYPE_F32); void* rw = R.put(w, UL_DTYPE_F32); void* rout = R.alloc(x.size() * 4);
+    must(dev->rmsnorm(static_cast<float*>(dx), dw, ROWS, HID, 1e-5f, dout), "rmsnorm");
+    must(ref->rmsnorm(static_cast<float*>(rx), rw, ROWS, HID, 1e-5f, rout), "rmsnorm ref");
+    checks.push_back(compare("rmsnorm", shape({ROWS, HID}), D.get(dout, act, x.size()), R.get(rout, UL_DTYPE_F32, x.size()), tol_act));
+  }
+  for (int accumulate = 0; accumulate < 2; ++accumulate) {  // gemm: (M, K) x (N, K)^T
+    const int M = tiny ? 33 : 256, K = HID, N = tiny ? 96 : 1024 + 64;  // N not a multiple of 128
+    auto x = rounded(randn(static_cast<size_t>(M) * K, 1.0f, 3), act);
+    auto w = rounded(randn(static_cast<size_t>(N) * K, 1.0f / std::sqrt(static_cast<float>(K)), 4), wdt);
+    auto y0 = randn(static_cast<size_t>(M) * N, 1.0f, 5);
+    ul_dtype ydt = accumulate ? UL_DTYPE_F32 : act;
+    void* dx = D.put(x, act); void* dw = D.put(w, wdt); void* dy = accumulate ? D.put(y0, UL_DTYPE_F32) : D.alloc(y0.size() * dtype_size(act));
+    void* rx = R.put(x, UL_DTYPE_F32); void* rw = R.put(w, UL_DTYPE_F32); void* ry = R.put(y0, UL_DTYPE_F32);
+    must(dev->matmul(dx, dw, M, K, N, dy, accumulate != 0), "matmul");
+    must(ref->matmul(rx, rw, M, K, N, ry, accumulate != 0), "matmul ref");
+    checks.push_back(compare(accumulate ? "gemm_accumulate_f32" : "gemm", shape({M, K, N}), D.get(dy, ydt, y0.size()),
+                             R.get(ry, UL_DTYPE_F32, y0.size()), accumulate ? (act == UL_DTYPE_F32 ? 1e-5 : 1e-2) : tol_act));
+  }
+  {  // rope at a position beyond 1M (the f64 angle path), yarn-like scaling
+    const int pos0 = 1 << 20;
+    auto x = rounded(randn(static_cast<size_t>(ROWS) * H * HD, 1.0f, 6), act);
+    auto inv = inv_freq_default(HD, 500000.0);
+    Buffers* bs[2] = {&D, &R};
+    std::vector<float> outs[2];
+    for (int b = 0; b < 2; ++b) {
+      Backend& be = b ? *ref : *dev;
+      ul_dtype dt = b ? UL_DTYPE_F32 : act;
+      void* px = bs[b]->put(x, dt);
+      void* pi = bs[b]->alloc(inv.size() * 8);
+      must(be.upload(pi, inv.data(), inv.size() * 8), "upload inv_freq");
+      must(be.rope(px, ROWS, H, HD, HD, pos0, static_cast<double*>(pi), 1.2f), "rope");
+      outs[b] = bs[b]->get(px, dt, x.size());
+    }
+    checks.push_back(compare("rope", shape({ROWS, H, HD}) + " pos0=" + std::to_string(pos0), outs[0], outs[1], tol_act));
+  }
+  {  // swiglu
+    size_t n = static_cast<size_t>(ROWS) * FFN;
+    auto g = rounded(randn(n, 2.0f, 7), act), u = rounded(randn(n, 1.0f, 8), act);
+    void* dg = D.put(g, act); void* du = D.put(u, act); void* dout = D.alloc(n * dtype_size(act));
+    void* rg = R.put(g, UL_DTYPE_F32); void* ru = R.put(u, UL_DTYPE_F32); void* rout = R.alloc(n * 4);
+    must(dev->swiglu(dg, du, n, dout), "swiglu");
+    must(ref->swiglu(rg, ru, n, rout), "swiglu ref");
+    checks.push_back(compare("swiglu", shape({ROWS, FFN}), D.get(dout, act, n), R.get(rout, UL_DTYPE_F32, n), tol_act));
+  }
+  {  // embed
+    const int V = 1000;
+    auto table = rounded(randn(static_cast<size_t>(V) * HID, 1.0f, 9), wdt);
+    std::vector<int32_t> toks(ROWS);
+    for (int i = 0; i < ROWS; ++i) toks[i] = (i * 389) % V;
+    void* dt = D.put(table, wdt); void* dout = D.alloc(static_cast<size_t>(ROWS) * HID * 4);
+    void* rt = R.put(table, UL_DTYPE_F32); void* rout = R.alloc(static_cast<size_t>(ROWS) * HID * 4);
+    must(dev->embed(dt, toks.data(), ROWS, HID, static_cast<float*>(dout)), "embed");
+    must(ref->embed(rt, toks.data(), ROWS, HID, static_cast<float*>(rout)), "embed ref");
+    checks.push_back(compare("embed", shape({ROWS, HID}), D.get(dout, UL_DTYPE_F32, toks.size() * HID),
+                             R.get(rout, UL_DTYPE_F32, toks.size() * HID), 0.0));
+  }
+  // kv_store + attention: a cache of `ctx` keys, the last `rows` of them queried (a prefill chunk),
+  // then one decode row. KV bf16 and fp8 (when the device backend has it).
+  for (ul_dtype kvdt : {UL_DTYPE_BF16, UL_DTYPE_FP8_E4M3}) {
+    if (!dev->supports_kv(kvdt)) continue;
+    const char* kvname = kvdt == UL_DTYPE_BF16 ? "bf16" : "fp8";
+    for (int decode = 0; decode < 2; ++decode) {
+      const int ctx = tiny ? 96 : 2048, rows = decode ? 1 : (tiny ? 40 : 128), pos0 = ctx - rows;
+      auto k = rounded(randn(static_cast<size_t>(ctx) * KVH * HD, 1.0f, 10), act);
+      auto v = rounded(randn(static_cast<size_t>(ctx) * KVH * HD, 1.0f, 11), act);
+      auto q = rounded(randn(static_cast<size_t>(rows) * H * HD, 1.0f, 12), act);
+      std::vector<float> outs[2];
+      for (int b = 0; b < 2; ++b) {
+        Backend& be = b ? *ref : *dev;
+        Buffers& B = b ? R : D;
+        ul_dtype dt = b ? UL_DTYPE_F32 : act;
+        size_t cache_bytes = static_cast<size_t>(KVH) * ctx * HD * dtype_size(kvdt);
+        void* kc = B.alloc(cache_bytes); void* vc = B.alloc(cache_bytes);
+        float* ks = static_cast<float*>(B.alloc(KVH * 4)); float* vs = static_cast<float*>(B.alloc(KVH * 4));
+        bool fp8 = kvdt == UL_DTYPE_FP8_E4M3;
+        for (int kind = 0; kind < 2; ++kind) {
+          KvStoreArgs s{};
+          s.src = B.put(kind ? v : k, dt);
+          s.cache = kind ? vc : kc;
+          s.scale = fp8 ? (kind ? vs : ks) : nullptr;
+          s.init_scale = true;
+          s.rows = ctx; s.kv_heads = KVH; s.head_dim = HD; s.max_pos = ctx; s.pos0 = 0; s.kv_dtype = kvdt;
+          must(be.kv_store(s), "kv_store");
+        }
+        AttentionArgs a{};
+        a.q = B.put(q, dt);
+        a.k_cache = kc; a.v_cache = vc; a.k_scale = fp8 ? ks : nullptr; a.v_scale = fp8 ? vs : nullptr;
+        a.out = B.alloc(q.size() * dtype_size(dt));
+        a.rows = rows; a.heads = H; a.kv_heads = KVH; a.head_dim = HD; a.max_pos = ctx; a.pos0 = pos0;
+        a.kv_dtype = kvdt; a.softmax_scale = 1.0f / std::sqrt(static_cast<float>(HD));
+        must(be.attention(a), "attention");
+        outs[b] = B.get(a.out, dt, q.size());
+      }
+      checks.push_back(compare(std::string(decode ? "attention_decode_" : "attention_prefill_") + kvname,
+                               shape({rows, H, KVH, HD}) + " ctx=" + std::to_string(ctx), outs[0], outs[1],
+                               kvdt == UL_DTYPE_FP8_E4M3 ? TOL_FP8 : tol_act));
+    }
+  }
+  {  // sampling: the same token for argmax and for a seeded Gumbel draw
+    const int V = tiny ? 1000 : 128256;
+    auto logits = randn(V, 3.0f, 13);
+    std::vector<float> got, want;
+    for (float t : {0.0f, 0.8f}) {
+      int32_t a = -1, b = -1;
+      void* dl = D.put(logits, UL_DTYPE_F32); void* rl = R.put(logits, UL_DTYPE_F32);
+      must(dev->sample(static_cast<float*>(dl), V, t, 42, 7, &a), "sample");
+      must(ref->sample(static_cast<float*>(rl), V, t, 42, 7, &b), "sample ref");
+      got.push_back(static_cast<float>(a));
+      want.push_back(static_cast<float>(b));
+    }
+    checks.push_back(compare("sample_token_ids", shape({V}), got, want, 0.0));
+  }
+  must(dev->sync(), "sync");
+
+  std::printf("{\"backend\": \"%s\", \"reference\": \"%s\", \"kernels\": [", dev->name(), ref->name());
+  bool all = true;
+  for (size_t i = 0; i < checks.size(); ++i) {
+    const Check& c = checks[i];
+    double norm = c.max_ref > 0 ? c.max_abs / c.max_ref : c.max_abs;
+    bool ok = norm <= c.tol;
+    all = all && ok;
+    std::printf("%s\n  {\"op\": \"%s\", \"shape\": \"%s\", \"max_abs_err\": %.6g, \"max_abs_ref\": %.6g, "
+                "\"normalized_err\": %.6g, \"tolerance\": %.6g, \"ok\": %s}",
+                i ? "," : "", c.op.c_str(), c.shape.c_str(), c.max_abs, c.max_ref, norm, c.tol, ok ? "true" : "false");
+  }
+  std::printf("\n], \"ok\": %s}\n", all ? "true" : "false");
+  return 0;
+}
+
+// ---- logits: one forward pass of a model directory -----------------------------------------------
+struct FileConfig {
+  ul_config c{};
+  std::vector<double> inv_freq;
+};
+
+FileConfig read_config(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) die("cannot read " + path);
+  FileConfig fc;
+  std::string line;
+  std::map<std::string, double> kv;
+  while (std::getline(in, line)) {
+    std::istringstream ls(line);
+    std::string key;
+    if (!(ls >> key)) continue;
+    if (key == "inv_freq") {
+      double v;
+      while (ls >> v) fc.inv_freq.push_back(v);
+    } else {
+      double v;
+      ls >> v;
+      kv[key] = v;
+    }
+  }
+  auto need = [&](const char* k) {
+    if (!kv.count(k)) die(path + ": missing " + k);
+    return kv[k];
+  };
+  ul_config& c = fc.c;
+  c.hidden_size = static_cast<int>(need("hidden_size"));
+  c.intermediate_size = static_cast<int>(need("intermediate_size"));
+  c.num_layers = static_cast<int>(need("num_layers"));
+  c.num_heads = static_cast<int>(need("num_heads"));
+  c.num_kv_heads = static_cast<int>(need("num_kv_heads"));
+  c.head_dim = static_cast<int>(need("head_dim"));
+  c.vocab_size = static_cast<int>(need("vocab_size"));
+  c.tie_word_embeddings = static_cast<int>(need("tie_word_embeddings"));
+  c.rms_norm_eps = static_cast<float>(need("rms_norm_eps"));
+  c.rotary_dim = static_cast<int>(need("rotary_dim"));
+  c.attention_scaling = static_cast<float>(need("attention_scaling"));
+  if (static_cast<int>(fc.inv_freq.size()) != c.rotary_dim / 2) die(path + ": inv_freq needs rotary_dim / 2 values");
+  return fc;
+}
+
+ul_dtype kv_flag(const std::map<std::string, std::string>& f, ul_backend_kind kind) {
+  auto it = f.find("kv");
+  std::string k = it == f.end() ? (kind == UL_BACKEND_CUDA ? "bf16" : "f32") : it->second;
+  if (k == "bf16") return UL_DTYPE_BF16;
+  if (k == "fp8") return UL_DTYPE_FP8_E4M3;
+  if (k == "f32") return UL_DTYPE_F32;
+  die("--kv must be bf16, fp8 or f32");
+}
+
+int cmd_logits(const std::map<std::string, std::string>& f) {
+  for (const char* k : {"config", "model", "tokens", "out"})
+    if (!f.count(k)) die(std::string("logits needs --") + k);
+  FileConfig fc = read_config(f.at("config"));
+  std::ifstream tf(f.at("tokens"), std::ios::binary);
+  std::vector<char> raw((std::istreambuf_iterator<char>(tf)), std::istreambuf_iterator<char>());
+  if (raw.empty() || raw.size() % 4 != 0) die("--tokens must hold int32 token ids");
+  std::vector<int32_t> tokens(raw.size() / 4);
+  std::memcpy(tokens.data(), raw.data(), tokens.size() * 4);
+  ul_backend_kind kind = backend_kind(f);
+  fc.c.inv_freq = fc.inv_freq.data();
+  fc.c.max_positions = static_cast<int>(tokens.size()) + 16;
+  fc.c.kv_dtype = kv_flag(f, kind);
+  fc.c.backend = kind;
+  fc.c.max_chunk = f.count("chunk") ? std::stoi(f.at("chunk")) : 0;
+  ul_engine* e = nullptr;
+  must(ul_engine_create(&fc.c, &e), nullptr, "create");
+  DIR* d = opendir(f.at("model").c_str());
+  if (!d) die("cannot open " + f.at("model"));
+  std::vector<std::string> files;
+  while (dirent* ent = readdir(d)) {
+    std::string n = ent->d_name;
+    if (n.size() > 12 && n.compare(n.size() - 12, 12, ".safetensors") == 0) files.push_back(f.at("model") + "/" + n);
+  }
+  closedir(d);
+  std::sort(files.begin(), files.end());
+  for (const std::string& file : files) must(ul_engine_load_safetensors(e, file.c_str()), e, "load");
+  must(ul_engine_ready(e), e, "ready");
+  std::vector<float> logits(fc.c.vocab_size);
+  must(ul_engine_forward(e, tokens.data(), static_cast<int>(tokens.size()), logits.data()), e, "forward");
+  std::ofstream out(f.at("out"), std::ios::binary);
+  out.write(reinterpret_cast<const char*>(logits.data()), logits.size() * 4);
+  ul_memory_report mem{};
+  ul_engine_memory(e, &mem);
+  std::printf("{\"tokens\": %zu, \"vocab\": %d, \"weight_bytes\": %llu, \"kv_bytes\": %llu}\n", tokens.size(),
+              fc.c.vocab_size, static_cast<unsigned long long>(mem.weight_bytes),
+              static_cast<unsigned long long>(mem.kv_bytes));
+  ul_engine_destroy(e);
+  return 0;
+}
+
+// ---- benchmarks -------------------------------------------------------------------------------------
+/** A tiled random bf16/f32 pattern: benchmarks need finite values, not fresh randomness per byte. */
+void* fill_random(Buffers& B, size_t n, ul_dtype dt, float scale) {
+  const size_t block = std::min<size_t>(n, size_t{1} << 22);
+  auto r = randn(block, scale, 99);
+  std::vector<unsigned char> tmp(block * dtype_size(dt));
+  convert(r.data(), UL_DTYPE_F32, tmp.data(), dt, block);
+  void* p = B.alloc(n * dtype_size(dt));
+  for (size_t at = 0; at < n; at += block) {
+    size_t m = std::min(block, n - at);
+    must(B.be.upload(static_cast<char*>(p) + at * dtype_size(dt), tmp.data(), m * dtype_size(dt)), "upload");
+  }
+  return p;
+}
+
+template <typename F>
+double time_best(Backend& be, int iters, F&& f) {
+  f();
+  must(be.sync(), "sync");
+  double best = 1e30;
+  for (int i = 0; i < iters; ++i) {
+    double t0 = now_s();
+    f();
+    must(be.sync(), "sync");
+    best = std::min(best, now_s() - t0);
+  }
+  return best;
+}
+
+int cmd_bench_attention(const std::map<std::string, std::string>& f) {
+  auto be = make_backend(backend_kind(f));
+  const int H = 32, KVH = 8, HD = 128;
+  std::vector<int> lens = int_list(f.count("lens") ? f.at("lens") : "16384,65536,131072");
+  std::printf("{\"backend\": \"%s\", \"heads\": %d, \"kv_heads\": %d, \"head_dim\": %d, \"results\": [", be->name(), H, KVH, HD);
+  for (size_t i = 0; i < lens.size(); ++i) {
+    int L = lens[i];
+    Buffers B(*be);
+    ul_dtype act = be->act_dtype();
+    AttentionArgs a{};
+    a.q = fill_random(B, static_cast<size_t>(L) * H * HD, act, 1.0f);
+    a.k_cache = fill_random(B, static_cast<size_t>(KVH) * L * HD, UL_DTYPE_BF16, 1.0f);
+    a.v_cache = fill_random(B, static_cast<size_t>(KVH) * L * HD, UL_DTYPE_BF16, 1.0f);
+    a.out = B.alloc(static_cast<size_t>(L) * H * HD * dtype_size(act));
+    a.rows = L; a.heads = H; a.kv_heads = KVH; a.head_dim = HD; a.max_pos = L; a.pos0 = 0;
+    a.kv_dtype = UL_DTYPE_BF16; a.softmax_scale = 1.0f / std::sqrt(128.0f);
+    double s = time_best(*be, L > 32768 ? 2 : 3, [&] { must(be->attention(a), "attention"); });
+    double flops = 4.0 * L * static_cast<double>(L) * HD * H / 2;  // causal: half of QK^T and PV
+    std::printf("%s\n  {\"seq_len\": %d, \"seconds\": %.6f, \"tflops\": %.4g}", i ? "," : "", L, s, flops / s / 1e12);
+  }
+  std::printf("\n]}\n");
+  return 0;
+}
+
+int cmd_bench_gemm(const std::map<std::string, std::string>& f) {
+  auto be = make_backend(backend_kind(f));
+  const int M = f.count("m") ? std::stoi(f.at("m")) : 4096;
+  struct Shape { const char* name; int k, n; };
+  const Shape shapes[] = {{"q_proj", 4096, 4096}, {"kv_proj", 4096, 1024}, {"o_proj", 4096, 4096},
+                          {"gate_up_proj", 4096, 14336}, {"down_proj", 14336, 4096}};
+  std::printf("{\"backend\": \"%s\", \"m\": %d, \"results\": [", be->name(), M);
+  for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); ++i) {
+    const Shape& sh = shapes[i];
+    Buffers B(*be);
+    ul_dtype act = be->act_dtype();
+    void* x = fill_random(B, static_cast<size_t>(M) * sh.k, act, 1.0f);
+    void* w = fill_random(B, static_cast<size_t>(sh.n) * sh.k, be->weight_dtype(), 0.02f);
+    void* y = B.alloc(static_cast<size_t>(M) * sh.n * dtype_size(act));
+    double s = time_best(*be, 5, [&] { must(be->matmul(x, w, M, sh.k, sh.n, y, false), "matmul"); });
+    std::printf("%s\n  {\"name\": \"%s\", \"m\": %d, \"k\": %d, \"n\": %d, \"seconds\": %.6f, \"tflops\": %.4g}",
+                i ? "," : "", sh.name, M, sh.k, sh.n, s, 2.0 * M * sh.k * static_cast<double>(sh.n) / s / 1e12);
+  }
+  std::printf("\n]}\n");
+  return 0;
+}
+
+int cmd_bench_prefill(const std::map<std::string, std::string>& f) {
+  ul_backend_kind kind = backend_kind(f);
+  bool tiny = f.count("shape") && f.at("shape") == "tiny";
+  std::vector<int> lens = int_list(f.count("lens") ? f.at("lens") : "32768,131072");
+  int max_len = *std::max_element(lens.begin(), lens.end());
+  ul_config c{};
+  c.hidden_size = tiny ? 256 : 4096;
+  c.intermediate_size = tiny ? 512 : 14336;
+  c.num_layers = tiny ? 2 : 32;
+  c.num_heads = tiny ? 4 : 32;
+  c.num_kv_heads = tiny ? 2 : 8;
+  c.head_dim = 128;
+  c.vocab_size = tiny ? 1024 : 128256;
+  c.rms_norm_eps = 1e-5f;
+  c.rotary_dim = 128;
+  std::vector<double> inv = inv_freq_default(128, 500000.0);
+  c.inv_freq = inv.data();
+  c.attention_scaling = 1.0f;
+  c.max_positions = max_len;
+  c.kv_dtype = kv_flag(f, kind);
+  c.backend = kind;
+  ul_engine* e = nullptr;
+  must(ul_engine_create(&c, &e), nullptr, "create");
+  // Random weights: one shared N(0, 0.02) bf16 block reused for every tensor (norms are 1).
+  size_t biggest = static_cast<size_t>(c.vocab_size) * c.hidden_size;
+  biggest = std::max(biggest, static_cast<size_t>(c.intermediate_size) * c.hidden_size);
+  std::vector<uint16_t> block(biggest);
+  {
+    auto r = randn(std::min<size_t>(biggest, size_t{1} << 22), 0.02f, 7);
+    for (size_t i = 0; i < biggest; ++i) block[i] = f32_to_bf16(r[i % r.size()]);
+  }
+  std::vector<uint16_t> ones(c.hidden_size, f32_to_bf16(1.0f));
+  int64_t h = c.hidden_size, q = static_cast<int64_t>(c.num_heads) * c.head_dim,
+          kv = static_cast<int64_t>(c.num_kv_heads) * c.head_dim, im = c.intermediate_size;
+  auto set = [&](const std::string& name, std::vector<int64_t> shape, const uint16_t* data) {
+    must(ul_engine_set_tensor(e, name.c_str(), UL_DTYPE_BF16, shape.data(), static_cast<int>(shape.size()), data), e, "set_tensor");
+  };
+  set("model.embed_tokens.weight", {c.vocab_size, h}, block.data());
+  set("lm_head.weight", {c.vocab_size, h}, block.data());
+  set("model.norm.weight", {h}, ones.data());
+  for (int l = 0; l < c.num_layers; ++l) {
+    std::string p = "model.layers." + std::to_string(l) + ".";
+    set(p + "input_layernorm.weight", {h}, ones.data());
+    set(p + "post_attention_layernorm.weight", {h}, ones.data());
+    set(p + "self_attn.q_proj.weight", {q, h}, block.data());
+    set(p + "self_attn.k_proj.weight", {kv, h}, block.data());
+    set(p + "self_attn.v_proj.weight", {kv, h}, block.data());
+    set(p + "self_attn.o_proj.weight", {h, q}, block.data());
+    set(p + "mlp.gate_proj.weight", {im, h}, block.data());
+    set(p + "mlp.up_proj.weight", {im, h}, block.data());
+    set(p + "mlp.down_proj.weight", {h, im}, block.data());
+  }
+  must(ul_engine_ready(e), e, "ready");
+  std::vector<int32_t> tokens(max_len);
+  for (int i = 0; i < max_len; ++i) tokens[i] = (i * 7919) % c.vocab_size;
+  std::vector<float> logits(c.vocab_size);
+  ul_memory_report mem{};
+  ul_engine_memory(e, &mem);
+  std::printf("{\"shape\": \"%s\", \"layers\": %d, \"weight_bytes\": %llu, \"kv_bytes\": %llu, \"results\": [",
+              tiny ? "tiny" : "llama-3.1-8b", c.num_layers, static_cast<unsigned long long>(mem.weight_bytes),
+              static_cast<unsigned long long>(mem.kv_bytes));
+  for (size_t i = 0; i < lens.size(); ++i) {
+    must(ul_engine_truncate(e, 0), e, "truncate");
+    double t0 = now_s();
+    must(ul_engine_forward(e, tokens.data(), lens[i], logits.data()), e, "forward");
+    double s = now_s() - t0;
+    bool finite = std::all_of(logits.begin(), logits.end(), [](float x) { return std::isfinite(x); });
+    std::printf("%s\n  {\"tokens\": %d, \"seconds\": %.4f, \"tokens_per_s\": %.1f, \"logits_finite\": %s}", i ? "," : "",
+                lens[i], s, lens[i] / s, finite ? "true" : "false");
+  }
+  std::printf("\n]}\n");
+  ul_engine_destroy(e);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) die("usage: ul_check kernels|logits|bench-attention|bench-gemm|bench-prefill [--flags]");
+  std::string cmd = argv[1];
+  auto f = parse_flags(argc, argv, 2);
+  if (cmd == "kernels") return cmd_kernels(f);
+  if (cmd == "logits") return cmd_logits(f);
+  if (cmd == "bench-attention") return cmd_bench_attention(f);
+  if (cmd == "bench-gemm") return cmd_bench_gemm(f);
+  if (cmd == "bench-prefill") return cmd_bench_prefill(f);
+  die("unknown command " + cmd);
+}

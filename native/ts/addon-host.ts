@@ -1,0 +1,103 @@
+// The N-API host: native/build/ul_addon.node (built by native/build.mjs where nvcc and a GPU are
+// present, or with UL_BUILD_ADDON=1) wrapped as a NativeHost. The addon throws Errors carrying the
+// ul_status in `status`; this file turns them into core's typed errors.
+
+import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
+import { fileURLToPath } from "node:url";
+import { NotAvailableError } from "../../core/errors.ts";
+import type { DtypeCode, EngineConfig, MemoryReport, NativeEngine, NativeHost } from "./abi.ts";
+import { statusError } from "./abi.ts";
+
+export const ADDON_PATH = fileURLToPath(new URL("../build/ul_addon.node", import.meta.url));
+
+type Handle = object;
+interface Addon {
+  backendCompiled(kind: number): boolean;
+  create(config: EngineConfig): Handle;
+  setTensor(h: Handle, name: string, shape: number[], data: Float32Array | Uint16Array, dtype: number): void;
+  ready(h: Handle): void;
+  forward(h: Handle, tokens: Int32Array, wantLogits: boolean): Float32Array | null;
+  sample(h: Handle, temperature: number, seed: bigint): number;
+  position(h: Handle): number;
+  truncate(h: Handle, position: number): void;
+  exportKv(h: Handle, start: number, end: number, dtype: number, bytes: number): Uint8Array;
+  importKv(h: Handle, bytes: Uint8Array, tokens: number, dtype: number): void;
+  memory(h: Handle): MemoryReport;
+  destroy(h: Handle): void;
+}
+
+/** Calls into the addon, rethrowing its status errors as typed errors. */
+function call<T>(f: () => T): T {
+  try {
+    return f();
+  } catch (err) {
+    const status = (err as { status?: unknown }).status;
+    if (typeof status === "number") throw statusError(status, (err as Error).message);
+    throw err;
+  }
+}
+
+let cached: NativeHost | null = null;
+
+export function addonUnavailableReason(): string | null {
+  if (!existsSync(ADDON_PATH)) {
+    return `the native addon is not built (${ADDON_PATH}); it is built where nvcc and a GPU are present, or with UL_BUILD_ADDON=1 npm run build`;
+  }
+  return null;
+}
+
+export function loadAddonHost(): NativeHost {
+  const reason = addonUnavailableReason();
+  if (reason) throw new NotAvailableError(reason);
+  if (!cached) {
+    const addon = createRequire(import.meta.url)(ADDON_PATH) as Addon;
+    cached = {
+      name: "addon",
+      backendCompiled: (kind) => addon.backendCompiled(kind),
+      create: (config) => new AddonEngine(addon, call(() => addon.create(config)), config.vocabSize),
+    };
+  }
+  return cached;
+}
+
+class AddonEngine implements NativeEngine {
+  readonly #a: Addon;
+  readonly #h: Handle;
+
+  constructor(addon: Addon, handle: Handle, _vocab: number) {
+    this.#a = addon;
+    this.#h = handle;
+  }
+
+  setTensor(name: string, shape: number[], data: Float32Array | Uint16Array, dtype: DtypeCode): void {
+    call(() => this.#a.setTensor(this.#h, name, shape, data, dtype));
+  }
+  ready(): void {
+    call(() => this.#a.ready(this.#h));
+  }
+  forward(tokens: Int32Array, wantLogits: boolean): Float32Array | null {
+    return call(() => this.#a.forward(this.#h, tokens, wantLogits));
+  }
+  sample(temperature: number, seed: bigint): number {
+    return call(() => this.#a.sample(this.#h, temperature, seed));
+  }
+  position(): number {
+    return call(() => this.#a.position(this.#h));
+  }
+  truncate(position: number): void {
+    call(() => this.#a.truncate(this.#h, position));
+  }
+  exportKv(start: number, end: number, dtype: DtypeCode, bytes: number): Uint8Array {
+    return call(() => this.#a.exportKv(this.#h, start, end, dtype, bytes));
+  }
+  importKv(bytes: Uint8Array, tokens: number, dtype: DtypeCode): void {
+    call(() => this.#a.importKv(this.#h, bytes, tokens, dtype));
+  }
+  memory(): MemoryReport {
+    return call(() => this.#a.memory(this.#h));
+  }
+  destroy(): void {
+    this.#a.destroy(this.#h);
+  }
+}

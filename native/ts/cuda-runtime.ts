@@ -1,0 +1,75 @@
+// "cuda": the native host engine with the CUDA kernels, through the N-API addon. Where the addon is
+// not built, was built without nvcc, or no GPU is visible, the factory reports why and `create`
+// fails with NotAvailableError: the same shape as a working runtime, so nothing else checks.
+
+import { NotAvailableError } from "../../core/errors.ts";
+import type { RuntimeFactory, RuntimeOptions } from "../../core/engine/registry.ts";
+import type { Runtime } from "../../core/engine/runtime.ts";
+import { Backend, Dtype, type NativeHost } from "./abi.ts";
+import { addonUnavailableReason, loadAddonHost } from "./addon-host.ts";
+import { createNativeRuntime, type NativeRuntimeSpec } from "./native-runtime.ts";
+
+export const CUDA_SPEC: NativeRuntimeSpec = {
+  name: "cuda",
+  backend: Backend.cuda,
+  kvDtypes: ["bf16"],
+  weightTransfer: "bf16",
+  // 1M positions of Llama-3.1-8B in bf16 KV is 128 GiB: beside 16 GB of weights on a 141 GB H200.
+  defaultMaxPositions: 1 << 20,
+  maxChunk: 4096,
+};
+
+/** Asks the engine itself: a one-layer engine on the CUDA backend is created and destroyed. */
+function probe(host: NativeHost): string | null {
+  if (!host.backendCompiled(Backend.cuda)) {
+    return "the native addon was built without CUDA (nvcc was missing at build time)";
+  }
+  try {
+    host
+      .create({
+        hiddenSize: 128,
+        intermediateSize: 128,
+        numLayers: 1,
+        numHeads: 1,
+        numKvHeads: 1,
+        headDim: 128,
+        vocabSize: 8,
+        tieWordEmbeddings: true,
+        rmsNormEps: 1e-5,
+        rotaryDim: 128,
+        invFreq: new Float64Array(64).fill(1),
+        attentionScaling: 1,
+        maxPositions: 16,
+        kvDtype: Dtype.bf16,
+        backend: Backend.cuda,
+        maxChunk: 16,
+      })
+      .destroy();
+    return null;
+  } catch (err) {
+    return (err as Error).message;
+  }
+}
+
+let reason: string | null | undefined;
+
+export async function cudaUnavailableReason(): Promise<string | null> {
+  if (reason === undefined) {
+    reason = addonUnavailableReason() ?? probe(loadAddonHost());
+  }
+  return reason;
+}
+
+export async function createCudaRuntime(options: RuntimeOptions): Promise<Runtime> {
+  const why = await cudaUnavailableReason();
+  if (why !== null) throw new NotAvailableError(`runtime 'cuda' is not available: ${why}`);
+  return createNativeRuntime(loadAddonHost(), CUDA_SPEC, options);
+}
+
+/** Registry entry: highest priority where it is available. */
+export const cudaRuntimeFactory: RuntimeFactory = {
+  name: "cuda",
+  priority: 100,
+  unavailableReason: cudaUnavailableReason,
+  create: createCudaRuntime,
+};
