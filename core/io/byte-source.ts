@@ -8,6 +8,12 @@ export interface ByteSource {
   size(): Promise<number>;
   /** Exactly `length` bytes from `offset`; rejects (FormatError) if the source is shorter. */
   read(offset: number, length: number): Promise<Uint8Array>;
+  /**
+   * Optional: the read size this source serves best when streaming a large range (a local file:
+   * ~1 MiB, which stays in cache while it is converted or hashed; S3 or fetch: many MiB, to amortise
+   * request latency). Readers default to 16 MiB.
+   */
+  readonly preferredReadBytes?: number;
 }
 
 /** A model directory: config.json, tokenizer files, safetensors shards. */
