@@ -11,7 +11,6 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { haveTorch, TORCH_PYTHON, tool } from "./support/tools.ts";
 
 const REFERENCE = "test/reference/llama_reference.py";
-const CHECKS = "test/reference/reference_checks.py";
 
 function py(args: string[]) {
   const r = spawnSync(TORCH_PYTHON, args, { encoding: "utf8", timeout: 180_000 });
@@ -62,27 +61,19 @@ describe.skipIf(!tool("torch", haveTorch(), "the PyTorch reference tests"))(
   "llama_reference.py",
   () => {
     let dir = "";
+    let checks: Record<string, number> = {};
     const model = (name: string) => join(dir, name);
-    const runs = new Map<string, { out: string; summary: Record<string, unknown> }>();
-    /** The reference CLI on TOKENS (memoised: each Python start costs seconds). */
-    const run = (name: string, extra: string[] = []) => {
-      const key = [name, ...extra].join(" ");
-      let r = runs.get(key);
-      if (!r) {
-        const out = join(dir, `${name}-${runs.size}.bin`);
-        const args = [REFERENCE, model(name), "--tokens", TOKENS.join(","), "--out", out, ...extra];
-        r = { out, summary: JSON.parse(pyOk(args).trim().split("\n").pop()!) };
-        runs.set(key, r);
-      }
-      return r;
-    };
+    const out = (name: string) => join(dir, `${name}.bin`);
     const kvPath = () => join(dir, "kv.bin");
-    const runF32 = () => run("f32", ["--kv-out", kvPath()]);
+    const sidecar = (name: string) => JSON.parse(readFileSync(`${out(name)}.json`, "utf8"));
 
     beforeAll(() => {
       dir = mkdtempSync(join(tmpdir(), "llama-ref-"));
-      // One Python process writes every model: one seed on the bfloat16 grid written four ways,
-      // a zero-block model, and the bases of the two broken directories.
+      // Each Python start costs seconds (torch import), so ONE process writes every model (one
+      // seed on the bfloat16 grid written four ways, a zero-block model, the bases of the two
+      // broken directories), runs the reference's CLI entry point main() on each, and runs
+      // reference_checks.py. The process boundary itself (exit status, stderr) is exercised by
+      // the --tokens-file and broken-directory tests, which start the script as a program.
       const models: string[][] = [
         [model("f32"), "--round-bf16", "--seed", "7"],
         [model("f32-sharded"), "--round-bf16", "--seed", "7", "--shards", "2"],
@@ -92,37 +83,49 @@ describe.skipIf(!tool("torch", haveTorch(), "the PyTorch reference tests"))(
         [model("tied"), "--tie", "--layers", "1"],
         [model("truncated"), "--layers", "1"],
       ];
-      pyOk([
-        "-c",
-        "import sys, json; sys.path.insert(0, 'test/reference'); import write_tiny_model as w\n" +
-          "for a in json.loads(sys.argv[1]): w.main(a)",
-        JSON.stringify(models),
-      ]);
-    }, 180_000);
+      const tokens = ["--tokens", TOKENS.join(",")];
+      const runs: string[][] = [
+        [model("f32"), ...tokens, "--out", out("f32"), "--kv-out", kvPath()],
+        [model("bf16-sharded"), ...tokens, "--out", out("bf16-sharded")],
+        [model("f16"), ...tokens, "--out", out("f16")],
+        [model("zero"), ...tokens, "--out", out("zero")],
+      ];
+      const script = [
+        "import sys, json",
+        "sys.path.insert(0, 'test/reference')",
+        "import write_tiny_model, llama_reference, reference_checks",
+        "jobs = json.loads(sys.argv[1])",
+        "for a in jobs['models']: write_tiny_model.main(a)",
+        "for a in jobs['runs']: assert llama_reference.main(a) == 0, a",
+        "reference_checks.main(['reference_checks.py', jobs['checks']])",
+      ].join("\n");
+      const jobs = { models, runs, checks: join(dir, "checks") };
+      const stdout = pyOk(["-c", script, JSON.stringify(jobs)]);
+      checks = JSON.parse(stdout.trim().split("\n").pop()!);
+    }, 300_000);
 
     afterAll(() => {
       if (dir) rmSync(dir, { recursive: true, force: true });
     });
 
     it("gives byte-identical logits for F32 and BF16 writings of the same weights, sharded or not", () => {
-      const f32 = readFileSync(runF32().out);
+      const f32 = readFileSync(out("f32"));
       expect(f32.length).toBe(TOKENS.length * 256 * 4);
-      expect(readFileSync(run("bf16-sharded").out).equals(f32)).toBe(true);
+      expect(readFileSync(out("bf16-sharded")).equals(f32)).toBe(true);
     });
 
     // F16 holds every bf16 value of this size exactly except the rare ones below its normal range
     // (6.1e-5), which become subnormals with fewer bits: measured 1 of 106816 weights differs, and
     // the logits by 4.8e-9; 1e-6 leaves 200x headroom and any misread weight moves logits far more.
     it("F16 agrees with F32 to 1e-6", () => {
-      const a = readF32(runF32().out);
-      const b = readF32(run("f16").out);
+      const a = readF32(out("f32"));
+      const b = readF32(out("f16"));
       let worst = 0;
       for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
       expect(worst).toBeLessThan(1e-6);
     });
 
     it("a model with zero attention and MLP weights gives lm_head(rmsnorm(embedding))", () => {
-      const { out, summary } = run("zero");
       const w = readF32Safetensors(join(model("zero"), "model.safetensors"));
       const config = JSON.parse(readFileSync(join(model("zero"), "config.json"), "utf8"));
       const E = config.hidden_size as number;
@@ -130,7 +133,7 @@ describe.skipIf(!tool("torch", haveTorch(), "the PyTorch reference tests"))(
       const emb = w.get("model.embed_tokens.weight")!.data;
       const norm = w.get("model.norm.weight")!.data;
       const head = w.get("lm_head.weight")!.data;
-      const got = readF32(out);
+      const got = readF32(out("zero"));
       let worst = 0;
       TOKENS.forEach((t, p) => {
         const x = rmsNorm(
@@ -146,11 +149,10 @@ describe.skipIf(!tool("torch", haveTorch(), "the PyTorch reference tests"))(
       });
       // float32 output of float64 sums of 64 terms: within 2 float32 ulp
       expect(worst).toBeLessThan(3e-7);
-      expect(summary.shape).toEqual([TOKENS.length, V]);
+      expect(sidecar("zero").shape).toEqual([TOKENS.length, V]);
     });
 
     it("--kv-out writes K then V per layer in (kv_head, pos, head_dim), V checked by hand", () => {
-      runF32();
       const config = JSON.parse(readFileSync(join(model("f32"), "config.json"), "utf8"));
       const { num_hidden_layers: L, num_key_value_heads: KV, head_dim: D, hidden_size: E } = config;
       const T = TOKENS.length;
@@ -181,32 +183,23 @@ describe.skipIf(!tool("torch", haveTorch(), "the PyTorch reference tests"))(
     });
 
     it("sharded equals single; --last, --tokens-file and the sidecar describe the same logits", () => {
-      const all = readF32(runF32().out);
+      const all = readF32(out("f32"));
       const tokFile = join(dir, "tokens.bin");
       writeFileSync(tokFile, Buffer.from(Int32Array.from(TOKENS).buffer));
-      const out = join(dir, "last3.bin");
-      pyOk([
-        REFERENCE,
-        model("f32-sharded"),
-        "--tokens-file",
-        tokFile,
-        "--last",
-        "3",
-        "--out",
-        out,
-      ]);
-      const last3 = readF32(out);
+      const last3Path = join(dir, "last3.bin");
+      const args = ["--tokens-file", tokFile, "--last", "3", "--out", last3Path];
+      pyOk([REFERENCE, model("f32-sharded"), ...args]);
+      const last3 = readF32(last3Path);
       expect(Array.from(last3)).toEqual(Array.from(all.subarray((TOKENS.length - 3) * 256)));
-      const sidecar = JSON.parse(readFileSync(`${out}.json`, "utf8"));
-      expect(sidecar.shape).toEqual([3, 256]);
-      expect(sidecar.positions).toEqual([TOKENS.length - 3, TOKENS.length]);
+      const side = JSON.parse(readFileSync(`${last3Path}.json`, "utf8"));
+      expect(side.shape).toEqual([3, 256]);
+      expect(side.positions).toEqual([TOKENS.length - 3, TOKENS.length]);
       const lastRow = Array.from(last3.subarray(2 * 256));
-      expect(sidecar.last_argmax).toBe(lastRow.indexOf(Math.max(...lastRow)));
+      expect(side.last_argmax).toBe(lastRow.indexOf(Math.max(...lastRow)));
     });
 
     it("follows repeat_kv, is causal, and its module API equals its CLI", () => {
-      const stdout = pyOk([CHECKS, join(dir, "checks")]);
-      const r = JSON.parse(stdout.trim().split("\n").pop()!);
+      const r = checks;
       expect(r.gqa_vs_expanded).toBeLessThan(1e-12);
       expect(r.gqa_vs_tiled).toBeGreaterThan(1e-3); // the check can tell the orders apart
       expect(r.prefix_default).toBeLessThan(1e-12);
