@@ -4,7 +4,9 @@
 //       every op of the backend vtable against the reference kernels on the same (rounded) inputs:
 //       max abs error, error normalised by the reference's max magnitude, and a per-op tolerance
 //   ul_check logits    --config CFG --model DIR --tokens FILE --out FILE [--backend ..] [--kv bf16|fp8|f32]
-//       one forward pass of a model directory (every *.safetensors in DIR) -> last logits, f32 LE
+//                      [--prefix N] [--chunk ROWS]
+//       a forward pass of a model directory (every *.safetensors in DIR) -> last logits, f32 LE;
+//       with --prefix, N tokens are prefilled first and the rest run after (1 left: decode)
 //   ul_check bench-attention --lens 16384,65536,131072 [--backend ..]
 //       full causal attention of L queries over L keys, 32/8 heads, d 128 (the SDPA comparison)
 //   ul_check bench-gemm --m 4096 [--backend ..]       the Llama-3.1-8B projection shapes
@@ -394,7 +396,11 @@ int cmd_logits(const std::map<std::string, std::string>& f) {
   for (const std::string& file : files) must(ul_engine_load_safetensors(e, file.c_str()), e, "load");
   must(ul_engine_ready(e), e, "ready");
   std::vector<float> logits(fc.c.vocab_size);
-  must(ul_engine_forward(e, tokens.data(), static_cast<int>(tokens.size()), logits.data()), e, "forward");
+  // --prefix N: prefill N tokens first, then the rest (1 token left = the decode path).
+  int prefix = f.count("prefix") ? std::stoi(f.at("prefix")) : 0;
+  if (prefix < 0 || prefix >= static_cast<int>(tokens.size())) die("--prefix must be in [0, tokens)");
+  if (prefix > 0) must(ul_engine_forward(e, tokens.data(), prefix, nullptr), e, "prefill");
+  must(ul_engine_forward(e, tokens.data() + prefix, static_cast<int>(tokens.size()) - prefix, logits.data()), e, "forward");
   std::ofstream out(f.at("out"), std::ios::binary);
   out.write(reinterpret_cast<const char*>(logits.data()), logits.size() * 4);
   ul_memory_report mem{};
