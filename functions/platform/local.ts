@@ -7,7 +7,6 @@ import type { SnapshotStore } from "../../core/kv/store.ts";
 import { loadModelDir } from "../../core/node/load-model-dir.ts";
 import { openStore } from "../../core/node/snapshot-dir.ts";
 import { toHex } from "../../core/protocol/signing.ts";
-import { Tokenizer } from "../../core/tokenizer/index.ts";
 import { createEdgeApp, type EdgeApp } from "../edge/app.ts";
 import { DEFAULT_LIMITS, type KeyConfig, sha256Hex } from "../edge/keys.ts";
 import { type ChatRenderer, edgeTextFromTokenizer } from "../edge/tokenizer-text.ts";
@@ -17,6 +16,7 @@ import type { ModelEngine } from "../model/engine.ts";
 import { runtimes } from "../runtimes.ts";
 import { listen } from "./node.ts";
 import type { LogSink } from "./request-log.ts";
+import { loadDirTokenizer } from "./tokenizer-cache.ts";
 
 export interface LocalOptions {
   modelDir: string;
@@ -67,14 +67,16 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
   const dir = resolve(options.modelDir);
   const modelId = options.modelId ?? basename(dir);
   const model = await loadModelDir(dir);
-  const tokenizer = Tokenizer.fromJson(
-    await model.files.readText("tokenizer.json"),
-    await model.files.readText("tokenizer_config.json").catch(() => undefined),
-  );
   const factory = await runtimes.pick(options.runtime ?? "auto");
   const maxPositions =
     options.maxPositions ?? Math.min(model.config.maxPositionEmbeddings, 131_072);
-  const runtime = await factory.create({ model, maxPositions, threads: options.threads });
+  // Runtime workers start while the tokenizer loads on this thread.
+  const creating = factory.create({ model, maxPositions, threads: options.threads });
+  const tokenizer = await loadDirTokenizer(dir).catch(async (err) => {
+    await (await creating).close();
+    throw err;
+  });
+  const runtime = await creating;
   let store: { store: SnapshotStore; name: string; chunkTokens?: number } | undefined;
   if (options.store !== null) {
     const s = options.store;

@@ -45,7 +45,10 @@ async function exists(path: string): Promise<boolean> {
 }
 
 /** The demo model directory, generated once (into a temporary sibling, then renamed: atomic). */
-export async function demoModelDir(env: NodeJS.ProcessEnv, say: (line: string) => void): Promise<string> {
+export async function demoModelDir(
+  env: NodeJS.ProcessEnv,
+  say: (line: string) => void,
+): Promise<string> {
   const dir = join(cacheDir(env), DEMO_NAME);
   if (await exists(join(dir, "config.json"))) {
     say(`using the demo model in ${dir} (random weights: its output is not meaningful text)`);
@@ -68,7 +71,8 @@ export async function demoModelDir(env: NodeJS.ProcessEnv, say: (line: string) =
 
 function int(name: string, v: string | undefined): number | undefined {
   if (v === undefined) return undefined;
-  if (!/^\d+$/.test(v)) throw new InvalidInputError(`--${name} must be a non-negative integer, got '${v}'`);
+  if (!/^\d+$/.test(v))
+    throw new InvalidInputError(`--${name} must be a non-negative integer, got '${v}'`);
   return Number(v);
 }
 
