@@ -78,9 +78,6 @@ interface Weights {
   lmHead: Float32Array; // (vocab, hidden); the same array as `embed` when tied
 }
 
-/** KV cache element storage: f32 values, or bf16 / f16 bit patterns. */
-type KvBuffer = Float32Array | Uint16Array;
-
 const SUPPORTED_KV: readonly KvDtype[] = ["f32", "bf16", "f16"];
 
 /** Yield to the event loop at most this often, so an AbortSignal can fire during a long forward. */
@@ -172,9 +169,13 @@ class ReferenceRuntime implements Runtime {
   #position = 0;
   #closed = false;
   #weights: Weights;
-  /** Per layer: K and V, each (kv_head, capacity, head_dim) in the cache dtype; K after RoPE. */
-  #k: KvBuffer[] = [];
-  #v: KvBuffer[] = [];
+  /**
+   * Per layer: K and V, each (kv_head, capacity, head_dim), K after RoPE. Held as f32 values that
+   * are already rounded to the cache dtype (so a bf16 cache computes exactly what bf16 storage
+   * gives, without a conversion in the attention loop); exportKv writes the dtype's bits.
+   */
+  #k: Float32Array[] = [];
+  #v: Float32Array[] = [];
   #capacity = 0;
   /** RoPE for every type but dynamic, whose frequencies depend on the positions a call covers. */
   #rope: RopeParams | null;
@@ -221,13 +222,23 @@ class ReferenceRuntime implements Runtime {
     const { layers, kvHeads, headDim } = this.info.kv;
     const n = end - start;
     const out = new Uint8Array(kvPayloadBytes(this.info.kv, n));
-    const elems = this.#kvElementsView(out.buffer);
+    const dtype = this.info.kv.dtype;
+    const f32 = new Float32Array(out.buffer);
+    const u16 = new Uint16Array(out.buffer);
     let at = 0;
     for (let l = 0; l < layers; l++) {
       for (const cache of [this.#k[l], this.#v[l]]) {
         for (let h = 0; h < kvHeads; h++) {
           const from = (h * this.#capacity + start) * headDim;
-          elems.set(cache.subarray(from, from + n * headDim), at);
+          const rows = cache.subarray(from, from + n * headDim);
+          if (dtype === "f32") {
+            f32.set(rows, at);
+          } else {
+            // Exact: the values are already representable in the dtype.
+            const bits = new Uint32Array(rows.buffer, rows.byteOffset, rows.length);
+            const to16 = dtype === "bf16" ? f32BitsToBf16 : f32BitsToF16;
+            for (let i = 0; i < rows.length; i++) u16[at + i] = to16(bits[i]);
+          }
           at += n * headDim;
         }
       }
@@ -286,23 +297,15 @@ class ReferenceRuntime implements Runtime {
     }
   }
 
-  #kvElementsView(buffer: ArrayBufferLike): KvBuffer {
-    return this.info.kv.dtype === "f32" ? new Float32Array(buffer) : new Uint16Array(buffer);
-  }
-
   /** Grow the cache (doubling) to hold `positions`, keeping [0, position). */
   #ensureCapacity(positions: number): void {
     if (positions <= this.#capacity) return;
-    const { layers, kvHeads, headDim, dtype } = this.info.kv;
+    const { layers, kvHeads, headDim } = this.info.kv;
     const capacity = Math.min(this.info.maxPositions, Math.max(positions, this.#capacity * 2, 256));
-    const alloc = (): KvBuffer =>
-      dtype === "f32"
-        ? new Float32Array(kvHeads * capacity * headDim)
-        : new Uint16Array(kvHeads * capacity * headDim);
     for (let l = 0; l < layers; l++) {
       for (const caches of [this.#k, this.#v]) {
         const old = caches[l];
-        const grown = alloc();
+        const grown = new Float32Array(kvHeads * capacity * headDim);
         if (old) {
           for (let h = 0; h < kvHeads; h++) {
             const from = h * this.#capacity * headDim;
@@ -316,20 +319,17 @@ class ReferenceRuntime implements Runtime {
   }
 
   /** cache[at .. at+n) = values[from .. from+n), rounded to the cache dtype. */
-  #store(cache: KvBuffer, at: number, values: Float32Array, from: number, n: number): void {
-    if (cache instanceof Float32Array) {
+  #store(cache: Float32Array, at: number, values: Float32Array, from: number, n: number): void {
+    const dtype = this.info.kv.dtype;
+    if (dtype === "f32") {
       cache.set(values.subarray(from, from + n), at);
       return;
     }
     const bits = new Uint32Array(values.buffer, values.byteOffset, values.length);
-    const round = this.info.kv.dtype === "bf16" ? f32BitsToBf16 : f32BitsToF16;
-    for (let i = 0; i < n; i++) cache[at + i] = round(bits[from + i]);
-  }
-
-  /** The cache's element at `i` as a number. */
-  #load(cache: KvBuffer, i: number): number {
-    if (cache instanceof Float32Array) return cache[i];
-    return this.info.kv.dtype === "bf16" ? bf16ToF32(cache[i]) : f16ToF32(cache[i]);
+    for (let i = 0; i < n; i++) {
+      const b = bits[from + i];
+      cache[at + i] = dtype === "bf16" ? bf16ToF32(f32BitsToBf16(b)) : f16ToF32(f32BitsToF16(b));
+    }
   }
 
   async #run(
@@ -426,8 +426,9 @@ class ReferenceRuntime implements Runtime {
           const base = g * this.#capacity * hd;
           let max = Number.NEGATIVE_INFINITY;
           for (let j = 0; j < len; j++) {
+            const kj = base + j * hd;
             let dot = 0;
-            for (let i = 0; i < hd; i++) dot += q[qOff + i] * this.#load(kCache, base + j * hd + i);
+            for (let i = 0; i < hd; i++) dot += q[qOff + i] * kCache[kj + i];
             scores[j] = dot * scale;
             if (scores[j] > max) max = scores[j];
           }
@@ -435,8 +436,9 @@ class ReferenceRuntime implements Runtime {
           acc.fill(0);
           for (let j = 0; j < len; j++) {
             const p = Math.exp(scores[j] - max);
+            const vj = base + j * hd;
             sum += p;
-            for (let i = 0; i < hd; i++) acc[i] += p * this.#load(vCache, base + j * hd + i);
+            for (let i = 0; i < hd; i++) acc[i] += p * vCache[vj + i];
           }
           for (let i = 0; i < hd; i++) attn[qOff + i] = acc[i] / sum;
         }
