@@ -77,6 +77,50 @@ describe("parseConfig", () => {
     });
   });
 
+  it("reads Llama-3.1-8B-Instruct's published config.json", () => {
+    const text = `{
+      "architectures": ["LlamaForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+      "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009], "hidden_act": "silu",
+      "hidden_size": 4096, "initializer_range": 0.02, "intermediate_size": 14336,
+      "max_position_embeddings": 131072, "mlp_bias": false, "model_type": "llama",
+      "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8,
+      "pretraining_tp": 1, "rms_norm_eps": 1e-05,
+      "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                       "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+      "rope_theta": 500000.0, "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+      "transformers_version": "4.42.3", "use_cache": true, "vocab_size": 128256}`;
+    const c = parseConfig(text, "config.json");
+    expect(c.ropeScaling).toEqual({
+      ropeType: "llama3",
+      factor: 8,
+      lowFreqFactor: 1,
+      highFreqFactor: 4,
+      originalMaxPositionEmbeddings: 8192,
+    });
+    expect(c.torchDtype).toBe("bf16");
+    expect(c.headDim).toBe(128);
+  });
+
+  it("reads a Yarn-Llama-2 config (older `type` key and the unused `finetuned`)", () => {
+    const c = parse(
+      withField({
+        rope_theta: 10000,
+        max_position_embeddings: 131072,
+        rope_scaling: {
+          factor: 32.0,
+          finetuned: true,
+          original_max_position_embeddings: 4096,
+          type: "yarn",
+        },
+      }),
+    );
+    expect(c.ropeScaling).toEqual({
+      ropeType: "yarn",
+      factor: 32,
+      originalMaxPositionEmbeddings: 4096,
+    });
+  });
+
   it("takes LlamaConfig's defaults for optional fields", () => {
     const c = parse({
       model_type: "llama",

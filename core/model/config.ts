@@ -151,11 +151,12 @@ function parseJsonObject(text: string, source: string): Json {
 // Keys transformers accepts beside each rope type's own (it puts rope_theta and
 // partial_rotary_factor inside rope_parameters since v5).
 const COMMON_ROPE_KEYS = ["rope_type", "type", "rope_theta", "partial_rotary_factor"];
-// Keys that real checkpoints carry beside a yarn rope_scaling although yarn does not read them:
-// a Llama 3.1 config converted to yarn keeps llama3's low/high_freq_factor. transformers ignores
-// them (with a warning), so do we.
+// Keys that real checkpoints carry beside a rope_scaling although transformers does not read them:
+// a Llama 3.1 config converted to yarn keeps llama3's low/high_freq_factor, and NousResearch's
+// Yarn-Llama-2 configs say `finetuned`. transformers ignores them (with a warning), so do we; any
+// other unknown key is refused as a likely typo.
 const KNOWN_EXTRA: Record<string, string[]> = {
-  yarn: ["low_freq_factor", "high_freq_factor"],
+  yarn: ["low_freq_factor", "high_freq_factor", "finetuned"],
   dynamic: ["original_max_position_embeddings"],
   linear: [],
   llama3: [],
