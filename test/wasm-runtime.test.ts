@@ -136,6 +136,28 @@ describe("wasm runtime", () => {
     });
   }
 
+  it("bundles for workerd: no static node: import on the single-threaded path", async () => {
+    const { build } = await import("esbuild");
+    const r = await build({
+      entryPoints: [join(root, "wasm/src/runtime.ts")],
+      bundle: true,
+      write: false,
+      format: "esm",
+      platform: "neutral",
+      external: ["node:*"],
+      metafile: true,
+      logLevel: "silent",
+    });
+    const nodeImports = Object.entries(r.metafile.inputs).flatMap(([file, input]) =>
+      input.imports
+        .filter((i) => i.path.startsWith("node:"))
+        .map((i) => `${file} ${i.path} ${i.kind}`),
+    );
+    // node:fs/url (loading the .wasm file) and node:os (default thread count) are Node-only, lazy.
+    expect(nodeImports.length).toBeGreaterThan(0);
+    for (const line of nodeImports) expect(line).toMatch(/ dynamic-import$/);
+  });
+
   it("refuses what it cannot run with typed errors", async () => {
     const model = await loadTestModel(SMALL_VOCAB);
     await expect(createWasmRuntime({ model, kvDtype: "f16" })).rejects.toThrow(NotAvailableError);

@@ -60,7 +60,7 @@ export async function createWasmRuntime(options: WasmRuntimeOptions): Promise<Ru
   checkShapes(config, weightFormat);
   let threads = options.threads;
   if (threads === undefined) {
-    threads = onNode() ? (await import("../../core/node/worker-pool.ts")).defaultThreads() : 1;
+    threads = onNode() ? (await import("node:os")).availableParallelism() : 1;
   }
   if (!Number.isInteger(threads) || threads < 1) {
     throw new InvalidInputError(`threads must be a positive integer, not ${threads}`);
@@ -107,7 +107,12 @@ export async function createWasmRuntime(options: WasmRuntimeOptions): Promise<Ru
   if (threads === 1) {
     shards = new LocalShards(module, plans[0].spec);
   } else {
-    const { WorkerShards } = await import("./worker-shards.ts");
+    // Imported by a computed URL so bundlers leave it out: a workerd bundle must not pull in
+    // node:worker_threads, and the threaded path needs the files on disk anyway (worker.mjs is a
+    // worker entry of its own).
+    const { WorkerShards } = (await import(
+      new URL("./worker-shards.ts", import.meta.url).href
+    )) as typeof import("./worker-shards.ts");
     shards = await WorkerShards.start(
       module,
       plans.map((p) => p.spec),
