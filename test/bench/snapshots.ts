@@ -1,0 +1,229 @@
+// `npm run bench -- snapshots [--mib 32] [--reps 3] [--tokens 1024,2048,4096,8192] [--runtime auto]`
+//
+// Prints one JSON object:
+//   s3:     snapshot save (encode + SHA-256 + S3Store.put, multipart) and restore (S3Store.get with
+//           parallel ranged GETs + verify) against one raw PutObject / GetObject of the same bytes
+//           to the same s3rver, in the same run; ratio = our throughput / raw throughput.
+//   local:  DirectoryStore put (temp file + fsync + rename) and get against fs.writeFile/readFile.
+//   restoreVsRecompute: per prompt length, prefill time on the runtime against restoring the same
+//           KV from a directory store into a fresh runtime (chunks of 512 tokens).
+
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { GetObjectCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
+import { subtleSha256 } from "../../core/crypto/sha256.ts";
+import { decodeSnapshot, encodeSnapshot } from "../../core/kv/format.ts";
+import type { KvLayout } from "../../core/kv/layout.ts";
+import { S3Store } from "../../core/kv/s3-store.ts";
+import { createSnapshotCache } from "../../core/kv/snapshot-cache.ts";
+import { DirectoryStore, nodeSha256 } from "../../core/node/snapshot-dir.ts";
+import { runtimes } from "../../functions/runtimes.ts";
+import { startS3Process } from "../harness/s3.ts";
+import { loadTestModel, SMALL_VOCAB } from "../support/models.ts";
+
+const MiB = 1 << 20;
+
+async function best(reps: number, fn: () => Promise<void>): Promise<number> {
+  let min = Number.POSITIVE_INFINITY;
+  for (let i = 0; i < reps; i++) {
+    const t = performance.now();
+    await fn();
+    min = Math.min(min, performance.now() - t);
+  }
+  return min;
+}
+
+const mbps = (bytes: number, ms: number) => Math.round((bytes / MiB / (ms / 1000)) * 10) / 10;
+const r3 = (x: number) => Math.round(x * 1000) / 1000;
+
+export default async function bench(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      mib: { type: "string", default: "32" },
+      reps: { type: "string", default: "3" },
+      tokens: { type: "string", default: "1024,2048,4096,8192" },
+      runtime: { type: "string", default: "auto" },
+    },
+  });
+  const reps = Number(values.reps);
+  // A snapshot chunk with Llama-3.1-8B's per-token KV size (bf16: 128 KiB / token).
+  const layout: KvLayout = { layers: 32, kvHeads: 8, headDim: 128, dtype: "bf16" };
+  const tokens = Math.max(1, Math.round((Number(values.mib) * MiB) / (128 * 1024)));
+  const payload = new Uint8Array(tokens * 128 * 1024);
+  for (let i = 0; i < payload.length; i += 65536)
+    crypto.getRandomValues(payload.subarray(i, i + 65536));
+  const meta = {
+    modelFingerprint: "ab".repeat(32),
+    layout,
+    tokenStart: 0,
+    tokenEnd: tokens,
+    chainKey: new Uint8Array(32).fill(1),
+    previousKey: null,
+  };
+  const result: Record<string, unknown> = {
+    payloadBytes: payload.length,
+    machine: "see docs/snapshot-format.md",
+  };
+
+  // --- S3 (s3rver on loopback) ---
+  const s3 = await startS3Process();
+  try {
+    const raw = new S3Client({
+      endpoint: s3.endpoint,
+      forcePathStyle: true,
+      region: "us-east-1",
+      credentials: s3.credentials,
+      requestChecksumCalculation: "WHEN_REQUIRED",
+      responseChecksumValidation: "WHEN_REQUIRED",
+    });
+    const store = new S3Store({
+      bucket: s3.bucket,
+      endpoint: s3.endpoint,
+      forcePathStyle: true,
+      region: "us-east-1",
+      credentials: s3.credentials,
+    });
+    const object = await encodeSnapshot(meta, payload, { sha256: nodeSha256 });
+    const rawPut = await best(reps, async () => {
+      await raw.send(new PutObjectCommand({ Bucket: s3.bucket, Key: "raw", Body: object }));
+    });
+    const rawGet = await best(reps, async () => {
+      const out = await raw.send(new GetObjectCommand({ Bucket: s3.bucket, Key: "raw" }));
+      await out.Body!.transformToByteArray();
+    });
+    const s3Figures = (sha: typeof nodeSha256) => ({
+      save: () =>
+        best(reps, async () => {
+          await store.put("kv/x", await encodeSnapshot(meta, payload, { sha256: sha }));
+        }),
+      restore: () =>
+        best(reps, async () => {
+          await decodeSnapshot(await store.get("kv/x"), { sha256: sha });
+        }),
+    });
+    const single = new S3Store({
+      bucket: s3.bucket,
+      endpoint: s3.endpoint,
+      forcePathStyle: true,
+      region: "us-east-1",
+      credentials: s3.credentials,
+      multipartThresholdBytes: Number.MAX_SAFE_INTEGER,
+    });
+    const saveSingle = await best(reps, async () => {
+      await single.put("kv/y", await encodeSnapshot(meta, payload, { sha256: nodeSha256 }));
+    });
+    single.client.destroy();
+    const node = s3Figures(nodeSha256);
+    const saveNode = await node.save();
+    const restoreNode = await node.restore();
+    const subtle = s3Figures(subtleSha256);
+    const saveSubtle = await subtle.save();
+    const restoreSubtle = await subtle.restore();
+    const n = object.length;
+    result.s3 = {
+      rawPutMBps: mbps(n, rawPut),
+      rawGetMBps: mbps(n, rawGet),
+      saveMBps: mbps(n, saveNode),
+      restoreMBps: mbps(n, restoreNode),
+      saveRatio: r3(rawPut / saveNode),
+      restoreRatio: r3(rawGet / restoreNode),
+      singlePutSaveMBps: mbps(n, saveSingle),
+      singlePutSaveRatio: r3(rawPut / saveSingle),
+      withSubtleSha256: {
+        saveMBps: mbps(n, saveSubtle),
+        restoreMBps: mbps(n, restoreSubtle),
+        saveRatio: r3(rawPut / saveSubtle),
+        restoreRatio: r3(rawGet / restoreSubtle),
+      },
+    };
+    raw.destroy();
+    store.client.destroy();
+  } finally {
+    await s3.close();
+  }
+
+  // --- local directory ---
+  const dir = await mkdtemp(join(tmpdir(), "ultralong-bench-"));
+  try {
+    const store = new DirectoryStore(join(dir, "store"));
+    const object = await encodeSnapshot(meta, payload, { sha256: nodeSha256 });
+    const rawWrite = await best(reps, () => writeFile(join(dir, "raw"), object));
+    const rawRead = await best(reps, async () => {
+      await readFile(join(dir, "raw"));
+    });
+    const put = await best(reps, async () => {
+      await store.put("kv/x", await encodeSnapshot(meta, payload, { sha256: nodeSha256 }));
+    });
+    const durable = new DirectoryStore(join(dir, "durable"), { fsync: true });
+    const putFsync = await best(reps, async () => {
+      await durable.put("kv/x", await encodeSnapshot(meta, payload, { sha256: nodeSha256 }));
+    });
+    const get = await best(reps, async () => {
+      await decodeSnapshot(await store.get("kv/x"), { sha256: nodeSha256 });
+    });
+    const n = object.length;
+    result.local = {
+      rawWriteMBps: mbps(n, rawWrite),
+      rawReadMBps: mbps(n, rawRead),
+      saveMBps: mbps(n, put),
+      restoreMBps: mbps(n, get),
+      saveRatio: r3(rawWrite / put),
+      restoreRatio: r3(rawRead / get),
+      fsyncSaveMBps: mbps(n, putFsync),
+      fsyncSaveRatio: r3(rawWrite / putFsync),
+      note: "save = encode + SHA-256 + temp file + rename; raw = one writeFile",
+    };
+
+    // --- restore vs recompute on a runtime ---
+    const model = await loadTestModel(SMALL_VOCAB);
+    const factory = await runtimes.pick(values.runtime!);
+    const lengths = values.tokens!.split(",").map(Number);
+    const maxPositions = Math.max(...lengths) + 1;
+    const rows = [];
+    for (const len of lengths) {
+      const prompt = Int32Array.from({ length: len }, (_, i) => (i * 7 + 3) % 500);
+      const rt = await factory.create({ model, maxPositions });
+      const chunk = Math.min(512, len);
+      const cache = createSnapshotCache({
+        store: new DirectoryStore(join(dir, `rr-${len}`)),
+        modelFingerprint: await model.fingerprint(),
+        kvLayout: rt.info.kv,
+        tenantSalt: "bench",
+        chunkTokens: chunk,
+        sha256: nodeSha256,
+      });
+      let t = performance.now();
+      for (let p = 0; p < len; p += chunk) {
+        await rt.prefill(prompt.subarray(p, p + chunk));
+      }
+      const recomputeMs = performance.now() - t;
+      for (let p = 0; p < len; p += chunk) await cache.save(rt, prompt, p, p + chunk);
+      await cache.flush();
+      rt.truncate(0);
+      t = performance.now();
+      const { restoredTokens } = await cache.restore(rt, prompt);
+      const restoreMs = performance.now() - t;
+      await rt.close();
+      rows.push({
+        tokens: len,
+        restoredTokens,
+        kvBytes: cache.stats().bytesUploaded,
+        recomputeMs: Math.round(recomputeMs),
+        restoreMs: Math.round(restoreMs),
+        speedup: r3(recomputeMs / restoreMs),
+      });
+    }
+    result.restoreVsRecompute = {
+      runtime: factory.name,
+      model: "SMALL_VOCAB (2 layers, hidden 64, 2 KV heads x 16, f32 KV)",
+      rows,
+      restoreWinsFrom: rows.find((r) => r.speedup > 1)?.tokens ?? null,
+    };
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+  console.log(JSON.stringify(result, null, 2));
+}
