@@ -159,14 +159,14 @@ const cases: BadCase[] = [
   },
   {
     name: "dtype that disagrees with config.json",
-    from: BASE,
+    from: { ...BASE, dtype: "bf16" },
     breakIt: (dir) =>
       editJson(join(dir, "config.json"), (j) => {
-        j.torch_dtype = "bfloat16";
+        j.torch_dtype = "float32";
       }),
     message: at(
       "model.safetensors",
-      "tensor lm_head\\.weight: dtype F32 but config\\.json says torch_dtype bfloat16",
+      "tensor lm_head\\.weight: dtype BF16 cannot hold the torch_dtype float32 that config\\.json declares",
     ),
     code: "invalid_format",
   },
@@ -391,6 +391,16 @@ describe("loading", () => {
     const norm = await m.weights.read("model.norm.weight", "f32");
     expect(norm.length).toBe(32);
     expect(files.rangeBytes).toBe(headerBytes + 32 * 4);
+  });
+
+  it("loads F32 weights under a bf16 torch_dtype, as published checkpoints come", async () => {
+    const dir = await copyOf(BASE);
+    await editJson(join(dir, "config.json"), (j) => {
+      j.torch_dtype = "bfloat16";
+    });
+    const m = await loadModel(new DirectoryModelFiles(dir));
+    expect(m.config.torchDtype).toBe("bf16");
+    expect(m.weights.tensors().every((t) => t.dtype === "f32")).toBe(true);
   });
 
   it("takes eos ids from config.json and generation_config.json, and sampling defaults", async () => {

@@ -9,7 +9,7 @@ import type { ModelFiles } from "../io/byte-source.ts";
 import { Checkpoint } from "../safetensors/checkpoint.ts";
 import { safetensorsDtypeName } from "../safetensors/dtype.ts";
 import { parseConfig, parseGenerationConfig } from "./config.ts";
-import type { ModelConfig } from "./config-types.ts";
+import type { ModelConfig, WeightDtype } from "./config-types.ts";
 import { type FingerprintOptions, modelFingerprint } from "./fingerprint.ts";
 import { IGNORED_TENSOR, llamaTensors } from "./llama-tensors.ts";
 import type { GenerationDefaults, LoadedModel, ModelWeights, TensorInfo } from "./weights.ts";
@@ -17,6 +17,16 @@ import type { GenerationDefaults, LoadedModel, ModelWeights, TensorInfo } from "
 export type LoadOptions = FingerprintOptions;
 
 const TORCH_DTYPE_NAMES = { f32: "float32", bf16: "bfloat16", f16: "float16" } as const;
+
+/**
+ * Whether tensors stored as `stored` hold values of `declared` exactly. F32 files under a bf16 or
+ * f16 torch_dtype are accepted: transformers loads them (casting), and checkpoints are published
+ * that way (UltraLong's safetensors are F32). A narrower or different 16-bit type is a real
+ * disagreement: the declared precision was lost.
+ */
+function holdsExactly(stored: WeightDtype, declared: WeightDtype): boolean {
+  return stored === declared || stored === "f32";
+}
 
 /** Refuses a checkpoint whose tensors are not exactly those of LlamaForCausalLM with `config`. */
 export function checkLlamaCheckpoint(config: ModelConfig, checkpoint: Checkpoint): void {
@@ -45,9 +55,9 @@ export function checkLlamaCheckpoint(config: ModelConfig, checkpoint: Checkpoint
         `${file}: tensor ${t.name}: shape ${JSON.stringify(t.shape)} but config.json implies ${JSON.stringify(shape)}`,
       );
     }
-    if (config.torchDtype !== null && t.dtype !== config.torchDtype) {
+    if (config.torchDtype !== null && !holdsExactly(t.dtype, config.torchDtype)) {
       throw new FormatError(
-        `${file}: tensor ${t.name}: dtype ${safetensorsDtypeName(t.dtype)} but config.json says torch_dtype ${TORCH_DTYPE_NAMES[config.torchDtype]}`,
+        `${file}: tensor ${t.name}: dtype ${safetensorsDtypeName(t.dtype)} cannot hold the torch_dtype ${TORCH_DTYPE_NAMES[config.torchDtype]} that config.json declares`,
       );
     }
   }

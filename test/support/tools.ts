@@ -5,7 +5,8 @@ import { spawnSync } from "node:child_process";
 export const requireAll = process.env.REQUIRE_ALL === "1";
 
 function runs(cmd: string, args: string[]): boolean {
-  const r = spawnSync(cmd, args, { stdio: "ignore", timeout: 60_000 });
+  // Generous: under load, importing torch has taken over a minute on this machine.
+  const r = spawnSync(cmd, args, { stdio: "ignore", timeout: 300_000 });
   return r.status === 0;
 }
 
