@@ -292,7 +292,8 @@ export class SequenceDriver {
           if (match.stop !== undefined) {
             finishReason = "stop";
             stop = match.stop;
-          } else if (generated >= maxTokens || rt.position + 1 > maxPositions) {
+          } else if (generated >= maxTokens || n + generated >= maxPositions) {
+            // Context full as vLLM counts it: prompt + output <= the runtime's positions.
             finishReason = "length";
           }
         }
