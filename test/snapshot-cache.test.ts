@@ -13,6 +13,7 @@ import { createSnapshotCache, type SnapshotCacheOptions } from "../core/kv/snaps
 import type { SnapshotLogger, SnapshotStore } from "../core/kv/store.ts";
 import type { LoadedModel } from "../core/model/weights.ts";
 import { DirectoryStore } from "../core/node/snapshot-dir.ts";
+import { runtimes } from "../functions/runtimes.ts";
 import { type FaultProxy, randomFaults, startFaultProxy } from "./harness/fault-proxy.ts";
 import { type S3Server, startS3 } from "./harness/s3.ts";
 import { loadTestModel, SMALL_VOCAB, scratchDir } from "./support/models.ts";
@@ -187,6 +188,31 @@ describe("snapshot cache on a directory store", () => {
     // Without any key configured, encrypted objects are a miss too.
     const none = await generate(tokens, cacheOn(new DirectoryStore(join(dir, "nothing"))));
     expect(none.cachedTokens).toBe(0);
+  });
+});
+
+describe("runtime-neutral snapshots", () => {
+  it("a chunk saved by the reference runtime restores into the WASM runtime bit for bit, and back", async () => {
+    const tokens = prompt(48, 13);
+    const wasm = await runtimes.pick("wasm");
+    for (const [from, to] of [
+      [runtime, () => wasm.create({ model, maxPositions: 256, threads: 1 })],
+      [() => wasm.create({ model, maxPositions: 256, threads: 1 }), runtime],
+    ] as const) {
+      const store = new DirectoryStore(scratchDir("snap"));
+      const src = await from();
+      await src.prefill(tokens);
+      const cache = cacheOn(store);
+      for (let p = 0; p < 48; p += CHUNK) await cache.save(src, tokens, p, p + CHUNK);
+      await cache.flush();
+      const dst = await to();
+      expect((await cacheOn(store).restore(dst, tokens)).restoredTokens).toBe(48);
+      expect(Buffer.compare(await dst.exportKv(0, 48), await src.exportKv(0, 48))).toBe(0);
+      // The restored cache is usable: one more token runs on top of it.
+      expect((await dst.forward(Int32Array.of(7))).length).toBe(model.config.vocabSize);
+      await src.close();
+      await dst.close();
+    }
   });
 });
 
