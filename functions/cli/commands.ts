@@ -4,6 +4,7 @@ import type { Command } from "./command.ts";
 export const commands: Record<string, () => Promise<{ command: Command }>> = {
   "make-model": () => import("./commands/make-model.ts"),
   inspect: () => import("./commands/inspect.ts"),
+  generate: () => import("./commands/generate.ts"),
   snapshots: () => import("./commands/snapshots.ts"),
   serve: () => import("./commands/serve.ts"),
 };
