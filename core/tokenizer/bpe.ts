@@ -8,7 +8,7 @@
 // LONG_WORD bytes use a heap over a linked list, O(n log n), so a megabyte-long run of one letter
 // cannot stall the edge.
 
-import { type Vocabulary, hashBytes, hashPair } from "./vocabulary.ts";
+import { hashPair, lookupToken, type Vocabulary } from "./vocabulary.ts";
 
 const LONG_WORD = 256;
 const NO_RANK = 0x7fffffff;
@@ -44,14 +44,12 @@ export class IdList {
 export class BpeModel {
   /** id of each single byte's token. */
   readonly byteIds = new Int32Array(256);
-  private readonly vmask: number;
   private readonly mmask: number;
   // Scratch for the short-word path: (n) symbol ids and (n) rank of the pair starting there.
   private sym = new Int32Array(LONG_WORD);
   private rank = new Int32Array(LONG_WORD);
 
   constructor(private readonly v: Vocabulary) {
-    this.vmask = v.vocabTable.length - 1;
     this.mmask = v.mergeTable.length - 1;
     const one = new Uint8Array(1);
     for (let b = 0; b < 256; b++) {
@@ -64,21 +62,7 @@ export class BpeModel {
 
   /** Model-vocabulary id whose bytes are bytes[start, end), or -1. */
   lookupIn(bytes: Uint8Array, start: number, end: number): number {
-    const { vocabTable, tokenOffsets, tokenBytes } = this.v;
-    const n = end - start;
-    let h = hashBytes(bytes, start, end) & this.vmask;
-    for (;;) {
-      const e = vocabTable[h];
-      if (e === 0) return -1;
-      const id = e - 1;
-      const off = tokenOffsets[id];
-      if (tokenOffsets[id + 1] - off === n) {
-        let i = 0;
-        while (i < n && tokenBytes[off + i] === bytes[start + i]) i++;
-        if (i === n) return id;
-      }
-      h = (h + 1) & this.vmask;
-    }
+    return lookupToken(this.v, bytes, start, end);
   }
 
   /** Merge rank of the pair (a, b), or NO_RANK. */
@@ -96,12 +80,21 @@ export class BpeModel {
 
   /** Token ids of the pre-token bytes[0, n), appended to `out`. */
   encodeWord(bytes: Uint8Array, n: number, out: IdList): void {
-    if (n === 1) return out.push(this.byteIds[bytes[0]]);
+    if (n === 1) {
+      out.push(this.byteIds[bytes[0]]);
+      return;
+    }
     if (this.v.ignoreMerges) {
       const id = this.lookupIn(bytes, 0, n);
-      if (id >= 0) return out.push(id);
+      if (id >= 0) {
+        out.push(id);
+        return;
+      }
     }
-    if (n > LONG_WORD) return this.mergeLong(bytes, n, out);
+    if (n > LONG_WORD) {
+      this.mergeLong(bytes, n, out);
+      return;
+    }
     const { sym, rank } = this;
     const result = this.v.mergeResult;
     for (let i = 0; i < n; i++) sym[i] = this.byteIds[bytes[i]];

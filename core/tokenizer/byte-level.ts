@@ -7,7 +7,8 @@ export const BYTE_TO_CHAR: readonly number[] = (() => {
   const table = new Array<number>(256);
   let extra = 0;
   for (let b = 0; b < 256; b++) {
-    const printable = (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff);
+    const printable =
+      (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff);
     table[b] = printable ? b : 256 + extra++;
   }
   return table;

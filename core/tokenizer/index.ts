@@ -10,9 +10,17 @@
 
 import { InvalidInputError } from "../errors.ts";
 import { BpeModel, IdList } from "./bpe.ts";
+import { PieceCache } from "./piece-cache.ts";
 import { pretokenEnd, stableLimit } from "./pretokenize.ts";
-import { FLAG_ADDED, FLAG_SPECIAL, type Vocabulary, parseVocabulary, serializeVocabulary, vocabularyFromJson } from "./vocabulary.ts";
 import { toHex } from "./sha256.ts";
+import {
+  FLAG_ADDED,
+  FLAG_SPECIAL,
+  parseVocabulary,
+  serializeVocabulary,
+  type Vocabulary,
+  vocabularyFromJson,
+} from "./vocabulary.ts";
 
 export interface EncodeOptions {
   /** Match special-token strings ("<|eot_id|>") in the text. Only for trusted text. Default false. */
@@ -30,6 +38,8 @@ export interface StreamEncoder {
   push(chunk: string): Int32Array;
   /** End of text: returns the remaining ids. The encoder can be reused afterwards. */
   end(): Int32Array;
+  /** UTF-16 code units held back (the unfinished last pre-token): what bounds its memory. */
+  readonly buffered: number;
 }
 
 /** Streaming decode: text that is safe to emit, never half a UTF-8 character. */
@@ -38,9 +48,6 @@ export interface StreamDecoder {
   /** Flush: an incomplete trailing UTF-8 sequence becomes U+FFFD, as in `decode`. */
   end(): string;
 }
-
-/** Pre-token -> ids cache size; cleared when full (the reference caps its cache at 10,000). */
-const CACHE_LIMIT = 50_000;
 
 export class Tokenizer {
   readonly vocabSize: number;
@@ -56,7 +63,7 @@ export class Tokenizer {
   readonly sourceSha256: string;
 
   private readonly bpe: BpeModel;
-  private readonly cache = new Map<string, number | Int32Array>();
+  private readonly cache = new PieceCache();
   private scratch = new Uint8Array(256);
   private readonly word = new IdList();
   /** Added-token content -> id, for `tokenId` and special matching. */
@@ -151,6 +158,9 @@ export class Tokenizer {
     let carry = "";
     const out = new IdList();
     return {
+      get buffered() {
+        return carry.length;
+      },
       push: (chunk: string) => {
         const text = carry + chunk;
         // A chunk may end between the two halves of a surrogate pair: hold the high half back.
@@ -185,7 +195,9 @@ export class Tokenizer {
 
   private checkId(id: number): number {
     if (!Number.isInteger(id) || id < 0 || id >= this.vocabSize) {
-      throw new InvalidInputError(`token id ${id} is outside the vocabulary [0, ${this.vocabSize})`);
+      throw new InvalidInputError(
+        `token id ${id} is outside the vocabulary [0, ${this.vocabSize})`,
+      );
     }
     return id;
   }
@@ -194,7 +206,13 @@ export class Tokenizer {
    * Encode text[0, end) into `out`. With `final` false, stop where later text could still change the
    * ids (a partial pre-token or a partial special token) and return that index; else return end.
    */
-  private encodeText(text: string, end: number, final: boolean, allowSpecial: boolean, out: IdList): number {
+  private encodeText(
+    text: string,
+    end: number,
+    final: boolean,
+    allowSpecial: boolean,
+    out: IdList,
+  ): number {
     const pattern = allowSpecial ? this.specialPattern : this.alwaysPattern;
     let pos = 0;
     if (pattern) {
@@ -222,7 +240,12 @@ export class Tokenizer {
   }
 
   /** Earliest index in [pos, end) from which the rest of the text is a proper prefix of an added token. */
-  private partialSpecialStart(text: string, pos: number, end: number, allowSpecial: boolean): number {
+  private partialSpecialStart(
+    text: string,
+    pos: number,
+    end: number,
+    allowSpecial: boolean,
+  ): number {
     for (let k = pos; k < end; k++) {
       const tail = text.slice(k, end);
       for (const [content, id] of this.added) {
@@ -246,33 +269,33 @@ export class Tokenizer {
   private encodePiece(text: string, start: number, end: number, out: IdList): void {
     if (end - start === 1) {
       const c = text.charCodeAt(start);
-      if (c < 0x80) return out.push(this.bpe.byteIds[c]);
+      if (c < 0x80) {
+        out.push(this.bpe.byteIds[c]);
+        return;
+      }
     }
-    const piece = text.slice(start, end);
-    const hit = this.cache.get(piece);
-    if (hit !== undefined) {
-      if (typeof hit === "number") out.push(hit);
-      else out.pushAll(hit);
+    const cache = this.cache;
+    const h = PieceCache.hash(text, start, end);
+    const slot = cache.find(text, start, end, h);
+    if (slot >= 0) {
+      const at = cache.idStartOf(slot);
+      const count = cache.idCountOf(slot);
+      if (count === 1) out.push(cache.ids[at]);
+      else out.pushAll(cache.ids.subarray(at, at + count));
       return;
     }
     const n = this.toUtf8(text, start, end);
     const word = this.word;
     word.length = 0;
     this.bpe.encodeWord(this.scratch, n, word);
-    if (this.cache.size >= CACHE_LIMIT) this.cache.clear();
-    if (word.length === 1) {
-      this.cache.set(piece, word.ids[0]);
-      out.push(word.ids[0]);
-    } else {
-      const ids = word.take();
-      this.cache.set(piece, ids);
-      out.pushAll(ids);
-    }
+    cache.insert(text, start, end, h, word.ids, word.length);
+    out.pushAll(word.ids.subarray(0, word.length));
   }
 
   /** UTF-8 of text[start, end) into this.scratch (lone surrogates as U+FFFD); returns the length. */
   private toUtf8(text: string, start: number, end: number): number {
-    if (this.scratch.length < (end - start) * 3) this.scratch = new Uint8Array((end - start) * 3 + 64);
+    if (this.scratch.length < (end - start) * 3)
+      this.scratch = new Uint8Array((end - start) * 3 + 64);
     const b = this.scratch;
     let n = 0;
     for (let i = start; i < end; i++) {

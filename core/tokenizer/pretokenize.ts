@@ -11,7 +11,14 @@
 // Performance notes: a sticky RegExp plus substring per match ran at about a third of this speed in
 // V8, mostly match-object allocation. The scanner allocates nothing; callers get [start, end) pairs.
 
-import { CLASS_LETTER, CLASS_NEWLINE, CLASS_NUMBER, CLASS_OTHER, CLASS_SPACE, classOf } from "./unicode-classes.ts";
+import {
+  CLASS_LETTER,
+  CLASS_NEWLINE,
+  CLASS_NUMBER,
+  CLASS_OTHER,
+  CLASS_SPACE,
+  classOf,
+} from "./unicode-classes.ts";
 
 /** Class of the code point starting at `i` (a lone surrogate is CLASS_OTHER, like U+FFFD). */
 function classAt(text: string, i: number): number {
@@ -72,7 +79,8 @@ export function pretokenEnd(text: string, i: number, end: number): number {
   // 3. \p{N}{1,3}
   if (cls === CLASS_NUMBER) {
     let j = i + w;
-    for (let k = 1; k < 3 && j < end && classAt(text, j) === CLASS_NUMBER; k++) j += widthAt(text, j);
+    for (let k = 1; k < 3 && j < end && classAt(text, j) === CLASS_NUMBER; k++)
+      j += widthAt(text, j);
     return j;
   }
   // 4. ` ?[^\s\p{L}\p{N}]+[\r\n]*`
@@ -111,7 +119,8 @@ export function stableLimit(text: string, end: number): number {
   let i = end;
   while (i > 0) {
     const prev = text.charCodeAt(i - 1);
-    const start = prev >= 0xdc00 && prev <= 0xdfff && i >= 2 && isHigh(text.charCodeAt(i - 2)) ? i - 2 : i - 1;
+    const start =
+      prev >= 0xdc00 && prev <= 0xdfff && i >= 2 && isHigh(text.charCodeAt(i - 2)) ? i - 2 : i - 1;
     const k = classAt(text, start);
     if (k !== CLASS_SPACE && k !== CLASS_NEWLINE) return start;
     i = start;

@@ -4,8 +4,8 @@
 // Compiled file layout (little-endian; every section starts on a 4-byte boundary):
 //   0   magic "ULTOKv1\0"                     8 bytes
 //   8   header: 12 x u32 (see HEADER below)
-//   56  sha256 of the source tokenizer.json   32 bytes (hex-printable provenance, checked by callers
-//                                              that hold the JSON: `verifySource`)
+//   56  sha256 of the source files             32 bytes (see `sourceBytes`; load.ts compares it with
+//                                              the model directory's files before trusting a cache)
 //   88  tokenOffsets   u32 (size + 1)          byte ranges of each id in tokenBytes
 //       tokenBytes     u8  (bytesLength)       raw bytes of every token (added tokens: their content)
 //       flags          u8  (size)              bit 0: added token, bit 1: special
@@ -20,7 +20,7 @@
 // does no work proportional to the vocabulary (rebuilding them took about 25 ms); they cost 3 MB of
 // the ~9 MB file. A JS Map from token string to id was rejected: ~20 MB of heap and slower lookups.
 
-import { FormatError, assert } from "../errors.ts";
+import { assert, FormatError } from "../errors.ts";
 import { byteLevelToBytes } from "./byte-level.ts";
 import { sha256 } from "./sha256.ts";
 
@@ -43,7 +43,7 @@ export interface Vocabulary {
   bosToken: string;
   eosToken: string;
   chatTemplate: string;
-  /** SHA-256 of the tokenizer.json text this was compiled from. */
+  /** SHA-256 of `sourceBytes(tokenizer.json, tokenizer_config.json)` this was compiled from. */
   sourceSha256: Uint8Array;
 }
 
@@ -66,6 +66,31 @@ export function hashPair(a: number, b: number): number {
   return (Math.imul(a, 0x9e3779b1) ^ Math.imul(b + 0x7f4a7c15, 0x85ebca77)) >>> 0;
 }
 
+/** Id of the model token whose bytes are bytes[start, end) in `vocabTable`, or -1. */
+export function lookupToken(
+  v: Pick<Vocabulary, "vocabTable" | "tokenOffsets" | "tokenBytes">,
+  bytes: Uint8Array,
+  start: number,
+  end: number,
+): number {
+  const { vocabTable, tokenOffsets, tokenBytes } = v;
+  const mask = vocabTable.length - 1;
+  const n = end - start;
+  let h = hashBytes(bytes, start, end) & mask;
+  for (;;) {
+    const e = vocabTable[h];
+    if (e === 0) return -1;
+    const id = e - 1;
+    const off = tokenOffsets[id];
+    if (tokenOffsets[id + 1] - off === n) {
+      let i = 0;
+      while (i < n && tokenBytes[off + i] === bytes[start + i]) i++;
+      if (i === n) return id;
+    }
+    h = (h + 1) & mask;
+  }
+}
+
 function tableSize(entries: number): number {
   let n = 1024;
   while (n < entries * 2) n *= 2;
@@ -80,7 +105,9 @@ function parseJson(text: string, what: string): JsonObject {
     if (typeof v !== "object" || v === null || Array.isArray(v)) throw new Error("not an object");
     return v as JsonObject;
   } catch (err) {
-    throw new FormatError(`${what} is not a JSON object: ${(err as Error).message}`, { cause: err });
+    throw new FormatError(`${what} is not a JSON object: ${(err as Error).message}`, {
+      cause: err,
+    });
   }
 }
 
@@ -111,7 +138,8 @@ export function vocabularyFromJson(tokenizerJson: string, configJson?: string): 
   if (model.byte_fallback || model.continuing_subword_prefix || model.end_of_word_suffix) {
     throw new FormatError("tokenizer.json: BPE options other than Llama 3's are not supported");
   }
-  if (json.normalizer != null) throw new FormatError("tokenizer.json: normalizers are not supported");
+  if (json.normalizer != null)
+    throw new FormatError("tokenizer.json: normalizers are not supported");
   checkPreTokenizer(json.pre_tokenizer);
   const vocab = model.vocab as Record<string, number>;
   const rawMerges = model.merges as (string | [string, string])[];
@@ -121,15 +149,19 @@ export function vocabularyFromJson(tokenizerJson: string, configJson?: string): 
   const added = (Array.isArray(json.added_tokens) ? json.added_tokens : []) as JsonObject[];
 
   let size = 0;
-  for (const id of Object.values(vocab)) size = Math.max(size, id + 1);
+  // for-in, not Object.entries: 128k [key, value] arrays cost more than the rest of this loop.
+  for (const token in vocab) size = Math.max(size, vocab[token] + 1);
   for (const t of added) size = Math.max(size, Number(t.id) + 1);
   const pieces: (Uint8Array | undefined)[] = new Array(size);
   const flags = new Uint8Array(size);
   const modelIds = new Map<string, number>();
-  for (const [token, id] of Object.entries(vocab)) {
+  for (const token in vocab) {
+    const id = vocab[token];
     const bytes = byteLevelToBytes(token);
     if (!bytes || !Number.isInteger(id) || id < 0) {
-      throw new FormatError(`tokenizer.json: vocabulary entry ${JSON.stringify(token)} is not byte-level`);
+      throw new FormatError(
+        `tokenizer.json: vocabulary entry ${JSON.stringify(token)} is not byte-level`,
+      );
     }
     pieces[id] = bytes;
     modelIds.set(token, id);
@@ -167,14 +199,29 @@ export function vocabularyFromJson(tokenizerJson: string, configJson?: string): 
   const mergeResult = new Int32Array(m);
   const mergeTable = new Int32Array(tableSize(m));
   const mmask = mergeTable.length - 1;
+  const tables = { vocabTable, tokenOffsets, tokenBytes };
+  const joined = new Uint8Array(1024);
   for (let r = 0; r < m; r++) {
     const raw = rawMerges[r];
     const [a, b] = typeof raw === "string" ? splitMerge(raw) : raw;
     const l = modelIds.get(a);
     const rt = modelIds.get(b);
-    const res = modelIds.get(a + b);
+    // The merged token, found by its bytes (cheaper than building and hashing the string a + b).
+    let res: number | undefined;
+    if (l !== undefined && rt !== undefined) {
+      const la = tokenOffsets[l + 1] - tokenOffsets[l];
+      const lb = tokenOffsets[rt + 1] - tokenOffsets[rt];
+      if (la + lb <= joined.length) {
+        joined.set(tokenBytes.subarray(tokenOffsets[l], tokenOffsets[l + 1]), 0);
+        joined.set(tokenBytes.subarray(tokenOffsets[rt], tokenOffsets[rt + 1]), la);
+        const id = lookupToken(tables, joined, 0, la + lb);
+        if (id >= 0) res = id;
+      }
+    }
     if (l === undefined || rt === undefined || res === undefined) {
-      throw new FormatError(`tokenizer.json: merge ${r} (${JSON.stringify(raw)}) names an unknown token`);
+      throw new FormatError(
+        `tokenizer.json: merge ${r} (${JSON.stringify(raw)}) names an unknown token`,
+      );
     }
     let h = hashPair(l, rt) & mmask;
     let duplicate = false;
@@ -220,8 +267,25 @@ export function vocabularyFromJson(tokenizerJson: string, configJson?: string): 
     bosToken,
     eosToken,
     chatTemplate,
-    sourceSha256: sha256(utf8.encode(tokenizerJson)),
+    sourceSha256: sha256(
+      sourceBytes(
+        utf8.encode(tokenizerJson),
+        configJson === undefined ? undefined : utf8.encode(configJson),
+      ),
+    ),
   };
+}
+
+/**
+ * What `sourceSha256` hashes: tokenizer.json's bytes, a zero byte, tokenizer_config.json's bytes
+ * (nothing when absent). The config is included because the compiled file carries its bos, eos and
+ * chat template.
+ */
+export function sourceBytes(tokenizerJson: Uint8Array, configJson?: Uint8Array): Uint8Array<ArrayBuffer> {
+  const out = new Uint8Array(tokenizerJson.length + 1 + (configJson?.length ?? 0));
+  out.set(tokenizerJson, 0);
+  if (configJson) out.set(configJson, tokenizerJson.length + 1);
+  return out;
 }
 
 function splitMerge(s: string): [string, string] {
@@ -266,7 +330,7 @@ export function serializeVocabulary(v: Vocabulary): Uint8Array {
     0,
     0,
   ];
-  header.forEach((x, i) => dv.setUint32(8 + i * 4, x, true));
+  for (let i = 0; i < header.length; i++) dv.setUint32(8 + i * 4, header[i], true);
   out.set(v.sourceSha256, SHA_OFFSET);
   let at = BODY_OFFSET;
   for (const s of sections) {
@@ -339,7 +403,8 @@ export function parseVocabulary(input: Uint8Array): Vocabulary {
   const chatTemplate = str();
   if (at !== bytes.length) throw bad("trailing bytes");
   if (tokenOffsets[0] !== 0 || tokenOffsets[size] !== bytesLength) throw bad("token offsets");
-  for (let i = 0; i < size; i++) if (tokenOffsets[i] > tokenOffsets[i + 1]) throw bad("token offsets");
+  for (let i = 0; i < size; i++)
+    if (tokenOffsets[i] > tokenOffsets[i + 1]) throw bad("token offsets");
   for (let r = 0; r < merges; r++) {
     const a = mergeLeft[r];
     const b = mergeRight[r];
