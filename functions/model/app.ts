@@ -29,6 +29,11 @@ import { consoleSink, type LogSink, logRequest } from "../platform/request-log.t
 import type { ModelEngine } from "./engine.ts";
 import { GenerationQueue } from "./queue.ts";
 
+const yieldToEventLoop: () => Promise<void> =
+  typeof setImmediate === "function"
+    ? () => new Promise((resolve) => setImmediate(resolve))
+    : () => new Promise((resolve) => setTimeout(resolve, 0));
+
 export const FRAMES_CONTENT_TYPE = "application/x-ultralong-frames";
 export const GENERATE_PATH = "/v1/generate";
 
@@ -212,6 +217,9 @@ export async function createModelApp(options: ModelAppOptions): Promise<ModelApp
                 });
               }
               send(sseEvent(ev.event, ev.data));
+              // A CPU runtime computes inside promise continuations: without a macrotask turn the
+              // socket never flushes and a client's disconnect is never seen until the end.
+              await yieldToEventLoop();
             }
           } catch (err) {
             const d = describeError(err);
