@@ -3,6 +3,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
+import { createRng } from "../core/engine/sampling.ts";
 import { f32ToBf16 } from "../core/safetensors/dtype.ts";
 import { ensureBuilt, WASM_FILE } from "../wasm/build.mjs";
 
@@ -35,15 +36,10 @@ const f32 = (p: number, n: number) => new Float32Array(k.memory.buffer, p, n);
 const u16 = (p: number, n: number) => new Uint16Array(k.memory.buffer, p, n);
 const i8 = (p: number, n: number) => new Int8Array(k.memory.buffer, p, n);
 
-function rng(seed: number) {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296 - 0.5;
-  };
+/** Uniform in [-0.5, 0.5), seeded (core's sampling RNG). */
+function rng(seed: number): () => number {
+  const r = createRng(seed);
+  return () => r() - 0.5;
 }
 
 function fill(p: number, n: number, r: () => number, scale = 1): Float32Array {
