@@ -9,10 +9,10 @@
 // Outputs are rebuilt only when a source is newer, so `npm test` pays for a build once.
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, statSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 
 const HOST_SOURCES = ["src/engine.cpp", "src/safetensors.cpp", "src/ref/ref_backend.cpp"];
-const CUDA_ARCHS = ["sm_90", "sm_80"];
+export const CUDA_ARCHS = ["sm_90", "sm_80"];
 const WASM_EXPORTS = [
   "malloc",
   "free",
@@ -156,7 +156,12 @@ function gpuPresent() {
   return have("nvidia-smi", ["-L"]);
 }
 
-async function buildAddon(dir, withCuda) {
+/**
+ * Links the N-API addon. withCuda: with the CUDA objects of buildCuda and cudart (else the CUDA
+ * backend is the typed stub). `out` defaults to native/build/ul_addon.node.
+ */
+export async function buildAddon({ root, withCuda, out }) {
+  const dir = join(root, "native");
   const nodeInclude = [
     join(process.execPath, "../../include/node"),
     "/usr/local/include/node",
@@ -164,7 +169,8 @@ async function buildAddon(dir, withCuda) {
   ].find((p) => existsSync(join(p, "node_api.h")));
   if (!nodeInclude)
     throw new Error("native: node_api.h not found (Node headers), cannot build the addon");
-  const out = join(dir, "build/ul_addon.node");
+  out ??= join(dir, "build/ul_addon.node");
+  mkdirSync(dirname(out), { recursive: true });
   const sources = [...HOST_SOURCES, "addon/addon.cpp", ...(withCuda ? [] : ["src/cuda_stub.cpp"])];
   const objs = withCuda
     ? cudaSources(dir).map((f) => join("build/cuda", f.replace(/\.cu$/, ".o")))
@@ -189,6 +195,11 @@ async function buildAddon(dir, withCuda) {
   );
 }
 
+/** The CUDA compile check alone (native/build/cuda/*.o for sm_90 and sm_80). */
+export async function buildCudaObjects({ root }) {
+  await buildCuda(join(root, "native"));
+}
+
 export async function build({ root }) {
   const dir = join(root, "native");
   if (have("emcc")) await buildWasm(dir);
@@ -197,7 +208,7 @@ export async function build({ root }) {
   if (nvcc) await buildCuda(dir);
   else skip("nvcc", `the CUDA compile check (${CUDA_ARCHS.join(", ")})`);
   const asked = process.env.UL_BUILD_ADDON === "1";
-  if (asked || (nvcc && gpuPresent())) await buildAddon(dir, nvcc);
+  if (asked || (nvcc && gpuPresent())) await buildAddon({ root, withCuda: nvcc });
   else
     console.log("native: addon not built (no GPU here; set UL_BUILD_ADDON=1 to build it anyway)");
 }

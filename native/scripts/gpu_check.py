@@ -26,6 +26,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "test", "reference"))
 from llama_reference import forward as reference_forward  # noqa: E402
 from rope_reference import rope_init  # noqa: E402
+from write_tiny_model import main as write_tiny_model  # noqa: E402
 
 # Normalised error bounds (max |ours - reference| / max |reference|) for engine logits: the
 # reference backend computes in f32 (only f32 rounding); CUDA keeps bf16 activations and KV, whose
@@ -100,8 +101,12 @@ def golden(bin_path, work, backend):
         if flags is not None:
             model_dir = os.path.join(work, name)
             if not os.path.exists(os.path.join(model_dir, "config.json")):
-                subprocess.run([sys.executable, os.path.join(ROOT, "test/reference/write_tiny_model.py"), model_dir, *flags],
-                               check=True, capture_output=True)
+                with open(os.devnull, "w") as quiet:
+                    saved, sys.stdout = sys.stdout, quiet
+                    try:
+                        write_tiny_model([model_dir, *flags])
+                    finally:
+                        sys.stdout = saved
         with open(os.path.join(model_dir, "config.json")) as f:
             vocab = json.load(f)["vocab_size"]
         g = torch.Generator().manual_seed(len(name))

@@ -15,7 +15,13 @@ type Handle = object;
 interface Addon {
   backendCompiled(kind: number): boolean;
   create(config: EngineConfig): Handle;
-  setTensor(h: Handle, name: string, shape: number[], data: Float32Array | Uint16Array, dtype: number): void;
+  setTensor(
+    h: Handle,
+    name: string,
+    shape: number[],
+    data: Float32Array | Uint16Array,
+    dtype: number,
+  ): void;
   ready(h: Handle): void;
   forward(h: Handle, tokens: Int32Array, wantLogits: boolean): Float32Array | null;
   sample(h: Handle, temperature: number, seed: bigint): number;
@@ -38,39 +44,51 @@ function call<T>(f: () => T): T {
   }
 }
 
-let cached: NativeHost | null = null;
+const cached = new Map<string, NativeHost>();
 
-export function addonUnavailableReason(): string | null {
-  if (!existsSync(ADDON_PATH)) {
-    return `the native addon is not built (${ADDON_PATH}); it is built where nvcc and a GPU are present, or with UL_BUILD_ADDON=1 npm run build`;
+export function addonUnavailableReason(path = ADDON_PATH): string | null {
+  if (!existsSync(path)) {
+    return `the native addon is not built (${path}); it is built where nvcc and a GPU are present, or with UL_BUILD_ADDON=1 npm run build`;
   }
   return null;
 }
 
-export function loadAddonHost(): NativeHost {
-  const reason = addonUnavailableReason();
+/** Loads the addon at `path` once per process. */
+export function loadAddonHost(path = ADDON_PATH): NativeHost {
+  const reason = addonUnavailableReason(path);
   if (reason) throw new NotAvailableError(reason);
-  if (!cached) {
-    const addon = createRequire(import.meta.url)(ADDON_PATH) as Addon;
-    cached = {
+  let host = cached.get(path);
+  if (!host) {
+    const addon = createRequire(import.meta.url)(path) as Addon;
+    host = {
       name: "addon",
       backendCompiled: (kind) => addon.backendCompiled(kind),
-      create: (config) => new AddonEngine(addon, call(() => addon.create(config)), config.vocabSize),
+      create: (config) =>
+        new AddonEngine(
+          addon,
+          call(() => addon.create(config)),
+        ),
     };
+    cached.set(path, host);
   }
-  return cached;
+  return host;
 }
 
 class AddonEngine implements NativeEngine {
   readonly #a: Addon;
   readonly #h: Handle;
 
-  constructor(addon: Addon, handle: Handle, _vocab: number) {
+  constructor(addon: Addon, handle: Handle) {
     this.#a = addon;
     this.#h = handle;
   }
 
-  setTensor(name: string, shape: number[], data: Float32Array | Uint16Array, dtype: DtypeCode): void {
+  setTensor(
+    name: string,
+    shape: number[],
+    data: Float32Array | Uint16Array,
+    dtype: DtypeCode,
+  ): void {
     call(() => this.#a.setTensor(this.#h, name, shape, data, dtype));
   }
   ready(): void {

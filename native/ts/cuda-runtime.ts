@@ -2,9 +2,9 @@
 // not built, was built without nvcc, or no GPU is visible, the factory reports why and `create`
 // fails with NotAvailableError: the same shape as a working runtime, so nothing else checks.
 
-import { NotAvailableError } from "../../core/errors.ts";
 import type { RuntimeFactory, RuntimeOptions } from "../../core/engine/registry.ts";
 import type { Runtime } from "../../core/engine/runtime.ts";
+import { NotAvailableError } from "../../core/errors.ts";
 import { Backend, Dtype, type NativeHost } from "./abi.ts";
 import { addonUnavailableReason, loadAddonHost } from "./addon-host.ts";
 import { createNativeRuntime, type NativeRuntimeSpec } from "./native-runtime.ts";
@@ -20,7 +20,7 @@ export const CUDA_SPEC: NativeRuntimeSpec = {
 };
 
 /** Asks the engine itself: a one-layer engine on the CUDA backend is created and destroyed. */
-function probe(host: NativeHost): string | null {
+export function probeCuda(host: NativeHost): string | null {
   if (!host.backendCompiled(Backend.cuda)) {
     return "the native addon was built without CUDA (nvcc was missing at build time)";
   }
@@ -55,7 +55,7 @@ let reason: string | null | undefined;
 
 export async function cudaUnavailableReason(): Promise<string | null> {
   if (reason === undefined) {
-    reason = addonUnavailableReason() ?? probe(loadAddonHost());
+    reason = addonUnavailableReason() ?? probeCuda(loadAddonHost());
   }
   return reason;
 }
