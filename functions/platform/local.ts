@@ -72,7 +72,7 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
     options.maxPositions ?? Math.min(model.config.maxPositionEmbeddings, 131_072);
   // Runtime workers start while the tokenizer loads on this thread.
   const creating = factory.create({ model, maxPositions, threads: options.threads });
-  const tokenizer = await loadDirTokenizer(dir).catch(async (err) => {
+  const tokenizer = await loadDirTokenizer(dir, model.files).catch(async (err) => {
     await (await creating).close();
     throw err;
   });

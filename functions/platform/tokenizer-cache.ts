@@ -1,38 +1,23 @@
-// Loading a model directory's tokenizer fast on Node: parsing tokenizer.json takes seconds, the
-// compiled vocabulary (core/tokenizer) about 0.1 s. The compiled form is cached beside the model
-// (like the fingerprint cache) and used only when its recorded source SHA-256 equals the current
-// tokenizer.json's, so an edited tokenizer.json is never served stale. A read-only directory just
-// means no cache.
-//
-// TODO(tokenizer owner): replace with core's loadTokenizer(files) once it lands with its own cache.
-import { createHash } from "node:crypto";
-import { readFile, rename, writeFile } from "node:fs/promises";
+// Loading a model directory's tokenizer fast on Node: core's loadTokenizer uses the compiled
+// vocabulary beside tokenizer.json when its source hash matches (about 0.1 s instead of seconds of
+// JSON parsing). When there is none, we write it after the first load so the next start is fast; a
+// read-only model directory just means no cache.
+import { readdir, rename, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { Tokenizer } from "../../core/tokenizer/index.ts";
+import type { ModelFiles } from "../../core/io/byte-source.ts";
+import type { Tokenizer } from "../../core/tokenizer/index.ts";
+import { COMPILED_TOKENIZER_FILE, loadTokenizer } from "../../core/tokenizer/load.ts";
 
-const CACHE = ".ultralong-tokenizer.bin";
-
-export async function loadDirTokenizer(dir: string): Promise<Tokenizer> {
-  const json = await readFile(join(dir, "tokenizer.json"));
-  const config = await readFile(join(dir, "tokenizer_config.json"), "utf8").catch(() => undefined);
-  const sha = createHash("sha256").update(json).digest("hex");
-  const cached = await readFile(join(dir, CACHE)).catch(() => null);
-  if (cached) {
-    try {
-      const t = Tokenizer.fromCompiled(new Uint8Array(cached));
-      if (
-        t.sourceSha256 === sha &&
-        (config === undefined || t.chatTemplate !== undefined || !config.includes("chat_template"))
-      )
-        return t;
-    } catch {
-      // a corrupt cache is rebuilt below
-    }
+export async function loadDirTokenizer(dir: string, files: ModelFiles): Promise<Tokenizer> {
+  const had = (await readdir(dir)).includes(COMPILED_TOKENIZER_FILE);
+  const tokenizer = await loadTokenizer(files);
+  // A stale compiled file is ignored by loadTokenizer (and then costs a JSON parse per start);
+  // only a missing one is written here, never one that someone else made.
+  if (!had) {
+    const tmp = join(dir, `${COMPILED_TOKENIZER_FILE}.${process.pid}.tmp`);
+    await writeFile(tmp, tokenizer.compile())
+      .then(() => rename(tmp, join(dir, COMPILED_TOKENIZER_FILE)))
+      .catch(() => {});
   }
-  const t = Tokenizer.fromJson(json.toString("utf8"), config);
-  const tmp = join(dir, `${CACHE}.${process.pid}`);
-  await writeFile(tmp, t.compile())
-    .then(() => rename(tmp, join(dir, CACHE)))
-    .catch(() => {});
-  return t;
+  return tokenizer;
 }
