@@ -12,7 +12,9 @@ import type { MatrixKey, ShardSpec, VectorKey } from "./shard.mjs";
 import { rethrowShardError } from "./shard-errors.ts";
 import type { ShardSet } from "./shard-set.ts";
 
+const ARRIVED = 0;
 const CANCEL = 2;
+const FAILED = 4;
 
 export class WorkerShards implements ShardSet {
   readonly #pool: WorkerPool;
@@ -99,17 +101,31 @@ export class WorkerShards implements ShardSet {
   ) {
     if (signal?.aborted) throw new CancelledError();
     this.#input.set(input.subarray(0, this.#input.length));
+    // Every worker is idle here, so the barrier state can be reset (a failed forward may have
+    // left arrivals counted).
+    Atomics.store(this.#ctl, ARRIVED, 0);
+    Atomics.store(this.#ctl, FAILED, 0);
     Atomics.store(this.#ctl, CANCEL, 0);
     const onAbort = () => Atomics.store(this.#ctl, CANCEL, 1);
     signal?.addEventListener("abort", onAbort);
-    let results: { cancelled: boolean }[];
+    let settled: PromiseSettledResult<{ cancelled: boolean }>[];
     try {
-      results = await this.#pool.all<{ cancelled: boolean }>("forward", () => [p0, T, wantLogits]);
-    } catch (err) {
-      rethrowWorker(err);
+      settled = await Promise.allSettled(
+        this.#pool.workers.map((w) =>
+          w.call<{ cancelled: boolean }>("forward", [p0, T, wantLogits]),
+        ),
+      );
     } finally {
       signal?.removeEventListener("abort", onAbort);
     }
+    // Report the worker that failed first-hand, not the ones it released from a barrier.
+    const failures = settled.filter((r) => r.status === "rejected").map((r) => r.reason);
+    if (failures.length > 0) {
+      rethrowWorker(
+        failures.find((e) => !String(e?.message).includes("another shard failed")) ?? failures[0],
+      );
+    }
+    const results = settled.map((r) => (r as PromiseFulfilledResult<{ cancelled: boolean }>).value);
     if (results.some((r) => r.cancelled)) throw new CancelledError();
     return wantLogits ? this.#logits.slice() : null;
   }

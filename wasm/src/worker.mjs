@@ -2,7 +2,8 @@
 // request/response protocol of core/node/worker-pool.ts. Plain JS: it must start with no TS loader.
 //
 // Shared memory (a SharedArrayBuffer from the main thread), byte offsets in `layout`:
-//   ctl     Int32Array(16): [0] arrivals, [1] barrier generation, [2] cancel request, [3] decision
+//   ctl     Int32Array(16): [0] arrivals, [1] barrier generation, [2] cancel request, [3] decision,
+//           [4] a worker failed (reset with [0] and [2] by the main thread before each forward)
 //   input   (maxBatch, H) f32      the micro-batch's embeddings, written by the main thread
 //   slots   (2, workers, maxBatch, H) f32   partial residual updates, two phases (attention, FFN)
 //   logits  (vocab) f32            each worker writes its rows' logits at its offset
@@ -13,12 +14,14 @@ const ARRIVED = 0;
 const GENERATION = 1;
 const CANCEL = 2;
 const DECISION = 3;
+const FAILED = 4;
 
 let shard = null;
 let ctx = null;
 let phase = 0;
 
 class Cancelled extends Error {}
+class PeerFailed extends Error {}
 
 /**
  * Wait until every worker arrives. The last to arrive reads the cancel request and publishes the
@@ -26,6 +29,7 @@ class Cancelled extends Error {}
  */
 function barrier() {
   const ctl = ctx.ctl;
+  if (Atomics.load(ctl, FAILED) !== 0) throw new PeerFailed("another shard failed");
   const gen = Atomics.load(ctl, GENERATION);
   if (Atomics.add(ctl, ARRIVED, 1) === ctx.count - 1) {
     Atomics.store(ctl, ARRIVED, 0);
@@ -35,6 +39,7 @@ function barrier() {
   } else {
     while (Atomics.load(ctl, GENERATION) === gen) Atomics.wait(ctl, GENERATION, gen);
   }
+  if (Atomics.load(ctl, FAILED) !== 0) throw new PeerFailed("another shard failed");
   return Atomics.load(ctl, DECISION) !== 0;
 }
 
@@ -75,15 +80,22 @@ const handlers = {
   setRope: (invFreq, scaling) => shard.setRope(invFreq, scaling),
   forward(p0, T, wantLogits) {
     const H = shard.spec.hidden;
-    shard.input().set(ctx.input.subarray(0, T * H));
-    shard.begin(p0, T);
+    phase = 0;
     try {
+      shard.input().set(ctx.input.subarray(0, T * H));
+      shard.begin(p0, T);
       for (let l = 0; l < shard.spec.layers; l++) {
         shard.attention(l, reduce);
         shard.ffn(l, reduce);
       }
     } catch (err) {
       if (err instanceof Cancelled) return { cancelled: true };
+      if (!(err instanceof PeerFailed)) {
+        // Release the others from any barrier: they see FAILED and stop instead of waiting forever.
+        Atomics.store(ctx.ctl, FAILED, 1);
+        Atomics.add(ctx.ctl, GENERATION, 1);
+        Atomics.notify(ctx.ctl, GENERATION);
+      }
       throw err;
     }
     if (wantLogits) ctx.logits.set(shard.logits(), ctx.vocabOffset);
