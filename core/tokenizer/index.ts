@@ -122,6 +122,11 @@ export class Tokenizer {
     return id >= 0 ? id : undefined;
   }
 
+  /** Every added token's content -> id (for Llama 3: the 256 special tokens). */
+  get addedTokens(): ReadonlyMap<string, number> {
+    return this.added;
+  }
+
   /** Raw bytes of one token (a view; do not modify). */
   tokenBytes(id: number): Uint8Array {
     const { tokenOffsets, tokenBytes } = this.v;

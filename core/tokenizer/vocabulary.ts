@@ -281,7 +281,10 @@ export function vocabularyFromJson(tokenizerJson: string, configJson?: string): 
  * (nothing when absent). The config is included because the compiled file carries its bos, eos and
  * chat template.
  */
-export function sourceBytes(tokenizerJson: Uint8Array, configJson?: Uint8Array): Uint8Array<ArrayBuffer> {
+export function sourceBytes(
+  tokenizerJson: Uint8Array,
+  configJson?: Uint8Array,
+): Uint8Array<ArrayBuffer> {
   const out = new Uint8Array(tokenizerJson.length + 1 + (configJson?.length ?? 0));
   out.set(tokenizerJson, 0);
   if (configJson) out.set(configJson, tokenizerJson.length + 1);

@@ -1,0 +1,11 @@
+// Chat templates: validated OpenAI-style messages in, prompt token ids out (render.ts explains how
+// control tokens are kept out of user text).
+export {
+  CHAT_ROLES,
+  type ChatMessage,
+  type ChatRole,
+  type ChatTextPart,
+  type ChatToolCall,
+  normalizeMessages,
+} from "./messages.ts";
+export { type RenderChatOptions, renderChat, renderChatText } from "./render.ts";
