@@ -14,7 +14,7 @@ import {
   type ProgressEvent,
   SequenceDriver,
 } from "../../../core/engine/driver.ts";
-import type { SamplingOptions } from "../../../core/engine/sampling.ts";
+import { type SamplingOptions, validateSamplingOptions } from "../../../core/engine/sampling.ts";
 import { InvalidInputError, NotAvailableError } from "../../../core/errors.ts";
 import type { KvDtype } from "../../../core/kv/layout.ts";
 import type { LoadedModel } from "../../../core/model/weights.ts";
@@ -106,18 +106,30 @@ function num(values: Values, name: keyof Values): number | undefined {
   return n;
 }
 
-/** Sampling settings: the flags, else generation_config.json's defaults (as transformers does). */
-function samplingOptions(values: Values, model: LoadedModel): SamplingOptions {
-  const g = model.generation;
-  return {
-    temperature: num(values, "temperature") ?? g.temperature ?? 1,
-    topP: num(values, "top-p") ?? g.topP,
-    topK: int(values, "top-k") ?? g.topK,
+/** The sampling flags given, checked (before anything is loaded). */
+function samplingFlags(values: Values): SamplingOptions {
+  const flags: SamplingOptions = {
+    temperature: num(values, "temperature"),
+    topP: num(values, "top-p"),
+    topK: int(values, "top-k"),
     minP: num(values, "min-p"),
     repetitionPenalty: num(values, "repetition-penalty"),
     presencePenalty: num(values, "presence-penalty"),
     frequencyPenalty: num(values, "frequency-penalty"),
     seed: int(values, "seed"),
+  };
+  validateSamplingOptions(flags);
+  return flags;
+}
+
+/** Flags, else generation_config.json's defaults (as transformers does), else 1 / off. */
+function samplingOptions(flags: SamplingOptions, model: LoadedModel): SamplingOptions {
+  const g = model.generation;
+  return {
+    ...flags,
+    temperature: flags.temperature ?? g.temperature ?? 1,
+    topP: flags.topP ?? g.topP,
+    topK: flags.topK ?? g.topK,
   };
 }
 
@@ -212,12 +224,13 @@ export const command: Command = {
       throw new InvalidInputError(`--kv-dtype must be f32 or bf16, got '${kvDtype}'`);
     }
     const maxTokens = int(values, "max-tokens") ?? DEFAULT_MAX_TOKENS;
+    const flags = samplingFlags(values);
     const factory = await runtimes.pick(values.runtime ?? "auto");
 
     const model = await loadModelDir(values.model);
     const tokenizer = await loadTokenizer(model.files);
     const prompt = await promptTokens(text, values, tokenizer, model);
-    const sampling = samplingOptions(values, model);
+    const sampling = samplingOptions(flags, model);
     const runtime = await factory.create({
       model,
       kvDtype,
