@@ -7,4 +7,6 @@ export const commands: Record<string, () => Promise<{ command: Command }>> = {
   generate: () => import("./commands/generate.ts"),
   snapshots: () => import("./commands/snapshots.ts"),
   serve: () => import("./commands/serve.ts"),
+  tokenize: () => import("./commands/tokenize.ts"),
+  detokenize: () => import("./commands/detokenize.ts"),
 };
