@@ -14,9 +14,11 @@ export const CUDA_SPEC: NativeRuntimeSpec = {
   backend: Backend.cuda,
   kvDtypes: ["bf16"],
   weightTransfer: "bf16",
-  // 1M positions of Llama-3.1-8B in bf16 KV is 128 GiB: beside 16 GB of weights on a 141 GB H200.
-  defaultMaxPositions: 1 << 20,
+  // bf16 KV of Llama-3.1-8B is 128 KiB per position: 768K positions = 96 GiB, which fits beside
+  // 15 GiB of weights on an H200 (1M positions = 128 GiB does not; that is what fp8 KV is for).
+  defaultMaxPositions: 768 * 1024,
   maxChunk: 4096,
+  callTokens: 4096,
 };
 
 /** Asks the engine itself: a one-layer engine on the CUDA backend is created and destroyed. */

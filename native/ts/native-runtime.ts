@@ -27,8 +27,13 @@ export interface NativeRuntimeSpec {
   weightTransfer: "f32" | "bf16";
   /** Default KV capacity when options.maxPositions is absent (capped by the model's maximum). */
   defaultMaxPositions: number;
-  /** Rows per chunk inside the engine (0 = engine default); forward also checks `signal` per chunk. */
+  /** Rows per chunk inside the engine (0 = engine default). */
   maxChunk: number;
+  /**
+   * Tokens per synchronous native call: `signal` is checked and the event loop runs between calls.
+   * Small for the scalar wasm engine; a whole GPU chunk for CUDA (smaller calls starve the GEMMs).
+   */
+  callTokens: number;
 }
 
 /** ul_config from the validated ModelConfig; rope from core/model/rope.ts (one implementation). */
@@ -69,12 +74,14 @@ class NativeRuntime implements Runtime {
   readonly info: RuntimeInfo;
   #engine: NativeEngine | null;
   readonly #kvCode: number;
+  readonly #callTokens: number;
 
-  constructor(config: ModelConfig, info: RuntimeInfo, engine: NativeEngine) {
+  constructor(config: ModelConfig, info: RuntimeInfo, engine: NativeEngine, callTokens: number) {
     this.config = config;
     this.info = info;
     this.#engine = engine;
     this.#kvCode = kvDtypeCode(info.kv.dtype);
+    this.#callTokens = callTokens;
   }
 
   get position(): number {
@@ -95,9 +102,9 @@ class NativeRuntime implements Runtime {
     await this.#run(tokens, false, signal);
   }
 
-  // Chunks of 256 tokens per call so a cancel lands between them (a native call cannot be
-  // interrupted); each chunk yields to the event loop. A cancelled call keeps the chunks it finished
-  // and truncates back, so the visible position is unchanged, as the seam requires.
+  // Calls of `callTokens` tokens so a cancel lands between them (a native call cannot be
+  // interrupted), yielding to the event loop in between. A cancelled call truncates back what it
+  // had finished, so the visible position is unchanged, as the seam requires.
   async #run(
     tokens: Int32Array,
     wantLogits: boolean,
@@ -106,7 +113,7 @@ class NativeRuntime implements Runtime {
     const e = this.#live();
     if (tokens.length === 0) throw new InvalidInputError("forward needs at least one token");
     const start = e.position();
-    const step = 256;
+    const step = this.#callTokens;
     let logits: Float32Array | null = null;
     for (let at = 0; at < tokens.length; at += step) {
       if (signal?.aborted) {
@@ -205,5 +212,6 @@ export async function createNativeRuntime(
       kvCapacityBytes: mem.kvBytes,
     },
     engine,
+    spec.callTokens,
   );
 }

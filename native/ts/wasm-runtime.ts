@@ -16,6 +16,7 @@ export const NATIVE_WASM_SPEC: NativeRuntimeSpec = {
   // wasm32 memory is at most 4 GiB; a small default leaves room for the weights.
   defaultMaxPositions: 16384,
   maxChunk: 0,
+  callTokens: 256,
 };
 
 export async function createNativeWasmRuntime(options: RuntimeOptions): Promise<Runtime> {
