@@ -26,7 +26,7 @@ import {
   NotFoundError,
 } from "../errors.ts";
 import { type ChainKeyContext, chainKey, tenantTag } from "./chain-key.ts";
-import { DecryptError, decodeSnapshot, encodeSnapshot } from "./format.ts";
+import { DecryptError, decodeSnapshot, encodeSnapshot, snapshotObjectBytes } from "./format.ts";
 import type { KvLayout } from "./layout.ts";
 import { defaultLogger, type SnapshotLogger, type SnapshotStore } from "./store.ts";
 
@@ -117,6 +117,8 @@ export function createSnapshotCache(opts: SnapshotCacheOptions): SnapshotCache {
     peakPendingUploads: 0,
   };
   const pending = new Set<Promise<void>>();
+  // Object buffers of whole chunks, reused across saves (at most maxPending + 1 exist).
+  const buffers: Uint8Array[] = [];
 
   // Chain-key memo: the keys of the longest prompt prefix seen, extended as chunks arrive, so a
   // prefill of n chunks hashes each chunk once (not n^2 / 2 times).
@@ -324,6 +326,9 @@ export function createSnapshotCache(opts: SnapshotCacheOptions): SnapshotCache {
       const i = startPos / C;
       const keys = await keysFor(tokens, i + 1);
       const payload = await runtime.exportKv(startPos, end);
+      const size = snapshotObjectBytes(payload.length, keyPromise !== undefined);
+      let into = buffers.pop();
+      if (into && into.length !== size) into = undefined;
       const object = await encodeSnapshot(
         {
           modelFingerprint: opts.modelFingerprint,
@@ -334,10 +339,11 @@ export function createSnapshotCache(opts: SnapshotCacheOptions): SnapshotCache {
           previousKey: i === 0 ? null : keys[i - 1],
         },
         payload,
-        { key: keyPromise ? await keyPromise : undefined, sha256 },
+        { key: keyPromise ? await keyPromise : undefined, sha256, into },
       );
       const objKey = await objectKey(keys[i]);
       const p: Promise<void> = upload(objKey, object).finally(() => {
+        if (buffers.length < maxPending) buffers.push(object);
         pending.delete(p);
         stats.pendingUploads = pending.size;
       });
