@@ -2,6 +2,7 @@
 // Llama-shaped model (default ~155M parameters, F32), with its peers measured in the same run:
 //   - SIMD128 peak: a tight f32x4 multiply-add loop (wasm/assembly/bench.ts peak_madd)
 //   - memory bandwidth: v128 loads over 512 MiB (read_bytes), with 1 and with 2 worker threads
+//   - the same peak loop in 2 workers at once: how far this machine itself scales right now
 //   - the prefill GEMM alone on the model's FFN shape, against the peak (target >= 70%)
 //   - prefill and decode tokens/s with 1 and 2 threads (target 2 threads >= 1.8x one)
 //   - decode bytes/s of weights read against the bandwidth (target >= 60%)
@@ -55,13 +56,12 @@ async function simdPeak(module: WebAssembly.Module): Promise<number> {
   const { e } = instance(module, 0);
   for (let i = 0; i < 50; i++) e.peak_madd(10_000, 1);
   await sleep(200);
-  const iters = 20_000_000;
   const ms = best(7, () => {
     const t = now();
-    e.peak_madd(iters, 1);
+    e.peak_madd(PEAK_ITERS, 1);
     return now() - t;
   });
-  return (80 * iters) / ms / 1e6;
+  return (80 * PEAK_ITERS) / ms / 1e6;
 }
 
 /** The prefill GEMM alone: (T, K) x (N, K)^T with f32 weights, GFLOP/s. */
@@ -83,25 +83,36 @@ async function gemm(module: WebAssembly.Module, T: number, K: number, N: number)
 }
 
 const BW_BYTES = 512 * 2 ** 20;
+const PEAK_ITERS = 20_000_000;
 
-/** Read bandwidth, GB/s, with `threads` workers each streaming its own BW_BYTES / threads. */
-async function bandwidth(module: WebAssembly.Module, threads: number): Promise<number> {
+/**
+ * `threads` workers at once, each timing `kind` 5 times in lock-step rounds: "read" streams its own
+ * BW_BYTES / threads (read bandwidth), "peak" runs the multiply-add loop (how the machine itself
+ * scales across threads right now). Returns the best round's aggregate GB/s or GFLOP/s.
+ */
+async function inWorkers(
+  module: WebAssembly.Module,
+  kind: "read" | "peak",
+  threads: number,
+): Promise<number> {
   const code = `
     const { parentPort, workerData } = require("node:worker_threads");
-    const { module, bytes, gate } = workerData;
+    const { module, bytes, gate, kind, iters } = workerData;
     const memory = new WebAssembly.Memory({ initial: 1, maximum: 65536 });
     const e = new WebAssembly.Instance(module, { env: { memory } }).exports;
     const base = Math.ceil(e.heap_base() / 64) * 64;
-    memory.grow(Math.ceil((base + bytes) / 65536));
-    new Uint8Array(memory.buffer, base, bytes).fill(1); // touch every page before timing
-    for (let i = 0; i < 50; i++) e.read_bytes(base, 65536);
+    if (kind === "read") {
+      memory.grow(Math.ceil((base + bytes) / 65536));
+      new Uint8Array(memory.buffer, base, bytes).fill(1); // touch every page before timing
+    }
+    for (let i = 0; i < 50; i++) kind === "read" ? e.read_bytes(base, 65536) : e.peak_madd(10000, 1);
     const ctl = new Int32Array(gate);
     const times = [];
     for (let r = 0; r < 5; r++) {
       Atomics.add(ctl, 0, 1);
       while (Atomics.load(ctl, 0) < (r + 1) * workerData.threads) {}
       const t = performance.now();
-      e.read_bytes(base, bytes);
+      kind === "read" ? e.read_bytes(base, bytes) : e.peak_madd(iters, 1);
       times.push(performance.now() - t);
     }
     parentPort.postMessage(times);`;
@@ -109,7 +120,10 @@ async function bandwidth(module: WebAssembly.Module, threads: number): Promise<n
   const bytes = BW_BYTES / threads;
   const results = await Promise.all(
     Array.from({ length: threads }, () => {
-      const w = new Worker(code, { eval: true, workerData: { module, bytes, gate, threads } });
+      const w = new Worker(code, {
+        eval: true,
+        workerData: { module, bytes, gate, threads, kind, iters: PEAK_ITERS },
+      });
       return new Promise<number[]>((resolve, reject) => {
         w.once("message", (m) => {
           resolve(m);
@@ -122,7 +136,7 @@ async function bandwidth(module: WebAssembly.Module, threads: number): Promise<n
   // Per round, the slowest worker bounds the aggregate; take the best round.
   let bestMs = Number.POSITIVE_INFINITY;
   for (let r = 0; r < 5; r++) bestMs = Math.min(bestMs, Math.max(...results.map((t) => t[r])));
-  return BW_BYTES / bestMs / 1e6;
+  return kind === "read" ? BW_BYTES / bestMs / 1e6 : (threads * 80 * PEAK_ITERS) / bestMs / 1e6;
 }
 
 interface RunFigures {
@@ -210,8 +224,9 @@ export default async function main(args: string[]): Promise<void> {
 
     const peak = await simdPeak(module);
     const gemmGflops = await gemm(module, 128, H, opts.ffn!);
-    const bw1 = await bandwidth(module, 1);
-    const bw2 = threadList.includes(2) ? await bandwidth(module, 2) : null;
+    const bw1 = await inWorkers(module, "read", 1);
+    const bw2 = threadList.includes(2) ? await inWorkers(module, "read", 2) : null;
+    const peak2 = threadList.includes(2) ? await inWorkers(module, "peak", 2) : null;
 
     const runs: RunFigures[] = [];
     for (const threads of threadList) {
@@ -241,6 +256,9 @@ export default async function main(args: string[]): Promise<void> {
       },
       peers: {
         simd128PeakGflopsPerCore: round(peak),
+        ...(peak2 !== null
+          ? { simd128PeakGflops2Workers: round(peak2), peakSpeedup2v1: round(peak2 / peak) }
+          : {}),
         readBandwidthGBs: {
           threads1: round(bw1),
           ...(bw2 !== null ? { threads2: round(bw2) } : {}),
