@@ -15,7 +15,7 @@ import type { LoadedModel } from "../core/model/weights.ts";
 import { DirectoryStore } from "../core/node/snapshot-dir.ts";
 import { runtimes } from "../functions/runtimes.ts";
 import { type FaultProxy, randomFaults, startFaultProxy } from "./harness/fault-proxy.ts";
-import { type S3Server, startS3 } from "./harness/s3.ts";
+import { type S3Server, startS3, storeOptions } from "./harness/s3.ts";
 import { loadTestModel, SMALL_VOCAB, scratchDir } from "./support/models.ts";
 
 const CHUNK = 16;
@@ -229,12 +229,8 @@ describe("snapshot cache on s3rver behind the fault proxy", () => {
   });
   const s3store = (prefix: string) =>
     new S3Store({
-      bucket: s3.bucket,
+      ...storeOptions(s3, proxy.endpoint),
       prefix,
-      endpoint: proxy.endpoint,
-      forcePathStyle: true,
-      region: "us-east-1",
-      credentials: s3.credentials,
       sleep: async () => {},
       retry: { attempts: 8 },
       logger: quiet,

@@ -4,7 +4,7 @@ import { NotFoundError } from "../core/errors.ts";
 import { S3Store, type S3StoreOptions } from "../core/kv/s3-store.ts";
 import { openStore } from "../core/node/snapshot-dir.ts";
 import { type FaultProxy, firstN, randomFaults, startFaultProxy } from "./harness/fault-proxy.ts";
-import { type S3Server, startS3 } from "./harness/s3.ts";
+import { type S3Server, startS3, storeOptions } from "./harness/s3.ts";
 
 const MiB = 1 << 20;
 let s3: S3Server;
@@ -24,12 +24,8 @@ function bytes(n: number, seed: number): Uint8Array {
 
 function store(endpoint: string, extra: Partial<S3StoreOptions> = {}): S3Store {
   return new S3Store({
-    bucket: s3.bucket,
+    ...storeOptions(s3, endpoint),
     prefix: "t/",
-    endpoint,
-    forcePathStyle: true,
-    region: "us-east-1",
-    credentials: s3.credentials,
     partBytes: 5 * MiB,
     multipartThresholdBytes: 6 * MiB,
     sleep: async () => {},

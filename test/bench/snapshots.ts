@@ -20,7 +20,7 @@ import { S3Store } from "../../core/kv/s3-store.ts";
 import { createSnapshotCache } from "../../core/kv/snapshot-cache.ts";
 import { DirectoryStore, nodeSha256 } from "../../core/node/snapshot-dir.ts";
 import { runtimes } from "../../functions/runtimes.ts";
-import { startS3Process } from "../harness/s3.ts";
+import { startS3Process, storeOptions } from "../harness/s3.ts";
 import { loadTestModel, SMALL_VOCAB } from "../support/models.ts";
 
 const MiB = 1 << 20;
@@ -37,6 +37,22 @@ async function best(reps: number, fn: () => Promise<void>): Promise<number> {
 
 const mbps = (bytes: number, ms: number) => Math.round((bytes / MiB / (ms / 1000)) * 10) / 10;
 const r3 = (x: number) => Math.round(x * 1000) / 1000;
+
+/** Our save/restore against the raw peer's, for `bytes` moved each way: MB/s and ratios. */
+function compare(
+  bytes: number,
+  raw: { save: number; restore: number },
+  ours: { save: number; restore: number },
+) {
+  return {
+    rawSaveMBps: mbps(bytes, raw.save),
+    rawRestoreMBps: mbps(bytes, raw.restore),
+    saveMBps: mbps(bytes, ours.save),
+    restoreMBps: mbps(bytes, ours.restore),
+    saveRatio: r3(raw.save / ours.save),
+    restoreRatio: r3(raw.restore / ours.restore),
+  };
+}
 
 export default async function bench(args: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -72,21 +88,13 @@ export default async function bench(args: string[]): Promise<void> {
   // --- S3 (s3rver on loopback) ---
   const s3 = await startS3Process();
   try {
+    const { bucket: _, ...clientOptions } = storeOptions(s3);
     const raw = new S3Client({
-      endpoint: s3.endpoint,
-      forcePathStyle: true,
-      region: "us-east-1",
-      credentials: s3.credentials,
+      ...clientOptions,
       requestChecksumCalculation: "WHEN_REQUIRED",
       responseChecksumValidation: "WHEN_REQUIRED",
     });
-    const store = new S3Store({
-      bucket: s3.bucket,
-      endpoint: s3.endpoint,
-      forcePathStyle: true,
-      region: "us-east-1",
-      credentials: s3.credentials,
-    });
+    const store = new S3Store(storeOptions(s3));
     const object = await encodeSnapshot(meta, payload, { sha256: nodeSha256 });
     const rawPut = await best(reps, async () => {
       await raw.send(new PutObjectCommand({ Bucket: s3.bucket, Key: "raw", Body: object }));
@@ -109,11 +117,7 @@ export default async function bench(args: string[]): Promise<void> {
         }),
     });
     const single = new S3Store({
-      bucket: s3.bucket,
-      endpoint: s3.endpoint,
-      forcePathStyle: true,
-      region: "us-east-1",
-      credentials: s3.credentials,
+      ...storeOptions(s3),
       multipartThresholdBytes: Number.MAX_SAFE_INTEGER,
     });
     const saveSingle = await best(reps, async () => {
@@ -131,20 +135,14 @@ export default async function bench(args: string[]): Promise<void> {
     const restoreSubtle = await subtle.restore();
     const n = object.length;
     result.s3 = {
-      rawPutMBps: mbps(n, rawPut),
-      rawGetMBps: mbps(n, rawGet),
-      saveMBps: mbps(n, saveNode),
-      restoreMBps: mbps(n, restoreNode),
-      saveRatio: r3(rawPut / saveNode),
-      restoreRatio: r3(rawGet / restoreNode),
+      ...compare(n, { save: rawPut, restore: rawGet }, { save: saveNode, restore: restoreNode }),
       singlePutSaveMBps: mbps(n, saveSingle),
       singlePutSaveRatio: r3(rawPut / saveSingle),
-      withSubtleSha256: {
-        saveMBps: mbps(n, saveSubtle),
-        restoreMBps: mbps(n, restoreSubtle),
-        saveRatio: r3(rawPut / saveSubtle),
-        restoreRatio: r3(rawGet / restoreSubtle),
-      },
+      withSubtleSha256: compare(
+        n,
+        { save: rawPut, restore: rawGet },
+        { save: saveSubtle, restore: restoreSubtle },
+      ),
     };
     // Pipelined, as the cache runs: K chunks, 2 uploads in flight while the next chunk encodes;
     // restore with 3 chunks fetched ahead while the current one verifies. The peer gets the same
@@ -191,12 +189,11 @@ export default async function bench(args: string[]): Promise<void> {
     });
     (result.s3 as Record<string, unknown>).pipelined = {
       chunks: K,
-      rawPutMBps: mbps(K * n, rawPipePut),
-      rawGetMBps: mbps(K * n, rawPipeGet),
-      saveMBps: mbps(K * n, pipeSave),
-      restoreMBps: mbps(K * n, pipeRestore),
-      saveRatio: r3(rawPipePut / pipeSave),
-      restoreRatio: r3(rawPipeGet / pipeRestore),
+      ...compare(
+        K * n,
+        { save: rawPipePut, restore: rawPipeGet },
+        { save: pipeSave, restore: pipeRestore },
+      ),
     };
     raw.destroy();
     store.client.destroy();
@@ -231,15 +228,10 @@ export default async function bench(args: string[]): Promise<void> {
     });
     const n = object.length;
     result.local = {
-      rawWriteMBps: mbps(n, rawWrite),
-      rawReadMBps: mbps(n, rawRead),
-      saveMBps: mbps(n, put),
-      restoreMBps: mbps(n, get),
-      saveRatio: r3(rawWrite / put),
-      restoreRatio: r3(rawRead / get),
+      ...compare(n, { save: rawWrite, restore: rawRead }, { save: put, restore: get }),
       fsyncSaveMBps: mbps(n, putFsync),
       fsyncSaveRatio: r3(rawWrite / putFsync),
-      note: "save = encode + SHA-256 + temp file + rename; raw = one writeFile",
+      note: "save = encode + SHA-256 + temp file + rename; raw = one writeFile / readFile",
     };
 
     // --- restore vs recompute on a runtime ---
