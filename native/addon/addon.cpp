@@ -77,19 +77,16 @@ void finalize(napi_env, void* data, void*) {
   delete h;
 }
 
-int32_t prop_i32(napi_env env, napi_value obj, const char* name) {
-  napi_value v;
-  int32_t out = 0;
-  napi_get_named_property(env, obj, name, &v);
-  napi_get_value_int32(env, v, &out);
-  return out;
-}
+/** A numeric property (0 when absent or not a number; the engine's config check rejects zeros). */
 double prop_f64(napi_env env, napi_value obj, const char* name) {
   napi_value v;
   double out = 0;
   napi_get_named_property(env, obj, name, &v);
   napi_get_value_double(env, v, &out);
   return out;
+}
+int32_t prop_i32(napi_env env, napi_value obj, const char* name) {
+  return static_cast<int32_t>(prop_f64(env, obj, name));
 }
 
 // backendCompiled(kind: number): boolean

@@ -14,10 +14,12 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 DRY=0
+BUILD_ONLY=0
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY=1 ;;
-    *) echo "usage: $0 [--dry-run]" >&2; exit 2 ;;
+    --build-only) BUILD_ONLY=1 ;;  # CUDA build and link of ul_check, no run (works without a GPU)
+    *) echo "usage: $0 [--dry-run | --build-only]" >&2; exit 2 ;;
   esac
 done
 
@@ -29,7 +31,7 @@ pick_python() {
   echo "gpu-check: no python3 with torch found (set PYTHON)" >&2
   exit 1
 }
-PY=$(pick_python)
+if [[ $BUILD_ONLY == 0 ]]; then PY=$(pick_python); fi
 
 HOST_SRC=(native/src/engine.cpp native/src/safetensors.cpp native/src/ref/ref_backend.cpp native/programs/ul_check.cpp)
 FLAGS=(-std=c++17 -O2 -Inative/include -Inative/src)
@@ -56,4 +58,5 @@ for f in "${HOST_SRC[@]}"; do
 done
 for p in "${pids[@]}"; do wait "$p"; done
 nvcc -o "$BUILD/ul_check" "$BUILD"/*.o -ldl
+if [[ $BUILD_ONLY == 1 ]]; then echo "gpu-check: built $BUILD/ul_check" >&2; exit 0; fi
 exec "$PY" native/scripts/gpu_check.py --bin "$BUILD/ul_check" --work "$BUILD"

@@ -331,6 +331,23 @@ Status forward(ul_engine* e, const int32_t* tokens, int n, float* logits) {
   return e->be->sync();
 }
 
+/** Elements of one (layer, K|V) slice of an n-position payload, (kv_head, pos, head_dim), and a
+ *  check that the payload is exactly layers * 2 slices in `dt`. */
+Status check_payload(const ul_config& c, size_t n, ul_dtype dt, size_t bytes, const char* what, size_t* per_slice) {
+  *per_slice = static_cast<size_t>(c.num_kv_heads) * n * c.head_dim;
+  size_t want = static_cast<size_t>(c.num_layers) * 2 * *per_slice * ul::dtype_size(dt);
+  if (bytes != want)
+    return Err(UL_ERR_INVALID_ARGUMENT, std::string(what) + " payload is " + std::to_string(bytes) + " bytes, expected " + std::to_string(want) + " for " + std::to_string(n) + " positions");
+  return Status::Ok();
+}
+
+/** The fp8 scales (layer, K|V, kv_head) on the host; empty for other KV dtypes. */
+Status read_scales(ul_engine* e, std::vector<float>* scales) {
+  if (!e->kv_scale) return Status::Ok();
+  scales->resize(static_cast<size_t>(e->cfg.num_layers) * 2 * e->cfg.num_kv_heads);
+  return e->be->download(scales->data(), e->kv_scale, scales->size() * sizeof(float));
+}
+
 Status export_kv(ul_engine* e, int start, int end, ul_dtype dt, void* out, size_t out_bytes) {
   const ul_config& c = e->cfg;
   if (start < 0 || end < start || end > e->position)
@@ -338,16 +355,11 @@ Status export_kv(ul_engine* e, int start, int end, ul_dtype dt, void* out, size_
   if (dt != UL_DTYPE_F32 && dt != UL_DTYPE_BF16 && dt != UL_DTYPE_F16)
     return Err(UL_ERR_INVALID_ARGUMENT, std::string("export dtype must be f32, bf16 or f16, got ") + dtype_name(dt));
   size_t n = static_cast<size_t>(end - start);
-  size_t per_slice = static_cast<size_t>(c.num_kv_heads) * n * c.head_dim;  // (kv_head, pos, head_dim)
-  size_t want = static_cast<size_t>(c.num_layers) * 2 * per_slice * ul::dtype_size(dt);
-  if (out_bytes != want)
-    return Err(UL_ERR_INVALID_ARGUMENT, "export buffer is " + std::to_string(out_bytes) + " bytes, payload is " + std::to_string(want));
+  size_t per_slice = 0;
+  UL_TRY(check_payload(c, n, dt, out_bytes, "export", &per_slice));
   if (n == 0) return Status::Ok();
   std::vector<float> scales;
-  if (e->kv_scale) {
-    scales.resize(static_cast<size_t>(c.num_layers) * 2 * c.num_kv_heads);
-    UL_TRY(e->be->download(scales.data(), e->kv_scale, scales.size() * sizeof(float)));
-  }
+  UL_TRY(read_scales(e, &scales));
   size_t es = e->kv_es(), row = static_cast<size_t>(c.head_dim) * es;
   std::vector<unsigned char> staging(per_slice * es);
   for (int l = 0; l < c.num_layers; ++l) {
@@ -379,17 +391,12 @@ Status import_kv(ul_engine* e, const void* bytes, size_t n_bytes, int tokens, ul
   if (static_cast<int64_t>(e->position) + tokens > c.max_positions)
     return Err(UL_ERR_LIMIT, "KV capacity exceeded by import of " + std::to_string(tokens) + " positions at " + std::to_string(e->position));
   size_t n = static_cast<size_t>(tokens);
-  size_t per_slice = static_cast<size_t>(c.num_kv_heads) * n * c.head_dim;
-  size_t want = static_cast<size_t>(c.num_layers) * 2 * per_slice * ul::dtype_size(dt);
-  if (n_bytes != want)
-    return Err(UL_ERR_INVALID_ARGUMENT, "import payload is " + std::to_string(n_bytes) + " bytes, expected " + std::to_string(want) + " for " + std::to_string(tokens) + " positions");
+  size_t per_slice = 0;
+  UL_TRY(check_payload(c, n, dt, n_bytes, "import", &per_slice));
   if (n == 0) return Status::Ok();
   std::vector<float> scales;
+  UL_TRY(read_scales(e, &scales));
   bool fp8 = c.kv_dtype == UL_DTYPE_FP8_E4M3;
-  if (fp8) {
-    scales.resize(static_cast<size_t>(c.num_layers) * 2 * c.num_kv_heads);
-    UL_TRY(e->be->download(scales.data(), e->kv_scale, scales.size() * sizeof(float)));
-  }
   size_t es = e->kv_es(), row = static_cast<size_t>(c.head_dim) * es;
   std::vector<unsigned char> staging(per_slice * es);
   for (int l = 0; l < c.num_layers; ++l) {
