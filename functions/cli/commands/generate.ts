@@ -7,7 +7,9 @@
 
 import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
+import { parseMasterKey } from "../../../core/crypto/tenant-key.ts";
 import {
+  DEFAULT_CHUNK_TOKENS,
   type DriverEvent,
   eosTokenIds,
   type GenerateRequest,
@@ -17,8 +19,10 @@ import {
 import { type SamplingOptions, validateSamplingOptions } from "../../../core/engine/sampling.ts";
 import { InvalidInputError, NotAvailableError } from "../../../core/errors.ts";
 import type { KvDtype } from "../../../core/kv/layout.ts";
+import { createSnapshotCache } from "../../../core/kv/snapshot-cache.ts";
 import type { LoadedModel } from "../../../core/model/weights.ts";
 import { loadModelDir } from "../../../core/node/load-model-dir.ts";
+import { nodeSha256, openStore } from "../../../core/node/snapshot-dir.ts";
 import type { Tokenizer } from "../../../core/tokenizer/index.ts";
 import { loadTokenizer } from "../../../core/tokenizer/load.ts";
 import { runtimes } from "../../runtimes.ts";
@@ -55,6 +59,10 @@ options:
   --chunk N                prefill chunk in tokens (default: the runtime's, see docs/driver.md)
   --kv-dtype D             KV cache element type: f32|bf16 (default: the runtime's)
   --progress               progress bar and a summary on stderr even when it is not a terminal
+  --store S                KV snapshots in a directory or s3://bucket/prefix ("default": the user
+                           cache dir): restore the longest stored prefix, save each chunk, so a
+                           killed prefill resumes (docs/snapshot-format.md; master key for
+                           encryption at rest in ULTRALONG_SNAPSHOT_KEY, hex or base64)
 `;
 
 const OPTIONS = {
@@ -79,6 +87,7 @@ const OPTIONS = {
   chunk: { type: "string" },
   "kv-dtype": { type: "string" },
   progress: { type: "boolean" },
+  store: { type: "string" },
 } as const;
 
 type Values = ReturnType<typeof parseOptions>["values"];
@@ -240,6 +249,30 @@ export const command: Command = {
       maxPositions: Math.min(prompt.length + maxTokens, model.config.maxPositionEmbeddings),
     });
 
+    const chunkTokens =
+      int(values, "chunk") ?? runtime.info.preferredChunkTokens ?? DEFAULT_CHUNK_TOKENS;
+    const masterKey = io.env.ULTRALONG_SNAPSHOT_KEY;
+    const prefixCache =
+      values.store === undefined
+        ? undefined
+        : createSnapshotCache({
+            store: openStore(values.store === "default" ? undefined : values.store, {
+              env: io.env,
+            }),
+            modelFingerprint: await model.fingerprint(),
+            kvLayout: runtime.info.kv,
+            // One local user: a fixed tenant unless the environment names one.
+            tenantSalt: io.env.ULTRALONG_SNAPSHOT_TENANT || "local",
+            chunkTokens,
+            encryption: masterKey ? { masterKey: parseMasterKey(masterKey) } : undefined,
+            sha256: nodeSha256,
+            logger: {
+              debug() {},
+              warn: (m, d) =>
+                io.stderr.write(`snapshots: ${m}${d ? ` ${JSON.stringify(d)}` : ""}\n`),
+            },
+          });
+
     const controller = new AbortController();
     const onSigint = () => controller.abort();
     process.once("SIGINT", onSigint);
@@ -256,6 +289,7 @@ export const command: Command = {
         stop: values.stop,
         ignoreEos: values["ignore-eos"],
         chunkTokens: int(values, "chunk"),
+        prefixCache,
         decoder: { push: (id) => decoder.push(id), flush: () => decoder.end() },
         signal: controller.signal,
       };
@@ -283,6 +317,7 @@ export const command: Command = {
       return 0;
     } finally {
       process.removeListener("SIGINT", onSigint);
+      await prefixCache?.flush();
       await runtime.close();
     }
   },
