@@ -2,7 +2,8 @@
 // apps on two loopback sockets in one process. The edge forwards over real HTTP, signed, exactly as
 // deployed; only the composition (which runtime, which store, which keys) is local.
 import { basename, resolve } from "node:path";
-import { NotAvailableError } from "../../core/errors.ts";
+import { renderChat as renderChatIds } from "../../core/chat/index.ts";
+import { InvalidInputError } from "../../core/errors.ts";
 import type { SnapshotStore } from "../../core/kv/store.ts";
 import { loadModelDir } from "../../core/node/load-model-dir.ts";
 import { openStore } from "../../core/node/snapshot-dir.ts";
@@ -120,12 +121,13 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
     log: options.log,
   });
   const modelServer = await listen(modelApp.app);
+  const template = tokenizer.chatTemplate;
   const renderChat: ChatRenderer =
     options.renderChat ??
-    (() => {
-      throw new NotAvailableError(
-        "the chat template renderer (core/chat) is not in this build yet",
-      );
+    ((messages) => {
+      if (!template)
+        throw new InvalidInputError(`${modelId} has no chat_template: use /v1/completions`);
+      return renderChatIds(tokenizer, template, messages, { addGenerationPrompt: true });
     });
   const edge = await createEdgeApp({
     modelId,
