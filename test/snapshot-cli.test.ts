@@ -9,7 +9,7 @@ import type { SnapshotStore } from "../core/kv/store.ts";
 import { openStore } from "../core/node/snapshot-dir.ts";
 import { main } from "../functions/cli/main.ts";
 import { type S3Server, startS3 } from "./harness/s3.ts";
-import { scratchDir } from "./support/models.ts";
+import { scratchDir, testModelDir } from "./support/models.ts";
 
 async function cli(args: string[], env: Record<string, string> = {}) {
   const stdout = new PassThrough();
@@ -84,6 +84,39 @@ describe("ultralong snapshots on a directory", () => {
     expect((await cli(["snapshots", "ls", "--store", dir])).out).toMatch(/^0 objects/);
     expect((await cli(["snapshots", "gc", "--store", dir, "--older-than", "7x"])).err).toMatch(
       /bad duration/,
+    );
+  });
+});
+
+describe("ultralong generate --store", () => {
+  // Cold (nothing stored: every chunk computed, as without --store) and warm runs print the same.
+  // The cache suite checks snapshot runs against runs without a cache on the driver directly.
+  it("a warm run restores whole chunks from the store and prints what the cold run printed", async () => {
+    const model = await testModelDir();
+    const dir = scratchDir("gen-store");
+    const prompt = "the quick brown fox jumps over the lazy dog ".repeat(12);
+    const base = ["generate", "--model", model, "--prompt", prompt, "--max-tokens", "6"];
+    const args = [
+      ...base,
+      "--temperature",
+      "0",
+      "--chunk",
+      "32",
+      "--runtime",
+      "reference",
+      "--progress",
+    ];
+    const cold = await cli([...args, "--store", dir]);
+    const warm = await cli([...args, "--store", dir]);
+    expect(cold.code).toBe(0);
+    expect(cold.out.length).toBeGreaterThan(1);
+    expect(warm.out).toBe(cold.out);
+    expect(cold.err).toMatch(/\(0 cached\)/);
+    const cached = Number(/\((\d+) cached\)/.exec(warm.err)?.[1]);
+    expect(cached).toBeGreaterThanOrEqual(64);
+    expect(cached % 32).toBe(0);
+    expect((await cli(["snapshots", "ls", "--store", dir])).out).toMatch(
+      new RegExp(`^${cached / 32} objects`, "m"),
     );
   });
 });
