@@ -1,12 +1,13 @@
 // Pre-token -> ids cache keyed by the characters in place: the lookup hashes text[start, end)
 // straight from the input string and compares against a character pool, so a hit allocates
 // nothing. (A Map<string, ...> keyed by `text.slice()` spent most of its time creating and hashing
-// the slice; this table doubled encode throughput.) When the table or a pool fills, it is cleared:
+// the slice.) When the table or a pool fills, it is cleared:
 // no eviction bookkeeping on the hot path, and memory stays fixed.
 
-const SLOTS = 1 << 17; // open addressing, cleared at 3/4 full
-const CHAR_POOL = 4 << 20; // UTF-16 code units of cached keys
-const ID_POOL = 2 << 20; // cached token ids
+// About 5 MB in all, allocated once per Tokenizer.
+const SLOTS = 1 << 16; // open addressing, cleared at 3/4 full
+const CHAR_POOL = 1 << 20; // UTF-16 code units of cached keys
+const ID_POOL = 1 << 19; // cached token ids
 
 export class PieceCache {
   // (SLOTS) per slot: key start in chars, key length (0 = empty), ids start, ids count, hash

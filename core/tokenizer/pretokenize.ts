@@ -8,8 +8,9 @@
 // alternative in the pattern's order, on code points, with the reference's character classes
 // (see unicode-classes.ts). It also tells a streaming caller which pieces are final.
 //
-// Performance notes: a sticky RegExp plus substring per match ran at about a third of this speed in
-// V8, mostly match-object allocation. The scanner allocates nothing; callers get [start, end) pairs.
+// Performance notes: an approximate JS RegExp with matchAll splits about as fast once warm (49 ms vs
+// 45 ms CPU over 3 MB of files); the scanner wins on exactness, not speed, and allocates nothing
+// (callers get [start, end) pairs), which the in-place piece cache relies on.
 
 import {
   CLASS_LETTER,
