@@ -32,7 +32,8 @@ const UNITS: Record<string, number> = { s: 1e3, m: 60e3, h: 3600e3, d: 86400e3, 
 export function parseDuration(text: string): number {
   const m = /^(\d+(?:\.\d+)?)([smhdw]?)$/.exec(text.trim());
   if (!m) throw new InvalidInputError(`bad duration '${text}' (use e.g. 90s, 30m, 12h, 7d, 2w)`);
-  if (m[2] === "" && Number(m[1]) !== 0) throw new InvalidInputError(`duration '${text}' needs a unit`);
+  if (m[2] === "" && Number(m[1]) !== 0)
+    throw new InvalidInputError(`duration '${text}' needs a unit`);
   return Number(m[1]) * (UNITS[m[2]] ?? 0);
 }
 
@@ -55,7 +56,12 @@ function age(ms: number): string {
   return `${Math.round(s / 86400)}d`;
 }
 
-async function collect(store: SnapshotStore, prefixes: string[], olderThanMs: number | null, now: number) {
+async function collect(
+  store: SnapshotStore,
+  prefixes: string[],
+  olderThanMs: number | null,
+  now: number,
+) {
   const out: ObjectInfo[] = [];
   for (const p of prefixes) {
     for await (const o of store.list(p)) {
@@ -128,7 +134,8 @@ export const command: Command = {
             : `${human(o.size).padStart(10)}  ${age(now - o.lastModified).padStart(4)}  ${o.key}\n`,
         );
       }
-      if (!values.json) io.stdout.write(`${objects.length} objects, ${human(total)} in ${store.name}\n`);
+      if (!values.json)
+        io.stdout.write(`${objects.length} objects, ${human(total)} in ${store.name}\n`);
       return 0;
     }
 
@@ -138,13 +145,16 @@ export const command: Command = {
         throw new InvalidInputError("give KEY... or --prefix, not both");
       }
       if (keys.length === 0 && prefix === undefined) {
-        throw new InvalidInputError("rm needs KEY... or --prefix (use --prefix '' to remove everything)");
+        throw new InvalidInputError(
+          "rm needs KEY... or --prefix (use --prefix '' to remove everything)",
+        );
       }
       if (keys.length > 0) {
         doomed = [];
         for (const k of keys) {
           const info = await store.head(k);
-          if (info && (olderThan === null || now - info.lastModified > olderThan)) doomed.push(info);
+          if (info && (olderThan === null || now - info.lastModified > olderThan))
+            doomed.push(info);
           else if (!info) io.stderr.write(`ultralong snapshots: ${k}: not found\n`);
         }
       } else {
