@@ -218,6 +218,17 @@ describe("input validation", () => {
     }
   });
 
+  it("refuses inputs that leave no private-use character for placeholders", () => {
+    let all = "";
+    for (let cp = 0xe000; cp <= 0xf8ff; cp++) all += String.fromCodePoint(cp);
+    expect(() => renderChat(tok, llama, [{ role: "user", content: all }])).toThrow(
+      InvalidInputError,
+    );
+    // Using some of them is fine, and they come back unchanged.
+    const some = all.slice(0, 100);
+    expect(tok.decode(renderChat(tok, llama, [{ role: "user", content: some }]))).toContain(some);
+  });
+
   it("reports a template's raise_exception as InvalidInputError and a broken template as FormatError", () => {
     const twoSystems = [
       { role: "user", content: "x" },

@@ -108,9 +108,12 @@ class Defuser {
   constructor(specials: Iterable<string>, seen: string) {
     const chars = new Set<string>();
     for (const s of specials) for (const ch of s) if (!/[\p{L}\p{N}_]/u.test(ch)) chars.add(ch);
+    // One pass over the inputs for the private-use characters they already use (a document may be
+    // megabytes; probing it once per candidate would let a user make rendering quadratic).
+    const taken = new Set(seen.match(/[\ue000-\uf8ff]/g));
     let cp = 0xe000;
     for (const ch of chars) {
-      while (seen.includes(String.fromCodePoint(cp))) {
+      while (taken.has(String.fromCodePoint(cp))) {
         if (++cp > 0xf8ff)
           throw new InvalidInputError(
             "messages use every private-use character; cannot render safely",

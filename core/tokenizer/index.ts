@@ -68,6 +68,7 @@ export class Tokenizer {
   private readonly word = new IdList();
   /** Added-token content -> id, for `tokenId` and special matching. */
   private readonly added = new Map<string, number>();
+  private readonly longestAdded: number;
   private readonly specialPattern: RegExp | undefined; // every added token
   private readonly alwaysPattern: RegExp | undefined; // added tokens that are not special
   private readonly utf8 = new TextDecoder("utf-8", { ignoreBOM: true });
@@ -83,6 +84,7 @@ export class Tokenizer {
       this.added.set(content, id);
       if (!(v.flags[id] & FLAG_SPECIAL)) always.push(content);
     }
+    this.longestAdded = Math.max(0, ...[...this.added.keys()].map((s) => s.length));
     this.specialPattern = alternation([...this.added.keys()]);
     this.alwaysPattern = alternation(always);
     this.bosToken = v.bosToken || undefined;
@@ -251,13 +253,13 @@ export class Tokenizer {
     end: number,
     allowSpecial: boolean,
   ): number {
-    for (let k = pos; k < end; k++) {
+    // Only the last (longest added token - 1) characters can start an unfinished one.
+    for (let k = Math.max(pos, end - this.longestAdded + 1); k < end; k++) {
       const tail = text.slice(k, end);
       for (const [content, id] of this.added) {
         if (!allowSpecial && this.isSpecial(id)) continue;
         if (content.length > tail.length && content.startsWith(tail)) return k;
       }
-      if (end - k > 64) k = end - 65; // no added token is that long; skip ahead
     }
     return end;
   }
