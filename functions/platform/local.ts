@@ -42,6 +42,15 @@ export interface LocalOptions {
   log?: LogSink;
   renderChat?: ChatRenderer;
   env?: Record<string, string | undefined>;
+  /** Signing secret shared by edge and model function (default: random per process). */
+  secret?: string;
+  /**
+   * Secret the per-tenant snapshot salts derive from. Must be stable across restarts for
+   * snapshots to be found again (default: derived from `secret`).
+   */
+  saltSecret?: string;
+  /** "model": only the model function, on `port` (a deployed model container). Default "both". */
+  role?: "both" | "model";
 }
 
 export interface LocalServer {
@@ -53,7 +62,8 @@ export interface LocalServer {
   /** Key for GET /metrics on both apps. */
   metricsKey: string;
   engine: ModelEngine;
-  edge: EdgeApp;
+  /** null with role "model". */
+  edge: EdgeApp | null;
   model: ModelApp;
   close(): Promise<void>;
 }
@@ -90,15 +100,14 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
             chunkTokens: options.snapshotChunkTokens,
           };
   }
-  // One process: the signing secret and the tenant-salt secret never leave it.
-  const secret = randomHex(32);
+  const secret = options.secret ?? randomHex(32);
   const engine = await createDriverEngine({
     modelId,
     model,
     runtime,
     tokenizer,
     store,
-    saltSecret: randomHex(32),
+    saltSecret: options.saltSecret ?? `salt:${secret}`,
   });
   const metricsKey = `ul-metrics-${randomHex(16)}`;
   const metricsKeySha256 = await sha256Hex(metricsKey);
@@ -120,6 +129,23 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
     keepAliveMs: options.keepAliveMs,
     log: options.log,
   });
+  if (options.role === "model") {
+    const server = await listen(modelApp.app, { port: options.port, hostname: options.hostname });
+    return {
+      url: server.url,
+      modelUrl: server.url,
+      modelId,
+      demoKey: null,
+      metricsKey: keys.metricsKeySha256 === metricsKeySha256 ? metricsKey : "",
+      engine,
+      edge: null,
+      model: modelApp,
+      async close() {
+        await server.close();
+        await engine.close();
+      },
+    };
+  }
   const modelServer = await listen(modelApp.app);
   const template = tokenizer.chatTemplate;
   const renderChat: ChatRenderer =

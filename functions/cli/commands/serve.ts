@@ -1,6 +1,6 @@
 // `ultralong serve`: the edge and the model function on loopback (two Hono apps, signed HTTP
 // between them), with a generated demo model when no --model is given.
-import { mkdir, readFile, rename, rm, stat } from "node:fs/promises";
+import { mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -27,6 +27,12 @@ options:
   --threads N        worker threads for CPU runtimes (default: all cores)
   --runtime NAME     auto|reference|wasm|native-wasm|cuda (default auto)
   --max-positions N  KV positions (default: min(model's context, 131072))
+  --role R           both (default) | model: only the model function, on --port, for a
+                     deployed container; needs ULTRALONG_SIGNING_SECRET (shared with the edge)
+
+environment: ULTRALONG_SIGNING_SECRET (default: random per process with --role both),
+ULTRALONG_SALT_SECRET (per-tenant snapshot salts; default: a random secret kept in the user
+cache directory, so snapshots are found again after a restart).
 `;
 
 /** Demo model: Llama 3.1 vocabulary and tokenizer, 2 tiny layers (random weights, fast on a CPU). */
@@ -69,6 +75,31 @@ export async function demoModelDir(
   return dir;
 }
 
+function untilSignal(): Promise<void> {
+  return new Promise<void>((done) => {
+    const stop = () => {
+      process.off("SIGINT", stop);
+      process.off("SIGTERM", stop);
+      done();
+    };
+    process.on("SIGINT", stop);
+    process.on("SIGTERM", stop);
+  });
+}
+
+/** A random secret made once and kept (mode 0600) in the user cache directory. */
+async function localSaltSecret(env: NodeJS.ProcessEnv): Promise<string> {
+  const file = join(cacheDir(env), "tenant-salt-secret");
+  const existing = await readFile(file, "utf8").catch(() => "");
+  if (existing.trim().length >= 32) return existing.trim();
+  await mkdir(cacheDir(env), { recursive: true });
+  const bytes = new Uint8Array(32);
+  crypto.getRandomValues(bytes);
+  const secret = Buffer.from(bytes).toString("hex");
+  await writeFile(file, secret, { mode: 0o600 });
+  return secret;
+}
+
 function int(name: string, v: string | undefined): number | undefined {
   if (v === undefined) return undefined;
   if (!/^\d+$/.test(v))
@@ -93,6 +124,7 @@ export const command: Command = {
         threads: { type: "string" },
         runtime: { type: "string" },
         "max-positions": { type: "string" },
+        role: { type: "string" },
       },
     });
     const say = (line: string) => io.stderr.write(`${line}\n`);
@@ -108,8 +140,17 @@ export const command: Command = {
         throw new InvalidInputError(`--api-keys ${values["api-keys"]} is not JSON`);
       }
     }
+    const role = values.role ?? "both";
+    if (role !== "both" && role !== "model")
+      throw new InvalidInputError(`--role must be both or model, got '${role}'`);
+    const secret = io.env.ULTRALONG_SIGNING_SECRET;
+    if (role === "model" && !secret)
+      throw new InvalidInputError("--role model needs ULTRALONG_SIGNING_SECRET");
     const t0 = performance.now();
     const server = await startLocal({
+      role,
+      secret,
+      saltSecret: io.env.ULTRALONG_SALT_SECRET || (await localSaltSecret(io.env)),
       modelDir,
       modelId: values.model ? undefined : "ultralong-demo",
       port: int("port", values.port) ?? 8080,
@@ -122,6 +163,14 @@ export const command: Command = {
       env: io.env,
     });
     const info = server.engine.info();
+    if (role === "model") {
+      io.stdout.write(
+        `ultralong model function '${server.modelId}' on ${server.url} (runtime ${info.runtime}, snapshots: ${info.store})\n`,
+      );
+      await untilSignal();
+      await server.close();
+      return 0;
+    }
     const key = server.demoKey ?? "<your key>";
     io.stdout.write(
       [
@@ -136,15 +185,7 @@ export const command: Command = {
         .filter((l) => l !== null)
         .join("\n"),
     );
-    await new Promise<void>((done) => {
-      const stop = () => {
-        process.off("SIGINT", stop);
-        process.off("SIGTERM", stop);
-        done();
-      };
-      process.on("SIGINT", stop);
-      process.on("SIGTERM", stop);
-    });
+    await untilSignal();
     say("shutting down");
     await server.close();
     return 0;
