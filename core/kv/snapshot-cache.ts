@@ -124,9 +124,13 @@ export function createSnapshotCache(opts: SnapshotCacheOptions): SnapshotCache {
   // prefill of n chunks hashes each chunk once (not n^2 / 2 times).
   let memoTokens = new Int32Array(0);
   let memoKeys: Uint8Array[] = [];
+  // The driver hands save() the same prompt array for every chunk: then the memo is known to match
+  // and the O(prompt) comparison is skipped (a 1M-token prompt would otherwise compare 10^6 tokens
+  // per chunk).
+  let memoSource: Int32Array | null = null;
   async function keysFor(tokens: Int32Array, chunks: number): Promise<Uint8Array[]> {
-    let valid = 0;
     const limit = Math.min(chunks, memoKeys.length);
+    let valid = tokens === memoSource ? limit : 0;
     while (valid < limit) {
       const a = tokens.subarray(valid * C, (valid + 1) * C);
       const b = memoTokens.subarray(valid * C, (valid + 1) * C);
@@ -145,9 +149,11 @@ export function createSnapshotCache(opts: SnapshotCacheOptions): SnapshotCache {
         await chainKey(ctx, i === 0 ? null : keys[i - 1], tokens.subarray(i * C, (i + 1) * C)),
       );
     }
-    if (keys.length >= memoKeys.length || valid < memoKeys.length) {
+    // Keep a longer memo that this call only confirmed a prefix of; else remember this prompt.
+    if (!(valid === chunks && chunks < memoKeys.length)) {
       memoTokens = tokens.slice(0, chunks * C);
       memoKeys = keys;
+      memoSource = tokens;
     }
     return keys;
   }
