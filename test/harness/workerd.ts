@@ -35,6 +35,8 @@ export interface WorkerdOptions {
   /** Default "2025-01-01". */
   compatibilityDate?: string;
   compatibilityFlags?: string[];
+  /** Let the worker's fetch() reach loopback and private addresses (a server the test started). */
+  allowLocalNetwork?: boolean;
   /** Milliseconds to wait for the socket. Default 30 s. */
   startTimeoutMs?: number;
 }
@@ -77,7 +79,7 @@ export async function startWorkerd(opts: WorkerdOptions): Promise<WorkerdServer>
   const flags = (opts.compatibilityFlags ?? []).map(capnpString).join(", ");
   const config = `using Workerd = import "/workerd/workerd.capnp";
 const config :Workerd.Config = (
-  services = [(name = "main", worker = .worker)],
+  services = [(name = "main", worker = .worker)${opts.allowLocalNetwork ? ', (name = "internet", network = (allow = ["public", "private", "local"]))' : ""}],
   sockets = [(name = "http", address = "127.0.0.1:0", http = (), service = "main")],
 );
 const worker :Workerd.Worker = (
