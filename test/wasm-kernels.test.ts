@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { createRng } from "../core/engine/sampling.ts";
 import { f32ToBf16 } from "../core/safetensors/dtype.ts";
-import { ensureBuilt, WASM_FILE } from "../wasm/build.mjs";
+import { ensureBuilt, INITIAL_PAGES, WASM_FILE } from "../wasm/build.mjs";
 
 const root = join(import.meta.dirname, "..");
 const u = 2 ** -24;
@@ -51,7 +51,7 @@ function fill(p: number, n: number, r: () => number, scale = 1): Float32Array {
 beforeAll(async () => {
   await ensureBuilt({ root });
   const module = new WebAssembly.Module(readFileSync(join(root, WASM_FILE)));
-  const memory = new WebAssembly.Memory({ initial: 1, maximum: 65536 });
+  const memory = new WebAssembly.Memory({ initial: INITIAL_PAGES, maximum: 65536 });
   const exports = new WebAssembly.Instance(module, { env: { memory } }).exports;
   k = { ...(exports as object), memory } as Kernels;
   top = Math.ceil(k.heap_base() / 64) * 64;
@@ -69,6 +69,7 @@ describe("matmul: SIMD blocked GEMM == scalar reference, for f32, bf16 and int8 
     [7, 256, 131],
     [130, 96, 64],
     [9, 2048, 40], // 8 KiB rows: several L2 row blocks
+    [5, 16416, 3], // K past the packing buffer (16384): the unpacked 4x2 tile
   ];
   for (const format of ["f32", "bf16", "int8"] as const) {
     for (const [T, K, N] of shapes) {

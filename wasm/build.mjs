@@ -7,6 +7,12 @@ import { join } from "node:path";
 
 export const WASM_FILE = "wasm/build/ultralong.wasm";
 
+/**
+ * Pages (64 KiB) every memory given to the module must start with: the module's static data (the
+ * GEMM's 256 KiB packing buffer, wasm/assembly/matmul.ts) lies below heap_base.
+ */
+export const INITIAL_PAGES = 8;
+
 export async function build({ root }) {
   const asc = join(root, "node_modules", "assemblyscript", "bin", "asc.js");
   const outDir = join(root, "wasm", "build");
@@ -30,7 +36,7 @@ export async function build({ root }) {
     "stub",
     "--importMemory",
     "--initialMemory",
-    "1",
+    String(INITIAL_PAGES),
     "--maximumMemory",
     "65536",
   ];

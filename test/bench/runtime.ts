@@ -15,7 +15,7 @@ import { Worker } from "node:worker_threads";
 import type { GenerateOptions } from "../../core/model/generate.ts";
 import { loadModelDir } from "../../core/node/load-model-dir.ts";
 import { makeModelDir } from "../../core/node/make-model.ts";
-import { ensureBuilt } from "../../wasm/build.mjs";
+import { ensureBuilt, INITIAL_PAGES } from "../../wasm/build.mjs";
 import { loadWasmModule } from "../../wasm/src/module.ts";
 import { createWasmRuntime } from "../../wasm/src/runtime.ts";
 
@@ -44,7 +44,7 @@ function best(runs: number, fn: () => number): number {
 }
 
 function instance(module: WebAssembly.Module, bytes: number) {
-  const memory = new WebAssembly.Memory({ initial: 1, maximum: 65536 });
+  const memory = new WebAssembly.Memory({ initial: INITIAL_PAGES, maximum: 65536 });
   const e = new WebAssembly.Instance(module, { env: { memory } }).exports as unknown as Exports;
   const base = Math.ceil(e.heap_base() / 64) * 64;
   memory.grow(Math.ceil((base + bytes) / 65536));
@@ -98,7 +98,7 @@ async function inWorkers(
   const code = `
     const { parentPort, workerData } = require("node:worker_threads");
     const { module, bytes, gate, kind, iters } = workerData;
-    const memory = new WebAssembly.Memory({ initial: 1, maximum: 65536 });
+    const memory = new WebAssembly.Memory({ initial: workerData.pages, maximum: 65536 });
     const e = new WebAssembly.Instance(module, { env: { memory } }).exports;
     const base = Math.ceil(e.heap_base() / 64) * 64;
     if (kind === "read") {
@@ -122,7 +122,7 @@ async function inWorkers(
     Array.from({ length: threads }, () => {
       const w = new Worker(code, {
         eval: true,
-        workerData: { module, bytes, gate, threads, kind, iters: PEAK_ITERS },
+        workerData: { module, bytes, gate, threads, kind, iters: PEAK_ITERS, pages: INITIAL_PAGES },
       });
       return new Promise<number[]>((resolve, reject) => {
         w.once("message", (m) => {

@@ -21,6 +21,7 @@ export interface ShardSpec {
   maxPositions: number;
 }
 
+export const INITIAL_PAGES: number;
 export function matrixBytes(rows: number, cols: number, format: WeightFormat): number;
 export function shardBytes(spec: ShardSpec): {
   weights: number;

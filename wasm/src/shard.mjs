@@ -23,6 +23,9 @@
 const ALIGN = 64;
 const PAGE = 65536;
 const MAX_PAGES = 65536;
+// The module declares 8 initial pages of static data (wasm/build.mjs INITIAL_PAGES); the build
+// script is not importable from a worker bundle, so the number is repeated here.
+export const INITIAL_PAGES = 8;
 const QUANT_ROWS = 64;
 const I8_BLOCK = 32;
 
@@ -71,7 +74,7 @@ export class Shard {
    */
   constructor(module, spec) {
     this.spec = spec;
-    this.memory = new WebAssembly.Memory({ initial: 1, maximum: MAX_PAGES });
+    this.memory = new WebAssembly.Memory({ initial: INITIAL_PAGES, maximum: MAX_PAGES });
     this.k = new WebAssembly.Instance(module, { env: { memory: this.memory } }).exports;
     const { hidden: H, headDim: hd, heads: nh, kvHeads: nkv, ffn: F, vocab: V, layers: L } = spec;
     const f = spec.weightFormat;
