@@ -7,6 +7,7 @@ import { SequenceDriver } from "../core/engine/driver.ts";
 import type { PrefixCache } from "../core/engine/prefix-cache.ts";
 import { createReferenceRuntime } from "../core/engine/reference-runtime.ts";
 import type { Runtime } from "../core/engine/runtime.ts";
+import { chainKeys } from "../core/kv/chain-key.ts";
 import { parseSnapshotHeader } from "../core/kv/format.ts";
 import { S3Store } from "../core/kv/s3-store.ts";
 import { createSnapshotCache, type SnapshotCacheOptions } from "../core/kv/snapshot-cache.ts";
@@ -188,6 +189,35 @@ describe("snapshot cache on a directory store", () => {
     // Without any key configured, encrypted objects are a miss too.
     const none = await generate(tokens, cacheOn(new DirectoryStore(join(dir, "nothing"))));
     expect(none.cachedTokens).toBe(0);
+  });
+});
+
+describe("chain keys through the cache", () => {
+  it("equal freshly computed keys whatever order prompts and prefixes arrive in", async () => {
+    const cache = cacheOn(new DirectoryStore(scratchDir("snap")));
+    const ctx = { modelFingerprint: fingerprint, dtype: "f32" as const, tenantSalt: "tenant-a" };
+    const a = prompt(80, 20);
+    const b = a.slice();
+    b[20] = 499; // differs in chunk 1
+    const calls: [Int32Array, number][] = [
+      [a, 2],
+      [a, 5],
+      [a.subarray(0, 48), 3],
+      [b, 5],
+      [a, 4],
+      [b, 2],
+    ];
+    for (const [tokens, chunks] of calls) {
+      const got = await cache.chainKeys(tokens, chunks);
+      const want = await chainKeys(ctx, tokens, CHUNK, chunks);
+      expect(got.map((k) => Buffer.from(k).toString("hex"))).toEqual(
+        want.map((k) => Buffer.from(k).toString("hex")),
+      );
+    }
+    b[2] = 498; // the same array, changed in place: the cache must not trust its memo blindly
+    expect(Buffer.from((await cache.chainKeys(b, 1))[0]).toString("hex")).toBe(
+      Buffer.from((await chainKeys(ctx, b, CHUNK, 1))[0]).toString("hex"),
+    );
   });
 });
 
