@@ -38,8 +38,10 @@ FLAGS=(-std=c++17 -O2 -Inative/include -Inative/src)
 if [[ $DRY == 1 ]]; then
   BUILD=${UL_CHECK_BUILD:-native/build/gpu-check-dry}
   mkdir -p "$BUILD"
-  echo "gpu-check: building ul_check with the reference kernels only (dry run)" >&2
-  ${CXX:-g++} "${FLAGS[@]}" "${HOST_SRC[@]}" native/src/cuda_stub.cpp -o "$BUILD/ul_check"
+  if [[ ! -x "$BUILD/ul_check" ]] || [[ -n "$(find native/src native/include native/programs -newer "$BUILD/ul_check" -print -quit)" ]]; then
+    echo "gpu-check: building ul_check with the reference kernels only (dry run)" >&2
+    ${CXX:-g++} "${FLAGS[@]}" "${HOST_SRC[@]}" native/src/cuda_stub.cpp -o "$BUILD/ul_check"
+  fi
   exec "$PY" native/scripts/gpu_check.py --bin "$BUILD/ul_check" --work "$BUILD" --dry-run
 fi
 
