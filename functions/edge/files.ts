@@ -71,3 +71,82 @@ export function fileObject(f: StoredFile): Record<string, unknown> {
     tokens: f.tokens,
   };
 }
+
+/** The subset of core/kv's SnapshotStore that files need (any store: directory, S3). */
+export interface ObjectStore {
+  put(key: string, bytes: Uint8Array): Promise<void>;
+  get(key: string): Promise<Uint8Array>;
+  delete(key: string): Promise<void>;
+  list(prefix: string): AsyncIterable<{ key: string }>;
+}
+
+/**
+ * Files in an object store, beside the snapshots: files/<tenant hex>/<id>/{meta.json,text,ids}.
+ * The tenant is hex-encoded so any tenant id is a valid key segment; ids are int32 LE, (n,).
+ */
+export class ObjectFileStore implements FileStore {
+  constructor(readonly store: ObjectStore) {}
+
+  #prefix(tenant: string): string {
+    return `files/${[...new TextEncoder().encode(tenant)].map((b) => b.toString(16).padStart(2, "0")).join("")}/`;
+  }
+
+  #key(tenant: string, id: string, part: string): string | null {
+    // Ids are ours ("file-" + hex); anything else cannot exist and must not reach the store as a key.
+    return /^file-[0-9a-f]{8,64}$/.test(id) ? `${this.#prefix(tenant)}${id}/${part}` : null;
+  }
+
+  async put(r: FileRecord): Promise<void> {
+    const { text, ids, ...meta } = r;
+    const ids8 = new Uint8Array(ids.length * 4);
+    const view = new DataView(ids8.buffer);
+    for (let i = 0; i < ids.length; i++) view.setInt32(i * 4, ids[i], true);
+    await this.store.put(this.#key(r.tenant, r.id, "text")!, new TextEncoder().encode(text));
+    await this.store.put(this.#key(r.tenant, r.id, "ids")!, ids8);
+    // meta.json last: a file is listed only once all of it is stored.
+    await this.store.put(
+      this.#key(r.tenant, r.id, "meta.json")!,
+      new TextEncoder().encode(JSON.stringify(meta)),
+    );
+  }
+
+  async #meta(tenant: string, id: string): Promise<StoredFile | null> {
+    const key = this.#key(tenant, id, "meta.json");
+    if (!key) return null;
+    try {
+      return JSON.parse(new TextDecoder().decode(await this.store.get(key))) as StoredFile;
+    } catch (err) {
+      if ((err as { code?: string }).code === "not_found") return null;
+      throw err;
+    }
+  }
+
+  async get(tenant: string, id: string): Promise<FileRecord | null> {
+    const meta = await this.#meta(tenant, id);
+    if (!meta) return null;
+    const text = new TextDecoder().decode(await this.store.get(this.#key(tenant, id, "text")!));
+    const raw = await this.store.get(this.#key(tenant, id, "ids")!);
+    const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+    const ids = new Int32Array(raw.byteLength / 4);
+    for (let i = 0; i < ids.length; i++) ids[i] = view.getInt32(i * 4, true);
+    return { ...meta, text, ids };
+  }
+
+  async list(tenant: string): Promise<StoredFile[]> {
+    const out: StoredFile[] = [];
+    for await (const o of this.store.list(this.#prefix(tenant))) {
+      if (!o.key.endsWith("/meta.json")) continue;
+      const id = o.key.slice(this.#prefix(tenant).length).split("/")[0];
+      const meta = await this.#meta(tenant, id);
+      if (meta) out.push(meta);
+    }
+    return out.sort((a, b) => a.createdAt - b.createdAt);
+  }
+
+  async delete(tenant: string, id: string): Promise<boolean> {
+    if (!(await this.#meta(tenant, id))) return false;
+    for (const part of ["meta.json", "text", "ids"])
+      await this.store.delete(this.#key(tenant, id, part)!);
+    return true;
+  }
+}

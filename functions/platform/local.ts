@@ -9,6 +9,7 @@ import { loadModelDir } from "../../core/node/load-model-dir.ts";
 import { openStore } from "../../core/node/snapshot-dir.ts";
 import { toHex } from "../../core/protocol/signing.ts";
 import { createEdgeApp, type EdgeApp } from "../edge/app.ts";
+import { ObjectFileStore } from "../edge/files.ts";
 import { DEFAULT_LIMITS, type KeyConfig, sha256Hex } from "../edge/keys.ts";
 import { type ChatRenderer, edgeTextFromTokenizer } from "../edge/tokenizer-text.ts";
 import { createModelApp, type ModelApp } from "../model/app.ts";
@@ -164,6 +165,8 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
     secret,
     keepAliveMs: options.keepAliveMs,
     log: options.log,
+    // Files live beside the snapshots when there is a store (they survive restarts), else in memory.
+    files: store ? new ObjectFileStore(store.store) : undefined,
   });
   const edgeServer = await listen(edge.app, { port: options.port, hostname: options.hostname });
   return {
