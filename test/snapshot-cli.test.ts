@@ -139,6 +139,16 @@ describe("ultralong snapshots on s3rver", () => {
     // Nothing is 7 days old; only the orphan goes.
     const gc = await cli(["snapshots", "gc", "--store", spec, "--orphans"], s3.env);
     expect(gc.out).toMatch(/deleted 1 objects/);
+    // Endpoint by flag instead of environment.
+    const { ULTRALONG_S3_ENDPOINT: endpoint, ...noEndpoint } = s3.env;
+    const flagged = await cli(
+      ["snapshots", "ls", "--store", spec, "--s3-endpoint", endpoint, "--s3-path-style"],
+      {
+        ...noEndpoint,
+        ULTRALONG_S3_ENDPOINT: "",
+      },
+    );
+    expect(flagged.out).toMatch(/4 objects/);
     const all = await cli(["snapshots", "gc", "--store", spec, "--older-than", "0s"], s3.env);
     expect(all.out).toMatch(/deleted 4 objects/);
     expect((await cli(["snapshots", "ls", "--store", spec], s3.env)).out).toMatch(/^0 objects/);

@@ -20,6 +20,8 @@ options:
   --store S         a directory or s3://bucket/prefix (default: $XDG_CACHE_HOME or ~/.cache
                     /ultralong/snapshots; S3 endpoint and path style from ULTRALONG_S3_ENDPOINT or
                     AWS_ENDPOINT_URL_S3 and ULTRALONG_S3_PATH_STYLE, credentials as the AWS SDK)
+  --s3-endpoint URL custom S3 endpoint (overrides ULTRALONG_S3_ENDPOINT)
+  --s3-path-style   path-style addressing (overrides ULTRALONG_S3_PATH_STYLE)
   --prefix P        only keys starting with P (e.g. kv/v1/<model>/<tenant>/ or quarantine/)
   --older-than D    only objects last modified more than D ago: 90s, 30m, 12h, 7d, 2w
   --orphans         (gc) also delete chunks whose previous chunk is absent
@@ -102,6 +104,8 @@ export const command: Command = {
       strict: true,
       options: {
         store: { type: "string" },
+        "s3-endpoint": { type: "string" },
+        "s3-path-style": { type: "boolean" },
         prefix: { type: "string" },
         "older-than": { type: "string" },
         orphans: { type: "boolean" },
@@ -113,7 +117,10 @@ export const command: Command = {
     if (verb !== "ls" && verb !== "rm" && verb !== "gc") {
       throw new InvalidInputError(`expected ls, rm or gc, got '${verb ?? ""}' (see --help)`);
     }
-    const store = openStore(values.store, { env: io.env });
+    const env = { ...io.env };
+    if (values["s3-endpoint"] !== undefined) env.ULTRALONG_S3_ENDPOINT = values["s3-endpoint"];
+    if (values["s3-path-style"]) env.ULTRALONG_S3_PATH_STYLE = "1";
+    const store = openStore(values.store, { env });
     const now = Date.now();
     const olderThan =
       values["older-than"] !== undefined
