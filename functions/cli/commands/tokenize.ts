@@ -9,7 +9,7 @@ import { parseArgs } from "node:util";
 import { renderChat } from "../../../core/chat/index.ts";
 import { InvalidInputError, NotFoundError } from "../../../core/errors.ts";
 import { DirectoryModelFiles } from "../../../core/node/model-files.ts";
-import type { Tokenizer } from "../../../core/tokenizer/index.ts";
+import { Tokenizer } from "../../../core/tokenizer/index.ts";
 import { COMPILED_TOKENIZER_FILE, loadTokenizer } from "../../../core/tokenizer/load.ts";
 import type { Command, CommandIO } from "../command.ts";
 
@@ -39,16 +39,19 @@ export async function loadCliTokenizer(dir: string, cache: boolean): Promise<Tok
   const names = await files.list();
   const tok = await loadTokenizer(files);
   if (cache && names.includes("tokenizer.json")) {
-    const existing = names.includes(COMPILED_TOKENIZER_FILE)
-      ? await files.readBytes(COMPILED_TOKENIZER_FILE)
-      : undefined;
-    const fresh = tok.compile();
-    if (
-      !existing ||
-      existing.length !== fresh.length ||
-      !existing.every((b, i) => b === fresh[i])
-    ) {
-      await writeFile(join(files.name, COMPILED_TOKENIZER_FILE), fresh).catch(() => undefined);
+    let current = false;
+    if (names.includes(COMPILED_TOKENIZER_FILE)) {
+      try {
+        const existing = Tokenizer.fromCompiled(await files.readBytes(COMPILED_TOKENIZER_FILE));
+        current = existing.sourceSha256 === tok.sourceSha256;
+      } catch {
+        // unreadable: replace it
+      }
+    }
+    if (!current) {
+      await writeFile(join(files.name, COMPILED_TOKENIZER_FILE), tok.compile()).catch(
+        () => undefined,
+      );
     }
   }
   return tok;
