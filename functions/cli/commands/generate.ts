@@ -7,6 +7,7 @@
 
 import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
+import { renderChat } from "../../../core/chat/index.ts";
 import { parseMasterKey } from "../../../core/crypto/tenant-key.ts";
 import {
   DEFAULT_CHUNK_TOKENS,
@@ -17,7 +18,7 @@ import {
   SequenceDriver,
 } from "../../../core/engine/driver.ts";
 import { type SamplingOptions, validateSamplingOptions } from "../../../core/engine/sampling.ts";
-import { InvalidInputError, NotAvailableError } from "../../../core/errors.ts";
+import { InvalidInputError } from "../../../core/errors.ts";
 import type { KvDtype } from "../../../core/kv/layout.ts";
 import { createSnapshotCache } from "../../../core/kv/snapshot-cache.ts";
 import type { LoadedModel } from "../../../core/model/weights.ts";
@@ -170,7 +171,11 @@ async function promptTokens(
     if (!tokenizer.chatTemplate) {
       throw new InvalidInputError(`${model.files.name} has no chat_template, so --chat cannot run`);
     }
-    throw new NotAvailableError("--chat needs core/chat, which this checkout does not have yet");
+    const messages = [
+      ...(values.system !== undefined ? [{ role: "system", content: values.system }] : []),
+      { role: "user", content: text },
+    ];
+    return renderChat(tokenizer, tokenizer.chatTemplate, messages, { addGenerationPrompt: true });
   }
   if (values.system !== undefined) throw new InvalidInputError("--system needs --chat");
   const bos = model.config.bosTokenId ?? tokenizer.bosTokenId;
