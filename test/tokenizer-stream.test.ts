@@ -103,6 +103,16 @@ describe("streaming encode equals whole-text encode", () => {
   });
 });
 
+describe("streaming encode of very long pre-tokens", () => {
+  it("a 100 KB run of one letter, or of spaces, fed in 100-character chunks, equals encode", () => {
+    for (const run of ["a".repeat(100_000), " ".repeat(100_000), "\n ".repeat(50_000)]) {
+      const doc = `start ${run}b end`;
+      const cuts = Array.from({ length: Math.floor(doc.length / 100) }, (_, i) => (i + 1) * 100);
+      expect(streamEncode(doc, cuts)).toEqual(Array.from(tok.encode(doc)));
+    }
+  });
+});
+
 describe("streaming decode", () => {
   it("emits exactly decode(ids), never half a character", () => {
     const next = rng(8);

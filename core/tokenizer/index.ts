@@ -163,6 +163,10 @@ export class Tokenizer {
   createEncoder(opts?: EncodeOptions): StreamEncoder {
     const allowSpecial = opts?.allowSpecial === true;
     let carry = "";
+    // When a large unfinished pre-token is held (a megabyte of one letter, or of spaces), rescanning
+    // it on every small push would be quadratic; instead wait until the buffer has doubled. Ids are
+    // never late by more than the text already held, and total scanning stays linear.
+    let scanAt = 0;
     const out = new IdList();
     return {
       get buffered() {
@@ -170,18 +174,24 @@ export class Tokenizer {
       },
       push: (chunk: string) => {
         const text = carry + chunk;
+        if (text.length < scanAt) {
+          carry = text;
+          return new Int32Array(0);
+        }
         // A chunk may end between the two halves of a surrogate pair: hold the high half back.
         const last = text.charCodeAt(text.length - 1);
         const end = last >= 0xd800 && last <= 0xdbff ? text.length - 1 : text.length;
         out.length = 0;
         const done = this.encodeText(text, end, false, allowSpecial, out);
         carry = text.slice(done);
+        scanAt = carry.length > 65536 ? 2 * carry.length : 0;
         return out.take();
       },
       end: () => {
         out.length = 0;
         this.encodeText(carry, carry.length, true, allowSpecial, out);
         carry = "";
+        scanAt = 0;
         return out.take();
       },
     };
