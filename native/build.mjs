@@ -118,8 +118,10 @@ async function buildCuda(dir) {
   const gencode = CUDA_ARCHS.flatMap((a) => ["-gencode", `arch=compute_${a.slice(3)},code=${a}`]);
   const jobs = cudaSources(dir).map((f) => async () => {
     const obj = join(out, f.replace(/\.cu$/, ".o"));
+    // This source, the shared CUDA header and the headers every kernel file includes.
     const inputs = [
-      join(dir, "src/cuda"),
+      join(dir, "src/cuda", f),
+      join(dir, "src/cuda/common.cuh"),
       join(dir, "src/backend.h"),
       join(dir, "src/dtype.h"),
       join(dir, "include"),

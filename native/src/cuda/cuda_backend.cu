@@ -1,7 +1,7 @@
 // The CUDA kernel set behind the Backend vtable (backend.h): bf16 weights and activations, f32
 // residual stream, bf16 or fp8-e4m3 KV cache, one stream. Projections go to cuBLASLt when the
-// library loads (cublaslt.cu), else to our tensor-core GEMM (gemm.cu). Host <-> device copies of KV
-// ranges go through a pinned staging buffer (2D copies: one per layer and K|V).
+// library loads (cublaslt.cu), else to our tensor-core GEMM (gemm.cu). Every host <-> device copy
+// (weights, KV export/import, logits) goes through two pinned staging halves, double-buffered.
 #include <algorithm>
 #include <cstring>
 
@@ -15,6 +15,8 @@ class CudaBackend final : public Backend {
  public:
   ~CudaBackend() override {
     cublaslt_close(lt_);
+    for (cudaEvent_t ev : half_free_)
+      if (ev) cudaEventDestroy(ev);
     if (staging_) cudaFreeHost(staging_);
     if (workspace_) cudaFree(workspace_);
     if (tokens_) cudaFree(tokens_);
@@ -54,27 +56,48 @@ class CudaBackend final : public Backend {
   }
   void release(void* p) override { cudaFree(p); }
 
+  // Host <-> device through two pinned staging halves of kPiece bytes: the host memcpy of one piece
+  // overlaps the DMA of the other (events say when a half is free again). Pieces keep the pinned
+  // footprint at 2 x 64 MiB whatever the transfer (an 8B embedding is 1 GiB in bf16).
   Status upload(void* dst, const void* src, size_t bytes) override {
-    return upload_2d(dst, bytes, src, bytes, 1);
+    UL_TRY(ensure_staging());
+    for (size_t at = 0, k = 0; at < bytes; at += kPiece, ++k) {
+      size_t m = std::min(kPiece, bytes - at);
+      char* half = half_ptr(k);
+      UL_CUDA(cudaEventSynchronize(half_free_[k % 2]));  // the DMA that last read this half is done
+      std::memcpy(half, static_cast<const char*>(src) + at, m);
+      UL_CUDA(cudaMemcpyAsync(static_cast<char*>(dst) + at, half, m, cudaMemcpyHostToDevice, stream_));
+      UL_CUDA(cudaEventRecord(half_free_[k % 2], stream_));
+    }
+    UL_CUDA(cudaStreamSynchronize(stream_));
+    return Status::Ok();
   }
   Status download(void* dst, const void* src, size_t bytes) override {
-    return download_2d(dst, src, bytes, bytes, 1);
+    UL_TRY(ensure_staging());
+    size_t pieces = (bytes + kPiece - 1) / kPiece;
+    for (size_t k = 0; k <= pieces; ++k) {
+      if (k < pieces) {  // queue piece k (ordered after the compute that produced it: same stream)
+        size_t at = k * kPiece, m = std::min(kPiece, bytes - at);
+        UL_CUDA(cudaMemcpyAsync(half_ptr(k), static_cast<const char*>(src) + at, m, cudaMemcpyDeviceToHost, stream_));
+        UL_CUDA(cudaEventRecord(half_free_[k % 2], stream_));
+      }
+      if (k > 0) {  // while it runs, copy out piece k - 1
+        size_t j = k - 1, at = j * kPiece, m = std::min(kPiece, bytes - at);
+        UL_CUDA(cudaEventSynchronize(half_free_[j % 2]));
+        std::memcpy(static_cast<char*>(dst) + at, half_ptr(j), m);
+      }
+    }
+    return Status::Ok();
   }
+  // Rows of a (kv_head, max_pos, head_dim) slice: one 1D transfer per row (8 per layer and K|V).
   Status download_2d(void* dst, const void* src, size_t pitch, size_t width, size_t height) override {
-    size_t bytes = width * height;
-    UL_TRY(grow_staging(bytes));
-    UL_CUDA(cudaMemcpy2DAsync(staging_, width, src, pitch, width, height, cudaMemcpyDeviceToHost, stream_));
-    UL_CUDA(cudaStreamSynchronize(stream_));
-    std::memcpy(dst, staging_, bytes);
+    for (size_t r = 0; r < height; ++r)
+      UL_TRY(download(static_cast<char*>(dst) + r * width, static_cast<const char*>(src) + r * pitch, width));
     return Status::Ok();
   }
   Status upload_2d(void* dst, size_t pitch, const void* src, size_t width, size_t height) override {
-    size_t bytes = width * height;
-    UL_TRY(grow_staging(bytes));
-    UL_CUDA(cudaStreamSynchronize(stream_));  // the previous upload has left the staging buffer
-    std::memcpy(staging_, src, bytes);
-    UL_CUDA(cudaMemcpy2DAsync(dst, pitch, staging_, width, width, height, cudaMemcpyHostToDevice, stream_));
-    UL_CUDA(cudaStreamSynchronize(stream_));
+    for (size_t r = 0; r < height; ++r)
+      UL_TRY(upload(static_cast<char*>(dst) + r * pitch, static_cast<const char*>(src) + r * width, width));
     return Status::Ok();
   }
   Status memory_info(uint64_t* free_bytes, uint64_t* total_bytes) override {
@@ -135,21 +158,24 @@ class CudaBackend final : public Backend {
   }
 
  private:
-  Status grow_staging(size_t bytes) {
-    if (bytes <= staging_cap_) return Status::Ok();
-    UL_CUDA(cudaStreamSynchronize(stream_));
-    if (staging_) UL_CUDA(cudaFreeHost(staging_));
-    staging_ = nullptr;
-    size_t cap = std::max(bytes, size_t{1} << 20);
-    UL_CUDA(cudaHostAlloc(&staging_, cap, cudaHostAllocDefault));
-    staging_cap_ = cap;
+  static constexpr size_t kPiece = size_t{64} << 20;
+
+  char* half_ptr(size_t k) const { return static_cast<char*>(staging_) + (k % 2) * kPiece; }
+
+  Status ensure_staging() {
+    if (staging_) return Status::Ok();
+    UL_CUDA(cudaHostAlloc(&staging_, 2 * kPiece, cudaHostAllocDefault));
+    for (cudaEvent_t& ev : half_free_) {
+      UL_CUDA(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+      UL_CUDA(cudaEventRecord(ev, stream_));
+    }
     return Status::Ok();
   }
 
   cudaStream_t stream_ = nullptr;
   CublasLt* lt_ = nullptr;
-  void* staging_ = nullptr;  // pinned host memory for every host <-> device copy
-  size_t staging_cap_ = 0;
+  void* staging_ = nullptr;  // pinned host memory, two halves of kPiece, for every host <-> device copy
+  cudaEvent_t half_free_[2] = {nullptr, nullptr};
   float* workspace_ = nullptr;  // split-KV partials
   size_t workspace_cap_ = 0;
   int32_t* tokens_ = nullptr;  // (rows) token ids for embed
