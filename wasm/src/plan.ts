@@ -1,8 +1,8 @@
 // How a model is cut into shards (one per thread), Megatron-style: each shard gets a contiguous
 // range of KV heads with their query heads, a contiguous range of FFN columns and of vocab rows.
-import { InvalidInputError, NotAvailableError } from "../../core/errors.ts";
+import { InvalidInputError, LimitError, NotAvailableError } from "../../core/errors.ts";
 import type { ModelConfig } from "../../core/model/config-types.ts";
-import type { ShardSpec, WeightFormat } from "./shard.mjs";
+import { type ShardSpec, shardBytes, type WeightFormat } from "./shard.mjs";
 
 export interface Range {
   start: number;
@@ -78,4 +78,35 @@ export function planShards(
       vocab: vocab[i].end - vocab[i].start,
     },
   }));
+}
+
+/** One WebAssembly memory holds at most 4 GiB; keep 1 MiB for the module's own static data. */
+export const MEMORY_LIMIT = 2 ** 32 - 2 ** 20;
+
+/**
+ * Checks every shard's weights and activations fit one memory (LimitError naming the way out if
+ * not), sets each spec's maxPositions to what the fullest shard can hold (at most `requested`),
+ * and returns it with the shards' total weight bytes.
+ */
+export function fitMemory(
+  plans: ShardPlan[],
+  requested: number,
+): { maxPositions: number; weightBytes: number } {
+  let fit = Number.POSITIVE_INFINITY;
+  let weightBytes = 0;
+  for (const p of plans) {
+    const b = shardBytes(p.spec);
+    weightBytes += b.weights;
+    const room = MEMORY_LIMIT - b.weights - b.activations;
+    if (room <= 0) {
+      throw new LimitError(
+        `a shard's weights (${b.weights} bytes) do not fit one 4 GiB WebAssembly memory with ` +
+          `${plans.length} thread(s): use more threads or bf16/int8 weights`,
+      );
+    }
+    if (b.kvPerPosition > 0) fit = Math.min(fit, Math.floor(room / b.kvPerPosition));
+  }
+  const maxPositions = Math.min(requested, fit);
+  for (const p of plans) p.spec.maxPositions = maxPositions;
+  return { maxPositions, weightBytes };
 }

@@ -28,17 +28,14 @@ import { decodeTo16, decodeToF32 } from "../../core/safetensors/dtype.ts";
 import { loadShardWeights } from "./load-weights.ts";
 import { LocalShards } from "./local-shards.ts";
 import { loadWasmModule, wasmUnavailableReason } from "./module.ts";
-import { checkShapes, MAX_BATCH, planShards, type ShardPlan } from "./plan.ts";
-import { shardBytes, type WeightFormat } from "./shard.mjs";
+import { checkShapes, fitMemory, MAX_BATCH, planShards, type ShardPlan } from "./plan.ts";
+import type { WeightFormat } from "./shard.mjs";
 import type { ShardSet } from "./shard-set.ts";
 
 export interface WasmRuntimeOptions extends RuntimeOptions {
   /** The compiled kernels; default: wasm/build/ultralong.wasm (Node only). */
   wasmModule?: WebAssembly.Module;
 }
-
-/** One WebAssembly memory holds at most 4 GiB; keep 64 KiB for the module's own data. */
-const MEMORY_LIMIT = 2 ** 32 - 65536;
 
 function onNode(): boolean {
   return typeof process !== "undefined" && typeof process.versions?.node === "string";
@@ -84,23 +81,9 @@ export async function createWasmRuntime(options: WasmRuntimeOptions): Promise<Ru
     maxPositions: requested,
   } as const;
   const plans = planShards(config, threads, base);
-  // The positions the fullest shard's memory can hold after its weights and activations.
-  let fit = Number.POSITIVE_INFINITY;
-  let weightBytes = 0;
-  for (const p of plans) {
-    const b = shardBytes(p.spec);
-    weightBytes += b.weights;
-    const room = MEMORY_LIMIT - b.weights - b.activations;
-    if (room <= 0) {
-      throw new LimitError(
-        `a shard's weights (${b.weights} bytes) do not fit one 4 GiB WebAssembly memory with ` +
-          `${threads} thread(s): use more threads or bf16/int8 weights`,
-      );
-    }
-    if (b.kvPerPosition > 0) fit = Math.min(fit, Math.floor(room / b.kvPerPosition));
-  }
-  const maxPositions = Math.min(requested, fit);
-  for (const p of plans) p.spec.maxPositions = maxPositions;
+  const fit = fitMemory(plans, requested);
+  const maxPositions = fit.maxPositions;
+  let weightBytes = fit.weightBytes;
 
   const module = options.wasmModule ?? (await loadWasmModule());
   let shards: ShardSet;
