@@ -5,11 +5,13 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { PassThrough, Writable } from "node:stream";
 import { beforeAll, describe, expect, it } from "vitest";
+import { renderChat } from "../core/chat/index.ts";
 import { createReferenceRuntime } from "../core/engine/reference-runtime.ts";
 import { argmax } from "../core/engine/sampling.ts";
+import type { LoadedModel } from "../core/model/weights.ts";
 import { loadModelDir } from "../core/node/load-model-dir.ts";
 import type { Tokenizer } from "../core/tokenizer/index.ts";
-import { loadTokenizer } from "../core/tokenizer/load.ts";
+import { COMPILED_TOKENIZER_FILE, loadTokenizer } from "../core/tokenizer/load.ts";
 import { main } from "../functions/cli/main.ts";
 import { scratchDir, TINY, testModelDir } from "./support/models.ts";
 
@@ -33,22 +35,29 @@ async function run(args: string[]) {
 const PROMPT = "Once upon a time";
 let dir: string;
 let tokenizer: Tokenizer;
-let greedyText: string; // 6 greedy tokens, decoded
+let model: LoadedModel;
+let greedyText: string; // 6 greedy tokens after BOS + PROMPT, decoded
+
+/** Greedy decoding by hand on the reference runtime, decoded by the tokenizer. */
+async function greedyByHand(prompt: Int32Array, n: number): Promise<string> {
+  const runtime = await createReferenceRuntime({ model, maxPositions: prompt.length + n });
+  let logits = await runtime.forward(prompt);
+  const ids: number[] = [];
+  for (let i = 0; i < n; i++) {
+    ids.push(argmax(logits));
+    if (i + 1 < n) logits = await runtime.forward(Int32Array.of(ids[i]));
+  }
+  return tokenizer.decode(ids, { skipSpecialTokens: true });
+}
 
 beforeAll(async () => {
   dir = await testModelDir(TINY);
-  const model = await loadModelDir(dir);
+  model = await loadModelDir(dir);
   tokenizer = await loadTokenizer(model.files);
-  const runtime = await createReferenceRuntime({ model, maxPositions: 64 });
-  let logits = await runtime.forward(
-    Int32Array.from([model.config.bosTokenId!, ...tokenizer.encode(PROMPT)]),
-  );
-  const ids: number[] = [];
-  for (let i = 0; i < 6; i++) {
-    ids.push(argmax(logits));
-    logits = await runtime.forward(Int32Array.of(ids[i]));
-  }
-  greedyText = tokenizer.decode(ids, { skipSpecialTokens: true });
+  // Every CLI run then loads the compiled vocabulary instead of parsing tokenizer.json.
+  writeFileSync(join(dir, COMPILED_TOKENIZER_FILE), tokenizer.compile());
+  const ids = Int32Array.from([model.config.bosTokenId!, ...tokenizer.encode(PROMPT)]);
+  greedyText = await greedyByHand(ids, 6);
 });
 
 describe("ultralong generate", () => {
@@ -72,6 +81,30 @@ describe("ultralong generate", () => {
     expect(lines.at(-1)).toMatch(
       /^\[reference\] prompt \d+ tokens .* 6 generated .* finish: length$/,
     );
+  });
+
+  it("with --chat, continues the chat template's rendering of a system and a user message", async () => {
+    const ids = renderChat(
+      tokenizer,
+      tokenizer.chatTemplate!,
+      [
+        { role: "system", content: "Be brief." },
+        { role: "user", content: PROMPT },
+      ],
+      { addGenerationPrompt: true },
+    );
+    const want = await greedyByHand(ids, 6);
+    const r = await run([
+      "--model",
+      dir,
+      "--prompt",
+      PROMPT,
+      "--chat",
+      "--system",
+      "Be brief.",
+      ...greedy,
+    ]);
+    expect(r.stdout).toBe(`${want}\n`);
   });
 
   it("cuts the output at a --stop string", async () => {
