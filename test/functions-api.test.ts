@@ -42,6 +42,8 @@ beforeAll(async () => {
     snapshotChunkTokens: 32,
     maxPositions: 4096,
     keys,
+    keepAliveMs: 100,
+    warmStepTokens: 1024,
     log: (line) => logs.push(line),
   });
 });
@@ -584,6 +586,52 @@ describe("streaming and cancellation", () => {
     });
     expect(body.usage?.prompt_tokens).toBe(same.usage?.prompt_tokens);
     expect(body.choices[0].text).toBe(same.choices[0].text);
+  });
+
+  it("an upload's answer starts before the upload ends, with keep-alive comments meanwhile", async () => {
+    const enc = new TextEncoder();
+    let sendRest: () => void = () => {};
+    const rest = new Promise<void>((r) => {
+      sendRest = r;
+    });
+    const body = new ReadableStream<Uint8Array>({
+      async start(c) {
+        c.enqueue(enc.encode("The first half of a document. ".repeat(400)));
+        await rest; // held open until the client has seen the stream start
+        c.enqueue(enc.encode("The second half."));
+        c.close();
+      },
+    });
+    const res = await fetch(
+      `${s.url}/v1/completions/text?max_tokens=2&temperature=0&stream=true&progress=true`,
+      {
+        method: "POST",
+        headers: { authorization: `Bearer ${KEY_A}`, "content-type": "text/plain" },
+        body,
+        duplex: "half",
+      } as RequestInit,
+    );
+    expect(res.status).toBe(200);
+    const reader = res.body!.getReader();
+    const dec = new TextDecoder();
+    let text = "";
+    // Progress (warm prefills of the first ~2.8K tokens, every 1024) and keep-alives arrive while the upload is open.
+    while (!(text.includes(": keep-alive") && text.includes('"progress"'))) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += dec.decode(value, { stream: true });
+    }
+    expect(text).toContain(": keep-alive");
+    expect(text).toMatch(/"prompt_tokens_total":null/);
+    sendRest();
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += dec.decode(value, { stream: true });
+    }
+    expect(text).toContain("data: [DONE]");
+    const usage = text.split("\n\n").filter((l) => l.includes('"finish_reason":"length"'));
+    expect(usage).toHaveLength(1);
   });
 
   it("a client that disconnects cancels the model function's work", async () => {

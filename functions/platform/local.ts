@@ -50,6 +50,8 @@ export interface LocalOptions {
    * snapshots to be found again (default: derived from `secret`).
    */
   saltSecret?: string;
+  /** Streamed prompts: tokens between warm prefills (default 4096; functions/model/driver-engine.ts). */
+  warmStepTokens?: number;
   /** "model": only the model function, on `port` (a deployed model container). Default "both". */
   role?: "both" | "model";
 }
@@ -109,6 +111,7 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
     tokenizer,
     store,
     saltSecret: options.saltSecret ?? `salt:${secret}`,
+    warmStepTokens: options.warmStepTokens,
   });
   const metricsKey = `ul-metrics-${randomHex(16)}`;
   const metricsKeySha256 = await sha256Hex(metricsKey);
