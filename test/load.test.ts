@@ -11,7 +11,7 @@ import { type LocalServer, startLocal } from "../functions/platform/local.ts";
 import { testModelDir } from "./support/models.ts";
 
 const CLIENTS = 32;
-const LOAD_SECONDS = Number(process.env.LOAD_SECONDS ?? 8);
+const LOAD_SECONDS = Number(process.env.LOAD_SECONDS ?? 5);
 const KEY = "load-test-key-0123456789";
 let s: LocalServer;
 
