@@ -15,8 +15,8 @@ import type { SnapshotLogger, SnapshotStore } from "../core/kv/store.ts";
 import type { LoadedModel } from "../core/model/weights.ts";
 import { DirectoryStore } from "../core/node/snapshot-dir.ts";
 import { runtimes } from "../functions/runtimes.ts";
-import { type FaultProxy, randomFaults, startFaultProxy } from "./harness/fault-proxy.ts";
-import { type S3Server, startS3, storeOptions } from "./harness/s3.ts";
+import { type FaultProxy, randomFaults, startS3BehindProxy } from "./harness/fault-proxy.ts";
+import { type S3Server, storeOptions } from "./harness/s3.ts";
 import { loadTestModel, SMALL_VOCAB, scratchDir } from "./support/models.ts";
 
 const CHUNK = 16;
@@ -249,14 +249,11 @@ describe("runtime-neutral snapshots", () => {
 describe("snapshot cache on s3rver behind the fault proxy", () => {
   let s3: S3Server;
   let proxy: FaultProxy;
+  let stop: () => Promise<void>;
   beforeAll(async () => {
-    s3 = await startS3();
-    proxy = await startFaultProxy({ target: s3.endpoint });
+    ({ s3, proxy, close: stop } = await startS3BehindProxy());
   });
-  afterAll(async () => {
-    await proxy?.close();
-    await s3?.close();
-  });
+  afterAll(() => stop?.());
   const s3store = (prefix: string) =>
     new S3Store({
       ...storeOptions(s3, proxy.endpoint),

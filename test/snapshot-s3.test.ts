@@ -3,8 +3,13 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { NotFoundError } from "../core/errors.ts";
 import { S3Store, type S3StoreOptions } from "../core/kv/s3-store.ts";
 import { openStore } from "../core/node/snapshot-dir.ts";
-import { type FaultProxy, firstN, randomFaults, startFaultProxy } from "./harness/fault-proxy.ts";
-import { type S3Server, startS3, storeOptions } from "./harness/s3.ts";
+import {
+  type FaultProxy,
+  firstN,
+  randomFaults,
+  startS3BehindProxy,
+} from "./harness/fault-proxy.ts";
+import { type S3Server, storeOptions } from "./harness/s3.ts";
 
 const MiB = 1 << 20;
 let s3: S3Server;
@@ -34,14 +39,11 @@ function store(endpoint: string, extra: Partial<S3StoreOptions> = {}): S3Store {
   });
 }
 
+let stop: () => Promise<void>;
 beforeAll(async () => {
-  s3 = await startS3();
-  proxy = await startFaultProxy({ target: s3.endpoint });
+  ({ s3, proxy, close: stop } = await startS3BehindProxy());
 });
-afterAll(async () => {
-  await proxy?.close();
-  await s3?.close();
-});
+afterAll(() => stop?.());
 
 describe("S3Store on s3rver", () => {
   it("puts, gets whole and ranged, heads, lists, moves and deletes", async () => {

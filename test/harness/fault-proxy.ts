@@ -11,6 +11,8 @@
 // Body faults apply only to exchanges that carry a body; `injected` counts faults actually applied.
 import http from "node:http";
 import type { AddressInfo } from "node:net";
+import { rng } from "../fixtures/tokenizer/corpus.ts";
+import { type S3Server, startS3 } from "./s3.ts";
 
 export type Fault =
   | { kind: "status"; status?: number; code?: string }
@@ -43,16 +45,7 @@ export interface FaultProxy {
 }
 
 /** A deterministic PRNG (mulberry32) so a failing schedule can be replayed from its seed. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export const seededRandom = rng;
 
 /** Each request matching `when` gets a fault with probability `rate`, drawn from `faults`. */
 export function randomFaults(opts: {
@@ -219,6 +212,24 @@ export async function startFaultProxy(opts: {
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
       agent.destroy();
+    },
+  };
+}
+
+/** s3rver with a fault proxy in front, for suites that need both; close() stops both. */
+export async function startS3BehindProxy(): Promise<{
+  s3: S3Server;
+  proxy: FaultProxy;
+  close(): Promise<void>;
+}> {
+  const s3 = await startS3();
+  const proxy = await startFaultProxy({ target: s3.endpoint });
+  return {
+    s3,
+    proxy,
+    async close() {
+      await proxy.close();
+      await s3.close();
     },
   };
 }
