@@ -14,6 +14,10 @@
 import { InvalidInputError } from "../errors.ts";
 import { hmac, SignatureError } from "./signing.ts";
 
+/** The model function's route and body type for a framed generate request. */
+export const GENERATE_PATH = "/v1/generate";
+export const FRAMES_CONTENT_TYPE = "application/x-ultralong-frames";
+
 export const FRAME_HEADER = 1;
 export const FRAME_TOKENS = 2;
 export const FRAME_END = 3;

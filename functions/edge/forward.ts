@@ -4,13 +4,10 @@
 // cancelled request and stops generating.
 import { UltralongError } from "../../core/errors.ts";
 import { type ModelEvent, parseSse } from "../../core/protocol/events.ts";
-import { frameStream } from "../../core/protocol/frames.ts";
+import { FRAMES_CONTENT_TYPE, frameStream, GENERATE_PATH } from "../../core/protocol/frames.ts";
 import type { GenerateHeader } from "../../core/protocol/header.ts";
 import { signRequest } from "../../core/protocol/signing.ts";
 import { describeError, RateLimitError } from "../platform/http-errors.ts";
-
-export const GENERATE_PATH = "/v1/generate";
-export const FRAMES_CONTENT_TYPE = "application/x-ultralong-frames";
 
 /** The model function failed in a way the client did not cause (HTTP 502 unless it says otherwise). */
 export class UpstreamError extends UltralongError {

@@ -13,7 +13,9 @@ import {
   FRAME_END,
   FRAME_HEADER,
   FRAME_TOKENS,
+  FRAMES_CONTENT_TYPE,
   type Frame,
+  GENERATE_PATH,
   readFrames,
 } from "../../core/protocol/frames.ts";
 import { type GenerateHeader, parseGenerateHeader } from "../../core/protocol/header.ts";
@@ -33,9 +35,6 @@ const yieldToEventLoop: () => Promise<void> =
   typeof setImmediate === "function"
     ? () => new Promise((resolve) => setImmediate(resolve))
     : () => new Promise((resolve) => setTimeout(resolve, 0));
-
-export const FRAMES_CONTENT_TYPE = "application/x-ultralong-frames";
-export const GENERATE_PATH = "/v1/generate";
 
 export interface ModelAppOptions {
   engine: ModelEngine;
