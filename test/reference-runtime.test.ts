@@ -71,6 +71,22 @@ describe("reference runtime", () => {
     await expect(b.importKv(new Uint8Array(0), 0, "fp8-e4m3")).rejects.toThrow(NotAvailableError);
   });
 
+  it("with weightFormat bf16 computes what a bf16 checkpoint of the same weights gives", async () => {
+    // The generator writes bf16 files as the round-to-nearest-even of its f32 values.
+    const tokens = suiteTokens(40, 512);
+    const rounded = await createReferenceRuntime({
+      model: await loadTestModel(SMALL_VOCAB),
+      weightFormat: "bf16",
+    });
+    const bf16File = await createReferenceRuntime({
+      model: await loadTestModel({ ...SMALL_VOCAB, dtype: "bf16" }),
+    });
+    const plain = await createReferenceRuntime({ model: await loadTestModel(SMALL_VOCAB) });
+    const a = await rounded.forward(tokens);
+    expect(Array.from(a)).toEqual(Array.from(await bf16File.forward(tokens)));
+    expect(relativeError(a, await plain.forward(tokens))).toBeGreaterThan(0);
+  });
+
   it("refuses KV and weight formats it does not have", async () => {
     const model = await loadTestModel(SMALL_VOCAB);
     await expect(createReferenceRuntime({ model, kvDtype: "fp8-e4m3" })).rejects.toThrow(
