@@ -59,7 +59,7 @@ export class Tokenizer {
   readonly chatTemplate: string | undefined;
   readonly bosToken: string | undefined;
   readonly eosToken: string | undefined;
-  /** SHA-256 (hex) of the tokenizer.json this tokenizer was built from. */
+  /** SHA-256 (hex) of the tokenizer.json + tokenizer_config.json it was built from (`sourceBytes`). */
   readonly sourceSha256: string;
 
   private readonly bpe: BpeModel;
