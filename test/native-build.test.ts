@@ -74,4 +74,24 @@ describe.skipIf(!hasNvcc)("native CUDA build (nvcc, no GPU needed)", () => {
     await addonRuntime.close();
     await ref.close();
   });
+
+  it("runs forward on a worker thread: the engine refuses other calls meanwhile, close waits", async () => {
+    const model = await loadTestModel({ ...SMALL_VOCAB, rope: "yarn" });
+    const rt = await createNativeRuntime(
+      loadAddonHost(addonPath),
+      { ...NATIVE_WASM_SPEC, name: "native-addon-reference" },
+      { model, maxPositions: 64 },
+    );
+    const tokens = Int32Array.from({ length: 40 }, (_, i) => (i * 17) % 512);
+    // forward() queues the work before it returns its promise; the completion cannot run until the
+    // event loop turns, so the engine is busy right now, deterministically.
+    const running = rt.forward(tokens.subarray(0, 20));
+    expect(() => rt.position).toThrow(/busy/);
+    expect((await running).length).toBe(512);
+    expect(rt.position).toBe(20);
+    // close() during a forward: the engine is destroyed when the work completes, not under it.
+    const second = rt.forward(tokens.subarray(20));
+    await rt.close();
+    expect((await second).length).toBe(512);
+  });
 });

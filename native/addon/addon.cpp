@@ -2,9 +2,12 @@
 // Thin by design: check argument types, call the ABI, convert results; every failure throws an
 // Error whose `status` is the ul_status number (native/ts/addon-host.ts maps it to typed errors).
 // The engine handle is an external with a finalizer, so a forgotten close still frees the GPU.
+// forwardAsync runs the forward pass on a libuv worker thread (a 4096-token GPU chunk must not
+// block the event loop); while it runs the engine is busy and every other call on it is refused.
 #include <node_api.h>
 
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -15,6 +18,8 @@ namespace {
 struct Handle {
   ul_engine* engine = nullptr;
   int32_t vocab = 0;
+  bool busy = false;          // a forwardAsync is running on a worker thread
+  bool destroy_after = false;  // destroy() came while busy: done when the work completes
 };
 
 napi_value throw_status(napi_env env, ul_status st, const std::string& message) {
@@ -41,11 +46,24 @@ napi_value throw_type(napi_env env, const char* what) {
 bool get_i32(napi_env env, napi_value v, int32_t* out) { return napi_get_value_int32(env, v, out) == napi_ok; }
 bool get_f64(napi_env env, napi_value v, double* out) { return napi_get_value_double(env, v, out) == napi_ok; }
 
+/** The engine behind an external, or nullptr (closed, not an engine, or busy: a JS exception is
+ *  pending for busy). */
 Handle* get_handle(napi_env env, napi_value v) {
   void* p = nullptr;
   if (napi_get_value_external(env, v, &p) != napi_ok) return nullptr;
   Handle* h = static_cast<Handle*>(p);
+  if (h && h->busy) {
+    throw_status(env, UL_ERR_STATE, "engine is busy: a forward pass is running");
+    return nullptr;
+  }
   return h && h->engine ? h : nullptr;
+}
+
+/** After a get_handle failure: throws the type error unless get_handle already threw. */
+napi_value no_handle(napi_env env, const char* what) {
+  bool pending = false;
+  napi_is_exception_pending(env, &pending);
+  return pending ? nullptr : throw_type(env, what);
 }
 
 bool typed_array(napi_env env, napi_value v, void** data, size_t* bytes) {
@@ -142,7 +160,7 @@ napi_value Create(napi_env env, napi_callback_info info) {
 napi_value SetTensor(napi_env env, napi_callback_info info) {
   ARGS(5);
   Handle* h = get_handle(env, argv[0]);
-  if (!h) return throw_type(env, "closed or invalid engine");
+  if (!h) return no_handle(env, "closed or invalid engine");
   size_t len = 0;
   napi_get_value_string_utf8(env, argv[1], nullptr, 0, &len);
   std::string name(len, '\0');
@@ -161,7 +179,7 @@ napi_value SetTensor(napi_env env, napi_callback_info info) {
   size_t bytes = 0;
   int32_t dtype;
   if (!typed_array(env, argv[3], &data, &bytes) || !get_i32(env, argv[4], &dtype))
-    return throw_type(env, "setTensor(h, name, shape, typedArray, dtype)");
+    return no_handle(env, "setTensor(h, name, shape, typedArray, dtype)");
   return check(env, h, ul_engine_set_tensor(h->engine, name.c_str(), static_cast<ul_dtype>(dtype), shape.data(),
                                             static_cast<int32_t>(nd), data));
 }
@@ -169,7 +187,7 @@ napi_value SetTensor(napi_env env, napi_callback_info info) {
 napi_value Ready(napi_env env, napi_callback_info info) {
   ARGS(1);
   Handle* h = get_handle(env, argv[0]);
-  if (!h) return throw_type(env, "closed or invalid engine");
+  if (!h) return no_handle(env, "closed or invalid engine");
   return check(env, h, ul_engine_ready(h->engine));
 }
 
@@ -180,7 +198,7 @@ napi_value Forward(napi_env env, napi_callback_info info) {
   void* tokens = nullptr;
   size_t bytes = 0;
   bool want = false;
-  if (!h || !typed_array(env, argv[1], &tokens, &bytes)) return throw_type(env, "forward(h, Int32Array, bool)");
+  if (!h || !typed_array(env, argv[1], &tokens, &bytes)) return no_handle(env, "forward(h, Int32Array, bool)");
   napi_get_value_bool(env, argv[2], &want);
   napi_value out = nullptr;
   float* logits = nullptr;
@@ -206,7 +224,7 @@ napi_value Sample(napi_env env, napi_callback_info info) {
   uint64_t seed = 0;
   bool lossless = false;
   if (!h || !get_f64(env, argv[1], &t) || napi_get_value_bigint_uint64(env, argv[2], &seed, &lossless) != napi_ok)
-    return throw_type(env, "sample(h, temperature, bigint seed)");
+    return no_handle(env, "sample(h, temperature, bigint seed)");
   int32_t token = 0;
   ul_status st = ul_engine_sample(h->engine, static_cast<float>(t), seed, &token);
   if (st != UL_OK) return throw_status(env, st, ul_engine_last_error(h->engine));
@@ -218,7 +236,7 @@ napi_value Sample(napi_env env, napi_callback_info info) {
 napi_value Position(napi_env env, napi_callback_info info) {
   ARGS(1);
   Handle* h = get_handle(env, argv[0]);
-  if (!h) return throw_type(env, "closed or invalid engine");
+  if (!h) return no_handle(env, "closed or invalid engine");
   napi_value out;
   napi_create_int32(env, ul_engine_position(h->engine), &out);
   return out;
@@ -228,7 +246,7 @@ napi_value Truncate(napi_env env, napi_callback_info info) {
   ARGS(2);
   Handle* h = get_handle(env, argv[0]);
   int32_t p;
-  if (!h || !get_i32(env, argv[1], &p)) return throw_type(env, "truncate(h, position)");
+  if (!h || !get_i32(env, argv[1], &p)) return no_handle(env, "truncate(h, position)");
   return check(env, h, ul_engine_truncate(h->engine, p));
 }
 
@@ -240,7 +258,7 @@ napi_value ExportKv(napi_env env, napi_callback_info info) {
   double bytes;
   if (!h || !get_i32(env, argv[1], &s) || !get_i32(env, argv[2], &e) || !get_i32(env, argv[3], &dt) ||
       !get_f64(env, argv[4], &bytes))
-    return throw_type(env, "exportKv(h, start, end, dtype, bytes)");
+    return no_handle(env, "exportKv(h, start, end, dtype, bytes)");
   napi_value ab, out;
   void* p = nullptr;
   size_t n = static_cast<size_t>(bytes);
@@ -259,14 +277,14 @@ napi_value ImportKv(napi_env env, napi_callback_info info) {
   size_t bytes = 0;
   int32_t tokens, dt;
   if (!h || !typed_array(env, argv[1], &data, &bytes) || !get_i32(env, argv[2], &tokens) || !get_i32(env, argv[3], &dt))
-    return throw_type(env, "importKv(h, Uint8Array, tokens, dtype)");
+    return no_handle(env, "importKv(h, Uint8Array, tokens, dtype)");
   return check(env, h, ul_engine_import_kv(h->engine, data, bytes, tokens, static_cast<ul_dtype>(dt)));
 }
 
 napi_value Memory(napi_env env, napi_callback_info info) {
   ARGS(1);
   Handle* h = get_handle(env, argv[0]);
-  if (!h) return throw_type(env, "closed or invalid engine");
+  if (!h) return no_handle(env, "closed or invalid engine");
   ul_memory_report r{};
   ul_status st = ul_engine_memory(h->engine, &r);
   if (st != UL_OK) return throw_status(env, st, ul_engine_last_error(h->engine));
@@ -283,13 +301,93 @@ napi_value Memory(napi_env env, napi_callback_info info) {
   return out;
 }
 
+
+// forwardAsync(h, tokens: Int32Array, wantLogits): Promise<Float32Array | null>
+struct ForwardWork {
+  Handle* h;
+  napi_ref keep;  // keeps the external (and so the Handle) alive while the worker runs
+  napi_deferred deferred;
+  napi_async_work work;
+  std::vector<int32_t> tokens;
+  std::vector<float> logits;  // empty: no logits wanted
+  ul_status status = UL_OK;
+  std::string error;
+};
+
+void forward_execute(napi_env, void* data) {  // worker thread: no N-API calls here
+  ForwardWork* w = static_cast<ForwardWork*>(data);
+  w->status = ul_engine_forward(w->h->engine, w->tokens.data(), static_cast<int32_t>(w->tokens.size()),
+                                w->logits.empty() ? nullptr : w->logits.data());
+  if (w->status != UL_OK) w->error = ul_engine_last_error(w->h->engine);
+}
+
+void forward_complete(napi_env env, napi_status, void* data) {
+  ForwardWork* w = static_cast<ForwardWork*>(data);
+  Handle* h = w->h;
+  h->busy = false;
+  if (w->status == UL_OK) {
+    napi_value out;
+    if (w->logits.empty()) {
+      napi_get_null(env, &out);
+    } else {
+      napi_value ab;
+      void* p = nullptr;
+      napi_create_arraybuffer(env, w->logits.size() * 4, &p, &ab);
+      std::memcpy(p, w->logits.data(), w->logits.size() * 4);
+      napi_create_typedarray(env, napi_float32_array, w->logits.size(), ab, 0, &out);
+    }
+    napi_resolve_deferred(env, w->deferred, out);
+  } else {
+    napi_value msg, err, code;
+    napi_create_string_utf8(env, w->error.c_str(), w->error.size(), &msg);
+    napi_create_error(env, nullptr, msg, &err);
+    napi_create_int32(env, static_cast<int32_t>(w->status), &code);
+    napi_set_named_property(env, err, "status", code);
+    napi_reject_deferred(env, w->deferred, err);
+  }
+  if (h->destroy_after && h->engine) {
+    ul_engine_destroy(h->engine);
+    h->engine = nullptr;
+  }
+  napi_delete_async_work(env, w->work);
+  napi_delete_reference(env, w->keep);
+  delete w;
+}
+
+napi_value ForwardAsync(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  Handle* h = get_handle(env, argv[0]);
+  void* tokens = nullptr;
+  size_t bytes = 0;
+  bool want = false;
+  if (!h || !typed_array(env, argv[1], &tokens, &bytes)) return no_handle(env, "forwardAsync(h, Int32Array, bool)");
+  napi_get_value_bool(env, argv[2], &want);
+  auto* w = new ForwardWork();
+  w->h = h;
+  const int32_t* t = static_cast<const int32_t*>(tokens);
+  w->tokens.assign(t, t + bytes / 4);  // copied: the caller's array may change meanwhile
+  if (want) w->logits.resize(static_cast<size_t>(h->vocab));
+  napi_value promise, name;
+  napi_create_promise(env, &w->deferred, &promise);
+  napi_create_reference(env, argv[0], 1, &w->keep);
+  napi_create_string_utf8(env, "ul_engine_forward", NAPI_AUTO_LENGTH, &name);
+  napi_create_async_work(env, nullptr, name, forward_execute, forward_complete, w, &w->work);
+  h->busy = true;
+  napi_queue_async_work(env, w->work);
+  return promise;
+}
+
 napi_value Destroy(napi_env env, napi_callback_info info) {
   ARGS(1);
   void* p = nullptr;
   if (napi_get_value_external(env, argv[0], &p) == napi_ok && p) {
     Handle* h = static_cast<Handle*>(p);
-    if (h->engine) ul_engine_destroy(h->engine);
-    h->engine = nullptr;
+    if (h->busy) {
+      h->destroy_after = true;
+    } else {
+      if (h->engine) ul_engine_destroy(h->engine);
+      h->engine = nullptr;
+    }
   }
   napi_value undef;
   napi_get_undefined(env, &undef);
@@ -303,6 +401,7 @@ napi_value Init(napi_env env, napi_value exports) {
       {"setTensor", nullptr, SetTensor, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"ready", nullptr, Ready, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"forward", nullptr, Forward, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"forwardAsync", nullptr, ForwardAsync, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"sample", nullptr, Sample, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"position", nullptr, Position, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"truncate", nullptr, Truncate, nullptr, nullptr, nullptr, napi_default, nullptr},

@@ -109,6 +109,8 @@ export interface NativeEngine {
   ready(): void;
   /** Logits of the last token when `wantLogits`, else null. */
   forward(tokens: Int32Array, wantLogits: boolean): Float32Array | null;
+  /** The same off the event loop (the addon runs it on a worker thread); absent in the wasm host. */
+  forwardAsync?(tokens: Int32Array, wantLogits: boolean): Promise<Float32Array | null>;
   sample(temperature: number, seed: bigint): number;
   position(): number;
   truncate(position: number): void;

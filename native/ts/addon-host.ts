@@ -24,6 +24,7 @@ interface Addon {
   ): void;
   ready(h: Handle): void;
   forward(h: Handle, tokens: Int32Array, wantLogits: boolean): Float32Array | null;
+  forwardAsync(h: Handle, tokens: Int32Array, wantLogits: boolean): Promise<Float32Array | null>;
   sample(h: Handle, temperature: number, seed: bigint): number;
   position(h: Handle): number;
   truncate(h: Handle, position: number): void;
@@ -33,14 +34,18 @@ interface Addon {
   destroy(h: Handle): void;
 }
 
+/** An addon error carrying a ul_status as core's typed error; anything else unchanged. */
+function typed(err: unknown): unknown {
+  const status = (err as { status?: unknown }).status;
+  return typeof status === "number" ? statusError(status, (err as Error).message) : err;
+}
+
 /** Calls into the addon, rethrowing its status errors as typed errors. */
 function call<T>(f: () => T): T {
   try {
     return f();
   } catch (err) {
-    const status = (err as { status?: unknown }).status;
-    if (typeof status === "number") throw statusError(status, (err as Error).message);
-    throw err;
+    throw typed(err);
   }
 }
 
@@ -96,6 +101,13 @@ class AddonEngine implements NativeEngine {
   }
   forward(tokens: Int32Array, wantLogits: boolean): Float32Array | null {
     return call(() => this.#a.forward(this.#h, tokens, wantLogits));
+  }
+  async forwardAsync(tokens: Int32Array, wantLogits: boolean): Promise<Float32Array | null> {
+    try {
+      return await call(() => this.#a.forwardAsync(this.#h, tokens, wantLogits));
+    } catch (err) {
+      throw typed(err);
+    }
   }
   sample(temperature: number, seed: bigint): number {
     return call(() => this.#a.sample(this.#h, temperature, seed));

@@ -122,7 +122,9 @@ class NativeRuntime implements Runtime {
       }
       const part = tokens.subarray(at, Math.min(tokens.length, at + step));
       const last = at + step >= tokens.length;
-      logits = e.forward(part, wantLogits && last);
+      logits = e.forwardAsync
+        ? await e.forwardAsync(part, wantLogits && last)
+        : e.forward(part, wantLogits && last);
       if (!last) await new Promise<void>((resolve) => setImmediate(resolve));
     }
     return logits;
