@@ -21,7 +21,7 @@
 // collect such a set for a falling threshold t until it provably contains the survivors, and sort
 // only that (usually a few hundred ids).
 
-import { InvalidInputError } from "../errors.ts";
+import { assert, InvalidInputError } from "../errors.ts";
 
 export interface SamplingOptions {
   /** Softmax temperature; 0 = greedy. Default 1. */
@@ -234,30 +234,32 @@ const BUCKETS = 256 * BUCKETS_PER_NAT;
 export function survivors(
   scaled: Float32Array,
   o: Pick<SamplingOptions, "topK" | "topP" | "minP">,
+  scratch: SurvivorScratch = new SurvivorScratch(scaled.length),
 ): { ids: Int32Array; weights: Float64Array } {
   const topK = o.topK ?? 0;
   const topP = o.topP ?? 1;
   const minP = o.minP ?? 0;
   const V = scaled.length;
+  assert(scratch.e.length === V, "scratch sized for this vocabulary");
   let max = Number.NEGATIVE_INFINITY;
   for (let i = 0; i < V; i++) if (scaled[i] > max) max = scaled[i];
-  // (vocab) exp(l - max) in f64, so the nucleus sums are exact enough for p close to 1.
-  const e = new Float64Array(V);
+  // (vocab) exp(l - max) in f64, so the nucleus sums are exact enough for p close to 1. Below
+  // exp(-80) = 2e-35 a weight is 0: even 2^17 of them add nothing to a sum that holds a 1.
+  const e = scratch.e;
   if (topK === 0 && topP >= 1 && minP === 0) {
-    const all = new Int32Array(V);
     for (let i = 0; i < V; i++) {
-      e[i] = Math.exp(scaled[i] - max);
-      all[i] = i;
+      const d = max - scaled[i];
+      e[i] = d > 80 ? 0 : Math.exp(-d);
     }
-    return { ids: all, weights: e };
+    return { ids: scratch.identity(), weights: e };
   }
-  const bucket = new Uint16Array(V); // (vocab) histogram bucket of each id
-  const counts = new Int32Array(BUCKETS);
-  const masses = new Float64Array(BUCKETS);
+  const { bucket, counts, masses } = scratch;
+  counts.fill(0);
+  masses.fill(0);
   let massMinP = 0; // mass of the min-p survivors: top-p's normaliser when top-k does not cut
   for (let i = 0; i < V; i++) {
     const d = max - scaled[i];
-    const w = (e[i] = Math.exp(-d));
+    const w = (e[i] = d > 80 ? 0 : Math.exp(-d));
     const b = Math.min(BUCKETS - 1, Math.floor(d * BUCKETS_PER_NAT));
     bucket[i] = b;
     counts[b]++;
@@ -291,20 +293,25 @@ export function survivors(
   // Ids clear of the boundary (all survive every filter, except top-p after top-k, which may cut
   // anywhere, so with top-k on everything is sorted), then the sorted boundary ids.
   const sortAll = topK > 0;
-  const clear: number[] = [];
-  const edge: number[] = [];
+  let clearCount = 0;
+  let edgeCount = counts[last];
+  for (let b = 0; b < last; b++) {
+    if (sortAll) edgeCount += counts[b];
+    else clearCount += counts[b];
+  }
+  let ids = new Int32Array(clearCount + edgeCount);
+  const edge = ids.subarray(clearCount);
+  let c = 0;
+  let k = 0;
   for (let i = 0; i < V; i++) {
     const b = bucket[i];
-    if (b < last && !sortAll) clear.push(i);
-    else if (b <= last) edge.push(i);
+    if (b < last && !sortAll) ids[c++] = i;
+    else if (b <= last) edge[k++] = i;
   }
-  const sorted = sortByLogit(scaled, edge);
-  let ids = new Int32Array(clear.length + sorted.length);
-  ids.set(clear);
-  ids.set(sorted, clear.length);
+  sortByLogit(scaled, edge);
 
   if (minP > 0) {
-    let n = clear.length;
+    let n = clearCount;
     while (n < ids.length && e[ids[n]] >= minP) n++;
     ids = ids.subarray(0, Math.max(n, 1));
   }
@@ -332,12 +339,35 @@ export function survivors(
   return { ids, weights };
 }
 
+/** Buffers `survivors` reuses across decode steps (a Sampler holds one). */
+export class SurvivorScratch {
+  /** (vocab) exp(l - max). */
+  readonly e: Float64Array;
+  /** (vocab) histogram bucket of each id. */
+  readonly bucket: Uint16Array;
+  /** (BUCKETS) ids and mass per bucket. */
+  readonly counts = new Int32Array(BUCKETS);
+  readonly masses = new Float64Array(BUCKETS);
+  #identity: Int32Array | null = null;
+
+  constructor(vocabSize: number) {
+    this.e = new Float64Array(vocabSize);
+    this.bucket = new Uint16Array(vocabSize);
+  }
+
+  /** 0, 1, ..., vocab-1 (callers must not modify it). */
+  identity(): Int32Array {
+    if (!this.#identity) this.#identity = Int32Array.from(this.e.keys());
+    return this.#identity;
+  }
+}
+
 /**
- * `ids` most likely first, ties to the lowest id. Sorted as packed f64 keys (the f32 logit's bits
- * in descending order, then the id), since a native numeric sort of a Float64Array is several
- * times faster than sorting with a comparator.
+ * Sorts `ids` in place most likely first, ties to the lowest id. Sorted as packed f64 keys (the
+ * f32 logit's bits in descending order, then the id), since a native numeric sort of a
+ * Float64Array is several times faster than sorting with a comparator.
  */
-function sortByLogit(scaled: Float32Array, ids: readonly number[]): Int32Array {
+function sortByLogit(scaled: Float32Array, ids: Int32Array): void {
   const bits = new Uint32Array(scaled.buffer, scaled.byteOffset, scaled.length);
   const idSpace = 2 ** Math.max(1, Math.ceil(Math.log2(scaled.length)));
   if (idSpace > 2 ** 21) {
@@ -351,9 +381,7 @@ function sortByLogit(scaled: Float32Array, ids: readonly number[]): Int32Array {
     keys[k] = (0xffffffff - ordered) * idSpace + ids[k];
   }
   keys.sort();
-  const out = new Int32Array(ids.length);
-  for (let k = 0; k < ids.length; k++) out[k] = keys[k] % idSpace;
-  return out;
+  for (let k = 0; k < ids.length; k++) ids[k] = keys[k] % idSpace;
 }
 
 /** Draws an index of `weights` (unnormalised, >= 0) with probability proportional to its weight. */
@@ -378,6 +406,9 @@ export class Sampler {
   readonly #penalties: PenaltyState;
   readonly #penalised: boolean;
   readonly #vocabSize: number;
+  /** (vocab) logits / temperature, and the survivors' buffers: reused every step. */
+  #scaled: Float32Array | null = null;
+  #scratch: SurvivorScratch | null = null;
 
   constructor(options: SamplingOptions, vocabSize: number, rng?: Rng) {
     validateSamplingOptions(options);
@@ -412,9 +443,11 @@ export class Sampler {
     if (temperature === 0 || o.topK === 1) {
       id = argmax(work);
     } else {
-      const scaled = work === logits ? new Float32Array(logits.length) : work;
+      this.#scaled ??= new Float32Array(logits.length);
+      this.#scratch ??= new SurvivorScratch(logits.length);
+      const scaled = this.#scaled;
       for (let i = 0; i < scaled.length; i++) scaled[i] = work[i] / temperature;
-      const { ids, weights } = survivors(scaled, o);
+      const { ids, weights } = survivors(scaled, o, this.#scratch);
       id = ids[drawIndex(weights, this.#rng())];
     }
     if (this.#penalised) this.#penalties.addOutput(id);
