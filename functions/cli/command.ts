@@ -1,6 +1,9 @@
 // The shape of one `ultralong` subcommand. Each lives in functions/cli/commands/<name>.ts and is
 // listed in functions/cli/commands.ts; main.ts loads only the one that runs.
 
+import { type ParseArgsConfig, parseArgs } from "node:util";
+import { InvalidInputError } from "../../core/errors.ts";
+
 export interface Command {
   /** One line for `ultralong --help`. */
   summary: string;
@@ -15,4 +18,23 @@ export interface CommandIO {
   stdout: NodeJS.WritableStream;
   stderr: NodeJS.WritableStream;
   env: NodeJS.ProcessEnv;
+}
+
+/**
+ * A command's argv parsed the way every subcommand wants it: strict (an unknown or malformed option
+ * is a usage error that main.ts prints as one line, exit 2), positionals allowed.
+ */
+export function parseCommandArgs<const O extends NonNullable<ParseArgsConfig["options"]>>(
+  argv: string[],
+  options: O,
+) {
+  return parseArgs({ args: argv, options, strict: true, allowPositionals: true });
+}
+
+/** The one positional argument a command takes (`what` names it in the error). */
+export function onePositional(positionals: string[], what: string): string {
+  if (positionals.length !== 1) {
+    throw new InvalidInputError(`expected one ${what}, got ${positionals.length} (see --help)`);
+  }
+  return positionals[0];
 }

@@ -2,14 +2,12 @@
 // summary, parameters, weight bytes, KV bytes per token per dtype, the context its rope settings are
 // built for, and the fingerprint (computed once, then read from the cache beside the model).
 
-import { parseArgs } from "node:util";
-import { InvalidInputError } from "../../../core/errors.ts";
 import { type KvDtype, kvBytesPerToken } from "../../../core/kv/layout.ts";
 import type { ModelConfig } from "../../../core/model/config-types.ts";
 import { ropeContextLength } from "../../../core/model/rope.ts";
 import { loadModelDir } from "../../../core/node/load-model-dir.ts";
 import { dtypeBytes, safetensorsDtypeName } from "../../../core/safetensors/dtype.ts";
-import type { Command } from "../command.ts";
+import { type Command, onePositional, parseCommandArgs } from "../command.ts";
 
 const usage = `usage: ultralong inspect DIR [--json]
 
@@ -50,16 +48,8 @@ export const command: Command = {
   summary: "describe a model directory: config, parameters, KV bytes per token, fingerprint",
   usage,
   async run(argv, io) {
-    const { values, positionals } = parseArgs({
-      args: argv,
-      allowPositionals: true,
-      strict: true,
-      options: { json: { type: "boolean" } },
-    });
-    if (positionals.length !== 1) {
-      throw new InvalidInputError(`expected one directory, got ${positionals.length} (see --help)`);
-    }
-    const model = await loadModelDir(positionals[0]);
+    const { values, positionals } = parseCommandArgs(argv, { json: { type: "boolean" } });
+    const model = await loadModelDir(onePositional(positionals, "directory"));
     const c = model.config;
     const tensors = model.weights.tensors();
     let parameters = 0;

@@ -1,12 +1,11 @@
 // `ultralong make-model DIR [...]`: writes a deterministic random Llama model in the exact Hugging
 // Face layout (core/model/generate.ts says how the weights are drawn).
 
-import { parseArgs } from "node:util";
 import { InvalidInputError } from "../../../core/errors.ts";
 import type { RopeType } from "../../../core/model/config-types.ts";
 import { GENERATE_DEFAULTS, type GenerateOptions } from "../../../core/model/generate.ts";
 import { makeModelDir } from "../../../core/node/make-model.ts";
-import type { Command } from "../command.ts";
+import { type Command, onePositional, parseCommandArgs } from "../command.ts";
 
 const usage = `usage: ultralong make-model DIR [options]
 
@@ -43,30 +42,23 @@ export const command: Command = {
   summary: "write a deterministic random Llama model directory (HF layout)",
   usage,
   async run(argv, io) {
-    const { values, positionals } = parseArgs({
-      args: argv,
-      allowPositionals: true,
-      strict: true,
-      options: {
-        layers: { type: "string" },
-        hidden: { type: "string" },
-        heads: { type: "string" },
-        "kv-heads": { type: "string" },
-        "head-dim": { type: "string" },
-        ffn: { type: "string" },
-        vocab: { type: "string" },
-        rope: { type: "string" },
-        "rope-factor": { type: "string" },
-        "max-pos": { type: "string" },
-        dtype: { type: "string" },
-        shards: { type: "string" },
-        "tie-embeddings": { type: "boolean" },
-        seed: { type: "string" },
-      },
+    const { values, positionals } = parseCommandArgs(argv, {
+      layers: { type: "string" },
+      hidden: { type: "string" },
+      heads: { type: "string" },
+      "kv-heads": { type: "string" },
+      "head-dim": { type: "string" },
+      ffn: { type: "string" },
+      vocab: { type: "string" },
+      rope: { type: "string" },
+      "rope-factor": { type: "string" },
+      "max-pos": { type: "string" },
+      dtype: { type: "string" },
+      shards: { type: "string" },
+      "tie-embeddings": { type: "boolean" },
+      seed: { type: "string" },
     });
-    if (positionals.length !== 1) {
-      throw new InvalidInputError(`expected one directory, got ${positionals.length} (see --help)`);
-    }
+    const dir = onePositional(positionals, "directory");
     let ropeFactor: number | undefined;
     if (values["rope-factor"] !== undefined) {
       ropeFactor = Number(values["rope-factor"]);
@@ -92,10 +84,8 @@ export const command: Command = {
       tieEmbeddings: values["tie-embeddings"],
       seed: int("seed", values.seed),
     };
-    const made = await makeModelDir(positionals[0], opts);
-    io.stdout.write(
-      `wrote ${made.files.length} files to ${positionals[0]}: ${made.files.join(", ")}\n`,
-    );
+    const made = await makeModelDir(dir, opts);
+    io.stdout.write(`wrote ${made.files.length} files to ${dir}: ${made.files.join(", ")}\n`);
     return 0;
   },
 };
