@@ -150,7 +150,7 @@ export class RequestVerifier {
     const signatureHex = headers.get(HEADER_SIGNATURE);
     if (!timestamp || !nonce || !signatureHex) throw new SignatureError("request is not signed");
     const signature = fromHex(signatureHex);
-    if (!signature || signature.length !== 32 || !/^[0-9a-f]{32}$/.test(nonce)) {
+    if (signature?.length !== 32 || !/^[0-9a-f]{32}$/.test(nonce)) {
       throw new SignatureError("malformed signature headers");
     }
     const ts = Number(timestamp);

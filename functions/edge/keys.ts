@@ -62,7 +62,7 @@ export class KeyRing {
     }
     this.#entries = config.keys.map((k, i) => {
       const hash = typeof k.sha256 === "string" ? fromHex(k.sha256.toLowerCase()) : null;
-      if (!hash || hash.length !== 32)
+      if (hash?.length !== 32)
         throw new InvalidInputError(`keys[${i}].sha256 is not 64 hex digits`);
       const tenant = tenants.get(k.tenant);
       if (!tenant) throw new InvalidInputError(`keys[${i}] names unknown tenant '${k.tenant}'`);
