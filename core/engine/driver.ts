@@ -224,7 +224,9 @@ export class SequenceDriver {
       this.#heldKey = request.isolationKey;
       rt.truncate(Math.min(reuse, rt.position));
       if (cache) {
-        // Restoring needs an empty runtime; worth it only if it can cover more than we hold.
+        // Restoring needs an empty runtime; worth it only if it can cover more than we hold. A
+        // held prefix was saved chunk by chunk when it was computed with this cache, so at worst
+        // the part of one chunk past the last boundary is recomputed.
         const restorable = Math.floor((n - 1) / cache.chunkTokens) * cache.chunkTokens;
         if (reuse < restorable) {
           rt.truncate(0);
