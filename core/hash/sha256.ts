@@ -6,6 +6,8 @@
 /** A streaming hash: feed bytes with update, then read the digest once. */
 export interface Hasher {
   update(bytes: Uint8Array): void;
+  /** The 32-byte digest; the hasher is finished afterwards. */
+  digest(): Uint8Array;
   /** Lower-case hex digest; the hasher is finished afterwards. */
   digestHex(): string;
 }

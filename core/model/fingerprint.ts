@@ -75,9 +75,9 @@ function canonicalJson(v: unknown): string {
 
 const utf8 = new TextEncoder();
 
-function hexToBytes(hex: string): Uint8Array {
-  const out = new Uint8Array(hex.length / 2);
-  for (let i = 0; i < out.length; i++) out[i] = Number.parseInt(hex.slice(2 * i, 2 * i + 2), 16);
+function u64le(n: number): Uint8Array {
+  const out = new Uint8Array(8);
+  new DataView(out.buffer).setBigUint64(0, BigInt(n), true);
   return out;
 }
 
@@ -105,9 +105,7 @@ export async function computeFingerprint(
   const h = hasher();
   const field = (bytes: Uint8Array | string) => {
     const b = typeof bytes === "string" ? utf8.encode(bytes) : bytes;
-    const len = new Uint8Array(8);
-    new DataView(len.buffer).setBigUint64(0, BigInt(b.byteLength), true);
-    h.update(len);
+    h.update(u64le(b.byteLength));
     h.update(b);
   };
   field(FINGERPRINT_VERSION);
@@ -122,23 +120,21 @@ export async function computeFingerprint(
     field(has ? "present" : "absent");
     field(has ? await files.readBytes(name) : new Uint8Array(0));
   }
-  const digests = new Map<string, string>();
+  const digests = new Map<string, Uint8Array>();
   for (const t of checkpoint.entries()) {
     const th = hasher();
     for await (const chunk of checkpoint.rawChunks(t.name)) th.update(chunk);
-    digests.set(t.name, th.digestHex());
+    digests.set(t.name, th.digest());
   }
   const entries = checkpoint
     .entries()
     .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-  const count = new Uint8Array(8);
-  new DataView(count.buffer).setBigUint64(0, BigInt(entries.length), true);
-  field(count);
+  field(u64le(entries.length));
   for (const t of entries) {
     field(t.name);
     field(safetensorsDtypeName(t.dtype));
     field(JSON.stringify(t.shape));
-    field(hexToBytes(digests.get(t.name)!));
+    field(digests.get(t.name)!);
   }
   return h.digestHex();
 }

@@ -9,6 +9,7 @@ export const nodeSha256: HasherFactory = () => {
     update: (bytes) => {
       h.update(bytes);
     },
+    digest: () => new Uint8Array(h.digest()),
     digestHex: () => h.digest("hex"),
   };
 };
