@@ -96,10 +96,13 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions = {}): Prom
     weights,
     generation,
     fingerprint() {
-      fingerprint ??= modelFingerprint(files, config, checkpoint, opts);
-      fingerprint.catch(() => {
-        fingerprint = null;
-      });
+      if (!fingerprint) {
+        fingerprint = modelFingerprint(files, config, checkpoint, opts);
+        // A failure (a file vanished or went bad) is not remembered: the next call tries again.
+        fingerprint.catch(() => {
+          fingerprint = null;
+        });
+      }
       return fingerprint;
     },
   };
