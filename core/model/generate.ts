@@ -285,13 +285,14 @@ function generationConfigJson(config: ModelConfig): string {
 }
 
 /**
- * Writes a model into `sink`. `tokenizer` is copied when given and the vocab is Llama 3.1's (a
- * smaller vocab cannot hold the tokenizer's ids, so such a model has no tokenizer files).
+ * Writes a model into `sink`. `tokenizer` loads the files to copy; it is called only when given and
+ * the vocab is Llama 3.1's (a smaller vocab cannot hold the tokenizer's ids, so such a model has no
+ * tokenizer files, and the 9 MB tokenizer.json is not read for it).
  */
 export async function generateModel(
   sink: ModelSink,
   opts: GenerateOptions = {},
-  tokenizer: TokenizerFiles | null = null,
+  tokenizer: (() => Promise<TokenizerFiles>) | null = null,
 ): Promise<GeneratedModel> {
   const config = generatedConfig(opts);
   const seed = opts.seed ?? GENERATE_DEFAULTS.seed;
@@ -325,8 +326,9 @@ export async function generateModel(
   }
   if (plans.length > 1) await write("model.safetensors.index.json", text(indexJson(plans)));
   if (tokenizer && config.vocabSize >= LLAMA31_VOCAB) {
-    await write("tokenizer.json", tokenizer.tokenizer);
-    await write("tokenizer_config.json", tokenizer.tokenizerConfig);
+    const files = await tokenizer();
+    await write("tokenizer.json", files.tokenizer);
+    await write("tokenizer_config.json", files.tokenizerConfig);
   }
   return { config, files: written };
 }

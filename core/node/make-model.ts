@@ -41,5 +41,5 @@ export async function makeModelDir(
       `${abs} is not empty: make-model writes into a new or empty directory`,
     );
   }
-  return generateModel(new DirectorySink(abs), opts, await llama31TokenizerFiles());
+  return generateModel(new DirectorySink(abs), opts, llama31TokenizerFiles);
 }
