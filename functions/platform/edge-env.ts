@@ -4,6 +4,7 @@ import { renderChat } from "../../core/chat/index.ts";
 import { InvalidInputError } from "../../core/errors.ts";
 import { Tokenizer } from "../../core/tokenizer/index.ts";
 import { createEdgeApp, type EdgeApp } from "../edge/app.ts";
+import type { FileStore } from "../edge/files.ts";
 import type { KeyConfig } from "../edge/keys.ts";
 import { edgeTextFromTokenizer } from "../edge/tokenizer-text.ts";
 
@@ -17,6 +18,8 @@ export interface EdgeSettings {
   modelId: string;
   maxContext: string;
   modelFetch?: (req: Request) => Promise<Response>;
+  /** Uploaded files (default: memory, per isolate or instance). */
+  files?: FileStore;
 }
 
 export function buildEdge(s: EdgeSettings): Promise<EdgeApp> {
@@ -44,5 +47,6 @@ export function buildEdge(s: EdgeSettings): Promise<EdgeApp> {
     modelUrl: s.modelUrl,
     secret: s.signingSecret,
     modelFetch: s.modelFetch,
+    files: s.files,
   });
 }
