@@ -22,13 +22,15 @@ export interface CommandIO {
 
 /**
  * A command's argv parsed the way every subcommand wants it: strict (an unknown or malformed option
- * is a usage error that main.ts prints as one line, exit 2), positionals allowed.
+ * is a usage error that main.ts prints as one line, exit 2), positionals allowed unless
+ * `allowPositionals` is false (then one is a usage error too).
  */
 export function parseCommandArgs<const O extends NonNullable<ParseArgsConfig["options"]>>(
   argv: string[],
   options: O,
+  { allowPositionals = true }: { allowPositionals?: boolean } = {},
 ) {
-  return parseArgs({ args: argv, options, strict: true, allowPositionals: true });
+  return parseArgs({ args: argv, options, strict: true, allowPositionals });
 }
 
 /** The one positional argument a command takes (`what` names it in the error). */
