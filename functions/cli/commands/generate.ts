@@ -6,7 +6,6 @@
 // new option (say --store for KV snapshots) is one entry plus the line that uses it.
 
 import { readFile } from "node:fs/promises";
-import { parseArgs } from "node:util";
 import { renderChat } from "../../../core/chat/index.ts";
 import { parseMasterKey } from "../../../core/crypto/tenant-key.ts";
 import {
@@ -27,7 +26,7 @@ import { nodeSha256, openStore } from "../../../core/node/snapshot-dir.ts";
 import type { Tokenizer } from "../../../core/tokenizer/index.ts";
 import { loadTokenizer } from "../../../core/tokenizer/load.ts";
 import { runtimes } from "../../runtimes.ts";
-import type { Command, CommandIO } from "../command.ts";
+import { type Command, type CommandIO, parseCommandArgs } from "../command.ts";
 
 const DEFAULT_MAX_TOKENS = 256;
 
@@ -94,7 +93,7 @@ const OPTIONS = {
 type Values = ReturnType<typeof parseOptions>["values"];
 
 function parseOptions(argv: string[]) {
-  return parseArgs({ args: argv, options: OPTIONS, strict: true, allowPositionals: false });
+  return parseCommandArgs(argv, OPTIONS, { allowPositionals: false });
 }
 
 function int(values: Values, name: keyof Values): number | undefined {

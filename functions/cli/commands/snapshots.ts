@@ -1,13 +1,12 @@
 // `ultralong snapshots ls|rm|gc`: retention for KV snapshot stores (a directory or s3://bucket/prefix).
 
-import { parseArgs } from "node:util";
 import { toHex } from "../../../core/crypto/sha256.ts";
 import { InvalidInputError } from "../../../core/errors.ts";
 import { parseSnapshotHeader, SNAPSHOT_HEADER_BYTES } from "../../../core/kv/format.ts";
 import { QUARANTINE_ROOT, SNAPSHOT_KEY_ROOT } from "../../../core/kv/snapshot-cache.ts";
 import type { ObjectInfo, SnapshotStore } from "../../../core/kv/store.ts";
 import { openStore } from "../../../core/node/snapshot-dir.ts";
-import type { Command } from "../command.ts";
+import { type Command, parseCommandArgs } from "../command.ts";
 
 const usage = `usage: ultralong snapshots <ls|rm|gc> [options] [KEY...]
 
@@ -98,20 +97,15 @@ export const command: Command = {
   summary: "list, remove and garbage-collect KV snapshots in a directory or S3 store",
   usage,
   async run(argv, io) {
-    const { values, positionals } = parseArgs({
-      args: argv,
-      allowPositionals: true,
-      strict: true,
-      options: {
-        store: { type: "string" },
-        "s3-endpoint": { type: "string" },
-        "s3-path-style": { type: "boolean" },
-        prefix: { type: "string" },
-        "older-than": { type: "string" },
-        orphans: { type: "boolean" },
-        "dry-run": { type: "boolean" },
-        json: { type: "boolean" },
-      },
+    const { values, positionals } = parseCommandArgs(argv, {
+      store: { type: "string" },
+      "s3-endpoint": { type: "string" },
+      "s3-path-style": { type: "boolean" },
+      prefix: { type: "string" },
+      "older-than": { type: "string" },
+      orphans: { type: "boolean" },
+      "dry-run": { type: "boolean" },
+      json: { type: "boolean" },
     });
     const [verb, ...keys] = positionals;
     if (verb !== "ls" && verb !== "rm" && verb !== "gc") {
