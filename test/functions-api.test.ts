@@ -4,6 +4,8 @@
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseSse } from "../core/protocol/events.ts";
+import { FRAMES_CONTENT_TYPE, frameStream, GENERATE_PATH } from "../core/protocol/frames.ts";
+import { importSigningKey, signRequest } from "../core/protocol/signing.ts";
 import { sha256Hex } from "../functions/edge/keys.ts";
 import { type LocalServer, startLocal } from "../functions/platform/local.ts";
 import { scratchDir, testModelDir } from "./support/models.ts";
@@ -13,6 +15,7 @@ const KEY_B = "key-tenant-b-0123456789";
 const KEY_SLOW = "key-tenant-rpm-2";
 const KEY_OFF = "key-tenant-disabled";
 const KEY_LONG = "key-tenant-long-outputs";
+const SECRET = "api-test-signing-secret-0123456789";
 const logs: Record<string, unknown>[] = [];
 let s: LocalServer;
 
@@ -43,6 +46,7 @@ beforeAll(async () => {
     maxPositions: 4096,
     keys,
     keepAliveMs: 100,
+    secret: SECRET,
     warmStepTokens: 1024,
     log: (line) => logs.push(line),
   });
@@ -452,6 +456,44 @@ describe("auth", () => {
       expect(ok.status).toBe(200);
       expect(await ok.text()).toMatch(/^ul_(edge|model)_requests_total\{/m);
     }
+  });
+
+  it("the model function serves a signed request once and refuses its replay", async () => {
+    const key = await importSigningKey(SECRET);
+    const { headers, signature } = await signRequest(key, "POST", GENERATE_PATH);
+    const header = {
+      v: 1,
+      requestId: "r1",
+      tenant: "a",
+      promptTokens: 2,
+      maxTokens: 1,
+      temperature: 0,
+      topP: 1,
+      seed: null,
+      stop: [],
+      logprobs: false,
+      topLogprobs: 0,
+      progress: false,
+    };
+    const body = new Uint8Array(
+      await new Response(
+        frameStream(key, signature, header, [Int32Array.from([128000, 9906])]),
+      ).arrayBuffer(),
+    );
+    const send = () =>
+      fetch(`${s.modelUrl}${GENERATE_PATH}`, {
+        method: "POST",
+        headers: { ...headers, "content-type": FRAMES_CONTENT_TYPE },
+        body,
+      });
+    const first = await send();
+    expect(first.status).toBe(200);
+    expect(await first.text()).toMatch(/event: usage/);
+    const replay = await send();
+    expect(replay.status).toBe(401);
+    expect(((await replay.json()) as { error: { message: string } }).error.message).toMatch(
+      /replayed/,
+    );
   });
 
   it("the model function refuses unsigned requests", async () => {
