@@ -11,7 +11,7 @@
 // a fresh nonce, so a key-nonce pair is never reused for different plaintext.
 
 import { InvalidInputError } from "../errors.ts";
-import { bufferSource as bs } from "./sha256.ts";
+import { bufferSource as bs, fromHex } from "./sha256.ts";
 
 export const GCM_NONCE_BYTES = 12;
 export const GCM_TAG_BYTES = 16;
@@ -82,11 +82,8 @@ export async function gcmOpen(
 /** Parse a master key given as 64 hex chars or base64 of 32+ bytes (e.g. from an env var). */
 export function parseMasterKey(text: string): Uint8Array {
   const t = text.trim();
-  if (/^[0-9a-fA-F]{64,}$/.test(t) && t.length % 2 === 0) {
-    const out = new Uint8Array(t.length / 2);
-    for (let i = 0; i < out.length; i++) out[i] = Number.parseInt(t.slice(2 * i, 2 * i + 2), 16);
-    return out;
-  }
+  const hex = t.length >= 64 ? fromHex(t) : null;
+  if (hex) return hex;
   let bin: string;
   try {
     bin = atob(t);

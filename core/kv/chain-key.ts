@@ -9,7 +9,7 @@
 // The tenant salt must come from the server (the API key's tenant), never from the client: it is
 // what keeps one tenant from ever hitting, or timing, another tenant's snapshots.
 
-import { bufferSource } from "../crypto/sha256.ts";
+import { subtleSha256, toHex } from "../crypto/sha256.ts";
 import { toBytes } from "../crypto/tenant-key.ts";
 import { assert } from "../errors.ts";
 import type { KvDtype } from "./layout.ts";
@@ -60,7 +60,7 @@ export async function chainKey(
     previous ?? new Uint8Array(0),
     int32le(tokens),
   ]);
-  return new Uint8Array(await crypto.subtle.digest("SHA-256", bufferSource(data)));
+  return subtleSha256(data);
 }
 
 /** Keys of the first `chunks` whole chunks of `tokens` (chunk i = tokens[i*C, (i+1)*C)). */
@@ -90,6 +90,5 @@ export async function chainKeys(
  */
 export async function tenantTag(tenantSalt: string | Uint8Array): Promise<string> {
   const data = lengthPrefixed([toBytes("ultralong-tenant-tag"), toBytes(tenantSalt)]);
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bufferSource(data)));
-  return Array.from(digest.subarray(0, 8), (b) => b.toString(16).padStart(2, "0")).join("");
+  return toHex((await subtleSha256(data)).subarray(0, 8));
 }
