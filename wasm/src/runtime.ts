@@ -266,18 +266,8 @@ class WasmRuntime implements Runtime {
     }
     const parts = await this.#shards.exportKv(start, end);
     const out = new Uint8Array(kvPayloadBytes(this.info.kv, end - start));
-    const row = this.#rowBytes() * (end - start);
-    const offsets = parts.map(() => 0);
-    let o = 0;
-    for (let l = 0; l < this.config.numHiddenLayers; l++) {
-      for (let which = 0; which < 2; which++) {
-        this.#plans.forEach((p, s) => {
-          const seg = (p.kvHeads.end - p.kvHeads.start) * row;
-          out.set(parts[s].subarray(offsets[s], offsets[s] + seg), o);
-          offsets[s] += seg;
-          o += seg;
-        });
-      }
+    for (const { s, at, shardAt, bytes } of this.#kvPieces(end - start)) {
+      out.set(parts[s].subarray(shardAt, shardAt + bytes), at);
     }
     return out;
   }
@@ -306,17 +296,8 @@ class WasmRuntime implements Runtime {
         (p) =>
           new Uint8Array(2 * this.config.numHiddenLayers * (p.kvHeads.end - p.kvHeads.start) * row),
       );
-      const offsets = parts.map(() => 0);
-      let o = 0;
-      for (let l = 0; l < this.config.numHiddenLayers; l++) {
-        for (let which = 0; which < 2; which++) {
-          this.#plans.forEach((p, s) => {
-            const seg = (p.kvHeads.end - p.kvHeads.start) * row;
-            parts[s].set(own.subarray(o, o + seg), offsets[s]);
-            offsets[s] += seg;
-            o += seg;
-          });
-        }
+      for (const { s, at, shardAt, bytes } of this.#kvPieces(tokens)) {
+        parts[s].set(own.subarray(at, at + bytes), shardAt);
       }
       await this.#shards.importKv(parts, this.#position, tokens);
       this.#position += tokens;
@@ -337,6 +318,27 @@ class WasmRuntime implements Runtime {
     const out = new Uint16Array(n);
     decodeTo16(dtype, "bf16", bytes, out, 0);
     return new Uint8Array(out.buffer);
+  }
+
+  /**
+   * How `tokens` positions of snapshot-layout KV, per layer K then V each (kv_head, position,
+   * head_dim), split into the shards' contiguous KV-head ranges: for each piece in snapshot order,
+   * the shard `s`, its offset `at` in the snapshot bytes, `shardAt` in that shard's part, and its
+   * length.
+   */
+  *#kvPieces(tokens: number): Generator<{ s: number; at: number; shardAt: number; bytes: number }> {
+    const row = this.#rowBytes() * tokens;
+    const shardAt = this.#plans.map(() => 0);
+    let at = 0;
+    for (let block = 0; block < 2 * this.config.numHiddenLayers; block++) {
+      for (let s = 0; s < this.#plans.length; s++) {
+        const { kvHeads } = this.#plans[s];
+        const bytes = (kvHeads.end - kvHeads.start) * row;
+        yield { s, at, shardAt: shardAt[s], bytes };
+        shardAt[s] += bytes;
+        at += bytes;
+      }
+    }
   }
 
   #rowBytes(): number {
