@@ -8,7 +8,7 @@
 
 /**
  * cos/sin table for positions p0 .. p0 + T - 1: cos, sin (T, half) f32, already times `scaling`.
- * invFreq (half) f64. Angles in f64: at position 4M an f32 angle would be off by ~0.1 rad.
+ * invFreq (half) f64. Angles in f64: at position 4M an f32 angle is off by up to 0.25 rad (half an ulp).
  */
 export function rope_table(invFreq: usize, half: i32, p0: i32, T: i32, scaling: f32, cos: usize, sin: usize): void {
   for (let t = 0; t < T; t++) {
