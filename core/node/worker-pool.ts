@@ -6,7 +6,6 @@
 //   from worker: { id, ok: true, result } | { id, ok: false, error: { message, code?, stack? } }
 // A result that is a typed array is transferred, not copied. A worker that dies rejects every call
 // pending on it and every later call.
-import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
 
 interface Pending {
@@ -100,9 +99,4 @@ export class WorkerPool {
   async close(): Promise<void> {
     await Promise.all(this.workers.map((w) => w.terminate()));
   }
-}
-
-/** Cores this process may use (the default thread count of CPU runtimes). */
-export function defaultThreads(): number {
-  return availableParallelism();
 }
