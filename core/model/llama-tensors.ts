@@ -43,8 +43,3 @@ export function llamaTensors(config: ModelConfig): ExpectedTensor[] {
   if (!config.tieWordEmbeddings) out.push({ name: "lm_head.weight", shape: [config.vocabSize, h] });
   return out;
 }
-
-/** Total parameter count of a Llama config (tied embeddings counted once). */
-export function llamaParameterCount(config: ModelConfig): number {
-  return llamaTensors(config).reduce((a, t) => a + t.shape.reduce((x, d) => x * d, 1), 0);
-}
