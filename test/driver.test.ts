@@ -11,6 +11,7 @@ import {
   SequenceDriver,
   type TokenEvent,
   type TokenTextDecoder,
+  tokenTextDecoder,
 } from "../core/engine/driver.ts";
 import { createReferenceRuntime } from "../core/engine/reference-runtime.ts";
 import type { Runtime } from "../core/engine/runtime.ts";
@@ -38,8 +39,7 @@ beforeAll(async () => {
 });
 
 function decoder(): TokenTextDecoder {
-  const d = tokenizer.createDecoder({ skipSpecialTokens: true });
-  return { push: (id) => d.push(id), flush: () => d.end() };
+  return tokenTextDecoder(tokenizer.createDecoder({ skipSpecialTokens: true }));
 }
 
 async function newDriver(opts: { maxPositions?: number; eos?: number[]; chunk?: number } = {}) {

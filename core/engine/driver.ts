@@ -30,12 +30,17 @@ import { StopStringMatcher } from "./stop.ts";
  */
 export const DEFAULT_CHUNK_TOKENS = 512;
 
-/** Streaming detokenizer (core/tokenizer's decoder satisfies it). */
+/** Streaming detokenizer; `tokenTextDecoder` adapts core/tokenizer's `createDecoder()`. */
 export interface TokenTextDecoder {
   /** The text this token completes ("" while a UTF-8 character is still incomplete). */
   push(id: number): string;
   /** End of stream: whatever is left (an incomplete character becomes U+FFFD). */
   flush(): string;
+}
+
+/** core/tokenizer's stream decoder (whose end of stream is `end()`) as a TokenTextDecoder. */
+export function tokenTextDecoder(d: { push(id: number): string; end(): string }): TokenTextDecoder {
+  return { push: (id) => d.push(id), flush: () => d.end() };
 }
 
 export interface GenerateRequest {

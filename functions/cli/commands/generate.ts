@@ -15,6 +15,7 @@ import {
   type GenerateRequest,
   type ProgressEvent,
   SequenceDriver,
+  tokenTextDecoder,
 } from "../../../core/engine/driver.ts";
 import { type SamplingOptions, validateSamplingOptions } from "../../../core/engine/sampling.ts";
 import { InvalidInputError } from "../../../core/errors.ts";
@@ -285,7 +286,6 @@ export const command: Command = {
     const bar = showProgress ? new ProgressBar(io.stderr, stderrTty) : null;
     try {
       const driver = new SequenceDriver(runtime, { eosTokenIds: eosTokenIds(model) });
-      const decoder = tokenizer.createDecoder({ skipSpecialTokens: true });
       const request: GenerateRequest = {
         prompt,
         maxTokens,
@@ -294,7 +294,7 @@ export const command: Command = {
         ignoreEos: values["ignore-eos"],
         chunkTokens: int(values, "chunk"),
         prefixCache,
-        decoder: { push: (id) => decoder.push(id), flush: () => decoder.end() },
+        decoder: tokenTextDecoder(tokenizer.createDecoder({ skipSpecialTokens: true })),
         signal: controller.signal,
       };
       let last: DriverEvent | undefined;
