@@ -406,7 +406,8 @@ export class Sampler {
   readonly #penalties: PenaltyState;
   readonly #penalised: boolean;
   readonly #vocabSize: number;
-  /** (vocab) logits / temperature, and the survivors' buffers: reused every step. */
+  /** (vocab) penalised logits, logits / temperature, and the survivors' buffers: reused every step. */
+  #penalisedLogits: Float32Array | null = null;
   #scaled: Float32Array | null = null;
   #scratch: SurvivorScratch | null = null;
 
@@ -435,7 +436,8 @@ export class Sampler {
     const o = this.options;
     let work = logits;
     if (this.#penalised) {
-      work = logits.slice();
+      work = this.#penalisedLogits ??= new Float32Array(logits.length);
+      work.set(logits);
       applyPenalties(work, this.#penalties, o);
     }
     const temperature = o.temperature ?? 1;
