@@ -1,6 +1,6 @@
 // The invariants every Runtime must pass (ARCHITECTURE.md, "Correctness"), one vitest test each:
 //
-//   - one prefill == prefill in chunks of 1, 7, 64 and 1000 tokens
+//   - one prefill == prefill in chunks of 1, 7, 64 and 1000 tokens (or the sizes given)
 //   - decode after prefill == prefill of the longer sequence
 //   - export then import into a fresh runtime == continuing the original (and the imported bytes
 //     export back unchanged; importing in two pieces == importing whole)
@@ -39,6 +39,11 @@ export interface RuntimeSuiteOptions {
   weightFormat?: RuntimeOptions["weightFormat"];
   /** Prompt length (default 1100: the 1000-token chunking then ends with a partial chunk). */
   sequenceLength?: number;
+  /**
+   * Prefill chunk sizes compared with one prefill (default [1, 7, 64, 1000]). Pick sizes that do
+   * not divide sequenceLength, so the last chunk is a partial one.
+   */
+  chunks?: number[];
 }
 
 /**
@@ -150,7 +155,7 @@ export function runtimeInvariantSuite(
           for (const rt of open) await rt.close();
         });
 
-        for (const chunk of [1, 7, 64, 1000]) {
+        for (const chunk of options.chunks ?? [1, 7, 64, 1000]) {
           it(`one prefill == prefill in chunks of ${chunk}`, async () => {
             const rt = await fresh();
             let logits: Float32Array | undefined;
