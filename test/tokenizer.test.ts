@@ -176,6 +176,22 @@ describe("compiled vocabulary", () => {
     const bad = bytes.slice();
     bad[8] = 99; // format version
     expect(() => Tokenizer.fromCompiled(bad)).toThrow(FormatError);
+    // A damaged merge id (the first merge's left id set to 2^31 - 1) is caught by verification;
+    // `verify: false` (for a bundle verified at build time) skips exactly those checks.
+    const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const [size, bytesLength, vocabTableSize] = [1, 2, 3].map((i) => dv.getUint32(8 + i * 4, true));
+    const pad = (n: number) => (n + 3) & ~3;
+    const mergeLeftAt =
+      88 + pad((size + 1) * 4) + pad(bytesLength) + pad(size) + vocabTableSize * 4;
+    const damaged = bytes.slice();
+    new DataView(damaged.buffer).setInt32(mergeLeftAt, 0x7fffffff, true);
+    expect(() => Tokenizer.fromCompiled(damaged)).toThrow(/merge id range/);
+    expect(
+      Tokenizer.fromCompiled(bytes, { verify: false }).encode("trusted").length,
+    ).toBeGreaterThan(0);
+    const table = bytes.slice();
+    new DataView(table.buffer).setInt32(mergeLeftAt - 4, -5, true); // last vocabulary table slot
+    expect(() => Tokenizer.fromCompiled(table)).toThrow(/vocabulary table/);
     expect(() => Tokenizer.fromJson("{}")).toThrow(FormatError);
     expect(() => Tokenizer.fromJson("not json")).toThrow(FormatError);
   });

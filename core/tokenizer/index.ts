@@ -101,9 +101,13 @@ export class Tokenizer {
     return new Tokenizer(vocabularyFromJson(tokenizerJson, tokenizerConfigJson));
   }
 
-  /** Load a file made by `compile()`. No JSON parsing; the arrays alias `bytes`. */
-  static fromCompiled(bytes: Uint8Array): Tokenizer {
-    return new Tokenizer(parseVocabulary(bytes));
+  /**
+   * Load a file made by `compile()`. No JSON parsing; the arrays alias `bytes`. `verify: false`
+   * skips the per-entry range checks (see parseVocabulary): only for a file that ships with the code
+   * and was verified when it was built.
+   */
+  static fromCompiled(bytes: Uint8Array, opts?: { verify?: boolean }): Tokenizer {
+    return new Tokenizer(parseVocabulary(bytes, opts?.verify ?? true));
   }
 
   /** The compiled vocabulary (binary); see core/tokenizer/vocabulary.ts for the layout. */
