@@ -37,6 +37,14 @@ export interface FileStamp {
   mtimeMs: number;
 }
 
+/** Whether two stamp lists name the same files with the same sizes and mtimes, in order. */
+export function sameStamps(a: FileStamp[], b: FileStamp[]): boolean {
+  return (
+    a.length === b.length &&
+    a.every((x, i) => x.name === b[i].name && x.size === b[i].size && x.mtimeMs === b[i].mtimeMs)
+  );
+}
+
 /** Where fingerprints are remembered. core/node/fingerprint-cache.ts keeps a file beside the model. */
 export interface FingerprintCache {
   /** The cached fingerprint if it was stored under exactly these stamps, else null. */
@@ -146,16 +154,13 @@ export async function modelFingerprint(
   checkpoint: Checkpoint,
   opts: FingerprintOptions = {},
 ): Promise<string> {
-  const stamps = opts.cache ? await fingerprintStamps(files, checkpoint) : [];
-  if (opts.cache) {
-    const hit = await opts.cache.get(stamps);
-    if (hit) return hit;
-  }
-  const fp = await computeFingerprint(files, config, checkpoint, opts.hasher);
-  if (opts.cache) {
-    // A file that changed while we hashed would make the entry lie: store only if stamps held.
-    const after = await fingerprintStamps(files, checkpoint);
-    if (JSON.stringify(after) === JSON.stringify(stamps)) await opts.cache.put(stamps, fp);
-  }
+  const { cache, hasher } = opts;
+  if (!cache) return computeFingerprint(files, config, checkpoint, hasher);
+  const stamps = await fingerprintStamps(files, checkpoint);
+  const hit = await cache.get(stamps);
+  if (hit) return hit;
+  const fp = await computeFingerprint(files, config, checkpoint, hasher);
+  // A file that changed while we hashed would make the entry lie: store only if stamps held.
+  if (sameStamps(await fingerprintStamps(files, checkpoint), stamps)) await cache.put(stamps, fp);
   return fp;
 }

@@ -12,6 +12,7 @@ import {
   FINGERPRINT_VERSION,
   type FileStamp,
   type FingerprintCache,
+  sameStamps,
 } from "../model/fingerprint.ts";
 
 export const CACHE_FILE = ".ultralong-fingerprint.json";
@@ -36,13 +37,6 @@ export function userCacheDir(
         ? env.LOCALAPPDATA || join(homedir(), "AppData", "Local")
         : join(homedir(), ".cache"));
   return join(base, "ultralong");
-}
-
-function sameStamps(a: FileStamp[], b: FileStamp[]): boolean {
-  return (
-    a.length === b.length &&
-    a.every((x, i) => x.name === b[i].name && x.size === b[i].size && x.mtimeMs === b[i].mtimeMs)
-  );
 }
 
 export interface DirectoryFingerprintCacheOptions {
