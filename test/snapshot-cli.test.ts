@@ -1,4 +1,5 @@
 // `ultralong snapshots ls|rm|gc` on a directory store and on s3rver, through the CLI's main().
+import { writeFileSync } from "node:fs";
 import { utimes } from "node:fs/promises";
 import { join } from "node:path";
 import { PassThrough } from "node:stream";
@@ -6,7 +7,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { encodeSnapshot } from "../core/kv/format.ts";
 import { kvPayloadBytes } from "../core/kv/layout.ts";
 import type { SnapshotStore } from "../core/kv/store.ts";
+import { loadModelDir } from "../core/node/load-model-dir.ts";
 import { openStore } from "../core/node/snapshot-dir.ts";
+import { COMPILED_TOKENIZER_FILE, loadTokenizer } from "../core/tokenizer/load.ts";
 import { main } from "../functions/cli/main.ts";
 import { type S3Server, startS3 } from "./harness/s3.ts";
 import { scratchDir, testModelDir } from "./support/models.ts";
@@ -93,6 +96,9 @@ describe("ultralong generate --store", () => {
   // The cache suite checks snapshot runs against runs without a cache on the driver directly.
   it("a warm run restores whole chunks from the store and prints what the cold run printed", async () => {
     const model = await testModelDir();
+    // Both runs then load the compiled vocabulary instead of parsing tokenizer.json (seconds each).
+    const tokenizer = await loadTokenizer((await loadModelDir(model)).files);
+    writeFileSync(join(model, COMPILED_TOKENIZER_FILE), tokenizer.compile());
     const dir = scratchDir("gen-store");
     const prompt = "the quick brown fox jumps over the lazy dog ".repeat(12);
     const base = ["generate", "--model", model, "--prompt", prompt, "--max-tokens", "6"];
