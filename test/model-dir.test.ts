@@ -17,7 +17,7 @@ import {
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { UltralongError } from "../core/errors.ts";
-import { Sha256, sha256Digest } from "../core/hash/sha256.ts";
+import { Sha256, sha256, sha256Digest } from "../core/hash/sha256.ts";
 import type { ByteSource, ModelFiles } from "../core/io/byte-source.ts";
 import type { GenerateOptions } from "../core/model/generate.ts";
 import { loadModel } from "../core/model/load.ts";
@@ -443,6 +443,17 @@ describe("SHA-256", () => {
     const h = new Sha256();
     h.update(big);
     expect(h.digestHex()).toBe(createHash("sha256").update(big).digest("hex"));
+  });
+
+  it("both Hashers give the same raw digest (what the fingerprint feeds in per tensor)", () => {
+    const data = randomBytes(1000);
+    const want = createHash("sha256").update(data).digest();
+    for (const make of [sha256, nodeSha256]) {
+      const h = make();
+      h.update(data.subarray(0, 300));
+      h.update(data.subarray(300));
+      expect(Buffer.from(h.digest()).equals(want)).toBe(true);
+    }
   });
 });
 
