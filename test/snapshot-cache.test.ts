@@ -366,4 +366,20 @@ describe("snapshot cache on s3rver behind the fault proxy", () => {
     expect(run.cachedTokens).toBe(0);
     expect((await generate(tokens, cacheOn(store))).cachedTokens).toBe(112);
   });
+
+  it("saves called at once (two runtimes, one tenant's cache) still keep to maxPendingUploads", async () => {
+    const tokens = prompt(2 * CHUNK, 12);
+    const store = s3store("concurrent/");
+    proxy.setSchedule((r) => (r.method === "PUT" ? { kind: "slow", delayMs: 60 } : null));
+    const cache = cacheOn(store, { maxPendingUploads: 1 });
+    const rts = [await runtime(), await runtime()];
+    for (const rt of rts) await rt.prefill(tokens);
+    await Promise.all(
+      rts.flatMap((rt) => [0, 1].map((i) => cache.save(rt, tokens, i * CHUNK, (i + 1) * CHUNK))),
+    );
+    await cache.flush();
+    proxy.setSchedule(() => null);
+    expect(cache.stats()).toMatchObject({ peakPendingUploads: 1, uploads: 4, uploadErrors: 0 });
+    for (const rt of rts) await rt.close();
+  });
 });

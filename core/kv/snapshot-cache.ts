@@ -326,6 +326,13 @@ export function createSnapshotCache(opts: SnapshotCacheOptions): SnapshotCache {
       return;
     }
     while (pending.size >= maxPending) await Promise.race(pending);
+    // Take the slot before the first await, so saves called at once cannot all pass the wait;
+    // the upload takes it over below.
+    let release = () => {};
+    const slot = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    pending.add(slot);
     try {
       const i = startPos / C;
       const keys = await keysFor(tokens, i + 1);
@@ -352,12 +359,15 @@ export function createSnapshotCache(opts: SnapshotCacheOptions): SnapshotCache {
         stats.pendingUploads = pending.size;
       });
       pending.add(p);
-      stats.pendingUploads = pending.size;
-      stats.peakPendingUploads = Math.max(stats.peakPendingUploads, pending.size);
     } catch (err) {
       stats.uploadErrors++;
       logger.warn("snapshot export failed", { start: startPos, end, error: String(err) });
+    } finally {
+      pending.delete(slot);
+      release();
     }
+    stats.pendingUploads = pending.size;
+    stats.peakPendingUploads = Math.max(stats.peakPendingUploads, pending.size);
   }
 
   async function flush(): Promise<void> {
