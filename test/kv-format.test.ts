@@ -1,4 +1,5 @@
 // Snapshot object format v1, chain keys and tenant keys.
+import { createHash } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { toHex } from "../core/crypto/sha256.ts";
 import { deriveTenantKey, parseMasterKey } from "../core/crypto/tenant-key.ts";
@@ -192,5 +193,18 @@ describe("chain keys", () => {
     expect(toHex(a)).not.toBe(toHex(b));
     expect(await tenantTag("x")).toMatch(/^[0-9a-f]{16}$/);
     expect(await tenantTag("x")).not.toBe(await tenantTag("y"));
+  });
+
+  it("tenant tag: 16 hex of SHA-256 over lp('ultralong-tenant-tag') || lp(salt), as documented", async () => {
+    const lp = (s: string) => {
+      const b = Buffer.from(s);
+      const n = Buffer.alloc(4);
+      n.writeUInt32LE(b.length);
+      return Buffer.concat([n, b]);
+    };
+    const digest = createHash("sha256")
+      .update(Buffer.concat([lp("ultralong-tenant-tag"), lp("tenant-7")]))
+      .digest("hex");
+    expect(await tenantTag("tenant-7")).toBe(digest.slice(0, 16));
   });
 });
