@@ -6,6 +6,7 @@ import { beforeAll, describe, expect, it } from "vitest";
 import { createRng } from "../core/engine/sampling.ts";
 import { f32ToBf16 } from "../core/safetensors/dtype.ts";
 import { ensureBuilt, INITIAL_PAGES, WASM_FILE } from "../wasm/build.mjs";
+import { attentionScratchBytes } from "../wasm/src/shard.mjs";
 
 const root = join(import.meta.dirname, "..");
 const u = 2 ** -24;
@@ -238,6 +239,13 @@ describe("attention: tiled online softmax == two-pass scalar softmax", () => {
     { nh: 8, nkv: 1, hd: 64, p0: 130, T: 1, bf16: true },
     { nh: 4, nkv: 1, hd: 64, p0: 5, T: 150, bf16: true },
   ];
+  it("the planner's scratch size (shard.mjs) is the kernel's attention_scratch_bytes", () => {
+    for (const c of cases) {
+      expect(attentionScratchBytes(c.nh, c.nkv, c.hd)).toBe(
+        fn("attention_scratch_bytes")(c.nh, c.nkv, c.hd),
+      );
+    }
+  });
   for (const c of cases) {
     it(`heads ${c.nh}/${c.nkv} hd ${c.hd} positions ${c.p0}+${c.T} ${c.bf16 ? "bf16" : "f32"} cache`, () => {
       top = Math.ceil(k.heap_base() / 64) * 64;

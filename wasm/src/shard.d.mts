@@ -23,6 +23,7 @@ export interface ShardSpec {
 
 export const INITIAL_PAGES: number;
 export function matrixBytes(rows: number, cols: number, format: WeightFormat): number;
+export function attentionScratchBytes(nh: number, nkv: number, hd: number): number;
 export function shardBytes(spec: ShardSpec): {
   weights: number;
   activations: number;

@@ -31,6 +31,17 @@ const I8_BLOCK = 32;
 
 const align = (n) => Math.ceil(n / ALIGN) * ALIGN;
 
+// attention's tile sizes (wasm/assembly/attention.ts BQ, BK): planning happens before any module is
+// instantiated, so the scratch formula is repeated here; test/wasm-kernels.test.ts checks that it
+// equals the kernel's attention_scratch_bytes.
+const ATT_BQ = 16;
+const ATT_BK = 64;
+
+/** Bytes of attention scratch for nh query heads over nkv KV heads of hd (one shard's heads). */
+export function attentionScratchBytes(nh, nkv, hd) {
+  return (2 * ATT_BK * hd + ATT_BK + 4 + 2 * ATT_BQ * Math.max(1, nh / Math.max(1, nkv))) * 4;
+}
+
 /** Bytes of one matrix (rows, cols) in `format`, int8 scales included. */
 export function matrixBytes(rows, cols, format) {
   if (format === "int8") return align(rows * cols) + align((rows * cols) / I8_BLOCK) * 4;
@@ -50,7 +61,7 @@ export function shardBytes(spec) {
     matrixBytes(H, F, f);
   const weights = L * perLayer + align(H * 4) + matrixBytes(V, H, f);
   const B = spec.maxBatch;
-  const scratch = (2 * 64 * hd + 64 + 4 + 2 * 16 * Math.max(1, nh / Math.max(1, nkv))) * 4;
+  const scratch = attentionScratchBytes(nh, nkv, hd);
   const activations =
     3 * align(B * H * 4) +
     align(B * nqkv * 4) +
