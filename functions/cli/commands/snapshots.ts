@@ -163,10 +163,11 @@ export const command: Command = {
       }
     } else {
       const roots = prefix !== undefined ? [prefix] : [SNAPSHOT_KEY_ROOT, QUARANTINE_ROOT];
-      doomed = await collect(store, roots, olderThan, now);
+      // One listing: the old objects, and with --orphans the rest checked for a missing parent.
+      const all = await collect(store, roots, null, now);
+      doomed = all.filter((o) => olderThan === null || now - o.lastModified > olderThan);
       if (values.orphans) {
         const chosen = new Set(doomed.map((o) => o.key));
-        const all = await collect(store, roots, null, now);
         const left = all.filter((o) => !chosen.has(o.key));
         for (const o of await orphans(store, left)) doomed.push(o);
       }
