@@ -238,6 +238,8 @@ export const command: Command = {
       throw new InvalidInputError(`--kv-dtype must be f32 or bf16, got '${kvDtype}'`);
     }
     const maxTokens = int(values, "max-tokens") ?? DEFAULT_MAX_TOKENS;
+    const chunkFlag = int(values, "chunk");
+    const threads = int(values, "threads");
     const flags = samplingFlags(values);
     const factory = await runtimes.pick(values.runtime ?? "auto");
 
@@ -248,14 +250,13 @@ export const command: Command = {
     const runtime = await factory.create({
       model,
       kvDtype,
-      threads: int(values, "threads"),
+      threads,
       // Reserve what this run can use: the prompt plus the tokens asked for, within the model's
       // context (the driver refuses a prompt that leaves no room).
       maxPositions: Math.min(prompt.length + maxTokens, model.config.maxPositionEmbeddings),
     });
 
-    const chunkTokens =
-      int(values, "chunk") ?? runtime.info.preferredChunkTokens ?? DEFAULT_CHUNK_TOKENS;
+    const chunkTokens = chunkFlag ?? runtime.info.preferredChunkTokens ?? DEFAULT_CHUNK_TOKENS;
     const masterKey = io.env.ULTRALONG_SNAPSHOT_KEY;
     const prefixCache =
       values.store === undefined
@@ -292,7 +293,7 @@ export const command: Command = {
         sampling,
         stop: values.stop,
         ignoreEos: values["ignore-eos"],
-        chunkTokens: int(values, "chunk"),
+        chunkTokens: chunkFlag,
         prefixCache,
         decoder: tokenTextDecoder(tokenizer.createDecoder({ skipSpecialTokens: true })),
         signal: controller.signal,
