@@ -16,7 +16,7 @@
 // Logprobs are vLLM's default "raw" logprobs: log-softmax of the model's logits before penalties
 // and temperature, so they describe the model, not the sampler settings.
 //
-// Performance notes: the vocabulary is 128K, so sorting it every step (about 15 ms in V8) is
+// Performance notes: the vocabulary is 128K, so sorting it every step (O(V log V) per token) is
 // avoided. The survivors of min-p / top-k / top-p always form a "top set" {i : p_i >= t}, so we
 // collect such a set for a falling threshold t until it provably contains the survivors, and sort
 // only that (usually a few hundred ids).

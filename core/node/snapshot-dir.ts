@@ -7,8 +7,9 @@
 //
 // No fsync by default: a snapshot is a cache entry. After a power cut a renamed-but-unflushed file
 // can come back empty or short on some filesystems; the reader's size and SHA-256 checks turn that
-// into a miss and a quarantine, never wrong KV. fsync costs ~30x on the save path here
-// (`npm run bench -- snapshots`); `{ fsync: true }` buys durability across power loss.
+// into a miss and a quarantine, never wrong KV. fsync made a 64 MiB save 2.3x slower in the run
+// docs/snapshot-format.md records (`npm run bench -- snapshots`: local.saveMBps against
+// local.fsyncSaveMBps); `{ fsync: true }` buys durability across power loss.
 
 import { createHash, randomBytes } from "node:crypto";
 import { mkdir, open, readdir, rename, rm, stat, unlink } from "node:fs/promises";
@@ -213,8 +214,8 @@ export function openStore(
 }
 
 /**
- * SHA-256 through node:crypto: about 5x crypto.subtle on large buffers in Node 20 (subtle copies
- * the input to the thread pool first). Pass as `sha256` to createSnapshotCache on Node.
+ * SHA-256 through node:crypto: several times crypto.subtle on large buffers in Node 20 (subtle
+ * copies the input first; see core/crypto/sha256.ts). Pass as `sha256` to createSnapshotCache.
  */
 export const nodeSha256: Sha256 = async (data) =>
   new Uint8Array(createHash("sha256").update(data).digest());

@@ -4,7 +4,8 @@
 //   s3:     snapshot save (encode + SHA-256 + S3Store.put, multipart) and restore (S3Store.get with
 //           parallel ranged GETs + verify) against one raw PutObject / GetObject of the same bytes
 //           to the same s3rver, in the same run; ratio = our throughput / raw throughput.
-//   local:  DirectoryStore put (temp file + fsync + rename) and get against fs.writeFile/readFile.
+//   local:  DirectoryStore put (temp file + rename; and with fsync) and get against
+//           fs.writeFile/readFile.
 //   restoreVsRecompute: per prompt length, prefill time on the runtime against restoring the same
 //           KV from a directory store into a fresh runtime (chunks of 512 tokens).
 
