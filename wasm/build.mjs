@@ -4,14 +4,13 @@
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
+import { INITIAL_PAGES } from "./src/shard.mjs";
+
+// Pages (64 KiB) every memory given to the module must start with, defined once in shard.mjs
+// (which a worker loads without this Node-only script).
+export { INITIAL_PAGES };
 
 export const WASM_FILE = "wasm/build/ultralong.wasm";
-
-/**
- * Pages (64 KiB) every memory given to the module must start with: the module's static data (the
- * GEMM's 256 KiB packing buffer, wasm/assembly/matmul.ts) lies below heap_base.
- */
-export const INITIAL_PAGES = 8;
 
 export async function build({ root }) {
   const asc = join(root, "node_modules", "assemblyscript", "bin", "asc.js");

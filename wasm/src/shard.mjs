@@ -23,8 +23,11 @@
 const ALIGN = 64;
 const PAGE = 65536;
 const MAX_PAGES = 65536;
-// The module declares 8 initial pages of static data (wasm/build.mjs INITIAL_PAGES); the build
-// script is not importable from a worker bundle, so the number is repeated here.
+/**
+ * Pages (64 KiB) every memory given to the module must start with: the module's static data (the
+ * GEMM's 256 KiB packing buffer, wasm/assembly/matmul.ts) lies below heap_base. wasm/build.mjs
+ * passes it to asc as --initialMemory.
+ */
 export const INITIAL_PAGES = 8;
 const QUANT_ROWS = 64;
 const I8_BLOCK = 32;
