@@ -5,6 +5,7 @@
 // Runtimes: WASM SIMD (wasm/src), native via emscripten or N-API (native/ts). A runtime that cannot
 // run here is a stub of this shape whose `create` fails with NotAvailableError.
 
+import { InvalidInputError } from "../errors.ts";
 import type { KvLayout } from "../kv/layout.ts";
 import type { ModelConfig } from "../model/config-types.ts";
 
@@ -57,4 +58,23 @@ export interface Runtime {
 
   /** Free workers and memory. The runtime is unusable afterwards. */
   close(): Promise<void>;
+}
+
+/** The argument check every runtime's `truncate` makes: an integer in [0, held]. */
+export function checkTruncate(position: number, held: number): void {
+  if (!Number.isInteger(position) || position < 0 || position > held) {
+    throw new InvalidInputError(`truncate(${position}): must be an integer in [0, ${held}]`);
+  }
+}
+
+/** The argument check every runtime's `exportKv` makes: [start, end) within the held positions. */
+export function checkKvRange(start: number, end: number, held: number): void {
+  if (!Number.isInteger(start) || !Number.isInteger(end) || start < 0 || start > end) {
+    throw new InvalidInputError(`exportKv(${start}, ${end}): not a position range`);
+  }
+  if (end > held) {
+    throw new InvalidInputError(
+      `exportKv(${start}, ${end}): only ${held} positions are in the cache`,
+    );
+  }
 }
