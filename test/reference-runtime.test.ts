@@ -9,7 +9,7 @@ import {
   createReferenceRuntime,
   referenceRuntimeFactory,
 } from "../core/engine/reference-runtime.ts";
-import { NotAvailableError } from "../core/errors.ts";
+import { InvalidInputError, NotAvailableError } from "../core/errors.ts";
 import { kvBytesPerToken } from "../core/kv/layout.ts";
 import type { GenerateOptions } from "../core/model/generate.ts";
 import { runtimes } from "../functions/runtimes.ts";
@@ -90,6 +90,24 @@ describe("reference runtime", () => {
     const a = await rounded.forward(tokens);
     expect(Array.from(a)).toEqual(Array.from(await bf16File.forward(tokens)));
     expect(relativeError(a, await plain.forward(tokens))).toBeGreaterThan(0);
+  });
+
+  it("refuses truncate and export ranges outside what it holds, keeping its position", async () => {
+    const model = await loadTestModel(SMALL_VOCAB);
+    const rt = await createReferenceRuntime({ model, maxPositions: 16 });
+    await rt.prefill(suiteTokens(5, model.config.vocabSize));
+    for (const bad of [-1, 6, 2.5]) expect(() => rt.truncate(bad)).toThrow(InvalidInputError);
+    for (const [start, end] of [
+      [-1, 2],
+      [3, 2],
+      [0, 6],
+      [0.5, 2],
+    ]) {
+      await expect(rt.exportKv(start, end)).rejects.toThrow(InvalidInputError);
+    }
+    expect(rt.position).toBe(5);
+    expect((await rt.exportKv(5, 5)).byteLength).toBe(0);
+    await rt.close();
   });
 
   it("refuses KV and weight formats it does not have", async () => {

@@ -50,7 +50,7 @@ import {
   f32BitsToF16,
 } from "../safetensors/dtype.ts";
 import type { RuntimeFactory, RuntimeOptions } from "./registry.ts";
-import type { Runtime, RuntimeInfo } from "./runtime.ts";
+import { checkKvRange, checkTruncate, type Runtime, type RuntimeInfo } from "./runtime.ts";
 
 interface LayerWeights {
   inputNorm: Float32Array; // (hidden)
@@ -201,24 +201,13 @@ class ReferenceRuntime implements Runtime {
 
   truncate(position: number): void {
     this.#open();
-    if (!Number.isInteger(position) || position < 0 || position > this.#position) {
-      throw new InvalidInputError(
-        `truncate(${position}): must be an integer in [0, ${this.#position}]`,
-      );
-    }
+    checkTruncate(position, this.#position);
     this.#position = position;
   }
 
   async exportKv(start: number, end: number): Promise<Uint8Array> {
     this.#open();
-    if (!Number.isInteger(start) || !Number.isInteger(end) || start < 0 || start > end) {
-      throw new InvalidInputError(`exportKv(${start}, ${end}): not a position range`);
-    }
-    if (end > this.#position) {
-      throw new InvalidInputError(
-        `exportKv(${start}, ${end}): only ${this.#position} positions are in the cache`,
-      );
-    }
+    checkKvRange(start, end, this.#position);
     const { layers, kvHeads, headDim } = this.info.kv;
     const n = end - start;
     const out = new Uint8Array(kvPayloadBytes(this.info.kv, n));
