@@ -1,5 +1,6 @@
 // `npm run deploy -- [--dry-run] [--region R] [--model s3://bucket/dir/] [--gpu-type T]
-//   [--max-instances N] [--snapshot-days N] [--idle-minutes N] [--image URI] [--name N] [--out DIR]`
+//   [--max-instances N] [--snapshot-days N] [--idle-minutes N] [--image URI] [--name N]
+//   [--model-id ID] [--max-context N] [--out DIR]`
 //
 // Bundles the edge, synthesizes the CDK stack, checks its security invariants and prints what it
 // would create. Without --dry-run it then deploys the synthesized assembly with the AWS CDK CLI
@@ -33,6 +34,8 @@ export async function deploy(argv: string[], env: Record<string, string | undefi
       "idle-minutes": { type: "string" },
       image: { type: "string" },
       name: { type: "string" },
+      "model-id": { type: "string" },
+      "max-context": { type: "string" },
       out: { type: "string" },
     },
     strict: true,

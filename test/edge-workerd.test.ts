@@ -1,13 +1,12 @@
-// The edge bundled with esbuild (the deploy bundler, Workers target) and run in the real workerd
-// binary, called over HTTP; it forwards signed frames to a model function on a Node socket. Same
+// The edge bundled with esbuild (the deploy bundler, Workers target, vocabulary embedded as
+// infra/workers/wrangler.toml deploys it: no TOKENIZER binding) and run in the real workerd binary,
+// called over HTTP; it forwards signed frames to a model function on a Node socket. Same
 // answers as the Node edge for the same greedy request.
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DirectoryModelFiles } from "../core/node/model-files.ts";
 import { parseSse } from "../core/protocol/events.ts";
-import { loadTokenizer } from "../core/tokenizer/load.ts";
 import { sha256Hex } from "../functions/edge/keys.ts";
 import { type LocalServer, startLocal } from "../functions/platform/local.ts";
 import { bundleEdge } from "../infra/deploy/bundle.ts";
@@ -38,11 +37,9 @@ beforeAll(async () => {
   });
   bundleDir = await mkdtemp(join(tmpdir(), "ultralong-edge-bundle-"));
   const { file } = await bundleEdge(process.cwd(), "workers", bundleDir);
-  const tokenizer = await loadTokenizer(new DirectoryModelFiles(dir));
   worker = await startWorkerd({
     script: await readFile(file, "utf8"),
     bindings: {
-      TOKENIZER: tokenizer.compile(),
       API_KEYS: JSON.stringify(keys),
       SIGNING_SECRET: SECRET,
       MODEL_URL: local.modelUrl,

@@ -2,7 +2,7 @@
 // streamHandle). Settings from the environment:
 //   ULTRALONG_TOKENIZER        compiled vocabulary in the deployment package (default
 //                              ./tokenizer.ultralong.bin, next to index.mjs)
-//   ULTRALONG_API_KEYS         key file JSON, or ULTRALONG_API_KEYS_SECRET_ARN (Secrets Manager)
+//   ULTRALONG_API_KEYS         key file JSON, or ULTRALONG_API_KEYS_ARN (Secrets Manager)
 //   ULTRALONG_SIGNING_SECRET   or ULTRALONG_SIGNING_SECRET_ARN
 //   ULTRALONG_MODEL_URL, ULTRALONG_MODEL_ID, ULTRALONG_MAX_CONTEXT
 //   ULTRALONG_FILES            s3://bucket/prefix for uploaded files (default: memory, per instance)

@@ -1,18 +1,38 @@
 // Bundles an edge entry file with esbuild: one ESM file per platform. The Lambda bundle leaves the
 // AWS SDK out (the Node 20 Lambda runtime ships v3); the Workers bundle is fully self-contained.
 
-import { mkdir } from "node:fs/promises";
+import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { build } from "esbuild";
+import { llama31TokenizerFiles } from "../../core/node/make-model.ts";
+import { Tokenizer } from "../../core/tokenizer/index.ts";
+import { COMPILED_TOKENIZER_FILE } from "../../core/tokenizer/load.ts";
 
 export type EdgePlatform = "lambda" | "workers";
 
 export const EDGE_ENTRIES: Record<EdgePlatform, string> = {
   lambda: "functions/platform/lambda.ts",
-  workers: "functions/platform/workers.ts",
+  workers: "infra/workers/entry.ts",
 };
 
-/** Writes `outDir/index.mjs` and returns its path and size. */
+/**
+ * The compiled Llama 3.1 vocabulary with its chat template (UltraLong-8B ships Llama 3.1's
+ * tokenizer unchanged). The Lambda reads it from its package; Workers get it as a data binding.
+ */
+export async function compiledLlama31Tokenizer(): Promise<Uint8Array> {
+  const files = await llama31TokenizerFiles();
+  const text = new TextDecoder();
+  return Tokenizer.fromJson(
+    text.decode(files.tokenizer),
+    text.decode(files.tokenizerConfig),
+  ).compile();
+}
+
+/**
+ * Writes `outDir/index.mjs` and returns its path and size. The compiled vocabulary goes beside it
+ * (`tokenizer.ultralong.bin`): the Lambda reads it from its package; the Workers bundle embeds it
+ * (what wrangler's Data rule does for infra/workers/wrangler.toml).
+ */
 export async function bundleEdge(
   root: string,
   platform: EdgePlatform,
@@ -20,6 +40,9 @@ export async function bundleEdge(
 ): Promise<{ file: string; bytes: number }> {
   await mkdir(outDir, { recursive: true });
   const file = join(outDir, "index.mjs");
+  const vocabFile = join(outDir, COMPILED_TOKENIZER_FILE);
+  const vocab = await compiledLlama31Tokenizer();
+  await writeFile(vocabFile, vocab);
   const result = await build({
     entryPoints: [join(root, EDGE_ENTRIES[platform])],
     outfile: file,
@@ -31,8 +54,22 @@ export async function bundleEdge(
     logLevel: "silent",
     ...(platform === "lambda"
       ? { platform: "node", target: "node20", external: ["@aws-sdk/*"] }
-      : { platform: "browser", target: "es2022", conditions: ["workerd", "worker", "browser"] }),
+      : {
+          platform: "browser",
+          target: "es2022",
+          conditions: ["workerd", "worker", "browser"],
+          loader: { ".bin": "binary" },
+          plugins: [
+            {
+              name: "vocabulary",
+              setup(b) {
+                b.onResolve({ filter: /tokenizer\.ultralong\.bin$/ }, () => ({ path: vocabFile }));
+              },
+            },
+          ],
+        }),
   });
-  const bytes = Object.values(result.metafile.outputs).reduce((n, o) => n + o.bytes, 0);
+  const code = Object.values(result.metafile.outputs).reduce((n, o) => n + o.bytes, 0);
+  const bytes = platform === "lambda" ? code + vocab.byteLength : code;
   return { file, bytes };
 }

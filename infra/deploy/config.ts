@@ -30,6 +30,10 @@ export interface DeployConfig {
   idleMinutes: number;
   /** A pre-built model image URI; when absent the image is built from infra/docker/model.Dockerfile. */
   modelImage: string | null;
+  /** The model name clients send (`model` in requests, GET /v1/models). */
+  modelId: string;
+  /** Most tokens of context the edge accepts (prompt + output). */
+  maxContext: number;
 }
 
 const DEFAULTS = {
@@ -40,6 +44,8 @@ const DEFAULTS = {
   maxInstances: 2,
   snapshotRetentionDays: 7,
   idleMinutes: 15,
+  modelId: "ultralong-8b-1m",
+  maxContext: 1_048_576,
 } as const;
 
 function positiveInt(name: string, raw: string): number {
@@ -104,6 +110,11 @@ export function resolveDeployConfig(
       pick("idle-minutes", "ULTRALONG_IDLE_MINUTES") ?? String(DEFAULTS.idleMinutes),
     ),
     modelImage,
+    modelId: pick("model-id", "ULTRALONG_MODEL_ID") ?? DEFAULTS.modelId,
+    maxContext: positiveInt(
+      "--max-context",
+      pick("max-context", "ULTRALONG_MAX_CONTEXT") ?? String(DEFAULTS.maxContext),
+    ),
   };
 }
 

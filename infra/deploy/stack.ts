@@ -16,6 +16,7 @@ import {
   aws_lambda as lambda,
   aws_logs as logs,
   RemovalPolicy,
+  SecretValue,
   Stack,
   aws_s3 as s3,
   aws_secretsmanager as secretsmanager,
@@ -74,14 +75,19 @@ export function buildStack(app: App, config: DeployConfig, assets: StackAssets):
 
   // --- Secrets: API keys (edge only) and the edge-to-model signing secret (both) --------------
   const apiKeys = new secretsmanager.Secret(stack, "ApiKeys", {
-    description: "JSON: [{ sha256: hex of the API key, tenant, limits }]; read by the edge only",
-    generateSecretString: {
-      secretStringTemplate: JSON.stringify({ keys: [] }),
-      generateStringKey: "unused",
-    },
+    description:
+      "Key file JSON (functions/edge/keys.ts): tenants and SHA-256 hashes of API keys; read by the edge only",
+    // Starts empty (no key works) and holds only hashes; the operator adds keys after deploying.
+    secretStringValue: SecretValue.unsafePlainText(JSON.stringify({ tenants: {}, keys: [] })),
   });
   const signingSecret = new secretsmanager.Secret(stack, "SigningSecret", {
     description: "HMAC secret the edge signs model-function requests with",
+    generateSecretString: { passwordLength: 64, excludePunctuation: true },
+  });
+  // Per-tenant snapshot salts derive from this; it must outlive container restarts or every
+  // tenant's snapshots become unreachable. Model function only.
+  const saltSecret = new secretsmanager.Secret(stack, "SaltSecret", {
+    description: "Secret the model function derives per-tenant snapshot salts from",
     generateSecretString: { passwordLength: 64, excludePunctuation: true },
   });
 
@@ -154,7 +160,10 @@ export function buildStack(app: App, config: DeployConfig, assets: StackAssets):
       ULTRALONG_FILES: `s3://${bucket.bucketName}/${FILES_PREFIX}`,
       PORT: String(MODEL_PORT),
     },
-    secrets: { ULTRALONG_SIGNING_SECRET: ecs.Secret.fromSecretsManager(signingSecret) },
+    secrets: {
+      ULTRALONG_SIGNING_SECRET: ecs.Secret.fromSecretsManager(signingSecret),
+      ULTRALONG_SALT_SECRET: ecs.Secret.fromSecretsManager(saltSecret),
+    },
     healthCheck: {
       command: ["CMD-SHELL", `curl -fs http://localhost:${MODEL_PORT}/healthz || exit 1`],
       startPeriod: Duration.minutes(10),
@@ -241,9 +250,12 @@ export function buildStack(app: App, config: DeployConfig, assets: StackAssets):
     vpcSubnets: { subnetType: ec2.SubnetType.PRIVATE_WITH_EGRESS },
     securityGroups: [edgeSg],
     environment: {
+      // Names read by functions/platform/lambda.ts.
       ULTRALONG_ROLE: "edge",
       ULTRALONG_MODEL_URL: `http://${alb.loadBalancerDnsName}`,
-      ULTRALONG_API_KEYS_SECRET_ARN: apiKeys.secretArn,
+      ULTRALONG_MODEL_ID: config.modelId,
+      ULTRALONG_MAX_CONTEXT: String(config.maxContext),
+      ULTRALONG_API_KEYS_ARN: apiKeys.secretArn,
       ULTRALONG_SIGNING_SECRET_ARN: signingSecret.secretArn,
       ULTRALONG_FILES: `s3://${bucket.bucketName}/${FILES_PREFIX}`,
     },
