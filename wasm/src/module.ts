@@ -8,7 +8,8 @@ export const WASM_URL = new URL("../build/ultralong.wasm", import.meta.url);
 
 let cached: Promise<WebAssembly.Module> | null = null;
 
-function onNode(): boolean {
+/** Whether this is Node (a file system, worker_threads). */
+export function onNode(): boolean {
   return typeof process !== "undefined" && typeof process.versions?.node === "string";
 }
 

@@ -27,7 +27,7 @@ import type { LoadedModel } from "../../core/model/weights.ts";
 import { decodeTo16, decodeToF32 } from "../../core/safetensors/dtype.ts";
 import { loadShardWeights } from "./load-weights.ts";
 import { LocalShards } from "./local-shards.ts";
-import { loadWasmModule, wasmUnavailableReason } from "./module.ts";
+import { loadWasmModule, onNode, wasmUnavailableReason } from "./module.ts";
 import { checkShapes, fitMemory, MAX_BATCH, planShards, type ShardPlan } from "./plan.ts";
 import type { WeightFormat } from "./shard.mjs";
 import type { ShardSet } from "./shard-set.ts";
@@ -35,10 +35,6 @@ import type { ShardSet } from "./shard-set.ts";
 export interface WasmRuntimeOptions extends RuntimeOptions {
   /** The compiled kernels; default: wasm/build/ultralong.wasm (Node only). */
   wasmModule?: WebAssembly.Module;
-}
-
-function onNode(): boolean {
-  return typeof process !== "undefined" && typeof process.versions?.node === "string";
 }
 
 function defaultWeightFormat(model: LoadedModel): WeightFormat {
