@@ -393,6 +393,14 @@ describe("loading", () => {
     expect(files.rangeBytes).toBe(headerBytes + 32 * 4);
   });
 
+  it("refuses a missing directory as such, in one line", async () => {
+    const dir = join(scratchDir("gone"), "no-such-model");
+    const err = await loadModelDir(dir).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(UltralongError);
+    expect((err as UltralongError).code).toBe("not_found");
+    expect((err as Error).message).toBe(`${dir}: no such model directory`);
+  });
+
   it("loads F32 weights under a bf16 torch_dtype, as published checkpoints come", async () => {
     const dir = await copyOf(BASE);
     await editJson(join(dir, "config.json"), (j) => {

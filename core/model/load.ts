@@ -63,8 +63,11 @@ export function checkLlamaCheckpoint(config: ModelConfig, checkpoint: Checkpoint
   }
 }
 
-async function readGeneration(files: ModelFiles, config: ModelConfig): Promise<GenerationDefaults> {
-  const names = await files.list();
+async function readGeneration(
+  files: ModelFiles,
+  names: string[],
+  config: ModelConfig,
+): Promise<GenerationDefaults> {
   if (!names.includes("generation_config.json")) return { eosTokenIds: [...config.eosTokenIds] };
   const gen = parseGenerationConfig(
     await files.readText("generation_config.json"),
@@ -78,8 +81,10 @@ async function readGeneration(files: ModelFiles, config: ModelConfig): Promise<G
 }
 
 export async function loadModel(files: ModelFiles, opts: LoadOptions = {}): Promise<LoadedModel> {
+  // Listing first: a missing directory is refused as such, not as a missing config.json.
+  const names = await files.list();
   const config = parseConfig(await files.readText("config.json"), `${files.name}/config.json`);
-  const generation = await readGeneration(files, config);
+  const generation = await readGeneration(files, names, config);
   const checkpoint = await Checkpoint.open(files);
   checkLlamaCheckpoint(config, checkpoint);
 
