@@ -339,36 +339,37 @@ export class Shard {
    */
   exportKv(start, end) {
     const { layers: L, kvHeads: nkv, headDim: hd } = this.spec;
-    const n = end - start;
-    const rowBytes = hd * this.kvEb;
-    const out = new Uint8Array(2 * L * nkv * n * rowBytes);
+    const out = new Uint8Array(2 * L * nkv * (end - start) * hd * this.kvEb);
     const mem = new Uint8Array(this.memory.buffer);
-    let o = 0;
-    for (let l = 0; l < L; l++) {
-      for (let which = 0; which < 2; which++) {
-        for (let h = 0; h < nkv; h++) {
-          const src = this.#kvPtr(l, which) + (h * this.cap + start) * rowBytes;
-          out.set(mem.subarray(src, src + n * rowBytes), o);
-          o += n * rowBytes;
-        }
-      }
+    for (const { ptr, at, bytes } of this.#kvRuns(start, end - start)) {
+      out.set(mem.subarray(ptr, ptr + bytes), at);
     }
     return out;
   }
 
   /** Write positions [start, start + n) from bytes in exportKv's layout and the cache dtype. */
   importKv(bytes, start, n) {
-    const { layers: L, kvHeads: nkv, headDim: hd } = this.spec;
     this.reserve(start + n, start);
-    const rowBytes = hd * this.kvEb;
     const mem = new Uint8Array(this.memory.buffer);
-    let o = 0;
+    for (const { ptr, at, bytes: len } of this.#kvRuns(start, n)) {
+      mem.set(bytes.subarray(at, at + len), ptr);
+    }
+  }
+
+  /**
+   * exportKv's layout walked run by run: for each layer, K then V, each local KV head, the `bytes`
+   * of positions [start, start + n) at `ptr` in memory and at `at` in the exported bytes.
+   */
+  *#kvRuns(start, n) {
+    const { layers: L, kvHeads: nkv } = this.spec;
+    const rowBytes = this.spec.headDim * this.kvEb;
+    const bytes = n * rowBytes;
+    let at = 0;
     for (let l = 0; l < L; l++) {
       for (let which = 0; which < 2; which++) {
         for (let h = 0; h < nkv; h++) {
-          const dst = this.#kvPtr(l, which) + (h * this.cap + start) * rowBytes;
-          mem.set(bytes.subarray(o, o + n * rowBytes), dst);
-          o += n * rowBytes;
+          yield { ptr: this.#kvPtr(l, which) + (h * this.cap + start) * rowBytes, at, bytes };
+          at += bytes;
         }
       }
     }
