@@ -20,6 +20,7 @@ export class WorkerShards implements ShardSet {
   readonly #pool: WorkerPool;
   readonly #ctl: Int32Array; // (16) barrier state, see worker.mjs
   readonly #input: Float32Array; // (maxBatch, hidden) f32
+  readonly #hidden: number;
   readonly #logits: Float32Array; // (vocab) f32
 
   private constructor(
@@ -32,6 +33,7 @@ export class WorkerShards implements ShardSet {
     this.#pool = pool;
     this.#ctl = new Int32Array(sab, layout.ctl, 16);
     this.#input = new Float32Array(sab, layout.input, B * H);
+    this.#hidden = H;
     this.#logits = new Float32Array(sab, layout.logits, layout.vocab);
   }
 
@@ -100,7 +102,8 @@ export class WorkerShards implements ShardSet {
     signal?: AbortSignal,
   ) {
     if (signal?.aborted) throw new CancelledError();
-    this.#input.set(input.subarray(0, this.#input.length));
+    // Only the T rows the workers read (a decode step is 1 row, not maxBatch).
+    this.#input.set(input.subarray(0, T * this.#hidden));
     // Every worker is idle here, so the barrier state can be reset (a failed forward may have
     // left arrivals counted).
     Atomics.store(this.#ctl, ARRIVED, 0);
