@@ -110,6 +110,21 @@ describe("reference runtime", () => {
     await rt.close();
   });
 
+  it("runtimes sharing a model's weights stay independent: closing one leaves the others", async () => {
+    const model = await loadTestModel(SMALL_VOCAB);
+    const tokens = suiteTokens(20, model.config.vocabSize);
+    const a = await createReferenceRuntime({ model });
+    const b = await createReferenceRuntime({ model });
+    const want = await a.forward(tokens);
+    await a.close();
+    expect(Array.from(await b.forward(tokens))).toEqual(Array.from(want));
+    await b.close();
+    // After the last one closed, a new runtime loads the weights again and computes the same.
+    const c = await createReferenceRuntime({ model });
+    expect(Array.from(await c.forward(tokens))).toEqual(Array.from(want));
+    await c.close();
+  });
+
   it("refuses KV and weight formats it does not have", async () => {
     const model = await loadTestModel(SMALL_VOCAB);
     await expect(createReferenceRuntime({ model, kvDtype: "fp8-e4m3" })).rejects.toThrow(

@@ -163,6 +163,34 @@ function rmsNorm(x: Float32Array, rows: number, n: number, weight: Float32Array,
   return out;
 }
 
+/**
+ * Weights are read-only, so runtimes open at the same time on the same model and format share one
+ * copy (tests open many); the copy is dropped when the last of them closes.
+ */
+const sharedWeights = new WeakMap<
+  LoadedModel,
+  Map<string, { weights: Promise<Weights>; users: number }>
+>();
+
+function acquireWeights(model: LoadedModel, format: "f32" | "bf16") {
+  let byFormat = sharedWeights.get(model);
+  if (!byFormat) sharedWeights.set(model, (byFormat = new Map()));
+  let entry = byFormat.get(format);
+  if (!entry) {
+    entry = { weights: loadWeights(model, format), users: 0 };
+    byFormat.set(format, entry);
+  }
+  entry.users++;
+  const [map, held] = [byFormat, entry];
+  let released = false;
+  const release = () => {
+    if (released) return;
+    released = true;
+    if (--held.users === 0 && map.get(format) === held) map.delete(format);
+  };
+  return { weights: held.weights, release };
+}
+
 class ReferenceRuntime implements Runtime {
   readonly config: ModelConfig;
   readonly info: RuntimeInfo;
@@ -179,11 +207,13 @@ class ReferenceRuntime implements Runtime {
   #capacity = 0;
   /** RoPE for every type but dynamic, whose frequencies depend on the positions a call covers. */
   #rope: RopeParams | null;
+  readonly #release: () => void;
 
-  constructor(config: ModelConfig, weights: Weights, info: RuntimeInfo) {
+  constructor(config: ModelConfig, weights: Weights, info: RuntimeInfo, release: () => void) {
     this.config = config;
     this.#weights = weights;
     this.info = info;
+    this.#release = release;
     this.#rope = config.ropeScaling.ropeType === "dynamic" ? null : computeRope(config);
   }
 
@@ -270,6 +300,7 @@ class ReferenceRuntime implements Runtime {
 
   async close(): Promise<void> {
     this.#closed = true;
+    this.#release();
     this.#k = [];
     this.#v = [];
   }
@@ -477,7 +508,14 @@ export async function createReferenceRuntime(options: RuntimeOptions): Promise<R
   if (!Number.isInteger(maxPositions) || maxPositions < 1) {
     throw new InvalidInputError(`maxPositions must be a positive integer, not ${maxPositions}`);
   }
-  const weights = await loadWeights(model, format);
+  const shared = acquireWeights(model, format);
+  let weights: Weights;
+  try {
+    weights = await shared.weights;
+  } catch (err) {
+    shared.release();
+    throw err;
+  }
   const kv: KvLayout = {
     layers: c.numHiddenLayers,
     kvHeads: c.numKeyValueHeads,
@@ -490,14 +528,19 @@ export async function createReferenceRuntime(options: RuntimeOptions): Promise<R
   }
   let weightBytes = 0;
   for (const a of arrays) weightBytes += a.byteLength;
-  return new ReferenceRuntime(c, weights, {
-    name: "reference",
-    kv,
-    maxPositions,
-    threads: 1,
-    weightBytes,
-    kvCapacityBytes: kvPayloadBytes(kv, maxPositions),
-  });
+  return new ReferenceRuntime(
+    c,
+    weights,
+    {
+      name: "reference",
+      kv,
+      maxPositions,
+      threads: 1,
+      weightBytes,
+      kvCapacityBytes: kvPayloadBytes(kv, maxPositions),
+    },
+    shared.release,
+  );
 }
 
 /** Registry entry: always available, lowest priority (it is the slowest runtime). */
