@@ -40,3 +40,12 @@ export function onePositional(positionals: string[], what: string): string {
   }
   return positionals[0];
 }
+
+/** An optional non-negative integer option (`--name N`): undefined when absent, else the number. */
+export function intOption(name: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(Number(value))) {
+    throw new InvalidInputError(`--${name} must be a non-negative integer, got '${value}'`);
+  }
+  return Number(value);
+}

@@ -5,7 +5,7 @@ import { InvalidInputError } from "../../../core/errors.ts";
 import type { RopeType } from "../../../core/model/config-types.ts";
 import { GENERATE_DEFAULTS, type GenerateOptions } from "../../../core/model/generate.ts";
 import { makeModelDir } from "../../../core/node/make-model.ts";
-import { type Command, onePositional, parseCommandArgs } from "../command.ts";
+import { type Command, intOption, onePositional, parseCommandArgs } from "../command.ts";
 
 const usage = `usage: ultralong make-model DIR [options]
 
@@ -29,14 +29,6 @@ options:
   --tie-embeddings    tie lm_head to embed_tokens (no lm_head tensor)
   --seed N            random seed (default 0)
 `;
-
-function int(name: string, v: string | undefined): number | undefined {
-  if (v === undefined) return undefined;
-  if (!/^\d+$/.test(v) || !Number.isSafeInteger(Number(v))) {
-    throw new InvalidInputError(`--${name} must be a non-negative integer, got '${v}'`);
-  }
-  return Number(v);
-}
 
 export const command: Command = {
   summary: "write a deterministic random Llama model directory (HF layout)",
@@ -69,20 +61,20 @@ export const command: Command = {
       }
     }
     const opts: GenerateOptions = {
-      layers: int("layers", values.layers),
-      hidden: int("hidden", values.hidden),
-      heads: int("heads", values.heads),
-      kvHeads: int("kv-heads", values["kv-heads"]),
-      headDim: int("head-dim", values["head-dim"]),
-      ffn: int("ffn", values.ffn),
-      vocab: int("vocab", values.vocab),
+      layers: intOption("layers", values.layers),
+      hidden: intOption("hidden", values.hidden),
+      heads: intOption("heads", values.heads),
+      kvHeads: intOption("kv-heads", values["kv-heads"]),
+      headDim: intOption("head-dim", values["head-dim"]),
+      ffn: intOption("ffn", values.ffn),
+      vocab: intOption("vocab", values.vocab),
       rope: values.rope as RopeType | undefined,
       ropeFactor,
-      maxPos: int("max-pos", values["max-pos"]),
+      maxPos: intOption("max-pos", values["max-pos"]),
       dtype: values.dtype as "f32" | "bf16" | undefined,
-      shards: int("shards", values.shards),
+      shards: intOption("shards", values.shards),
       tieEmbeddings: values["tie-embeddings"],
-      seed: int("seed", values.seed),
+      seed: intOption("seed", values.seed),
     };
     const made = await makeModelDir(dir, opts);
     io.stdout.write(`wrote ${made.files.length} files to ${dir}: ${made.files.join(", ")}\n`);
