@@ -181,7 +181,8 @@ function acquireWeights(model: LoadedModel, format: "f32" | "bf16") {
     byFormat.set(format, entry);
   }
   entry.users++;
-  const [map, held] = [byFormat, entry];
+  const map = byFormat;
+  const held = entry;
   let released = false;
   const release = () => {
     if (released) return;
