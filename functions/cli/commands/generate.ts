@@ -27,7 +27,7 @@ import { nodeSha256, openStore } from "../../../core/node/snapshot-dir.ts";
 import type { Tokenizer } from "../../../core/tokenizer/index.ts";
 import { loadTokenizer } from "../../../core/tokenizer/load.ts";
 import { runtimes } from "../../runtimes.ts";
-import { type Command, type CommandIO, parseCommandArgs } from "../command.ts";
+import { type Command, type CommandIO, intOption, parseCommandArgs } from "../command.ts";
 
 const DEFAULT_MAX_TOKENS = 256;
 
@@ -97,15 +97,6 @@ function parseOptions(argv: string[]) {
   return parseCommandArgs(argv, OPTIONS, { allowPositionals: false });
 }
 
-function int(values: Values, name: keyof Values): number | undefined {
-  const v = values[name];
-  if (v === undefined) return undefined;
-  if (typeof v !== "string" || !/^\d+$/.test(v) || !Number.isSafeInteger(Number(v))) {
-    throw new InvalidInputError(`--${name} must be a non-negative integer, got '${v}'`);
-  }
-  return Number(v);
-}
-
 function num(values: Values, name: keyof Values): number | undefined {
   const v = values[name];
   if (v === undefined) return undefined;
@@ -121,12 +112,12 @@ function samplingFlags(values: Values): SamplingOptions {
   const flags: SamplingOptions = {
     temperature: num(values, "temperature"),
     topP: num(values, "top-p"),
-    topK: int(values, "top-k"),
+    topK: intOption("top-k", values["top-k"]),
     minP: num(values, "min-p"),
     repetitionPenalty: num(values, "repetition-penalty"),
     presencePenalty: num(values, "presence-penalty"),
     frequencyPenalty: num(values, "frequency-penalty"),
-    seed: int(values, "seed"),
+    seed: intOption("seed", values.seed),
   };
   validateSamplingOptions(flags);
   return flags;
@@ -237,9 +228,9 @@ export const command: Command = {
     if (kvDtype !== undefined && kvDtype !== "f32" && kvDtype !== "bf16") {
       throw new InvalidInputError(`--kv-dtype must be f32 or bf16, got '${kvDtype}'`);
     }
-    const maxTokens = int(values, "max-tokens") ?? DEFAULT_MAX_TOKENS;
-    const chunkFlag = int(values, "chunk");
-    const threads = int(values, "threads");
+    const maxTokens = intOption("max-tokens", values["max-tokens"]) ?? DEFAULT_MAX_TOKENS;
+    const chunkFlag = intOption("chunk", values.chunk);
+    const threads = intOption("threads", values.threads);
     const flags = samplingFlags(values);
     const factory = await runtimes.pick(values.runtime ?? "auto");
 
