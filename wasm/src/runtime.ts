@@ -18,6 +18,7 @@ import {
 import {
   type KvDtype,
   type KvLayout,
+  kvBytesPerElement,
   kvBytesPerToken,
   kvPayloadBytes,
 } from "../../core/kv/layout.ts";
@@ -305,7 +306,7 @@ class WasmRuntime implements Runtime {
   #toCacheDtype(bytes: Uint8Array, dtype: "f32" | "bf16" | "f16"): Uint8Array {
     const to = this.info.kv.dtype;
     if (dtype === to) return bytes;
-    const n = bytes.byteLength / (dtype === "f32" ? 4 : 2);
+    const n = bytes.byteLength / kvBytesPerElement(dtype);
     if (to === "f32") {
       const out = new Float32Array(n);
       decodeToF32(dtype, bytes, out, 0);
@@ -338,7 +339,7 @@ class WasmRuntime implements Runtime {
   }
 
   #rowBytes(): number {
-    return this.config.headDim * (this.info.kv.dtype === "bf16" ? 2 : 4);
+    return this.config.headDim * kvBytesPerElement(this.info.kv.dtype);
   }
 
   async close(): Promise<void> {
