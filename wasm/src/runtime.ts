@@ -7,7 +7,12 @@
 // the snapshot layout's size (core/kv/layout.ts); the cache grows by doubling up to maxPositions.
 
 import type { RuntimeFactory, RuntimeOptions } from "../../core/engine/registry.ts";
-import type { Runtime, RuntimeInfo } from "../../core/engine/runtime.ts";
+import {
+  checkKvRange,
+  checkTruncate,
+  type Runtime,
+  type RuntimeInfo,
+} from "../../core/engine/runtime.ts";
 import {
   assert,
   CancelledError,
@@ -243,24 +248,13 @@ class WasmRuntime implements Runtime {
 
   truncate(position: number): void {
     this.#open();
-    if (!Number.isInteger(position) || position < 0 || position > this.#position) {
-      throw new InvalidInputError(
-        `truncate(${position}): must be an integer in [0, ${this.#position}]`,
-      );
-    }
+    checkTruncate(position, this.#position);
     this.#position = position;
   }
 
   async exportKv(start: number, end: number): Promise<Uint8Array> {
     this.#open();
-    if (!Number.isInteger(start) || !Number.isInteger(end) || start < 0 || start > end) {
-      throw new InvalidInputError(`exportKv(${start}, ${end}): not a position range`);
-    }
-    if (end > this.#position) {
-      throw new InvalidInputError(
-        `exportKv(${start}, ${end}): only ${this.#position} positions are in the cache`,
-      );
-    }
+    checkKvRange(start, end, this.#position);
     const parts = await this.#shards.exportKv(start, end);
     const out = new Uint8Array(kvPayloadBytes(this.info.kv, end - start));
     for (const { s, at, shardAt, bytes } of this.#kvPieces(end - start)) {
