@@ -9,6 +9,8 @@
 // bytes (Llama-3.1-8B in bf16: 2 * 32 * 8 * 128 * 2 = 128 KiB). fp8-e4m3 is reserved: it needs
 // per-head scales and no runtime produces it yet.
 
+import type { ModelConfig } from "../model/config-types.ts";
+
 export type KvDtype = "f32" | "bf16" | "f16" | "fp8-e4m3";
 
 export interface KvLayout {
@@ -16,6 +18,19 @@ export interface KvLayout {
   kvHeads: number;
   headDim: number;
   dtype: KvDtype;
+}
+
+/** A model's KV layout in `dtype`: its layers, KV heads and head_dim. */
+export function kvLayoutOf(
+  config: Pick<ModelConfig, "numHiddenLayers" | "numKeyValueHeads" | "headDim">,
+  dtype: KvDtype,
+): KvLayout {
+  return {
+    layers: config.numHiddenLayers,
+    kvHeads: config.numKeyValueHeads,
+    headDim: config.headDim,
+    dtype,
+  };
 }
 
 export function kvBytesPerElement(dtype: KvDtype): number {
