@@ -37,6 +37,7 @@ import {
   type KvLayout,
   kvBytesPerElement,
   kvBytesPerToken,
+  kvLayoutOf,
   kvPayloadBytes,
 } from "../kv/layout.ts";
 import type { ModelConfig } from "../model/config-types.ts";
@@ -517,12 +518,7 @@ export async function createReferenceRuntime(options: RuntimeOptions): Promise<R
     shared.release();
     throw err;
   }
-  const kv: KvLayout = {
-    layers: c.numHiddenLayers,
-    kvHeads: c.numKeyValueHeads,
-    headDim: c.headDim,
-    dtype: kvDtype,
-  };
+  const kv = kvLayoutOf(c, kvDtype);
   const arrays = new Set<Float32Array>([weights.embed, weights.norm, weights.lmHead]);
   for (const layer of weights.layers) {
     for (const a of Object.values(layer)) if (a) arrays.add(a);
