@@ -696,8 +696,10 @@ describe("streaming and cancellation", () => {
     abort.abort();
     // The model function logs its request when the generation ends: cancelled, not 64 tokens.
     let line: Record<string, unknown> | undefined;
-    for (let i = 0; i < 200 && !line; i++) {
-      await new Promise((r) => setTimeout(r, 50));
+    // Up to 60 s: on a loaded 2-core machine the cancellation has taken over 10 s to be logged. An
+    // uncancelled generation would log status 200, not 499, whenever it ended.
+    for (let i = 0; i < 600 && !line; i++) {
+      await new Promise((r) => setTimeout(r, 100));
       line = logs.slice(before).find((l) => l.app === "model");
     }
     expect(line).toMatchObject({ status: 499, errorCode: "cancelled" });
