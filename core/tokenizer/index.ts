@@ -8,11 +8,11 @@
 // Lone UTF-16 surrogates are encoded as U+FFFD (bytes EF BF BD), which is what the reference does
 // (JS strings reach Rust as UTF-8 with the same replacement) and what TextEncoder does.
 
+import { toHex } from "../crypto/sha256.ts";
 import { InvalidInputError } from "../errors.ts";
 import { BpeModel, IdList } from "./bpe.ts";
 import { PieceCache } from "./piece-cache.ts";
 import { pretokenEnd, stableLimit } from "./pretokenize.ts";
-import { toHex } from "./sha256.ts";
 import {
   FLAG_ADDED,
   FLAG_SPECIAL,

@@ -22,8 +22,8 @@
 // 128k model tokens alone, before the merges, and a string to build for every lookup.
 
 import { assert, FormatError } from "../errors.ts";
+import { sha256Digest } from "../hash/sha256.ts";
 import { byteLevelToBytes } from "./byte-level.ts";
-import { sha256 } from "./sha256.ts";
 
 export const FLAG_ADDED = 1;
 export const FLAG_SPECIAL = 2;
@@ -268,7 +268,7 @@ export function vocabularyFromJson(tokenizerJson: string, configJson?: string): 
     bosToken,
     eosToken,
     chatTemplate,
-    sourceSha256: sha256(
+    sourceSha256: sha256Digest(
       sourceBytes(
         utf8.encode(tokenizerJson),
         configJson === undefined ? undefined : utf8.encode(configJson),
