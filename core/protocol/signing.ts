@@ -11,6 +11,7 @@
 // Rejected: signing a hash of the whole body (needs the whole body first); mutual TLS (not
 // available on function URLs and Workers without extra products).
 
+import { bytesEqual, fromHex, toHex } from "../crypto/sha256.ts";
 import { UltralongError } from "../errors.ts";
 
 /** The signature is missing, wrong, stale or replayed. The HTTP layer maps this to 401. */
@@ -51,27 +52,6 @@ export async function hmac(key: CryptoKey, ...parts: Uint8Array[]): Promise<Uint
     at += p.length;
   }
   return new Uint8Array(await crypto.subtle.sign("HMAC", key, data));
-}
-
-export function toHex(bytes: Uint8Array): string {
-  let s = "";
-  for (const b of bytes) s += b.toString(16).padStart(2, "0");
-  return s;
-}
-
-export function fromHex(hex: string): Uint8Array | null {
-  if (hex.length % 2 !== 0 || !/^[0-9a-f]*$/.test(hex)) return null;
-  const out = new Uint8Array(hex.length / 2);
-  for (let i = 0; i < out.length; i++) out[i] = Number.parseInt(hex.slice(2 * i, 2 * i + 2), 16);
-  return out;
-}
-
-/** Compares in time that depends only on the lengths (not secret), never on where bytes differ. */
-export function constantTimeEqual(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  let diff = 0;
-  for (let i = 0; i < a.length; i++) diff |= a[i] ^ b[i];
-  return diff === 0;
 }
 
 function canonical(method: string, path: string, timestamp: string, nonce: string): Uint8Array {
@@ -159,7 +139,7 @@ export class RequestVerifier {
       throw new SignatureError("stale signature timestamp");
     }
     const expected = await hmac(this.#key, canonical(method, path, timestamp, nonce));
-    if (!constantTimeEqual(expected, signature)) throw new SignatureError("bad signature");
+    if (!bytesEqual(expected, signature)) throw new SignatureError("bad signature");
     this.#forgetBefore(now - this.#windowMs);
     if (ts <= this.#floor || this.#seen.has(nonce)) throw new SignatureError("replayed request");
     this.#seen.set(nonce, ts);

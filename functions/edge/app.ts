@@ -13,10 +13,11 @@
 //   POST /v1/tokenize, /v1/detokenize   vLLM shapes (also at /tokenize, /detokenize)
 //   POST /v1/files, GET /v1/files[/{id}], DELETE /v1/files/{id}
 import { type Context, Hono } from "hono";
+import { toHex } from "../../core/crypto/sha256.ts";
 import { CancelledError, UltralongError } from "../../core/errors.ts";
 import { type ModelEvent, sseComment, sseEvent } from "../../core/protocol/events.ts";
 import type { GenerateHeader } from "../../core/protocol/header.ts";
-import { importSigningKey, toHex } from "../../core/protocol/signing.ts";
+import { importSigningKey } from "../../core/protocol/signing.ts";
 import {
   AuthenticationError,
   describeError,

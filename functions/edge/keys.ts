@@ -6,8 +6,9 @@
 //   { "tenants": { "acme": { "maxPromptTokens": 1000000, "maxOutputTokens": 4096, "rpm": 60 } },
 //     "keys": [ { "sha256": "<hex>", "tenant": "acme" } ],
 //     "metricsKeySha256": "<hex>" }
+
+import { bytesEqual, fromHex, subtleSha256, toHex } from "../../core/crypto/sha256.ts";
 import { InvalidInputError } from "../../core/errors.ts";
-import { constantTimeEqual, fromHex, toHex } from "../../core/protocol/signing.ts";
 
 export interface TenantLimits {
   /** Most prompt tokens in one request. */
@@ -37,15 +38,13 @@ export const DEFAULT_LIMITS: TenantLimits = {
 };
 
 export async function sha256Hex(text: string): Promise<string> {
-  return toHex(
-    new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text))),
-  );
+  return toHex(await subtleSha256(new TextEncoder().encode(text)));
 }
 
 export function timingSafeEqualHex(a: string, b: string): boolean {
-  const x = fromHex(a.toLowerCase());
-  const y = fromHex(b.toLowerCase());
-  return x !== null && y !== null && constantTimeEqual(x, y);
+  const x = fromHex(a);
+  const y = fromHex(b);
+  return x !== null && y !== null && bytesEqual(x, y);
 }
 
 export class KeyRing {
@@ -61,7 +60,7 @@ export class KeyRing {
       tenants.set(id, { id, ...DEFAULT_LIMITS, ...t });
     }
     this.#entries = config.keys.map((k, i) => {
-      const hash = typeof k.sha256 === "string" ? fromHex(k.sha256.toLowerCase()) : null;
+      const hash = typeof k.sha256 === "string" ? fromHex(k.sha256) : null;
       if (hash?.length !== 32)
         throw new InvalidInputError(`keys[${i}].sha256 is not 64 hex digits`);
       const tenant = tenants.get(k.tenant);
@@ -76,7 +75,7 @@ export class KeyRing {
     const hash = fromHex(await sha256Hex(key))!;
     let found: Tenant | null = null;
     for (const e of this.#entries) {
-      if (constantTimeEqual(e.hash, hash)) found = e.tenant;
+      if (bytesEqual(e.hash, hash)) found = e.tenant;
     }
     return found;
   }

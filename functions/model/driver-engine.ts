@@ -7,6 +7,7 @@
 // extends what it holds (same isolation key), so the final call only computes the tail: prefill
 // overlaps the upload, at the cost of one extra decode step per warm step.
 
+import { toHex } from "../../core/crypto/sha256.ts";
 import { type DriverEvent, eosTokenIds, SequenceDriver } from "../../core/engine/driver.ts";
 import type { PrefixCache } from "../../core/engine/prefix-cache.ts";
 import type { Runtime } from "../../core/engine/runtime.ts";
@@ -16,7 +17,7 @@ import { createSnapshotCache, type SnapshotCache } from "../../core/kv/snapshot-
 import type { SnapshotStore } from "../../core/kv/store.ts";
 import type { LoadedModel } from "../../core/model/weights.ts";
 import type { ModelEvent } from "../../core/protocol/events.ts";
-import { hmac, importSigningKey, toHex } from "../../core/protocol/signing.ts";
+import { hmac, importSigningKey } from "../../core/protocol/signing.ts";
 import type { EngineInfo, GenerationRequest, ModelEngine } from "./engine.ts";
 
 /** Streaming detokenizer factory (core/tokenizer's Tokenizer.createDecoder satisfies it). */

@@ -3,11 +3,11 @@
 // deployed; only the composition (which runtime, which store, which keys) is local.
 import { basename, resolve } from "node:path";
 import { renderChat as renderChatIds } from "../../core/chat/index.ts";
+import { toHex } from "../../core/crypto/sha256.ts";
 import { InvalidInputError } from "../../core/errors.ts";
 import type { SnapshotStore } from "../../core/kv/store.ts";
 import { loadModelDir } from "../../core/node/load-model-dir.ts";
 import { openStore } from "../../core/node/snapshot-dir.ts";
-import { toHex } from "../../core/protocol/signing.ts";
 import { createEdgeApp, type EdgeApp } from "../edge/app.ts";
 import { ObjectFileStore } from "../edge/files.ts";
 import { DEFAULT_LIMITS, type KeyConfig, sha256Hex } from "../edge/keys.ts";
