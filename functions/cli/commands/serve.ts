@@ -3,12 +3,11 @@
 import { mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { homedir } from "node:os";
 import { join } from "node:path";
-import { parseArgs } from "node:util";
 import { InvalidInputError } from "../../../core/errors.ts";
 import { makeModelDir } from "../../../core/node/make-model.ts";
 import type { KeyConfig } from "../../edge/keys.ts";
 import { startLocal } from "../../platform/local.ts";
-import type { Command } from "../command.ts";
+import { type Command, intOption, parseCommandArgs } from "../command.ts";
 
 const usage = `usage: ultralong serve [options]
 
@@ -100,21 +99,13 @@ async function localSaltSecret(env: NodeJS.ProcessEnv): Promise<string> {
   return secret;
 }
 
-function int(name: string, v: string | undefined): number | undefined {
-  if (v === undefined) return undefined;
-  if (!/^\d+$/.test(v))
-    throw new InvalidInputError(`--${name} must be a non-negative integer, got '${v}'`);
-  return Number(v);
-}
-
 export const command: Command = {
   summary: "run the OpenAI-compatible HTTP API locally (edge + model function)",
   usage,
   async run(argv, io) {
-    const { values } = parseArgs({
-      args: argv,
-      strict: true,
-      options: {
+    const { values } = parseCommandArgs(
+      argv,
+      {
         model: { type: "string" },
         port: { type: "string" },
         host: { type: "string" },
@@ -126,7 +117,8 @@ export const command: Command = {
         "max-positions": { type: "string" },
         role: { type: "string" },
       },
-    });
+      { allowPositionals: false },
+    );
     const say = (line: string) => io.stderr.write(`${line}\n`);
     const modelDir = values.model ?? (await demoModelDir(io.env, say));
     let keys: KeyConfig | undefined;
@@ -153,13 +145,13 @@ export const command: Command = {
       saltSecret: io.env.ULTRALONG_SALT_SECRET || (await localSaltSecret(io.env)),
       modelDir,
       modelId: values.model ? undefined : "ultralong-demo",
-      port: int("port", values.port) ?? 8080,
+      port: intOption("port", values.port) ?? 8080,
       hostname: values.host,
       store: values["no-store"] ? null : values.store,
       keys,
       runtime: values.runtime,
-      threads: int("threads", values.threads),
-      maxPositions: int("max-positions", values["max-positions"]),
+      threads: intOption("threads", values.threads),
+      maxPositions: intOption("max-positions", values["max-positions"]),
       env: io.env,
     });
     const info = server.engine.info();
@@ -181,9 +173,7 @@ export const command: Command = {
         `  curl ${server.url}/v1/chat/completions -H 'Authorization: Bearer ${key}' -H 'Content-Type: application/json' \\`,
         `    -d '{"model":"${server.modelId}","messages":[{"role":"user","content":"Hello!"}],"max_tokens":16}'`,
         "",
-      ]
-        .filter((l) => l !== null)
-        .join("\n"),
+      ].join("\n"),
     );
     await untilSignal();
     say("shutting down");
