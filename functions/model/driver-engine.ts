@@ -8,7 +8,12 @@
 // overlaps the upload, at the cost of one extra decode step per warm step.
 
 import { toHex } from "../../core/crypto/sha256.ts";
-import { type DriverEvent, eosTokenIds, SequenceDriver } from "../../core/engine/driver.ts";
+import {
+  type DriverEvent,
+  eosTokenIds,
+  SequenceDriver,
+  tokenTextDecoder,
+} from "../../core/engine/driver.ts";
 import type { PrefixCache } from "../../core/engine/prefix-cache.ts";
 import type { Runtime } from "../../core/engine/runtime.ts";
 import { CancelledError } from "../../core/errors.ts";
@@ -44,7 +49,18 @@ export interface DriverEngineOptions {
   saltSecret: string | Uint8Array;
   /** Prompt tokens received between warm prefills of a streamed prompt (default 4096). */
   warmStepTokens?: number;
+  /**
+   * Tenants whose snapshot caches are kept (default 256); beyond that the least recently used
+   * tenant's cache is flushed and dropped (its snapshots stay in the store and are found again).
+   */
+  maxTenantCaches?: number;
   clock?: () => number;
+}
+
+/** One tenant's snapshot cache: created once, so simultaneous first requests share it. */
+interface TenantCache {
+  ready: Promise<SnapshotCache>;
+  cache?: SnapshotCache;
 }
 
 export async function createDriverEngine(options: DriverEngineOptions): Promise<ModelEngine> {
@@ -56,26 +72,58 @@ export async function createDriverEngine(options: DriverEngineOptions): Promise<
   const fingerprint = await model.fingerprint();
   const saltKey = await importSigningKey(options.saltSecret);
   const warmStep = options.warmStepTokens ?? 4096;
-  const caches = new Map<string, SnapshotCache>();
+  const maxCaches = Math.max(1, options.maxTenantCaches ?? 256);
+  // Insertion order is recency: a used tenant is moved to the end, the first one is evicted.
+  const caches = new Map<string, TenantCache>();
+  // Byte counts of evicted caches (after their final flush), so snapshotBytes stays cumulative.
+  const retired = { written: 0, read: 0 };
+  const draining = new Set<Promise<void>>();
   const enc = new TextEncoder();
 
-  async function cacheFor(tenant: string): Promise<PrefixCache | undefined> {
+  function cacheFor(tenant: string): Promise<PrefixCache | undefined> {
     const s = options.store;
-    if (!s) return undefined;
-    let cache = caches.get(tenant);
-    if (!cache) {
-      const salt = toHex(await hmac(saltKey, enc.encode(`ultralong tenant salt\n${tenant}`)));
-      cache = createSnapshotCache({
-        store: s.store,
-        modelFingerprint: fingerprint,
-        kvLayout: runtime.info.kv,
-        tenantSalt: salt,
-        chunkTokens: s.chunkTokens ?? 512,
-        encryption: s.masterKey ? { masterKey: s.masterKey } : undefined,
-      });
-      caches.set(tenant, cache);
+    if (!s) return Promise.resolve(undefined);
+    let entry = caches.get(tenant);
+    if (entry) {
+      caches.delete(tenant);
+    } else {
+      const e: TenantCache = {
+        ready: hmac(saltKey, enc.encode(`ultralong tenant salt\n${tenant}`)).then(
+          (mac) => {
+            e.cache = createSnapshotCache({
+              store: s.store,
+              modelFingerprint: fingerprint,
+              kvLayout: runtime.info.kv,
+              tenantSalt: toHex(mac),
+              chunkTokens: s.chunkTokens ?? 512,
+              encryption: s.masterKey ? { masterKey: s.masterKey } : undefined,
+            });
+            return e.cache;
+          },
+          (err) => {
+            if (caches.get(tenant) === e) caches.delete(tenant); // the next request tries again
+            throw err;
+          },
+        ),
+      };
+      entry = e;
     }
-    return cache;
+    caches.set(tenant, entry);
+    if (caches.size > maxCaches) {
+      const [oldest, evicted] = caches.entries().next().value as [string, TenantCache];
+      caches.delete(oldest);
+      const done: Promise<void> = evicted.ready
+        .then(async (c) => {
+          await c.flush();
+          const st = c.stats();
+          retired.written += st.bytesUploaded;
+          retired.read += st.bytesDownloaded;
+        })
+        .catch(() => {})
+        .finally(() => draining.delete(done));
+      draining.add(done);
+    }
+    return entry.ready;
   }
 
   const info: EngineInfo = {
@@ -131,7 +179,7 @@ export async function createDriverEngine(options: DriverEngineOptions): Promise<
         logprobs: header.logprobs ? header.topLogprobs : undefined,
       },
       stop: header.stop,
-      decoder: { push: (id) => decoder.push(id), flush: () => decoder.end() },
+      decoder: tokenTextDecoder(decoder),
       prefixCache,
       isolationKey: header.tenant,
       signal,
@@ -179,17 +227,18 @@ export async function createDriverEngine(options: DriverEngineOptions): Promise<
     info: () => info,
     generate,
     snapshotBytes() {
-      let written = 0;
-      let read = 0;
-      for (const c of caches.values()) {
-        const s = c.stats();
+      let { written, read } = retired;
+      for (const { cache } of caches.values()) {
+        if (!cache) continue;
+        const s = cache.stats();
         written += s.bytesUploaded;
         read += s.bytesDownloaded;
       }
       return { written, read };
     },
     async close() {
-      for (const c of caches.values()) await c.flush();
+      for (const { ready } of caches.values()) await (await ready.catch(() => undefined))?.flush();
+      await Promise.all(draining);
       await runtime.close();
     },
   };
