@@ -3,9 +3,14 @@
 // shaping; the model runs in native/src/engine.cpp.
 
 import type { RuntimeOptions } from "../../core/engine/registry.ts";
-import type { Runtime, RuntimeInfo } from "../../core/engine/runtime.ts";
+import {
+  checkKvRange,
+  checkTruncate,
+  type Runtime,
+  type RuntimeInfo,
+} from "../../core/engine/runtime.ts";
 import { CancelledError, InvalidInputError, NotAvailableError } from "../../core/errors.ts";
-import { type KvDtype, type KvLayout, kvPayloadBytes } from "../../core/kv/layout.ts";
+import { type KvDtype, type KvLayout, kvLayoutOf, kvPayloadBytes } from "../../core/kv/layout.ts";
 import type { ModelConfig } from "../../core/model/config-types.ts";
 import { computeRope, rotaryDim } from "../../core/model/rope.ts";
 import {
@@ -131,21 +136,15 @@ class NativeRuntime implements Runtime {
   }
 
   truncate(position: number): void {
-    if (!Number.isInteger(position))
-      throw new InvalidInputError(`truncate(${position}): not an integer`);
-    this.#live().truncate(position);
+    const e = this.#live();
+    checkTruncate(position, e.position());
+    e.truncate(position);
   }
 
   async exportKv(start: number, end: number): Promise<Uint8Array> {
-    if (!Number.isInteger(start) || !Number.isInteger(end) || end < start || start < 0) {
-      throw new InvalidInputError(`exportKv(${start}, ${end}): not a position range`);
-    }
-    return this.#live().exportKv(
-      start,
-      end,
-      this.#kvCode as 0,
-      kvPayloadBytes(this.info.kv, end - start),
-    );
+    const e = this.#live();
+    checkKvRange(start, end, e.position());
+    return e.exportKv(start, end, this.#kvCode as 0, kvPayloadBytes(this.info.kv, end - start));
   }
 
   async importKv(bytes: Uint8Array, tokens: number, dtype: KvLayout["dtype"]): Promise<void> {
@@ -196,12 +195,7 @@ export async function createNativeRuntime(
     engine.destroy();
     throw err;
   }
-  const kv: KvLayout = {
-    layers: c.numHiddenLayers,
-    kvHeads: c.numKeyValueHeads,
-    headDim: c.headDim,
-    dtype: kvDtype,
-  };
+  const kv = kvLayoutOf(c, kvDtype);
   const mem = engine.memory();
   return new NativeRuntime(
     c,
