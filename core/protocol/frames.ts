@@ -11,6 +11,7 @@
 //   TOKENS  token IDs, int32 LE, (n,)
 //   END     u32 LE total prompt tokens sent (a check against lost frames)
 
+import { bytesEqual } from "../crypto/sha256.ts";
 import { InvalidInputError } from "../errors.ts";
 import { hmac, SignatureError } from "./signing.ts";
 
@@ -184,9 +185,7 @@ export async function* readFrames(
           const payload = queue.take(length);
           const got = queue.take(TAG_BYTES);
           const want = await hmac(key, tag, head, payload);
-          let diff = 0;
-          for (let i = 0; i < TAG_BYTES; i++) diff |= want[i] ^ got[i];
-          if (diff !== 0) throw new SignatureError(`frame ${index} has a bad tag`);
+          if (!bytesEqual(want, got)) throw new SignatureError(`frame ${index} has a bad tag`);
           tag = want;
           if (ended) throw new InvalidInputError("frame after END");
           if (index === 0 && type !== FRAME_HEADER)
