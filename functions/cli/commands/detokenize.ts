@@ -1,9 +1,8 @@
 // `ultralong detokenize --model DIR [IDS...]`: Llama 3 token ids (arguments, or a JSON array on
 // stdin) back to text.
 
-import { parseArgs } from "node:util";
 import { InvalidInputError } from "../../../core/errors.ts";
-import type { Command } from "../command.ts";
+import { type Command, parseCommandArgs } from "../command.ts";
 import { loadCliTokenizer } from "./tokenize.ts";
 
 const usage = `usage: ultralong detokenize --model DIR [--skip-special] [IDS...]
@@ -40,15 +39,10 @@ export const command: Command = {
   summary: "decode Llama 3 token ids back to text",
   usage,
   async run(argv, io) {
-    const { values, positionals } = parseArgs({
-      args: argv,
-      allowPositionals: true,
-      strict: true,
-      options: {
-        model: { type: "string" },
-        "skip-special": { type: "boolean" },
-        "no-cache": { type: "boolean" },
-      },
+    const { values, positionals } = parseCommandArgs(argv, {
+      model: { type: "string" },
+      "skip-special": { type: "boolean" },
+      "no-cache": { type: "boolean" },
     });
     if (!values.model) throw new InvalidInputError("--model DIR is required (see --help)");
     let text = positionals.join(" ");

@@ -5,13 +5,12 @@
 import { createReadStream } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { parseArgs } from "node:util";
 import { renderChat } from "../../../core/chat/index.ts";
 import { InvalidInputError, NotFoundError } from "../../../core/errors.ts";
 import { DirectoryModelFiles } from "../../../core/node/model-files.ts";
 import { Tokenizer } from "../../../core/tokenizer/index.ts";
 import { COMPILED_TOKENIZER_FILE, loadTokenizer } from "../../../core/tokenizer/load.ts";
-import type { Command, CommandIO } from "../command.ts";
+import { type Command, type CommandIO, parseCommandArgs } from "../command.ts";
 
 const usage = `usage: ultralong tokenize --model DIR [--file F] [--chat] [--count] [options]
 
@@ -79,11 +78,10 @@ export const command: Command = {
   summary: "encode text or a chat with a model's Llama 3 tokenizer (ids as JSON, or a count)",
   usage,
   async run(argv, io) {
-    const { values, positionals } = parseArgs({
-      args: argv,
-      allowPositionals: false,
-      strict: true,
-      options: {
+    // Text comes from stdin or --file: a positional argument is a usage error.
+    const { values } = parseCommandArgs(
+      argv,
+      {
         model: { type: "string" },
         file: { type: "string" },
         chat: { type: "boolean" },
@@ -92,10 +90,9 @@ export const command: Command = {
         "allow-special": { type: "boolean" },
         "no-cache": { type: "boolean" },
       },
-    });
+      { allowPositionals: false },
+    );
     if (!values.model) throw new InvalidInputError("--model DIR is required (see --help)");
-    if (positionals.length > 0)
-      throw new InvalidInputError("unexpected arguments (text comes from stdin or --file)");
     const tok = await loadCliTokenizer(values.model, !values["no-cache"]);
 
     if (values.chat) {
