@@ -3,6 +3,7 @@
 // tokenizer is built from tokenizer.json (about a second) and the caller may `compile()` and keep
 // the result. A stale or foreign compiled file is never trusted.
 
+import { subtleSha256, toHex } from "../crypto/sha256.ts";
 import { FormatError, NotFoundError } from "../errors.ts";
 import type { ModelFiles } from "../io/byte-source.ts";
 import { Tokenizer } from "./index.ts";
@@ -24,8 +25,7 @@ export async function tokenizerSourceHash(
   tokenizerJson: Uint8Array,
   configJson?: Uint8Array,
 ): Promise<string> {
-  const digest = await crypto.subtle.digest("SHA-256", sourceBytes(tokenizerJson, configJson));
-  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+  return toHex(await subtleSha256(sourceBytes(tokenizerJson, configJson)));
 }
 
 export async function loadTokenizer(
