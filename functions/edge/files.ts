@@ -1,6 +1,7 @@
 // Uploaded documents (POST /v1/files), per tenant. A file is decoded and tokenized once at upload;
 // requests that reference it by id reuse the stored ids. A tenant sees only its own files: every
 // key is prefixed by the tenant id, which comes from the API key, never from the request.
+import { toHex } from "../../core/crypto/sha256.ts";
 import { NotFoundHttpError } from "../platform/http-errors.ts";
 
 export interface StoredFile {
@@ -88,7 +89,7 @@ export class ObjectFileStore implements FileStore {
   constructor(readonly store: ObjectStore) {}
 
   #prefix(tenant: string): string {
-    return `files/${[...new TextEncoder().encode(tenant)].map((b) => b.toString(16).padStart(2, "0")).join("")}/`;
+    return `files/${toHex(new TextEncoder().encode(tenant))}/`;
   }
 
   #key(tenant: string, id: string, part: string): string | null {
