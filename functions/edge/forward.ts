@@ -7,7 +7,7 @@ import { type ModelEvent, parseSse } from "../../core/protocol/events.ts";
 import { FRAMES_CONTENT_TYPE, frameStream, GENERATE_PATH } from "../../core/protocol/frames.ts";
 import type { GenerateHeader } from "../../core/protocol/header.ts";
 import { signRequest } from "../../core/protocol/signing.ts";
-import { describeError, RateLimitError } from "../platform/http-errors.ts";
+import { RateLimitError } from "../platform/http-errors.ts";
 
 /** The model function failed in a way the client did not cause (HTTP 502 unless it says otherwise). */
 export class UpstreamError extends UltralongError {
@@ -91,9 +91,4 @@ async function* events(body: ReadableStream<Uint8Array>): AsyncGenerator<ModelEv
       continue;
     yield { event, data: JSON.parse(msg.data) } as ModelEvent;
   }
-}
-
-/** The HTTP status and error body for an `error` event or an UpstreamError. */
-export function upstreamStatus(err: unknown): number {
-  return err instanceof UpstreamError ? err.status : describeError(err).status;
 }

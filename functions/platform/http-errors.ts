@@ -94,10 +94,6 @@ export interface OpenAIErrorBody {
   error: { message: string; type: string; param: string | null; code: string };
 }
 
-export function errorStatus(code: string): number {
-  return STATUS[code]?.[0] ?? 500;
-}
-
 /** Body and status for any thrown value; unknown errors are 500 with a generic message. */
 export function describeError(err: unknown): {
   status: number;
