@@ -2,20 +2,13 @@
 // vocabulary beside it, loaded from its folder and invoked with Function URL (payload 2.0) events.
 // The Lambda runtime's two streaming globals are stood in for by plain Node streams; the edge
 // forwards signed frames to a real model function on a loopback socket.
-import { mkdtemp, readFile, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { PassThrough } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Tokenizer } from "../core/tokenizer/index.ts";
 import { COMPILED_TOKENIZER_FILE } from "../core/tokenizer/load.ts";
-import { sha256Hex } from "../functions/edge/keys.ts";
-import { type LocalServer, startLocal } from "../functions/platform/local.ts";
-import { bundleEdge } from "../infra/deploy/bundle.ts";
-import { testModelDir } from "./support/models.ts";
-
-const KEY = "lambda-test-key-0123";
-const SECRET = "lambda-test-signing-secret-0123456789";
+import { type DeployedEdgeFixture, startDeployedEdgeFixture } from "./support/deployed-edge.ts";
 
 type Handler = (event: unknown, stream: PassThrough, context: unknown) => Promise<void>;
 interface Reply {
@@ -24,36 +17,19 @@ interface Reply {
   body: string;
 }
 
-let local: LocalServer;
-let bundleDir: string;
+let edge: DeployedEdgeFixture;
 let handler: Handler;
 let meta: { statusCode: number; headers: Record<string, string> } | undefined;
 
 beforeAll(async () => {
-  const dir = await testModelDir();
-  const keys = {
-    tenants: { t: { rpm: 0, maxOutputTokens: 32 } },
-    keys: [{ sha256: await sha256Hex(KEY), tenant: "t" }],
-  };
-  local = await startLocal({
-    modelDir: dir,
-    modelId: "tiny",
-    runtime: "reference",
-    store: null,
-    maxPositions: 4096,
-    keys,
-    secret: SECRET,
-    log: () => {},
-  });
-  bundleDir = await mkdtemp(join(tmpdir(), "ultralong-lambda-bundle-"));
-  const { file } = await bundleEdge(process.cwd(), "lambda", bundleDir);
+  edge = await startDeployedEdgeFixture("lambda", "lambda-test-key-0123");
   Object.assign(process.env, {
-    ULTRALONG_TOKENIZER: join(bundleDir, COMPILED_TOKENIZER_FILE),
-    ULTRALONG_API_KEYS: JSON.stringify(keys),
-    ULTRALONG_SIGNING_SECRET: SECRET,
-    ULTRALONG_MODEL_URL: local.modelUrl,
-    ULTRALONG_MODEL_ID: "tiny",
-    ULTRALONG_MAX_CONTEXT: "4096",
+    ULTRALONG_TOKENIZER: join(edge.bundleDir, COMPILED_TOKENIZER_FILE),
+    ULTRALONG_API_KEYS: edge.apiKeys,
+    ULTRALONG_SIGNING_SECRET: edge.secret,
+    ULTRALONG_MODEL_URL: edge.settings.modelUrl,
+    ULTRALONG_MODEL_ID: edge.settings.modelId,
+    ULTRALONG_MAX_CONTEXT: edge.settings.maxContext,
   });
   // What the Lambda Node runtime provides to response-streaming handlers.
   Object.assign(globalThis, {
@@ -67,14 +43,18 @@ beforeAll(async () => {
       },
     },
   });
-  handler = ((await import(file)) as { handler: Handler }).handler;
+  handler = ((await import(edge.bundleFile)) as { handler: Handler }).handler;
 });
 afterAll(async () => {
-  await local?.close();
-  if (bundleDir) await rm(bundleDir, { recursive: true, force: true });
+  await edge?.close();
 });
 
-async function invoke(method: string, path: string, body?: unknown, key = KEY): Promise<Reply> {
+async function invoke(
+  method: string,
+  path: string,
+  body?: unknown,
+  key = edge.key,
+): Promise<Reply> {
   const headers: Record<string, string> = { "content-type": "application/json" };
   if (key) headers.authorization = `Bearer ${key}`;
   const event = {
@@ -102,7 +82,7 @@ async function invoke(method: string, path: string, body?: unknown, key = KEY): 
 describe("edge as deployed to Lambda", () => {
   it("ships the compiled Llama 3.1 vocabulary with its chat template", async () => {
     const tok = Tokenizer.fromCompiled(
-      new Uint8Array(await readFile(join(bundleDir, COMPILED_TOKENIZER_FILE))),
+      new Uint8Array(await readFile(join(edge.bundleDir, COMPILED_TOKENIZER_FILE))),
     );
     expect(tok.vocabSize).toBe(128256);
     expect(tok.chatTemplate).toContain("<|start_header_id|>");

@@ -2,57 +2,33 @@
 // infra/workers/wrangler.toml deploys it: no TOKENIZER binding) and run in the real workerd binary,
 // called over HTTP; it forwards signed frames to a model function on a Node socket. Same
 // answers as the Node edge for the same greedy request.
-import { mkdtemp, readFile, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { readFile } from "node:fs/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseSse } from "../core/protocol/events.ts";
-import { sha256Hex } from "../functions/edge/keys.ts";
-import { type LocalServer, startLocal } from "../functions/platform/local.ts";
-import { bundleEdge } from "../infra/deploy/bundle.ts";
 import { startWorkerd, type WorkerdServer } from "./harness/workerd.ts";
-import { testModelDir } from "./support/models.ts";
+import { type DeployedEdgeFixture, startDeployedEdgeFixture } from "./support/deployed-edge.ts";
 
-const KEY = "workerd-test-key-0123";
-const SECRET = "workerd-test-signing-secret-0123456789";
-let local: LocalServer;
+let edge: DeployedEdgeFixture;
 let worker: WorkerdServer;
-let bundleDir: string;
+const KEY = "workerd-test-key-0123";
 
 beforeAll(async () => {
-  const dir = await testModelDir();
-  const keys = {
-    tenants: { t: { rpm: 0, maxOutputTokens: 32 } },
-    keys: [{ sha256: await sha256Hex(KEY), tenant: "t" }],
-  };
-  local = await startLocal({
-    modelDir: dir,
-    modelId: "tiny",
-    runtime: "reference",
-    store: null,
-    maxPositions: 4096,
-    keys,
-    secret: SECRET,
-    log: () => {},
-  });
-  bundleDir = await mkdtemp(join(tmpdir(), "ultralong-edge-bundle-"));
-  const { file } = await bundleEdge(process.cwd(), "workers", bundleDir);
+  edge = await startDeployedEdgeFixture("workers", KEY);
   worker = await startWorkerd({
-    script: await readFile(file, "utf8"),
+    script: await readFile(edge.bundleFile, "utf8"),
     bindings: {
-      API_KEYS: JSON.stringify(keys),
-      SIGNING_SECRET: SECRET,
-      MODEL_URL: local.modelUrl,
-      MODEL_ID: "tiny",
-      MAX_CONTEXT: "4096",
+      API_KEYS: edge.apiKeys,
+      SIGNING_SECRET: edge.secret,
+      MODEL_URL: edge.settings.modelUrl,
+      MODEL_ID: edge.settings.modelId,
+      MAX_CONTEXT: edge.settings.maxContext,
     },
     allowLocalNetwork: true,
   });
 });
 afterAll(async () => {
   await worker?.stop();
-  await local?.close();
-  if (bundleDir) await rm(bundleDir, { recursive: true, force: true });
+  await edge?.close();
 });
 
 const headers = { authorization: `Bearer ${KEY}`, "content-type": "application/json" };
@@ -76,7 +52,7 @@ describe("edge in workerd", () => {
     });
     const tok = JSON.stringify({ messages: [{ role: "user", content: "Hi <|eot_id|> there" }] });
     const [wt, nt] = await Promise.all(
-      [worker.url, local.url].map(async (u) =>
+      [worker.url, edge.local.url].map(async (u) =>
         (await fetch(`${u}/v1/tokenize`, { method: "POST", headers, body: tok })).json(),
       ),
     );
@@ -85,7 +61,7 @@ describe("edge in workerd", () => {
       await fetch(`${worker.url}/v1/chat/completions`, { method: "POST", headers, body })
     ).json()) as Record<string, unknown>;
     const n = (await (
-      await fetch(`${local.url}/v1/chat/completions`, { method: "POST", headers, body })
+      await fetch(`${edge.local.url}/v1/chat/completions`, { method: "POST", headers, body })
     ).json()) as Record<string, unknown>;
     expect(w.choices).toEqual(n.choices);
     expect((w.usage as { completion_tokens: number }).completion_tokens).toBe(6);
