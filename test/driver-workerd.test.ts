@@ -3,12 +3,11 @@
 // files as data bindings, a generation requested over HTTP. Tokens and logprobs equal the Node run.
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { build } from "esbuild";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { eosTokenIds, SequenceDriver } from "../core/engine/driver.ts";
 import { createReferenceRuntime } from "../core/engine/reference-runtime.ts";
 import { loadModelDir } from "../core/node/load-model-dir.ts";
-import { startWorkerd, type WorkerdServer } from "./harness/workerd.ts";
+import { bundleWorker, startWorkerd, type WorkerdServer } from "./harness/workerd.ts";
 import { SMALL_VOCAB, testModelDir } from "./support/models.ts";
 
 /** The worker: ModelFiles over its bindings, then loadModel -> reference runtime -> driver. */
@@ -66,22 +65,10 @@ let dir: string;
 
 beforeAll(async () => {
   dir = await testModelDir(SMALL_VOCAB);
-  const bundle = await build({
-    stdin: {
-      contents: WORKER,
-      resolveDir: new URL(".", import.meta.url).pathname,
-      sourcefile: "worker.ts",
-      loader: "ts",
-    },
-    bundle: true,
-    format: "esm",
-    platform: "neutral",
-    target: "es2022",
-    write: false,
-    logLevel: "silent",
+  const script = await bundleWorker({
+    contents: WORKER,
+    resolveDir: new URL(".", import.meta.url).pathname,
   });
-  const script = bundle.outputFiles[0].text;
-  expect(script).not.toMatch(/from\s*"node:/); // core is Web APIs only
   const file = (f: string) => new Uint8Array(readFileSync(join(dir, f)));
   server = await startWorkerd({
     script,

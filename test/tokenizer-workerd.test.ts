@@ -1,28 +1,19 @@
 // The tokenizer and chat template inside the real workerd binary: bundled with esbuild, the
 // compiled vocabulary as a data binding, called over HTTP; results equal the Node run.
-import { build } from "esbuild";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Tokenizer } from "../core/tokenizer/index.ts";
 import { committedTexts, edgeCases } from "./fixtures/tokenizer/corpus.ts";
 import { tokenizerConfigJson, tokenizerJson } from "./fixtures/tokenizer/reference.ts";
-import { startWorkerd, type WorkerdServer } from "./harness/workerd.ts";
+import { bundleWorker, startWorkerd, type WorkerdServer } from "./harness/workerd.ts";
 
 let tok: Tokenizer;
 let server: WorkerdServer;
 
 beforeAll(async () => {
   tok = Tokenizer.fromJson(tokenizerJson(), tokenizerConfigJson());
-  const bundle = await build({
-    entryPoints: [new URL("./fixtures/tokenizer/worker.ts", import.meta.url).pathname],
-    bundle: true,
-    format: "esm",
-    platform: "neutral",
-    target: "es2022",
-    write: false,
-    logLevel: "silent",
-  });
-  const script = bundle.outputFiles[0].text;
-  expect(script).not.toMatch(/from\s*"node:/); // core is Web APIs only
+  const script = await bundleWorker(
+    new URL("./fixtures/tokenizer/worker.ts", import.meta.url).pathname,
+  );
   server = await startWorkerd({ script, bindings: { VOCAB: tok.compile() } });
 });
 

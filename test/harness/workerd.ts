@@ -173,3 +173,28 @@ async function stopChild(child: ChildProcess, exited: Promise<unknown>): Promise
   await exited;
   clearTimeout(timer);
 }
+
+/**
+ * Bundles a worker for workerd the way core code must run there: one ESM file for a neutral
+ * platform. Throws if the bundle imports a `node:` module (core is Web APIs only).
+ * `entry` is a file path, or `{ contents, resolveDir }` for a worker written inline.
+ */
+export async function bundleWorker(
+  entry: string | { contents: string; resolveDir: string },
+): Promise<string> {
+  const { build } = await import("esbuild");
+  const bundle = await build({
+    ...(typeof entry === "string"
+      ? { entryPoints: [entry] }
+      : { stdin: { ...entry, sourcefile: "worker.ts", loader: "ts" as const } }),
+    bundle: true,
+    format: "esm",
+    platform: "neutral",
+    target: "es2022",
+    write: false,
+    logLevel: "silent",
+  });
+  const script = bundle.outputFiles[0].text;
+  if (/from\s*"node:/.test(script)) throw new Error("worker bundle imports a node: module");
+  return script;
+}
