@@ -110,3 +110,19 @@ export async function* parseSse(body: ReadableStream<Uint8Array>): AsyncGenerato
     reader.releaseLock();
   }
 }
+
+/** Response headers of every event stream we send (no proxy buffering, no caching). */
+export const SSE_HEADERS = {
+  "content-type": "text/event-stream",
+  "cache-control": "no-cache",
+  "x-accel-buffering": "no",
+} as const;
+
+/** Closes a stream's controller, which the client may already have cancelled. */
+export function closeQuietly(controller: ReadableStreamDefaultController<Uint8Array>): void {
+  try {
+    controller.close();
+  } catch {
+    // already cancelled by the client
+  }
+}

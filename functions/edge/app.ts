@@ -15,7 +15,13 @@
 import { type Context, Hono } from "hono";
 import { toHex } from "../../core/crypto/sha256.ts";
 import { CancelledError, UltralongError } from "../../core/errors.ts";
-import { type ModelEvent, sseComment, sseEvent } from "../../core/protocol/events.ts";
+import {
+  closeQuietly,
+  type ModelEvent,
+  SSE_HEADERS,
+  sseComment,
+  sseEvent,
+} from "../../core/protocol/events.ts";
 import type { GenerateHeader } from "../../core/protocol/header.ts";
 import { importSigningKey } from "../../core/protocol/signing.ts";
 import {
@@ -497,11 +503,7 @@ export async function createEdgeApp(options: EdgeAppOptions): Promise<EdgeApp> {
             send(sseEvent(null, d.body));
           } finally {
             finish(status);
-            try {
-              controller.close();
-            } catch {
-              // the client cancelled the stream
-            }
+            closeQuietly(controller);
           }
         })();
       },
@@ -511,12 +513,7 @@ export async function createEdgeApp(options: EdgeAppOptions): Promise<EdgeApp> {
       },
     });
     return new Response(body, {
-      headers: {
-        "content-type": "text/event-stream",
-        "cache-control": "no-cache",
-        "x-accel-buffering": "no",
-        "x-request-id": requestId,
-      },
+      headers: { ...SSE_HEADERS, "x-request-id": requestId },
     });
   }
 

@@ -8,7 +8,7 @@
 //   GET  /metrics       Prometheus text, behind the metrics key
 import { Hono } from "hono";
 import { CancelledError, InvalidInputError, UltralongError } from "../../core/errors.ts";
-import { sseComment, sseEvent } from "../../core/protocol/events.ts";
+import { closeQuietly, SSE_HEADERS, sseComment, sseEvent } from "../../core/protocol/events.ts";
 import {
   FRAME_END,
   FRAME_HEADER,
@@ -237,11 +237,7 @@ export async function createModelApp(options: ModelAppOptions): Promise<ModelApp
             release();
             await frames.return(undefined).catch(() => {});
             finish(status, stats);
-            try {
-              controller.close();
-            } catch {
-              // already cancelled by the client
-            }
+            closeQuietly(controller);
           }
         })();
       },
@@ -251,11 +247,7 @@ export async function createModelApp(options: ModelAppOptions): Promise<ModelApp
       },
     });
     return new Response(body, {
-      headers: {
-        "content-type": "text/event-stream",
-        "cache-control": "no-cache",
-        "x-accel-buffering": "no",
-      },
+      headers: SSE_HEADERS,
     });
   }
 
