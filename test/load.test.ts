@@ -43,23 +43,28 @@ interface Tally {
   other: string[];
 }
 
+/** The one request every client sends (greedy, so every completion is the same text). */
+function complete(stream: boolean): Promise<Response> {
+  return fetch(`${s.url}/v1/completions`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${KEY}`, "content-type": "application/json" },
+    body: JSON.stringify({
+      model: "tiny",
+      prompt: "load test prompt",
+      max_tokens: 4,
+      temperature: 0,
+      stream,
+    }),
+  });
+}
+
 async function phase(expected: string): Promise<Tally> {
   const tally: Tally = { ok: 0, busy: 0, other: [] };
   const until = Date.now() + LOAD_SECONDS * 1000;
   const client = async (i: number) => {
     while (Date.now() < until) {
       const stream = i % 2 === 0;
-      const res = await fetch(`${s.url}/v1/completions`, {
-        method: "POST",
-        headers: { authorization: `Bearer ${KEY}`, "content-type": "application/json" },
-        body: JSON.stringify({
-          model: "tiny",
-          prompt: "load test prompt",
-          max_tokens: 4,
-          temperature: 0,
-          stream,
-        }),
-      });
+      const res = await complete(stream);
       const text = await res.text();
       if (res.status === 429) {
         const body = JSON.parse(text);
@@ -97,16 +102,7 @@ function footprint(): { heap: number; sockets: number; other: number } {
 
 describe("load", () => {
   it(`${CLIENTS} clients: only correct completions or well-formed 429s; no growth`, async () => {
-    const ref = await fetch(`${s.url}/v1/completions`, {
-      method: "POST",
-      headers: { authorization: `Bearer ${KEY}`, "content-type": "application/json" },
-      body: JSON.stringify({
-        model: "tiny",
-        prompt: "load test prompt",
-        max_tokens: 4,
-        temperature: 0,
-      }),
-    });
+    const ref = await complete(false);
     const expected = ((await ref.json()) as { choices: { text: string }[] }).choices[0].text;
     const first = await phase(expected);
     await new Promise((r) => setTimeout(r, 200));
