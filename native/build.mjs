@@ -6,6 +6,9 @@
 //            check here; linked into the addon where a GPU is present)
 //   3. addon: the N-API addon native/build/ul_addon.node, only where nvcc and a GPU are present or
 //            when UL_BUILD_ADDON=1 (reference kernels only when there is no nvcc)
+// Environment (the only two names the build reads for the addon):
+//   UL_BUILD_ADDON=1    build the addon even where no GPU is visible (a docker build has none)
+//   UL_REQUIRE_ADDON=1  fail unless the addon is built WITH the CUDA kernels (the model image)
 // Outputs are rebuilt only when a source is newer, so `npm test` pays for a build once.
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, statSync } from "node:fs";
@@ -209,8 +212,22 @@ export async function build({ root }) {
   const nvcc = have("nvcc");
   if (nvcc) await buildCuda(dir);
   else skip("nvcc", `the CUDA compile check (${CUDA_ARCHS.join(", ")})`);
-  const asked = process.env.UL_BUILD_ADDON === "1";
-  if (asked || (nvcc && gpuPresent())) await buildAddon({ root, withCuda: nvcc });
-  else
+  const env = process.env;
+  for (const stray of ["ULTRALONG_BUILD_ADDON", "ULTRALONG_REQUIRE_ADDON", "REQUIRE_ADDON"]) {
+    if (env[stray] !== undefined)
+      throw new Error(
+        `native: ${stray} is not read by the build; use UL_BUILD_ADDON / UL_REQUIRE_ADDON`,
+      );
+  }
+  const required = env.UL_REQUIRE_ADDON === "1";
+  if (required && !nvcc)
+    throw new Error(
+      "native: UL_REQUIRE_ADDON=1 but nvcc is not on PATH: the addon would have no CUDA kernels",
+    );
+  if (required || env.UL_BUILD_ADDON === "1" || (nvcc && gpuPresent())) {
+    await buildAddon({ root, withCuda: nvcc });
+    if (required && !existsSync(join(dir, "build/ul_addon.node")))
+      throw new Error("native: UL_REQUIRE_ADDON=1 but native/build/ul_addon.node was not produced");
+  } else
     console.log("native: addon not built (no GPU here; set UL_BUILD_ADDON=1 to build it anyway)");
 }
