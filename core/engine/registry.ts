@@ -44,6 +44,14 @@ export class RuntimeRegistry {
 
   /** The named runtime, or with "auto" the highest-priority one that is available here. */
   async pick(name: string): Promise<RuntimeFactory> {
+    return (await this.choose(name)).factory;
+  }
+
+  /**
+   * `pick`, plus why: for "auto", every runtime ranked above the one chosen with the reason it was
+   * passed over, so a caller can log that a GPU build was skipped instead of hiding it.
+   */
+  async choose(name: string): Promise<RuntimeChoice> {
     if (name !== "auto") {
       const factory = this.#factories.get(name);
       if (!factory) {
@@ -51,18 +59,41 @@ export class RuntimeRegistry {
           `unknown runtime '${name}' (known: ${this.names().join(", ")})`,
         );
       }
-      const reason = await factory.unavailableReason();
+      const reason = await reasonOf(factory);
       if (reason !== null)
         throw new NotAvailableError(`runtime '${name}' is not available: ${reason}`);
-      return factory;
+      return { factory, skipped: [] };
     }
     const ordered = [...this.#factories.values()].sort((a, b) => b.priority - a.priority);
-    const reasons: string[] = [];
+    const skipped: RuntimeChoice["skipped"] = [];
     for (const factory of ordered) {
-      const reason = await factory.unavailableReason();
-      if (reason === null) return factory;
-      reasons.push(`${factory.name}: ${reason}`);
+      const reason = await reasonOf(factory);
+      if (reason === null) return { factory, skipped };
+      skipped.push({ name: factory.name, reason });
     }
-    throw new NotAvailableError(`no runtime is available (${reasons.join("; ")})`);
+    throw new NotAvailableError(
+      `no runtime is available (${skipped.map((s) => `${s.name}: ${s.reason}`).join("; ")})`,
+    );
+  }
+}
+
+export interface RuntimeChoice {
+  factory: RuntimeFactory;
+  /** Runtimes ranked above `factory` that are not available here, best first. */
+  skipped: { name: string; reason: string }[];
+}
+
+/** One line saying what "auto" picked and why each better runtime was passed over. */
+export function describeChoice(choice: RuntimeChoice): string {
+  const why = choice.skipped.map((s) => `${s.name} skipped: ${s.reason}`);
+  return `runtime ${choice.factory.name}${why.length ? ` (${why.join("; ")})` : ""}`;
+}
+
+/** A factory's unavailability; a probe that throws is unavailable for the reason it threw. */
+async function reasonOf(factory: RuntimeFactory): Promise<string | null> {
+  try {
+    return await factory.unavailableReason();
+  } catch (err) {
+    return `its availability check failed: ${(err as Error).message}`;
   }
 }

@@ -9,7 +9,13 @@ import { NotAvailableError } from "../../core/errors.ts";
 import type { DtypeCode, EngineConfig, MemoryReport, NativeEngine, NativeHost } from "./abi.ts";
 import { statusError } from "./abi.ts";
 
-export const ADDON_PATH = fileURLToPath(new URL("../build/ul_addon.node", import.meta.url));
+/** Where `npm run build` puts the addon. */
+export const BUILT_ADDON_PATH = fileURLToPath(new URL("../build/ul_addon.node", import.meta.url));
+
+/** The addon this process loads: UL_ADDON_PATH when set (an image or a test), else the built one. */
+export function addonPath(env: Record<string, string | undefined> = process.env): string {
+  return env.UL_ADDON_PATH || BUILT_ADDON_PATH;
+}
 
 type Handle = object;
 interface Addon {
@@ -51,20 +57,35 @@ function call<T>(f: () => T): T {
 
 const cached = new Map<string, NativeHost>();
 
-export function addonUnavailableReason(path = ADDON_PATH): string | null {
+/** null when the addon at `path` exists and loads, else a sentence naming what is wrong. */
+export function addonUnavailableReason(path = addonPath()): string | null {
   if (!existsSync(path)) {
     return `the native addon is not built (${path}); it is built where nvcc and a GPU are present, or with UL_BUILD_ADDON=1 npm run build`;
   }
-  return null;
+  try {
+    loadAddonHost(path);
+    return null;
+  } catch (err) {
+    return (err as Error).message;
+  }
 }
 
-/** Loads the addon at `path` once per process. */
-export function loadAddonHost(path = ADDON_PATH): NativeHost {
-  const reason = addonUnavailableReason(path);
-  if (reason) throw new NotAvailableError(reason);
+/**
+ * Loads the addon at `path` once per process. A file that is there but cannot be loaded (truncated,
+ * built for another Node ABI, libcudart missing) is a NotAvailableError naming the loader's reason,
+ * so `--runtime auto` falls back past it instead of failing.
+ */
+export function loadAddonHost(path = addonPath()): NativeHost {
   let host = cached.get(path);
   if (!host) {
-    const addon = createRequire(import.meta.url)(path) as Addon;
+    if (!existsSync(path)) throw new NotAvailableError(`the native addon is not built (${path})`);
+    let addon: Addon;
+    try {
+      addon = createRequire(import.meta.url)(path) as Addon;
+    } catch (err) {
+      const why = ((err as Error).message ?? String(err)).split("\n")[0];
+      throw new NotAvailableError(`the native addon ${path} cannot be loaded: ${why}`);
+    }
     host = {
       name: "addon",
       backendCompiled: (kind) => addon.backendCompiled(kind),

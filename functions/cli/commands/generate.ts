@@ -17,6 +17,7 @@ import {
   SequenceDriver,
   tokenTextDecoder,
 } from "../../../core/engine/driver.ts";
+import { describeChoice } from "../../../core/engine/registry.ts";
 import { type SamplingOptions, validateSamplingOptions } from "../../../core/engine/sampling.ts";
 import { InvalidInputError } from "../../../core/errors.ts";
 import type { KvDtype } from "../../../core/kv/layout.ts";
@@ -232,7 +233,8 @@ export const command: Command = {
     const chunkFlag = intOption("chunk", values.chunk);
     const threads = intOption("threads", values.threads);
     const flags = samplingFlags(values);
-    const factory = await runtimes.pick(values.runtime ?? "auto");
+    const choice = await runtimes.choose(values.runtime ?? "auto");
+    const factory = choice.factory;
 
     const model = await loadModelDir(values.model);
     const tokenizer = await loadTokenizer(model.files);
@@ -276,6 +278,8 @@ export const command: Command = {
     const stderrTty = Boolean((io.stderr as { isTTY?: boolean }).isTTY);
     const showProgress = values.progress === true || stderrTty;
     const bar = showProgress ? new ProgressBar(io.stderr, stderrTty) : null;
+    // With "auto", say what was picked and why each better runtime was passed over.
+    if (showProgress && choice.skipped.length) io.stderr.write(`${describeChoice(choice)}\n`);
     try {
       const driver = new SequenceDriver(runtime, { eosTokenIds: eosTokenIds(model) });
       const request: GenerateRequest = {
