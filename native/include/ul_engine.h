@@ -131,6 +131,17 @@ ul_status ul_engine_import_kv(ul_engine* engine, const void* bytes, size_t n_byt
 
 ul_status ul_engine_memory(const ul_engine* engine, ul_memory_report* out);
 
+/*
+ * What runs this engine, as one line of JSON written NUL-terminated into buf (cut at size - 1):
+ *   {"kernels":"cuda","gemm":"cublaslt","cublaslt":"/path/libcublasLt.so.13","cublaslt_tried":[...],
+ *    "kv_dtype":"bf16"}
+ * kernels: "reference" or "cuda"; gemm: "cublaslt", "own-wmma" (our tensor-core kernel) or
+ * "reference"; cublaslt: the library file that loaded, or null, with cublaslt_tried naming each
+ * candidate that failed and why. Returns the length of the whole line (snprintf style: a return
+ * >= size means it was cut); -1 when engine is NULL.
+ */
+int32_t ul_engine_backend_info(const ul_engine* engine, char* buf, size_t size);
+
 #ifdef __cplusplus
 }
 #endif

@@ -65,6 +65,11 @@ class Backend {
   virtual ul_dtype weight_dtype() const = 0;
   /** KV dtypes this backend supports (supports_op style, instead of guessing). */
   virtual bool supports_kv(ul_dtype dt) const = 0;
+  /** What runs the ops, as JSON object members without braces (ul_engine_backend_info):
+   *  "kernels":"...","gemm":"..." plus, for CUDA, where cuBLASLt came from. */
+  virtual std::string info_json_members() const {
+    return std::string("\"kernels\":\"") + name() + "\",\"gemm\":\"" + name() + "\"";
+  }
 
   // Memory. Sizes in bytes. upload/download are raw bytes (the engine converts dtypes on host).
   virtual Status alloc(size_t bytes, void** out) = 0;

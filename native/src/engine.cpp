@@ -589,4 +589,15 @@ ul_status ul_engine_memory(const ul_engine* e, ul_memory_report* out) {
   return st.code;
 }
 
+int32_t ul_engine_backend_info(const ul_engine* e, char* buf, size_t size) {
+  if (!e) return -1;
+  std::string line = "{" + e->be->info_json_members() + ",\"kv_dtype\":\"" + dtype_name(e->cfg.kv_dtype) + "\"}";
+  if (buf && size > 0) {
+    size_t n = std::min(size - 1, line.size());
+    std::memcpy(buf, line.data(), n);
+    buf[n] = '\0';
+  }
+  return static_cast<int32_t>(line.size());
+}
+
 }  // extern "C"
