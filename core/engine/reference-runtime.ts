@@ -533,6 +533,7 @@ export async function createReferenceRuntime(options: RuntimeOptions): Promise<R
       kv,
       maxPositions,
       threads: 1,
+      kernels: "typescript",
       weightBytes,
       kvCapacityBytes: kvPayloadBytes(kv, maxPositions),
     },

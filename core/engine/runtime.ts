@@ -18,6 +18,11 @@ export interface RuntimeInfo {
   maxPositions: number;
   /** Worker threads (1 when single-threaded). */
   threads: number;
+  /**
+   * What computes, GEMM backend included, as reported on /readyz, /metrics and in benchmarks:
+   * "typescript", "wasm-simd128", "cpp-reference", "cuda gemm=cublaslt(/path/libcublasLt.so.13)".
+   */
+  kernels: string;
   /** Bytes held for weights and for the KV cache at `maxPositions`. */
   weightBytes: number;
   kvCapacityBytes: number;

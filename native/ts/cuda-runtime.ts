@@ -12,6 +12,7 @@ import { createNativeRuntime, type NativeRuntimeSpec } from "./native-runtime.ts
 export const CUDA_SPEC: NativeRuntimeSpec = {
   name: "cuda",
   backend: Backend.cuda,
+  kernels: "cuda",
   kvDtypes: ["bf16"],
   weightTransfer: "bf16",
   // bf16 KV of Llama-3.1-8B is 128 KiB per position: 768K positions = 96 GiB, which fits beside

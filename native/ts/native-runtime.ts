@@ -26,6 +26,8 @@ export interface NativeRuntimeSpec {
   name: string;
   /** ul_backend_kind. */
   backend: number;
+  /** RuntimeInfo.kernels: the kernel set this spec runs. */
+  kernels: string;
   /** KV dtypes this runtime offers through the Runtime seam, first = default. */
   kvDtypes: KvDtype[];
   /** How weights cross into the engine: f32 (reference keeps f32) or bf16 (CUDA keeps bf16). */
@@ -204,6 +206,7 @@ export async function createNativeRuntime(
       kv,
       maxPositions,
       threads: 1,
+      kernels: spec.kernels,
       weightBytes: mem.weightBytes,
       kvCapacityBytes: mem.kvBytes,
     },

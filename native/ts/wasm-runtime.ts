@@ -11,6 +11,7 @@ import { loadWasmHost, wasmUnavailableReason } from "./wasm-host.ts";
 export const NATIVE_WASM_SPEC: NativeRuntimeSpec = {
   name: "native-wasm",
   backend: Backend.reference,
+  kernels: "cpp-reference",
   kvDtypes: ["f32", "bf16", "f16"],
   weightTransfer: "f32",
   // wasm32 memory is at most 4 GiB; a small default leaves room for the weights.

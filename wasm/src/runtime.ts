@@ -119,6 +119,7 @@ export async function createWasmRuntime(options: WasmRuntimeOptions): Promise<Ru
       kv,
       maxPositions,
       threads,
+      kernels: "wasm-simd128",
       weightBytes,
       kvCapacityBytes: kvPayloadBytes(kv, maxPositions),
     };
