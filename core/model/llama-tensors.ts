@@ -15,7 +15,22 @@ export interface ExpectedTensor {
  */
 export const IGNORED_TENSOR = /^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$/;
 
-export function llamaTensors(config: ModelConfig): ExpectedTensor[] {
+/** The config fields a Llama checkpoint's tensor shapes follow from. */
+export type LlamaShape = Pick<
+  ModelConfig,
+  | "hiddenSize"
+  | "intermediateSize"
+  | "numHiddenLayers"
+  | "numAttentionHeads"
+  | "numKeyValueHeads"
+  | "headDim"
+  | "vocabSize"
+  | "tieWordEmbeddings"
+  | "attentionBias"
+  | "mlpBias"
+>;
+
+export function llamaTensors(config: LlamaShape): ExpectedTensor[] {
   const h = config.hiddenSize;
   const q = config.numAttentionHeads * config.headDim;
   const kv = config.numKeyValueHeads * config.headDim;

@@ -1,0 +1,167 @@
+// How much GPU memory one engine needs for a context, and the longest context a GPU holds. One
+// calculation for `ultralong inspect --gpu-memory`, the deploy's GPU choice and docs/deploy.md's
+// table (a test checks the table against this file).
+//
+// One engine on one GPU holds, all allocated at start (native/src/engine.cpp ul_engine_create):
+//   weights      every checkpoint tensor in the runtime's weight dtype (CUDA: bf16)
+//   KV cache     (layer, K|V, kv_head, max_positions, head_dim) in the KV dtype, one allocation
+//                for the whole context; fp8 adds f32 scales per (layer, K|V, kv_head, block)
+//   activations  scratch for one prefill chunk of `chunkRows` rows (the engine's own list, below)
+//   fixed        CUDA context and what the libraries hold (FIXED_RESERVE_BYTES, why below)
+// The engine refuses a start that does not fit (cudaMalloc failure is a typed out-of-memory
+// error), so this plan errs on the side of a context that fits.
+
+import { kvBytesPerToken, kvLayoutOf } from "../kv/layout.ts";
+import { type LlamaShape, llamaTensors } from "./llama-tensors.ts";
+
+/** KV dtypes a capacity plan can be made for: what the CUDA runtime offers. */
+export type CapacityKvDtype = "bf16" | "fp8-e4m3";
+
+/**
+ * Memory every engine needs whatever the model and context, 1.5 GiB:
+ * - the CUDA context with the loaded kernel modules (ours, cudart's, cuBLASLt's): about 0.5 GiB on
+ *   Hopper with lazy module loading (CUDA 12.2+ default), up to ~1 GiB once cuBLASLt has loaded
+ *   many GEMM kernels (public nvidia-smi reports; not measured on a GPU in this repository yet);
+ * - the cuBLASLt workspace: 32 MiB (native/src/cuda/cublaslt.cu kWorkspaceBytes);
+ * - decode split-KV partials and token buffers (native/src/cuda/cuda_backend.cu): a few MiB;
+ * - the rest is slack for allocator rounding.
+ * Rejected: a percentage of GPU memory (vLLM's gpu_memory_utilization 0.9): on a 141 GB H200 it
+ * would keep 14 GiB back, 110K tokens of bf16 KV, for a context that does not grow with the GPU.
+ */
+export const FIXED_RESERVE_BYTES = 1.5 * 2 ** 30;
+
+/** Rows of one prefill chunk on CUDA: the engine's default max_chunk (engine.cpp). */
+export const CUDA_PREFILL_CHUNK_ROWS = 4096;
+
+/**
+ * Positions per fp8 scale block: the fp8 e4m3 cache carries one f32 scale per (layer, K|V,
+ * kv_head, block of this many positions). The per-block scales are being built into the engine
+ * and core/kv/layout.ts now; until layout.ts exports its block size this is the plan's figure.
+ * 16 (vLLM's default paged block) is the smallest block anyone uses, so the largest overhead:
+ * 2 x 32 x 8 x 4 / 16 = 128 B per token for UltraLong-8B, 0.2% of the 64 KiB fp8 payload.
+ */
+export const FP8_SCALE_BLOCK_POSITIONS = 16;
+
+export interface CapacityOptions {
+  /** Bytes per weight element as the runtime holds them (CUDA: bf16, 2). */
+  weightBytesPerElement?: number;
+  /** Bytes per activation element (CUDA: bf16, 2; the residual stream is f32 regardless). */
+  activationBytesPerElement?: number;
+  /** Rows of one prefill chunk (engine max_chunk). */
+  chunkRows?: number;
+  /** Memory held whatever the context (CUDA context, libraries). */
+  fixedReserveBytes?: number;
+  /** fp8 only: positions per scale block. */
+  fp8ScaleBlockPositions?: number;
+}
+
+/** What one engine holds for one context, in bytes. */
+export interface MemoryPlan {
+  weights: number;
+  kv: number;
+  activations: number;
+  fixed: number;
+  /** weights + kv + activations + fixed. */
+  total: number;
+}
+
+const DEFAULTS: Required<CapacityOptions> = {
+  weightBytesPerElement: 2,
+  activationBytesPerElement: 2,
+  chunkRows: CUDA_PREFILL_CHUNK_ROWS,
+  fixedReserveBytes: FIXED_RESERVE_BYTES,
+  fp8ScaleBlockPositions: FP8_SCALE_BLOCK_POSITIONS,
+};
+
+/** Elements of every tensor of the checkpoint (embedding, lm_head unless tied, layers, norms). */
+export function parameterCount(shape: LlamaShape): number {
+  let n = 0;
+  for (const t of llamaTensors(shape)) n += t.shape.reduce((a, d) => a * d, 1);
+  return n;
+}
+
+/**
+ * Bytes of one prefill chunk's scratch, the list ul_engine_create allocates:
+ * inv_freq (head_dim/2 f64), x (rows, hidden) f32, xn (rows, max(hidden, heads*head_dim)),
+ * q (rows, heads*head_dim), k and v (rows, kv_heads*head_dim), gate and up (rows, ffn) in the
+ * activation dtype, logits (vocab) f32.
+ */
+export function chunkActivationBytes(shape: LlamaShape, opts: CapacityOptions = {}): number {
+  const { chunkRows: rows, activationBytesPerElement: act } = { ...DEFAULTS, ...opts };
+  const qd = shape.numAttentionHeads * shape.headDim;
+  const kvd = shape.numKeyValueHeads * shape.headDim;
+  return (
+    (shape.headDim / 2) * 8 +
+    rows * shape.hiddenSize * 4 +
+    rows * Math.max(shape.hiddenSize, qd) * act +
+    rows * qd * act +
+    2 * rows * kvd * act +
+    2 * rows * shape.intermediateSize * act +
+    shape.vocabSize * 4
+  );
+}
+
+/** Bytes of a KV cache of `positions` positions, fp8 scales included. */
+export function kvCacheBytes(
+  shape: LlamaShape,
+  dtype: CapacityKvDtype,
+  positions: number,
+  opts: CapacityOptions = {},
+): number {
+  const payload = kvBytesPerToken(kvLayoutOf(shape, dtype)) * positions;
+  if (dtype !== "fp8-e4m3") return payload;
+  const block = opts.fp8ScaleBlockPositions ?? DEFAULTS.fp8ScaleBlockPositions;
+  // (layer, K|V, kv_head, block) f32
+  const scales = 2 * shape.numHiddenLayers * shape.numKeyValueHeads * Math.ceil(positions / block);
+  return payload + scales * 4;
+}
+
+/** The memory one engine needs to serve `positions` positions of context. */
+export function memoryFor(
+  shape: LlamaShape,
+  kvDtype: CapacityKvDtype,
+  positions: number,
+  opts: CapacityOptions = {},
+): MemoryPlan {
+  const o = { ...DEFAULTS, ...opts };
+  const weights = parameterCount(shape) * o.weightBytesPerElement;
+  const kv = kvCacheBytes(shape, kvDtype, positions, o);
+  const activations = chunkActivationBytes(shape, o);
+  const fixed = o.fixedReserveBytes;
+  return { weights, kv, activations, fixed, total: weights + kv + activations + fixed };
+}
+
+/**
+ * The most positions whose memoryFor fits in `gpuMemoryBytes` (what CUDA reports as the device's
+ * total, e.g. nvidia-smi's 143771 MiB for an H200); 0 when not even the weights fit.
+ */
+export function longestContext(
+  shape: LlamaShape,
+  kvDtype: CapacityKvDtype,
+  gpuMemoryBytes: number,
+  opts: CapacityOptions = {},
+): number {
+  const base = memoryFor(shape, kvDtype, 0, opts).total;
+  if (base >= gpuMemoryBytes) return 0;
+  // Linear apart from the fp8 scale blocks' rounding: estimate, then step to the exact edge.
+  const perToken = memoryFor(shape, kvDtype, 1 << 20, opts).kv / (1 << 20);
+  let n = Math.floor((gpuMemoryBytes - base) / perToken);
+  while (n > 0 && memoryFor(shape, kvDtype, n, opts).total > gpuMemoryBytes) n--;
+  while (memoryFor(shape, kvDtype, n + 1, opts).total <= gpuMemoryBytes) n++;
+  return n;
+}
+
+const gib = (bytes: number) => `${(bytes / 2 ** 30).toFixed(2)} GiB`;
+
+/**
+ * The plan against a GPU as one line of arithmetic, e.g.
+ * "weights 14.96 GiB + KV 128.00 GiB + reserve 1.86 GiB = 144.82 GiB > GPU 140.40 GiB"
+ * (reserve = one chunk's activations + the fixed reserve).
+ */
+export function planArithmetic(plan: MemoryPlan, gpuMemoryBytes: number): string {
+  const sign = plan.total > gpuMemoryBytes ? ">" : "<=";
+  return (
+    `weights ${gib(plan.weights)} + KV ${gib(plan.kv)} + reserve ${gib(plan.activations + plan.fixed)}` +
+    ` = ${gib(plan.total)} ${sign} GPU ${gib(gpuMemoryBytes)}`
+  );
+}
