@@ -90,6 +90,19 @@ export async function createModelApp(options: ModelAppOptions): Promise<ModelApp
     () => engine.snapshotBytes?.().read ?? 0,
   );
 
+  // Which runtime, kernels and KV dtype serve: a constant 1 whose labels say it (Prometheus' *_info).
+  const served = engine.info();
+  metrics.set(
+    "ul_model_runtime_info",
+    1,
+    {
+      runtime: served.runtime,
+      kernels: served.kernels,
+      kv_dtype: served.kv.dtype,
+    },
+    "Runtime, kernels (GEMM backend) and KV dtype serving this model",
+  );
+
   const app = new Hono();
   app.onError((err) => errorResponse(err));
   app.notFound(() => errorResponse(new UltralongError("route_not_found", "no such route")));

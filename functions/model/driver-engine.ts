@@ -130,6 +130,7 @@ export async function createDriverEngine(options: DriverEngineOptions): Promise<
     model: options.modelId,
     fingerprint,
     runtime: runtime.info.name,
+    kernels: runtime.info.kernels,
     vocabSize: model.config.vocabSize,
     maxPositions: runtime.info.maxPositions,
     kv: {

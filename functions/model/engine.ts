@@ -10,6 +10,8 @@ export interface EngineInfo {
   /** Model fingerprint (SHA-256 hex), names snapshots. */
   fingerprint: string;
   runtime: string;
+  /** What computes, GEMM backend included (RuntimeInfo.kernels). */
+  kernels: string;
   vocabSize: number;
   /** Context length the runtime can hold. */
   maxPositions: number;

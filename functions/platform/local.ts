@@ -4,6 +4,7 @@
 import { basename, resolve } from "node:path";
 import { renderChat as renderChatIds } from "../../core/chat/index.ts";
 import { toHex } from "../../core/crypto/sha256.ts";
+import { describeChoice } from "../../core/engine/registry.ts";
 import { InvalidInputError } from "../../core/errors.ts";
 import type { SnapshotStore } from "../../core/kv/store.ts";
 import { loadModelDir } from "../../core/node/load-model-dir.ts";
@@ -65,6 +66,8 @@ export interface LocalServer {
   /** Key for GET /metrics on both apps. */
   metricsKey: string;
   engine: ModelEngine;
+  /** What the registry picked and why each better runtime was skipped (one line, for the log). */
+  runtimeChoice: string;
   /** null with role "model". */
   edge: EdgeApp | null;
   model: ModelApp;
@@ -81,7 +84,8 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
   const dir = resolve(options.modelDir);
   const modelId = options.modelId ?? basename(dir);
   const model = await loadModelDir(dir);
-  const factory = await runtimes.pick(options.runtime ?? "auto");
+  const choice = await runtimes.choose(options.runtime ?? "auto");
+  const factory = choice.factory;
   const maxPositions =
     options.maxPositions ?? Math.min(model.config.maxPositionEmbeddings, 131_072);
   // Runtime workers start while the tokenizer loads on this thread.
@@ -142,6 +146,7 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
       demoKey: null,
       metricsKey: keys.metricsKeySha256 === metricsKeySha256 ? metricsKey : "",
       engine,
+      runtimeChoice: describeChoice(choice),
       edge: null,
       model: modelApp,
       async close() {
@@ -179,6 +184,7 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
     demoKey,
     metricsKey: keys.metricsKeySha256 === metricsKeySha256 ? metricsKey : "",
     engine,
+    runtimeChoice: describeChoice(choice),
     edge,
     model: modelApp,
     async close() {

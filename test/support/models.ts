@@ -74,10 +74,12 @@ export async function loadTestModel(opts: GenerateOptions = TINY): Promise<Loade
  */
 export function runUltralong(
   args: string[],
+  env: Record<string, string | undefined> = process.env,
 ): Promise<{ status: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ["functions/cli/bin.js", ...args], {
       stdio: ["ignore", "pipe", "pipe"],
+      env,
     });
     let stdout = "";
     let stderr = "";

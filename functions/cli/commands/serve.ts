@@ -155,6 +155,7 @@ export const command: Command = {
       env: io.env,
     });
     const info = server.engine.info();
+    say(`${server.runtimeChoice}; kernels ${info.kernels}; KV ${info.kv.dtype}`);
     if (role === "model") {
       io.stdout.write(
         `ultralong model function '${server.modelId}' on ${server.url} (runtime ${info.runtime}, snapshots: ${info.store})\n`,

@@ -1,0 +1,110 @@
+// `--runtime auto` never hides a failed GPU build: it says what it picked and why each better
+// runtime was skipped, and an addon that exists but cannot load (truncated, wrong ABI, libcudart
+// missing) is a reason to fall back, not a crash. Asking for `cuda` by name refuses with one line.
+// The model function reports the runtime, kernels and KV dtype on /readyz and /metrics.
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { type RuntimeFactory, RuntimeRegistry } from "../core/engine/registry.ts";
+import { NotAvailableError } from "../core/errors.ts";
+import { startLocal } from "../functions/platform/local.ts";
+import { runUltralong, scratchDir, testModelDir } from "./support/models.ts";
+
+const stub = (name: string, priority: number, reason: () => Promise<string | null>) =>
+  ({
+    name,
+    priority,
+    unavailableReason: reason,
+    create: () => Promise.reject(new Error("not used")),
+  }) as RuntimeFactory;
+
+describe("runtime registry: auto", () => {
+  it("names every better runtime it skipped, and a probe that throws is skipped, not fatal", async () => {
+    const reg = new RuntimeRegistry();
+    reg.register(stub("gpu", 100, () => Promise.reject(new Error("dlopen: invalid ELF header"))));
+    reg.register(stub("simd", 10, async () => "no SIMD here"));
+    reg.register(stub("plain", 0, async () => null));
+    const choice = await reg.choose("auto");
+    expect(choice.factory.name).toBe("plain");
+    expect(choice.skipped).toEqual([
+      { name: "gpu", reason: "its availability check failed: dlopen: invalid ELF header" },
+      { name: "simd", reason: "no SIMD here" },
+    ]);
+    await expect(reg.choose("gpu")).rejects.toBeInstanceOf(NotAvailableError);
+    await expect(reg.choose("gpu")).rejects.toThrow(/runtime 'gpu' is not available: .*ELF/);
+  });
+});
+
+describe("a native addon that exists but cannot load", () => {
+  const dir = scratchDir("bad-addon");
+  const truncated = join(dir, "ul_addon.node");
+  // The first 4 KiB of a real shared object (or of any ELF): the loader refuses it.
+  const real = ["native/build/ul_addon.node", process.execPath].find((p) => existsSync(p))!;
+  writeFileSync(truncated, readFileSync(real).subarray(0, 4096));
+  const env = { ...process.env, UL_ADDON_PATH: truncated };
+
+  it("auto falls back past it and says why (generate --progress)", async () => {
+    const model = await testModelDir();
+    const r = await runUltralong(
+      ["generate", "--model", model, "--prompt", "hi", "--max-tokens", "2", "--progress"],
+      env,
+    );
+    expect(r.stderr).toMatch(
+      new RegExp(`cuda skipped: the native addon ${truncated} cannot be loaded: `),
+    );
+    expect(r.status, r.stderr).toBe(0);
+  });
+
+  it("--runtime cuda refuses with one line naming the file and the loader's reason", async () => {
+    const model = await testModelDir();
+    const r = await runUltralong(
+      ["generate", "--model", model, "--prompt", "hi", "--runtime", "cuda"],
+      env,
+    );
+    expect(r.status).not.toBe(0);
+    expect(r.stdout).toBe("");
+    const lines = r.stderr.trim().split("\n");
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(
+      /runtime 'cuda' is not available: the native addon .* cannot be loaded/,
+    );
+  });
+
+  it("a missing addon is the 'not built' reason", async () => {
+    const model = await testModelDir();
+    const missing = await runUltralong(
+      ["generate", "--model", model, "--prompt", "hi", "--runtime", "cuda"],
+      { ...process.env, UL_ADDON_PATH: join(dir, "absent.node") },
+    );
+    expect(missing.status).not.toBe(0);
+    expect(missing.stderr).toMatch(
+      /runtime 'cuda' is not available: the native addon is not built/,
+    );
+  });
+});
+
+describe("the model function says what serves", () => {
+  let close: (() => Promise<void>) | null = null;
+  afterAll(() => close?.());
+
+  it("/readyz and /metrics name the runtime, kernels and KV dtype", async () => {
+    const server = await startLocal({
+      modelDir: await testModelDir(),
+      runtime: "wasm",
+      threads: 1,
+      store: null,
+      maxPositions: 64,
+      log: () => {},
+    });
+    close = server.close;
+    expect(server.runtimeChoice).toBe("runtime wasm");
+    const ready = await (await fetch(`${server.modelUrl}/readyz`)).json();
+    expect(ready).toMatchObject({ runtime: "wasm", kernels: "wasm-simd128", kv: { dtype: "f32" } });
+    const metrics = await fetch(`${server.modelUrl}/metrics`, {
+      headers: { authorization: `Bearer ${server.metricsKey}` },
+    });
+    expect(await metrics.text()).toMatch(
+      /^ul_model_runtime_info\{kernels="wasm-simd128",kv_dtype="f32",runtime="wasm"\} 1$/m,
+    );
+  });
+});
