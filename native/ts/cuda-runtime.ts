@@ -22,10 +22,16 @@ export const CUDA_SPEC: NativeRuntimeSpec = {
   callTokens: 4096,
 };
 
-/** Asks the engine itself: a one-layer engine on the CUDA backend is created and destroyed. */
-export function probeCuda(host: NativeHost): string | null {
+/**
+ * Asks the engine itself: a one-layer engine on the CUDA backend is created and destroyed. Returns
+ * null when that works, else the typed error (NotAvailableError "no CUDA device: ..." on a machine
+ * with no GPU, or "built without CUDA" for an addon linked with the stub).
+ */
+export function probeCudaError(host: NativeHost): Error | null {
   if (!host.backendCompiled(Backend.cuda)) {
-    return "the native addon was built without CUDA (nvcc was missing at build time)";
+    return new NotAvailableError(
+      "the native addon was built without CUDA (nvcc was missing at build time)",
+    );
   }
   try {
     host
@@ -50,8 +56,13 @@ export function probeCuda(host: NativeHost): string | null {
       .destroy();
     return null;
   } catch (err) {
-    return (err as Error).message;
+    return err as Error;
   }
+}
+
+/** probeCudaError's message, or null. */
+export function probeCuda(host: NativeHost): string | null {
+  return probeCudaError(host)?.message ?? null;
 }
 
 let reason: string | null | undefined;
