@@ -31,7 +31,13 @@
 extern "C" {
 #endif
 
-#define UL_ABI_VERSION 1
+#define UL_ABI_VERSION 2
+
+/*
+ * fp8 KV: one f32 scale per (layer, K|V, kv_head, block of UL_FP8_BLOCK positions), blocks aligned
+ * to absolute positions (block b = positions [b * 64, (b + 1) * 64)). x = fp8 * scale.
+ */
+#define UL_FP8_BLOCK 64
 
 typedef enum ul_status {
   UL_OK = 0,
@@ -49,7 +55,7 @@ typedef enum ul_dtype {
   UL_DTYPE_F32 = 0,
   UL_DTYPE_BF16 = 1,
   UL_DTYPE_F16 = 2,
-  UL_DTYPE_FP8_E4M3 = 3 /* KV cache only: per (layer, K|V, kv_head) scale, fixed at first write */
+  UL_DTYPE_FP8_E4M3 = 3 /* KV cache and KV payloads only: per-block scales (UL_FP8_BLOCK) */
 } ul_dtype;
 
 typedef enum ul_backend_kind { UL_BACKEND_REFERENCE = 0, UL_BACKEND_CUDA = 1 } ul_backend_kind;
@@ -121,11 +127,16 @@ ul_status ul_engine_truncate(ul_engine* engine, int32_t position);
 /*
  * KV of positions [start, end) in the snapshot layout of core/kv/layout.ts:
  *   for layer: K (kv_head, pos, head_dim) post-RoPE, then V (kv_head, pos, head_dim)
- * converted to `dtype` (F32, BF16 or F16). `out_bytes` must be exactly the payload size.
+ * converted to `dtype` (F32, BF16, F16 or FP8_E4M3). In FP8_E4M3 each K and each V is preceded by
+ * its scales (kv_head, ceil(n / UL_FP8_BLOCK)) f32, blocks counted from `start`: an fp8 cache
+ * exported from a multiple of UL_FP8_BLOCK is copied as stored, otherwise requantised per block.
+ * `out_bytes` must be exactly the payload size.
  */
 ul_status ul_engine_export_kv(ul_engine* engine, int32_t start, int32_t end, ul_dtype dtype,
                               void* out, size_t out_bytes);
-/* Appends `tokens` positions at the current position from bytes in that layout and `dtype`. */
+/* Appends `tokens` positions at the current position from bytes in that layout and `dtype` (any of
+ * the four; an fp8 cache takes an fp8 payload as stored when the position is a multiple of
+ * UL_FP8_BLOCK, and otherwise writes the dequantised values as a forward would). */
 ul_status ul_engine_import_kv(ul_engine* engine, const void* bytes, size_t n_bytes,
                               int32_t tokens, ul_dtype dtype);
 

@@ -7,7 +7,8 @@
 //   activations ("act")   backend->act_dtype()    ref: f32, CUDA: bf16
 //   weights               backend->weight_dtype() ref: f32, CUDA: bf16
 //   KV cache              config kv_dtype         (layer, K|V, kv_head, max_pos, head_dim)
-//   fp8 KV scales         f32                     (layer, K|V, kv_head): x = fp8 * scale
+//   fp8 KV scales         f32                     (layer, K|V, kv_head, block): x = fp8 * scale,
+//                                                 block = pos / UL_FP8_BLOCK (fp8_blocks(max_pos))
 #pragma once
 #include <cmath>
 #include <cstddef>
@@ -39,20 +40,23 @@ struct AttentionArgs {
   const void* q;        // (rows, heads, head_dim), act dtype, post-RoPE
   const void* k_cache;  // (kv_heads, max_pos, head_dim), kv dtype, this layer
   const void* v_cache;  // (kv_heads, max_pos, head_dim), kv dtype, this layer
-  const float* k_scale; // (kv_heads) fp8 only, else nullptr
-  const float* v_scale; // (kv_heads) fp8 only, else nullptr
+  const float* k_scale; // (kv_heads, fp8_blocks(max_pos)) fp8 only, else nullptr
+  const float* v_scale; // (kv_heads, fp8_blocks(max_pos)) fp8 only, else nullptr
   void* out;            // (rows, heads, head_dim), act dtype
   int rows, heads, kv_heads, head_dim, max_pos, pos0;
   ul_dtype kv_dtype;
   float softmax_scale;  // 1 / sqrt(head_dim)
 };
 
-/** Writes new K or V rows into one (layer, K|V) slice of the cache. */
+/**
+ * Writes new K or V rows into one (layer, K|V) slice of the cache. fp8: for each (kv_head, block)
+ * the write touches, fp8_block_scale gives the block's scale (positions of the block before pos0
+ * are requantised when it grows), then the new rows are quantised with it: nothing saturates.
+ */
 struct KvStoreArgs {
   const void* src;  // (rows, kv_heads, head_dim), act dtype
   void* cache;      // (kv_heads, max_pos, head_dim), kv dtype
-  float* scale;     // (kv_heads) fp8 only: set from this write when init_scale, else used as is
-  bool init_scale;
+  float* scale;     // (kv_heads, fp8_blocks(max_pos)) fp8 only, else nullptr
   int rows, kv_heads, head_dim, max_pos, pos0;
   ul_dtype kv_dtype;
 };
@@ -129,6 +133,36 @@ UL_HOST_DEVICE inline uint64_t splitmix64(uint64_t x) {
   x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
   return x ^ (x >> 31);
 }
+
+// ---- fp8 KV block scales (host and device: the reference and CUDA apply the same rule) ----------
+constexpr int kFp8Block = UL_FP8_BLOCK;
+constexpr float kFp8Max = 448.0f;  // largest finite e4m3 ("fn") value
+
+UL_HOST_DEVICE inline int fp8_blocks(int max_pos) { return (max_pos + kFp8Block - 1) / kFp8Block; }
+
+/**
+ * The scale of one (kv_head, block) after a write whose new values have max |x| = `amax`.
+ * `fresh`: the block holds no earlier positions (the write starts at or before its first position).
+ * A fresh block, or one whose scale is 0 (every earlier value was 0), gets amax / 448: its largest
+ * value lands on 448, the full e4m3 range. Otherwise the old scale doubles until amax fits; `*requant`
+ * (old / new, a power of two, 1 when unchanged) is what earlier positions' fp8 values are multiplied
+ * by. Powers of two keep that requantisation exact for every value that stays above e4m3's
+ * subnormal range (2^-6 * 448 * scale): only values already below 1/64 of the block's max can lose
+ * bits. Rejected: x2 headroom at first write without requantisation (the old scheme; a later value
+ * above twice the first chunk's max saturated) and rescaling to exactly amax / 448 (every growth
+ * would round every earlier value again).
+ */
+UL_HOST_DEVICE inline float fp8_block_scale(float old, bool fresh, float amax, float* requant) {
+  *requant = 1.0f;
+  if (fresh || !(old > 0.0f)) return amax / kFp8Max;
+  float s = old;
+  while (amax > kFp8Max * s) s *= 2.0f;  // terminates: s reaches inf, and amax > inf is false
+  *requant = old / s;
+  return s;
+}
+
+/** x / scale, 0 for an all-zero block (scale 0). */
+UL_HOST_DEVICE inline float fp8_quantize_input(float x, float scale) { return scale > 0.0f ? x / scale : 0.0f; }
 
 /** Gumbel noise for vocabulary entry i: -log(-log(U)), U in (0, 1) from 53 random bits. */
 UL_HOST_DEVICE inline double gumbel_noise(uint64_t seed, uint64_t counter, uint64_t i) {

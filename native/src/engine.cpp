@@ -47,7 +47,8 @@ struct ul_engine {
   uint64_t weight_bytes = 0;
   bool ready = false;
 
-  // KV cache: (layer, K|V, kv_head, max_pos, head_dim) in cfg.kv_dtype; fp8 scales (layer, K|V, kv_head).
+  // KV cache: (layer, K|V, kv_head, max_pos, head_dim) in cfg.kv_dtype;
+  // fp8 scales (layer, K|V, kv_head, fp8_blocks(max_pos)) f32.
   void* kv = nullptr;
   float* kv_scale = nullptr;
   int32_t position = 0;
@@ -90,8 +91,11 @@ struct ul_engine {
   void* kv_slice(int layer, int kind) const {
     return static_cast<char*>(kv) + (static_cast<size_t>(layer) * 2 + kind) * kv_slice_elems() * kv_es();
   }
+  size_t scale_slice_elems() const {  // one (layer, K|V): (kv_head, block)
+    return static_cast<size_t>(cfg.num_kv_heads) * ul::fp8_blocks(cfg.max_positions);
+  }
   float* kv_scales(int layer, int kind) const {
-    return kv_scale ? kv_scale + (static_cast<size_t>(layer) * 2 + kind) * cfg.num_kv_heads : nullptr;
+    return kv_scale ? kv_scale + (static_cast<size_t>(layer) * 2 + kind) * scale_slice_elems() : nullptr;
   }
 };
 
@@ -270,7 +274,6 @@ Status run_chunk(ul_engine* e, const int32_t* tokens, int rows, bool want_logits
       s.src = kind == 0 ? e->k : e->v;
       s.cache = e->kv_slice(l, kind);
       s.scale = e->kv_scales(l, kind);
-      s.init_scale = pos0 == 0;
       s.rows = rows;
       s.kv_heads = c.num_kv_heads;
       s.head_dim = c.head_dim;
@@ -331,53 +334,145 @@ Status forward(ul_engine* e, const int32_t* tokens, int n, float* logits) {
   return e->be->sync();
 }
 
-/** Elements of one (layer, K|V) slice of an n-position payload, (kv_head, pos, head_dim), and a
- *  check that the payload is exactly layers * 2 slices in `dt`. */
-Status check_payload(const ul_config& c, size_t n, ul_dtype dt, size_t bytes, const char* what, size_t* per_slice) {
-  *per_slice = static_cast<size_t>(c.num_kv_heads) * n * c.head_dim;
-  size_t want = static_cast<size_t>(c.num_layers) * 2 * *per_slice * ul::dtype_size(dt);
+/**
+ * One (layer, K|V) slice of an n-position payload in `dt` (core/kv/layout.ts):
+ *   values (kv_head, pos, head_dim), preceded in fp8 by scales (kv_head, fp8_blocks(n)) f32
+ * with the payload's blocks counted from its first position.
+ */
+struct PayloadSlice {
+  size_t values = 0;  // kv_head * n * head_dim
+  size_t scales = 0;  // kv_head * fp8_blocks(n), fp8 only
+  size_t bytes = 0;
+};
+
+PayloadSlice payload_slice(const ul_config& c, size_t n, ul_dtype dt) {
+  PayloadSlice s;
+  s.values = static_cast<size_t>(c.num_kv_heads) * n * c.head_dim;
+  s.scales = dt == UL_DTYPE_FP8_E4M3 ? static_cast<size_t>(c.num_kv_heads) * ul::fp8_blocks(static_cast<int>(n)) : 0;
+  s.bytes = s.values * ul::dtype_size(dt) + s.scales * sizeof(float);
+  return s;
+}
+
+/** The slice geometry of an n-position payload, and a check that it is exactly layers * 2 slices. */
+Status check_payload(const ul_config& c, size_t n, ul_dtype dt, size_t bytes, const char* what, PayloadSlice* slice) {
+  *slice = payload_slice(c, n, dt);
+  size_t want = static_cast<size_t>(c.num_layers) * 2 * slice->bytes;
   if (bytes != want)
-    return Err(UL_ERR_INVALID_ARGUMENT, std::string(what) + " payload is " + std::to_string(bytes) + " bytes, expected " + std::to_string(want) + " for " + std::to_string(n) + " positions");
+    return Err(UL_ERR_INVALID_ARGUMENT, std::string(what) + " payload is " + std::to_string(bytes) + " bytes, expected " + std::to_string(want) + " for " + std::to_string(n) + " positions of " + dtype_name(dt));
   return Status::Ok();
 }
 
-/** The fp8 scales (layer, K|V, kv_head) on the host; empty for other KV dtypes. */
-Status read_scales(ul_engine* e, std::vector<float>* scales) {
-  if (!e->kv_scale) return Status::Ok();
-  scales->resize(static_cast<size_t>(e->cfg.num_layers) * 2 * e->cfg.num_kv_heads);
-  return e->be->download(scales->data(), e->kv_scale, scales->size() * sizeof(float));
+/** n positions of one kv head, (pos, head_dim) f32 -> `dt` at element `at` of dst; fp8 quantises
+ *  each block of kFp8Block positions with scale amax / 448 into scales[0..fp8_blocks(n)). */
+void encode_head(const float* x, size_t n, int head_dim, ul_dtype dt, void* dst, size_t at, float* scales) {
+  if (dt != UL_DTYPE_FP8_E4M3) {
+    for (size_t i = 0; i < n * head_dim; ++i) ul::store_from_f32(dst, dt, at + i, x[i]);
+    return;
+  }
+  for (size_t b = 0; b * ul::kFp8Block < n; ++b) {
+    size_t lo = b * ul::kFp8Block * head_dim, hi = std::min(n, (b + 1) * ul::kFp8Block) * head_dim;
+    float amax = 0, unused = 0;
+    for (size_t i = lo; i < hi; ++i) amax = std::max(amax, std::fabs(x[i]));
+    scales[b] = ul::fp8_block_scale(0.0f, true, amax, &unused);
+    for (size_t i = lo; i < hi; ++i) ul::store_from_f32(dst, dt, at + i, ul::fp8_quantize_input(x[i], scales[b]));
+  }
+}
+
+/** Element i of one kv head's n positions (pos, head_dim) in `dt` -> f32; fp8 multiplies by the
+ *  scale of i's block, blocks counted from the head's first position. */
+float decode_at(const void* src, ul_dtype dt, size_t at, size_t i, const float* scales, int head_dim) {
+  float v = ul::load_as_f32(src, dt, at + i);
+  return scales ? v * scales[i / head_dim / ul::kFp8Block] : v;
+}
+
+/** One payload slice -> f32 (kv_head, n, head_dim). */
+void decode_slice(const char* slice, ul_dtype dt, const ul_config& c, size_t n, std::vector<float>* out) {
+  PayloadSlice g = payload_slice(c, n, dt);
+  const float* scales = reinterpret_cast<const float*>(slice);  // fp8 only
+  const char* values = slice + g.scales * sizeof(float);
+  size_t per_head = n * c.head_dim, nb = g.scales / c.num_kv_heads;
+  out->resize(g.values);
+  for (int h = 0; h < c.num_kv_heads; ++h)
+    for (size_t i = 0; i < per_head; ++i)
+      (*out)[h * per_head + i] = decode_at(values, dt, h * per_head, i, g.scales ? scales + h * nb : nullptr, c.head_dim);
 }
 
 Status export_kv(ul_engine* e, int start, int end, ul_dtype dt, void* out, size_t out_bytes) {
   const ul_config& c = e->cfg;
   if (start < 0 || end < start || end > e->position)
     return Err(UL_ERR_INVALID_ARGUMENT, "export range [" + std::to_string(start) + ", " + std::to_string(end) + ") outside [0, " + std::to_string(e->position) + ")");
-  if (dt != UL_DTYPE_F32 && dt != UL_DTYPE_BF16 && dt != UL_DTYPE_F16)
-    return Err(UL_ERR_INVALID_ARGUMENT, std::string("export dtype must be f32, bf16 or f16, got ") + dtype_name(dt));
+  if (dt < UL_DTYPE_F32 || dt > UL_DTYPE_FP8_E4M3) return Err(UL_ERR_INVALID_ARGUMENT, "export: unknown dtype");
   size_t n = static_cast<size_t>(end - start);
-  size_t per_slice = 0;
-  UL_TRY(check_payload(c, n, dt, out_bytes, "export", &per_slice));
+  PayloadSlice g;
+  UL_TRY(check_payload(c, n, dt, out_bytes, "export", &g));
   if (n == 0) return Status::Ok();
-  std::vector<float> scales;
-  UL_TRY(read_scales(e, &scales));
-  size_t es = e->kv_es(), row = static_cast<size_t>(c.head_dim) * es;
-  std::vector<unsigned char> staging(per_slice * es);
+  bool fp8_cache = c.kv_dtype == UL_DTYPE_FP8_E4M3;
+  // A payload block is a cache block when the range starts on a block boundary: copy as stored.
+  bool as_stored = fp8_cache && dt == UL_DTYPE_FP8_E4M3 && start % ul::kFp8Block == 0;
+  size_t es = e->kv_es(), row = static_cast<size_t>(c.head_dim) * es, per_head = n * c.head_dim;
+  int first_block = start / ul::kFp8Block, cache_blocks = (end - 1) / ul::kFp8Block - first_block + 1;
+  std::vector<unsigned char> staging(g.values * es);
+  std::vector<float> cache_scales(static_cast<size_t>(c.num_kv_heads) * cache_blocks), x(per_head);
   for (int l = 0; l < c.num_layers; ++l) {
     for (int kind = 0; kind < 2; ++kind) {
       const char* src = static_cast<const char*>(e->kv_slice(l, kind)) + static_cast<size_t>(start) * row;
       UL_TRY(e->be->download_2d(staging.data(), src, static_cast<size_t>(c.max_positions) * row, n * row, c.num_kv_heads));
-      char* dst = static_cast<char*>(out) + (static_cast<size_t>(l) * 2 + kind) * per_slice * ul::dtype_size(dt);
-      if (c.kv_dtype == UL_DTYPE_FP8_E4M3) {
-        size_t per_head = n * c.head_dim;
-        for (int h = 0; h < c.num_kv_heads; ++h) {
-          float s = scales[(static_cast<size_t>(l) * 2 + kind) * c.num_kv_heads + h];
-          for (size_t i = 0; i < per_head; ++i)
-            ul::store_from_f32(dst, dt, h * per_head + i, ul::load_as_f32(staging.data(), c.kv_dtype, h * per_head + i) * s);
+      if (fp8_cache) {
+        size_t pitch = static_cast<size_t>(ul::fp8_blocks(c.max_positions)) * sizeof(float);
+        UL_TRY(e->be->download_2d(cache_scales.data(), e->kv_scales(l, kind) + first_block, pitch, cache_blocks * sizeof(float), c.num_kv_heads));
+      }
+      char* dst = static_cast<char*>(out) + (static_cast<size_t>(l) * 2 + kind) * g.bytes;
+      float* dst_scales = reinterpret_cast<float*>(dst);  // fp8 payloads only
+      char* dst_values = dst + g.scales * sizeof(float);
+      if (as_stored) {
+        std::memcpy(dst_scales, cache_scales.data(), g.scales * sizeof(float));
+        std::memcpy(dst_values, staging.data(), g.values);
+        continue;
+      }
+      if (!fp8_cache && dt != UL_DTYPE_FP8_E4M3) {
+        ul::convert(staging.data(), c.kv_dtype, dst_values, dt, g.values);
+        continue;
+      }
+      size_t nb = g.scales / c.num_kv_heads;
+      for (int h = 0; h < c.num_kv_heads; ++h) {
+        // Cache positions start + i: their block relative to first_block is (start % B + i) / B.
+        for (size_t i = 0; i < per_head; ++i) {
+          float v = ul::load_as_f32(staging.data(), c.kv_dtype, h * per_head + i);
+          if (fp8_cache) v *= cache_scales[h * cache_blocks + (start % ul::kFp8Block + i / c.head_dim) / ul::kFp8Block];
+          x[i] = v;
         }
-      } else {
-        ul::convert(staging.data(), c.kv_dtype, dst, dt, per_slice);
+        encode_head(x.data(), n, c.head_dim, dt, dst_values, h * per_head, dst_scales + h * nb);
       }
     }
+  }
+  return Status::Ok();
+}
+
+/** fp8 cache, general case: the payload's values go through the backend's kv_store (the rule a
+ *  forward's writes follow), max_chunk positions at a time, via the act-dtype scratch e->k. */
+Status import_fp8_via_store(ul_engine* e, int l, int kind, const std::vector<float>& x, size_t n) {
+  const ul_config& c = e->cfg;
+  ul_dtype act = e->be->act_dtype();
+  size_t per_head = n * c.head_dim;
+  std::vector<unsigned char> rows(static_cast<size_t>(c.max_chunk) * c.num_kv_heads * c.head_dim * ul::dtype_size(act));
+  for (size_t at = 0; at < n; at += c.max_chunk) {
+    int m = static_cast<int>(std::min<size_t>(c.max_chunk, n - at));
+    for (int r = 0; r < m; ++r)  // (kv_head, pos, head_dim) -> (rows, kv_heads, head_dim)
+      for (int h = 0; h < c.num_kv_heads; ++h)
+        for (int d = 0; d < c.head_dim; ++d)
+          ul::store_from_f32(rows.data(), act, (static_cast<size_t>(r) * c.num_kv_heads + h) * c.head_dim + d, x[h * per_head + (at + r) * c.head_dim + d]);
+    UL_TRY(e->be->upload(e->k, rows.data(), static_cast<size_t>(m) * c.num_kv_heads * c.head_dim * ul::dtype_size(act)));
+    ul::KvStoreArgs s{};
+    s.src = e->k;
+    s.cache = e->kv_slice(l, kind);
+    s.scale = e->kv_scales(l, kind);
+    s.rows = m;
+    s.kv_heads = c.num_kv_heads;
+    s.head_dim = c.head_dim;
+    s.max_pos = c.max_positions;
+    s.pos0 = e->position + static_cast<int>(at);
+    s.kv_dtype = c.kv_dtype;
+    UL_TRY(e->be->kv_store(s));
   }
   return Status::Ok();
 }
@@ -386,42 +481,44 @@ Status import_kv(ul_engine* e, const void* bytes, size_t n_bytes, int tokens, ul
   const ul_config& c = e->cfg;
   if (!e->ready) return Err(UL_ERR_STATE, "import before ready");
   if (tokens < 0) return Err(UL_ERR_INVALID_ARGUMENT, "negative token count");
-  if (dt != UL_DTYPE_F32 && dt != UL_DTYPE_BF16 && dt != UL_DTYPE_F16)
-    return Err(UL_ERR_INVALID_ARGUMENT, std::string("import dtype must be f32, bf16 or f16, got ") + dtype_name(dt));
+  if (dt < UL_DTYPE_F32 || dt > UL_DTYPE_FP8_E4M3) return Err(UL_ERR_INVALID_ARGUMENT, "import: unknown dtype");
   if (static_cast<int64_t>(e->position) + tokens > c.max_positions)
     return Err(UL_ERR_LIMIT, "KV capacity exceeded by import of " + std::to_string(tokens) + " positions at " + std::to_string(e->position));
   size_t n = static_cast<size_t>(tokens);
-  size_t per_slice = 0;
-  UL_TRY(check_payload(c, n, dt, n_bytes, "import", &per_slice));
+  PayloadSlice g;
+  UL_TRY(check_payload(c, n, dt, n_bytes, "import", &g));
   if (n == 0) return Status::Ok();
-  std::vector<float> scales;
-  UL_TRY(read_scales(e, &scales));
-  bool fp8 = c.kv_dtype == UL_DTYPE_FP8_E4M3;
+  bool fp8_cache = c.kv_dtype == UL_DTYPE_FP8_E4M3;
+  // An fp8 payload starting on a cache block boundary fills whole blocks from their first
+  // position: its bytes and scales are the cache's, as stored.
+  bool as_stored = fp8_cache && dt == UL_DTYPE_FP8_E4M3 && e->position % ul::kFp8Block == 0;
   size_t es = e->kv_es(), row = static_cast<size_t>(c.head_dim) * es;
-  std::vector<unsigned char> staging(per_slice * es);
+  std::vector<unsigned char> staging(g.values * es);
+  std::vector<float> x;
   for (int l = 0; l < c.num_layers; ++l) {
     for (int kind = 0; kind < 2; ++kind) {
-      const char* src = static_cast<const char*>(bytes) + (static_cast<size_t>(l) * 2 + kind) * per_slice * ul::dtype_size(dt);
-      if (fp8) {
-        size_t per_head = n * c.head_dim;
-        for (int h = 0; h < c.num_kv_heads; ++h) {
-          float& s = scales[(static_cast<size_t>(l) * 2 + kind) * c.num_kv_heads + h];
-          if (e->position == 0) {  // same rule as kv_store's first write
-            float amax = 0;
-            for (size_t i = 0; i < per_head; ++i) amax = std::max(amax, std::fabs(ul::load_as_f32(src, dt, h * per_head + i)));
-            s = amax > 0 ? 2.0f * amax / 448.0f : 1.0f;
-          }
-          for (size_t i = 0; i < per_head; ++i)
-            ul::store_from_f32(staging.data(), c.kv_dtype, h * per_head + i, ul::load_as_f32(src, dt, h * per_head + i) / s);
-        }
-      } else {
-        ul::convert(src, dt, staging.data(), c.kv_dtype, per_slice);
-      }
+      const char* src = static_cast<const char*>(bytes) + (static_cast<size_t>(l) * 2 + kind) * g.bytes;
       char* dst = static_cast<char*>(e->kv_slice(l, kind)) + static_cast<size_t>(e->position) * row;
-      UL_TRY(e->be->upload_2d(dst, static_cast<size_t>(c.max_positions) * row, staging.data(), n * row, c.num_kv_heads));
+      size_t pitch = static_cast<size_t>(c.max_positions) * row;
+      if (as_stored) {
+        size_t nb = g.scales / c.num_kv_heads, scale_pitch = static_cast<size_t>(ul::fp8_blocks(c.max_positions)) * sizeof(float);
+        UL_TRY(e->be->upload_2d(e->kv_scales(l, kind) + e->position / ul::kFp8Block, scale_pitch, src, nb * sizeof(float), c.num_kv_heads));
+        UL_TRY(e->be->upload_2d(dst, pitch, src + g.scales * sizeof(float), n * row, c.num_kv_heads));
+        continue;
+      }
+      if (dt != UL_DTYPE_FP8_E4M3 && dt == c.kv_dtype) {
+        UL_TRY(e->be->upload_2d(dst, pitch, src, n * row, c.num_kv_heads));
+        continue;
+      }
+      decode_slice(src, dt, c, n, &x);
+      if (fp8_cache) {
+        UL_TRY(import_fp8_via_store(e, l, kind, x, n));
+        continue;
+      }
+      ul::convert(x.data(), UL_DTYPE_F32, staging.data(), c.kv_dtype, g.values);
+      UL_TRY(e->be->upload_2d(dst, pitch, staging.data(), n * row, c.num_kv_heads));
     }
   }
-  if (fp8) UL_TRY(e->be->upload(e->kv_scale, scales.data(), scales.size() * sizeof(float)));
   e->position += tokens;
   e->have_logits = false;
   return e->be->sync();
@@ -451,7 +548,7 @@ Status create(const ul_config* config, ul_engine** out) {
   UL_TRY(e->alloc(kv_bytes, &e->kv));
   if (c.kv_dtype == UL_DTYPE_FP8_E4M3) {
     void* p = nullptr;
-    UL_TRY(e->alloc(static_cast<size_t>(c.num_layers) * 2 * c.num_kv_heads * sizeof(float), &p));
+    UL_TRY(e->alloc(static_cast<size_t>(c.num_layers) * 2 * e->scale_slice_elems() * sizeof(float), &p));
     e->kv_scale = static_cast<float*>(p);
   }
   size_t act = ul::dtype_size(e->be->act_dtype()), rows = static_cast<size_t>(c.max_chunk);
@@ -583,7 +680,7 @@ ul_status ul_engine_memory(const ul_engine* e, ul_memory_report* out) {
   const ul_config& c = e->cfg;
   out->weight_bytes = e->weight_bytes;
   out->kv_bytes = static_cast<uint64_t>(c.num_layers) * 2 * e->kv_slice_elems() * e->kv_es() +
-                  (e->kv_scale ? static_cast<uint64_t>(c.num_layers) * 2 * c.num_kv_heads * 4 : 0);
+                  (e->kv_scale ? static_cast<uint64_t>(c.num_layers) * 2 * e->scale_slice_elems() * 4 : 0);
   out->activation_bytes = e->activation_bytes;
   Status st = e->be->memory_info(&out->device_free, &out->device_total);
   return st.code;

@@ -11,7 +11,9 @@
 //                  partial (max, sum, O); a second kernel combines the slices. At 1M keys one query
 //                  row is spread over heads x 256 blocks, so decode uses the whole GPU.
 //
-// fp8 caches are dequantised while loading (value * per-head scale).
+// fp8 caches are dequantised while loading: value * scale of (kv head, block of UL_FP8_BLOCK = 64
+// positions). flash_prefill's 64-key tiles start at multiples of 64, so a tile is one block and one
+// scale; split_kv reads the scale of each key's block.
 //
 // Performance notes: flash_prefill is an Ampere-style design (mma.sync, S and P round-trip through
 // shared memory). FlashAttention-3 on Hopper uses wgmma + TMA + warp specialisation and reaches about
@@ -45,7 +47,7 @@ struct FlashParams {
   const bf16* q;         // (rows, heads, 128)
   const void* k;         // (kv_heads, max_pos, 128) bf16 or fp8
   const void* v;         // (kv_heads, max_pos, 128)
-  const float* k_scale;  // (kv_heads) fp8 only
+  const float* k_scale;  // (kv_heads, fp8_blocks(max_pos)) fp8 only
   const float* v_scale;
   bf16* out;             // (rows, heads, 128)
   int rows, heads, kv_heads, max_pos, pos0;
@@ -77,7 +79,9 @@ __global__ void __launch_bounds__(WARPS * 32) flash_prefill_kernel(FlashParams p
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const T* kc = static_cast<const T*>(p.k) + static_cast<size_t>(kvh) * p.max_pos * D;
   const T* vc = static_cast<const T*>(p.v) + static_cast<size_t>(kvh) * p.max_pos * D;
-  const float ks = p.k_scale ? p.k_scale[kvh] : 1.0f, vs = p.v_scale ? p.v_scale[kvh] : 1.0f;
+  static_assert(BNK == kFp8Block, "a key tile is one fp8 scale block");
+  const float* ksb = p.k_scale ? p.k_scale + static_cast<size_t>(kvh) * fp8_blocks(p.max_pos) : nullptr;
+  const float* vsb = p.v_scale ? p.v_scale + static_cast<size_t>(kvh) * fp8_blocks(p.max_pos) : nullptr;
 
   for (int c = tid; c < BMQ * D / 8; c += WARPS * 32) {
     int row = c / (D / 8), col = (c % (D / 8)) * 8, m = m0 + row;
@@ -101,6 +105,7 @@ __global__ void __launch_bounds__(WARPS * 32) flash_prefill_kernel(FlashParams p
   float* o_w = Os + warp * 16 * LDO;
 
   for (int n0 = 0; n0 < kv_len; n0 += BNK) {
+    const float ks = ksb ? ksb[n0 / BNK] : 1.0f, vs = vsb ? vsb[n0 / BNK] : 1.0f;
     for (int c = tid; c < BNK * D / 8; c += WARPS * 32) {
       int row = c / (D / 8), col = (c % (D / 8)) * 8, key = n0 + row;
       bool ok = key < kv_len;
@@ -198,7 +203,8 @@ __global__ void __launch_bounds__(kSplitWarps * 32) split_kv_kernel(SplitParams 
   const int start = split * p.chunk, end = min(start + p.chunk, len);
   const T* kc = static_cast<const T*>(p.k) + static_cast<size_t>(kvh) * p.max_pos * p.head_dim;
   const T* vc = static_cast<const T*>(p.v) + static_cast<size_t>(kvh) * p.max_pos * p.head_dim;
-  const float ks = p.k_scale ? p.k_scale[kvh] : 1.0f, vs = p.v_scale ? p.v_scale[kvh] : 1.0f;
+  const float* ksb = p.k_scale ? p.k_scale + static_cast<size_t>(kvh) * fp8_blocks(p.max_pos) : nullptr;
+  const float* vsb = p.v_scale ? p.v_scale + static_cast<size_t>(kvh) * fp8_blocks(p.max_pos) : nullptr;
   const bf16* qr = p.q + (static_cast<size_t>(row) * p.heads + h) * p.head_dim;
   float qv[kMaxDimPerLane], acc[kMaxDimPerLane];
   for (int i = 0; i < kMaxDimPerLane; ++i) {
@@ -210,6 +216,7 @@ __global__ void __launch_bounds__(kSplitWarps * 32) split_kv_kernel(SplitParams 
   for (int key = start + warp; key < end; key += kSplitWarps) {
     const T* kr = kc + static_cast<size_t>(key) * p.head_dim;
     const T* vr = vc + static_cast<size_t>(key) * p.head_dim;
+    const float ks = ksb ? ksb[key / kFp8Block] : 1.0f, vs = vsb ? vsb[key / kFp8Block] : 1.0f;
     float s = 0.0f;
     for (int i = 0; i < kMaxDimPerLane; ++i) {
       int d = lane + 32 * i;

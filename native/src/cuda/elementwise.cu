@@ -1,6 +1,6 @@
 // Memory-bound kernels: embedding gather, fused RMSNorm (f32 residual in, bf16 out), RoPE of every
 // type from the position (angle in f64, no table: 4M positions), SwiGLU, and KV-cache stores
-// (bf16, or fp8 e4m3 with a per-head scale set at a sequence's first write).
+// (bf16, or fp8 e4m3 with a scale per (kv head, block of UL_FP8_BLOCK positions)).
 #include "common.cuh"
 
 namespace ul {
@@ -90,50 +90,61 @@ Status launch_swiglu(const bf16* gate, const bf16* up, size_t n, bf16* out, cuda
   return Status::Ok();
 }
 
-// fp8 scale at a sequence's first write: 2 * amax / 448 per kv head (x2 headroom for later
-// positions; beyond it values saturate). Grid: kv_heads; block reduction over (rows, head_dim).
-__global__ void kv_amax_kernel(const bf16* src, int rows, int kv_heads, int head_dim, float* scale) {
+// bf16: src (rows, kv_heads, head_dim) bf16 -> cache (kv_heads, max_pos, head_dim) at pos0. Grid (rows, kv_heads).
+__global__ void kv_store_bf16_kernel(const bf16* src, bf16* cache, int kv_heads, int head_dim, int max_pos, int pos0) {
+  int r = blockIdx.x, h = blockIdx.y;
+  const bf16* s = src + (static_cast<size_t>(r) * kv_heads + h) * head_dim;
+  bf16* d = cache + (static_cast<size_t>(h) * max_pos + pos0 + r) * head_dim;
+  for (int i = threadIdx.x; i < head_dim; i += blockDim.x) d[i] = s[i];
+}
+
+// fp8, the reference's kv_store rule (backend.h fp8_block_scale) one (kv head, block) per thread
+// block. Grid (blocks the write touches, kv_heads): amax of the new rows in the block (block
+// reduction), the block's new scale, requantisation of its earlier positions when it grew, then the
+// new rows quantised. Blocks are disjoint, so thread blocks never touch the same scale or bytes.
+__global__ void kv_store_fp8_kernel(const bf16* src, fp8* cache, float* scale, int kv_heads, int head_dim,
+                                    int max_pos, int pos0, int rows) {
   __shared__ float partial[32];
-  int h = blockIdx.x;
+  __shared__ float block_scale, block_requant;
+  const int h = blockIdx.y, b = pos0 / kFp8Block + blockIdx.x;
+  const int first = b * kFp8Block, lo = max(pos0, first), hi = min(pos0 + rows, first + kFp8Block);
+  auto in = [&](int p, int d) { return to_f32(src[(static_cast<size_t>(p - pos0) * kv_heads + h) * head_dim + d]); };
+  fp8* c = cache + static_cast<size_t>(h) * max_pos * head_dim;
   float m = 0;
-  for (int t = threadIdx.x; t < rows * head_dim; t += blockDim.x) {
-    int r = t / head_dim, d = t % head_dim;
-    m = fmaxf(m, fabsf(to_f32(src[(static_cast<size_t>(r) * kv_heads + h) * head_dim + d])));
-  }
+  for (int t = threadIdx.x; t < (hi - lo) * head_dim; t += blockDim.x) m = fmaxf(m, fabsf(in(lo + t / head_dim, t % head_dim)));
   m = warp_max(m);
   if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = m;
   __syncthreads();
   if (threadIdx.x == 0) {
     for (int w = 1; w < blockDim.x / 32; ++w) m = fmaxf(m, partial[w]);
-    m = fmaxf(m, partial[0]);
-    scale[h] = m > 0 ? 2.0f * m / 448.0f : 1.0f;
+    float* sp = scale + static_cast<size_t>(h) * fp8_blocks(max_pos) + b;
+    float requant = 1.0f;
+    *sp = fp8_block_scale(*sp, lo == first, m, &requant);
+    block_scale = *sp;
+    block_requant = requant;
   }
-}
-
-// src (rows, kv_heads, head_dim) bf16 -> cache (kv_heads, max_pos, head_dim) at pos0. Grid (rows, kv_heads).
-template <typename T>
-__global__ void kv_store_kernel(const bf16* src, T* cache, const float* scale, int kv_heads, int head_dim,
-                                int max_pos, int pos0) {
-  int r = blockIdx.x, h = blockIdx.y;
-  float inv = scale ? 1.0f / scale[h] : 1.0f;
-  const bf16* s = src + (static_cast<size_t>(r) * kv_heads + h) * head_dim;
-  T* d = cache + (static_cast<size_t>(h) * max_pos + pos0 + r) * head_dim;
-  for (int i = threadIdx.x; i < head_dim; i += blockDim.x) d[i] = from_f32<T>(to_f32(s[i]) * inv);
+  __syncthreads();
+  const float s = block_scale, requant = block_requant;
+  if (requant != 1.0f)
+    for (int t = threadIdx.x; t < (lo - first) * head_dim; t += blockDim.x) {
+      size_t at = static_cast<size_t>(first) * head_dim + t;
+      c[at] = from_f32<fp8>(to_f32(c[at]) * requant);
+    }
+  for (int t = threadIdx.x; t < (hi - lo) * head_dim; t += blockDim.x) {
+    int p = lo + t / head_dim, d = t % head_dim;
+    c[static_cast<size_t>(p) * head_dim + d] = from_f32<fp8>(fp8_quantize_input(in(p, d), s));
+  }
 }
 
 Status launch_kv_store(const KvStoreArgs& a, cudaStream_t s) {
   const bf16* src = static_cast<const bf16*>(a.src);
-  dim3 grid(a.rows, a.kv_heads);
   if (a.kv_dtype == UL_DTYPE_FP8_E4M3) {
-    if (a.init_scale) {
-      kv_amax_kernel<<<a.kv_heads, 256, 0, s>>>(src, a.rows, a.kv_heads, a.head_dim, a.scale);
-      UL_CUDA_LAUNCHED();
-    }
-    kv_store_kernel<fp8><<<grid, 128, 0, s>>>(src, static_cast<fp8*>(a.cache), a.scale, a.kv_heads, a.head_dim,
-                                              a.max_pos, a.pos0);
+    int blocks = (a.pos0 + a.rows - 1) / kFp8Block - a.pos0 / kFp8Block + 1;
+    kv_store_fp8_kernel<<<dim3(blocks, a.kv_heads), 256, 0, s>>>(src, static_cast<fp8*>(a.cache), a.scale, a.kv_heads,
+                                                                 a.head_dim, a.max_pos, a.pos0, a.rows);
   } else if (a.kv_dtype == UL_DTYPE_BF16) {
-    kv_store_kernel<bf16><<<grid, 128, 0, s>>>(src, static_cast<bf16*>(a.cache), nullptr, a.kv_heads, a.head_dim,
-                                               a.max_pos, a.pos0);
+    kv_store_bf16_kernel<<<dim3(a.rows, a.kv_heads), 128, 0, s>>>(src, static_cast<bf16*>(a.cache), a.kv_heads,
+                                                                  a.head_dim, a.max_pos, a.pos0);
   } else {
     return Err(UL_ERR_NOT_AVAILABLE, "cuda kv_store: KV dtype must be bf16 or fp8-e4m3");
   }

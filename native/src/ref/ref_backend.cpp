@@ -135,23 +135,31 @@ class RefBackend final : public Backend {
 
   Status kv_store(const KvStoreArgs& a) override {
     const float* src = static_cast<const float*>(a.src);
+    auto in = [&](int r, int h, int d) { return src[(static_cast<size_t>(r) * a.kv_heads + h) * a.head_dim + d]; };
+    auto at = [&](int h, int p) { return (static_cast<size_t>(h) * a.max_pos + p) * a.head_dim; };
+    if (a.kv_dtype != UL_DTYPE_FP8_E4M3) {
+      for (int h = 0; h < a.kv_heads; ++h)
+        for (int r = 0; r < a.rows; ++r)
+          for (int d = 0; d < a.head_dim; ++d) store_from_f32(a.cache, a.kv_dtype, at(h, a.pos0 + r) + d, in(r, h, d));
+      return Status::Ok();
+    }
+    // fp8: block by block (blocks of kFp8Block absolute positions), see fp8_block_scale.
+    uint8_t* cache = static_cast<uint8_t*>(a.cache);
+    int blocks = fp8_blocks(a.max_pos), end = a.pos0 + a.rows;
     for (int h = 0; h < a.kv_heads; ++h) {
-      float scale = 1.0f;
-      if (a.kv_dtype == UL_DTYPE_FP8_E4M3) {
-        if (a.init_scale) {
-          float amax = 0;
-          for (int r = 0; r < a.rows; ++r)
-            for (int d = 0; d < a.head_dim; ++d)
-              amax = std::max(amax, std::fabs(src[(static_cast<size_t>(r) * a.kv_heads + h) * a.head_dim + d]));
-          // Headroom x2 for later positions; beyond it values saturate at 448 * scale.
-          a.scale[h] = amax > 0 ? 2.0f * amax / 448.0f : 1.0f;
-        }
-        scale = a.scale[h];
-      }
-      for (int r = 0; r < a.rows; ++r) {
-        size_t dst = (static_cast<size_t>(h) * a.max_pos + a.pos0 + r) * a.head_dim;
-        const float* s = src + (static_cast<size_t>(r) * a.kv_heads + h) * a.head_dim;
-        for (int d = 0; d < a.head_dim; ++d) store_from_f32(a.cache, a.kv_dtype, dst + d, s[d] / scale);
+      for (int b = a.pos0 / kFp8Block; b * kFp8Block < end; ++b) {
+        int first = b * kFp8Block, lo = std::max(a.pos0, first), hi = std::min(end, first + kFp8Block);
+        float amax = 0;
+        for (int p = lo; p < hi; ++p)
+          for (int d = 0; d < a.head_dim; ++d) amax = std::max(amax, std::fabs(in(p - a.pos0, h, d)));
+        float& scale = a.scale[static_cast<size_t>(h) * blocks + b];
+        float requant = 1.0f;
+        scale = fp8_block_scale(scale, lo == first, amax, &requant);
+        if (requant != 1.0f)
+          for (size_t i = at(h, first); i < at(h, lo); ++i) cache[i] = f32_to_fp8_e4m3(fp8_e4m3_to_f32(cache[i]) * requant);
+        for (int p = lo; p < hi; ++p)
+          for (int d = 0; d < a.head_dim; ++d)
+            cache[at(h, p) + d] = f32_to_fp8_e4m3(fp8_quantize_input(in(p - a.pos0, h, d), scale));
       }
     }
     return Status::Ok();
@@ -168,14 +176,16 @@ class RefBackend final : public Backend {
       int visible = a.pos0 + r + 1;  // causal: keys at positions <= this query's
       for (int h = 0; h < a.heads; ++h) {
         int kvh = h / group;
-        float ks = a.k_scale ? a.k_scale[kvh] : 1.0f, vs = a.v_scale ? a.v_scale[kvh] : 1.0f;
+        // fp8: x = value * scale of (kvh, p's block); other dtypes: scale 1.
+        const float* ks = a.k_scale ? a.k_scale + static_cast<size_t>(kvh) * fp8_blocks(a.max_pos) : nullptr;
+        const float* vs = a.v_scale ? a.v_scale + static_cast<size_t>(kvh) * fp8_blocks(a.max_pos) : nullptr;
         const float* qr = q + (static_cast<size_t>(r) * a.heads + h) * a.head_dim;
         float m = -std::numeric_limits<float>::infinity();
         for (int p = 0; p < visible; ++p) {
           size_t base = (static_cast<size_t>(kvh) * a.max_pos + p) * a.head_dim;
           double s = 0;
-          for (int d = 0; d < a.head_dim; ++d) s += static_cast<double>(qr[d]) * load_as_f32(a.k_cache, a.kv_dtype, base + d) * ks;
-          scores[p] = static_cast<float>(s) * a.softmax_scale;
+          for (int d = 0; d < a.head_dim; ++d) s += static_cast<double>(qr[d]) * load_as_f32(a.k_cache, a.kv_dtype, base + d);
+          scores[p] = static_cast<float>(s * (ks ? ks[p / kFp8Block] : 1.0f)) * a.softmax_scale;
           m = std::max(m, scores[p]);
         }
         double denom = 0;
@@ -183,8 +193,9 @@ class RefBackend final : public Backend {
         for (int p = 0; p < visible; ++p) {
           double e = std::exp(static_cast<double>(scores[p] - m));
           denom += e;
+          double ev = e * (vs ? vs[p / kFp8Block] : 1.0f);
           size_t base = (static_cast<size_t>(kvh) * a.max_pos + p) * a.head_dim;
-          for (int d = 0; d < a.head_dim; ++d) acc[d] += e * load_as_f32(a.v_cache, a.kv_dtype, base + d) * vs;
+          for (int d = 0; d < a.head_dim; ++d) acc[d] += ev * load_as_f32(a.v_cache, a.kv_dtype, base + d);
         }
         float* o = out + (static_cast<size_t>(r) * a.heads + h) * a.head_dim;
         for (int d = 0; d < a.head_dim; ++d) o[d] = static_cast<float>(acc[d] / denom);
