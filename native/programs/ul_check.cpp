@@ -257,14 +257,14 @@ int cmd_kernels(const std::map<std::string, std::string>& f) {
         ul_dtype dt = b ? UL_DTYPE_F32 : act;
         size_t cache_bytes = static_cast<size_t>(KVH) * ctx * HD * dtype_size(kvdt);
         void* kc = B.alloc(cache_bytes); void* vc = B.alloc(cache_bytes);
-        float* ks = static_cast<float*>(B.alloc(KVH * 4)); float* vs = static_cast<float*>(B.alloc(KVH * 4));
+        size_t scale_bytes = static_cast<size_t>(KVH) * fp8_blocks(ctx) * 4;  // (kv_head, block)
+        float* ks = static_cast<float*>(B.alloc(scale_bytes)); float* vs = static_cast<float*>(B.alloc(scale_bytes));
         bool fp8 = kvdt == UL_DTYPE_FP8_E4M3;
         for (int kind = 0; kind < 2; ++kind) {
           KvStoreArgs s{};
           s.src = B.put(kind ? v : k, dt);
           s.cache = kind ? vc : kc;
           s.scale = fp8 ? (kind ? vs : ks) : nullptr;
-          s.init_scale = true;
           s.rows = ctx; s.kv_heads = KVH; s.head_dim = HD; s.max_pos = ctx; s.pos0 = 0; s.kv_dtype = kvdt;
           must(be.kv_store(s), "kv_store");
         }
