@@ -41,7 +41,7 @@ describe.skipIf(!tools)("model image build (fresh clone, nvcc, no GPU)", () => {
     });
     expect(cloned.status, cloned.stderr).toBe(0);
     // REQUIRE_ALL and the build variables come from the script itself, not from this runner.
-    const env = { ...process.env, npm_config_prefer_offline: "true" };
+    const env: NodeJS.ProcessEnv = { ...process.env, npm_config_prefer_offline: "true" };
     delete env.REQUIRE_ALL;
     build = await run("bash", ["infra/docker/build-model-image.sh"], clone, env);
   }, 900_000);
