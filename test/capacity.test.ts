@@ -12,13 +12,20 @@ import {
   parameterCount,
   planArithmetic,
 } from "../core/model/capacity.ts";
+import { parseConfig } from "../core/model/config.ts";
 import { parseByteSize, parseTokenCount } from "../core/model/quantities.ts";
 import { ULTRALONG_8B } from "../core/model/ultralong-8b.ts";
+import { ULTRALONG_CONFIG } from "./support/ultralong-config.ts";
 
 const GiB = 2 ** 30;
 const H200 = 143771 * 2 ** 20; // nvidia-smi's memory.total for an H200 141 GB, in bytes
 
 describe("UltraLong-8B memory", () => {
+  it("plans from the shape its config.json parses to", () => {
+    const c = parseConfig(JSON.stringify(ULTRALONG_CONFIG), "config.json");
+    for (const [k, v] of Object.entries(ULTRALONG_8B)) expect(c[k as keyof typeof c], k).toBe(v);
+  });
+
   it("has 8.03 B parameters: 16.06 GB of bf16 weights", () => {
     // embed + lm_head (untied): 2 x 128256 x 4096; per layer q,o 4096^2, k,v 1024 x 4096,
     // gate/up/down 3 x 4096 x 14336, two norms; the final norm.

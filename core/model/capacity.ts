@@ -17,6 +17,13 @@ import { type LlamaShape, llamaTensors } from "./llama-tensors.ts";
 /** KV dtypes a capacity plan can be made for: what the CUDA runtime offers. */
 export type CapacityKvDtype = "bf16" | "fp8-e4m3";
 
+/** The CUDA runtime's KV dtypes by the names the CLI and the deploy take (`--kv-dtype fp8`). */
+export const CUDA_KV_DTYPES = { bf16: "bf16", fp8: "fp8-e4m3" } as const satisfies Record<
+  string,
+  CapacityKvDtype
+>;
+export type CudaKvDtypeName = keyof typeof CUDA_KV_DTYPES;
+
 /**
  * Memory every engine needs whatever the model and context, 1.5 GiB:
  * - the CUDA context with the loaded kernel modules (ours, cudart's, cuBLASLt's): about 0.5 GiB on
@@ -35,12 +42,10 @@ export const CUDA_PREFILL_CHUNK_ROWS = 4096;
 
 /**
  * Positions per fp8 scale block: the fp8 e4m3 cache carries one f32 scale per (layer, K|V,
- * kv_head, block of this many positions). The per-block scales are being built into the engine
- * and core/kv/layout.ts now; until layout.ts exports its block size this is the plan's figure.
- * 16 (vLLM's default paged block) is the smallest block anyone uses, so the largest overhead:
- * 2 x 32 x 8 x 4 / 16 = 128 B per token for UltraLong-8B, 0.2% of the 64 KiB fp8 payload.
+ * kv_head, block of this many positions): UL_FP8_BLOCK in native/include/ul_engine.h. That is
+ * 2 x 32 x 8 x 4 / 64 = 32 B per position for UltraLong-8B, 0.05% of the 64 KiB fp8 payload.
  */
-export const FP8_SCALE_BLOCK_POSITIONS = 16;
+export const FP8_SCALE_BLOCK_POSITIONS = 64;
 
 export interface CapacityOptions {
   /** Bytes per weight element as the runtime holds them (CUDA: bf16, 2). */
