@@ -1,5 +1,6 @@
-// Snapshot object format v1, chain keys and tenant keys.
+// Snapshot object format v2 (and v1 objects), chain keys and tenant keys.
 import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { toHex } from "../core/crypto/sha256.ts";
 import { deriveTenantKey, parseMasterKey } from "../core/crypto/tenant-key.ts";
@@ -13,7 +14,8 @@ import {
   SNAPSHOT_HEADER_BYTES,
   type SnapshotMeta,
 } from "../core/kv/format.ts";
-import { type KvLayout, kvPayloadBytes } from "../core/kv/layout.ts";
+import { fp8PayloadToF32 } from "../core/kv/fp8.ts";
+import { type KvLayout, kvPayloadBytes, kvScaleBytes } from "../core/kv/layout.ts";
 
 const FP = "0f".repeat(32);
 const layout: KvLayout = { layers: 2, kvHeads: 2, headDim: 8, dtype: "bf16" };
@@ -43,14 +45,14 @@ async function resealHeader(obj: Uint8Array): Promise<void> {
   obj.set(d, 224);
 }
 
-describe("snapshot format v1", () => {
+describe("snapshot format v2", () => {
   it("round-trips header fields and payload", async () => {
     const obj = await encodeSnapshot(meta(), payload());
     expect(obj.length).toBe(SNAPSHOT_HEADER_BYTES + payload().length);
     const { header, payload: back } = await decodeSnapshot(obj);
     expect(back).toEqual(payload());
     expect(header).toMatchObject({
-      version: 1,
+      version: 2,
       encrypted: false,
       layout,
       tokenStart: 8,
@@ -92,14 +94,15 @@ describe("snapshot format v1", () => {
 
   it("refuses off fields even when the header digest is re-sealed", async () => {
     const edits: [string, (v: DataView) => void, RegExp][] = [
-      ["version", (v) => v.setUint16(8, 2, true), /version 2 is not supported/],
+      ["version", (v) => v.setUint16(8, 3, true), /version 3 is not supported/],
       ["header size", (v) => v.setUint16(10, 128, true), /header size/],
       ["flags", (v) => v.setUint32(12, 6, true), /unknown snapshot flags/],
       ["dtype", (v) => v.setUint8(16, 9), /unknown KV dtype/],
-      ["fp8", (v) => v.setUint8(16, 4), /fp8-e4m3/],
+      ["fp8 code on a bf16 payload", (v) => v.setUint8(16, 4), /fp8 scale block/],
       ["payload layout", (v) => v.setUint8(17, 2), /payload layout/],
-      ["reserved", (v) => v.setUint32(36, 1, true), /reserved/],
-      ["scales", (v) => v.setUint32(32, 64, true), /reserved/],
+      ["reserved", (v) => v.setUint16(18, 1, true), /reserved/],
+      ["scale block", (v) => v.setUint32(36, 64, true), /carries fp8 scale fields/],
+      ["scales", (v) => v.setUint32(32, 64, true), /carries fp8 scale fields/],
       ["layers", (v) => v.setUint32(20, 0, true), /layers 0 is out of range/],
       ["empty range", (v) => v.setBigUint64(48, 8n, true), /token range is empty/],
       ["payload size", (v) => v.setBigUint64(56, 1n, true), /payload size/],
@@ -115,14 +118,64 @@ describe("snapshot format v1", () => {
     }
   });
 
-  it("will not write fp8-e4m3 (scales reserved) nor a malformed fingerprint", async () => {
+  it("fp8-e4m3: the header states the scale bytes and block inside the payload, and checks them", async () => {
     const fp8: KvLayout = { ...layout, dtype: "fp8-e4m3" };
-    await expect(
-      encodeSnapshot(meta({ layout: fp8 }), new Uint8Array(kvPayloadBytes(fp8, 4))),
-    ).rejects.toThrow(FormatError);
+    const tokens = 70; // two scale blocks, the second partial
+    const body = new Uint8Array(kvPayloadBytes(fp8, tokens));
+    const view = new DataView(body.buffer);
+    // Per layer, K then V: scales (kv_head, block) f32, then values (kv_head, pos, head_dim).
+    const sliceBytes = body.length / (2 * fp8.layers);
+    const scaleBytes = fp8.kvHeads * 2 * 4;
+    expect(sliceBytes).toBe(scaleBytes + fp8.kvHeads * tokens * fp8.headDim);
+    for (let s = 0; s < 2 * fp8.layers; s++) {
+      for (let i = 0; i < fp8.kvHeads * 2; i++)
+        view.setFloat32(s * sliceBytes + 4 * i, i + 1, true);
+      body.fill(0x38, s * sliceBytes + scaleBytes, (s + 1) * sliceBytes); // e4m3 0x38 = 1.0
+    }
+    const obj = await encodeSnapshot(meta({ layout: fp8, tokenStart: 0, tokenEnd: tokens }), body);
+    const header = new DataView(obj.buffer);
+    expect(header.getUint16(8, true)).toBe(2);
+    expect(header.getUint32(32, true)).toBe(kvScaleBytes(fp8, tokens));
+    expect(header.getUint32(32, true)).toBe(2 * fp8.layers * scaleBytes);
+    expect(header.getUint32(36, true)).toBe(64);
+    const back = await decodeSnapshot(obj);
+    expect(back.header.layout).toEqual(fp8);
+    expect(back.payload).toEqual(body);
+    // Dequantised: head h's positions [0, 64) are 1.0 * (2h + 1), [64, 70) are 1.0 * (2h + 2).
+    const f32 = new Float32Array(fp8PayloadToF32(fp8, tokens, back.payload).buffer);
+    const perHead = tokens * fp8.headDim;
+    expect(f32[perHead + 63 * fp8.headDim]).toBe(3);
+    expect(f32[perHead + 64 * fp8.headDim]).toBe(4);
+    for (const [edit, message] of [
+      [(v: DataView) => v.setUint32(36, 128, true), /blocks of 128 positions/],
+      [(v: DataView) => v.setUint32(32, 8, true), /scale size/],
+      [(v: DataView) => v.setUint16(8, 1, true), /need format v2/],
+    ] as const) {
+      const bad = obj.slice();
+      edit(new DataView(bad.buffer));
+      await resealHeader(bad);
+      await expect(parseSnapshotHeader(bad)).rejects.toThrow(message);
+    }
     await expect(encodeSnapshot(meta({ modelFingerprint: "model-a" }), payload())).rejects.toThrow(
       /64 hex/,
     );
+  });
+
+  it("reads a v1 object written by the v1 encoder (test/fixtures/snapshot/v1-bf16.bin)", async () => {
+    // Made by core/kv/format.ts before v2 (commit 2094af2) from meta() and payload() above.
+    const v1 = new Uint8Array(
+      readFileSync(new URL("fixtures/snapshot/v1-bf16.bin", import.meta.url)),
+    );
+    const { header, payload: back } = await decodeSnapshot(v1);
+    expect(header).toMatchObject({
+      version: 1,
+      encrypted: false,
+      layout,
+      tokenStart: 8,
+      tokenEnd: 12,
+    });
+    expect(header.chainKey).toEqual(new Uint8Array(32).fill(3));
+    expect(back).toEqual(payload());
   });
 
   it("encrypts with AES-GCM under the header as AAD", async () => {

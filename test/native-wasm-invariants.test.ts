@@ -16,4 +16,10 @@ describe.skipIf(!tool("emcc", haveEmcc(), "the native-wasm invariant suite"))("n
     models: [SUITE_MODELS[0]],
     kvDtypes: ["bf16"],
   });
+  // fp8 KV (64-position block scales) on the same model: the block-scale paths of kv_store,
+  // attention and KV export/import (aligned copies at 0, requantised pieces at 37).
+  runtimeInvariantSuite("native-wasm", nativeWasmRuntimeFactory, {
+    models: [SUITE_MODELS[0]],
+    kvDtypes: ["fp8-e4m3"],
+  });
 });

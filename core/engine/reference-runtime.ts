@@ -32,6 +32,7 @@ import {
   LimitError,
   NotAvailableError,
 } from "../errors.ts";
+import { fp8PayloadToF32 } from "../kv/fp8.ts";
 import {
   type KvDtype,
   type KvLayout,
@@ -269,7 +270,6 @@ class ReferenceRuntime implements Runtime {
 
   async importKv(bytes: Uint8Array, tokens: number, dtype: KvDtype): Promise<void> {
     this.#open();
-    if (dtype === "fp8-e4m3") throw new NotAvailableError("fp8-e4m3 KV is not supported yet");
     const layout: KvLayout = { ...this.info.kv, dtype };
     if (!Number.isInteger(tokens) || tokens < 0) {
       throw new InvalidInputError(`importKv: token count ${tokens} is not a count`);
@@ -279,6 +279,11 @@ class ReferenceRuntime implements Runtime {
         `importKv: ${bytes.byteLength} bytes is not ${tokens} tokens of ${dtype} KV ` +
           `(${kvBytesPerToken(layout)} bytes per token)`,
       );
+    }
+    if (dtype === "fp8-e4m3") {
+      // Dequantised to f32 first (core/kv/fp8.ts); the cache keeps its own dtype.
+      await this.importKv(fp8PayloadToF32(layout, tokens, bytes), tokens, "f32");
+      return;
     }
     this.#checkRoom(tokens);
     this.#ensureCapacity(this.#position + tokens);
@@ -498,7 +503,7 @@ export async function createReferenceRuntime(options: RuntimeOptions): Promise<R
   const kvDtype = options.kvDtype ?? "f32";
   if (!SUPPORTED_KV.includes(kvDtype)) {
     throw new NotAvailableError(
-      `the reference runtime stores KV as ${SUPPORTED_KV.join(", ")}, not ${kvDtype}`,
+      `runtime 'reference' stores KV as ${SUPPORTED_KV.join(", ")}, not ${kvDtype}`,
     );
   }
   const format = options.weightFormat ?? "f32";

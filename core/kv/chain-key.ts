@@ -1,6 +1,6 @@
 // Chain keys: chunk i of a prompt is named by
 //
-//   key_i = SHA-256( lp("ultralong-kv-chain") || lp(u16 format version) || lp(model fingerprint)
+//   key_i = SHA-256( lp("ultralong-kv-chain") || lp(u16 key version) || lp(model fingerprint)
 //                  || lp(KV dtype) || lp(tenant salt) || lp(key_{i-1} or empty) || lp(tokens_i) )
 //
 // where lp(x) = u32 little-endian byte length of x, then x; tokens are int32 little-endian. Two
@@ -14,7 +14,12 @@ import { toBytes } from "../crypto/tenant-key.ts";
 import { assert } from "../errors.ts";
 import type { KvDtype } from "./layout.ts";
 
-export const SNAPSHOT_FORMAT_VERSION = 1;
+/**
+ * The chain key's own version (1), not the object format's: format v2 added fp8 payloads without
+ * changing what a chunk is, so v1 objects keep their keys and are still found and read. A change to
+ * the key derivation or to what a chunk's KV means bumps this one.
+ */
+export const CHAIN_KEY_VERSION = 1;
 const DOMAIN = new TextEncoder().encode("ultralong-kv-chain");
 
 export interface ChainKeyContext {
@@ -50,7 +55,7 @@ export async function chainKey(
   tokens: Int32Array,
 ): Promise<Uint8Array> {
   assert(previous === null || previous.length === 32, "previous chain key is 32 bytes");
-  const version = new Uint8Array([SNAPSHOT_FORMAT_VERSION & 0xff, SNAPSHOT_FORMAT_VERSION >> 8]);
+  const version = new Uint8Array([CHAIN_KEY_VERSION & 0xff, CHAIN_KEY_VERSION >> 8]);
   const data = lengthPrefixed([
     DOMAIN,
     version,

@@ -1,4 +1,5 @@
-// The KV snapshot object, format version 1 (spec: docs/snapshot-format.md).
+// The KV snapshot object, format version 2 (spec: docs/snapshot-format.md). Version 1 objects
+// (no fp8) are still read: v2 only gave offsets 32 and 36 their fp8 meaning.
 //
 //   object = header (256 bytes) || body (bodyBytes)
 //   body   = payload (in the layout of ./layout.ts)                    when not encrypted
@@ -7,14 +8,15 @@
 // Header, all integers little-endian:
 //   off size field
 //     0    8 magic "ULKVSNAP"
-//     8    2 format version (1)
+//     8    2 format version (2; 1 is read too)
 //    10    2 header bytes (256)
 //    12    4 flags: bit 0 = encrypted; every other bit must be 0
-//    16    1 dtype: 1 f32, 2 bf16, 3 f16, 4 fp8-e4m3 (reserved: refused in v1)
+//    16    1 dtype: 1 f32, 2 bf16, 3 f16, 4 fp8-e4m3 (v2 only)
 //    17    1 payload layout: 1 = per layer K then V, each (kv_head, pos, head_dim)
 //    18    2 reserved, 0
 //    20    4 layers          24  4 KV heads          28  4 head_dim
-//    32    4 scale bytes (fp8 per-head scales; 0 in v1)        36  4 reserved, 0
+//    32    4 fp8 scale bytes inside the payload (kvScaleBytes; 0 for other dtypes and in v1)
+//    36    4 fp8 scale block, positions (64; 0 for other dtypes and in v1)
 //    40    8 token start     48  8 token end (exclusive)
 //    56    8 payload bytes   64  8 body bytes
 //    72   12 AES-GCM nonce (zeros when not encrypted)          84 12 reserved, 0
@@ -38,8 +40,18 @@ import {
   randomNonce,
 } from "../crypto/tenant-key.ts";
 import { assert, FormatError } from "../errors.ts";
-import { SNAPSHOT_FORMAT_VERSION } from "./chain-key.ts";
-import { type KvDtype, type KvLayout, kvPayloadBytes } from "./layout.ts";
+import {
+  FP8_BLOCK_POSITIONS,
+  type KvDtype,
+  type KvLayout,
+  kvPayloadBytes,
+  kvScaleBytes,
+} from "./layout.ts";
+
+/** The version encodeSnapshot writes. */
+export const SNAPSHOT_FORMAT_VERSION = 2;
+/** Versions parseSnapshotHeader reads. */
+const READ_VERSIONS = [1, 2];
 
 export const SNAPSHOT_MAGIC = "ULKVSNAP";
 export const SNAPSHOT_HEADER_BYTES = 256;
@@ -109,9 +121,6 @@ export async function encodeSnapshot(
 ): Promise<Uint8Array> {
   const sha256 = opts.sha256 ?? subtleSha256;
   const { layout } = meta;
-  if (layout.dtype === "fp8-e4m3") {
-    throw new FormatError("fp8-e4m3 snapshots need per-head scales, reserved in format v1");
-  }
   const tokens = meta.tokenEnd - meta.tokenStart;
   assert(tokens > 0 && meta.tokenStart >= 0, "snapshot token range is non-empty");
   assert(payload.length === kvPayloadBytes(layout, tokens), "payload size matches the layout");
@@ -140,7 +149,9 @@ export async function encodeSnapshot(
   view.setUint32(20, layout.layers, true);
   view.setUint32(24, layout.kvHeads, true);
   view.setUint32(28, layout.headDim, true);
-  view.setUint32(32, 0, true);
+  const fp8 = layout.dtype === "fp8-e4m3";
+  view.setUint32(32, kvScaleBytes(layout, tokens), true);
+  view.setUint32(36, fp8 ? FP8_BLOCK_POSITIONS : 0, true);
   view.setBigUint64(40, BigInt(meta.tokenStart), true);
   view.setBigUint64(48, BigInt(meta.tokenEnd), true);
   view.setBigUint64(56, BigInt(payload.length), true);
@@ -184,9 +195,9 @@ export async function parseSnapshotHeader(
     throw new FormatError("not a KV snapshot (bad magic)");
   }
   const version = view.getUint16(8, true);
-  if (version !== SNAPSHOT_FORMAT_VERSION) {
+  if (!READ_VERSIONS.includes(version)) {
     throw new FormatError(
-      `snapshot format version ${version} is not supported (this build reads 1)`,
+      `snapshot format version ${version} is not supported (this build reads ${READ_VERSIONS.join(", ")})`,
     );
   }
   if (view.getUint16(10, true) !== SNAPSHOT_HEADER_BYTES) {
@@ -201,19 +212,24 @@ export async function parseSnapshotHeader(
   const encrypted = (flags & FLAG_ENCRYPTED) !== 0;
   const dtype = DTYPE_BY_CODE.get(view.getUint8(16));
   if (dtype === undefined) throw new FormatError(`unknown KV dtype code ${view.getUint8(16)}`);
-  if (dtype === "fp8-e4m3") {
-    throw new FormatError("fp8-e4m3 snapshots need per-head scales, reserved in format v1");
+  if (dtype === "fp8-e4m3" && version < 2) {
+    throw new FormatError("fp8-e4m3 snapshots need format v2 (v1 has no scales)");
   }
   if (view.getUint8(17) !== PAYLOAD_LAYOUT_LAYER_KV) {
     throw new FormatError(`unknown payload layout code ${view.getUint8(17)}`);
   }
-  if (
-    view.getUint16(18, true) !== 0 ||
-    view.getUint32(32, true) !== 0 ||
-    view.getUint32(36, true) !== 0 ||
-    !isZero(raw.subarray(84, 96))
-  ) {
+  if (view.getUint16(18, true) !== 0 || !isZero(raw.subarray(84, 96))) {
     throw new FormatError("snapshot reserved fields are not zero");
+  }
+  const scaleBytes = view.getUint32(32, true);
+  const scaleBlock = view.getUint32(36, true);
+  if (dtype !== "fp8-e4m3" && (scaleBytes !== 0 || scaleBlock !== 0)) {
+    throw new FormatError(`a ${dtype} snapshot carries fp8 scale fields`);
+  }
+  if (dtype === "fp8-e4m3" && scaleBlock !== FP8_BLOCK_POSITIONS) {
+    throw new FormatError(
+      `fp8 scale blocks of ${scaleBlock} positions are not supported (this build uses ${FP8_BLOCK_POSITIONS})`,
+    );
   }
   const layout: KvLayout = {
     layers: view.getUint32(20, true),
@@ -231,6 +247,9 @@ export async function parseSnapshotHeader(
   if (tokenEnd <= tokenStart) throw new FormatError("snapshot token range is empty");
   const payloadBytes = readU64(view, 56, "payload size");
   const bodyBytes = readU64(view, 64, "body size");
+  if (scaleBytes !== kvScaleBytes(layout, tokenEnd - tokenStart)) {
+    throw new FormatError("snapshot fp8 scale size does not match its layout and token range");
+  }
   if (payloadBytes !== kvPayloadBytes(layout, tokenEnd - tokenStart)) {
     throw new FormatError("snapshot payload size does not match its layout and token range");
   }

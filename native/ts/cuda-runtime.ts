@@ -13,10 +13,10 @@ export const CUDA_SPEC: NativeRuntimeSpec = {
   name: "cuda",
   backend: Backend.cuda,
   kernels: "cuda",
-  kvDtypes: ["bf16"],
+  kvDtypes: ["bf16", "fp8-e4m3"],
   weightTransfer: "bf16",
   // bf16 KV of Llama-3.1-8B is 128 KiB per position: 768K positions = 96 GiB, which fits beside
-  // 15 GiB of weights on an H200 (1M positions = 128 GiB does not; that is what fp8 KV is for).
+  // 15 GiB of weights on an H200 (1M positions = 128 GiB does not; fp8 KV holds 1M in 64 GiB).
   defaultMaxPositions: 768 * 1024,
   maxChunk: 4096,
   callTokens: 4096,

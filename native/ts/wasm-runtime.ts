@@ -12,7 +12,7 @@ export const NATIVE_WASM_SPEC: NativeRuntimeSpec = {
   name: "native-wasm",
   backend: Backend.reference,
   kernels: "cpp-reference",
-  kvDtypes: ["f32", "bf16", "f16"],
+  kvDtypes: ["f32", "bf16", "f16", "fp8-e4m3"],
   weightTransfer: "f32",
   // wasm32 memory is at most 4 GiB; a small default leaves room for the weights.
   defaultMaxPositions: 16384,

@@ -20,6 +20,7 @@ import {
   LimitError,
   NotAvailableError,
 } from "../../core/errors.ts";
+import { fp8PayloadToF32 } from "../../core/kv/fp8.ts";
 import {
   type KvDtype,
   type KvLayout,
@@ -54,7 +55,7 @@ export async function createWasmRuntime(options: WasmRuntimeOptions): Promise<Ru
   const weightFormat = options.weightFormat ?? defaultWeightFormat(model);
   const kvDtype = options.kvDtype ?? "f32";
   if (kvDtype !== "f32" && kvDtype !== "bf16") {
-    throw new NotAvailableError(`the WASM runtime stores KV as f32 or bf16, not ${kvDtype}`);
+    throw new NotAvailableError(`runtime 'wasm' stores KV as f32, bf16, not ${kvDtype}`);
   }
   checkShapes(config, weightFormat);
   let threads = options.threads;
@@ -267,7 +268,6 @@ class WasmRuntime implements Runtime {
   async importKv(bytes: Uint8Array, tokens: number, dtype: KvDtype): Promise<void> {
     this.#enter();
     try {
-      if (dtype === "fp8-e4m3") throw new NotAvailableError("fp8-e4m3 KV is not supported yet");
       if (!Number.isInteger(tokens) || tokens < 0) {
         throw new InvalidInputError(`importKv: token count ${tokens} is not a count`);
       }
@@ -282,7 +282,11 @@ class WasmRuntime implements Runtime {
           `${this.#position + tokens} positions exceed this runtime's ${this.info.maxPositions}`,
         );
       }
-      const own = this.#toCacheDtype(bytes, dtype);
+      // fp8 payloads are dequantised to f32 first (core/kv/fp8.ts); the cache keeps its dtype.
+      const own =
+        dtype === "fp8-e4m3"
+          ? this.#toCacheDtype(fp8PayloadToF32(from, tokens, bytes), "f32")
+          : this.#toCacheDtype(bytes, dtype);
       const row = this.#rowBytes() * tokens;
       const parts = this.#plans.map(
         (p) =>
