@@ -6,6 +6,7 @@ import { renderChat as renderChatIds } from "../../core/chat/index.ts";
 import { toHex } from "../../core/crypto/sha256.ts";
 import { describeChoice } from "../../core/engine/registry.ts";
 import { InvalidInputError } from "../../core/errors.ts";
+import type { KvDtype } from "../../core/kv/layout.ts";
 import type { SnapshotStore } from "../../core/kv/store.ts";
 import { loadModelDir } from "../../core/node/load-model-dir.ts";
 import { openStore } from "../../core/node/snapshot-dir.ts";
@@ -39,6 +40,8 @@ export interface LocalOptions {
   threads?: number;
   /** KV positions (default: min(model's max positions, 131072)). */
   maxPositions?: number;
+  /** KV cache element type (default: the runtime's); a runtime without it refuses. */
+  kvDtype?: KvDtype;
   maxWaiting?: number;
   keepAliveMs?: number;
   log?: LogSink;
@@ -89,7 +92,12 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
   const maxPositions =
     options.maxPositions ?? Math.min(model.config.maxPositionEmbeddings, 131_072);
   // Runtime workers start while the tokenizer loads on this thread.
-  const creating = factory.create({ model, maxPositions, threads: options.threads });
+  const creating = factory.create({
+    model,
+    maxPositions,
+    threads: options.threads,
+    kvDtype: options.kvDtype,
+  });
   const tokenizer = await loadDirTokenizer(dir, model.files).catch(async (err) => {
     await (await creating).close();
     throw err;

@@ -20,7 +20,6 @@ import {
 import { describeChoice } from "../../../core/engine/registry.ts";
 import { type SamplingOptions, validateSamplingOptions } from "../../../core/engine/sampling.ts";
 import { InvalidInputError } from "../../../core/errors.ts";
-import type { KvDtype } from "../../../core/kv/layout.ts";
 import { createSnapshotCache } from "../../../core/kv/snapshot-cache.ts";
 import type { LoadedModel } from "../../../core/model/weights.ts";
 import { loadModelDir } from "../../../core/node/load-model-dir.ts";
@@ -29,6 +28,7 @@ import type { Tokenizer } from "../../../core/tokenizer/index.ts";
 import { loadTokenizer } from "../../../core/tokenizer/load.ts";
 import { runtimes } from "../../runtimes.ts";
 import { type Command, type CommandIO, intOption, parseCommandArgs } from "../command.ts";
+import { KV_DTYPE_HELP, kvDtypeOption } from "../kv-dtype.ts";
 
 const DEFAULT_MAX_TOKENS = 256;
 
@@ -59,7 +59,7 @@ options:
   --runtime NAME           auto|${runtimes.names().join("|")} (default auto: the fastest available)
   --threads N              worker threads for CPU runtimes (default: all cores)
   --chunk N                prefill chunk in tokens (default: the runtime's, see docs/driver.md)
-  --kv-dtype D             KV cache element type: f32|bf16 (default: the runtime's)
+  --kv-dtype D             KV cache element type: ${KV_DTYPE_HELP} (default: the runtime's)
   --progress               progress bar and a summary on stderr even when it is not a terminal
   --store S                KV snapshots in a directory or s3://bucket/prefix ("default": the user
                            cache dir): restore the longest stored prefix, save each chunk, so a
@@ -225,10 +225,7 @@ export const command: Command = {
     const { values } = parseOptions(argv);
     if (values.model === undefined) throw new InvalidInputError("--model DIR is required");
     const text = await readPrompt(values, io);
-    const kvDtype = values["kv-dtype"] as KvDtype | undefined;
-    if (kvDtype !== undefined && kvDtype !== "f32" && kvDtype !== "bf16") {
-      throw new InvalidInputError(`--kv-dtype must be f32 or bf16, got '${kvDtype}'`);
-    }
+    const kvDtype = kvDtypeOption(values["kv-dtype"]);
     const maxTokens = intOption("max-tokens", values["max-tokens"]) ?? DEFAULT_MAX_TOKENS;
     const chunkFlag = intOption("chunk", values.chunk);
     const threads = intOption("threads", values.threads);

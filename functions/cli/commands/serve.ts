@@ -8,6 +8,7 @@ import { makeModelDir } from "../../../core/node/make-model.ts";
 import type { KeyConfig } from "../../edge/keys.ts";
 import { startLocal } from "../../platform/local.ts";
 import { type Command, intOption, parseCommandArgs } from "../command.ts";
+import { KV_DTYPE_HELP, kvDtypeOption } from "../kv-dtype.ts";
 
 const usage = `usage: ultralong serve [options]
 
@@ -26,6 +27,7 @@ options:
   --threads N        worker threads for CPU runtimes (default: all cores)
   --runtime NAME     auto|reference|wasm|native-wasm|cuda (default auto)
   --max-positions N  KV positions (default: min(model's context, 131072))
+  --kv-dtype D       KV cache element type: ${KV_DTYPE_HELP} (default: the runtime's)
   --role R           both (default) | model: only the model function, on --port, for a
                      deployed container; needs ULTRALONG_SIGNING_SECRET (shared with the edge)
 
@@ -115,6 +117,7 @@ export const command: Command = {
         threads: { type: "string" },
         runtime: { type: "string" },
         "max-positions": { type: "string" },
+        "kv-dtype": { type: "string" },
         role: { type: "string" },
       },
       { allowPositionals: false },
@@ -152,6 +155,7 @@ export const command: Command = {
       runtime: values.runtime,
       threads: intOption("threads", values.threads),
       maxPositions: intOption("max-positions", values["max-positions"]),
+      kvDtype: kvDtypeOption(values["kv-dtype"]),
       env: io.env,
     });
     const info = server.engine.info();
