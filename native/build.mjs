@@ -33,6 +33,7 @@ const WASM_EXPORTS = [
   "ul_engine_export_kv",
   "ul_engine_import_kv",
   "ul_engine_memory",
+  "ul_engine_backend_info",
   "ul_wasm_config_layout",
 ];
 
@@ -176,7 +177,12 @@ export async function buildAddon({ root, withCuda, out }) {
     throw new Error("native: node_api.h not found (Node headers), cannot build the addon");
   out ??= join(dir, "build/ul_addon.node");
   mkdirSync(dirname(out), { recursive: true });
-  const sources = [...HOST_SOURCES, "addon/addon.cpp", ...(withCuda ? [] : ["src/cuda_stub.cpp"])];
+  // library_search.cpp: cuBLASLt's dlopen search, which only the CUDA backend calls.
+  const sources = [
+    ...HOST_SOURCES,
+    "addon/addon.cpp",
+    ...(withCuda ? ["src/library_search.cpp"] : ["src/cuda_stub.cpp"]),
+  ];
   const objs = withCuda
     ? cudaSources(dir).map((f) => join("build/cuda", f.replace(/\.cu$/, ".o")))
     : [];

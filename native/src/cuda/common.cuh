@@ -73,10 +73,14 @@ bool flash_supported(const AttentionArgs& a);
 Status launch_sample(const float* logits, int vocab, float temperature, uint64_t seed, uint64_t counter,
                      int32_t* token, cudaStream_t s);
 
-// cublaslt.cu: cuBLASLt through dlopen (absent library = nullptr handle, not an error).
+// cublaslt.cu: cuBLASLt through dlopen. Absent library: *out = nullptr and OK (the backend uses
+// gemm.cu), unless UL_GEMM=cublaslt (NOT_AVAILABLE); found but unusable: DEVICE error. `report` gets
+// JSON members naming the library that loaded and every candidate that failed (library_search.h).
 struct CublasLt;
-CublasLt* cublaslt_open();
+Status cublaslt_open(CublasLt** out, std::string* report);
 void cublaslt_close(CublasLt* lt);
+/** Plans (descriptor, layouts, algorithm) built so far: one per distinct GEMM shape. */
+size_t cublaslt_plans_built(const CublasLt* lt);
 Status cublaslt_gemm(CublasLt* lt, const bf16* x, const bf16* w, int M, int K, int N, void* y,
                      bool y_f32_accumulate, cudaStream_t s);
 

@@ -1,12 +1,27 @@
-// cuBLASLt loaded at run time with dlopen, so the build needs only nvcc and cudart: where the
-// library is installed (every CUDA image with PyTorch has it) the projections use it; where it is
-// not, cublaslt_open returns nullptr and the backend uses our own kernel (gemm.cu).
+// cuBLASLt loaded at run time with dlopen, so the build needs only nvcc and cudart. Where the
+// library is found (library_search.h: explicit path, loader path, CUDA toolkit, NVIDIA's pip wheels)
+// the projections use it; where it is not, cublaslt_open returns nullptr and the backend uses our
+// own kernel (gemm.cu). UL_GEMM=own forces our kernel, UL_GEMM=cublaslt makes a missing cuBLASLt
+// an error (the GPU check uses both).
 //
-// The few declarations below mirror cublasLt.h (not on the build machine); the values are the
-// documented ABI: CUBLASLT_MATMUL_DESC_TRANSA = 3, TRANSB = 4, CUBLAS_COMPUTE_32F = 68,
-// CUBLAS_OP_N = 0, CUBLAS_OP_T = 1, CUDA_R_32F = 0, CUDA_R_16BF = 14 (library_types.h).
+// Plans: the matmul descriptor, the three layouts and the heuristic's algorithm are built once per
+// (m, n, k, output dtype, transposes) and reused. Rebuilding them per call cost tens of
+// microseconds, 224 times per decoded token (7 projections x 32 layers). The map is capped: chunked
+// prefill with arbitrary tail sizes would otherwise grow it without bound, so at kMaxPlans it is
+// emptied and refilled (a rebuild costs one heuristic call per shape, not a correctness issue).
+//
+// The declarations below mirror cublasLt.h (not on the build machine); the values are the documented
+// ABI: CUBLASLT_MATMUL_DESC_TRANSA = 3, TRANSB = 4, CUBLAS_COMPUTE_32F = 68, CUBLAS_OP_N = 0,
+// CUBLAS_OP_T = 1, CUDA_R_32F = 0, CUDA_R_16BF = 14 (library_types.h),
+// CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES = 1 (uint64_t); cublasLtMatmulHeuristicResult_t is
+// { cublasLtMatmulAlgo_t algo (8 x uint64_t); size_t workspaceSize; cublasStatus_t state;
+//   float wavesCount; int reserved[4]; } = 96 bytes.
 #include <dlfcn.h>
 
+#include <cstdlib>
+#include <unordered_map>
+
+#include "../library_search.h"
 #include "common.cuh"
 
 namespace ul {
@@ -16,6 +31,18 @@ namespace {
 using LtHandle = void*;
 using LtDesc = void*;
 using LtLayout = void*;
+using LtPref = void*;
+struct LtAlgo {
+  uint64_t data[8];
+};
+struct LtHeuristic {
+  LtAlgo algo;
+  size_t workspace_size;
+  int state;
+  float waves_count;
+  int reserved[4];
+};
+static_assert(sizeof(LtHeuristic) == 96, "cublasLtMatmulHeuristicResult_t is 96 bytes");
 using Fn_Create = int (*)(LtHandle*);
 using Fn_Destroy = int (*)(LtHandle);
 using Fn_DescCreate = int (*)(LtDesc*, int compute, int scale_type);
@@ -23,17 +50,47 @@ using Fn_DescDestroy = int (*)(LtDesc);
 using Fn_DescSet = int (*)(LtDesc, int attr, const void* buf, size_t size);
 using Fn_LayoutCreate = int (*)(LtLayout*, int type, uint64_t rows, uint64_t cols, int64_t ld);
 using Fn_LayoutDestroy = int (*)(LtLayout);
+using Fn_PrefCreate = int (*)(LtPref*);
+using Fn_PrefDestroy = int (*)(LtPref);
+using Fn_PrefSet = int (*)(LtPref, int attr, const void* buf, size_t size);
+using Fn_Heuristic = int (*)(LtHandle, LtDesc, LtLayout a, LtLayout b, LtLayout c, LtLayout d, LtPref,
+                             int requested, LtHeuristic* results, int* returned);
 using Fn_Matmul = int (*)(LtHandle, LtDesc, const void* alpha, const void* A, LtLayout, const void* B, LtLayout,
-                          const void* beta, const void* C, LtLayout, void* D, LtLayout, const void* algo,
+                          const void* beta, const void* C, LtLayout, void* D, LtLayout, const LtAlgo* algo,
                           void* workspace, size_t workspace_bytes, cudaStream_t);
 constexpr int kTransA = 3, kTransB = 4, kCompute32F = 68, kOpN = 0, kOpT = 1, kR32F = 0, kR16BF = 14;
+constexpr int kPrefMaxWorkspace = 1;
 constexpr size_t kWorkspaceBytes = size_t{32} << 20;
+constexpr size_t kMaxPlans = 256;
+
+struct PlanKey {
+  int m, n, k, out_dtype, trans_a, trans_b;
+  bool operator==(const PlanKey& o) const {
+    return m == o.m && n == o.n && k == o.k && out_dtype == o.out_dtype && trans_a == o.trans_a && trans_b == o.trans_b;
+  }
+};
+struct PlanKeyHash {
+  size_t operator()(const PlanKey& p) const {
+    uint64_t h = 1469598103934665603ull;
+    for (int v : {p.m, p.n, p.k, p.out_dtype, p.trans_a, p.trans_b}) h = (h ^ static_cast<uint32_t>(v)) * 1099511628211ull;
+    return static_cast<size_t>(h);
+  }
+};
+/** Everything cublasLtMatmul needs for one shape except the pointers. */
+struct Plan {
+  LtDesc desc = nullptr;
+  LtLayout a = nullptr, b = nullptr, c = nullptr;  // a: W (K x N), b: X (K x M), c = d: Y (N x M)
+  LtAlgo algo{};
+};
 }  // namespace
 
 struct CublasLt {
-  void* lib = nullptr;
+  LoadedLibrary lib;
   LtHandle handle = nullptr;
+  LtPref pref = nullptr;
   void* workspace = nullptr;
+  std::unordered_map<PlanKey, Plan, PlanKeyHash> plans;
+  size_t plans_built = 0;  // over the handle's life (a figure for the GPU check)
   Fn_Create create;
   Fn_Destroy destroy;
   Fn_DescCreate desc_create;
@@ -41,23 +98,45 @@ struct CublasLt {
   Fn_DescSet desc_set;
   Fn_LayoutCreate layout_create;
   Fn_LayoutDestroy layout_destroy;
+  Fn_PrefCreate pref_create;
+  Fn_PrefDestroy pref_destroy;
+  Fn_PrefSet pref_set;
+  Fn_Heuristic heuristic;
   Fn_Matmul matmul;
+
+  void free_plan(Plan& p) {
+    if (p.c) layout_destroy(p.c);
+    if (p.b) layout_destroy(p.b);
+    if (p.a) layout_destroy(p.a);
+    if (p.desc) desc_destroy(p.desc);
+    p = Plan{};
+  }
+  void clear_plans() {
+    for (auto& kv : plans) free_plan(kv.second);
+    plans.clear();
+  }
 };
 
-CublasLt* cublaslt_open() {
-  if (const char* pref = getenv("UL_GEMM")) {
-    if (std::string(pref) == "own") return nullptr;  // benchmarks: force our kernel
+Status cublaslt_open(CublasLt** out, std::string* report) {
+  *out = nullptr;
+  const char* pref = getenv("UL_GEMM");
+  std::string mode = pref ? pref : "";
+  if (mode == "own") {  // benchmarks and the GPU check: force our kernel
+    *report = "\"gemm_forced\":\"own\",\"cublaslt\":null,\"cublaslt_tried\":[]";
+    return Status::Ok();
   }
-  const char* names[] = {"libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"};
-  void* lib = nullptr;
-  for (const char* n : names)
-    if ((lib = dlopen(n, RTLD_NOW | RTLD_LOCAL)) != nullptr) break;
-  if (!lib) return nullptr;
+  LoadedLibrary lib = load_first(cublaslt_candidates(LibrarySearchEnv::from_process()), "cublasLtMatmul");
+  *report = library_json_members(lib);
+  if (!lib.handle) {
+    if (mode == "cublaslt")
+      return Err(UL_ERR_NOT_AVAILABLE, "UL_GEMM=cublaslt but no cuBLASLt loaded: {" + *report + "}");
+    return Status::Ok();
+  }
   auto* lt = new CublasLt();
   lt->lib = lib;
   bool ok = true;
   auto sym = [&](const char* name) {
-    void* p = dlsym(lib, name);
+    void* p = dlsym(lib.handle, name);
     ok = ok && p != nullptr;
     return p;
   };
@@ -68,43 +147,84 @@ CublasLt* cublaslt_open() {
   lt->desc_set = reinterpret_cast<Fn_DescSet>(sym("cublasLtMatmulDescSetAttribute"));
   lt->layout_create = reinterpret_cast<Fn_LayoutCreate>(sym("cublasLtMatrixLayoutCreate"));
   lt->layout_destroy = reinterpret_cast<Fn_LayoutDestroy>(sym("cublasLtMatrixLayoutDestroy"));
+  lt->pref_create = reinterpret_cast<Fn_PrefCreate>(sym("cublasLtMatmulPreferenceCreate"));
+  lt->pref_destroy = reinterpret_cast<Fn_PrefDestroy>(sym("cublasLtMatmulPreferenceDestroy"));
+  lt->pref_set = reinterpret_cast<Fn_PrefSet>(sym("cublasLtMatmulPreferenceSetAttribute"));
+  lt->heuristic = reinterpret_cast<Fn_Heuristic>(sym("cublasLtMatmulAlgoGetHeuristic"));
   lt->matmul = reinterpret_cast<Fn_Matmul>(sym("cublasLtMatmul"));
-  if (!ok || lt->create(&lt->handle) != 0 || cudaMalloc(&lt->workspace, kWorkspaceBytes) != cudaSuccess) {
-    cublaslt_close(lt);
-    return nullptr;
+  std::string why;
+  if (!ok) why = "a cuBLASLt entry point is missing";
+  int st = 0;
+  if (why.empty() && (st = lt->create(&lt->handle)) != 0) why = "cublasLtCreate: cublasStatus " + std::to_string(st);
+  uint64_t ws = kWorkspaceBytes;
+  if (why.empty() && ((st = lt->pref_create(&lt->pref)) != 0 || (st = lt->pref_set(lt->pref, kPrefMaxWorkspace, &ws, sizeof ws)) != 0))
+    why = "cublasLt preference: cublasStatus " + std::to_string(st);
+  if (why.empty() && cudaMalloc(&lt->workspace, kWorkspaceBytes) != cudaSuccess) {
+    cudaGetLastError();
+    why = "cudaMalloc of the 32 MiB cuBLASLt workspace failed";
   }
-  return lt;
+  if (!why.empty()) {
+    // Loaded but unusable: a device error, not a quiet fallback (the check must see it).
+    cublaslt_close(lt);
+    return Err(UL_ERR_DEVICE, lib.path + ": " + why);
+  }
+  *out = lt;
+  return Status::Ok();
 }
 
 void cublaslt_close(CublasLt* lt) {
   if (!lt) return;
+  lt->clear_plans();
   if (lt->workspace) cudaFree(lt->workspace);
+  if (lt->pref) lt->pref_destroy(lt->pref);
   if (lt->handle) lt->destroy(lt->handle);
-  if (lt->lib) dlclose(lt->lib);
+  if (lt->lib.handle) dlclose(lt->lib.handle);
   delete lt;
 }
+
+size_t cublaslt_plans_built(const CublasLt* lt) { return lt ? lt->plans_built : 0; }
+
+namespace {
+
+/** Builds the plan of one shape: descriptor, layouts, and the heuristic's best algorithm. */
+Status build_plan(CublasLt* lt, const PlanKey& key, Plan* p) {
+  int st = lt->desc_create(&p->desc, kCompute32F, kR32F);
+  if (st == 0) st = lt->desc_set(p->desc, kTransA, &key.trans_a, sizeof(int));
+  if (st == 0) st = lt->desc_set(p->desc, kTransB, &key.trans_b, sizeof(int));
+  if (st == 0) st = lt->layout_create(&p->a, kR16BF, key.k, key.n, key.k);
+  if (st == 0) st = lt->layout_create(&p->b, kR16BF, key.k, key.m, key.k);
+  if (st == 0) st = lt->layout_create(&p->c, key.out_dtype, key.n, key.m, key.n);
+  LtHeuristic h{};
+  int found = 0;
+  if (st == 0) st = lt->heuristic(lt->handle, p->desc, p->a, p->b, p->c, p->c, lt->pref, 1, &h, &found);
+  if (st != 0 || found == 0) {
+    lt->free_plan(*p);
+    return Err(UL_ERR_DEVICE, "cuBLASLt has no algorithm for y (" + std::to_string(key.m) + ", " + std::to_string(key.n) +
+                                  ") = x . w^T, K " + std::to_string(key.k) + " (cublasStatus " + std::to_string(st) + ")");
+  }
+  p->algo = h.algo;
+  ++lt->plans_built;
+  return Status::Ok();
+}
+
+}  // namespace
 
 // Row-major y (M, N) = x (M, K) w (N, K)^T is, in cuBLAS's column-major terms,
 // y^T (N x M) = op_T(W stored K x N, ld K) * op_N(X stored K x M, ld K).
 Status cublaslt_gemm(CublasLt* lt, const bf16* x, const bf16* w, int M, int K, int N, void* y,
                      bool y_f32_accumulate, cudaStream_t s) {
-  LtDesc desc = nullptr;
-  LtLayout la = nullptr, lb = nullptr, lc = nullptr;
-  int st = lt->desc_create(&desc, kCompute32F, kR32F);
-  int opT = kOpT, opN = kOpN;
-  if (st == 0) st = lt->desc_set(desc, kTransA, &opT, sizeof(opT));
-  if (st == 0) st = lt->desc_set(desc, kTransB, &opN, sizeof(opN));
-  if (st == 0) st = lt->layout_create(&la, kR16BF, K, N, K);
-  if (st == 0) st = lt->layout_create(&lb, kR16BF, K, M, K);
-  if (st == 0) st = lt->layout_create(&lc, y_f32_accumulate ? kR32F : kR16BF, N, M, N);
+  PlanKey key{M, N, K, y_f32_accumulate ? kR32F : kR16BF, kOpT, kOpN};
+  auto it = lt->plans.find(key);
+  if (it == lt->plans.end()) {
+    if (lt->plans.size() >= kMaxPlans) lt->clear_plans();
+    Plan p;
+    UL_TRY(build_plan(lt, key, &p));
+    it = lt->plans.emplace(key, p).first;
+  }
+  const Plan& p = it->second;
   float alpha = 1.0f, beta = y_f32_accumulate ? 1.0f : 0.0f;
-  if (st == 0)
-    st = lt->matmul(lt->handle, desc, &alpha, w, la, x, lb, &beta, y, lc, y, lc, nullptr, lt->workspace,
-                    kWorkspaceBytes, s);
-  if (lc) lt->layout_destroy(lc);
-  if (lb) lt->layout_destroy(lb);
-  if (la) lt->layout_destroy(la);
-  if (desc) lt->desc_destroy(desc);
+  int st = lt->matmul(lt->handle, p.desc, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &p.algo, lt->workspace,
+                      kWorkspaceBytes, s);
   if (st != 0) return Err(UL_ERR_DEVICE, "cublasLtMatmul failed with cublasStatus " + std::to_string(st));
   return Status::Ok();
 }

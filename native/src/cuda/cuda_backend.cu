@@ -35,11 +35,14 @@ class CudaBackend final : public Backend {
       return Err(UL_ERR_NOT_AVAILABLE, std::string(prop.name) + " is sm_" + std::to_string(prop.major * 10 + prop.minor) + "; bf16 tensor cores need sm_80 or newer");
     UL_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     UL_CUDA(cudaMalloc(&token_out_, sizeof(int32_t)));
-    lt_ = cublaslt_open();
-    return Status::Ok();
+    return cublaslt_open(&lt_, &gemm_report_);
   }
 
   const char* name() const override { return lt_ ? "cuda+cublaslt" : "cuda"; }
+  std::string info_json_members() const override {
+    return std::string("\"kernels\":\"cuda\",\"gemm\":\"") + (lt_ ? "cublaslt" : "own-wmma") +
+           "\",\"gemm_plans\":" + std::to_string(cublaslt_plans_built(lt_)) + "," + gemm_report_;
+  }
   ul_dtype act_dtype() const override { return UL_DTYPE_BF16; }
   ul_dtype weight_dtype() const override { return UL_DTYPE_BF16; }
   bool supports_kv(ul_dtype dt) const override { return dt == UL_DTYPE_BF16 || dt == UL_DTYPE_FP8_E4M3; }
@@ -174,6 +177,7 @@ class CudaBackend final : public Backend {
 
   cudaStream_t stream_ = nullptr;
   CublasLt* lt_ = nullptr;
+  std::string gemm_report_;  // JSON members: where cuBLASLt came from, or what was tried
   void* staging_ = nullptr;  // pinned host memory, two halves of kPiece, for every host <-> device copy
   cudaEvent_t half_free_[2] = {nullptr, nullptr};
   float* workspace_ = nullptr;  // split-KV partials
