@@ -281,6 +281,19 @@ napi_value ImportKv(napi_env env, napi_callback_info info) {
   return check(env, h, ul_engine_import_kv(h->engine, data, bytes, tokens, static_cast<ul_dtype>(dt)));
 }
 
+// The ul_engine_backend_info JSON line as a string (native/ts/abi.ts parses it).
+napi_value BackendInfo(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  Handle* h = get_handle(env, argv[0]);
+  if (!h) return no_handle(env, "closed or invalid engine");
+  std::string line(static_cast<size_t>(ul_engine_backend_info(h->engine, nullptr, 0)) + 1, '\0');
+  ul_engine_backend_info(h->engine, &line[0], line.size());
+  line.pop_back();  // the NUL
+  napi_value out;
+  napi_create_string_utf8(env, line.c_str(), line.size(), &out);
+  return out;
+}
+
 napi_value Memory(napi_env env, napi_callback_info info) {
   ARGS(1);
   Handle* h = get_handle(env, argv[0]);
@@ -408,6 +421,7 @@ napi_value Init(napi_env env, napi_value exports) {
       {"exportKv", nullptr, ExportKv, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"importKv", nullptr, ImportKv, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"memory", nullptr, Memory, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"backendInfo", nullptr, BackendInfo, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"destroy", nullptr, Destroy, nullptr, nullptr, nullptr, napi_default, nullptr},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);

@@ -98,6 +98,34 @@ export interface MemoryReport {
   deviceTotal: number;
 }
 
+/** What runs an engine (ul_engine_backend_info): for /readyz, /metrics and the GPU check. */
+export interface BackendInfo {
+  /** Kernel set: "reference" or "cuda". */
+  kernels: string;
+  /** The GEMM that runs the projections: "cublaslt", "own-wmma" (our tensor-core kernel) or "reference". */
+  gemm: string;
+  /** CUDA: the cuBLASLt file that loaded, or null (then gemm is "own-wmma"). Absent on the reference. */
+  cublaslt?: string | null;
+  /** CUDA: the cuBLASLt candidates that failed before it (all of them when none loaded), with why. */
+  cublasltTried?: { path: string; error: string }[];
+  /** CUDA with cuBLASLt: GEMM plans built so far (one per distinct shape; they are cached). */
+  gemmPlans?: number;
+  /** "own" when UL_GEMM=own forced our kernel although cuBLASLt may be present. */
+  gemmForced?: string;
+  /** The KV cache dtype: "f32", "bf16", "f16" or "fp8-e4m3". */
+  kvDtype: string;
+}
+
+/** The ul_engine_backend_info JSON line as a BackendInfo (snake_case keys to camelCase). */
+export function parseBackendInfo(line: string): BackendInfo {
+  const raw = JSON.parse(line) as Record<string, unknown>;
+  const info: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(raw)) {
+    info[key.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase())] = value;
+  }
+  return info as unknown as BackendInfo;
+}
+
 /** One ul_engine, synchronous calls; errors are thrown as typed errors (statusError). */
 export interface NativeEngine {
   setTensor(
@@ -118,6 +146,8 @@ export interface NativeEngine {
   exportKv(start: number, end: number, dtype: DtypeCode, bytes: number): Uint8Array;
   importKv(bytes: Uint8Array, tokens: number, dtype: DtypeCode): void;
   memory(): MemoryReport;
+  /** What runs this engine; optional so a host built before ul_engine_backend_info still loads. */
+  backendInfo?(): BackendInfo;
   destroy(): void;
 }
 

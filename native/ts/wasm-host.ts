@@ -7,11 +7,13 @@ import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
 import { NotAvailableError } from "../../core/errors.ts";
 import {
+  type BackendInfo,
   type DtypeCode,
   type EngineConfig,
   type MemoryReport,
   type NativeEngine,
   type NativeHost,
+  parseBackendInfo,
   Status,
   statusError,
 } from "./abi.ts";
@@ -60,6 +62,7 @@ interface EmModule {
   ): number;
   _ul_engine_import_kv(e: number, b: number, n: number, tokens: number, dt: number): number;
   _ul_engine_memory(e: number, out: number): number;
+  _ul_engine_backend_info(e: number, buf: number, size: number): number;
   _ul_wasm_config_layout(out: number): void;
 }
 
@@ -268,6 +271,18 @@ class WasmEngine implements NativeEngine {
         deviceFree: u64(3),
         deviceTotal: u64(4),
       };
+    } finally {
+      m._free(p);
+    }
+  }
+
+  backendInfo(): BackendInfo {
+    const m = this.#m;
+    const size = m._ul_engine_backend_info(this.#e, 0, 0) + 1;
+    const p = m._malloc(size);
+    try {
+      m._ul_engine_backend_info(this.#e, p, size);
+      return parseBackendInfo(m.UTF8ToString(p));
     } finally {
       m._free(p);
     }
