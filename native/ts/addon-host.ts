@@ -4,17 +4,19 @@
 
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
+import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { NotAvailableError } from "../../core/errors.ts";
 import type { DtypeCode, EngineConfig, MemoryReport, NativeEngine, NativeHost } from "./abi.ts";
 import { statusError } from "./abi.ts";
+import { elfProblem } from "./elf-check.ts";
 
 /** Where `npm run build` puts the addon. */
 export const BUILT_ADDON_PATH = fileURLToPath(new URL("../build/ul_addon.node", import.meta.url));
 
 /** The addon this process loads: UL_ADDON_PATH when set (an image or a test), else the built one. */
 export function addonPath(env: Record<string, string | undefined> = process.env): string {
-  return env.UL_ADDON_PATH || BUILT_ADDON_PATH;
+  return env.UL_ADDON_PATH ? resolve(env.UL_ADDON_PATH) : BUILT_ADDON_PATH;
 }
 
 type Handle = object;
@@ -79,6 +81,8 @@ export function loadAddonHost(path = addonPath()): NativeHost {
   let host = cached.get(path);
   if (!host) {
     if (!existsSync(path)) throw new NotAvailableError(`the native addon is not built (${path})`);
+    const broken = elfProblem(path);
+    if (broken) throw new NotAvailableError(`the native addon ${path} cannot be loaded: ${broken}`);
     let addon: Addon;
     try {
       addon = createRequire(import.meta.url)(path) as Addon;
