@@ -1,12 +1,24 @@
 // ul_check: the C++ program behind native/scripts/gpu-check.sh. Subcommands print JSON on stdout.
 //
+//   ul_check info      [--backend cuda|reference]
+//       the backend's ul_engine_backend_info members: kernel set, GEMM that runs, cuBLASLt's path
+//   ul_check cublaslt-search
+//       the cuBLASLt candidate list (library_search.h) from this environment and the load attempt:
+//       which file loaded, and every candidate that failed with dlopen's reason
 //   ul_check kernels   [--backend cuda|reference] [--tiny]
 //       every op of the backend vtable against the reference kernels on the same (rounded) inputs:
-//       max abs error, error normalised by the reference's max magnitude, and a per-op tolerance
+//       max abs error, error normalised by the reference's max magnitude, and a per-op tolerance.
+//       The GEMMs run on every GEMM the backend has: cuBLASLt (when it loaded) and our own kernel.
 //   ul_check logits    --config CFG --model DIR --tokens FILE --out FILE [--backend ..] [--kv bf16|fp8|f32]
-//                      [--prefix N] [--chunk ROWS]
+//                      [--prefix N | --feed N] [--chunk ROWS]
 //       a forward pass of a model directory (every *.safetensors in DIR) -> last logits, f32 LE;
-//       with --prefix, N tokens are prefilled first and the rest run after (1 left: decode)
+//       with --prefix, N tokens are prefilled first and the rest run after (1 left: decode);
+//       with --feed, the tokens go in calls of N (the last call may be shorter); --chunk: max_chunk
+//   ul_check kv-roundtrip --config CFG --model DIR --tokens FILE --prefix P [--backend ..] [--kv ..]
+//                      [--dtype f32|bf16|f16] [--save DIR]
+//       prefill P tokens, export their KV, run the rest ("continuing"); then truncate to 0 and import
+//       the export, and import it into a new engine: both must give the continuing logits. --save
+//       writes kv.bin (the export), tokens.bin (int32) and logits.bin (the new engine's, f32)
 //   ul_check bench-attention --lens 16384,65536,131072 [--backend ..]
 //       full causal attention of L queries over L keys, 32/8 heads, d 128 (the SDPA comparison)
 //   ul_check bench-gemm --m 4096 [--backend ..]       the Llama-3.1-8B projection shapes
@@ -33,6 +45,7 @@
 
 #include "../src/backend.h"
 #include "../src/dtype.h"
+#include "../src/library_search.h"
 #include "ul_engine.h"
 
 using namespace ul;
@@ -146,7 +159,18 @@ std::vector<double> inv_freq_default(int rot, double theta) {
 struct Check {
   std::string op, shape;
   double max_abs, max_ref, tol;
+  std::string gemm;  // GEMM ops: which GEMM ran ("cublaslt", "own-wmma", "reference")
 };
+
+/** The "gemm" member of a backend's info ("cublaslt", "own-wmma", "reference"). */
+std::string gemm_name(const Backend& be) {
+  std::string m = be.info_json_members();
+  const std::string key = "\"gemm\":\"";
+  size_t at = m.find(key);
+  if (at == std::string::npos) return "?";
+  at += key.size();
+  return m.substr(at, m.find('"', at) - at);
+}
 
 Check compare(const std::string& op, const std::string& shape, const std::vector<float>& got,
               const std::vector<float>& want, double tol) {
@@ -156,7 +180,7 @@ Check compare(const std::string& op, const std::string& shape, const std::vector
     if (!(d <= ma)) ma = d;  // NaN propagates as failure
     mr = std::max(mr, std::fabs(static_cast<double>(want[i])));
   }
-  return {op, shape, ma, mr, tol};
+  return {op, shape, ma, mr, tol, ""};
 }
 
 int cmd_kernels(const std::map<std::string, std::string>& f) {
@@ -189,18 +213,42 @@ int cmd_kernels(const std::map<std::string, std::string>& f) {
     must(ref->rmsnorm(static_cast<float*>(rx), rw, ROWS, HID, 1e-5f, rout), "rmsnorm ref");
     checks.push_back(compare("rmsnorm", shape({ROWS, HID}), D.get(dout, act, x.size()), R.get(rout, UL_DTYPE_F32, x.size()), tol_act));
   }
-  for (int accumulate = 0; accumulate < 2; ++accumulate) {  // gemm: (M, K) x (N, K)^T
-    const int M = tiny ? 33 : 256, K = HID, N = tiny ? 96 : 1024 + 64;  // N not a multiple of 128
-    auto x = rounded(randn(static_cast<size_t>(M) * K, 1.0f, 3), act);
-    auto w = rounded(randn(static_cast<size_t>(N) * K, 1.0f / std::sqrt(static_cast<float>(K)), 4), wdt);
-    auto y0 = randn(static_cast<size_t>(M) * N, 1.0f, 5);
-    ul_dtype ydt = accumulate ? UL_DTYPE_F32 : act;
-    void* dx = D.put(x, act); void* dw = D.put(w, wdt); void* dy = accumulate ? D.put(y0, UL_DTYPE_F32) : D.alloc(y0.size() * dtype_size(act));
-    void* rx = R.put(x, UL_DTYPE_F32); void* rw = R.put(w, UL_DTYPE_F32); void* ry = R.put(y0, UL_DTYPE_F32);
-    must(dev->matmul(dx, dw, M, K, N, dy, accumulate != 0), "matmul");
-    must(ref->matmul(rx, rw, M, K, N, ry, accumulate != 0), "matmul ref");
-    checks.push_back(compare(accumulate ? "gemm_accumulate_f32" : "gemm", shape({M, K, N}), D.get(dy, ydt, y0.size()),
-                             R.get(ry, UL_DTYPE_F32, y0.size()), accumulate ? (act == UL_DTYPE_F32 ? 1e-5 : 1e-2) : tol_act));
+  // gemm: (M, K) x (N, K)^T on each GEMM the device backend has: with cuBLASLt loaded, a second
+  // CUDA backend forced to our own kernel (UL_GEMM=own) checks that one too.
+  std::vector<std::unique_ptr<Backend>> own_gemm;
+  if (gemm_name(*dev) == "cublaslt") {
+    const char* saved = getenv("UL_GEMM");
+    std::string keep = saved ? saved : "";
+    setenv("UL_GEMM", "own", 1);
+    own_gemm.push_back(make_backend(UL_BACKEND_CUDA));
+    if (saved) setenv("UL_GEMM", keep.c_str(), 1);
+    else unsetenv("UL_GEMM");
+  }
+  std::vector<Backend*> gemm_backends = {dev.get()};
+  for (auto& b : own_gemm) gemm_backends.push_back(b.get());
+  for (Backend* gb : gemm_backends) {
+    Buffers G(*gb);
+    const std::string gname = gemm_name(*gb);
+    for (int accumulate = 0; accumulate < 2; ++accumulate) {
+      const int M = tiny ? 33 : 256, K = HID, N = tiny ? 96 : 1024 + 64;  // N not a multiple of 128
+      auto x = rounded(randn(static_cast<size_t>(M) * K, 1.0f, 3), act);
+      auto w = rounded(randn(static_cast<size_t>(N) * K, 1.0f / std::sqrt(static_cast<float>(K)), 4), wdt);
+      auto y0 = randn(static_cast<size_t>(M) * N, 1.0f, 5);
+      ul_dtype ydt = accumulate ? UL_DTYPE_F32 : act;
+      void* dx = G.put(x, act); void* dw = G.put(w, wdt); void* dy = accumulate ? G.put(y0, UL_DTYPE_F32) : G.alloc(y0.size() * dtype_size(act));
+      void* rx = R.put(x, UL_DTYPE_F32); void* rw = R.put(w, UL_DTYPE_F32); void* ry = R.put(y0, UL_DTYPE_F32);
+      // Twice on the device: the second call runs the cached cuBLASLt plan of the first.
+      for (int call = 0; call < 2; ++call) {
+        if (accumulate && call) must(gb->upload(dy, y0.data(), y0.size() * 4), "upload");
+        must(gb->matmul(dx, dw, M, K, N, dy, accumulate != 0), "matmul");
+      }
+      must(ref->matmul(rx, rw, M, K, N, ry, accumulate != 0), "matmul ref");
+      Check c = compare(accumulate ? "gemm_accumulate_f32" : "gemm", shape({M, K, N}), G.get(dy, ydt, y0.size()),
+                        R.get(ry, UL_DTYPE_F32, y0.size()), accumulate ? (act == UL_DTYPE_F32 ? 1e-5 : 1e-2) : tol_act);
+      c.gemm = gname;
+      checks.push_back(c);
+    }
+    must(gb->sync(), "sync");
   }
   {  // rope at a position beyond 1M (the f64 angle path), yarn-like scaling
     const int pos0 = 1 << 20;
@@ -298,16 +346,22 @@ int cmd_kernels(const std::map<std::string, std::string>& f) {
   }
   must(dev->sync(), "sync");
 
-  std::printf("{\"backend\": \"%s\", \"reference\": \"%s\", \"kernels\": [", dev->name(), ref->name());
+  std::printf("{\"backend\": \"%s\", \"reference\": \"%s\", \"info\": {%s}, \"gemm_backends\": [", dev->name(),
+              ref->name(), dev->info_json_members().c_str());
+  for (size_t i = 0; i < gemm_backends.size(); ++i)
+    std::printf("%s\"%s\"", i ? ", " : "", gemm_name(*gemm_backends[i]).c_str());
+  std::printf("], \"kernels\": [");
   bool all = true;
   for (size_t i = 0; i < checks.size(); ++i) {
     const Check& c = checks[i];
     double norm = c.max_ref > 0 ? c.max_abs / c.max_ref : c.max_abs;
     bool ok = norm <= c.tol;
     all = all && ok;
-    std::printf("%s\n  {\"op\": \"%s\", \"shape\": \"%s\", \"max_abs_err\": %.6g, \"max_abs_ref\": %.6g, "
+    std::string gemm = c.gemm.empty() ? "" : ", \"gemm\": \"" + c.gemm + "\"";
+    std::printf("%s\n  {\"op\": \"%s\", \"shape\": \"%s\"%s, \"max_abs_err\": %.6g, \"max_abs_ref\": %.6g, "
                 "\"normalized_err\": %.6g, \"tolerance\": %.6g, \"ok\": %s}",
-                i ? "," : "", c.op.c_str(), c.shape.c_str(), c.max_abs, c.max_ref, norm, c.tol, ok ? "true" : "false");
+                i ? "," : "", c.op.c_str(), c.shape.c_str(), gemm.c_str(), c.max_abs, c.max_ref, norm, c.tol,
+                ok ? "true" : "false");
   }
   std::printf("\n], \"ok\": %s}\n", all ? "true" : "false");
   return 0;
@@ -367,18 +421,26 @@ ul_dtype kv_flag(const std::map<std::string, std::string>& f, ul_backend_kind ki
   die("--kv must be bf16, fp8 or f32");
 }
 
-int cmd_logits(const std::map<std::string, std::string>& f) {
-  for (const char* k : {"config", "model", "tokens", "out"})
-    if (!f.count(k)) die(std::string("logits needs --") + k);
-  FileConfig fc = read_config(f.at("config"));
-  std::ifstream tf(f.at("tokens"), std::ios::binary);
+std::vector<int32_t> read_tokens(const std::string& path) {
+  std::ifstream tf(path, std::ios::binary);
   std::vector<char> raw((std::istreambuf_iterator<char>(tf)), std::istreambuf_iterator<char>());
   if (raw.empty() || raw.size() % 4 != 0) die("--tokens must hold int32 token ids");
   std::vector<int32_t> tokens(raw.size() / 4);
   std::memcpy(tokens.data(), raw.data(), tokens.size() * 4);
+  return tokens;
+}
+
+void write_file(const std::string& path, const void* data, size_t bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(static_cast<const char*>(data), static_cast<std::streamsize>(bytes));
+  if (!out) die("cannot write " + path);
+}
+
+/** An engine over the model directory (every *.safetensors in it), ready, for `positions` tokens. */
+ul_engine* open_engine(const std::map<std::string, std::string>& f, FileConfig& fc, int positions) {
   ul_backend_kind kind = backend_kind(f);
   fc.c.inv_freq = fc.inv_freq.data();
-  fc.c.max_positions = static_cast<int>(tokens.size()) + 16;
+  fc.c.max_positions = positions;
   fc.c.kv_dtype = kv_flag(f, kind);
   fc.c.backend = kind;
   fc.c.max_chunk = f.count("chunk") ? std::stoi(f.at("chunk")) : 0;
@@ -395,20 +457,120 @@ int cmd_logits(const std::map<std::string, std::string>& f) {
   std::sort(files.begin(), files.end());
   for (const std::string& file : files) must(ul_engine_load_safetensors(e, file.c_str()), e, "load");
   must(ul_engine_ready(e), e, "ready");
+  return e;
+}
+
+std::string engine_info(const ul_engine* e) {
+  std::vector<char> buf(static_cast<size_t>(ul_engine_backend_info(e, nullptr, 0)) + 1);
+  ul_engine_backend_info(e, buf.data(), buf.size());
+  return buf.data();
+}
+
+int cmd_logits(const std::map<std::string, std::string>& f) {
+  for (const char* k : {"config", "model", "tokens", "out"})
+    if (!f.count(k)) die(std::string("logits needs --") + k);
+  FileConfig fc = read_config(f.at("config"));
+  std::vector<int32_t> tokens = read_tokens(f.at("tokens"));
+  const int n = static_cast<int>(tokens.size());
+  ul_engine* e = open_engine(f, fc, n + 16);
   std::vector<float> logits(fc.c.vocab_size);
   // --prefix N: prefill N tokens first, then the rest (1 token left = the decode path).
+  // --feed N: calls of N tokens (a caller's chunked prefill; the last call may be shorter).
   int prefix = f.count("prefix") ? std::stoi(f.at("prefix")) : 0;
-  if (prefix < 0 || prefix >= static_cast<int>(tokens.size())) die("--prefix must be in [0, tokens)");
+  int feed = f.count("feed") ? std::stoi(f.at("feed")) : n;
+  if (prefix < 0 || prefix >= n) die("--prefix must be in [0, tokens)");
+  if (feed <= 0) die("--feed must be positive");
+  if (prefix > 0 && f.count("feed")) die("--prefix and --feed do not combine");
   if (prefix > 0) must(ul_engine_forward(e, tokens.data(), prefix, nullptr), e, "prefill");
-  must(ul_engine_forward(e, tokens.data() + prefix, static_cast<int>(tokens.size()) - prefix, logits.data()), e, "forward");
-  std::ofstream out(f.at("out"), std::ios::binary);
-  out.write(reinterpret_cast<const char*>(logits.data()), logits.size() * 4);
+  int calls = 0;
+  for (int at = prefix; at < n; at += feed, ++calls) {
+    int m = std::min(feed, n - at);
+    must(ul_engine_forward(e, tokens.data() + at, m, at + m == n ? logits.data() : nullptr), e, "forward");
+  }
+  write_file(f.at("out"), logits.data(), logits.size() * 4);
   ul_memory_report mem{};
   ul_engine_memory(e, &mem);
-  std::printf("{\"tokens\": %zu, \"vocab\": %d, \"weight_bytes\": %llu, \"kv_bytes\": %llu}\n", tokens.size(),
-              fc.c.vocab_size, static_cast<unsigned long long>(mem.weight_bytes),
-              static_cast<unsigned long long>(mem.kv_bytes));
+  std::printf("{\"tokens\": %d, \"calls\": %d, \"vocab\": %d, \"weight_bytes\": %llu, \"kv_bytes\": %llu, \"info\": %s}\n",
+              n, calls + (prefix > 0), fc.c.vocab_size, static_cast<unsigned long long>(mem.weight_bytes),
+              static_cast<unsigned long long>(mem.kv_bytes), engine_info(e).c_str());
   ul_engine_destroy(e);
+  return 0;
+}
+
+ul_dtype export_dtype(const std::map<std::string, std::string>& f) {
+  std::string d = f.count("dtype") ? f.at("dtype") : "f32";
+  if (d == "f32") return UL_DTYPE_F32;
+  if (d == "bf16") return UL_DTYPE_BF16;
+  if (d == "f16") return UL_DTYPE_F16;
+  die("--dtype must be f32, bf16 or f16");
+}
+
+/** max |a - b| / max |b| (NaN anywhere: infinity). */
+double normalized_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double d = 0, m = 0;
+  for (size_t i = 0; i < b.size(); ++i) {
+    double x = std::fabs(static_cast<double>(a[i]) - b[i]);
+    if (!(x <= d)) d = std::isnan(x) ? INFINITY : x;
+    m = std::max(m, std::fabs(static_cast<double>(b[i])));
+  }
+  return m > 0 ? d / m : d;
+}
+
+// KV export -> import equals continuing. On CUDA every KV byte crosses the pinned staging buffers
+// (download_2d / upload_2d); the reference runs the same engine code.
+int cmd_kv_roundtrip(const std::map<std::string, std::string>& f) {
+  for (const char* k : {"config", "model", "tokens", "prefix"})
+    if (!f.count(k)) die(std::string("kv-roundtrip needs --") + k);
+  FileConfig fc = read_config(f.at("config"));
+  std::vector<int32_t> tokens = read_tokens(f.at("tokens"));
+  const int n = static_cast<int>(tokens.size()), p = std::stoi(f.at("prefix"));
+  if (p <= 0 || p >= n) die("--prefix must be in (0, tokens)");
+  const ul_dtype dt = export_dtype(f);
+  const size_t bytes = static_cast<size_t>(2) * fc.c.num_layers * fc.c.num_kv_heads * fc.c.head_dim * p * dtype_size(dt);
+  ul_engine* a = open_engine(f, fc, n + 16);
+  const int tail = n - p;
+  std::vector<float> cont(fc.c.vocab_size), trunc(fc.c.vocab_size), fresh(fc.c.vocab_size);
+  std::vector<unsigned char> kv(bytes), again(bytes);
+  must(ul_engine_forward(a, tokens.data(), p, nullptr), a, "prefill");
+  must(ul_engine_export_kv(a, 0, p, dt, kv.data(), kv.size()), a, "export");
+  must(ul_engine_forward(a, tokens.data() + p, tail, cont.data()), a, "continue");
+  must(ul_engine_truncate(a, 0), a, "truncate");
+  must(ul_engine_import_kv(a, kv.data(), kv.size(), p, dt), a, "import after truncate");
+  must(ul_engine_forward(a, tokens.data() + p, tail, trunc.data()), a, "forward after import");
+  FileConfig fc2 = read_config(f.at("config"));
+  ul_engine* b = open_engine(f, fc2, n + 16);
+  must(ul_engine_import_kv(b, kv.data(), kv.size(), p, dt), b, "import into a new engine");
+  must(ul_engine_export_kv(b, 0, p, dt, again.data(), again.size()), b, "export after import");
+  must(ul_engine_forward(b, tokens.data() + p, tail, fresh.data()), b, "forward in the new engine");
+  if (f.count("save")) {
+    const std::string dir = f.at("save");
+    write_file(dir + "/kv.bin", kv.data(), kv.size());
+    write_file(dir + "/tokens.bin", tokens.data(), tokens.size() * 4);
+    write_file(dir + "/logits.bin", fresh.data(), fresh.size() * 4);
+  }
+  std::printf("{\"tokens\": %d, \"prefix\": %d, \"export_dtype\": \"%s\", \"kv_bytes\": %zu, "
+              "\"reexport_bytes_equal\": %s, \"truncate_import_vs_continuing\": %.6g, "
+              "\"new_engine_import_vs_continuing\": %.6g, \"info\": %s}\n",
+              n, p, f.count("dtype") ? f.at("dtype").c_str() : "f32", bytes, kv == again ? "true" : "false",
+              normalized_diff(trunc, cont), normalized_diff(fresh, cont), engine_info(a).c_str());
+  ul_engine_destroy(a);
+  ul_engine_destroy(b);
+  return 0;
+}
+
+int cmd_info(const std::map<std::string, std::string>& f) {
+  auto be = make_backend(backend_kind(f));
+  std::printf("{%s}\n", be->info_json_members().c_str());
+  return 0;
+}
+
+// The cuBLASLt search alone (no CUDA needed): what would be tried here, and what dlopen said.
+int cmd_cublaslt_search(const std::map<std::string, std::string>&) {
+  std::vector<std::string> cands = cublaslt_candidates(LibrarySearchEnv::from_process());
+  LoadedLibrary lib = load_first(cands, "cublasLtMatmul");
+  std::string list;
+  for (size_t i = 0; i < cands.size(); ++i) list += (i ? "," : "") + json_quote(cands[i]);
+  std::printf("{\"candidates\": [%s], %s}\n", list.c_str(), library_json_members(lib).c_str());
   return 0;
 }
 
@@ -565,11 +727,14 @@ int cmd_bench_prefill(const std::map<std::string, std::string>& f) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) die("usage: ul_check kernels|logits|bench-attention|bench-gemm|bench-prefill [--flags]");
+  if (argc < 2) die("usage: ul_check info|cublaslt-search|kernels|logits|kv-roundtrip|bench-attention|bench-gemm|bench-prefill [--flags]");
   std::string cmd = argv[1];
   auto f = parse_flags(argc, argv, 2);
   if (cmd == "kernels") return cmd_kernels(f);
+  if (cmd == "info") return cmd_info(f);
+  if (cmd == "cublaslt-search") return cmd_cublaslt_search(f);
   if (cmd == "logits") return cmd_logits(f);
+  if (cmd == "kv-roundtrip") return cmd_kv_roundtrip(f);
   if (cmd == "bench-attention") return cmd_bench_attention(f);
   if (cmd == "bench-gemm") return cmd_bench_gemm(f);
   if (cmd == "bench-prefill") return cmd_bench_prefill(f);

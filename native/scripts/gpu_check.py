@@ -1,75 +1,144 @@
 #!/usr/bin/env python3
-"""Runs the GPU check of the native core and prints one JSON object (see gpu-check.sh).
+"""The GPU check of the native core, one stage at a time (see gpu-check.sh and docs/native.md).
 
-Steps, each recorded in the JSON (a failing step is reported, the others still run):
-  kernels   `ul_check kernels`: every op of the CUDA backend against the C++ reference kernels
-  golden    engine logits (whole prefill, and prefill + one decode step) against the float64 PyTorch
-            reference (test/reference/llama_reference.py) on tiny generated models
-  bench     attention vs torch SDPA (flash backend), causal bf16, 32/8 heads, d 128, at 16K/64K/128K;
-            GEMM vs torch.matmul on the Llama-3.1-8B projection shapes; prefill tokens/s of an
-            8B-shaped random-weight model at 32K and 128K
-With --dry-run every step runs on the C++ reference backend with tiny shapes and torch on the CPU,
-so the whole pipeline (build, programs, parsing, JSON) is exercised on a machine with no GPU.
+Each stage runs in its own process (this script with --run-stage NAME) under its own time limit, so
+a stage that hangs or is cut off is a line with "ok": false and the next stage still runs. As each
+stage ends, one JSON line goes to stdout and is appended to OUT/gpu-check.jsonl (flushed), then a
+final "summary" line: a run stopped from outside keeps every line it finished. Every line names the
+GEMM that ran ("gemm": "cublaslt <path>", "own-wmma" or "reference").
+
+With --dry-run every stage runs on the C++ reference backend with tiny shapes and torch on the CPU,
+so the whole pipeline (build, programs, parsing, files, JSON) runs on a machine with no GPU.
 """
 
 import argparse
+import array
+import glob
 import json
 import os
+import shutil
+import signal
+import site
 import subprocess
 import sys
-import tempfile
 import time
-
-import torch
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "test", "reference"))
-from llama_reference import forward as reference_forward  # noqa: E402
-from rope_reference import rope_init  # noqa: E402
-from write_tiny_model import main as write_tiny_model  # noqa: E402
 
 # Normalised error bounds (max |ours - reference| / max |reference|) for engine logits: the
 # reference backend computes in f32 (only f32 rounding); CUDA keeps bf16 activations and KV, whose
 # 2^-9 relative rounding through two layers and the lm_head stays well under 3%.
 LOGITS_TOL = {"reference": 1e-4, "cuda": 3e-2}
+# fp8 e4m3 KV against the same engine with bf16 (CUDA) or f32 (reference) KV, normalised as above.
+# e4m3 keeps 3 mantissa bits (relative step 2^-4 = 6%) on each K and V element; attention averages
+# thousands of them, and the two-layer test models stay within a few percent. The bound holds for
+# any scale scheme that uses the e4m3 range (per head or per block), so this stage tests the ABI,
+# not one scheme.
+FP8_TOL = 5e-2
+# KV export -> import -> forward against continuing: the same cache bytes (f32 export of an f32 or
+# bf16 cache is exact) through the same kernels: equal but for run-to-run noise, which these
+# kernels do not have. Not 0 only so that a cuBLASLt algorithm with a non-deterministic reduction
+# would be reported as a number, not a failure.
+KV_ROUNDTRIP_TOL = 1e-6
 TARGETS = {
     "attention_vs_sdpa_ratio": 1.0,
     "gemm_vs_torch_ratio": 0.85,
     "prefill_128k_seconds": 15.0,
 }
 
+# name, time limit on one H200 (s), time limit in the dry run (s), what it proves. The H200 limits
+# add up to 475 s: the whole check fits in 8 minutes even when every stage runs to its limit.
+STAGES = [
+    ("build", 90, 300, "nvcc compiles every CUDA kernel and links ul_check with cudart (+ dlopen)"),
+    ("kernels", 45, 300, "every CUDA op vs the C++ reference; GEMM on cuBLASLt and on our own kernel"),
+    ("prefill", 30, 300, "engine logits of a one-shot prefill vs the float64 PyTorch reference"),
+    ("chunked", 30, 300, "prefill in calls of 7, 13, 17 tokens and max_chunk 13 (none divides 50) vs float64"),
+    ("decode", 30, 300, "prefill then a decode step (split-KV path) vs float64"),
+    ("kv-roundtrip", 20, 300, "KV export -> truncate / new engine -> import gives the continuing logits"),
+    ("fp8", 30, 300, "fp8-e4m3 KV logits within FP8_TOL of bf16 KV logits"),
+    ("kv-export", 20, 300, "writes a KV export + model + logits to OUT/kv-export for import-gpu-kv.ts"),
+    ("bench-attention", 45, 300, "causal attention vs torch SDPA (flash) at 16K, 64K, 128K"),
+    ("bench-gemm", 30, 300, "the 8B projection GEMMs (cuBLASLt and own kernel) vs torch.matmul"),
+    ("bench-prefill", 105, 300, "prefill tokens/s of an 8B-shaped random-weight engine at 32K and 128K"),
+]
+STAGE_NAMES = [s[0] for s in STAGES]
 
-def run(cmd, timeout):
-    t0 = time.time()
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+# Test models (write_tiny_model.py flags). A: bf16, head_dim 128 (the flash path), yarn. B: f32,
+# tied, head_dim 16 (split-KV only), llama3 rope.
+MODELS = {
+    "yarn_hd128_gqa2": ["--dtype", "bf16", "--layers", "2", "--hidden", "512", "--heads", "4", "--kv-heads", "2",
+                        "--head-dim", "128", "--ffn", "768", "--vocab", "512", "--rope", "yarn", "--rope-factor", "8",
+                        "--original-max-pos", "64", "--seed", "1"],
+    "llama3_hd16_tied_f32": ["--dtype", "f32", "--layers", "2", "--hidden", "64", "--heads", "4", "--kv-heads", "2",
+                             "--ffn", "128", "--vocab", "256", "--rope", "llama3", "--rope-factor", "8",
+                             "--original-max-pos", "32", "--tie", "--seed", "2"],
+}
+A, B = "yarn_hd128_gqa2", "llama3_hd16_tied_f32"
+
+
+def log(msg):
+    print(f"gpu-check: {msg}", file=sys.stderr, flush=True)
+
+
+# ---- the stage processes -------------------------------------------------------------------------
+
+class Ctx:
+    def __init__(self, args):
+        self.bin = args.bin
+        self.work = args.work
+        self.out = args.out
+        self.dry = args.dry_run
+        self.backend = "reference" if self.dry else "cuda"
+        self.device = "cpu" if self.dry else "cuda"
+
+
+def run_json(cmd, env=None):
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if r.returncode != 0:
         raise RuntimeError(f"{os.path.basename(cmd[0])} {cmd[1]} failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
-    return json.loads(r.stdout), time.time() - t0
+    return json.loads(r.stdout)
 
 
-def step(results, name, fn):
-    try:
-        results[name] = fn()
-    except Exception as e:  # a failed step is data for the report, not the end of the check
-        results[name] = {"error": f"{type(e).__name__}: {e}"}
+def read_f32(path):
+    a = array.array("f")
+    with open(path, "rb") as f:
+        a.frombytes(f.read())
+    return list(a)
 
 
-# ---- golden logits -------------------------------------------------------------------------------
-
-GOLDEN_CASES = [
-    # name, write_tiny_model.py flags, tokens, prefix (decode after prefill)
-    ("yarn_hd128_gqa2", ["--dtype", "bf16", "--layers", "2", "--hidden", "512", "--heads", "4", "--kv-heads", "2",
-                         "--head-dim", "128", "--ffn", "768", "--vocab", "512", "--rope", "yarn", "--rope-factor", "8",
-                         "--original-max-pos", "64", "--seed", "1"], 100, 0),
-    ("yarn_hd128_decode", None, 100, 99),
-    ("llama3_hd16_tied_f32", ["--dtype", "f32", "--layers", "2", "--hidden", "64", "--heads", "4", "--kv-heads", "2",
-                              "--ffn", "128", "--vocab", "256", "--rope", "llama3", "--rope-factor", "8",
-                              "--original-max-pos", "32", "--tie", "--seed", "2"], 37, 20),
-]
+def lcg_tokens(n, vocab, seed):
+    """Deterministic token ids without torch (a 32-bit LCG)."""
+    x, out = seed, []
+    for _ in range(n):
+        x = (1103515245 * x + 12345) % 2**31
+        out.append((x >> 8) % vocab)
+    return out
 
 
-def write_engine_config(model_dir, path):
-    with open(os.path.join(model_dir, "config.json")) as f:
+def model_dir(ctx, name):
+    d = os.path.join(ctx.work, name)
+    if not os.path.exists(os.path.join(d, "config.json")):
+        from write_tiny_model import main as write_tiny_model
+
+        with open(os.devnull, "w") as quiet:
+            saved, sys.stdout = sys.stdout, quiet
+            try:
+                write_tiny_model([d, *MODELS[name]])
+            finally:
+                sys.stdout = saved
+    return d
+
+
+def vocab_of(d):
+    with open(os.path.join(d, "config.json")) as f:
+        return json.load(f)["vocab_size"]
+
+
+def write_engine_config(mdir, path):
+    from rope_reference import rope_init
+
+    with open(os.path.join(mdir, "config.json")) as f:
         cfg = json.load(f)
     heads = cfg["num_attention_heads"]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
@@ -94,51 +163,194 @@ def write_engine_config(model_dir, path):
         f.write("\n".join(lines) + "\n")
 
 
-def golden(bin_path, work, backend):
+class Case:
+    """A model and a prompt: files for ul_check, and the float64 reference's last logits (cached)."""
+
+    def __init__(self, ctx, model, n_tokens):
+        self.ctx, self.model, self.n = ctx, model, n_tokens
+        self.dir = model_dir(ctx, model)
+        self.tokens = lcg_tokens(n_tokens, vocab_of(self.dir), seed=len(model) + n_tokens)
+        stem = os.path.join(ctx.work, f"{model}-{n_tokens}")
+        self.tok_file, self.cfg_file, self.ref_file = stem + ".tokens", stem + ".cfg", stem + ".ref64"
+        if not os.path.exists(self.cfg_file):
+            with open(self.tok_file, "wb") as f:
+                f.write(array.array("i", self.tokens).tobytes())
+            write_engine_config(self.dir, self.cfg_file)
+
+    def reference(self):
+        if not os.path.exists(self.ref_file):
+            from llama_reference import forward as reference_forward
+
+            want = reference_forward(self.dir, self.tokens, last=1)[0].double().tolist()
+            with open(self.ref_file + ".tmp", "wb") as f:
+                f.write(array.array("d", want).tobytes())
+            os.replace(self.ref_file + ".tmp", self.ref_file)
+        a = array.array("d")
+        with open(self.ref_file, "rb") as f:
+            a.frombytes(f.read())
+        return list(a)
+
+    def logits(self, label, flags, kv=None):
+        out = os.path.join(self.ctx.work, f"{self.model}-{self.n}-{label}.logits")
+        cmd = [self.ctx.bin, "logits", "--config", self.cfg_file, "--model", self.dir, "--tokens", self.tok_file,
+               "--out", out, "--backend", self.ctx.backend, *flags]
+        if kv:
+            cmd += ["--kv", kv]
+        res = run_json(cmd)
+        return read_f32(out), res
+
+
+def compare(got, want, tol):
+    err = max(abs(g - w) if g == g else float("inf") for g, w in zip(got, want))
+    ref = max(abs(w) for w in want)
+    argmax = lambda v: max(range(len(v)), key=v.__getitem__)  # noqa: E731
+    return {"max_abs_err": err, "max_abs_ref": ref, "normalized_err": err / ref, "tolerance": tol,
+            "same_argmax": argmax(got) == argmax(want), "ok": err / ref <= tol}
+
+
+def golden_runs(ctx, runs):
+    """runs: (label, model, n_tokens, ul_check flags). Each vs the float64 reference."""
     out = []
-    model_dir = None
-    for name, flags, n_tokens, prefix in GOLDEN_CASES:
-        if flags is not None:
-            model_dir = os.path.join(work, name)
-            if not os.path.exists(os.path.join(model_dir, "config.json")):
-                with open(os.devnull, "w") as quiet:
-                    saved, sys.stdout = sys.stdout, quiet
-                    try:
-                        write_tiny_model([model_dir, *flags])
-                    finally:
-                        sys.stdout = saved
-        with open(os.path.join(model_dir, "config.json")) as f:
-            vocab = json.load(f)["vocab_size"]
-        g = torch.Generator().manual_seed(len(name))
-        tokens = torch.randint(0, vocab, (n_tokens,), generator=g, dtype=torch.int32)
-        tok_file = os.path.join(work, f"{name}.tokens")
-        cfg_file = os.path.join(work, f"{name}.cfg")
-        logits_file = os.path.join(work, f"{name}.logits")
-        with open(tok_file, "wb") as f:
-            f.write(tokens.numpy().tobytes())
-        write_engine_config(model_dir, cfg_file)
-        want = reference_forward(model_dir, tokens.tolist(), last=1)[0].to(torch.float64)
-        cmd = [bin_path, "logits", "--config", cfg_file, "--model", model_dir, "--tokens", tok_file,
-               "--out", logits_file, "--backend", backend]
-        if prefix:
-            cmd += ["--prefix", str(prefix)]
-        run(cmd, 120)
-        with open(logits_file, "rb") as f:
-            got = torch.frombuffer(bytearray(f.read()), dtype=torch.float32).to(torch.float64)
-        err = (got - want).abs().max().item()
-        ref = want.abs().max().item()
-        tol = LOGITS_TOL[backend]
-        out.append({
-            "case": name, "tokens": n_tokens, "decode_after_prefix": prefix or None,
-            "max_abs_err": err, "max_abs_ref": ref, "normalized_err": err / ref, "tolerance": tol,
-            "same_argmax": int(got.argmax()) == int(want.argmax()), "ok": err / ref <= tol,
-        })
-    return out
+    for label, model, n, flags in runs:
+        case = Case(ctx, model, n)
+        got, res = case.logits(label, flags)
+        out.append({"case": f"{model}/{n}/{label}", "flags": " ".join(flags) or "one call",
+                    **compare(got, case.reference(), LOGITS_TOL[ctx.backend])})
+    return {"ok": all(r["ok"] for r in out), "cases": out}
 
 
-# ---- PyTorch peers on the same device --------------------------------------------------------------
+def cublas_wheels():
+    """cuBLASLt files of NVIDIA's / PyTorch's pip wheels under this Python's site-packages."""
+    dirs = list(site.getsitepackages()) + [site.getusersitepackages()]
+    dirs += [d for d in os.environ.get("UL_PYTHON_SITE", "").split(":") if d]
+    found = []
+    for d in dict.fromkeys(dirs):
+        for pat in ("nvidia/*/lib/libcublasLt.so*", "torch/lib/libcublasLt.so*"):
+            found += glob.glob(os.path.join(d, pat))
+    return sorted(set(found))
+
+
+def stage_build(ctx):
+    script = os.path.join(ROOT, "native", "scripts", "gpu-check.sh")
+    cmd = ["bash", script, "--build-only"] + (["--dry-run"] if ctx.dry else [])
+    t0 = time.time()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        return {"ok": False, "error": f"build failed ({r.returncode}): {r.stderr.strip()[-3000:]}"}
+    built = time.time() - t0
+    search = run_json([ctx.bin, "cublaslt-search"])
+    res = {"build_seconds": round(built, 1), "cublaslt_search": search, "cublas_wheels": cublas_wheels()}
+    try:
+        res["info"] = run_json([ctx.bin, "info", "--backend", ctx.backend])
+    except RuntimeError as e:  # no device, or a cuBLASLt that loads but fails: the build itself is fine
+        return {**res, "ok": False, "error": str(e)}
+    gpus = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True) if shutil.which("nvidia-smi") else None
+    res["device"] = gpus.stdout.strip() if gpus and gpus.returncode == 0 else "cpu (dry run: C++ reference kernels)"
+    return {"ok": True, **res}
+
+
+def stage_kernels(ctx):
+    res = run_json([ctx.bin, "kernels", "--backend", ctx.backend] + (["--tiny"] if ctx.dry else []))
+    ok = res["ok"] is True
+    wheels = cublas_wheels()
+    res["cublas_wheels"] = wheels
+    if not ctx.dry:
+        gemm = res["info"].get("gemm")
+        if wheels and gemm != "cublaslt":
+            # The engine would run at a fraction of cuBLAS speed while a cuBLAS sits on disk.
+            res["error"] = (f"PyTorch's cuBLAS wheel is here ({wheels[0]}) but the engine found no cuBLASLt; tried: "
+                            + json.dumps(res["info"].get("cublaslt_tried")))
+            ok = False
+        if gemm == "cublaslt" and "own-wmma" not in res.get("gemm_backends", []):
+            res["error"] = "cuBLASLt loaded but our own GEMM was not checked"
+            ok = False
+    return {**res, "ok": ok}
+
+
+def stage_prefill(ctx):
+    return golden_runs(ctx, [("one-shot", A, 100, []), ("one-shot", B, 37, [])])
+
+
+def stage_chunked(ctx):
+    return golden_runs(ctx, [
+        ("feed7", A, 50, ["--feed", "7"]),
+        ("feed13", A, 50, ["--feed", "13"]),
+        ("feed17", A, 50, ["--feed", "17"]),
+        ("maxchunk13", A, 50, ["--chunk", "13"]),
+        ("feed7", B, 37, ["--feed", "7"]),
+    ])
+
+
+def stage_decode(ctx):
+    return golden_runs(ctx, [("prefix99", A, 100, ["--prefix", "99"]), ("prefix36", B, 37, ["--prefix", "36"])])
+
+
+def kv_roundtrip(ctx, dtype, save=None):
+    case = Case(ctx, A, 100)
+    cmd = [ctx.bin, "kv-roundtrip", "--config", case.cfg_file, "--model", case.dir, "--tokens", case.tok_file,
+           "--prefix", "70", "--backend", ctx.backend, "--dtype", dtype]
+    if save:
+        cmd += ["--save", save]
+    res = run_json(cmd)
+    res["tolerance"] = KV_ROUNDTRIP_TOL
+    res["ok"] = (res["reexport_bytes_equal"] and res["truncate_import_vs_continuing"] <= KV_ROUNDTRIP_TOL
+                 and res["new_engine_import_vs_continuing"] <= KV_ROUNDTRIP_TOL)
+    return case, res
+
+
+def stage_kv_roundtrip(ctx):
+    # f32 export is exact for every cache dtype; bf16 export is exact for the CUDA (bf16) cache only.
+    runs = [kv_roundtrip(ctx, d)[1] for d in (["f32"] if ctx.dry else ["f32", "bf16"])]
+    return {"ok": all(r["ok"] for r in runs), "runs": runs}
+
+
+def stage_fp8(ctx):
+    base_kv = "f32" if ctx.dry else "bf16"
+    out = []
+    for label, flags in [("one-shot", []), ("feed13", ["--feed", "13"]), ("prefix99", ["--prefix", "99"])]:
+        case = Case(ctx, A, 100)
+        fp8, _ = case.logits(f"fp8-{label}", flags, kv="fp8")
+        base, _ = case.logits(f"{base_kv}-{label}", flags, kv=base_kv)
+        r = compare(fp8, base, FP8_TOL)
+        r["vs_float64_reference"] = compare(fp8, case.reference(), FP8_TOL)["normalized_err"]
+        out.append({"case": f"{A}/100/{label}", "fp8_vs": f"{base_kv} KV", **r})
+    return {"ok": all(r["ok"] for r in out), "cases": out}
+
+
+def stage_kv_export(ctx):
+    dest = os.path.join(ctx.out, "kv-export")
+    shutil.rmtree(dest, ignore_errors=True)
+    os.makedirs(dest)
+    case, res = kv_roundtrip(ctx, "f32", save=dest)
+    shutil.copytree(case.dir, os.path.join(dest, "model"),
+                    ignore=shutil.ignore_patterns(".ultralong-fingerprint.json"))
+    reference = case.reference()  # also writes case.ref_file
+    shutil.copyfile(case.ref_file, os.path.join(dest, "reference.f64"))
+    with open(os.path.join(case.dir, "config.json")) as f:
+        cfg = json.load(f)
+    meta = {
+        "model": "model", "kv": "kv.bin", "tokens": "tokens.bin", "logits": "logits.bin",
+        "reference": "reference.f64",  # float64 PyTorch reference logits of the whole prompt
+        "prefix": res["prefix"], "n_tokens": res["tokens"], "export_dtype": "f32",
+        "layout": {"layers": cfg["num_hidden_layers"], "kvHeads": cfg["num_key_value_heads"],
+                   "headDim": cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]},
+        "backend": ctx.backend, "info": res["info"],
+        # logits.bin came from `backend`; an f32 CPU runtime that imports kv.bin matches it within:
+        "tolerance": LOGITS_TOL[ctx.backend],
+        "reference_normalized_err": compare(read_f32(os.path.join(dest, "logits.bin")), reference,
+                                            1.0)["normalized_err"],
+    }
+    with open(os.path.join(dest, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    return {"ok": res["ok"], "dir": dest, "files": sorted(os.listdir(dest)), "roundtrip": res,
+            "next": f"npx tsx native/scripts/import-gpu-kv.ts {ctx.out}"}
+
+
+# ---- benchmarks beside PyTorch on the same device -------------------------------------------------
 
 def timed(fn, device, iters):
+    import torch
+
     fn()
     if device == "cuda":
         torch.cuda.synchronize()
@@ -153,6 +365,8 @@ def timed(fn, device, iters):
 
 
 def torch_attention(seq_len, device):
+    import torch
+
     H, KVH, D = 32, 8, 128
     dt = torch.bfloat16 if device == "cuda" else torch.float32
     q = torch.randn(1, H, seq_len, D, device=device, dtype=dt)
@@ -182,6 +396,8 @@ def torch_attention(seq_len, device):
 
 
 def torch_gemm(m, k, n, device):
+    import torch
+
     dt = torch.bfloat16 if device == "cuda" else torch.float32
     x = torch.randn(m, k, device=device, dtype=dt)
     w = torch.randn(n, k, device=device, dtype=dt) * 0.02
@@ -189,86 +405,168 @@ def torch_gemm(m, k, n, device):
     return {"seconds": s, "tflops": 2.0 * m * k * n / s / 1e12}
 
 
-def bench(bin_path, backend, device, dry):
-    lens = [128, 256] if dry else [16384, 65536, 131072]
-    ours, _ = run([bin_path, "bench-attention", "--backend", backend, "--lens", ",".join(map(str, lens))], 300)
-    attention = []
+def stage_bench_attention(ctx):
+    lens = [128, 256] if ctx.dry else [16384, 65536, 131072]
+    ours = run_json([ctx.bin, "bench-attention", "--backend", ctx.backend, "--lens", ",".join(map(str, lens))])
+    rows = []
     for r in ours["results"]:
-        peer = torch_attention(r["seq_len"], device)
-        attention.append({"seq_len": r["seq_len"], "ours_tflops": r["tflops"], "ours_seconds": r["seconds"],
-                          "torch_tflops": peer["tflops"], "torch_seconds": peer["seconds"], "peer": peer["peer"],
-                          "ratio": r["tflops"] / peer["tflops"]})
-    m = 4 if dry else 4096
-    gemm = []
-    variants = [("ours", {})]
-    if not dry:
-        variants.append(("ours_own_kernel", {"UL_GEMM": "own"}))  # our tensor-core kernel, not cuBLASLt
+        peer = torch_attention(r["seq_len"], ctx.device)
+        rows.append({"seq_len": r["seq_len"], "ours_tflops": r["tflops"], "ours_seconds": r["seconds"],
+                     "torch_tflops": peer["tflops"], "torch_seconds": peer["seconds"], "peer": peer["peer"],
+                     "ratio": r["tflops"] / peer["tflops"]})
+    return {"ok": True, "results": rows, "min_ratio_vs_sdpa": min(x["ratio"] for x in rows)}
+
+
+def stage_bench_gemm(ctx):
+    m = 4 if ctx.dry else 4096
+    variants = [("ours", {})] + ([] if ctx.dry else [("ours_own_kernel", {"UL_GEMM": "own"})])
     rows = {}
     for label, env in variants:
-        r = subprocess.run([bin_path, "bench-gemm", "--backend", backend, "--m", str(m)], capture_output=True,
-                           text=True, timeout=300, env={**os.environ, **env})
-        if r.returncode != 0:
-            raise RuntimeError(f"bench-gemm failed: {r.stderr.strip()[-2000:]}")
-        res = json.loads(r.stdout)
+        res = run_json([ctx.bin, "bench-gemm", "--backend", ctx.backend, "--m", str(m)], env=env)
         for x in res["results"]:
             rows.setdefault(x["name"], {"name": x["name"], "m": x["m"], "k": x["k"], "n": x["n"]})
             rows[x["name"]][f"{label}_tflops"] = x["tflops"]
             rows[x["name"]][f"{label}_backend"] = res["backend"]
+    out = []
     for row in rows.values():
-        peer = torch_gemm(row["m"], row["k"], row["n"], device)
+        peer = torch_gemm(row["m"], row["k"], row["n"], ctx.device)
         row["torch_tflops"] = peer["tflops"]
         row["ratio"] = row["ours_tflops"] / peer["tflops"]
-        gemm.append(row)
-    prefill_lens = "32,64" if dry else "32768,131072"
-    shape = "tiny" if dry else "8b"
+        out.append(row)
+    return {"ok": True, "results": out, "min_ratio_vs_torch": min(x["ratio"] for x in out)}
+
+
+def stage_bench_prefill(ctx):
+    lens, shape = ("32,64", "tiny") if ctx.dry else ("32768,131072", "8b")
+    res = run_json([ctx.bin, "bench-prefill", "--backend", ctx.backend, "--shape", shape, "--lens", lens])
+    ok = all(r["logits_finite"] for r in res["results"])
+    return {"ok": ok, **res}
+
+
+STAGE_FNS = {
+    "build": stage_build, "kernels": stage_kernels, "prefill": stage_prefill, "chunked": stage_chunked,
+    "decode": stage_decode, "kv-roundtrip": stage_kv_roundtrip, "fp8": stage_fp8, "kv-export": stage_kv_export,
+    "bench-attention": stage_bench_attention, "bench-gemm": stage_bench_gemm, "bench-prefill": stage_bench_prefill,
+}
+assert list(STAGE_FNS) == STAGE_NAMES
+
+
+def run_stage_here(args):
+    """--run-stage: one stage in this process; its result is the last line of stdout."""
     try:
-        prefill, _ = run([bin_path, "bench-prefill", "--backend", backend, "--shape", shape, "--lens", prefill_lens], 300)
+        res = STAGE_FNS[args.run_stage](Ctx(args))
+    except Exception as e:  # a failed stage is data for the report, not the end of the check
+        res = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    print(json.dumps(res), flush=True)
+    return 0
+
+
+# ---- the parent: stages in order, one line each ---------------------------------------------------
+
+def budgets(dry):
+    """Per-stage limits; UL_GPU_CHECK_BUDGETS="stage=seconds,..." overrides some (tests use it)."""
+    b = {name: (dry_s if dry else gpu_s) for name, gpu_s, dry_s, _ in STAGES}
+    for item in filter(None, os.environ.get("UL_GPU_CHECK_BUDGETS", "").split(",")):
+        name, _, secs = item.partition("=")
+        if name not in b:
+            raise SystemExit(f"gpu-check: UL_GPU_CHECK_BUDGETS names no stage '{name}' (stages: {', '.join(b)})")
+        b[name] = float(secs)
+    return b
+
+
+def run_stage_process(name, limit, args):
+    cmd = [sys.executable, os.path.abspath(__file__), "--run-stage", name, "--bin", args.bin, "--work", args.work,
+           "--out", args.out] + (["--dry-run"] if args.dry_run else [])
+    # Own session: a stage cut off is killed with every program it started (ul_check, nvcc).
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, _ = p.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
-        prefill = {"error": "timed out after 300 s"}
-    return {"attention": attention, "gemm": gemm, "prefill": prefill}
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        return {"ok": False, "error": f"timed out after {limit:g} s (the stage's limit)", "timed_out": True}
+    lines = stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        return {"ok": False, "error": f"stage exited {p.returncode} without a result: {stdout[-2000:]}"}
+
+
+def gemm_label(info):
+    if not info:
+        return "unknown (no backend info: the build stage failed)"
+    if info.get("gemm") == "cublaslt":
+        return f"cublaslt {info.get('cublaslt')}"
+    return info.get("gemm", "unknown")
+
+
+def main_parent(args):
+    os.makedirs(args.work, exist_ok=True)
+    os.makedirs(args.out, exist_ok=True)
+    limits = budgets(args.dry_run)
+    wanted = set(args.stage or STAGE_NAMES) | {"build"}
+    unknown = wanted - set(STAGE_NAMES)
+    if unknown:
+        raise SystemExit(f"gpu-check: no stage {', '.join(sorted(unknown))} (stages: {', '.join(STAGE_NAMES)})")
+    plan = [(n, limits[n]) for n in STAGE_NAMES if n in wanted]
+    run_id = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    log(f"stages and limits (s): {', '.join(f'{n} {s:g}' for n, s in plan)}; total {sum(s for _, s in plan):g} s")
+    jsonl = open(os.path.join(args.out, "gpu-check.jsonl"), "a")
+
+    def emit(line):
+        text = json.dumps(line)
+        print(text, flush=True)
+        jsonl.write(text + "\n")
+        jsonl.flush()
+        os.fsync(jsonl.fileno())
+
+    t_all, info, results = time.time(), None, {}
+    common = {"run": run_id, "dry_run": args.dry_run, "backend": "reference" if args.dry_run else "cuda"}
+    for name, limit in plan:
+        log(f"{name} (limit {limit:g} s) ...")
+        t0 = time.time()
+        res = run_stage_process(name, limit, args)
+        if name == "build":
+            info = res.get("info")
+        ok = res.pop("ok", False) is True
+        results[name] = (ok, res)
+        emit({"stage": name, "ok": ok, "seconds": round(time.time() - t0, 2), "limit_s": limit,
+              "gemm": gemm_label(info), **common, **res})
+    summary = {}
+    for key, stage, field in [("attention_min_ratio_vs_sdpa", "bench-attention", "min_ratio_vs_sdpa"),
+                              ("gemm_min_ratio_vs_torch", "bench-gemm", "min_ratio_vs_torch")]:
+        if stage in results and field in results[stage][1]:
+            summary[key] = results[stage][1][field]
+    pre = results.get("bench-prefill", (False, {}))[1].get("results")
+    if pre:
+        summary["prefill_longest"] = pre[-1]
+    line = {"stage": "summary", "ok": all(ok for ok, _ in results.values()),
+            "stages": {n: ok for n, (ok, _) in results.items()},
+            "failed": [n for n, (ok, _) in results.items() if not ok],
+            "seconds": round(time.time() - t_all, 1), "limit_s": sum(s for _, s in plan),
+            "gemm": gemm_label(info), **common, "figures": summary, "targets": TARGETS}
+    if args.dry_run:
+        line["note"] = ("dry run: the CUDA kernels were not executed; every figure is the C++ reference backend "
+                        "on tiny shapes, proving the pipeline, not the GPU")
+    emit(line)
+    return 0 if line["ok"] else 1
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", required=True)
-    ap.add_argument("--work", default=None)
+    ap.add_argument("--bin", required=True, help="the ul_check binary (built by the build stage)")
+    ap.add_argument("--work", required=True, help="scratch folder: models, tokens, logits")
+    ap.add_argument("--out", default=None, help="gpu-check.jsonl and kv-export/ go here (default: WORK/out)")
     ap.add_argument("--dry-run", action="store_true")
+    ap.add_argument("--stage", action="append", help="run only this stage (repeatable; build always runs)")
+    ap.add_argument("--run-stage", choices=STAGE_NAMES, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    t0 = time.time()
-    dry = args.dry_run
-    backend = "reference" if dry else "cuda"
-    device = "cpu" if dry else "cuda"
-    work = args.work or tempfile.mkdtemp(prefix="ul-gpu-check-")
-    os.makedirs(work, exist_ok=True)
-    results = {
-        "dry_run": dry,
-        "backend": backend,
-        "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu (dry run: C++ reference kernels)",
-        "torch": torch.__version__,
-    }
-    if dry:
-        results["note"] = ("dry run: the CUDA kernels were not executed; every figure is the C++ reference "
-                           "backend on tiny shapes, proving the pipeline, not the GPU")
-    kernel_cmd = [args.bin, "kernels", "--backend", backend] + (["--tiny"] if dry else [])
-    step(results, "kernels", lambda: run(kernel_cmd, 300)[0])
-    step(results, "golden", lambda: golden(args.bin, work, backend))
-    step(results, "bench", lambda: bench(args.bin, backend, device, dry))
-    b = results.get("bench", {})
-    summary = {}
-    if isinstance(b, dict) and "attention" in b:
-        summary["attention_min_ratio_vs_sdpa"] = min(x["ratio"] for x in b["attention"])
-        summary["gemm_min_ratio_vs_torch"] = min(x["ratio"] for x in b["gemm"])
-        pre = b.get("prefill", {}).get("results", [])
-        if pre:
-            summary["prefill_longest"] = pre[-1]
-    results["summary"] = summary
-    results["targets"] = TARGETS
-    kernels_ok = isinstance(results.get("kernels"), dict) and results["kernels"].get("ok") is True
-    golden_ok = isinstance(results.get("golden"), list) and all(g["ok"] for g in results["golden"])
-    results["ok"] = kernels_ok and golden_ok and "error" not in results.get("bench", {})
-    results["seconds"] = round(time.time() - t0, 1)
-    print(json.dumps(results, indent=2))
-    return 0 if results["ok"] else 1
+    args.work = os.path.abspath(args.work)
+    args.out = os.path.abspath(args.out or os.path.join(args.work, "out"))
+    args.bin = os.path.abspath(args.bin)
+    if args.run_stage:
+        return run_stage_here(args)
+    return main_parent(args)
 
 
 if __name__ == "__main__":
