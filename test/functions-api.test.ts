@@ -444,6 +444,23 @@ describe("auth", () => {
     expect(statuses[2].json.error?.code).toBe("rate_limit_exceeded");
   });
 
+  it("the auth scheme is case-insensitive (RFC 9110): bearer, BEARER and Bearer", async () => {
+    for (const scheme of ["bearer", "BEARER", "Bearer", "bEaReR"]) {
+      const r = await post("/v1/tokenize", { prompt: "x" }, null, {
+        authorization: `${scheme} ${KEY_A}`,
+      });
+      expect(r.status, scheme).toBe(200);
+      const m = await fetch(`${s.url}/metrics`, {
+        headers: { authorization: `${scheme} metrics-key-0123` },
+      });
+      expect(m.status, scheme).toBe(200);
+    }
+    const wrong = await fetch(`${s.url}/v1/models`, {
+      headers: { authorization: `Token ${KEY_A}` },
+    });
+    expect(wrong.status).toBe(401);
+  });
+
   it("metrics need the metrics key on both apps; an API key is not enough", async () => {
     for (const base of [s.url, s.modelUrl]) {
       expect((await fetch(`${base}/metrics`)).status).toBe(401);
@@ -503,12 +520,27 @@ describe("auth", () => {
       body: new Uint8Array(8),
     });
     expect(r.status).toBe(401);
-    const ready = (await (await fetch(`${s.modelUrl}/readyz`)).json()) as Record<string, unknown>;
-    expect(ready).toMatchObject({
+  });
+
+  it("/readyz says ready to anyone, and names model, runtime and store only to the metrics key", async () => {
+    const open = (await (await fetch(`${s.modelUrl}/readyz`)).json()) as Record<string, unknown>;
+    expect(Object.keys(open).sort()).toEqual(["queue", "ready"]);
+    expect(open.ready).toBe(true);
+    for (const auth of [`Bearer ${KEY_A}`, "Basic bWV0cmljcy1rZXktMDEyMw=="]) {
+      const r = await fetch(`${s.modelUrl}/readyz`, { headers: { authorization: auth } });
+      expect(Object.keys(await r.json()).sort()).toEqual(["queue", "ready"]);
+    }
+    const full = await fetch(`${s.modelUrl}/readyz`, {
+      headers: { authorization: "bearer metrics-key-0123" },
+    });
+    expect(await full.json()).toMatchObject({
       ready: true,
       model: "tiny",
       runtime: "reference",
+      kernels: "typescript",
       maxPositions: 4096,
+      fingerprint: expect.stringMatching(/^[0-9a-f]{64}$/),
+      store: expect.any(String),
     });
   });
 });

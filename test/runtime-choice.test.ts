@@ -8,6 +8,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { type RuntimeFactory, RuntimeRegistry } from "../core/engine/registry.ts";
 import { NotAvailableError } from "../core/errors.ts";
 import { startLocal } from "../functions/platform/local.ts";
+import { elfProblem } from "../native/ts/elf-check.ts";
 import { runUltralong, scratchDir, testModelDir } from "./support/models.ts";
 
 const stub = (name: string, priority: number, reason: () => Promise<string | null>) =>
@@ -32,6 +33,22 @@ describe("runtime registry: auto", () => {
     ]);
     await expect(reg.choose("gpu")).rejects.toBeInstanceOf(NotAvailableError);
     await expect(reg.choose("gpu")).rejects.toThrow(/runtime 'gpu' is not available: .*ELF/);
+  });
+});
+
+describe("elfProblem: a shared object's headers against its size", () => {
+  it("whole files pass; every truncation and non-ELF file is named, none reaches the loader", () => {
+    const dir = scratchDir("elf");
+    const whole = readFileSync(process.execPath);
+    expect(elfProblem(process.execPath)).toBeNull();
+    for (const n of [10, 100, 1000, 4096, 65536, whole.length >> 1, whole.length - 1]) {
+      const f = join(dir, `cut-${n}`);
+      writeFileSync(f, whole.subarray(0, n));
+      expect(elfProblem(f), `cut at ${n}`).toMatch(/^(truncated|not an ELF)/);
+    }
+    const text = join(dir, "text.node");
+    writeFileSync(text, "#!/bin/sh\n");
+    expect(elfProblem(text)).toBe("not an ELF shared object");
   });
 });
 
@@ -98,11 +115,10 @@ describe("the model function says what serves", () => {
     });
     close = server.close;
     expect(server.runtimeChoice).toBe("runtime wasm");
-    const ready = await (await fetch(`${server.modelUrl}/readyz`)).json();
+    const headers = { authorization: `Bearer ${server.metricsKey}` };
+    const ready = await (await fetch(`${server.modelUrl}/readyz`, { headers })).json();
     expect(ready).toMatchObject({ runtime: "wasm", kernels: "wasm-simd128", kv: { dtype: "f32" } });
-    const metrics = await fetch(`${server.modelUrl}/metrics`, {
-      headers: { authorization: `Bearer ${server.metricsKey}` },
-    });
+    const metrics = await fetch(`${server.modelUrl}/metrics`, { headers });
     expect(await metrics.text()).toMatch(
       /^ul_model_runtime_info\{kernels="wasm-simd128",kv_dtype="f32",runtime="wasm"\} 1$/m,
     );

@@ -24,6 +24,7 @@ import {
 } from "../../core/protocol/events.ts";
 import type { GenerateHeader } from "../../core/protocol/header.ts";
 import { importSigningKey } from "../../core/protocol/signing.ts";
+import { bearerToken } from "../platform/bearer.ts";
 import {
   AuthenticationError,
   describeError,
@@ -173,9 +174,10 @@ export async function createEdgeApp(options: EdgeAppOptions): Promise<EdgeApp> {
 
   // Everything below needs an API key.
   app.use("*", async function authenticate(c, next) {
-    const match = /^Bearer\s+(\S+)\s*$/.exec(c.req.header("authorization") ?? "");
-    if (!match) throw new AuthenticationError("Missing API key: send Authorization: Bearer <key>");
-    const tenant = await keys.lookup(match[1]);
+    const token = bearerToken(c.req.header("authorization"));
+    if (token === null)
+      throw new AuthenticationError("Missing API key: send Authorization: Bearer <key>");
+    const tenant = await keys.lookup(token);
     if (!tenant) throw new AuthenticationError("Incorrect API key provided");
     if (tenant.disabled) throw new PermissionError("this API key's tenant is disabled");
     const wait = limiter.take(tenant);

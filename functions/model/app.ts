@@ -26,7 +26,7 @@ import {
   UnsupportedMediaTypeError,
 } from "../platform/http-errors.ts";
 import { Metrics, statusClass } from "../platform/metrics.ts";
-import { metricsResponse } from "../platform/metrics-route.ts";
+import { hasMetricsKey, metricsResponse } from "../platform/metrics-route.ts";
 import { consoleSink, type LogSink, logRequest } from "../platform/request-log.ts";
 import type { ModelEngine } from "./engine.ts";
 import { GenerationQueue } from "./queue.ts";
@@ -108,13 +108,13 @@ export async function createModelApp(options: ModelAppOptions): Promise<ModelApp
   app.notFound(() => errorResponse(new UltralongError("route_not_found", "no such route")));
 
   app.get("/healthz", (c) => c.json({ ok: true }));
-  app.get("/readyz", (c) => {
-    const info = engine.info();
-    return c.json({
-      ready: true,
-      ...info,
-      queue: { active: queue.active, waiting: queue.waiting, max: queue.maxWaiting },
-    });
+  // Anyone who reaches the model function learns that it is ready; the model, its fingerprint, the
+  // runtime and the store's location only with the metrics key (operators, not the network).
+  app.get("/readyz", async (c) => {
+    const queueState = { active: queue.active, waiting: queue.waiting, max: queue.maxWaiting };
+    if (!(await hasMetricsKey(c, options.metricsKeySha256)))
+      return c.json({ ready: true, queue: queueState });
+    return c.json({ ready: true, ...engine.info(), queue: queueState });
   });
   app.get("/metrics", (c) => metricsResponse(c, metrics, options.metricsKeySha256));
 

@@ -1,8 +1,19 @@
 // GET /metrics behind its own bearer key (separate from API keys), shared by both apps.
 import type { Context } from "hono";
 import { sha256Hex, timingSafeEqualHex } from "../edge/keys.ts";
+import { bearerToken } from "./bearer.ts";
 import { AuthenticationError, PermissionError } from "./http-errors.ts";
 import type { Metrics } from "./metrics.ts";
+
+/**
+ * Whether the request carries the metrics key (operator-only routes: /metrics, /readyz details).
+ * `metricsKeySha256`: hex SHA-256 of the metrics key; undefined: no request does.
+ */
+export async function hasMetricsKey(c: Context, metricsKeySha256?: string): Promise<boolean> {
+  const token = bearerToken(c.req.header("authorization"));
+  if (token === null || !metricsKeySha256) return false;
+  return timingSafeEqualHex(await sha256Hex(token), metricsKeySha256);
+}
 
 /** `metricsKeySha256`: hex SHA-256 of the metrics key; undefined turns /metrics off (403). */
 export async function metricsResponse(
@@ -10,12 +21,10 @@ export async function metricsResponse(
   metrics: Metrics,
   metricsKeySha256?: string,
 ): Promise<Response> {
-  const auth = c.req.header("authorization") ?? "";
-  const match = /^Bearer (.+)$/.exec(auth);
-  if (!match)
+  if (bearerToken(c.req.header("authorization")) === null)
     throw new AuthenticationError("GET /metrics needs Authorization: Bearer <metrics key>");
   if (!metricsKeySha256) throw new PermissionError("metrics are not enabled on this server");
-  if (!timingSafeEqualHex(await sha256Hex(match[1]), metricsKeySha256)) {
+  if (!(await hasMetricsKey(c, metricsKeySha256))) {
     throw new PermissionError("this key may not read metrics");
   }
   return c.text(metrics.render(), 200, {
