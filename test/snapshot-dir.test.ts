@@ -1,5 +1,6 @@
 // The local-directory SnapshotStore and `--store` parsing.
-import { mkdir, readdir, writeFile } from "node:fs/promises";
+import { execFileSync } from "node:child_process";
+import { mkdir, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { InvalidInputError, NotFoundError } from "../core/errors.ts";
@@ -50,6 +51,35 @@ describe("DirectoryStore", () => {
     expect((await st.head("a/b/c"))?.size).toBe(10);
     await expect(st.get("a/none")).rejects.toBeInstanceOf(NotFoundError);
     expect(await st.head("a/none")).toBeNull();
+  });
+
+  it("a path that is not a regular file is a logged miss, and the next put repairs it", async () => {
+    const dir = scratchDir("store");
+    const warnings: string[] = [];
+    const store = new DirectoryStore(dir, {
+      logger: { debug() {}, warn: (m) => warnings.push(m) },
+    });
+    const outside = join(scratchDir("outside"), "secret");
+    await writeFile(outside, "not a snapshot");
+    const makers: [string, (path: string) => Promise<void>][] = [
+      ["a directory", (p) => mkdir(join(p, "inner"), { recursive: true })],
+      ["a symbolic link", (p) => symlink(outside, p)],
+      ["a special file", async (p) => void execFileSync("mkfifo", [p])],
+    ];
+    for (const [what, make] of makers) {
+      const key = `kv/${what.replace(/ /g, "-")}`;
+      await store.put(key, new Uint8Array([1, 2, 3]));
+      await rm(join(dir, key));
+      await make(join(dir, key));
+      warnings.length = 0;
+      await expect(store.get(key), what).rejects.toBeInstanceOf(NotFoundError);
+      expect(warnings.join("\n")).toMatch(new RegExp(`${key} is ${what}, not a file`));
+      expect(await store.head(key)).toBeNull();
+      await store.put(key, new Uint8Array([4, 5]));
+      expect(warnings.join("\n")).toMatch(new RegExp(`replacing ${what} at snapshot path ${key}`));
+      expect([...(await store.get(key))]).toEqual([4, 5]);
+    }
+    expect(await readFile(outside, "utf8")).toBe("not a snapshot"); // the link was not followed
   });
 
   it("refuses keys outside the directory on every operation", async () => {

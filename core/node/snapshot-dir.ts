@@ -12,7 +12,7 @@
 // local.fsyncSaveMBps); `{ fsync: true }` buys durability across power loss.
 
 import { createHash, randomBytes } from "node:crypto";
-import { mkdir, open, readdir, rename, rm, stat, unlink } from "node:fs/promises";
+import { lstat, mkdir, open, readdir, rename, rm, unlink } from "node:fs/promises";
 import { homedir } from "node:os";
 import { dirname, join, resolve, sep } from "node:path";
 import type { Sha256 } from "../crypto/sha256.ts";
@@ -20,7 +20,9 @@ import { assert, NotFoundError } from "../errors.ts";
 import { S3Store, type S3StoreOptions } from "../kv/s3-store.ts";
 import {
   type ByteRange,
+  defaultLogger,
   type ObjectInfo,
+  type SnapshotLogger,
   type SnapshotStore,
   StoreError,
   validateKey,
@@ -39,11 +41,33 @@ export class DirectoryStore implements SnapshotStore {
   readonly root: string;
 
   readonly #fsync: boolean;
+  readonly #log: SnapshotLogger;
 
-  constructor(root: string, opts: { fsync?: boolean } = {}) {
+  constructor(root: string, opts: { fsync?: boolean; logger?: SnapshotLogger } = {}) {
     this.root = resolve(root);
     this.#fsync = opts.fsync ?? false;
+    this.#log = opts.logger ?? defaultLogger;
     this.name = this.root;
+  }
+
+  /**
+   * What sits at an object's path when it is not a regular file (a directory, a symlink, a FIFO,
+   * a socket, a device), else null. Such a path is never opened: a FIFO would block the reader and
+   * a symlink could point outside the store. Reads treat it as absent; the next put replaces it.
+   */
+  async #foreign(path: string): Promise<string | null> {
+    try {
+      const s = await lstat(path);
+      if (s.isFile()) return null;
+      return s.isDirectory()
+        ? "a directory"
+        : s.isSymbolicLink()
+          ? "a symbolic link"
+          : "a special file";
+    } catch (err) {
+      if (isCode(err, "ENOENT")) return null;
+      throw err;
+    }
   }
 
   #path(key: string): string {
@@ -61,6 +85,11 @@ export class DirectoryStore implements SnapshotStore {
     try {
       await mkdir(tmpDir, { recursive: true });
       await mkdir(dirname(path), { recursive: true });
+      const foreign = await this.#foreign(path);
+      if (foreign) {
+        this.#log.warn(`replacing ${foreign} at snapshot path ${key} with the object`, { key });
+        await rm(path, { recursive: true, force: true });
+      }
       const fh = await open(tmp, "w", 0o600);
       try {
         await fh.writeFile(bytes);
@@ -84,9 +113,20 @@ export class DirectoryStore implements SnapshotStore {
     const path = this.#path(key);
     let fh: Awaited<ReturnType<typeof open>>;
     try {
+      const foreign = await this.#foreign(path);
+      if (foreign) {
+        this.#log.warn(
+          `snapshot path ${key} is ${foreign}, not a file: a miss until the next save`,
+          {
+            key,
+          },
+        );
+        throw new NotFoundError(`snapshot object ${key} not found in ${this.root} (${foreign})`);
+      }
       fh = await open(path, "r");
     } catch (err) {
-      if (isCode(err, "ENOENT") || isCode(err, "EISDIR")) {
+      if (err instanceof NotFoundError) throw err;
+      if (isCode(err, "ENOENT")) {
         throw new NotFoundError(`snapshot object ${key} not found in ${this.root}`);
       }
       throw new StoreError(`reading snapshot ${key}: ${(err as Error).message}`, { cause: err });
@@ -114,7 +154,7 @@ export class DirectoryStore implements SnapshotStore {
   async head(key: string): Promise<ObjectInfo | null> {
     const path = this.#path(key);
     try {
-      const s = await stat(path);
+      const s = await lstat(path);
       return s.isFile() ? { key, size: s.size, lastModified: s.mtimeMs } : null;
     } catch (err) {
       if (isCode(err, "ENOENT")) return null;
