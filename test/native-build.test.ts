@@ -2,6 +2,7 @@
 // sm_80; the N-API addon links those objects with cudart and, on a machine without a GPU, the "cuda"
 // runtime is a typed stub while the same addon runs the reference kernels through the same Runtime
 // code as on a GPU (checked against the TypeScript reference runtime).
+import { spawnSync } from "node:child_process";
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -12,7 +13,7 @@ import { buildAddon, buildCudaObjects, CUDA_ARCHS } from "../native/build.mjs";
 import { Backend } from "../native/ts/abi.ts";
 import { loadAddonHost } from "../native/ts/addon-host.ts";
 import { cudaRuntimeFactory, probeCuda } from "../native/ts/cuda-runtime.ts";
-import { createNativeRuntime } from "../native/ts/native-runtime.ts";
+import { createNativeRuntime, engineConfig } from "../native/ts/native-runtime.ts";
 import { NATIVE_WASM_SPEC } from "../native/ts/wasm-runtime.ts";
 import { loadTestModel, SMALL_VOCAB } from "./support/models.ts";
 import { haveNvcc, tool } from "./support/tools.ts";
@@ -55,6 +56,28 @@ describe.skipIf(!hasNvcc)("native CUDA build (nvcc, no GPU needed)", () => {
     await expect(reg.pick("cuda")).rejects.toBeInstanceOf(NotAvailableError);
   });
 
+  it("gpu-check.sh --build-only compiles the kernels and links ul_check with nvcc (cudart + dlopen)", () => {
+    const build = join(root, "native/build/test-gpu-check");
+    const r = spawnSync(join(root, "native/scripts/gpu-check.sh"), ["--build-only"], {
+      cwd: root,
+      encoding: "utf8",
+      env: { ...process.env, UL_CHECK_BUILD: build },
+    });
+    expect(r.status, r.stderr.slice(-3000)).toBe(0);
+    const bin = join(build, "ul_check");
+    // The cuBLASLt search runs in the CUDA build without a GPU.
+    const search = spawnSync(bin, ["cublaslt-search"], { encoding: "utf8" });
+    expect(search.status, search.stderr).toBe(0);
+    expect(JSON.parse(search.stdout).candidates[0]).toBe("libcublasLt.so.13");
+    const info = spawnSync(bin, ["info", "--backend", "cuda"], { encoding: "utf8" });
+    if (info.status === 0) {
+      // A GPU machine: the GEMM that runs is named.
+      expect(JSON.parse(info.stdout).gemm).toMatch(/^(cublaslt|own-wmma)$/);
+    } else {
+      expect(info.stderr).toMatch(/no CUDA device/);
+    }
+  }, 600_000);
+
   it("the addon host runs the reference kernels with the logits of the reference runtime", async () => {
     const model = await loadTestModel({ ...SMALL_VOCAB, rope: "yarn" });
     const addonRuntime = await createNativeRuntime(
@@ -69,6 +92,15 @@ describe.skipIf(!hasNvcc)("native CUDA build (nvcc, no GPU needed)", () => {
     let diff = 0;
     for (let i = 0; i < a.length; i++) diff = Math.max(diff, Math.abs(a[i] - b[i]));
     expect(diff).toBeLessThan(1e-4); // f32 kernels vs the f64-accumulating reference
+    const engine = loadAddonHost(addonPath).create(
+      engineConfig(model.config, NATIVE_WASM_SPEC, 16, "bf16"),
+    );
+    expect(engine.backendInfo?.()).toEqual({
+      kernels: "reference",
+      gemm: "reference",
+      kvDtype: "bf16",
+    });
+    engine.destroy();
     const kv = await addonRuntime.exportKv(0, 30);
     expect(kv.byteLength).toBe((await ref.exportKv(0, 30)).byteLength);
     await addonRuntime.close();
