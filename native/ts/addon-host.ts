@@ -7,8 +7,15 @@ import { createRequire } from "node:module";
 import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { NotAvailableError } from "../../core/errors.ts";
-import type { DtypeCode, EngineConfig, MemoryReport, NativeEngine, NativeHost } from "./abi.ts";
-import { statusError } from "./abi.ts";
+import type {
+  BackendInfo,
+  DtypeCode,
+  EngineConfig,
+  MemoryReport,
+  NativeEngine,
+  NativeHost,
+} from "./abi.ts";
+import { parseBackendInfo, statusError } from "./abi.ts";
 import { elfProblem } from "./elf-check.ts";
 
 /** Where `npm run build` puts the addon. */
@@ -39,6 +46,7 @@ interface Addon {
   exportKv(h: Handle, start: number, end: number, dtype: number, bytes: number): Uint8Array;
   importKv(h: Handle, bytes: Uint8Array, tokens: number, dtype: number): void;
   memory(h: Handle): MemoryReport;
+  backendInfo(h: Handle): string;
   destroy(h: Handle): void;
 }
 
@@ -151,6 +159,9 @@ class AddonEngine implements NativeEngine {
   }
   memory(): MemoryReport {
     return call(() => this.#a.memory(this.#h));
+  }
+  backendInfo(): BackendInfo {
+    return parseBackendInfo(call(() => this.#a.backendInfo(this.#h)));
   }
   destroy(): void {
     this.#a.destroy(this.#h);
