@@ -1,16 +1,37 @@
 // The deploy app synthesized offline, asserted on its CloudFormation: encryption, streaming URL,
 // IAM boundaries (the edge cannot read snapshots; the model cannot read API keys), lifecycle rules,
-// scale to zero. And the `npm run deploy -- --dry-run` command itself, with no cloud credentials.
+// scale to zero, the Lambda runtime, the model container's context settings. The GPU type chosen
+// from the context (checked against core/model/capacity.ts), docs/deploy.md's key example, table
+// and commands against the code that reads them. And the `npm run deploy` command itself, with no
+// cloud credentials.
 import { spawnSync } from "node:child_process";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { Template } from "aws-cdk-lib/assertions";
+import { Match, Template } from "aws-cdk-lib/assertions";
 import { beforeAll, describe, expect, it } from "vitest";
-import { bundleEdge } from "../infra/deploy/bundle.ts";
-import { resolveDeployConfig } from "../infra/deploy/config.ts";
-import { buildStack, createApp, FILES_PREFIX, SNAPSHOT_PREFIX } from "../infra/deploy/stack.ts";
+import { LimitError } from "../core/errors.ts";
+import { CUDA_KV_DTYPES, type CudaKvDtypeName, memoryFor } from "../core/model/capacity.ts";
+import { ULTRALONG_8B } from "../core/model/ultralong-8b.ts";
+import { KeyRing, sha256Hex } from "../functions/edge/keys.ts";
+import { bundleEdge, LAMBDA_NODE_MAJOR } from "../infra/deploy/bundle.ts";
+import { PLACEHOLDER_MODEL_URI, resolveDeployConfig } from "../infra/deploy/config.ts";
+import {
+  chooseGpuType,
+  contextTable,
+  GPU_TYPES,
+  type GpuType,
+  gpuMemoryBytes,
+} from "../infra/deploy/gpu.ts";
+import {
+  buildStack,
+  createApp,
+  FILES_PREFIX,
+  LAMBDA_RUNTIME,
+  SNAPSHOT_PREFIX,
+} from "../infra/deploy/stack.ts";
 import { validateTemplate } from "../infra/deploy/validate.ts";
+import { parseDeployArgs } from "../infra/deploy.ts";
 
 const root = join(import.meta.dirname, "..");
 type Json = Record<string, unknown>;
@@ -87,10 +108,33 @@ describe("deploy stack", () => {
       InvokeMode: "RESPONSE_STREAM",
       AuthType: "NONE",
     });
+  });
+
+  it("runs the edge on a supported Node.js Lambda runtime, the one the bundle targets", () => {
+    // nodejs20.x is past its deprecation; 24.x is the newest the installed aws-cdk-lib names.
     template.hasResourceProperties("AWS::Lambda::Function", {
-      Runtime: "nodejs20.x",
+      Runtime: "nodejs24.x",
       Handler: "index.handler",
     });
+    expect(LAMBDA_RUNTIME.name).toBe(`nodejs${LAMBDA_NODE_MAJOR}.x`);
+  });
+
+  it("tells the model container and the edge the context and KV dtype the GPU was sized for", () => {
+    template.hasResourceProperties("AWS::ECS::TaskDefinition", {
+      ContainerDefinitions: [
+        {
+          Environment: Match.arrayWith([
+            { Name: "ULTRALONG_KV_DTYPE", Value: "bf16" },
+            { Name: "ULTRALONG_MAX_CONTEXT", Value: "131072" },
+          ]),
+        },
+      ],
+    });
+    template.hasResourceProperties("AWS::Lambda::Function", {
+      Environment: { Variables: Match.objectLike({ ULTRALONG_MAX_CONTEXT: "131072" }) },
+    });
+    const launch = JSON.stringify(template.findResources("AWS::EC2::LaunchTemplate"));
+    expect(launch).toContain('"InstanceType":"g6e.xlarge"');
   });
 
   it("never lets the edge read snapshots, nor the model read API keys", () => {
@@ -143,41 +187,179 @@ describe("deploy stack", () => {
   });
 });
 
-describe("npm run deploy -- --dry-run", () => {
-  const env = { ...process.env, AWS_ACCESS_KEY_ID: "", AWS_SECRET_ACCESS_KEY: "", AWS_PROFILE: "" };
+const KV_NAMES = Object.keys(CUDA_KV_DTYPES) as CudaKvDtypeName[];
 
-  it("synthesizes and reports what it would create, with no AWS account", () => {
-    const r = spawnSync(
-      process.execPath,
-      [
-        "node_modules/tsx/dist/cli.mjs",
-        "infra/deploy.ts",
-        "--dry-run",
-        "--model",
-        "s3://my-models/ultralong-1m/",
-        "--gpu-type",
-        "p5en.48xlarge",
-      ],
-      { cwd: root, encoding: "utf8", env, timeout: 120_000 },
+/** By brute force over the table: the cheapest type whose GPU holds the plan. */
+function cheapestHolding(kv: CudaKvDtypeName, context: number): GpuType | undefined {
+  const need = memoryFor(ULTRALONG_8B, CUDA_KV_DTYPES[kv], context).total;
+  return (Object.keys(GPU_TYPES) as GpuType[])
+    .filter((t) => gpuMemoryBytes(t) >= need)
+    .sort((a, b) => GPU_TYPES[a].usdPerHour - GPU_TYPES[b].usdPerHour)[0];
+}
+
+describe("the GPU type follows the context", () => {
+  it("picks the cheapest type whose one GPU holds weights + KV + reserve", () => {
+    expect(chooseGpuType("bf16", 131_072)).toBe("g6e.xlarge");
+    expect(chooseGpuType("bf16", 262_144)).toBe("p5.48xlarge"); // 48.8 GiB > an L40S's 45
+    expect(chooseGpuType("bf16", 524_288)).toBe("p5en.48xlarge");
+    expect(chooseGpuType("fp8", 262_144)).toBe("g6e.xlarge");
+    expect(chooseGpuType("fp8", 1_048_576)).toBe("p5en.48xlarge"); // 80.9 GiB > an H100's 79.6
+    for (const kv of KV_NAMES) {
+      for (const context of [
+        1, 100_000, 230_776, 230_777, 461_326, 514_704, 1_012_400, 1_012_401,
+      ]) {
+        const expected = cheapestHolding(kv, context);
+        if (expected) expect(chooseGpuType(kv, context), `${kv} ${context}`).toBe(expected);
+        else expect(() => chooseGpuType(kv, context)).toThrow(LimitError);
+      }
+    }
+  });
+
+  it("takes --max-context as 1M/256K/plain integers and --kv-dtype bf16|fp8", () => {
+    const model = "s3://my-models/ultralong-1m/";
+    const fp8 = resolveDeployConfig({ model, "max-context": "1M", "kv-dtype": "fp8" }, {});
+    expect([fp8.gpuType, fp8.maxContext, fp8.kvDtype]).toEqual(["p5en.48xlarge", 1_048_576, "fp8"]);
+    const env = resolveDeployConfig({ model }, { ULTRALONG_MAX_CONTEXT: "256K" });
+    expect([env.gpuType, env.maxContext]).toEqual(["p5.48xlarge", 262_144]);
+    const plain = resolveDeployConfig({ model, "max-context": "200000" }, {});
+    expect([plain.gpuType, plain.maxContext]).toEqual(["g6e.xlarge", 200_000]);
+    // a type alone serves the longest context its GPU holds
+    const h200 = resolveDeployConfig({ model, "gpu-type": "p5en.48xlarge" }, {});
+    expect(h200.maxContext).toBe(1_012_400);
+    expect(() => resolveDeployConfig({ "kv-dtype": "fp16" }, {})).toThrow(
+      "--kv-dtype 'fp16' is not one of bf16, fp8",
     );
+    expect(() => resolveDeployConfig({ "max-context": "1G" }, {})).toThrow(
+      /^--max-context must be/,
+    );
+  });
+
+  it("refuses a context no GPU holds, with the arithmetic on the largest", () => {
+    expect(() => resolveDeployConfig({ "max-context": "1M" }, {})).toThrow(
+      new LimitError(
+        "--max-context 1,048,576 in bf16 fits on no listed GPU: weights 14.96 GiB + KV 128.00 GiB + reserve 1.86 GiB = 144.82 GiB > GPU 140.40 GiB on p5en.48xlarge (8x H200 141 GB), the largest, which holds at most 1,012,400 positions; --kv-dtype fp8 holds it",
+      ),
+    );
+    expect(() => resolveDeployConfig({ "max-context": "4M", "kv-dtype": "fp8" }, {})).toThrow(
+      /^--max-context 4,194,304 in fp8 fits on no listed GPU: weights 14\.96 GiB \+ KV 256\.\d\d GiB/,
+    );
+  });
+
+  it("refuses an explicit --gpu-type too small for the context, with the arithmetic", () => {
+    expect(() =>
+      resolveDeployConfig({ "gpu-type": "g6e.xlarge", "max-context": "256K" }, {}),
+    ).toThrow(
+      "--gpu-type g6e.xlarge (1x L40S 48 GB) cannot hold --max-context 262,144 in bf16: weights 14.96 GiB + KV 32.00 GiB + reserve 1.86 GiB = 48.82 GiB > GPU 44.99 GiB; it holds at most 230,776 positions in bf16",
+    );
+  });
+});
+
+describe("docs/deploy.md", () => {
+  const doc = readFileSync(join(root, "docs/deploy.md"), "utf8");
+
+  it("shows the API-key file in the format the edge's parser takes", async () => {
+    const blocks = [...doc.matchAll(/```json\n([\s\S]*?)```/g)].map((m) => m[1]!);
+    expect(blocks).toHaveLength(1);
+    const ring = new KeyRing(JSON.parse(blocks[0]!));
+    const key = /For the key `([^`]+)`/.exec(doc)![1]!;
+    expect(blocks[0]).toContain(await sha256Hex(key));
+    const tenant = await ring.lookup(key);
+    expect(tenant?.id).toBe("acme");
+    expect(await ring.lookup(`${key}x`)).toBeNull();
+  });
+
+  it("has the context table the capacity plan computes", () => {
+    expect(doc).toContain(`\n${contextTable()}\n`);
+  });
+
+  it("gives only deploy commands that the deploy accepts", () => {
+    const commands = [...doc.replaceAll("\\\n", " ").matchAll(/npm run deploy -- ([^\n`#]+)/g)].map(
+      (m) => m[1]!.trim().split(/\s+/),
+    );
+    expect(commands.length).toBeGreaterThanOrEqual(3);
+    for (const argv of commands) {
+      const { "dry-run": _dry, out: _out, ...flags } = parseDeployArgs(argv);
+      expect(() => resolveDeployConfig(flags, {}), argv.join(" ")).not.toThrow();
+    }
+  });
+});
+
+describe("npm run deploy", () => {
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    AWS_ACCESS_KEY_ID: "",
+    AWS_SECRET_ACCESS_KEY: "",
+    AWS_PROFILE: "",
+  };
+  for (const name of ["ULTRALONG_MODEL_URI", "ULTRALONG_MAX_CONTEXT", "ULTRALONG_GPU_TYPE"]) {
+    delete env[name];
+  }
+  const deploy = (args: string[]) =>
+    spawnSync(process.execPath, ["node_modules/tsx/dist/cli.mjs", "infra/deploy.ts", ...args], {
+      cwd: root,
+      encoding: "utf8",
+      env,
+      timeout: 120_000,
+    });
+  const reportOf = (stdout: string) => JSON.parse(stdout.slice(stdout.indexOf("{")));
+
+  it("--dry-run with no other flag synthesizes on a fresh clone, saying the model is a placeholder", () => {
+    const r = deploy(["--dry-run"]);
     expect(r.stderr).not.toMatch(/Error/);
     expect(r.status).toBe(0);
-    const report = JSON.parse(r.stdout.slice(r.stdout.indexOf("{")));
+    const report = reportOf(r.stdout);
+    expect(report.dryRun).toBe(true);
+    expect(report.problems).toEqual([]);
+    expect(report.model).toMatchObject({ uri: PLACEHOLDER_MODEL_URI, placeholder: true });
+    expect(report.model.note).toContain("placeholder");
+    expect(report.gpu).toMatchObject({ type: "g6e.xlarge", kvDtype: "bf16", maxContext: 131_072 });
+    expect(report.gpu.memory).toBe(
+      "weights 14.96 GiB + KV 16.00 GiB + reserve 1.86 GiB = 32.82 GiB <= GPU 44.99 GiB",
+    );
+  });
+
+  it("synthesizes and reports what it would create, with no AWS account", () => {
+    const r = deploy([
+      "--dry-run",
+      "--model",
+      "s3://my-models/ultralong-1m/",
+      "--gpu-type",
+      "p5en.48xlarge",
+    ]);
+    expect(r.stderr).not.toMatch(/Error/);
+    expect(r.status).toBe(0);
+    const report = reportOf(r.stdout);
     expect(report.dryRun).toBe(true);
     expect(report.problems).toEqual([]);
     expect(report.gpu.type).toBe("p5en.48xlarge");
+    expect(report.gpu.maxContext).toBe(1_012_400); // the longest one H200 holds in bf16
+    expect(report.model).toEqual({ uri: "s3://my-models/ultralong-1m/", placeholder: false });
     expect(report.resources["AWS::Lambda::Url"]).toBe(1);
     expect(report.edgeBundleBytes).toBeGreaterThan(1000);
   });
 
   it("refuses a bad setting with one line naming it", () => {
-    const r = spawnSync(
-      process.execPath,
-      ["node_modules/tsx/dist/cli.mjs", "infra/deploy.ts", "--dry-run", "--gpu-type", "k80"],
-      { cwd: root, encoding: "utf8", env },
-    );
+    const r = deploy(["--dry-run", "--gpu-type", "k80"]);
     expect(r.status).toBe(1);
     expect(r.stderr.trim().split("\n")).toHaveLength(1);
     expect(r.stderr).toContain("--gpu-type 'k80' is not supported");
+  });
+
+  it("refuses a context no GPU holds with one line of arithmetic, before building anything", () => {
+    const r = deploy(["--dry-run", "--max-context", "1M"]);
+    expect(r.status).toBe(1);
+    expect(r.stdout).toBe("");
+    expect(r.stderr.trim().split("\n")).toHaveLength(1);
+    expect(r.stderr).toContain(
+      "weights 14.96 GiB + KV 128.00 GiB + reserve 1.86 GiB = 144.82 GiB > GPU 140.40 GiB on p5en.48xlarge",
+    );
+  });
+
+  it("refuses a real deploy without --model with one line, before building anything", () => {
+    const r = deploy([]);
+    expect(r.status).toBe(1);
+    expect(r.stdout).toBe("");
+    expect(r.stderr.trim().split("\n")).toHaveLength(1);
+    expect(r.stderr).toMatch(/^deploy: --model is required to deploy: s3:\/\/bucket\/prefix\//);
   });
 });

@@ -1,5 +1,5 @@
 // Bundles an edge entry file with esbuild: one ESM file per platform. The Lambda bundle leaves the
-// AWS SDK out (the Node 20 Lambda runtime ships v3); the Workers bundle is fully self-contained.
+// AWS SDK out (the Node.js Lambda runtimes ship v3); the Workers bundle is fully self-contained.
 
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
@@ -9,6 +9,13 @@ import { Tokenizer } from "../../core/tokenizer/index.ts";
 import { COMPILED_TOKENIZER_FILE } from "../../core/tokenizer/load.ts";
 
 export type EdgePlatform = "lambda" | "workers";
+
+/**
+ * The Node.js major of the edge Lambda's runtime (stack.ts LAMBDA_RUNTIME, nodejs24.x), which the
+ * bundle targets. The edge's source stays within Node 20 (package.json engines), so the same
+ * bundle also runs on a local Node 20, as test/deploy-lambda.test.ts does.
+ */
+export const LAMBDA_NODE_MAJOR = 24;
 
 export const EDGE_ENTRIES: Record<EdgePlatform, string> = {
   lambda: "functions/platform/lambda.ts",
@@ -53,7 +60,7 @@ export async function bundleEdge(
     metafile: true,
     logLevel: "silent",
     ...(platform === "lambda"
-      ? { platform: "node", target: "node20", external: ["@aws-sdk/*"] }
+      ? { platform: "node", target: `node${LAMBDA_NODE_MAJOR}`, external: ["@aws-sdk/*"] }
       : {
           platform: "browser",
           target: "es2022",

@@ -2,18 +2,15 @@
 // here so a bad setting fails before anything is synthesized, with one line naming it.
 
 import { InvalidInputError } from "../../core/errors.ts";
+import { CUDA_KV_DTYPES, type CudaKvDtypeName } from "../../core/model/capacity.ts";
+import { parseTokenCount } from "../../core/model/quantities.ts";
+import { checkGpuHolds, chooseGpuType, GPU_TYPES, type GpuType, gpuContext } from "./gpu.ts";
 
-/** GPU instance types we support for the model function, with what they hold. */
-export const GPU_TYPES = {
-  // 1x H200 141 GB: UltraLong-8B bf16 (16 GB) + ~1M tokens of bf16 KV (128 GB) or ~2M in fp8.
-  "p5en.48xlarge": { gpus: 8, gpuMemoryGiB: 141, note: "8x H200 141 GB (one engine per GPU)" },
-  "p5.48xlarge": { gpus: 8, gpuMemoryGiB: 80, note: "8x H100 80 GB" },
-  // 1x L40S 48 GB: weights + ~250K tokens of bf16 KV; the cheapest GPU that serves the 1M model
-  // with KV offload or fp8 KV for shorter documents.
-  "g6e.xlarge": { gpus: 1, gpuMemoryGiB: 48, note: "1x L40S 48 GB" },
-  "g6e.12xlarge": { gpus: 4, gpuMemoryGiB: 48, note: "4x L40S 48 GB" },
-} as const;
-export type GpuType = keyof typeof GPU_TYPES;
+/**
+ * The model URI a deploy without --model synthesizes with: a valid-looking bucket that is not the
+ * user's, so `--dry-run` works on a fresh clone; a real deploy refuses it (deploy.ts).
+ */
+export const PLACEHOLDER_MODEL_URI = "s3://placeholder-model-bucket/models/ultralong-8b-1m/";
 
 export interface DeployConfig {
   /** Stack name and resource name prefix. */
@@ -21,7 +18,12 @@ export interface DeployConfig {
   region: string;
   /** Where the model function gets its weights at start: s3://bucket/prefix/ of an HF directory. */
   modelUri: string;
+  /** True when no --model was given and modelUri is PLACEHOLDER_MODEL_URI (dry runs only). */
+  modelIsPlaceholder: boolean;
+  /** One GPU of it holds the weights plus maxContext positions of KV in kvDtype (gpu.ts). */
   gpuType: GpuType;
+  /** The model function's KV cache dtype. */
+  kvDtype: CudaKvDtypeName;
   /** Upper bound of GPU instances (the service scales to zero when idle). */
   maxInstances: number;
   /** Days after which KV snapshots expire. */
@@ -32,20 +34,21 @@ export interface DeployConfig {
   modelImage: string | null;
   /** The model name clients send (`model` in requests, GET /v1/models). */
   modelId: string;
-  /** Most tokens of context the edge accepts (prompt + output). */
+  /** Most tokens of context (prompt + output): what the edge accepts and the engine allocates. */
   maxContext: number;
 }
 
 const DEFAULTS = {
   name: "UltraLong",
   region: "us-east-1",
-  modelUri: "s3://REPLACE-ME/models/Llama-3.1-8B-UltraLong-1M-Instruct-bf16/",
-  gpuType: "g6e.xlarge",
+  kvDtype: "bf16",
   maxInstances: 2,
   snapshotRetentionDays: 7,
   idleMinutes: 15,
   modelId: "ultralong-8b-1m",
-  maxContext: 1_048_576,
+  // With neither --max-context nor --gpu-type: serve's own default (--max-positions 131072), which
+  // the cheapest type holds in bf16. 1M needs fp8 on an H200 (docs/deploy.md's table).
+  maxContext: 131_072,
 } as const;
 
 function positiveInt(name: string, raw: string): number {
@@ -65,13 +68,36 @@ export function resolveDeployConfig(
   env: Record<string, string | undefined>,
 ): DeployConfig {
   const pick = (flag: string, envName: string): string | undefined => flags[flag] ?? env[envName];
-  const gpuType = pick("gpu-type", "ULTRALONG_GPU_TYPE") ?? DEFAULTS.gpuType;
-  if (!(gpuType in GPU_TYPES)) {
+  const kvDtype = pick("kv-dtype", "ULTRALONG_KV_DTYPE") ?? DEFAULTS.kvDtype;
+  if (!(kvDtype in CUDA_KV_DTYPES)) {
     throw new InvalidInputError(
-      `--gpu-type '${gpuType}' is not supported (one of: ${Object.keys(GPU_TYPES).join(", ")})`,
+      `--kv-dtype '${kvDtype}' is not one of ${Object.keys(CUDA_KV_DTYPES).join(", ")}`,
     );
   }
-  const modelUri = pick("model", "ULTRALONG_MODEL_URI") ?? DEFAULTS.modelUri;
+  const kv = kvDtype as CudaKvDtypeName;
+  const askedType = pick("gpu-type", "ULTRALONG_GPU_TYPE");
+  if (askedType !== undefined && !(askedType in GPU_TYPES)) {
+    throw new InvalidInputError(
+      `--gpu-type '${askedType}' is not supported (one of: ${Object.keys(GPU_TYPES).join(", ")})`,
+    );
+  }
+  const rawContext = pick("max-context", "ULTRALONG_MAX_CONTEXT");
+  const askedContext =
+    rawContext === undefined ? undefined : parseTokenCount("--max-context", rawContext);
+  // Either one decides the other: a type serves the longest context it holds; a context picks the
+  // cheapest type that holds it. Both given: the type must hold the context.
+  let gpuType: GpuType;
+  let maxContext: number;
+  if (askedType !== undefined) {
+    gpuType = askedType as GpuType;
+    maxContext = askedContext ?? gpuContext(gpuType, kv);
+    checkGpuHolds(gpuType, kv, maxContext);
+  } else {
+    maxContext = askedContext ?? DEFAULTS.maxContext;
+    gpuType = chooseGpuType(kv, maxContext);
+  }
+  const givenUri = pick("model", "ULTRALONG_MODEL_URI");
+  const modelUri = givenUri ?? PLACEHOLDER_MODEL_URI;
   if (!/^s3:\/\/[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\/.+/.test(modelUri)) {
     throw new InvalidInputError(
       `--model must be s3://bucket/prefix/ of a model directory, got '${modelUri}'`,
@@ -96,7 +122,9 @@ export function resolveDeployConfig(
     name,
     region,
     modelUri,
-    gpuType: gpuType as GpuType,
+    modelIsPlaceholder: givenUri === undefined,
+    gpuType,
+    kvDtype: kv,
     maxInstances: positiveInt(
       "--max-instances",
       pick("max-instances", "ULTRALONG_MAX_INSTANCES") ?? String(DEFAULTS.maxInstances),
@@ -111,10 +139,7 @@ export function resolveDeployConfig(
     ),
     modelImage,
     modelId: pick("model-id", "ULTRALONG_MODEL_ID") ?? DEFAULTS.modelId,
-    maxContext: positiveInt(
-      "--max-context",
-      pick("max-context", "ULTRALONG_MAX_CONTEXT") ?? String(DEFAULTS.maxContext),
-    ),
+    maxContext,
   };
 }
 

@@ -10,6 +10,7 @@ import {
   aws_cloudwatch as cloudwatch,
   Duration,
   aws_ec2 as ec2,
+  aws_ecr_assets as ecrAssets,
   aws_ecs as ecs,
   aws_elasticloadbalancingv2 as elbv2,
   aws_iam as iam,
@@ -21,7 +22,8 @@ import {
   aws_s3 as s3,
   aws_secretsmanager as secretsmanager,
 } from "aws-cdk-lib";
-import { type DeployConfig, GPU_TYPES, parseS3Uri } from "./config.ts";
+import { type DeployConfig, parseS3Uri } from "./config.ts";
+import { GPU_TYPES } from "./gpu.ts";
 
 /** Key prefixes in the bucket. IAM is scoped by prefix: the edge never reads snapshots. */
 export const SNAPSHOT_PREFIX = "snapshots/";
@@ -35,6 +37,9 @@ export interface StackAssets {
 }
 
 const MODEL_PORT = 8080;
+
+/** The edge Lambda's runtime: nodejs${LAMBDA_NODE_MAJOR}.x (bundle.ts targets that Node). */
+export const LAMBDA_RUNTIME = lambda.Runtime.NODEJS_24_X;
 
 /** The CDK app with the feature flags this stack relies on. */
 export function createApp(outdir: string): App {
@@ -144,6 +149,8 @@ export function buildStack(app: App, config: DeployConfig, assets: StackAssets):
     ? ecs.ContainerImage.fromRegistry(config.modelImage)
     : ecs.ContainerImage.fromAsset(assets.repoRoot, {
         file: "infra/docker/model.Dockerfile",
+        // The GPU instances are x86_64: an image built on an arm64 machine must still be amd64.
+        platform: ecrAssets.Platform.LINUX_AMD64,
         exclude: ["node_modules", ".git", "native/build", "wasm/build", "cdk.out", "**/.tmp"],
       });
   const model = parseS3Uri(config.modelUri);
@@ -156,6 +163,10 @@ export function buildStack(app: App, config: DeployConfig, assets: StackAssets):
     environment: {
       ULTRALONG_ROLE: "model",
       ULTRALONG_MODEL_URI: config.modelUri,
+      // The engine's KV cache: its dtype (bf16 | fp8) and positions, which one GPU of the chosen
+      // type holds beside the weights (infra/deploy/gpu.ts).
+      ULTRALONG_KV_DTYPE: config.kvDtype,
+      ULTRALONG_MAX_CONTEXT: String(config.maxContext),
       ULTRALONG_STORE: `s3://${bucket.bucketName}/${SNAPSHOT_PREFIX}`,
       ULTRALONG_FILES: `s3://${bucket.bucketName}/${FILES_PREFIX}`,
       PORT: String(MODEL_PORT),
@@ -239,7 +250,9 @@ export function buildStack(app: App, config: DeployConfig, assets: StackAssets):
     removalPolicy: RemovalPolicy.DESTROY,
   });
   const edge = new lambda.Function(stack, "Edge", {
-    runtime: lambda.Runtime.NODEJS_20_X,
+    // nodejs20.x is past its deprecation (Node 20's end of life, 2026-04-30); 24.x is the newest
+    // the installed aws-cdk-lib names and AWS supports.
+    runtime: LAMBDA_RUNTIME,
     architecture: lambda.Architecture.ARM_64,
     handler: "index.handler",
     code: lambda.Code.fromAsset(assets.edgeBundleDir),
@@ -298,6 +311,12 @@ export function buildStack(app: App, config: DeployConfig, assets: StackAssets):
 
   stack.exportValue(url.url, { name: `${config.name}-FunctionUrl` });
   stack.exportValue(bucket.bucketName, { name: `${config.name}-Bucket` });
-  stack.addMetadata("ultralong:gpu", `${config.gpuType}: ${gpu.note}`);
+  // docs/deploy.md: where the operator puts the key file, and the edge to refresh after.
+  stack.exportValue(apiKeys.secretArn, { name: `${config.name}-ApiKeysSecret` });
+  stack.exportValue(edge.functionName, { name: `${config.name}-EdgeFunction` });
+  stack.addMetadata(
+    "ultralong:gpu",
+    `${config.gpuType}: ${gpu.gpus}x ${gpu.gpu}, one engine per GPU, ${config.maxContext} positions of ${config.kvDtype} KV`,
+  );
   return stack;
 }
