@@ -91,10 +91,16 @@ class Ctx:
         self.dry = args.dry_run
         self.backend = "reference" if self.dry else "cuda"
         self.device = "cpu" if self.dry else "cuda"
+        # The parent kills this process at the stage's limit; stages that measure several sizes stop
+        # their programs a little earlier, so the sizes already measured are still reported.
+        self.deadline = time.time() + (args.limit or 1e9) - 3
+
+    def remaining(self):
+        return max(1.0, self.deadline - time.time())
 
 
-def run_json(cmd, env=None):
-    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+def run_json(cmd, env=None, timeout=None):
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout)
     if r.returncode != 0:
         raise RuntimeError(f"{os.path.basename(cmd[0])} {cmd[1]} failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
     return json.loads(r.stdout)
@@ -407,11 +413,15 @@ def torch_gemm(m, k, n, device):
 
 def stage_bench_attention(ctx):
     lens = [128, 256] if ctx.dry else [16384, 65536, 131072]
-    ours = run_json([ctx.bin, "bench-attention", "--backend", ctx.backend, "--lens", ",".join(map(str, lens))])
     rows = []
-    for r in ours["results"]:
-        peer = torch_attention(r["seq_len"], ctx.device)
-        rows.append({"seq_len": r["seq_len"], "ours_tflops": r["tflops"], "ours_seconds": r["seconds"],
+    for n in lens:  # one program per length: a length cut off by the limit keeps the shorter ones
+        try:
+            r = run_json([ctx.bin, "bench-attention", "--backend", ctx.backend, "--lens", str(n)],
+                         timeout=ctx.remaining())["results"][0]
+        except subprocess.TimeoutExpired:
+            return {"ok": False, "error": f"seq_len {n} ran past the stage's limit", "results": rows}
+        peer = torch_attention(n, ctx.device)
+        rows.append({"seq_len": n, "ours_tflops": r["tflops"], "ours_seconds": r["seconds"],
                      "torch_tflops": peer["tflops"], "torch_seconds": peer["seconds"], "peer": peer["peer"],
                      "ratio": r["tflops"] / peer["tflops"]})
     return {"ok": True, "results": rows, "min_ratio_vs_sdpa": min(x["ratio"] for x in rows)}
@@ -437,10 +447,16 @@ def stage_bench_gemm(ctx):
 
 
 def stage_bench_prefill(ctx):
-    lens, shape = ("32,64", "tiny") if ctx.dry else ("32768,131072", "8b")
-    res = run_json([ctx.bin, "bench-prefill", "--backend", ctx.backend, "--shape", shape, "--lens", lens])
-    ok = all(r["logits_finite"] for r in res["results"])
-    return {"ok": ok, **res}
+    lens, shape = ([32, 64], "tiny") if ctx.dry else ([32768, 131072], "8b")
+    res = {"results": []}
+    for n in lens:  # one engine per length (the weights load again): 32K survives a 128K cut off
+        try:
+            r = run_json([ctx.bin, "bench-prefill", "--backend", ctx.backend, "--shape", shape, "--lens", str(n)],
+                         timeout=ctx.remaining())
+        except subprocess.TimeoutExpired:
+            return {**res, "ok": False, "error": f"{n} tokens ran past the stage's limit"}
+        res = {**r, "results": res["results"] + r["results"]}
+    return {**res, "ok": all(r["logits_finite"] for r in res["results"])}
 
 
 STAGE_FNS = {
@@ -476,7 +492,7 @@ def budgets(dry):
 
 def run_stage_process(name, limit, args):
     cmd = [sys.executable, os.path.abspath(__file__), "--run-stage", name, "--bin", args.bin, "--work", args.work,
-           "--out", args.out] + (["--dry-run"] if args.dry_run else [])
+           "--out", args.out, "--limit", str(limit)] + (["--dry-run"] if args.dry_run else [])
     # Own session: a stage cut off is killed with every program it started (ul_check, nvcc).
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -560,6 +576,7 @@ def main():
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--stage", action="append", help="run only this stage (repeatable; build always runs)")
     ap.add_argument("--run-stage", choices=STAGE_NAMES, help=argparse.SUPPRESS)
+    ap.add_argument("--limit", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.work = os.path.abspath(args.work)
     args.out = os.path.abspath(args.out or os.path.join(args.work, "out"))
