@@ -2,10 +2,10 @@
 // and the size parsers the CLI and the deploy take GPU memory and contexts with.
 import { describe, expect, it } from "vitest";
 import { InvalidInputError } from "../core/errors.ts";
+import { FP8_BLOCK_POSITIONS } from "../core/kv/layout.ts";
 import {
   chunkActivationBytes,
   FIXED_RESERVE_BYTES,
-  FP8_SCALE_BLOCK_POSITIONS,
   kvCacheBytes,
   longestContext,
   memoryFor,
@@ -39,16 +39,14 @@ describe("UltraLong-8B memory", () => {
   it("holds 128 KiB of bf16 KV per position, 64 KiB of fp8 plus its per-block f32 scales", () => {
     expect(kvCacheBytes(ULTRALONG_8B, "bf16", 1)).toBe(128 * 1024);
     expect(kvCacheBytes(ULTRALONG_8B, "bf16", 2 ** 20)).toBe(128 * GiB);
-    const blocks = 2 ** 20 / FP8_SCALE_BLOCK_POSITIONS;
+    const blocks = 2 ** 20 / FP8_BLOCK_POSITIONS; // 64 (UL_FP8_BLOCK)
     // one f32 per (layer, K|V, kv_head, block)
     expect(kvCacheBytes(ULTRALONG_8B, "fp8-e4m3", 2 ** 20)).toBe(
       64 * GiB + 32 * 2 * 8 * blocks * 4,
     );
     // a partial block costs a whole block's scales
     expect(kvCacheBytes(ULTRALONG_8B, "fp8-e4m3", 1)).toBe(65536 + 32 * 2 * 8 * 4);
-    expect(kvCacheBytes(ULTRALONG_8B, "fp8-e4m3", 1, { fp8ScaleBlockPositions: 256 })).toBe(
-      65536 + 32 * 2 * 8 * 4,
-    );
+    expect(kvCacheBytes(ULTRALONG_8B, "fp8-e4m3", 65)).toBe(65 * 65536 + 32 * 2 * 8 * 2 * 4);
   });
 
   it("counts one 4096-row prefill chunk's scratch as the engine allocates it", () => {

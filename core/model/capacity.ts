@@ -11,7 +11,7 @@
 // The engine refuses a start that does not fit (cudaMalloc failure is a typed out-of-memory
 // error), so this plan errs on the side of a context that fits.
 
-import { kvBytesPerToken, kvLayoutOf } from "../kv/layout.ts";
+import { kvLayoutOf, kvPayloadBytes } from "../kv/layout.ts";
 import { type LlamaShape, llamaTensors } from "./llama-tensors.ts";
 
 /** KV dtypes a capacity plan can be made for: what the CUDA runtime offers. */
@@ -30,22 +30,16 @@ export type CudaKvDtypeName = keyof typeof CUDA_KV_DTYPES;
  *   Hopper with lazy module loading (CUDA 12.2+ default), up to ~1 GiB once cuBLASLt has loaded
  *   many GEMM kernels (public nvidia-smi reports; not measured on a GPU in this repository yet);
  * - the cuBLASLt workspace: 32 MiB (native/src/cuda/cublaslt.cu kWorkspaceBytes);
- * - decode split-KV partials and token buffers (native/src/cuda/cuda_backend.cu): a few MiB;
+ * - decode split-KV partials (native/src/cuda/attention.cu decode_workspace_floats): at most
+ *   15 rows x 32 heads x 256 splits x (128 + 2) f32 = 64 MiB for UltraLong-8B;
  * - the rest is slack for allocator rounding.
  * Rejected: a percentage of GPU memory (vLLM's gpu_memory_utilization 0.9): on a 141 GB H200 it
  * would keep 14 GiB back, 110K tokens of bf16 KV, for a context that does not grow with the GPU.
  */
 export const FIXED_RESERVE_BYTES = 1.5 * 2 ** 30;
 
-/** Rows of one prefill chunk on CUDA: the engine's default max_chunk (engine.cpp). */
+/** Rows of one prefill chunk on CUDA: native/ts/cuda-runtime.ts's maxChunk (engine.cpp's default). */
 export const CUDA_PREFILL_CHUNK_ROWS = 4096;
-
-/**
- * Positions per fp8 scale block: the fp8 e4m3 cache carries one f32 scale per (layer, K|V,
- * kv_head, block of this many positions): UL_FP8_BLOCK in native/include/ul_engine.h. That is
- * 2 x 32 x 8 x 4 / 64 = 32 B per position for UltraLong-8B, 0.05% of the 64 KiB fp8 payload.
- */
-export const FP8_SCALE_BLOCK_POSITIONS = 64;
 
 export interface CapacityOptions {
   /** Bytes per weight element as the runtime holds them (CUDA: bf16, 2). */
@@ -56,8 +50,6 @@ export interface CapacityOptions {
   chunkRows?: number;
   /** Memory held whatever the context (CUDA context, libraries). */
   fixedReserveBytes?: number;
-  /** fp8 only: positions per scale block. */
-  fp8ScaleBlockPositions?: number;
 }
 
 /** What one engine holds for one context, in bytes. */
@@ -75,7 +67,6 @@ const DEFAULTS: Required<CapacityOptions> = {
   activationBytesPerElement: 2,
   chunkRows: CUDA_PREFILL_CHUNK_ROWS,
   fixedReserveBytes: FIXED_RESERVE_BYTES,
-  fp8ScaleBlockPositions: FP8_SCALE_BLOCK_POSITIONS,
 };
 
 /** Elements of every tensor of the checkpoint (embedding, lm_head unless tied, layers, norms). */
@@ -106,19 +97,13 @@ export function chunkActivationBytes(shape: LlamaShape, opts: CapacityOptions = 
   );
 }
 
-/** Bytes of a KV cache of `positions` positions, fp8 scales included. */
-export function kvCacheBytes(
-  shape: LlamaShape,
-  dtype: CapacityKvDtype,
-  positions: number,
-  opts: CapacityOptions = {},
-): number {
-  const payload = kvBytesPerToken(kvLayoutOf(shape, dtype)) * positions;
-  if (dtype !== "fp8-e4m3") return payload;
-  const block = opts.fp8ScaleBlockPositions ?? DEFAULTS.fp8ScaleBlockPositions;
-  // (layer, K|V, kv_head, block) f32
-  const scales = 2 * shape.numHiddenLayers * shape.numKeyValueHeads * Math.ceil(positions / block);
-  return payload + scales * 4;
+/**
+ * Bytes of a KV cache of `positions` positions: the engine's cache is the snapshot payload's size
+ * (core/kv/layout.ts), fp8 scales included: one f32 per (layer, K|V, kv_head, block of
+ * FP8_BLOCK_POSITIONS = 64 positions), 2 x 32 x 8 x 4 / 64 = 32 B per position for UltraLong-8B.
+ */
+export function kvCacheBytes(shape: LlamaShape, dtype: CapacityKvDtype, positions: number): number {
+  return kvPayloadBytes(kvLayoutOf(shape, dtype), positions);
 }
 
 /** The memory one engine needs to serve `positions` positions of context. */
@@ -130,7 +115,7 @@ export function memoryFor(
 ): MemoryPlan {
   const o = { ...DEFAULTS, ...opts };
   const weights = parameterCount(shape) * o.weightBytesPerElement;
-  const kv = kvCacheBytes(shape, kvDtype, positions, o);
+  const kv = kvCacheBytes(shape, kvDtype, positions);
   const activations = chunkActivationBytes(shape, o);
   const fixed = o.fixedReserveBytes;
   return { weights, kv, activations, fixed, total: weights + kv + activations + fixed };
