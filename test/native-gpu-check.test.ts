@@ -190,6 +190,14 @@ describe.skipIf(!ready)("gpu-check.sh --dry-run", () => {
       truncate_import_vs_continuing: 0,
       new_engine_import_vs_continuing: 0,
     });
+    // An fp8 cache exported as fp8 (one whole 64-position block, scales included) and imported.
+    expect(runs[1]).toMatchObject({
+      kv_dtype: "fp8",
+      export_dtype: "fp8",
+      prefix: 64,
+      reexport_bytes_equal: true,
+      new_engine_import_vs_continuing: 0,
+    });
     const fp8 = (stage("fp8") as Line & { cases: { normalized_err: number; tolerance: number }[] })
       .cases;
     expect(fp8.length).toBe(3);

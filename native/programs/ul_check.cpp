@@ -15,7 +15,7 @@
 //       with --prefix, N tokens are prefilled first and the rest run after (1 left: decode);
 //       with --feed, the tokens go in calls of N (the last call may be shorter); --chunk: max_chunk
 //   ul_check kv-roundtrip --config CFG --model DIR --tokens FILE --prefix P [--backend ..] [--kv ..]
-//                      [--dtype f32|bf16|f16] [--save DIR]
+//                      [--dtype f32|bf16|f16|fp8] [--save DIR]
 //       prefill P tokens, export their KV, run the rest ("continuing"); then truncate to 0 and import
 //       the export, and import it into a new engine: both must give the continuing logits. --save
 //       writes kv.bin (the export), tokens.bin (int32) and logits.bin (the new engine's, f32)
@@ -502,7 +502,16 @@ ul_dtype export_dtype(const std::map<std::string, std::string>& f) {
   if (d == "f32") return UL_DTYPE_F32;
   if (d == "bf16") return UL_DTYPE_BF16;
   if (d == "f16") return UL_DTYPE_F16;
-  die("--dtype must be f32, bf16 or f16");
+  if (d == "fp8") return UL_DTYPE_FP8_E4M3;
+  die("--dtype must be f32, bf16, f16 or fp8");
+}
+
+/** Payload bytes of n positions in dt (ul_engine.h): per layer K then V; fp8 puts each one's
+ *  (kv_head, block) f32 scales first. */
+size_t kv_payload_bytes(const ul_config& c, int n, ul_dtype dt) {
+  size_t per = static_cast<size_t>(c.num_kv_heads) * n * c.head_dim * dtype_size(dt);
+  if (dt == UL_DTYPE_FP8_E4M3) per += static_cast<size_t>(c.num_kv_heads) * ((n + UL_FP8_BLOCK - 1) / UL_FP8_BLOCK) * 4;
+  return 2 * static_cast<size_t>(c.num_layers) * per;
 }
 
 /** max |a - b| / max |b| (NaN anywhere: infinity). */
@@ -526,7 +535,7 @@ int cmd_kv_roundtrip(const std::map<std::string, std::string>& f) {
   const int n = static_cast<int>(tokens.size()), p = std::stoi(f.at("prefix"));
   if (p <= 0 || p >= n) die("--prefix must be in (0, tokens)");
   const ul_dtype dt = export_dtype(f);
-  const size_t bytes = static_cast<size_t>(2) * fc.c.num_layers * fc.c.num_kv_heads * fc.c.head_dim * p * dtype_size(dt);
+  const size_t bytes = kv_payload_bytes(fc.c, p, dt);
   ul_engine* a = open_engine(f, fc, n + 16);
   const int tail = n - p;
   std::vector<float> cont(fc.c.vocab_size), trunc(fc.c.vocab_size), fresh(fc.c.vocab_size);

@@ -291,10 +291,10 @@ def stage_decode(ctx):
     return golden_runs(ctx, [("prefix99", A, 100, ["--prefix", "99"]), ("prefix36", B, 37, ["--prefix", "36"])])
 
 
-def kv_roundtrip(ctx, dtype, save=None):
+def kv_roundtrip(ctx, dtype, save=None, prefix=70, kv=None):
     case = Case(ctx, A, 100)
     cmd = [ctx.bin, "kv-roundtrip", "--config", case.cfg_file, "--model", case.dir, "--tokens", case.tok_file,
-           "--prefix", "70", "--backend", ctx.backend, "--dtype", dtype]
+           "--prefix", str(prefix), "--backend", ctx.backend, "--dtype", dtype] + (["--kv", kv] if kv else [])
     if save:
         cmd += ["--save", save]
     res = run_json(cmd)
@@ -305,8 +305,13 @@ def kv_roundtrip(ctx, dtype, save=None):
 
 
 def stage_kv_roundtrip(ctx):
-    # f32 export is exact for every cache dtype; bf16 export is exact for the CUDA (bf16) cache only.
+    # f32 export is exact for every cache dtype; bf16 export is exact for the CUDA (bf16) cache only;
+    # an fp8 cache exported as fp8 from position 0 and imported at 0 (block-aligned) is copied as
+    # stored, scales included, so it is exact too (64 positions: one whole block).
     runs = [kv_roundtrip(ctx, d)[1] for d in (["f32"] if ctx.dry else ["f32", "bf16"])]
+    fp8 = kv_roundtrip(ctx, "fp8", prefix=64, kv="fp8")[1]
+    fp8["kv_dtype"] = "fp8"
+    runs.append(fp8)
     return {"ok": all(r["ok"] for r in runs), "runs": runs}
 
 
