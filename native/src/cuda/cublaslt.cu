@@ -117,26 +117,13 @@ struct CublasLt {
   }
 };
 
-Status cublaslt_open(CublasLt** out, std::string* report) {
-  *out = nullptr;
-  const char* pref = getenv("UL_GEMM");
-  std::string mode = pref ? pref : "";
-  if (mode == "own") {  // benchmarks and the GPU check: force our kernel
-    *report = "\"gemm_forced\":\"own\",\"cublaslt\":null,\"cublaslt_tried\":[]";
-    return Status::Ok();
-  }
-  LoadedLibrary lib = load_first(cublaslt_candidates(LibrarySearchEnv::from_process()), "cublasLtMatmul");
-  *report = library_json_members(lib);
-  if (!lib.handle) {
-    if (mode == "cublaslt")
-      return Err(UL_ERR_NOT_AVAILABLE, "UL_GEMM=cublaslt but no cuBLASLt loaded: {" + *report + "}");
-    return Status::Ok();
-  }
-  auto* lt = new CublasLt();
-  lt->lib = lib;
+namespace {
+
+/** Binds the entry points of a loaded library and starts it; "" when usable, else why not. */
+std::string start(CublasLt* lt) {
   bool ok = true;
   auto sym = [&](const char* name) {
-    void* p = dlsym(lib.handle, name);
+    void* p = dlsym(lt->lib.handle, name);
     ok = ok && p != nullptr;
     return p;
   };
@@ -152,23 +139,63 @@ Status cublaslt_open(CublasLt** out, std::string* report) {
   lt->pref_set = reinterpret_cast<Fn_PrefSet>(sym("cublasLtMatmulPreferenceSetAttribute"));
   lt->heuristic = reinterpret_cast<Fn_Heuristic>(sym("cublasLtMatmulAlgoGetHeuristic"));
   lt->matmul = reinterpret_cast<Fn_Matmul>(sym("cublasLtMatmul"));
-  std::string why;
-  if (!ok) why = "a cuBLASLt entry point is missing";
-  int st = 0;
-  if (why.empty() && (st = lt->create(&lt->handle)) != 0) why = "cublasLtCreate: cublasStatus " + std::to_string(st);
+  if (!ok) return "a cuBLASLt entry point is missing";
+  int st = lt->create(&lt->handle);
+  if (st != 0) {
+    lt->handle = nullptr;
+    return "cublasLtCreate: cublasStatus " + std::to_string(st);
+  }
   uint64_t ws = kWorkspaceBytes;
-  if (why.empty() && ((st = lt->pref_create(&lt->pref)) != 0 || (st = lt->pref_set(lt->pref, kPrefMaxWorkspace, &ws, sizeof ws)) != 0))
-    why = "cublasLt preference: cublasStatus " + std::to_string(st);
-  if (why.empty() && cudaMalloc(&lt->workspace, kWorkspaceBytes) != cudaSuccess) {
+  if ((st = lt->pref_create(&lt->pref)) != 0 || (st = lt->pref_set(lt->pref, kPrefMaxWorkspace, &ws, sizeof ws)) != 0)
+    return "cublasLt preference: cublasStatus " + std::to_string(st);
+  if (cudaMalloc(&lt->workspace, kWorkspaceBytes) != cudaSuccess) {
     cudaGetLastError();
-    why = "cudaMalloc of the 32 MiB cuBLASLt workspace failed";
+    lt->workspace = nullptr;
+    return "cudaMalloc of the 32 MiB cuBLASLt workspace failed";
   }
-  if (!why.empty()) {
-    // Loaded but unusable: a device error, not a quiet fallback (the check must see it).
+  return "";
+}
+
+}  // namespace
+
+Status cublaslt_open(CublasLt** out, std::string* report) {
+  *out = nullptr;
+  const char* pref = getenv("UL_GEMM");
+  std::string mode = pref ? pref : "";
+  if (mode == "own") {  // benchmarks and the GPU check: force our kernel
+    *report = "\"gemm_forced\":\"own\",\"cublaslt\":null,\"cublaslt_tried\":[]";
+    return Status::Ok();
+  }
+  // The first candidate that loads AND starts: an old toolkit's library on the loader path that
+  // cannot start (driver too old for it) must not hide a working pip wheel later in the list.
+  std::vector<std::string> cands = cublaslt_candidates(LibrarySearchEnv::from_process());
+  std::vector<LibraryAttempt> tried;
+  std::string unusable;  // the last candidate that loaded but could not start, and why
+  for (size_t from = 0; from < cands.size();) {
+    LoadedLibrary lib = load_first(std::vector<std::string>(cands.begin() + from, cands.end()), "cublasLtMatmul");
+    tried.insert(tried.end(), lib.tried.begin(), lib.tried.end());
+    if (!lib.handle) break;
+    from += lib.tried.size() + 1;
+    auto* lt = new CublasLt();
+    lt->lib = lib;
+    std::string why = start(lt);
+    if (why.empty()) {
+      lt->lib.tried = tried;
+      *report = library_json_members(lt->lib);
+      *out = lt;
+      return Status::Ok();
+    }
+    tried.push_back({lib.path, "loaded but unusable: " + why});
+    unusable = lib.path + ": " + why;
     cublaslt_close(lt);
-    return Err(UL_ERR_DEVICE, lib.path + ": " + why);
   }
-  *out = lt;
+  LoadedLibrary none;
+  none.tried = tried;
+  *report = library_json_members(none);
+  // Loaded but unusable: a device error, not a quiet fallback to our GEMM (the check must see it).
+  if (!unusable.empty()) return Err(UL_ERR_DEVICE, "cuBLASLt found but unusable: " + unusable);
+  if (mode == "cublaslt")
+    return Err(UL_ERR_NOT_AVAILABLE, "UL_GEMM=cublaslt but no cuBLASLt loaded: {" + *report + "}");
   return Status::Ok();
 }
 
@@ -197,6 +224,7 @@ Status build_plan(CublasLt* lt, const PlanKey& key, Plan* p) {
   LtHeuristic h{};
   int found = 0;
   if (st == 0) st = lt->heuristic(lt->handle, p->desc, p->a, p->b, p->c, p->c, lt->pref, 1, &h, &found);
+  if (st == 0 && found > 0 && h.state != 0) st = h.state;  // the algorithm's own status
   if (st != 0 || found == 0) {
     lt->free_plan(*p);
     return Err(UL_ERR_DEVICE, "cuBLASLt has no algorithm for y (" + std::to_string(key.m) + ", " + std::to_string(key.n) +
