@@ -4,10 +4,9 @@
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseSse } from "../core/protocol/events.ts";
-import { FRAMES_CONTENT_TYPE, frameStream, GENERATE_PATH } from "../core/protocol/frames.ts";
-import { importSigningKey, signRequest } from "../core/protocol/signing.ts";
 import { sha256Hex } from "../functions/edge/keys.ts";
 import { type LocalServer, startLocal } from "../functions/platform/local.ts";
+import { signedGenerate } from "./support/generate-request.ts";
 import { scratchDir, testModelDir } from "./support/models.ts";
 
 const KEY_A = "key-tenant-a-0123456789";
@@ -476,33 +475,8 @@ describe("auth", () => {
   });
 
   it("the model function serves a signed request once and refuses its replay", async () => {
-    const key = await importSigningKey(SECRET);
-    const { headers, signature } = await signRequest(key, "POST", GENERATE_PATH);
-    const header = {
-      v: 1,
-      requestId: "r1",
-      tenant: "a",
-      promptTokens: 2,
-      maxTokens: 1,
-      temperature: 0,
-      topP: 1,
-      seed: null,
-      stop: [],
-      logprobs: false,
-      topLogprobs: 0,
-      progress: false,
-    };
-    const body = new Uint8Array(
-      await new Response(
-        frameStream(key, signature, header, [Int32Array.from([128000, 9906])]),
-      ).arrayBuffer(),
-    );
-    const send = () =>
-      fetch(`${s.modelUrl}${GENERATE_PATH}`, {
-        method: "POST",
-        headers: { ...headers, "content-type": FRAMES_CONTENT_TYPE },
-        body,
-      });
+    const post = await signedGenerate(SECRET, Int32Array.from([128000, 9906]));
+    const send = () => post(s.modelUrl);
     const first = await send();
     expect(first.status).toBe(200);
     expect(await first.text()).toMatch(/event: usage/);

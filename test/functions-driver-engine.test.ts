@@ -8,6 +8,7 @@ import { createDriverEngine } from "../functions/model/driver-engine.ts";
 import type { ModelEngine } from "../functions/model/engine.ts";
 import { loadDirTokenizer } from "../functions/platform/tokenizer-cache.ts";
 import { runtimes } from "../functions/runtimes.ts";
+import { generateHeader } from "./support/generate-request.ts";
 import { scratchDir, testModelDir } from "./support/models.ts";
 
 const CHUNK = 32;
@@ -38,20 +39,12 @@ afterAll(async () => {
 async function usageOf(tenant: string): Promise<Extract<ModelEvent, { event: "usage" }>["data"]> {
   let usage: Extract<ModelEvent, { event: "usage" }>["data"] | undefined;
   for await (const ev of engine.generate({
-    header: {
-      v: 1,
+    header: generateHeader({
       requestId: `r-${tenant}`,
       tenant,
       promptTokens: PROMPT.length,
       maxTokens: 2,
-      temperature: 0,
-      topP: 1,
-      seed: null,
-      stop: [],
-      logprobs: false,
-      topLogprobs: 0,
-      progress: false,
-    },
+    }),
     prompt: (async function* () {
       yield PROMPT;
     })(),

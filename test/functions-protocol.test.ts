@@ -1,6 +1,9 @@
 // The edge-to-model wire: signatures (stale, replayed, forged refused) and authenticated frames
 // (tampered, reordered, truncated refused), over real byte streams split at random boundaries.
-import { describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { S3Store } from "../core/kv/s3-store.ts";
+import type { SnapshotStore } from "../core/kv/store.ts";
+import { DirectoryStore } from "../core/node/snapshot-dir.ts";
 import { parseSse, sseComment, sseEvent } from "../core/protocol/events.ts";
 import {
   FRAME_END,
@@ -9,7 +12,14 @@ import {
   frameStream,
   readFrames,
 } from "../core/protocol/frames.ts";
+import {
+  MemoryNonceLedger,
+  NONCE_PREFIX,
+  StoreNonceLedger,
+} from "../core/protocol/nonce-ledger.ts";
 import { importSigningKey, RequestVerifier, signRequest } from "../core/protocol/signing.ts";
+import { type S3Server, startS3, storeOptions } from "./harness/s3.ts";
+import { scratchDir } from "./support/models.ts";
 
 const SECRET = "test-secret-0123456789abcdef";
 
@@ -82,14 +92,88 @@ describe("request signatures", () => {
   it("forgets nonces after the window but still refuses their replay as stale", async () => {
     const key = await importSigningKey(SECRET);
     let now = 5_000_000;
-    const v = new RequestVerifier(key, { clock: () => now, windowMs: 1000 });
+    const ledger = new MemoryNonceLedger({ clock: () => now, windowMs: 1000 });
+    const v = new RequestVerifier(key, { clock: () => now, windowMs: 1000, ledger });
     const a = await signRequest(key, "POST", "/x", { clock: () => now });
     await v.verify("POST", "/x", new Headers({ ...a.headers }));
     now += 2000;
     const b = await signRequest(key, "POST", "/x", { clock: () => now });
     await v.verify("POST", "/x", new Headers({ ...b.headers }));
-    expect(v.rememberedNonces).toBe(1);
+    expect(ledger.size).toBe(1);
     await expect(v.verify("POST", "/x", new Headers({ ...a.headers }))).rejects.toThrow(/stale/);
+  });
+});
+
+describe("nonce ledgers: a nonce is served once across instances and restarts", () => {
+  let s3: S3Server;
+  beforeAll(async () => {
+    s3 = await startS3();
+  });
+  afterAll(() => s3?.close());
+  const stores = (): [string, SnapshotStore][] => [
+    ["directory", new DirectoryStore(scratchDir("ledger"))],
+    ["s3rver", new S3Store({ ...storeOptions(s3), prefix: `ledger-${Math.random()}` })],
+  ];
+
+  it("a request signed before the verifier started is refused, one signed after is served", async () => {
+    const key = await importSigningKey(SECRET);
+    let now = 9_000_000;
+    const before = await signRequest(key, "POST", "/x", { clock: () => now });
+    now += 10;
+    const v = new RequestVerifier(key, { clock: () => now, windowMs: 60_000 });
+    await expect(v.verify("POST", "/x", new Headers({ ...before.headers }))).rejects.toThrow(
+      /signed before this server started/,
+    );
+    const after = await signRequest(key, "POST", "/x", { clock: () => now });
+    await v.verify("POST", "/x", new Headers({ ...after.headers }));
+  });
+
+  it("create() makes an object only where none is: of racing writers exactly one wins", async () => {
+    for (const [name, store] of stores()) {
+      expect(await store.create("nonces/a", new Uint8Array([1])), name).toBe(true);
+      expect(await store.create("nonces/a", new Uint8Array([2])), name).toBe(false);
+      expect([...(await store.get("nonces/a"))], name).toEqual([1]);
+      const wins = await Promise.all(
+        Array.from({ length: 12 }, (_, i) => store.create("nonces/race", new Uint8Array([i]))),
+      );
+      expect(wins.filter(Boolean).length, name).toBe(1);
+    }
+  });
+
+  it("two verifiers (instances) sharing a store serve a signed request once, a restart too", async () => {
+    const key = await importSigningKey(SECRET);
+    for (const [name, store] of stores()) {
+      const start = Date.now() - 1000;
+      const instance = () =>
+        new RequestVerifier(key, { ledger: new StoreNonceLedger(store), notBefore: start });
+      const [a, b] = [instance(), instance()];
+      const signed = await signRequest(key, "POST", "/v1/generate");
+      const headers = () => new Headers({ ...signed.headers });
+      const results = await Promise.allSettled([
+        a.verify("POST", "/v1/generate", headers()),
+        b.verify("POST", "/v1/generate", headers()),
+      ]);
+      expect(results.map((r) => r.status).sort(), name).toEqual(["fulfilled", "rejected"]);
+      const restarted = instance();
+      await expect(restarted.verify("POST", "/v1/generate", headers()), name).rejects.toThrow(
+        /replayed/,
+      );
+      const keys: string[] = [];
+      for await (const o of store.list(NONCE_PREFIX)) keys.push(o.key);
+      expect(keys, name).toEqual([`${NONCE_PREFIX}${signed.headers["x-ul-nonce"]}`]);
+    }
+  });
+
+  it("a claim whose first create landed (a retried PUT) is its own, another claimant's is not", async () => {
+    for (const [name, store] of stores()) {
+      const fixed = (b: Uint8Array) => b.fill(7);
+      const mine = new StoreNonceLedger(store, { random: fixed });
+      const body = new TextEncoder().encode(JSON.stringify({ ts: 42, token: "07".repeat(16) }));
+      expect(await store.create(`${NONCE_PREFIX}${"ab".repeat(16)}`, body)).toBe(true);
+      expect(await mine.claim("ab".repeat(16), 42), name).toBe(true);
+      const other = new StoreNonceLedger(store);
+      expect(await other.claim("ab".repeat(16), 42), name).toBe(false);
+    }
   });
 });
 

@@ -217,6 +217,35 @@ export class S3Store implements SnapshotStore {
     }
   }
 
+  async create(key: string, bytes: Uint8Array): Promise<boolean> {
+    const Key = this.#key(key);
+    // S3 conditional write: `If-None-Match: *` makes the PUT fail with 412 when the key exists,
+    // atomically across writers; 409 means another conditional write to the key is in flight.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.client.send(
+          new PutObjectCommand({
+            Bucket: this.#bucket,
+            Key,
+            Body: bytes,
+            ContentLength: bytes.length,
+            IfNoneMatch: "*",
+          }),
+        );
+        return true;
+      } catch (err) {
+        const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata
+          ?.httpStatusCode;
+        if (status === 412) return false;
+        if (status === 409 && attempt < this.#policy.attempts) {
+          await this.#sleep(backoffMs(this.#policy, attempt, this.#random));
+          continue;
+        }
+        this.#fail("create", key, err);
+      }
+    }
+  }
+
   /** One ranged GET with body-level retries. `range` null = whole object. */
   async #getRange(
     Key: string,

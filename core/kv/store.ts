@@ -23,6 +23,12 @@ export interface SnapshotStore {
   readonly name: string;
   /** Write the whole object atomically: readers see the old object, the new one, or none. */
   put(key: string, bytes: Uint8Array, signal?: AbortSignal): Promise<void>;
+  /**
+   * Write the object only if no object has this key, atomically against every other writer of the
+   * store (other processes and instances too): true when this call created it, false when one was
+   * there. For small objects (the replay ledger's nonces, core/protocol/nonce-ledger.ts).
+   */
+  create(key: string, bytes: Uint8Array): Promise<boolean>;
   /** The whole object, or exactly `range.length` bytes from `range.offset`. NotFoundError if absent. */
   get(key: string, range?: ByteRange, signal?: AbortSignal): Promise<Uint8Array>;
   /** Size and modification time, or null when absent. */

@@ -12,7 +12,7 @@
 // local.fsyncSaveMBps); `{ fsync: true }` buys durability across power loss.
 
 import { createHash, randomBytes } from "node:crypto";
-import { lstat, mkdir, open, readdir, rename, rm, unlink } from "node:fs/promises";
+import { link, lstat, mkdir, open, readdir, rename, rm, unlink } from "node:fs/promises";
 import { homedir } from "node:os";
 import { dirname, join, resolve, sep } from "node:path";
 import type { Sha256 } from "../crypto/sha256.ts";
@@ -34,6 +34,17 @@ const TMP = ".tmp";
 
 function isCode(err: unknown, code: string): boolean {
   return (err as NodeJS.ErrnoException)?.code === code;
+}
+
+/** A new file (mode 0600) holding `bytes`, flushed to the disk when `fsync`. */
+async function writeWhole(path: string, bytes: Uint8Array, fsync: boolean): Promise<void> {
+  const fh = await open(path, "w", 0o600);
+  try {
+    await fh.writeFile(bytes);
+    if (fsync) await fh.sync();
+  } finally {
+    await fh.close();
+  }
 }
 
 export class DirectoryStore implements SnapshotStore {
@@ -90,13 +101,7 @@ export class DirectoryStore implements SnapshotStore {
         this.#log.warn(`replacing ${foreign} at snapshot path ${key} with the object`, { key });
         await rm(path, { recursive: true, force: true });
       }
-      const fh = await open(tmp, "w", 0o600);
-      try {
-        await fh.writeFile(bytes);
-        if (this.#fsync) await fh.sync();
-      } finally {
-        await fh.close();
-      }
+      await writeWhole(tmp, bytes, this.#fsync);
       await rename(tmp, path);
     } catch (err) {
       await rm(tmp, { force: true });
@@ -106,6 +111,28 @@ export class DirectoryStore implements SnapshotStore {
           cause: err,
         },
       );
+    }
+  }
+
+  async create(key: string, bytes: Uint8Array): Promise<boolean> {
+    const path = this.#path(key);
+    const tmpDir = join(this.root, TMP);
+    const tmp = join(tmpDir, `${randomBytes(12).toString("hex")}.part`);
+    try {
+      await mkdir(tmpDir, { recursive: true });
+      await mkdir(dirname(path), { recursive: true });
+      await writeWhole(tmp, bytes, this.#fsync);
+      // link(2) fails with EEXIST when anything is at `path`, atomically: of two processes
+      // creating the same key, exactly one wins, and a reader never sees half an object.
+      await link(tmp, path);
+      return true;
+    } catch (err) {
+      if (isCode(err, "EEXIST")) return false;
+      throw new StoreError(`creating ${key} in ${this.root} failed: ${(err as Error).message}`, {
+        cause: err,
+      });
+    } finally {
+      await rm(tmp, { force: true });
     }
   }
 

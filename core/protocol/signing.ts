@@ -2,7 +2,8 @@
 //
 // The edge and the model function share a secret. A request carries three headers:
 //   x-ul-timestamp  milliseconds since the epoch when the edge signed it
-//   x-ul-nonce      16 random bytes, hex; never accepted twice inside the freshness window
+//   x-ul-nonce      16 random bytes, hex; accepted once (nonce-ledger.ts: across instances and
+//                   restarts when the ledger is the deployment's store)
 //   x-ul-signature  hex HMAC-SHA256(secret, "ul1\n" METHOD "\n" PATH "\n" timestamp "\n" nonce)
 // The body is a stream of frames (frames.ts) whose tags chain from this signature, so the body is
 // authenticated frame by frame as it arrives: prefill starts on verified tokens before the upload
@@ -13,6 +14,7 @@
 
 import { bytesEqual, fromHex, toHex } from "../crypto/sha256.ts";
 import { UltralongError } from "../errors.ts";
+import { MemoryNonceLedger, type NonceLedger } from "./nonce-ledger.ts";
 
 /** The signature is missing, wrong, stale or replayed. The HTTP layer maps this to 401. */
 export class SignatureError extends UltralongError {
@@ -96,31 +98,39 @@ export async function signRequest(
 
 export interface VerifierOptions {
   clock?: () => number;
-  /** Accepted clock difference either way, ms (default 60 s). Nonces are remembered this long. */
+  /** Accepted clock difference either way, ms (default 60 s). */
   windowMs?: number;
-  /** Most nonces remembered; past it the oldest are dropped AND older timestamps refused. */
-  maxNonces?: number;
+  /**
+   * Where served nonces are claimed (default: this process's memory, remembering up to 100,000
+   * nonces for the window). The model function passes its store's ledger so that a nonce is
+   * accepted once across instances and restarts.
+   */
+  ledger?: NonceLedger;
+  /**
+   * Timestamps before this (ms) are refused: the verifier's start by default, so a restart cannot
+   * reopen the window for requests captured before it.
+   */
+  notBefore?: number;
 }
 
 /**
- * Verifies request signatures and refuses replays: a nonce is remembered for the freshness window,
- * and a timestamp outside the window is refused, so a replay is refused either way.
+ * Verifies request signatures and refuses replays: a timestamp outside the window or from before
+ * the verifier started is refused, and a nonce is served once (its ledger's claim).
  */
 export class RequestVerifier {
   readonly #key: CryptoKey;
   readonly #clock: () => number;
   readonly #windowMs: number;
-  readonly #maxNonces: number;
-  /** nonce -> timestamp, in insertion order (Map keeps it). */
-  readonly #seen = new Map<string, number>();
-  /** Timestamps at or below this are refused (raised when the nonce map overflows). */
-  #floor = Number.NEGATIVE_INFINITY;
+  readonly #ledger: NonceLedger;
+  readonly #notBefore: number;
 
   constructor(key: CryptoKey, options: VerifierOptions = {}) {
     this.#key = key;
     this.#clock = options.clock ?? Date.now;
     this.#windowMs = options.windowMs ?? 60_000;
-    this.#maxNonces = options.maxNonces ?? 100_000;
+    this.#ledger =
+      options.ledger ?? new MemoryNonceLedger({ clock: this.#clock, windowMs: this.#windowMs });
+    this.#notBefore = options.notBefore ?? this.#clock();
   }
 
   /** Returns the raw signature (the first link of the frame tag chain). Throws SignatureError. */
@@ -140,26 +150,10 @@ export class RequestVerifier {
     }
     const expected = await hmac(this.#key, canonical(method, path, timestamp, nonce));
     if (!bytesEqual(expected, signature)) throw new SignatureError("bad signature");
-    this.#forgetBefore(now - this.#windowMs);
-    if (ts <= this.#floor || this.#seen.has(nonce)) throw new SignatureError("replayed request");
-    this.#seen.set(nonce, ts);
-    if (this.#seen.size > this.#maxNonces) {
-      const [oldest, oldestTs] = this.#seen.entries().next().value as [string, number];
-      this.#seen.delete(oldest);
-      this.#floor = Math.max(this.#floor, oldestTs);
+    if (ts < this.#notBefore) {
+      throw new SignatureError("stale signature timestamp (signed before this server started)");
     }
+    if (!(await this.#ledger.claim(nonce, ts))) throw new SignatureError("replayed request");
     return signature;
-  }
-
-  #forgetBefore(limit: number): void {
-    for (const [nonce, ts] of this.#seen) {
-      // Insertion order is close to timestamp order; stop at the first fresh one.
-      if (ts >= limit) break;
-      this.#seen.delete(nonce);
-    }
-  }
-
-  get rememberedNonces(): number {
-    return this.#seen.size;
   }
 }

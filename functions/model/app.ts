@@ -19,6 +19,7 @@ import {
   readFrames,
 } from "../../core/protocol/frames.ts";
 import { type GenerateHeader, parseGenerateHeader } from "../../core/protocol/header.ts";
+import type { NonceLedger } from "../../core/protocol/nonce-ledger.ts";
 import { importSigningKey, RequestVerifier } from "../../core/protocol/signing.ts";
 import {
   describeError,
@@ -48,6 +49,12 @@ export interface ModelAppOptions {
   keepAliveMs?: number;
   /** Signature freshness window, ms (default 60 000). */
   signatureWindowMs?: number;
+  /**
+   * Where served request nonces are claimed (core/protocol/nonce-ledger.ts). Default: this
+   * process's memory; a deployment passes its store's ledger so that a request is served once
+   * across instances and restarts.
+   */
+  nonceLedger?: NonceLedger;
   clock?: () => number;
   log?: LogSink;
 }
@@ -65,7 +72,11 @@ export async function createModelApp(options: ModelAppOptions): Promise<ModelApp
   const log = options.log ?? consoleSink;
   const keepAliveMs = options.keepAliveMs ?? 15_000;
   const key = await importSigningKey(options.secret);
-  const verifier = new RequestVerifier(key, { clock, windowMs: options.signatureWindowMs });
+  const verifier = new RequestVerifier(key, {
+    clock,
+    windowMs: options.signatureWindowMs,
+    ledger: options.nonceLedger,
+  });
   const engine = options.engine;
   const queue = new GenerationQueue(1, options.maxWaiting ?? 8);
   const metrics = new Metrics();

@@ -10,6 +10,7 @@ import type { KvDtype } from "../../core/kv/layout.ts";
 import type { SnapshotStore } from "../../core/kv/store.ts";
 import { loadModelDir } from "../../core/node/load-model-dir.ts";
 import { openStore } from "../../core/node/snapshot-dir.ts";
+import { StoreNonceLedger } from "../../core/protocol/nonce-ledger.ts";
 import { createEdgeApp, type EdgeApp } from "../edge/app.ts";
 import { ObjectFileStore } from "../edge/files.ts";
 import { DEFAULT_LIMITS, type KeyConfig, sha256Hex } from "../edge/keys.ts";
@@ -144,6 +145,8 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
     maxWaiting: options.maxWaiting,
     keepAliveMs: options.keepAliveMs,
     log: options.log,
+    // With a store, a signed request is served once by every instance sharing it, across restarts.
+    nonceLedger: store ? new StoreNonceLedger(store.store) : undefined,
   });
   if (options.role === "model") {
     const server = await listen(modelApp.app, { port: options.port, hostname: options.hostname });

@@ -1,12 +1,22 @@
 // A real S3-compatible server for tests: the `s3rver` npm package on a free loopback port, storing
 // into a fresh temp directory, with one bucket created. Path-style addressing; s3rver's fixed
-// credentials (S3RVER / S3RVER) are returned for the client.
+// credentials (S3RVER / S3RVER) are returned for the client. Conditional PUTs (`If-None-Match: *`)
+// are added by ./s3-conditional.cjs.
 import { spawn } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
+import { createRequire } from "node:module";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import S3rver from "s3rver";
+
+const require = createRequire(import.meta.url);
+/** test/harness/s3-conditional.cjs: S3's `If-None-Match: *` on PutObject, which s3rver lacks. */
+const CONDITIONAL = fileURLToPath(new URL("./s3-conditional.cjs", import.meta.url));
+const { addConditionalWrites } = require(CONDITIONAL) as {
+  addConditionalWrites<T>(server: T): T;
+};
 
 export interface S3Server {
   /** http://127.0.0.1:<port> */
@@ -64,7 +74,7 @@ function describeServer(
 export async function startS3(opts: { bucket?: string } = {}): Promise<S3Server> {
   const bucket = opts.bucket ?? "snapshots";
   const directory = await mkdtemp(join(tmpdir(), "ultralong-s3rver-"));
-  const server = new S3rver(serverOptions(directory, bucket));
+  const server = addConditionalWrites(new S3rver(serverOptions(directory, bucket)));
   const address = (await server.run()) as AddressInfo;
   return describeServer(address.port, bucket, directory, () => server.close());
 }
@@ -77,7 +87,8 @@ export async function startS3Process(opts: { bucket?: string } = {}): Promise<S3
   const bucket = opts.bucket ?? "snapshots";
   const directory = await mkdtemp(join(tmpdir(), "ultralong-s3rver-"));
   const code = `const S3rver = require("s3rver");
-new S3rver(${JSON.stringify(serverOptions(directory, bucket))})
+const { addConditionalWrites } = require(${JSON.stringify(CONDITIONAL)});
+addConditionalWrites(new S3rver(${JSON.stringify(serverOptions(directory, bucket))}))
   .run().then((a) => console.log(JSON.stringify(a)));`;
   const child = spawn(process.execPath, ["-e", code], { stdio: ["ignore", "pipe", "inherit"] });
   const port = await new Promise<number>((resolve, reject) => {
