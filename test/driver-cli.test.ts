@@ -3,7 +3,6 @@
 import { spawnSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { PassThrough, Writable } from "node:stream";
 import { beforeAll, describe, expect, it } from "vitest";
 import { renderChat } from "../core/chat/index.ts";
 import { createReferenceRuntime } from "../core/engine/reference-runtime.ts";
@@ -12,25 +11,10 @@ import type { LoadedModel } from "../core/model/weights.ts";
 import { loadModelDir } from "../core/node/load-model-dir.ts";
 import type { Tokenizer } from "../core/tokenizer/index.ts";
 import { COMPILED_TOKENIZER_FILE, loadTokenizer } from "../core/tokenizer/load.ts";
-import { main } from "../functions/cli/main.ts";
+import { runCommand } from "./support/cli.ts";
 import { scratchDir, TINY, testModelDir } from "./support/models.ts";
 
-class Sink extends Writable {
-  text = "";
-  override _write(chunk: Buffer, _enc: string, done: () => void) {
-    this.text += chunk.toString("utf8");
-    done();
-  }
-}
-
-async function run(args: string[]) {
-  const stdout = new Sink();
-  const stderr = new Sink();
-  const stdin = new PassThrough();
-  stdin.end();
-  const status = await main(["generate", ...args], { stdin, stdout, stderr, env: {} });
-  return { status, stdout: stdout.text, stderr: stderr.text };
-}
+const run = (args: string[]) => runCommand("generate", args);
 
 const PROMPT = "Once upon a time";
 let dir: string;

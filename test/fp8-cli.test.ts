@@ -2,33 +2,17 @@
 // snapshot store (the second run restores fp8 snapshots and says the same), `ultralong serve`
 // answering a chat request over a real socket, and the one-line refusal of a runtime without fp8.
 // Needs emcc (native/build.mjs builds the module).
-import { type ChildProcess, spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { join } from "node:path";
-import { PassThrough, Writable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { main } from "../functions/cli/main.ts";
 import { build } from "../native/build.mjs";
+import { runCommand, startServe } from "./support/cli.ts";
 import { scratchDir, TINY, testModelDir } from "./support/models.ts";
 import { haveEmcc, tool } from "./support/tools.ts";
 
 const root = join(import.meta.dirname, "..");
 
-class Sink extends Writable {
-  text = "";
-  override _write(chunk: Buffer, _enc: string, done: () => void) {
-    this.text += chunk.toString("utf8");
-    done();
-  }
-}
-
-async function generate(args: string[]) {
-  const stdout = new Sink();
-  const stderr = new Sink();
-  const stdin = new PassThrough();
-  stdin.end();
-  const status = await main(["generate", ...args], { stdin, stdout, stderr, env: {} });
-  return { status, stdout: stdout.text, stderr: stderr.text };
-}
+const generate = (args: string[]) => runCommand("generate", args);
 
 // About 150 tokens: two whole 64-token snapshot chunks (fp8 scale blocks are 64 positions too, so
 // each chunk is stored as the cache holds it).
@@ -86,29 +70,15 @@ describe.skipIf(!tool("emcc", haveEmcc(), "the fp8 CLI and HTTP tests on native-
     });
 
     it("ultralong serve --kv-dtype fp8 answers a chat completion over HTTP", async () => {
-      child = spawn(
-        process.execPath,
+      const served = await startServe(
         [
-          ...["functions/cli/bin.js", "serve", "--model", dir, "--port", "0"],
-          ...["--runtime", "native-wasm", "--kv-dtype", "fp8", "--store", scratchDir("fp8-serve")],
+          ...["--model", dir, "--port", "0", "--runtime", "native-wasm", "--kv-dtype", "fp8"],
+          ...["--store", scratchDir("fp8-serve")],
         ],
-        {
-          env: { ...process.env, XDG_CACHE_HOME: scratchDir("cache") },
-          stdio: ["ignore", "pipe", "pipe"],
-        },
+        { ...process.env, XDG_CACHE_HOME: scratchDir("cache") },
       );
-      let out = "";
-      let err = "";
-      child.stderr!.on("data", (d) => {
-        err += d;
-      });
-      await new Promise<void>((resolve, reject) => {
-        child!.stdout!.on("data", (d) => {
-          out += d;
-          if (out.includes('"max_tokens":16}')) resolve();
-        });
-        child!.once("exit", (code) => reject(new Error(`serve exited ${code}: ${err}`)));
-      });
+      child = served.child;
+      const { out, err } = served;
       expect(err).toMatch(/KV fp8-e4m3/);
       const url = /on (http:\/\/\S+) /.exec(out)?.[1];
       const key = /demo API key: (\S+)/.exec(out)?.[1];
@@ -128,7 +98,7 @@ describe.skipIf(!tool("emcc", haveEmcc(), "the fp8 CLI and HTTP tests on native-
       expect(json.object).toBe("chat.completion");
       expect(json.usage.completion_tokens).toBeGreaterThan(0);
       const exited = new Promise<number | null>((r) => child!.once("exit", (code) => r(code)));
-      child.kill("SIGTERM");
+      child!.kill("SIGTERM");
       expect(await exited).toBe(0);
       child = null;
     });

@@ -1,7 +1,8 @@
 // `ultralong serve` as a user runs it: a fresh cache directory (the demo model is generated), the
 // printed URL, demo key and curl line, and that curl line's request answered; SIGTERM stops it.
-import { type ChildProcess, spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { afterAll, describe, expect, it } from "vitest";
+import { startServe } from "./support/cli.ts";
 import { scratchDir } from "./support/models.ts";
 
 let child: ChildProcess | null = null;
@@ -20,26 +21,12 @@ function shellWords(line: string): string[] {
 describe("ultralong serve", () => {
   it("generates the demo model, prints a working curl line, and stops on SIGTERM", async () => {
     const cache = scratchDir("cache");
-    child = spawn(
-      process.execPath,
-      ["functions/cli/bin.js", "serve", "--port", "0", "--no-store", "--runtime", "reference"],
-      {
-        env: { ...process.env, XDG_CACHE_HOME: cache },
-        stdio: ["ignore", "pipe", "pipe"],
-      },
-    );
-    let out = "";
-    let err = "";
-    child.stderr!.on("data", (d) => {
-      err += d;
+    const served = await startServe(["--port", "0", "--no-store", "--runtime", "reference"], {
+      ...process.env,
+      XDG_CACHE_HOME: cache,
     });
-    await new Promise<void>((resolve, reject) => {
-      child!.stdout!.on("data", (d) => {
-        out += d;
-        if (out.includes('"max_tokens":16}')) resolve();
-      });
-      child!.once("exit", (code) => reject(new Error(`serve exited ${code}: ${err}`)));
-    });
+    child = served.child;
+    const { out, err } = served;
     expect(err).toMatch(/generated a small demo model/);
     expect(out).toMatch(/demo API key: ul-demo-[0-9a-f]{32}/);
     const curl = out
@@ -63,7 +50,7 @@ describe("ultralong serve", () => {
     expect(json.object).toBe("chat.completion");
     expect(json.usage.completion_tokens).toBeGreaterThan(0);
     const exited = new Promise<number | null>((r) => child!.once("exit", (code) => r(code)));
-    child.kill("SIGTERM");
+    child!.kill("SIGTERM");
     expect(await exited).toBe(0);
     child = null;
   });
