@@ -37,6 +37,7 @@ const root = join(import.meta.dirname, "..");
 type Json = Record<string, unknown>;
 
 let template: Template;
+let edgeBundleDir: string;
 let json: { Resources: Record<string, { Type: string; Properties: Json }> };
 
 /** The logical id of the one resource of `type` whose properties' JSON contains `text`. */
@@ -68,7 +69,8 @@ beforeAll(async () => {
   const edge = await bundleEdge(root, "lambda", join(out, "edge"));
   const app = createApp(join(out, "cdk.out"));
   const config = resolveDeployConfig({ model: "s3://my-models/ultralong-1m/" }, {});
-  const stack = buildStack(app, config, { edgeBundleDir: dirname(edge.file), repoRoot: root });
+  edgeBundleDir = dirname(edge.file);
+  const stack = buildStack(app, config, { edgeBundleDir, repoRoot: root });
   template = Template.fromStack(stack);
   json = template.toJSON() as typeof json;
 });
@@ -184,6 +186,20 @@ describe("deploy stack", () => {
       ],
     });
     template.resourceCountIs("AWS::CloudWatch::Alarm", 4 + 2); // ours + the step-scaling pair
+  });
+
+  it("runs one engine per GPU: up to eight tasks on each 8-GPU instance", () => {
+    const app = createApp(join(mkdtempSync(join(tmpdir(), "ul-deploy-test-")), "cdk.out"));
+    const config = resolveDeployConfig(
+      { model: "s3://my-models/ultralong-1m/", "gpu-type": "p5en.48xlarge", "max-instances": "1" },
+      {},
+    );
+    const h200 = Template.fromStack(buildStack(app, config, { edgeBundleDir, repoRoot: root }));
+    h200.hasResourceProperties("AWS::ApplicationAutoScaling::ScalableTarget", {
+      MinCapacity: 0,
+      MaxCapacity: 8,
+    });
+    h200.hasResourceProperties("AWS::AutoScaling::AutoScalingGroup", { MaxSize: "1" });
   });
 });
 

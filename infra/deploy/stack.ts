@@ -232,7 +232,12 @@ export function buildStack(app: App, config: DeployConfig, assets: StackAssets):
 
   // Scale to zero: request count drives the task count; any request while at zero (the ALB answers
   // 503 with no targets, the edge retries with progress events) scales out to one.
-  const scaling = service.autoScaleTaskCount({ minCapacity: 0, maxCapacity: config.maxInstances });
+  // One task = one engine = one GPU (ECS hands each task its own GPU), so a multi-GPU type runs
+  // up to one task per GPU of every instance; the capacity provider adds instances as tasks need.
+  const scaling = service.autoScaleTaskCount({
+    minCapacity: 0,
+    maxCapacity: config.maxInstances * gpu.gpus,
+  });
   scaling.scaleOnMetric("ScaleOnRequests", {
     metric: alb.metrics.requestCount({ period: Duration.minutes(1), statistic: "Sum" }),
     scalingSteps: [
