@@ -14,7 +14,6 @@
 # (sm_90), UL_CHECK_BUILD (build folder, default native/build/gpu-check[-dry]), UL_CUBLASLT_PATH (a
 # cuBLASLt file to try first), UL_GPU_CHECK_BUDGETS ("stage=seconds,..." overrides stage limits).
 set -euo pipefail
-cd "$(dirname "$0")/../.."
 
 usage() { echo "usage: $0 [--dry-run] [--out DIR] [--stage NAME]... | --build-only [--dry-run]" >&2; exit 2; }
 DRY=0
@@ -24,11 +23,13 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --dry-run) DRY=1 ;;
     --build-only) BUILD_ONLY=1 ;;  # CUDA build and link of ul_check, no run (works without a GPU)
-    --out|--stage) [[ $# -ge 2 ]] || usage; PASS+=("$1" "$2"); shift ;;
+    --out) [[ $# -ge 2 ]] || usage; PASS+=("$1" "$(realpath -m "$2")"); shift ;;  # before the cd below
+    --stage) [[ $# -ge 2 ]] || usage; PASS+=("$1" "$2"); shift ;;
     *) usage ;;
   esac
   shift
 done
+cd "$(dirname "$0")/../.."
 
 HOST_SRC=(native/src/engine.cpp native/src/safetensors.cpp native/src/ref/ref_backend.cpp native/src/library_search.cpp
           native/programs/ul_check.cpp)
