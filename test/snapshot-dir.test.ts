@@ -62,7 +62,7 @@ describe("DirectoryStore", () => {
     const outside = join(scratchDir("outside"), "secret");
     await writeFile(outside, "not a snapshot");
     const makers: [string, (path: string) => Promise<void>][] = [
-      ["a directory", (p) => mkdir(join(p, "inner"), { recursive: true })],
+      ["a directory", async (p) => void (await mkdir(join(p, "inner"), { recursive: true }))],
       ["a symbolic link", (p) => symlink(outside, p)],
       ["a special file", async (p) => void execFileSync("mkfifo", [p])],
     ];
