@@ -210,7 +210,7 @@ function cheapestHolding(kv: CudaKvDtypeName, context: number): GpuType | undefi
   const need = memoryFor(ULTRALONG_8B, CUDA_KV_DTYPES[kv], context).total;
   return (Object.keys(GPU_TYPES) as GpuType[])
     .filter((t) => gpuMemoryBytes(t) >= need)
-    .sort((a, b) => GPU_TYPES[a].usdPerHour - GPU_TYPES[b].usdPerHour)[0];
+    .sort((a, b) => GPU_TYPES[a].approxUsdPerHour - GPU_TYPES[b].approxUsdPerHour)[0];
 }
 
 describe("the GPU type follows the context", () => {

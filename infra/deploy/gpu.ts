@@ -14,17 +14,17 @@ import {
 import { ULTRALONG_8B } from "../../core/model/ultralong-8b.ts";
 
 /**
- * GPU instance types the model function runs on. gpuMemoryMiB is the device total CUDA and
+ * GPU instance types the model function runs on. gpuMemoryMiB is the device total that CUDA and
  * nvidia-smi report (what an engine can allocate from), not the marketing figure: an "H200 141 GB"
- * shows 143771 MiB (140.4 GiB), an "H100 80 GB" 81559 MiB, an "L40S 48 GB" 46068 MiB. usdPerHour
- * is the us-east-1 on-demand price, approximate (Linux, late 2026; check the price list): it only
- * orders the types, cheapest first.
+ * shows 143771 MiB (140.4 GiB), an "H100 80 GB HBM3" 81559 MiB, an "L40S 48 GB" 46068 MiB (public
+ * nvidia-smi output of those cards). approxUsdPerHour is a rough us-east-1 on-demand Linux price,
+ * not checked against the current price list: it only orders the types, cheapest first.
  */
 export const GPU_TYPES = {
-  "g6e.xlarge": { gpus: 1, gpu: "L40S 48 GB", gpuMemoryMiB: 46068, usdPerHour: 1.9 },
-  "g6e.12xlarge": { gpus: 4, gpu: "L40S 48 GB", gpuMemoryMiB: 46068, usdPerHour: 10.5 },
-  "p5.48xlarge": { gpus: 8, gpu: "H100 80 GB", gpuMemoryMiB: 81559, usdPerHour: 55 },
-  "p5en.48xlarge": { gpus: 8, gpu: "H200 141 GB", gpuMemoryMiB: 143771, usdPerHour: 63 },
+  "g6e.xlarge": { gpus: 1, gpu: "L40S 48 GB", gpuMemoryMiB: 46068, approxUsdPerHour: 1.9 },
+  "g6e.12xlarge": { gpus: 4, gpu: "L40S 48 GB", gpuMemoryMiB: 46068, approxUsdPerHour: 10.5 },
+  "p5.48xlarge": { gpus: 8, gpu: "H100 80 GB", gpuMemoryMiB: 81559, approxUsdPerHour: 55 },
+  "p5en.48xlarge": { gpus: 8, gpu: "H200 141 GB", gpuMemoryMiB: 143771, approxUsdPerHour: 63 },
 } as const;
 export type GpuType = keyof typeof GPU_TYPES;
 
@@ -61,7 +61,9 @@ export function checkGpuHolds(type: GpuType, kvDtype: CudaKvDtypeName, context: 
  */
 export function chooseGpuType(kvDtype: CudaKvDtypeName, context: number): GpuType {
   const types = Object.keys(GPU_TYPES) as GpuType[];
-  const byPrice = [...types].sort((a, b) => GPU_TYPES[a].usdPerHour - GPU_TYPES[b].usdPerHour);
+  const byPrice = [...types].sort(
+    (a, b) => GPU_TYPES[a].approxUsdPerHour - GPU_TYPES[b].approxUsdPerHour,
+  );
   const fits = byPrice.find((t) => gpuContext(t, kvDtype) >= context);
   if (fits) return fits;
   const largest = [...types].sort((a, b) => gpuMemoryBytes(b) - gpuMemoryBytes(a))[0]!;
@@ -82,7 +84,7 @@ export function contextTable(): string {
   const rows = (Object.keys(GPU_TYPES) as GpuType[]).map((type) => {
     const t = GPU_TYPES[type];
     const mem = `${t.gpuMemoryMiB} MiB`;
-    return `| ${type} | ${t.gpus}x ${t.gpu} (${mem}) | $${t.usdPerHour} | ${group(gpuContext(type, "bf16"))} | ${group(gpuContext(type, "fp8"))} |`;
+    return `| ${type} | ${t.gpus}x ${t.gpu} (${mem}) | $${t.approxUsdPerHour} | ${group(gpuContext(type, "bf16"))} | ${group(gpuContext(type, "fp8"))} |`;
   });
   return [
     "| type | GPUs (CUDA-reported memory each) | about per hour | longest context, bf16 KV | longest context, fp8 KV |",
