@@ -149,9 +149,13 @@ describe.skipIf(!hasEmcc)("native-wasm runtime", () => {
     await expect(nat.importKv(new Uint8Array(3), 1, "f32")).rejects.toBeInstanceOf(
       InvalidInputError,
     );
-    await expect(createNativeWasmRuntime({ model: m, kvDtype: "fp8-e4m3" })).rejects.toBeInstanceOf(
-      NotAvailableError,
+    // Every KvDtype is offered here (f32, bf16, f16, fp8-e4m3); a name outside them is refused.
+    await expect(createNativeWasmRuntime({ model: m, kvDtype: "fp4" as "f32" })).rejects.toThrow(
+      /runtime 'native-wasm' stores KV as f32, bf16, f16, fp8-e4m3, not fp4/,
     );
+    await expect(
+      createNativeWasmRuntime({ model: m, kvDtype: "fp4" as "f32" }),
+    ).rejects.toBeInstanceOf(NotAvailableError);
     await nat.close();
     expect(() => nat.position).toThrow(InvalidInputError);
     expect(await nativeWasmRuntimeFactory.unavailableReason()).toBeNull();

@@ -103,7 +103,11 @@ describe("wasm runtime", () => {
       const got = await fresh.exportKv(0, 40);
       expect(new Float32Array(got.buffer, got.byteOffset, want.length)).toEqual(widened);
       await expect(fresh.importKv(back.subarray(1), 40, "bf16")).rejects.toThrow(InvalidInputError);
-      await expect(fresh.importKv(back, 40, "fp8-e4m3")).rejects.toThrow(NotAvailableError);
+      // An fp8 payload carries its block scales: bf16-sized bytes are not one.
+      await expect(fresh.importKv(back, 40, "fp8-e4m3")).rejects.toThrow(InvalidInputError);
+      await expect(createWasmRuntime({ model, threads: 1, kvDtype: "fp8-e4m3" })).rejects.toThrow(
+        /runtime 'wasm' stores KV as f32, bf16, not fp8-e4m3/,
+      );
       await fresh.close();
     } finally {
       await f32rt.close();
