@@ -74,6 +74,28 @@ describe.skipIf(!haveGxx)("cuBLASLt search (ul_check cublaslt-search)", () => {
     expect(s.cublaslt_tried.map((t) => t.path)).not.toContain(junk);
   });
 
+  it("looks in CUDA_HOME before the site-packages, and finds a virtualenv's wheel without Python", () => {
+    const base = mkdtempSync(join(tmpdir(), "ul-search-"));
+    const cudaLib = join(base, "cuda/targets/x86_64-linux/lib/libcublasLt.so.13");
+    const venvLib = join(
+      base,
+      "venv/lib/python3.12/site-packages/nvidia/cu13/lib/libcublasLt.so.13",
+    );
+    for (const f of [cudaLib, venvLib]) {
+      mkdirSync(join(f, ".."), { recursive: true });
+      writeFileSync(f, "junk\n");
+    }
+    const s = search({
+      CUDA_HOME: join(base, "cuda"),
+      VIRTUAL_ENV: join(base, "venv"),
+      UL_PYTHON_SITE: site,
+    });
+    const order = [cudaLib, real, venvLib].map((f) => s.candidates.indexOf(f));
+    expect(order.every((i) => i > 2)).toBe(true);
+    // CUDA_HOME, then UL_PYTHON_SITE (what gpu-check.sh passes), then the virtualenv.
+    expect([...order].sort((a, b) => a - b)).toEqual(order);
+  });
+
   it("tries UL_CUBLASLT_PATH first and reports a dlopen failure with its path and reason", () => {
     const s = search({ UL_CUBLASLT_PATH: junk, UL_PYTHON_SITE: site });
     expect(s.candidates[0]).toBe(junk);
