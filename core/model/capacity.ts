@@ -8,6 +8,7 @@
 //                for the whole context; fp8 adds f32 scales per (layer, K|V, kv_head, block)
 //   activations  scratch for one prefill chunk of `chunkRows` rows (the engine's own list, below)
 //   fixed        CUDA context and what the libraries hold (FIXED_RESERVE_BYTES, why below)
+// test/capacity-engine.test.ts checks the first three against the engine's own ul_engine_memory.
 // The engine refuses a start that does not fit (cudaMalloc failure is a typed out-of-memory
 // error), so this plan errs on the side of a context that fits.
 
