@@ -310,11 +310,11 @@ describe("npm run deploy", () => {
   for (const name of ["ULTRALONG_MODEL_URI", "ULTRALONG_MAX_CONTEXT", "ULTRALONG_GPU_TYPE"]) {
     delete env[name];
   }
-  const deploy = (args: string[]) =>
+  const deploy = (args: string[], extraEnv: NodeJS.ProcessEnv = {}) =>
     spawnSync(process.execPath, ["node_modules/tsx/dist/cli.mjs", "infra/deploy.ts", ...args], {
       cwd: root,
       encoding: "utf8",
-      env,
+      env: { ...env, ...extraEnv },
       timeout: 120_000,
     });
   const reportOf = (stdout: string) => JSON.parse(stdout.slice(stdout.indexOf("{")));
@@ -377,5 +377,14 @@ describe("npm run deploy", () => {
     expect(r.stdout).toBe("");
     expect(r.stderr.trim().split("\n")).toHaveLength(1);
     expect(r.stderr).toMatch(/^deploy: --model is required to deploy: s3:\/\/bucket\/prefix\//);
+  });
+
+  it("refuses a real deploy that would build the image with no Docker, with one line", () => {
+    const r = deploy(["--model", "s3://my-models/ultralong-1m/"], { PATH: "/nonexistent" });
+    expect(r.status).toBe(1);
+    expect(r.stdout).toBe("");
+    expect(r.stderr.trim().split("\n")).toHaveLength(1);
+    expect(r.stderr).toContain("deploy: docker is not running or not installed");
+    expect(r.stderr).toContain("--image URI");
   });
 });
