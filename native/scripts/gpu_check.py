@@ -252,6 +252,9 @@ def stage_build(ctx):
         return {**res, "ok": False, "error": str(e)}
     gpus = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True) if shutil.which("nvidia-smi") else None
     res["device"] = gpus.stdout.strip() if gpus and gpus.returncode == 0 else "cpu (dry run: C++ reference kernels)"
+    if not ctx.dry:
+        nvcc = subprocess.run(["nvcc", "--version"], capture_output=True, text=True)
+        res["nvcc"] = nvcc.stdout.strip().splitlines()[-1] if nvcc.returncode == 0 else None
     return {"ok": True, **res}
 
 
@@ -549,6 +552,7 @@ def main_parent(args):
         res = run_stage_process(name, limit, args)
         if name == "build":
             info = res.get("info")
+            common["device"] = res.get("device")
         ok = res.pop("ok", False) is True
         results[name] = (ok, res)
         emit({"stage": name, "ok": ok, "seconds": round(time.time() - t0, 2), "limit_s": limit,
