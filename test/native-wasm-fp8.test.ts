@@ -5,6 +5,7 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createReferenceRuntime } from "../core/engine/reference-runtime.ts";
 import type { Runtime } from "../core/engine/runtime.ts";
 import {
   FP8_BLOCK_POSITIONS,
@@ -183,7 +184,7 @@ describe.skipIf(!tool("emcc", haveEmcc(), "the fp8 KV tests on native-wasm"))(
       expect(relativeError(fp8.logits, f32.logits)).toBeLessThanOrEqual(FP8_TOL);
     });
 
-    it("an fp8 snapshot chain from native-wasm restores into the wasm runtime (bf16 and f32 KV), and wasm's bf16 KV imports into native-wasm fp8", async () => {
+    it("an fp8 snapshot chain from native-wasm restores into the wasm runtime (bf16 and f32 KV) and the reference runtime, and wasm's bf16 KV imports into native-wasm fp8", async () => {
       const model = await loadTestModel(SMALL_VOCAB);
       const L = 300;
       const C = 64;
@@ -211,8 +212,16 @@ describe.skipIf(!tool("emcc", haveEmcc(), "the fp8 KV tests on native-wasm"))(
       const natLogits = await nat.forward(tokens.subarray(256));
       expect(relativeError(natLogits, want)).toBeLessThanOrEqual(FP8_TOL);
 
-      for (const kvDtype of ["bf16", "f32"] as const) {
-        const w = track(await createWasmRuntime({ model, kvDtype, maxPositions: L, threads: 1 }));
+      for (const [name, kvDtype] of [
+        ["wasm", "bf16"],
+        ["wasm", "f32"],
+        ["reference", "bf16"],
+      ] as const) {
+        const w = track(
+          name === "wasm"
+            ? await createWasmRuntime({ model, kvDtype, maxPositions: L, threads: 1 })
+            : await createReferenceRuntime({ model, kvDtype, maxPositions: L }),
+        );
         const { restoredTokens } = await cache.restore(w, tokens.subarray(0, L - 1));
         expect(restoredTokens).toBe(256);
         // The restored positions hold the fp8 values, dequantised (bf16 rounds them once more).
@@ -222,8 +231,10 @@ describe.skipIf(!tool("emcc", haveEmcc(), "the fp8 KV tests on native-wasm"))(
           kvDtype === "f32" ? 0 : 2 ** -8,
         );
         const logits = await w.forward(tokens.subarray(256));
-        expect(relativeError(logits, natLogits), `wasm ${kvDtype}`).toBeLessThanOrEqual(FP8_TOL);
-        expect(relativeError(logits, want), `wasm ${kvDtype} vs f32`).toBeLessThanOrEqual(FP8_TOL);
+        expect(relativeError(logits, natLogits), `${name} ${kvDtype}`).toBeLessThanOrEqual(FP8_TOL);
+        expect(relativeError(logits, want), `${name} ${kvDtype} vs f32`).toBeLessThanOrEqual(
+          FP8_TOL,
+        );
       }
 
       // Back: wasm bf16 KV exported, imported into an fp8 cache (fresh blocks from position 0).
