@@ -97,5 +97,8 @@ describe.skipIf(!tools)("model image build (fresh clone, nvcc, no GPU)", () => {
     expect(dockerfile).toMatch(/^FROM nvidia\/cuda:\$\{CUDA\}-cudnn-runtime-ubuntu24\.04$/m);
     const entry = readFileSync(join(clone, "infra/docker/model-entry.sh"), "utf8");
     expect(entry).toMatch(/--runtime "\$\{ULTRALONG_RUNTIME:-cuda\}"/);
+    // The deploy's sizing (infra/deploy/gpu.ts) reaches serve.
+    expect(entry).toMatch(/--kv-dtype "\$\{ULTRALONG_KV_DTYPE:-bf16\}"/);
+    expect(entry).toMatch(/--max-positions "\$\{ULTRALONG_MAX_CONTEXT:-131072\}"/);
   });
 });

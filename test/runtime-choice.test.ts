@@ -7,9 +7,12 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { type RuntimeFactory, RuntimeRegistry } from "../core/engine/registry.ts";
 import { NotAvailableError } from "../core/errors.ts";
+import { loadModelDir } from "../core/node/load-model-dir.ts";
 import { startLocal } from "../functions/platform/local.ts";
 import { elfProblem } from "../native/ts/elf-check.ts";
+import { kernelsLine } from "../native/ts/native-runtime.ts";
 import { runUltralong, scratchDir, testModelDir } from "./support/models.ts";
+import { haveEmcc, tool } from "./support/tools.ts";
 
 const stub = (name: string, priority: number, reason: () => Promise<string | null>) =>
   ({
@@ -50,6 +53,38 @@ describe("elfProblem: a shared object's headers against its size", () => {
     writeFileSync(text, "#!/bin/sh\n");
     expect(elfProblem(text)).toBe("not an ELF shared object");
   });
+});
+
+describe("kernelsLine: what a native engine reports running", () => {
+  it("names the GEMM backend and the cuBLASLt file that loaded, or the fallback", () => {
+    expect(kernelsLine(undefined, "cuda")).toBe("cuda");
+    expect(kernelsLine({ kernels: "reference", gemm: "reference", kvDtype: "f32" }, "x")).toBe(
+      "cpp-reference",
+    );
+    const lib = "/site-packages/nvidia/cu13/lib/libcublasLt.so.13";
+    expect(
+      kernelsLine({ kernels: "cuda", gemm: "cublaslt", cublaslt: lib, kvDtype: "bf16" }, "cuda"),
+    ).toBe(`cuda gemm=cublaslt ${lib}`);
+    expect(
+      kernelsLine(
+        { kernels: "cuda", gemm: "own-wmma", cublaslt: null, gemmForced: "own", kvDtype: "bf16" },
+        "cuda",
+      ),
+    ).toBe("cuda gemm=own-wmma (forced: UL_GEMM=own)");
+  });
+
+  it.skipIf(!tool("emcc", haveEmcc(), "the native-wasm kernels line"))(
+    "native-wasm's runtime info says cpp-reference (from the engine's own report)",
+    async () => {
+      const rt = await (await import("../functions/runtimes.ts")).runtimes
+        .pick("native-wasm")
+        .then(async (f) =>
+          f.create({ model: await loadModelDir(await testModelDir()), maxPositions: 32 }),
+        );
+      expect(rt.info.kernels).toBe("cpp-reference");
+      await rt.close();
+    },
+  );
 });
 
 describe("a native addon that exists but cannot load", () => {

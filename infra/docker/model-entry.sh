@@ -11,5 +11,8 @@ set -eu
 MODEL_DIR=${MODEL_DIR:-/models/current}
 mkdir -p "$MODEL_DIR"
 aws s3 sync --only-show-errors "$ULTRALONG_MODEL_URI" "$MODEL_DIR"
+# The deploy sizes the GPU for ULTRALONG_MAX_CONTEXT positions of ULTRALONG_KV_DTYPE KV
+# (infra/deploy/gpu.ts); serve reserves exactly that.
 exec node /app/functions/cli/bin.js serve --role model --model "$MODEL_DIR" \
-  --port "${PORT:-8080}" --store "$ULTRALONG_STORE" --runtime "${ULTRALONG_RUNTIME:-cuda}"
+  --port "${PORT:-8080}" --store "$ULTRALONG_STORE" --runtime "${ULTRALONG_RUNTIME:-cuda}" \
+  --kv-dtype "${ULTRALONG_KV_DTYPE:-bf16}" --max-positions "${ULTRALONG_MAX_CONTEXT:-131072}"

@@ -14,6 +14,7 @@ import { type KvDtype, type KvLayout, kvLayoutOf, kvPayloadBytes } from "../../c
 import type { ModelConfig } from "../../core/model/config-types.ts";
 import { computeRope, rotaryDim } from "../../core/model/rope.ts";
 import {
+  type BackendInfo,
   Dtype,
   type EngineConfig,
   kvDtypeCode,
@@ -41,6 +42,18 @@ export interface NativeRuntimeSpec {
    * Small for the scalar wasm engine; a whole GPU chunk for CUDA (smaller calls starve the GEMMs).
    */
   callTokens: number;
+}
+
+/**
+ * RuntimeInfo.kernels from what the engine reports running: "cpp-reference" for the reference
+ * kernels, "cuda gemm=cublaslt <file>" or "cuda gemm=own-wmma" on a GPU; the spec's name when the
+ * host has no report.
+ */
+export function kernelsLine(info: BackendInfo | undefined, fallback: string): string {
+  if (!info) return fallback;
+  if (info.kernels === "reference") return "cpp-reference";
+  const gemm = info.cublaslt ? `${info.gemm} ${info.cublaslt}` : info.gemm;
+  return `${info.kernels} gemm=${gemm}${info.gemmForced ? ` (forced: UL_GEMM=${info.gemmForced})` : ""}`;
 }
 
 /** ul_config from the validated ModelConfig; rope from core/model/rope.ts (one implementation). */
@@ -203,7 +216,7 @@ export async function createNativeRuntime(
       kv,
       maxPositions,
       threads: 1,
-      kernels: spec.kernels,
+      kernels: kernelsLine(engine.backendInfo?.(), spec.kernels),
       weightBytes: mem.weightBytes,
       kvCapacityBytes: mem.kvBytes,
     },
