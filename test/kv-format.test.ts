@@ -3,7 +3,7 @@ import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { toHex } from "../core/crypto/sha256.ts";
-import { deriveTenantKey, parseMasterKey } from "../core/crypto/tenant-key.ts";
+import { deriveTenantKey, masterKeyId, parseMasterKey } from "../core/crypto/tenant-key.ts";
 import { FormatError } from "../core/errors.ts";
 import { chainKey, chainKeys, tenantTag } from "../core/kv/chain-key.ts";
 import {
@@ -13,6 +13,7 @@ import {
   parseSnapshotHeader,
   SNAPSHOT_HEADER_BYTES,
   type SnapshotMeta,
+  UnreadableError,
 } from "../core/kv/format.ts";
 import { fp8PayloadToF32 } from "../core/kv/fp8.ts";
 import { type KvLayout, kvPayloadBytes, kvScaleBytes } from "../core/kv/layout.ts";
@@ -176,6 +177,50 @@ describe("snapshot format v2", () => {
     });
     expect(header.chainKey).toEqual(new Uint8Array(32).fill(3));
     expect(back).toEqual(payload());
+  });
+
+  it("names the master key that sealed it: unknown keys and plaintext are unreadable, a bad tag under the named key is tampering", async () => {
+    const masterA = new Uint8Array(32).fill(1);
+    const masterB = new Uint8Array(32).fill(2);
+    const keyOf = async (m: Uint8Array) => ({
+      id: await masterKeyId(m),
+      key: await deriveTenantKey(m, "tenant"),
+    });
+    const [a, b] = [await keyOf(masterA), await keyOf(masterB)];
+    expect(toHex(a.id)).not.toBe(toHex(b.id));
+    const sealed = await encodeSnapshot(meta(), payload(), { key: a.key, keyId: a.id });
+    expect((await parseSnapshotHeader(sealed)).keyId).toEqual(a.id);
+    // Rotation: B seals now, A is still listed and opens what it sealed.
+    expect((await decodeSnapshot(sealed, { keys: [b, a] })).payload).toEqual(payload());
+    // Not readable here, and not damage: no key, only B, or plaintext where keys are configured.
+    await expect(decodeSnapshot(sealed)).rejects.toBeInstanceOf(UnreadableError);
+    await expect(decodeSnapshot(sealed, { keys: [b] })).rejects.toThrow(
+      new RegExp(`sealed under master key ${toHex(a.id)}, which this server does not hold`),
+    );
+    const plain = await encodeSnapshot(meta(), payload());
+    expect((await parseSnapshotHeader(plain)).keyId).toBeNull();
+    await expect(decodeSnapshot(plain, { keys: [a] })).rejects.toBeInstanceOf(UnreadableError);
+    // Tampered and re-hashed (both digests valid): the key it names refuses the tag.
+    const tampered = sealed.slice();
+    tampered[SNAPSHOT_HEADER_BYTES + 5] ^= 1;
+    tampered.set(
+      createHash("sha256").update(tampered.subarray(SNAPSHOT_HEADER_BYTES)).digest(),
+      192,
+    );
+    await resealHeader(tampered);
+    const err = await decodeSnapshot(tampered, { keys: [b, a] }).catch((e) => e);
+    expect(err).toBeInstanceOf(DecryptError);
+    expect(err).not.toBeInstanceOf(UnreadableError);
+    // An object from before key ids (id zeros) is tried under every listed key.
+    const legacy = await encodeSnapshot(meta(), payload(), { key: a.key });
+    expect((await parseSnapshotHeader(legacy)).keyId).toBeNull();
+    expect((await decodeSnapshot(legacy, { keys: [b, a] })).payload).toEqual(payload());
+    await expect(decodeSnapshot(legacy, { keys: [b] })).rejects.toBeInstanceOf(UnreadableError);
+    // A plaintext object may not carry a key id.
+    const forged = plain.slice();
+    forged[84] = 1;
+    await resealHeader(forged);
+    await expect(decodeSnapshot(forged)).rejects.toThrow(/unencrypted snapshot carries a key id/);
   });
 
   it("encrypts with AES-GCM under the header as AAD", async () => {

@@ -37,6 +37,7 @@ function startModel(store: string, env: Record<string, string>) {
               ...env,
               ULTRALONG_SIGNING_SECRET: SECRET,
               ULTRALONG_SALT_SECRET: "s".repeat(64),
+              ULTRALONG_SNAPSHOT_KEY: "ab".repeat(32),
             },
             stdio: ["ignore", "pipe", "pipe"],
           },

@@ -174,14 +174,17 @@ describe("snapshot cache on a directory store", () => {
     const tokens = prompt(70, 7);
     const plain = await generate(tokens);
     const masterKey = new Uint8Array(32).fill(9);
-    await generate(tokens, cacheOn(store, { encryption: { masterKey } }));
+    await generate(tokens, cacheOn(store, { encryption: { masterKeys: [masterKey] } }));
     for (const f of await filesUnder(join(dir, "kv"))) {
       expect((await parseSnapshotHeader(await readFile(f))).encrypted).toBe(true);
     }
-    const warm = await generate(tokens, cacheOn(store, { encryption: { masterKey } }));
+    const warm = await generate(
+      tokens,
+      cacheOn(store, { encryption: { masterKeys: [masterKey] } }),
+    );
     expect(warm.cachedTokens).toBe(64);
     expect(warm.ids).toEqual(plain.ids);
-    const rotated = cacheOn(store, { encryption: { masterKey: new Uint8Array(32).fill(10) } });
+    const rotated = cacheOn(store, { encryption: { masterKeys: [new Uint8Array(32).fill(10)] } });
     const miss = await generate(tokens, rotated);
     expect(miss.cachedTokens).toBe(0);
     expect(rotated.stats().quarantined).toBe(0);
@@ -189,6 +192,66 @@ describe("snapshot cache on a directory store", () => {
     // Without any key configured, encrypted objects are a miss too.
     const none = await generate(tokens, cacheOn(new DirectoryStore(join(dir, "nothing"))));
     expect(none.cachedTokens).toBe(0);
+  });
+});
+
+describe("snapshot keys: rotation, other configurations, tampering", () => {
+  const A = new Uint8Array(32).fill(21);
+  const B = new Uint8Array(32).fill(22);
+  const kvFiles = async (dir: string) => {
+    const out = new Map<string, Buffer>();
+    for (const f of await filesUnder(join(dir, "kv"))) out.set(f, await readFile(f));
+    return out;
+  };
+
+  it("an instance without the key, or with another key, leaves encrypted objects alone", async () => {
+    const dir = scratchDir("snap");
+    const store = new DirectoryStore(dir);
+    const tokens = prompt(70, 31);
+    const plain = await generate(tokens);
+    await generate(tokens, cacheOn(store, { encryption: { masterKeys: [A] } }));
+    const before = await kvFiles(dir);
+    expect(before.size).toBe(4);
+    for (const misconfigured of [
+      cacheOn(store),
+      cacheOn(store, { encryption: { masterKeys: [B] } }),
+    ]) {
+      const run = await generate(tokens, misconfigured);
+      expect(run.cachedTokens).toBe(0);
+      expect(run.ids).toEqual(plain.ids);
+      expect(misconfigured.stats()).toMatchObject({ quarantined: 0, uploads: 0 });
+      expect(await kvFiles(dir)).toEqual(before); // nothing moved, nothing overwritten
+    }
+    // Rotation: B now seals, A is still listed: A's objects restore.
+    const rotated = cacheOn(store, { encryption: { masterKeys: [B, A] } });
+    const warm = await generate(tokens, rotated);
+    expect(warm.cachedTokens).toBe(64);
+    expect(warm.ids).toEqual(plain.ids);
+  });
+
+  it("a chunk tampered with and re-hashed is refused, quarantined and recomputed: same output", async () => {
+    const dir = scratchDir("snap");
+    const store = new DirectoryStore(dir);
+    const tokens = prompt(70, 32);
+    const plain = await generate(tokens);
+    const keyed = () => cacheOn(store, { encryption: { masterKeys: [A] } });
+    await generate(tokens, keyed());
+    // The attacker who can write the store edits chunk 1's sealed KV and fixes both digests.
+    const target = await keyed().objectKey((await keyed().chainKeys(tokens, 2))[1]);
+    const path = join(dir, target);
+    const obj = new Uint8Array(await readFile(path));
+    obj[300] ^= 0x40;
+    obj.set(new Uint8Array(await crypto.subtle.digest("SHA-256", obj.subarray(256))), 192);
+    obj.set(new Uint8Array(await crypto.subtle.digest("SHA-256", obj.subarray(0, 224))), 224);
+    await writeFile(path, obj);
+    const cache = keyed();
+    const run = await generate(tokens, cache);
+    expect(run.cachedTokens).toBe(16); // chunk 0 restored, chunk 1 refused
+    expect(run.ids).toEqual(plain.ids);
+    expect(cache.stats().quarantined).toBe(1);
+    const again = await generate(tokens, keyed());
+    expect(again.cachedTokens).toBe(64); // recomputed and saved under the key
+    expect(Buffer.compare(again.kv, plain.kv)).toBe(0);
   });
 });
 
@@ -379,7 +442,13 @@ describe("snapshot cache on s3rver behind the fault proxy", () => {
     );
     await cache.flush();
     proxy.setSchedule(() => null);
-    expect(cache.stats()).toMatchObject({ peakPendingUploads: 1, uploads: 4, uploadErrors: 0 });
+    // The second runtime's two chunks find the first's objects already stored (same keys).
+    expect(cache.stats()).toMatchObject({
+      peakPendingUploads: 1,
+      uploads: 2,
+      uploadsSkipped: 2,
+      uploadErrors: 0,
+    });
     for (const rt of rts) await rt.close();
   });
 });

@@ -41,6 +41,20 @@ export async function deriveTenantKey(
   );
 }
 
+/**
+ * The id a snapshot header carries for the master key that sealed it (8 bytes): SHA-256 over a
+ * label and the key. It lets a reader holding several keys (rotation) pick the right one, and tell
+ * "sealed under a key I do not hold" (leave it) from "tampered under my key" (quarantine). It says
+ * nothing about the key beyond equality: 64 bits of a hash of a 256-bit secret.
+ */
+export async function masterKeyId(master: Uint8Array): Promise<Uint8Array> {
+  const label = new TextEncoder().encode("ultralong snapshot master key id v1\0");
+  const data = new Uint8Array(label.length + master.length);
+  data.set(label, 0);
+  data.set(master, label.length);
+  return new Uint8Array(await crypto.subtle.digest("SHA-256", bs(data))).slice(0, 8);
+}
+
 export function randomNonce(): Uint8Array {
   return crypto.getRandomValues(new Uint8Array(GCM_NONCE_BYTES));
 }

@@ -19,7 +19,9 @@
 //    36    4 fp8 scale block, positions (64; 0 for other dtypes and in v1)
 //    40    8 token start     48  8 token end (exclusive)
 //    56    8 payload bytes   64  8 body bytes
-//    72   12 AES-GCM nonce (zeros when not encrypted)          84 12 reserved, 0
+//    72   12 AES-GCM nonce (zeros when not encrypted)
+//    84    8 master key id (encrypted objects written since key ids: masterKeyId(); else zeros)
+//    92    4 reserved, 0
 //    96   32 model fingerprint (SHA-256)
 //   128   32 chain key       160 32 previous chain key (zeros for the first chunk)
 //   192   32 SHA-256 of the body as stored
@@ -82,6 +84,8 @@ export interface SnapshotHeader extends SnapshotMeta {
   payloadBytes: number;
   bodyBytes: number;
   nonce: Uint8Array;
+  /** The master key id an encrypted object names, or null (plaintext, or written before ids). */
+  keyId: Uint8Array | null;
   bodySha256: Uint8Array;
   /** The raw 256 header bytes (AAD is its first 192). */
   raw: Uint8Array;
@@ -117,6 +121,8 @@ export async function encodeSnapshot(
     nonce?: Uint8Array;
     /** Write into this buffer (exactly snapshotObjectBytes long) instead of a new one. */
     into?: Uint8Array;
+    /** With `key`: the id of the master key it derives from (8 bytes, masterKeyId()). */
+    keyId?: Uint8Array;
   } = {},
 ): Promise<Uint8Array> {
   const sha256 = opts.sha256 ?? subtleSha256;
@@ -157,6 +163,10 @@ export async function encodeSnapshot(
   view.setBigUint64(56, BigInt(payload.length), true);
   view.setBigUint64(64, BigInt(bodyBytes), true);
   header.set(nonce, 72);
+  if (encrypted && opts.keyId) {
+    assert(opts.keyId.length === KEY_ID_BYTES, "key id is 8 bytes");
+    header.set(opts.keyId, 84);
+  }
   header.set(fingerprintBytes(meta.modelFingerprint), 96);
   header.set(meta.chainKey, 128);
   if (meta.previousKey) header.set(meta.previousKey, 160);
@@ -218,7 +228,7 @@ export async function parseSnapshotHeader(
   if (view.getUint8(17) !== PAYLOAD_LAYOUT_LAYER_KV) {
     throw new FormatError(`unknown payload layout code ${view.getUint8(17)}`);
   }
-  if (view.getUint16(18, true) !== 0 || !isZero(raw.subarray(84, 96))) {
+  if (view.getUint16(18, true) !== 0 || !isZero(raw.subarray(92, 96))) {
     throw new FormatError("snapshot reserved fields are not zero");
   }
   const scaleBytes = view.getUint32(32, true);
@@ -258,6 +268,8 @@ export async function parseSnapshotHeader(
   }
   const nonce = raw.slice(72, 84);
   if (!encrypted && !isZero(nonce)) throw new FormatError("unencrypted snapshot carries a nonce");
+  const keyId = raw.slice(84, 92);
+  if (!encrypted && !isZero(keyId)) throw new FormatError("unencrypted snapshot carries a key id");
   const previous = raw.slice(160, 192);
   return {
     version,
@@ -268,6 +280,7 @@ export async function parseSnapshotHeader(
     payloadBytes,
     bodyBytes,
     nonce,
+    keyId: isZero(keyId) ? null : keyId,
     modelFingerprint: toHex(raw.subarray(96, 128)),
     chainKey: raw.slice(128, 160),
     previousKey: isZero(previous) ? null : previous,
@@ -276,13 +289,27 @@ export async function parseSnapshotHeader(
   };
 }
 
+/** A key a reader holds: a tenant key and the id of the master key it derives from. */
+export interface SnapshotKey {
+  /** masterKeyId() of the master key (8 bytes), or null to try it on any encrypted object. */
+  id: Uint8Array | null;
+  key: CryptoKey;
+}
+
 /**
- * Check a whole object (header and body) and return its payload, decrypting with `key` when the
- * object is encrypted. FormatError on any mismatch: size, checksum, encryption state or GCM tag.
+ * Check a whole object (header and body) and return its payload, decrypting it when encrypted with
+ * the key among `keys` whose id the header names (every key for an object without an id; `key` is
+ * one key with no id). Throws:
+ *   UnreadableError  intact, but not readable in this configuration: encrypted and no key here,
+ *                    sealed under a master key this reader does not hold, or plaintext where
+ *                    encryption is required. Not evidence of damage: leave the object alone.
+ *   DecryptError     intact checksums, but the AES-GCM tag fails under the key the object names:
+ *                    tampered (or a key id collision, 2^-64).
+ *   FormatError      anything else off: size, checksum, header fields.
  */
 export async function decodeSnapshot(
   object: Uint8Array,
-  opts: { key?: CryptoKey; sha256?: Sha256 } = {},
+  opts: { key?: CryptoKey; keys?: SnapshotKey[]; sha256?: Sha256 } = {},
 ): Promise<{ header: SnapshotHeader; payload: Uint8Array }> {
   const sha256 = opts.sha256 ?? subtleSha256;
   const header = await parseSnapshotHeader(object, sha256);
@@ -295,23 +322,38 @@ export async function decodeSnapshot(
   if (!bytesEqual(await sha256(body), header.bodySha256)) {
     throw new FormatError("snapshot body checksum mismatch");
   }
-  if (header.encrypted !== (opts.key !== undefined)) {
-    throw new FormatError(
-      header.encrypted
-        ? "snapshot is encrypted and no key is configured"
-        : "snapshot is not encrypted but encryption is required",
+  const keys = [...(opts.keys ?? []), ...(opts.key ? [{ id: null, key: opts.key }] : [])];
+  if (!header.encrypted) {
+    if (keys.length)
+      throw new UnreadableError("snapshot is not encrypted but encryption is required");
+    return { header, payload: body };
+  }
+  if (!keys.length) throw new UnreadableError("snapshot is encrypted and no key is configured");
+  const named = header.keyId;
+  const candidates = keys.filter((k) => !named || !k.id || bytesEqual(k.id, named));
+  if (!candidates.length) {
+    throw new UnreadableError(
+      `snapshot is sealed under master key ${toHex(named!)}, which this server does not hold`,
     );
   }
-  if (!opts.key) return { header, payload: body };
-  const payload = await gcmOpen(
-    opts.key,
-    header.nonce,
-    body,
-    header.raw.subarray(0, SNAPSHOT_AAD_BYTES),
-  );
-  if (payload === null) throw new DecryptError("snapshot does not decrypt with this tenant's key");
-  return { header, payload };
+  const aad = header.raw.subarray(0, SNAPSHOT_AAD_BYTES);
+  for (const k of candidates) {
+    const payload = await gcmOpen(k.key, header.nonce, body, aad);
+    if (payload !== null) return { header, payload };
+  }
+  // With an id, the key it names failed: tampered. Without one (an object from before key ids,
+  // tried under every key), a wrong key and tampering look the same: not readable here.
+  if (named || (candidates.length === 1 && !candidates[0].id)) {
+    throw new DecryptError("snapshot does not decrypt with this tenant's key");
+  }
+  throw new UnreadableError("snapshot opens with none of the configured keys");
 }
 
-/** The object is intact (checksums pass) but does not open with the configured key. */
+/** Intact, but not readable with this reader's keys (or lack of them); see decodeSnapshot. */
+export class UnreadableError extends FormatError {}
+
+/** The object is intact (checksums pass) but its AES-GCM tag fails under the key it names. */
 export class DecryptError extends FormatError {}
+
+/** Bytes of a master key id in the header. */
+export const KEY_ID_BYTES = 8;

@@ -12,10 +12,15 @@
 // save: exports the chunk, then encodes and uploads it in the background. At most
 //   `maxPendingUploads` uploads are in flight; a save beyond that waits for one to finish, which
 //   bounds memory to (maxPendingUploads + 1) chunks and slows prefill only when the store is
-//   slower than compute. Upload errors are logged and counted, never thrown.
+//   slower than compute. Upload errors are logged and counted, never thrown. A key that already
+//   has an object is not written again (see upload()).
+// Encryption: objects are sealed under the first master key and name it (format.ts key id). An
+//   object that is intact but not readable here (encrypted with no key configured, sealed under a
+//   key not listed, plaintext where encryption is on) is a miss left in place; one whose tag fails
+//   under the key it names was tampered with and is quarantined like any bad object.
 
 import { bytesEqual, type Sha256, subtleSha256, toHex } from "../crypto/sha256.ts";
-import { deriveTenantKey } from "../crypto/tenant-key.ts";
+import { deriveTenantKey, masterKeyId } from "../crypto/tenant-key.ts";
 import type { PrefixCache, PrefixCacheRestore } from "../engine/prefix-cache.ts";
 import type { Runtime } from "../engine/runtime.ts";
 import {
@@ -26,7 +31,13 @@ import {
   NotFoundError,
 } from "../errors.ts";
 import { type ChainKeyContext, chainKey, tenantTag } from "./chain-key.ts";
-import { DecryptError, decodeSnapshot, encodeSnapshot, snapshotObjectBytes } from "./format.ts";
+import {
+  decodeSnapshot,
+  encodeSnapshot,
+  type SnapshotKey,
+  snapshotObjectBytes,
+  UnreadableError,
+} from "./format.ts";
 import type { KvLayout } from "./layout.ts";
 import { defaultLogger, type SnapshotLogger, type SnapshotStore } from "./store.ts";
 
@@ -39,8 +50,12 @@ export interface SnapshotCacheOptions {
   /** Server-side per-tenant secret (never from the client). */
   tenantSalt: string | Uint8Array;
   chunkTokens: number;
-  /** Encrypt at rest with a per-tenant key HKDF(masterKey, tenantSalt). */
-  encryption?: { masterKey: Uint8Array };
+  /**
+   * Encrypt at rest with per-tenant keys HKDF(master key, tenantSalt). The first master key seals
+   * new objects; every listed key opens the objects it sealed (key rotation: keep the old key
+   * listed until its objects have expired or been rewritten).
+   */
+  encryption?: { masterKeys: Uint8Array[] };
   logger?: SnapshotLogger;
   /** Uploads in flight before save blocks (default 2). */
   maxPendingUploads?: number;
@@ -59,6 +74,8 @@ export interface SnapshotCacheStats {
   /** Objects that failed verification once but passed when fetched again. */
   refetched: number;
   uploads: number;
+  /** Saves not uploaded because an object with that key was already in the store. */
+  uploadsSkipped: number;
   uploadErrors: number;
   bytesUploaded: number;
   bytesDownloaded: number;
@@ -95,11 +112,18 @@ export function createSnapshotCache(opts: SnapshotCacheOptions): SnapshotCache {
     dtype: layout.dtype,
     tenantSalt: opts.tenantSalt,
   };
-  const keyPromise = opts.encryption
-    ? deriveTenantKey(opts.encryption.masterKey, opts.tenantSalt)
+  if (opts.encryption && opts.encryption.masterKeys.length === 0)
+    throw new InvalidInputError("encryption needs at least one master key");
+  const keysPromise: Promise<SnapshotKey[]> | undefined = opts.encryption
+    ? Promise.all(
+        opts.encryption.masterKeys.map(async (m) => ({
+          id: await masterKeyId(m),
+          key: await deriveTenantKey(m, opts.tenantSalt),
+        })),
+      )
     : undefined;
   // Surface a bad master key at first use, not as an unhandled rejection.
-  keyPromise?.catch(() => {});
+  keysPromise?.catch(() => {});
   const dirPromise = tenantTag(opts.tenantSalt).then(
     (tag) => `${SNAPSHOT_KEY_ROOT}${opts.modelFingerprint.slice(0, 16)}/${tag}/`,
   );
@@ -110,6 +134,7 @@ export function createSnapshotCache(opts: SnapshotCacheOptions): SnapshotCache {
     quarantined: 0,
     refetched: 0,
     uploads: 0,
+    uploadsSkipped: 0,
     uploadErrors: 0,
     bytesUploaded: 0,
     bytesDownloaded: 0,
@@ -170,8 +195,8 @@ export function createSnapshotCache(opts: SnapshotCacheOptions): SnapshotCache {
   }
 
   async function check(object: Uint8Array, i: number, keys: Uint8Array[]): Promise<Uint8Array> {
-    const key = keyPromise ? await keyPromise : undefined;
-    const { header, payload } = await decodeSnapshot(object, { key, sha256 });
+    const tenantKeys = keysPromise ? await keysPromise : undefined;
+    const { header, payload } = await decodeSnapshot(object, { keys: tenantKeys, sha256 });
     if (header.modelFingerprint !== opts.modelFingerprint)
       throw new FormatError("model fingerprint mismatch");
     if (!sameLayout(header.layout, layout)) throw new FormatError("KV layout mismatch");
@@ -223,11 +248,15 @@ export function createSnapshotCache(opts: SnapshotCacheOptions): SnapshotCache {
         return { payload };
       } catch (err) {
         if (!(err instanceof FormatError)) throw err;
-        if (err instanceof DecryptError) {
-          // Intact but sealed with another key (rotated master key): a miss; the recomputed chunk
-          // overwrites it under the current key.
-          logger.warn("snapshot does not decrypt with the current key", { key: objKey });
-          return { miss: "wrong key" };
+        if (err instanceof UnreadableError) {
+          // Intact but not for this configuration (no key here, a master key this server does not
+          // hold, plaintext where encryption is on): a miss that leaves the object alone, so one
+          // misconfigured instance cannot destroy the cache that correctly configured ones share.
+          logger.warn("snapshot is not readable with this server's keys; treating as a miss", {
+            key: objKey,
+            reason: err.message,
+          });
+          return { miss: "unreadable" };
         }
         if (attempt === 0) {
           logger.debug("snapshot failed verification; fetching again", {
@@ -301,6 +330,14 @@ export function createSnapshotCache(opts: SnapshotCacheOptions): SnapshotCache {
 
   async function upload(objKey: string, object: Uint8Array): Promise<void> {
     try {
+      // Keys are content addresses: an object already there holds this chunk, is waiting to be
+      // found bad (then quarantined, and the save after that writes it), or belongs to another
+      // configuration (another master key, or none). Overwriting would gain nothing in the first
+      // case and let one misconfigured instance destroy the shared cache in the last.
+      if (await store.head(objKey)) {
+        stats.uploadsSkipped++;
+        return;
+      }
       await store.put(objKey, object);
       stats.uploads++;
       stats.bytesUploaded += object.length;
@@ -337,7 +374,8 @@ export function createSnapshotCache(opts: SnapshotCacheOptions): SnapshotCache {
       const i = startPos / C;
       const keys = await keysFor(tokens, i + 1);
       const payload = await runtime.exportKv(startPos, end);
-      const size = snapshotObjectBytes(payload.length, keyPromise !== undefined);
+      const sealWith = keysPromise ? (await keysPromise)[0] : undefined;
+      const size = snapshotObjectBytes(payload.length, sealWith !== undefined);
       let into = buffers.pop();
       if (into && into.length !== size) into = undefined;
       const object = await encodeSnapshot(
@@ -350,7 +388,7 @@ export function createSnapshotCache(opts: SnapshotCacheOptions): SnapshotCache {
           previousKey: i === 0 ? null : keys[i - 1],
         },
         payload,
-        { key: keyPromise ? await keyPromise : undefined, sha256, into },
+        { key: sealWith?.key, keyId: sealWith?.id ?? undefined, sha256, into },
       );
       const objKey = await objectKey(keys[i]);
       const p: Promise<void> = upload(objKey, object).finally(() => {

@@ -41,7 +41,8 @@ export interface DriverEngineOptions {
   /** For token text and stop strings. */
   tokenizer: DecoderFactory;
   /** Snapshot store; without one, no snapshots (the runtime still reuses a held prefix). */
-  store?: { store: SnapshotStore; name: string; chunkTokens?: number; masterKey?: Uint8Array };
+  /** masterKeys: snapshot encryption keys, first seals (functions/platform/snapshot-keys.ts). */
+  store?: { store: SnapshotStore; name: string; chunkTokens?: number; masterKeys?: Uint8Array[] };
   /**
    * Secret from which per-tenant snapshot salts are derived: salt = HMAC(secret, tenant). Server
    * side only, so a client can never pick another tenant's salt.
@@ -96,7 +97,7 @@ export async function createDriverEngine(options: DriverEngineOptions): Promise<
               kvLayout: runtime.info.kv,
               tenantSalt: toHex(mac),
               chunkTokens: s.chunkTokens ?? 512,
-              encryption: s.masterKey ? { masterKey: s.masterKey } : undefined,
+              encryption: s.masterKeys?.length ? { masterKeys: s.masterKeys } : undefined,
             });
             return e.cache;
           },

@@ -32,6 +32,11 @@ export interface LocalOptions {
   hostname?: string;
   /** Snapshot store: a --store spec, a store object, or null for none (default: the cache dir). */
   store?: string | SnapshotStore | null;
+  /**
+   * Snapshot master keys, first seals (functions/platform/snapshot-keys.ts); none: plaintext.
+   * Also encrypts nothing else: uploaded files beside the snapshots are stored as sent.
+   */
+  snapshotKeys?: Uint8Array[];
   /** Snapshot chunk size in tokens (default 512). */
   snapshotChunkTokens?: number;
   /** API keys; default: one random demo key for tenant "demo". */
@@ -104,16 +109,24 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
     throw err;
   });
   const runtime = await creating;
-  let store: { store: SnapshotStore; name: string; chunkTokens?: number } | undefined;
+  let store:
+    | { store: SnapshotStore; name: string; chunkTokens?: number; masterKeys?: Uint8Array[] }
+    | undefined;
   if (options.store !== null) {
     const s = options.store;
     store =
       typeof s === "object"
-        ? { store: s, name: "custom", chunkTokens: options.snapshotChunkTokens }
+        ? {
+            store: s,
+            name: "custom",
+            chunkTokens: options.snapshotChunkTokens,
+            masterKeys: options.snapshotKeys,
+          }
         : {
             store: openStore(s, { env: options.env }),
             name: s ?? "default cache directory",
             chunkTokens: options.snapshotChunkTokens,
+            masterKeys: options.snapshotKeys,
           };
   }
   const secret = options.secret ?? randomHex(32);

@@ -7,7 +7,6 @@
 
 import { readFile } from "node:fs/promises";
 import { renderChat } from "../../../core/chat/index.ts";
-import { parseMasterKey } from "../../../core/crypto/tenant-key.ts";
 import {
   DEFAULT_CHUNK_TOKENS,
   type DriverEvent,
@@ -26,6 +25,7 @@ import { loadModelDir } from "../../../core/node/load-model-dir.ts";
 import { nodeSha256, openStore } from "../../../core/node/snapshot-dir.ts";
 import type { Tokenizer } from "../../../core/tokenizer/index.ts";
 import { loadTokenizer } from "../../../core/tokenizer/load.ts";
+import { snapshotKeys } from "../../platform/snapshot-keys.ts";
 import { runtimes } from "../../runtimes.ts";
 import { type Command, type CommandIO, intOption, parseCommandArgs } from "../command.ts";
 import { KV_DTYPE_HELP, kvDtypeOption } from "../kv-dtype.ts";
@@ -63,8 +63,8 @@ options:
   --progress               progress bar and a summary on stderr even when it is not a terminal
   --store S                KV snapshots in a directory or s3://bucket/prefix ("default": the user
                            cache dir): restore the longest stored prefix, save each chunk, so a
-                           killed prefill resumes (docs/snapshot-format.md; master key for
-                           encryption at rest in ULTRALONG_SNAPSHOT_KEY, hex or base64)
+                           killed prefill resumes (docs/snapshot-format.md; master keys for
+                           encryption at rest in ULTRALONG_SNAPSHOT_KEY or _KEY_FILE)
 `;
 
 const OPTIONS = {
@@ -247,7 +247,7 @@ export const command: Command = {
     });
 
     const chunkTokens = chunkFlag ?? runtime.info.preferredChunkTokens ?? DEFAULT_CHUNK_TOKENS;
-    const masterKey = io.env.ULTRALONG_SNAPSHOT_KEY;
+    const masterKeys = await snapshotKeys(io.env);
     const prefixCache =
       values.store === undefined
         ? undefined
@@ -260,7 +260,7 @@ export const command: Command = {
             // One local user: a fixed tenant unless the environment names one.
             tenantSalt: io.env.ULTRALONG_SNAPSHOT_TENANT || "local",
             chunkTokens,
-            encryption: masterKey ? { masterKey: parseMasterKey(masterKey) } : undefined,
+            encryption: masterKeys.length ? { masterKeys } : undefined,
             sha256: nodeSha256,
             logger: {
               debug() {},

@@ -7,6 +7,10 @@ import { InvalidInputError } from "../../../core/errors.ts";
 import { makeModelDir } from "../../../core/node/make-model.ts";
 import type { KeyConfig } from "../../edge/keys.ts";
 import { startLocal } from "../../platform/local.ts";
+import {
+  checkSnapshotPlaintext,
+  snapshotKeys as snapshotKeysFromEnv,
+} from "../../platform/snapshot-keys.ts";
 import { type Command, intOption, parseCommandArgs } from "../command.ts";
 import { KV_DTYPE_HELP, kvDtypeOption } from "../kv-dtype.ts";
 
@@ -33,7 +37,10 @@ options:
 
 environment: ULTRALONG_SIGNING_SECRET (default: random per process with --role both),
 ULTRALONG_SALT_SECRET (per-tenant snapshot salts; default: a random secret kept in the user
-cache directory, so snapshots are found again after a restart).
+cache directory, so snapshots are found again after a restart), ULTRALONG_SNAPSHOT_KEY or
+ULTRALONG_SNAPSHOT_KEY_FILE (master keys that encrypt snapshots, comma-separated, the first
+seals; --role model with a store refuses to start without one unless
+ULTRALONG_SNAPSHOT_PLAINTEXT=1).
 `;
 
 /** Demo model: Llama 3.1 vocabulary and tokenizer, 2 tiny layers (random weights, fast on a CPU). */
@@ -141,6 +148,8 @@ export const command: Command = {
     const secret = io.env.ULTRALONG_SIGNING_SECRET;
     if (role === "model" && !secret)
       throw new InvalidInputError("--role model needs ULTRALONG_SIGNING_SECRET");
+    const snapshotKeys = await snapshotKeysFromEnv(io.env);
+    if (!values["no-store"]) checkSnapshotPlaintext(snapshotKeys, role === "model", io.env);
     const t0 = performance.now();
     const server = await startLocal({
       role,
@@ -151,6 +160,7 @@ export const command: Command = {
       port: intOption("port", values.port) ?? 8080,
       hostname: values.host,
       store: values["no-store"] ? null : values.store,
+      snapshotKeys,
       keys,
       runtime: values.runtime,
       threads: intOption("threads", values.threads),
