@@ -96,6 +96,7 @@ describe("deploy stack", () => {
       LifecycleConfiguration: {
         Rules: [
           { Prefix: SNAPSHOT_PREFIX, ExpirationInDays: 7, Status: "Enabled" },
+          { Prefix: `${SNAPSHOT_PREFIX}nonces/`, ExpirationInDays: 1, Status: "Enabled" },
           { AbortIncompleteMultipartUpload: { DaysAfterInitiation: 1 }, Status: "Enabled" },
         ],
       },
@@ -168,6 +169,41 @@ describe("deploy stack", () => {
     const model = taskRoles.flatMap(statementsOf);
     expect(JSON.stringify(model)).toContain(SNAPSHOT_PREFIX);
     expect(model.some((s) => refersTo(s, signing))).toBe(true);
+  });
+
+  it("gives the snapshot master key to the model task alone, and expires replay nonces", () => {
+    const snapshotKey = logicalId("AWS::SecretsManager::Secret", "encrypts KV snapshots");
+    const readers = Object.entries(json.Resources)
+      .filter(([, r]) => r.Type === "AWS::IAM::Policy")
+      .filter(([, r]) =>
+        (r.Properties.PolicyDocument as { Statement: unknown[] }).Statement.some((st) =>
+          refersTo(st as never, snapshotKey),
+        ),
+      )
+      .flatMap(([, r]) => (r.Properties.Roles as { Ref: string }[]).map((x) => x.Ref));
+    expect(readers.length).toBe(1);
+    const reader = json.Resources[readers[0]]!;
+    expect(JSON.stringify(reader.Properties)).toContain("ecs-tasks.amazonaws.com");
+    // It reaches the container as ULTRALONG_SNAPSHOT_KEY, which serve --role model requires.
+    template.hasResourceProperties("AWS::ECS::TaskDefinition", {
+      ContainerDefinitions: Match.arrayWith([
+        Match.objectLike({
+          Secrets: Match.arrayWith([
+            Match.objectLike({
+              Name: "ULTRALONG_SNAPSHOT_KEY",
+              ValueFrom: { Ref: snapshotKey },
+            }),
+          ]),
+        }),
+      ]),
+    });
+    template.hasResourceProperties("AWS::S3::Bucket", {
+      LifecycleConfiguration: {
+        Rules: Match.arrayWith([
+          Match.objectLike({ Prefix: `${SNAPSHOT_PREFIX}nonces/`, ExpirationInDays: 1 }),
+        ]),
+      },
+    });
   });
 
   it("runs the model on GPU capacity that scales to zero", () => {

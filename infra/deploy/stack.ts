@@ -22,6 +22,7 @@ import {
   aws_s3 as s3,
   aws_secretsmanager as secretsmanager,
 } from "aws-cdk-lib";
+import { NONCE_PREFIX } from "../../core/protocol/nonce-ledger.ts";
 import { type DeployConfig, parseS3Uri } from "./config.ts";
 import { GPU_TYPES } from "./gpu.ts";
 
@@ -74,6 +75,13 @@ export function buildStack(app: App, config: DeployConfig, assets: StackAssets):
         prefix: SNAPSHOT_PREFIX,
         expiration: Duration.days(config.snapshotRetentionDays),
       },
+      // The replay ledger's nonce objects (core/protocol/nonce-ledger.ts): a nonce matters only
+      // inside the 60 s signature window; a day keeps the count of tiny objects low.
+      {
+        id: "expire-nonces",
+        prefix: `${SNAPSHOT_PREFIX}${NONCE_PREFIX}`,
+        expiration: Duration.days(1),
+      },
       { id: "abort-incomplete-multipart", abortIncompleteMultipartUploadAfter: Duration.days(1) },
     ],
   });
@@ -93,6 +101,14 @@ export function buildStack(app: App, config: DeployConfig, assets: StackAssets):
   // tenant's snapshots become unreachable. Model function only.
   const saltSecret = new secretsmanager.Secret(stack, "SaltSecret", {
     description: "Secret the model function derives per-tenant snapshot salts from",
+    generateSecretString: { passwordLength: 64, excludePunctuation: true },
+  });
+  // The master key KV snapshots are sealed under (AES-256-GCM per tenant, HKDF): 64 letters and
+  // digits, which ULTRALONG_SNAPSHOT_KEY reads as base64 (48 bytes). Model function only: whoever
+  // can write the bucket cannot forge or read snapshots without it. Rotation: put the new key first
+  // and the old one after a comma (functions/platform/snapshot-keys.ts).
+  const snapshotKey = new secretsmanager.Secret(stack, "SnapshotKey", {
+    description: "Master key that encrypts KV snapshots; read by the model function only",
     generateSecretString: { passwordLength: 64, excludePunctuation: true },
   });
 
@@ -174,6 +190,7 @@ export function buildStack(app: App, config: DeployConfig, assets: StackAssets):
     secrets: {
       ULTRALONG_SIGNING_SECRET: ecs.Secret.fromSecretsManager(signingSecret),
       ULTRALONG_SALT_SECRET: ecs.Secret.fromSecretsManager(saltSecret),
+      ULTRALONG_SNAPSHOT_KEY: ecs.Secret.fromSecretsManager(snapshotKey),
     },
     healthCheck: {
       command: ["CMD-SHELL", `curl -fs http://localhost:${MODEL_PORT}/healthz || exit 1`],
