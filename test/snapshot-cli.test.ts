@@ -56,6 +56,21 @@ async function fill(store: SnapshotStore) {
 }
 
 describe("ultralong snapshots on a directory", () => {
+  it("gc removes replay nonces older than --older-than, and nothing else of them", async () => {
+    const dir = scratchDir("cli-nonces");
+    const store = openStore(dir);
+    const [fresh, stale] = ["aa".repeat(16), "bb".repeat(16)];
+    for (const n of [fresh, stale])
+      expect(await store.create(`nonces/${n}`, new Uint8Array(8))).toBe(true);
+    const old = new Date(Date.now() - 2 * 3600e3);
+    await utimes(join(dir, "nonces", stale), old, old);
+    const gc = await cli(["snapshots", "gc", "--store", dir, "--older-than", "1h"]);
+    expect(gc.code).toBe(0);
+    expect(gc.out).toMatch(/deleted 1 objects/);
+    expect(await store.head(`nonces/${stale}`)).toBeNull();
+    expect(await store.head(`nonces/${fresh}`)).not.toBeNull();
+  });
+
   it("lists, garbage-collects by age and orphans, and removes by prefix", async () => {
     const dir = scratchDir("cli");
     const store = openStore(dir);

@@ -6,13 +6,14 @@ import { parseSnapshotHeader, SNAPSHOT_HEADER_BYTES } from "../../../core/kv/for
 import { QUARANTINE_ROOT, SNAPSHOT_KEY_ROOT } from "../../../core/kv/snapshot-cache.ts";
 import type { ObjectInfo, SnapshotStore } from "../../../core/kv/store.ts";
 import { openStore } from "../../../core/node/snapshot-dir.ts";
+import { NONCE_PREFIX } from "../../../core/protocol/nonce-ledger.ts";
 import { type Command, parseCommandArgs } from "../command.ts";
 
 const usage = `usage: ultralong snapshots <ls|rm|gc> [options] [KEY...]
 
   ls   list snapshot objects (key, size, age) and totals
   rm   delete the objects named by KEY... or matching --prefix (with --older-than, only older ones)
-  gc   delete snapshots and quarantined objects older than --older-than (default 7d); with
+  gc   delete snapshots, quarantined objects and replay nonces older than --older-than (default 7d); with
        --orphans also chunks whose previous chunk is gone (they can never be restored)
 
 options:
@@ -171,6 +172,10 @@ export const command: Command = {
         const left = all.filter((o) => !chosen.has(o.key));
         for (const o of await orphans(store, left)) doomed.push(o);
       }
+      // The replay ledger's nonces (core/protocol/nonce-ledger.ts) matter for a minute; S3
+      // expires them by a lifecycle rule, a directory store here.
+      if (prefix === undefined)
+        doomed.push(...(await collect(store, [NONCE_PREFIX], olderThan, now)));
     }
     let bytes = 0;
     for (const o of doomed) {
