@@ -89,50 +89,54 @@ export class DirectoryStore implements SnapshotStore {
     return path;
   }
 
-  async put(key: string, bytes: Uint8Array): Promise<void> {
-    const path = this.#path(key);
+  /**
+   * Writes `bytes` to a fresh temp file under <root>/.tmp (and the object's parent directory), then
+   * runs `commit(tmp)`, which moves or links it into place; the temp file is gone afterwards.
+   */
+  async #viaTemp(path: string, bytes: Uint8Array, commit: (tmp: string) => Promise<void>) {
     const tmpDir = join(this.root, TMP);
     const tmp = join(tmpDir, `${randomBytes(12).toString("hex")}.part`);
     try {
       await mkdir(tmpDir, { recursive: true });
       await mkdir(dirname(path), { recursive: true });
-      const foreign = await this.#foreign(path);
-      if (foreign) {
-        this.#log.warn(`replacing ${foreign} at snapshot path ${key} with the object`, { key });
-        await rm(path, { recursive: true, force: true });
-      }
       await writeWhole(tmp, bytes, this.#fsync);
-      await rename(tmp, path);
-    } catch (err) {
+      await commit(tmp);
+    } finally {
       await rm(tmp, { force: true });
+    }
+  }
+
+  async put(key: string, bytes: Uint8Array): Promise<void> {
+    const path = this.#path(key);
+    try {
+      await this.#viaTemp(path, bytes, async (tmp) => {
+        const foreign = await this.#foreign(path);
+        if (foreign) {
+          this.#log.warn(`replacing ${foreign} at snapshot path ${key} with the object`, { key });
+          await rm(path, { recursive: true, force: true });
+        }
+        await rename(tmp, path);
+      });
+    } catch (err) {
       throw new StoreError(
         `writing snapshot ${key} to ${this.root} failed: ${(err as Error).message}`,
-        {
-          cause: err,
-        },
+        { cause: err },
       );
     }
   }
 
   async create(key: string, bytes: Uint8Array): Promise<boolean> {
     const path = this.#path(key);
-    const tmpDir = join(this.root, TMP);
-    const tmp = join(tmpDir, `${randomBytes(12).toString("hex")}.part`);
     try {
-      await mkdir(tmpDir, { recursive: true });
-      await mkdir(dirname(path), { recursive: true });
-      await writeWhole(tmp, bytes, this.#fsync);
       // link(2) fails with EEXIST when anything is at `path`, atomically: of two processes
       // creating the same key, exactly one wins, and a reader never sees half an object.
-      await link(tmp, path);
+      await this.#viaTemp(path, bytes, (tmp) => link(tmp, path));
       return true;
     } catch (err) {
       if (isCode(err, "EEXIST")) return false;
       throw new StoreError(`creating ${key} in ${this.root} failed: ${(err as Error).message}`, {
         cause: err,
       });
-    } finally {
-      await rm(tmp, { force: true });
     }
   }
 
