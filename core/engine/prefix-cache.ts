@@ -5,7 +5,7 @@
 import type { Runtime } from "./runtime.ts";
 
 export interface PrefixCacheRestore {
-  /** Prompt tokens now in the runtime's KV cache from snapshots (a multiple of chunkTokens). */
+  /** Prompt tokens this call imported from snapshots (a multiple of chunkTokens). */
   restoredTokens: number;
 }
 
@@ -14,8 +14,9 @@ export interface PrefixCache {
   readonly chunkTokens: number;
 
   /**
-   * With the runtime empty (position 0), import the longest chain of stored chunks that prefixes
-   * `tokens`. A chunk that fails any check is a miss (and is quarantined), never wrong KV.
+   * The runtime holds `tokens[0, runtime.position)` with its position at a chunk boundary (0, or
+   * chunks restored or computed earlier): import the longest chain of stored chunks of `tokens`
+   * that continues it. A chunk that fails any check is a miss (and is quarantined), never wrong KV.
    */
   restore(runtime: Runtime, tokens: Int32Array, signal?: AbortSignal): Promise<PrefixCacheRestore>;
 

@@ -276,11 +276,15 @@ export function createSnapshotCache(opts: SnapshotCacheOptions): SnapshotCache {
     tokens: Int32Array,
     signal?: AbortSignal,
   ): Promise<PrefixCacheRestore> {
-    assert(runtime.position === 0, "restore needs an empty runtime");
-    // Whole chunks of `tokens` only. The driver passes the prompt minus its last token, which it
-    // always computes (it needs that position's logits).
+    // The runtime holds tokens[0, position) at a chunk boundary (empty, or chunks restored or
+    // computed before): the chain continues from there, so a streamed prompt restores chunk by
+    // chunk as it arrives. Whole chunks of `tokens` only: the driver passes the prompt minus its
+    // last token, which it always computes (it needs that position's logits).
+    const from = runtime.position;
+    assert(from % C === 0 && from <= tokens.length, "restore continues at a chunk boundary");
+    const first = from / C;
     const chunks = Math.floor(tokens.length / C);
-    if (chunks <= 0 || !sameLayout({ ...runtime.info.kv, dtype: layout.dtype }, layout)) {
+    if (chunks <= first || !sameLayout({ ...runtime.info.kv, dtype: layout.dtype }, layout)) {
       stats.misses++;
       return { restoredTokens: 0 };
     }
@@ -296,7 +300,7 @@ export function createSnapshotCache(opts: SnapshotCacheOptions): SnapshotCache {
     };
     let restored = 0;
     try {
-      for (let i = 0; i < chunks; i++) {
+      for (let i = first; i < chunks; i++) {
         for (let j = i; j < Math.min(chunks, i + ahead); j++) if (!inflight[j]) start(j);
         const got = await inflight[i];
         inflight[i] = Promise.resolve({ miss: "consumed" });
@@ -313,7 +317,7 @@ export function createSnapshotCache(opts: SnapshotCacheOptions): SnapshotCache {
             chunk: i,
             error: String(err),
           });
-          runtime.truncate(restored);
+          runtime.truncate(from + restored);
           stats.misses++;
           break;
         }
