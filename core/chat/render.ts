@@ -31,6 +31,11 @@ export interface RenderChatOptions {
   eosToken?: string;
   /** Extra template variables (for Llama 3.1: date_string, tools_in_user_message, builtin_tools). */
   variables?: Record<string, unknown>;
+  /**
+   * Encodes each run of text between control tokens (default: tokenizer.encode, special matching
+   * off). The edge passes one that splices the stored ids of uploaded files (functions/edge/file-splice.ts).
+   */
+  encodeText?: (text: string) => ArrayLike<number>;
 }
 
 const templates = new Map<string, Template>();
@@ -198,8 +203,11 @@ export function renderChat(
     "g",
   );
   let at = 0;
+  const encode = opts.encodeText ?? ((s: string) => tokenizer.encode(s));
   const text = (s: string) => {
-    if (s.length > 0) for (const id of tokenizer.encode(defuser.restore(s))) out.push(id);
+    if (s.length === 0) return;
+    const ids = encode(defuser.restore(s));
+    for (let i = 0; i < ids.length; i++) out.push(ids[i]);
   };
   if (specials.size > 0) {
     for (let m = pattern.exec(rendered); m; m = pattern.exec(rendered)) {

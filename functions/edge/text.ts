@@ -31,6 +31,14 @@ export interface EdgeText {
   decode(ids: ArrayLike<number>): string;
   /** Ids a client may not send in an id prompt (Llama 3's <|reserved_special_token_N|>). */
   isReservedId(id: number): boolean;
-  /** The model's chat template applied with add_generation_prompt, as ids. */
-  renderChat(messages: ChatMessageText[]): ArrayLike<number> | Promise<ArrayLike<number>>;
+  /** Bytes of one token (byte-level BPE: a token may hold part of a UTF-8 character). */
+  tokenByteLength(id: number): number;
+  /**
+   * The model's chat template applied with add_generation_prompt, as ids. `encodeText`, when
+   * given, encodes each run of text between the template's control tokens (default `encode`).
+   */
+  renderChat(
+    messages: ChatMessageText[],
+    encodeText?: (text: string) => ArrayLike<number>,
+  ): ArrayLike<number> | Promise<ArrayLike<number>>;
 }

@@ -1,11 +1,9 @@
 // EdgeText over core/tokenizer's Tokenizer and a chat renderer (core/chat's renderChat bound to the
 // model's template).
 import type { Tokenizer } from "../../core/tokenizer/index.ts";
-import type { ChatMessageText, EdgeText } from "./text.ts";
+import type { EdgeText } from "./text.ts";
 
-export type ChatRenderer = (
-  messages: ChatMessageText[],
-) => ArrayLike<number> | Promise<ArrayLike<number>>;
+export type ChatRenderer = EdgeText["renderChat"];
 
 const RESERVED = /^<\|reserved_special_token_\d+\|>$/;
 
@@ -23,6 +21,7 @@ export function edgeTextFromTokenizer(tokenizer: Tokenizer, renderChat: ChatRend
     encode: (text) => tokenizer.encode(text),
     createEncoder: () => tokenizer.createEncoder(),
     decode: (ids) => tokenizer.decode(ids),
+    tokenByteLength: (id) => tokenizer.tokenBytes(id).length,
     isReservedId: (id) => reserved.has(id),
     renderChat,
   };

@@ -34,10 +34,10 @@ export function buildEdge(s: EdgeSettings): Promise<EdgeApp> {
   }
   const tokenizer = Tokenizer.fromCompiled(s.tokenizer);
   const template = tokenizer.chatTemplate;
-  const text = edgeTextFromTokenizer(tokenizer, (messages) => {
+  const text = edgeTextFromTokenizer(tokenizer, (messages, encodeText) => {
     if (!template)
       throw new InvalidInputError("this model has no chat template: use /v1/completions");
-    return renderChat(tokenizer, template, messages, { addGenerationPrompt: true });
+    return renderChat(tokenizer, template, messages, { addGenerationPrompt: true, encodeText });
   });
   return createEdgeApp({
     modelId: s.modelId,

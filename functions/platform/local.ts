@@ -183,10 +183,13 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
   const template = tokenizer.chatTemplate;
   const renderChat: ChatRenderer =
     options.renderChat ??
-    ((messages) => {
+    ((messages, encodeText) => {
       if (!template)
         throw new InvalidInputError(`${modelId} has no chat_template: use /v1/completions`);
-      return renderChatIds(tokenizer, template, messages, { addGenerationPrompt: true });
+      return renderChatIds(tokenizer, template, messages, {
+        addGenerationPrompt: true,
+        encodeText,
+      });
     });
   const edge = await createEdgeApp({
     modelId,
