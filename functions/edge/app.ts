@@ -33,6 +33,7 @@ import {
   ParamError,
   PermissionError,
   RateLimitError,
+  UpstreamError,
 } from "../platform/http-errors.ts";
 import { Metrics, statusClass } from "../platform/metrics.ts";
 import { metricsResponse } from "../platform/metrics-route.ts";
@@ -44,7 +45,7 @@ import {
 } from "../platform/request-log.ts";
 import { decodeUtf8, limitedChunks, readBytes, readJson, requireMediaType } from "./body.ts";
 import { type FileStore, fileObject, getFileOr404, MemoryFileStore } from "./files.ts";
-import { generateRemote, UpstreamError } from "./forward.ts";
+import { generateRemote } from "./forward.ts";
 import { type KeyConfig, KeyRing, RateLimiter, type Tenant } from "./keys.ts";
 import {
   type ChatMessage,
@@ -149,6 +150,8 @@ export async function createEdgeApp(options: EdgeAppOptions): Promise<EdgeApp> {
       throw err;
     } finally {
       const extra = c.get("log");
+      // Hono hands a thrown error to onError (errorResponse) and keeps it in c.error.
+      if (c.error) extra.errorCode ??= describeError(c.error).body.error.code;
       if (!extra.deferred) {
         const route = c.req.routePath ?? c.req.path;
         metrics.inc("ul_edge_requests_total", { route, class: statusClass(status) });
@@ -303,6 +306,9 @@ export async function createEdgeApp(options: EdgeAppOptions): Promise<EdgeApp> {
   app.post("/v1/completions", async (c) => {
     const req = parseCompletionRequest(await readJson(c.req.raw, maxBody));
     checkModel(req.model);
+    // Before BOS is prepended: "" would otherwise be served as BOS alone (OpenAI, vLLM refuse it).
+    if (req.prompt.kind === "text" ? req.prompt.text === "" : req.prompt.ids.length === 0)
+      throw new ParamError("prompt", "'prompt' must not be empty");
     const ids = completionIds(req);
     checkPromptLength(c.get("tenant"), ids.length, req.maxTokens);
     return generate(c, "completion", req, ids);
@@ -434,16 +440,13 @@ export async function createEdgeApp(options: EdgeAppOptions): Promise<EdgeApp> {
         for await (const ev of events) {
           if (ev.event === "token") done.add(ev.data);
           else if (ev.event === "usage") done.usage = ev.data;
-          else if (ev.event === "error")
-            rethrow(new UpstreamError(ev.data.code, ev.data.message, ev.data.status ?? 502));
         }
       } catch (err) {
         rethrow(err);
       } finally {
         clientSignal?.removeEventListener("abort", onAbort);
       }
-      if (!done.usage)
-        rethrow(new UpstreamError("upstream_error", "model function ended without usage", 502));
+      if (!done.usage) rethrow(new UpstreamError("the model function ended without usage"));
       account(done.usage!);
       return c.json(done.toJson(kind, ids, p.logprobs, tokenText));
     }
@@ -489,19 +492,15 @@ export async function createEdgeApp(options: EdgeAppOptions): Promise<EdgeApp> {
                 account(ev.data);
                 send(sseEvent(null, writer.finish(ev.data)));
                 if (p.includeUsage) send(sseEvent(null, writer.usage(ev.data)));
-              } else if (ev.event === "error") {
-                throw new UpstreamError(ev.data.code, ev.data.message, ev.data.status ?? 502);
               }
             }
             send(sseEvent(null, "[DONE]"));
           } catch (err) {
-            const d = describeError(promptError ?? err);
-            status = abort.signal.aborted
-              ? 499
-              : err instanceof UpstreamError && !promptError
-                ? err.status
-                : d.status;
-            log.errorCode = abort.signal.aborted ? "cancelled" : d.body.error.code;
+            const d = describeError(
+              abort.signal.aborted ? abort.signal.reason : (promptError ?? err),
+            );
+            status = d.status;
+            log.errorCode = d.body.error.code;
             send(sseEvent(null, d.body));
           } finally {
             finish(status);

@@ -1,6 +1,10 @@
 // Reading request bodies with a byte limit enforced while reading (a missing or lying
 // Content-Length cannot make us buffer more), strict UTF-8, and JSON errors that name the problem.
+// A body that breaks off mid-stream is the client's IncompleteBodyError (400), whatever the
+// platform's stream threw (Node: "aborted", ECONNRESET; workerd and Lambda: their own).
+import { UltralongError } from "../../core/errors.ts";
 import {
+  IncompleteBodyError,
   ParamError,
   PayloadTooLargeError,
   UnsupportedMediaTypeError,
@@ -29,7 +33,10 @@ export async function* limitedChunks(req: Request, limit: number): AsyncGenerato
   let total = 0;
   try {
     for (;;) {
-      const { value, done } = await reader.read();
+      const { value, done } = await reader.read().catch((err: unknown) => {
+        if (err instanceof UltralongError) throw err;
+        throw new IncompleteBodyError(undefined, { cause: err });
+      });
       if (done) return;
       total += value.length;
       if (total > limit)

@@ -1,24 +1,14 @@
 // The edge's client for the model function: signs the request, streams the prompt as authenticated
 // frames (prefill can start before the last frame is sent), and yields the model's SSE events.
 // Aborting `signal` (the client went away) aborts the fetch, which the model function sees as a
-// cancelled request and stops generating.
+// cancelled request and stops generating. Its errors, and the model function's, are typed here and
+// mapped to statuses by functions/platform/http-errors.ts like every other error.
 import { UltralongError } from "../../core/errors.ts";
-import { type ModelEvent, parseSse } from "../../core/protocol/events.ts";
+import { type ErrorEvent, type ModelEvent, parseSse } from "../../core/protocol/events.ts";
 import { FRAMES_CONTENT_TYPE, frameStream, GENERATE_PATH } from "../../core/protocol/frames.ts";
 import type { GenerateHeader } from "../../core/protocol/header.ts";
 import { signRequest } from "../../core/protocol/signing.ts";
-import { RateLimitError } from "../platform/http-errors.ts";
-
-/** The model function failed in a way the client did not cause (HTTP 502 unless it says otherwise). */
-export class UpstreamError extends UltralongError {
-  constructor(
-    code: string,
-    message: string,
-    readonly status: number,
-  ) {
-    super(code, message);
-  }
-}
+import { relayedError, UpstreamError } from "../platform/http-errors.ts";
 
 export interface ModelClientOptions {
   /** Base URL of the model function, e.g. http://127.0.0.1:8081. */
@@ -39,7 +29,7 @@ export async function generateRemote(
   header: GenerateHeader,
   prompt: AsyncIterable<Int32Array> | Iterable<Int32Array>,
   signal: AbortSignal,
-): Promise<AsyncGenerator<ModelEvent>> {
+): Promise<AsyncGenerator<Exclude<ModelEvent, { event: "error" }>>> {
   const { headers, signature } = await signRequest(options.signingKey, "POST", GENERATE_PATH, {
     clock: options.clock,
   });
@@ -57,38 +47,43 @@ export async function generateRemote(
     res = await (options.fetch ?? fetch)(request);
   } catch (err) {
     if (signal.aborted) throw err;
-    throw new UpstreamError(
-      "upstream_error",
-      `the model function is unreachable: ${(err as Error).message}`,
-      502,
-    );
+    throw new UpstreamError(`the model function is unreachable: ${(err as Error).message}`);
   }
   if (res.status !== 200) {
     const text = await res.text().catch(() => "");
-    let err: { message?: string; code?: string } = {};
+    let body: { message?: unknown; code?: unknown } = {};
     try {
-      err = (JSON.parse(text) as { error?: typeof err }).error ?? {};
+      body = (JSON.parse(text) as { error?: typeof body }).error ?? {};
     } catch {
-      // not JSON: keep the status only
+      // not JSON: the status alone says what happened
     }
-    const message = err.message ?? `model function answered ${res.status}`;
-    if (res.status === 429)
-      throw new RateLimitError(message, Number(res.headers.get("retry-after") ?? 1));
-    // 4xx from the model function about the prompt is the client's problem; an auth failure is ours.
-    if (res.status >= 400 && res.status < 500 && res.status !== 401 && res.status !== 403) {
-      throw new UpstreamError(err.code ?? "invalid_input", message, res.status);
-    }
-    throw new UpstreamError("upstream_error", `model function: ${message}`, 502);
+    const error: ErrorEvent = {
+      status: res.status,
+      code: typeof body.code === "string" ? body.code : "upstream_error",
+      message: typeof body.message === "string" ? body.message : `answered ${res.status}`,
+    };
+    throw relayedError(error, Number(res.headers.get("retry-after") ?? 1));
   }
-  if (!res.body) throw new UpstreamError("upstream_error", "model function sent no body", 502);
-  return events(res.body);
+  if (!res.body) throw new UpstreamError("the model function sent no body");
+  return events(res.body, signal);
 }
 
-async function* events(body: ReadableStream<Uint8Array>): AsyncGenerator<ModelEvent> {
-  for await (const msg of parseSse(body)) {
-    const event = msg.event as ModelEvent["event"];
-    if (event !== "progress" && event !== "token" && event !== "usage" && event !== "error")
-      continue;
-    yield { event, data: JSON.parse(msg.data) } as ModelEvent;
+/** The model function's events; an `error` event, or a stream that breaks, is thrown as the edge's. */
+async function* events(
+  body: ReadableStream<Uint8Array>,
+  signal: AbortSignal,
+): AsyncGenerator<Exclude<ModelEvent, { event: "error" }>> {
+  try {
+    for await (const msg of parseSse(body)) {
+      const event = msg.event as ModelEvent["event"];
+      if (event === "error") throw relayedError(JSON.parse(msg.data) as ErrorEvent);
+      if (event !== "progress" && event !== "token" && event !== "usage") continue;
+      yield { event, data: JSON.parse(msg.data) } as Exclude<ModelEvent, { event: "error" }>;
+    }
+  } catch (err) {
+    if (err instanceof UltralongError) throw err;
+    // The app aborted the fetch with a CancelledError (its client went away): that, not a break.
+    if (signal.aborted) throw signal.reason ?? err;
+    throw new UpstreamError(`the model function's stream broke: ${(err as Error).message}`);
   }
 }

@@ -24,6 +24,8 @@ import { importSigningKey, RequestVerifier } from "../../core/protocol/signing.t
 import {
   describeError,
   errorResponse,
+  IncompleteBodyError,
+  NotFoundHttpError,
   UnsupportedMediaTypeError,
 } from "../platform/http-errors.ts";
 import { Metrics, statusClass } from "../platform/metrics.ts";
@@ -63,6 +65,19 @@ export interface ModelApp {
   app: Hono;
   metrics: Metrics;
   queue: GenerationQueue;
+}
+
+/**
+ * The frames of a request body; a body that breaks off mid-stream (the edge's connection closed or
+ * reset) is the edge's IncompleteBodyError (400), not a server error.
+ */
+async function* completeFrames(frames: AsyncGenerator<Frame>): AsyncGenerator<Frame> {
+  try {
+    yield* frames;
+  } catch (err) {
+    if (err instanceof UltralongError) throw err;
+    throw new IncompleteBodyError(undefined, { cause: err });
+  }
 }
 
 export async function createModelApp(options: ModelAppOptions): Promise<ModelApp> {
@@ -116,7 +131,7 @@ export async function createModelApp(options: ModelAppOptions): Promise<ModelApp
 
   const app = new Hono();
   app.onError((err) => errorResponse(err));
-  app.notFound(() => errorResponse(new UltralongError("route_not_found", "no such route")));
+  app.notFound(() => errorResponse(new NotFoundHttpError("no such route", "route_not_found")));
 
   app.get("/healthz", (c) => c.json({ ok: true }));
   // Anyone who reaches the model function learns that it is ready; the model, its fingerprint, the
@@ -155,7 +170,7 @@ export async function createModelApp(options: ModelAppOptions): Promise<ModelApp
         throw new UnsupportedMediaTypeError(`expected ${FRAMES_CONTENT_TYPE}`);
       const body = c.req.raw.body;
       if (!body) throw new InvalidInputError("empty body");
-      frames = readFrames(body, key, signature);
+      frames = completeFrames(readFrames(body, key, signature));
       const first = await frames.next();
       if (first.done || first.value.type !== FRAME_HEADER)
         throw new InvalidInputError("missing HEADER frame");
@@ -245,9 +260,10 @@ export async function createModelApp(options: ModelAppOptions): Promise<ModelApp
               await yieldToEventLoop();
             }
           } catch (err) {
-            const d = describeError(err);
-            status = abort.signal.aborted ? 499 : d.status;
-            stats.errorCode = abort.signal.aborted ? "cancelled" : d.body.error.code;
+            // Once the client is gone, whatever broke is its cancellation (CancelledError: 499).
+            const d = describeError(abort.signal.aborted ? abort.signal.reason : err);
+            status = d.status;
+            stats.errorCode = d.body.error.code;
             send(
               sseEvent("error", {
                 code: d.body.error.code,

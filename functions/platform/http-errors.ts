@@ -1,7 +1,21 @@
-// The one place where typed errors become HTTP responses (STYLE.md habit 6). Both Hono apps install
-// `onError(errorResponse)`. Bodies use OpenAI's error shape so OpenAI SDKs surface the message:
+// The one place where errors become HTTP statuses (STYLE.md habit 6). Both Hono apps install
+// `onError(errorResponse)`, the edge's forwarder rebuilds the model function's errors through
+// `relayedError`, and the Node listener answers a body cut mid-stream with the same body. A status
+// is decided by the error's class (the table below), never by its `code`, which is free text for
+// the client. Bodies use OpenAI's error shape so OpenAI SDKs surface the message:
 //   { "error": { "message", "type", "param", "code" } }
-import { UltralongError } from "../../core/errors.ts";
+import {
+  CancelledError,
+  FormatError,
+  InvalidInputError,
+  LimitError,
+  NotAvailableError,
+  NotFoundError,
+  UltralongError,
+} from "../../core/errors.ts";
+import { StoreError } from "../../core/kv/store.ts";
+import type { ErrorEvent } from "../../core/protocol/events.ts";
+import { SignatureError } from "../../core/protocol/signing.ts";
 
 /** No key, or a key that matches no configured hash. */
 export class AuthenticationError extends UltralongError {
@@ -41,7 +55,20 @@ export class UnsupportedMediaTypeError extends UltralongError {
   }
 }
 
-/** Bad input naming the field (`param`) as OpenAI does. */
+/**
+ * The request body stopped before its end (the client closed or reset the connection mid-body, or
+ * sent fewer bytes than its Content-Length): the client's fault, so a 400, never a server error.
+ */
+export class IncompleteBodyError extends UltralongError {
+  constructor(
+    message = "the request body ended before it was complete (the connection closed mid-body)",
+    options?: { cause?: unknown },
+  ) {
+    super("incomplete_body", message, options);
+  }
+}
+
+/** Bad input naming the field (`param`) as OpenAI does; `code` is OpenAI's, free text. */
 export class ParamError extends UltralongError {
   constructor(
     readonly param: string | null,
@@ -52,7 +79,7 @@ export class ParamError extends UltralongError {
   }
 }
 
-/** A named object that does not exist, e.g. the model id or a file id. */
+/** A named object that does not exist, e.g. the model id, a file id or a route. */
 export class NotFoundHttpError extends UltralongError {
   constructor(
     message: string,
@@ -63,32 +90,54 @@ export class NotFoundHttpError extends UltralongError {
   }
 }
 
-// code -> [status, OpenAI error type]. Codes not listed are server errors (500).
-const STATUS: Record<string, [number, string]> = {
-  invalid_input: [400, "invalid_request_error"],
-  invalid_value: [400, "invalid_request_error"],
-  invalid_json: [400, "invalid_request_error"],
-  invalid_type: [400, "invalid_request_error"],
-  missing_field: [400, "invalid_request_error"],
-  invalid_utf8: [400, "invalid_request_error"],
-  context_length_exceeded: [400, "invalid_request_error"],
-  limit_exceeded: [400, "invalid_request_error"],
-  invalid_format: [400, "invalid_request_error"],
-  invalid_api_key: [401, "authentication_error"],
-  bad_signature: [401, "authentication_error"],
-  permission_denied: [403, "permission_error"],
-  not_found: [404, "not_found_error"],
-  model_not_found: [404, "not_found_error"],
-  file_not_found: [404, "not_found_error"],
-  route_not_found: [404, "not_found_error"],
-  method_not_allowed: [405, "invalid_request_error"],
-  payload_too_large: [413, "invalid_request_error"],
-  unsupported_media_type: [415, "invalid_request_error"],
-  rate_limit_exceeded: [429, "rate_limit_error"],
-  cancelled: [499, "invalid_request_error"],
-  not_available: [503, "server_error"],
-  upstream_error: [502, "server_error"],
-};
+/** The model function failed in a way the edge's client did not cause. */
+export class UpstreamError extends UltralongError {
+  constructor(message: string) {
+    super("upstream_error", message);
+  }
+}
+
+// biome-ignore lint/suspicious/noExplicitAny: any constructor signature; only identity matters
+type ErrorClass = abstract new (...args: any[]) => UltralongError;
+
+// Error class -> [status, OpenAI error type]. An error takes the entry of its own class or else of
+// its nearest listed ancestor (UnreadableError is a FormatError); an UltralongError with no listed
+// ancestor, and any other thrown value, is a 500.
+const BY_CLASS = new Map<ErrorClass, readonly [number, string]>([
+  [InvalidInputError, [400, "invalid_request_error"]],
+  [ParamError, [400, "invalid_request_error"]],
+  [IncompleteBodyError, [400, "invalid_request_error"]],
+  // Context length and other request limits; rates and queues are RateLimitError.
+  [LimitError, [400, "invalid_request_error"]],
+  [AuthenticationError, [401, "authentication_error"]],
+  [SignatureError, [401, "authentication_error"]],
+  [PermissionError, [403, "permission_error"]],
+  [NotFoundHttpError, [404, "not_found_error"]],
+  [NotFoundError, [404, "not_found_error"]],
+  [PayloadTooLargeError, [413, "invalid_request_error"]],
+  [UnsupportedMediaTypeError, [415, "invalid_request_error"]],
+  [RateLimitError, [429, "rate_limit_error"]],
+  // nginx's "client closed request": only ever logged, the client is gone.
+  [CancelledError, [499, "invalid_request_error"]],
+  // Model directory, tokenizer or snapshot files: the server's own data, not the request.
+  [FormatError, [500, "server_error"]],
+  [UpstreamError, [502, "server_error"]],
+  [NotAvailableError, [503, "server_error"]],
+  [StoreError, [503, "server_error"]],
+]);
+
+function entryOf(err: UltralongError): readonly [number, string] {
+  for (let c = err.constructor; c && c !== UltralongError; c = Object.getPrototypeOf(c)) {
+    const hit = BY_CLASS.get(c as ErrorClass);
+    if (hit) return hit;
+  }
+  return [500, "server_error"];
+}
+
+/** The status errors of this class answer with. */
+export function statusOf(cls: ErrorClass): number {
+  return BY_CLASS.get(cls)?.[0] ?? 500;
+}
 
 export interface OpenAIErrorBody {
   error: { message: string; type: string; param: string | null; code: string };
@@ -101,7 +150,7 @@ export function describeError(err: unknown): {
   retryAfterS?: number;
 } {
   if (err instanceof UltralongError) {
-    const [status, type] = STATUS[err.code] ?? [500, "server_error"];
+    const [status, type] = entryOf(err);
     const param = (err as { param?: string | null }).param ?? null;
     const body = { error: { message: err.message, type, param, code: err.code } };
     return err instanceof RateLimitError
@@ -127,4 +176,23 @@ export function errorResponse(err: unknown): Response {
   if (retryAfterS !== undefined)
     headers["retry-after"] = String(Math.max(1, Math.ceil(retryAfterS)));
   return new Response(JSON.stringify(body), { status, headers });
+}
+
+// What the model function's statuses mean to the edge's client. Those a client causes or may retry
+// are rebuilt as the edge's own error of the class with that status; every other one (401/403: the
+// edge's signature, 404/413/415: the edge's request, 5xx) is the edge's failure, a 502.
+const RELAYED: Array<[ErrorClass, (e: ErrorEvent, retryAfterS: number) => UltralongError]> = [
+  [ParamError, (e) => new ParamError(null, e.message, e.code)],
+  [RateLimitError, (e, s) => new RateLimitError(e.message, s)],
+  [CancelledError, (e) => new CancelledError(e.message)],
+  [NotAvailableError, (e) => new NotAvailableError(`model function: ${e.message}`)],
+];
+
+/**
+ * The edge's error for one the model function reported: an HTTP answer other than 200 (its status
+ * and OpenAI body) or an `error` event (with the status it would have answered).
+ */
+export function relayedError(e: ErrorEvent, retryAfterS = 1): UltralongError {
+  for (const [cls, make] of RELAYED) if (statusOf(cls) === e.status) return make(e, retryAfterS);
+  return new UpstreamError(`model function: ${e.message}`);
 }

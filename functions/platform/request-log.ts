@@ -1,6 +1,7 @@
 // One structured JSON line per request (never prompt or output text): request id, tenant, token
-// counts, timings, status. The sink is injectable; the default writes to console.log, which every
-// platform (Node, Lambda, Workers) ships to its log service.
+// counts, timings, status, and a level that follows the status. The sink is injectable; the
+// default writes to console.log, which every platform (Node, Lambda, Workers) ships to its log
+// service.
 
 export type LogSink = (line: Record<string, unknown>) => void;
 
@@ -24,6 +25,11 @@ export interface RequestLogLine {
   totalMs: number;
 }
 
+/** error: the server failed (5xx); warn: the request was refused or cut off (4xx, 499 included). */
+function levelOf(status: number): "info" | "warn" | "error" {
+  return status >= 500 ? "error" : status >= 400 ? "warn" : "info";
+}
+
 export function logRequest(
   sink: LogSink,
   line: RequestLogLine,
@@ -31,7 +37,7 @@ export function logRequest(
 ): void {
   sink({
     t: new Date(clock()).toISOString(),
-    level: line.status >= 500 ? "error" : "info",
+    level: levelOf(line.status),
     ...line,
   });
 }
