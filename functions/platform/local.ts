@@ -60,8 +60,6 @@ export interface LocalOptions {
    * snapshots to be found again (default: derived from `secret`).
    */
   saltSecret?: string;
-  /** Streamed prompts: tokens between warm prefills (default 4096; functions/model/driver-engine.ts). */
-  warmStepTokens?: number;
   /** "model": only the model function, on `port` (a deployed model container). Default "both". */
   role?: "both" | "model";
 }
@@ -109,25 +107,36 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
     throw err;
   });
   const runtime = await creating;
+  // What is open, closed in reverse when the start fails from here on: a refused start (a bad
+  // store, key file or port) leaves no runtime workers running and no socket listening.
+  const opened: Array<() => Promise<void>> = [() => runtime.close()];
+  const unwind = async (err: unknown): Promise<never> => {
+    for (const close of opened.reverse()) await close().catch(() => {});
+    throw err;
+  };
   let store:
     | { store: SnapshotStore; name: string; chunkTokens?: number; masterKeys?: Uint8Array[] }
     | undefined;
-  if (options.store !== null) {
-    const s = options.store;
-    store =
-      typeof s === "object"
-        ? {
-            store: s,
-            name: "custom",
-            chunkTokens: options.snapshotChunkTokens,
-            masterKeys: options.snapshotKeys,
-          }
-        : {
-            store: openStore(s, { env: options.env }),
-            name: s ?? "default cache directory",
-            chunkTokens: options.snapshotChunkTokens,
-            masterKeys: options.snapshotKeys,
-          };
+  try {
+    if (options.store !== null) {
+      const s = options.store;
+      store =
+        typeof s === "object"
+          ? {
+              store: s,
+              name: "custom",
+              chunkTokens: options.snapshotChunkTokens,
+              masterKeys: options.snapshotKeys,
+            }
+          : {
+              store: openStore(s, { env: options.env }),
+              name: s ?? "default cache directory",
+              chunkTokens: options.snapshotChunkTokens,
+              masterKeys: options.snapshotKeys,
+            };
+    }
+  } catch (err) {
+    await unwind(err);
   }
   const secret = options.secret ?? randomHex(32);
   const engine = await createDriverEngine({
@@ -137,8 +146,8 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
     tokenizer,
     store,
     saltSecret: options.saltSecret ?? `salt:${secret}`,
-    warmStepTokens: options.warmStepTokens,
-  });
+  }).catch(unwind);
+  opened[0] = () => engine.close(); // closes the runtime too
   const metricsKey = `ul-metrics-${randomHex(16)}`;
   const metricsKeySha256 = await sha256Hex(metricsKey);
   let demoKey: string | null = null;
@@ -160,9 +169,12 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
     log: options.log,
     // With a store, a signed request is served once by every instance sharing it, across restarts.
     nonceLedger: store ? new StoreNonceLedger(store.store) : undefined,
-  });
+  }).catch(unwind);
   if (options.role === "model") {
-    const server = await listen(modelApp.app, { port: options.port, hostname: options.hostname });
+    const server = await listen(modelApp.app, {
+      port: options.port,
+      hostname: options.hostname,
+    }).catch(unwind);
     return {
       url: server.url,
       modelUrl: server.url,
@@ -179,7 +191,8 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
       },
     };
   }
-  const modelServer = await listen(modelApp.app);
+  const modelServer = await listen(modelApp.app).catch(unwind);
+  opened.push(() => modelServer.close());
   const template = tokenizer.chatTemplate;
   const renderChat: ChatRenderer =
     options.renderChat ??
@@ -202,8 +215,11 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
     log: options.log,
     // Files live beside the snapshots when there is a store (they survive restarts), else in memory.
     files: store ? new ObjectFileStore(store.store) : undefined,
-  });
-  const edgeServer = await listen(edge.app, { port: options.port, hostname: options.hostname });
+  }).catch(unwind);
+  const edgeServer = await listen(edge.app, {
+    port: options.port,
+    hostname: options.hostname,
+  }).catch(unwind);
   return {
     url: edgeServer.url,
     modelUrl: modelServer.url,
