@@ -30,7 +30,49 @@ export function parseCommandArgs<const O extends NonNullable<ParseArgsConfig["op
   options: O,
   { allowPositionals = true }: { allowPositionals?: boolean } = {},
 ) {
-  return parseArgs({ args: argv, options, strict: true, allowPositionals });
+  return parseArgs({
+    args: negativeValues(argv, options),
+    options,
+    strict: true,
+    allowPositionals,
+  });
+}
+
+const NEGATIVE_NUMBER = /^-(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i;
+
+/**
+ * node:util's parseArgs takes `--temperature -1` for an option followed by another option and
+ * refuses it as "ambiguous"; a string option followed by a negative number gets it as its value
+ * (`--temperature=-1`), so the option's own validator decides whether -1 is in range.
+ */
+function negativeValues(
+  argv: string[],
+  options: NonNullable<ParseArgsConfig["options"]>,
+): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === "--") {
+      out.push(...argv.slice(i));
+      break;
+    }
+    const name = arg.startsWith("--")
+      ? arg.slice(2)
+      : /^-[^-]$/.test(arg)
+        ? Object.keys(options).find((k) => options[k].short === arg[1])
+        : undefined;
+    const next = argv[i + 1];
+    if (
+      name &&
+      options[name]?.type === "string" &&
+      next !== undefined &&
+      NEGATIVE_NUMBER.test(next)
+    ) {
+      out.push(`--${name}=${next}`);
+      i++;
+    } else out.push(arg);
+  }
+  return out;
 }
 
 /** The one positional argument a command takes (`what` names it in the error). */

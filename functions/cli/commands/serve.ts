@@ -5,8 +5,9 @@ import { homedir } from "node:os";
 import { join } from "node:path";
 import { InvalidInputError } from "../../../core/errors.ts";
 import { makeModelDir } from "../../../core/node/make-model.ts";
-import type { KeyConfig } from "../../edge/keys.ts";
+import { type KeyConfig, KeyRing } from "../../edge/keys.ts";
 import { startLocal } from "../../platform/local.ts";
+import { checkCanListen, checkPort } from "../../platform/node.ts";
 import {
   checkSnapshotPlaintext,
   snapshotKeys as snapshotKeysFromEnv,
@@ -108,6 +109,25 @@ async function localSaltSecret(env: NodeJS.ProcessEnv): Promise<string> {
   return secret;
 }
 
+/** The --api-keys file, read and checked as the edge will (KeyRing) before anything starts. */
+async function readKeyFile(file: string): Promise<KeyConfig> {
+  const text = await readFile(file, "utf8").catch((err: Error) => {
+    throw new InvalidInputError(`cannot read --api-keys ${file}: ${err.message}`);
+  });
+  let keys: KeyConfig;
+  try {
+    keys = JSON.parse(text) as KeyConfig;
+  } catch (err) {
+    throw new InvalidInputError(`--api-keys ${file} is not JSON: ${(err as Error).message}`);
+  }
+  try {
+    new KeyRing(keys);
+  } catch (err) {
+    throw new InvalidInputError(`--api-keys ${file}: ${(err as Error).message}`);
+  }
+  return keys;
+}
+
 export const command: Command = {
   summary: "run the OpenAI-compatible HTTP API locally (edge + model function)",
   usage,
@@ -130,26 +150,22 @@ export const command: Command = {
       { allowPositionals: false },
     );
     const say = (line: string) => io.stderr.write(`${line}\n`);
-    const modelDir = values.model ?? (await demoModelDir(io.env, say));
-    let keys: KeyConfig | undefined;
-    if (values["api-keys"]) {
-      const text = await readFile(values["api-keys"], "utf8").catch((err) => {
-        throw new InvalidInputError(`cannot read --api-keys ${values["api-keys"]}: ${err.message}`);
-      });
-      try {
-        keys = JSON.parse(text) as KeyConfig;
-      } catch {
-        throw new InvalidInputError(`--api-keys ${values["api-keys"]} is not JSON`);
-      }
-    }
+    // Every option is checked before anything is loaded, so a mistake costs a line, not a model load.
     const role = values.role ?? "both";
     if (role !== "both" && role !== "model")
       throw new InvalidInputError(`--role must be both or model, got '${role}'`);
     const secret = io.env.ULTRALONG_SIGNING_SECRET;
     if (role === "model" && !secret)
       throw new InvalidInputError("--role model needs ULTRALONG_SIGNING_SECRET");
+    const port = checkPort(intOption("port", values.port) ?? 8080, "--port");
+    const threads = intOption("threads", values.threads);
+    const maxPositions = intOption("max-positions", values["max-positions"]);
+    const kvDtype = kvDtypeOption(values["kv-dtype"]);
+    const keys = values["api-keys"] ? await readKeyFile(values["api-keys"]) : undefined;
     const snapshotKeys = await snapshotKeysFromEnv(io.env);
     if (!values["no-store"]) checkSnapshotPlaintext(snapshotKeys, role === "model", io.env);
+    await checkCanListen(port, values.host);
+    const modelDir = values.model ?? (await demoModelDir(io.env, say));
     const t0 = performance.now();
     const server = await startLocal({
       role,
@@ -157,15 +173,15 @@ export const command: Command = {
       saltSecret: io.env.ULTRALONG_SALT_SECRET || (await localSaltSecret(io.env)),
       modelDir,
       modelId: values.model ? undefined : "ultralong-demo",
-      port: intOption("port", values.port) ?? 8080,
+      port,
       hostname: values.host,
       store: values["no-store"] ? null : values.store,
       snapshotKeys,
       keys,
       runtime: values.runtime,
-      threads: intOption("threads", values.threads),
-      maxPositions: intOption("max-positions", values["max-positions"]),
-      kvDtype: kvDtypeOption(values["kv-dtype"]),
+      threads,
+      maxPositions,
+      kvDtype,
       env: io.env,
     });
     const info = server.engine.info();
