@@ -146,6 +146,8 @@ function sampling(body: Json, kind: "chat" | "completion"): SamplingParams {
 function content(v: unknown, param: string): ContentPart[] {
   if (typeof v === "string") return [{ type: "text", text: checkWellFormed(v, param) }];
   if (!Array.isArray(v)) throw wrongType(param, "a string or an array of content parts", v);
+  // As OpenAI: an empty parts array is refused (an empty string is a message, and is kept).
+  if (v.length === 0) throw new ParamError(param, `'${param}' must not be an empty array`);
   return v.map((part, i) => {
     const p = `${param}[${i}]`;
     if (!part || typeof part !== "object") throw wrongType(p, "a content part object", part);
