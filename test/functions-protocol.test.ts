@@ -1,6 +1,7 @@
 // The edge-to-model wire: signatures (stale, replayed, forged refused) and authenticated frames
 // (tampered, reordered, truncated refused), over real byte streams split at random boundaries.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { NotAvailableError } from "../core/errors.ts";
 import { S3Store } from "../core/kv/s3-store.ts";
 import type { SnapshotStore } from "../core/kv/store.ts";
 import { DirectoryStore } from "../core/node/snapshot-dir.ts";
@@ -18,6 +19,7 @@ import {
   StoreNonceLedger,
 } from "../core/protocol/nonce-ledger.ts";
 import { importSigningKey, RequestVerifier, signRequest } from "../core/protocol/signing.ts";
+import { startS3BehindProxy } from "./harness/fault-proxy.ts";
 import { type S3Server, startS3, storeOptions } from "./harness/s3.ts";
 import { scratchDir } from "./support/models.ts";
 
@@ -161,6 +163,50 @@ describe("nonce ledgers: a nonce is served once across instances and restarts", 
       const keys: string[] = [];
       for await (const o of store.list(NONCE_PREFIX)) keys.push(o.key);
       expect(keys, name).toEqual([`${NONCE_PREFIX}${signed.headers["x-ul-nonce"]}`]);
+    }
+  });
+
+  it("a store that ignores If-None-Match is refused as a ledger; one that honours it is accepted", async () => {
+    const plain = await startS3({ conditionalWrites: false });
+    try {
+      const ignoring = new StoreNonceLedger(new S3Store({ ...storeOptions(plain), prefix: "l" }));
+      await expect(ignoring.checkExclusive()).rejects.toBeInstanceOf(NotAvailableError);
+      await expect(ignoring.checkExclusive()).rejects.toThrow(/does not refuse a second create/);
+    } finally {
+      await plain.close();
+    }
+    for (const [name, store] of stores()) {
+      await expect(new StoreNonceLedger(store).checkExclusive(), name).resolves.toBeUndefined();
+    }
+  });
+
+  it("a ledger that cannot answer is a 503-class error naming no bucket, not a replay", async () => {
+    const { s3: behind, proxy, close } = await startS3BehindProxy();
+    try {
+      const key = await importSigningKey(SECRET);
+      const store = new S3Store({
+        ...storeOptions(behind, proxy.endpoint),
+        prefix: "down",
+        retry: { attempts: 2, baseDelayMs: 1, maxDelayMs: 2 },
+      });
+      const signed = await signRequest(key, "POST", "/x");
+      // Another instance claimed it; then every GET of the store fails: the second claimant cannot
+      // tell its own retried claim from a replay, and says the ledger is unavailable.
+      expect(await new StoreNonceLedger(store).claim(signed.headers["x-ul-nonce"], 1)).toBe(true);
+      proxy.setSchedule((r) => (r.method === "GET" ? { kind: "status", status: 500 } : null));
+      const v = new RequestVerifier(key, { ledger: new StoreNonceLedger(store), notBefore: 0 });
+      const err = await v.verify("POST", "/x", new Headers({ ...signed.headers })).catch((e) => e);
+      expect(err).toBeInstanceOf(NotAvailableError);
+      expect(err.message).toBe("the replay ledger is unavailable; retry the request");
+      expect(err.message).not.toMatch(new RegExp(behind.bucket));
+      // Down entirely (PUTs too): the same, not "replayed".
+      proxy.setSchedule(() => ({ kind: "status", status: 500 }));
+      const fresh = await signRequest(key, "POST", "/x");
+      await expect(
+        v.verify("POST", "/x", new Headers({ ...fresh.headers })),
+      ).rejects.toBeInstanceOf(NotAvailableError);
+    } finally {
+      await close();
     }
   });
 

@@ -4,7 +4,7 @@ import { mkdir, readdir, readFile, rm, symlink, writeFile } from "node:fs/promis
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { InvalidInputError, NotFoundError } from "../core/errors.ts";
-import { validateKey } from "../core/kv/store.ts";
+import { StoreError, validateKey } from "../core/kv/store.ts";
 import { parseStoreSpec } from "../core/kv/store-spec.ts";
 import { DirectoryStore, defaultSnapshotDir, openStore } from "../core/node/snapshot-dir.ts";
 import { scratchDir } from "./support/models.ts";
@@ -62,7 +62,7 @@ describe("DirectoryStore", () => {
     const outside = join(scratchDir("outside"), "secret");
     await writeFile(outside, "not a snapshot");
     const makers: [string, (path: string) => Promise<void>][] = [
-      ["a directory", async (p) => void (await mkdir(join(p, "inner"), { recursive: true }))],
+      ["a directory", async (p) => void (await mkdir(p))],
       ["a symbolic link", (p) => symlink(outside, p)],
       ["a special file", async (p) => void execFileSync("mkfifo", [p])],
     ];
@@ -80,6 +80,23 @@ describe("DirectoryStore", () => {
       expect([...(await store.get(key))]).toEqual([4, 5]);
     }
     expect(await readFile(outside, "utf8")).toBe("not a snapshot"); // the link was not followed
+    // A directory with something inside is not ours to delete: the put fails, naming the key.
+    await rm(join(dir, "kv/a-directory"));
+    await mkdir(join(dir, "kv/a-directory/inner"), { recursive: true });
+    await expect(store.put("kv/a-directory", new Uint8Array([6]))).rejects.toThrow(
+      /writing snapshot kv\/a-directory .* failed/,
+    );
+    expect((await readdir(join(dir, "kv/a-directory"))).sort()).toEqual(["inner"]);
+  });
+
+  it("create() says 'exists' only when the object exists, not when its folder cannot be made", async () => {
+    const dir = scratchDir("store");
+    const store = new DirectoryStore(dir);
+    await writeFile(join(dir, "nonces"), "a file where a folder should be");
+    await expect(store.create("nonces/ab", new Uint8Array([1]))).rejects.toBeInstanceOf(StoreError);
+    expect(await store.create("other/ab", new Uint8Array([1]))).toBe(true);
+    expect(await store.create("other/ab", new Uint8Array([2]))).toBe(false);
+    expect((await readdir(join(dir, ".tmp"))).length).toBe(0); // no temp file left behind
   });
 
   it("refuses keys outside the directory on every operation", async () => {

@@ -12,7 +12,8 @@
 // local.fsyncSaveMBps); `{ fsync: true }` buys durability across power loss.
 
 import { createHash, randomBytes } from "node:crypto";
-import { link, lstat, mkdir, open, readdir, rename, rm, unlink } from "node:fs/promises";
+import { constants as fsConstants } from "node:fs";
+import { link, lstat, mkdir, open, readdir, rename, rm, rmdir, unlink } from "node:fs/promises";
 import { homedir } from "node:os";
 import { dirname, join, resolve, sep } from "node:path";
 import type { Sha256 } from "../crypto/sha256.ts";
@@ -31,6 +32,7 @@ import {
 import { parseStoreSpec } from "../kv/store-spec.ts";
 
 const TMP = ".tmp";
+const READ_NO_FOLLOW = fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK;
 
 function isCode(err: unknown, code: string): boolean {
   return (err as NodeJS.ErrnoException)?.code === code;
@@ -63,8 +65,8 @@ export class DirectoryStore implements SnapshotStore {
 
   /**
    * What sits at an object's path when it is not a regular file (a directory, a symlink, a FIFO,
-   * a socket, a device), else null. Such a path is never opened: a FIFO would block the reader and
-   * a symlink could point outside the store. Reads treat it as absent; the next put replaces it.
+   * a socket, a device), else null. Reads treat such a path as absent (get() checks the opened
+   * descriptor, not this); the next put replaces it.
    */
   async #foreign(path: string): Promise<string | null> {
     try {
@@ -113,7 +115,8 @@ export class DirectoryStore implements SnapshotStore {
         const foreign = await this.#foreign(path);
         if (foreign) {
           this.#log.warn(`replacing ${foreign} at snapshot path ${key} with the object`, { key });
-          await rm(path, { recursive: true, force: true });
+          // A directory is removed only when empty: whatever is inside is not ours to delete.
+          await (foreign === "a directory" ? rmdir(path) : unlink(path));
         }
         await rename(tmp, path);
       });
@@ -130,10 +133,15 @@ export class DirectoryStore implements SnapshotStore {
     try {
       // link(2) fails with EEXIST when anything is at `path`, atomically: of two processes
       // creating the same key, exactly one wins, and a reader never sees half an object.
-      await this.#viaTemp(path, bytes, (tmp) => link(tmp, path));
-      return true;
+      let created = true;
+      await this.#viaTemp(path, bytes, (tmp) =>
+        link(tmp, path).catch((err) => {
+          if (!isCode(err, "EEXIST")) throw err;
+          created = false;
+        }),
+      );
+      return created;
     } catch (err) {
-      if (isCode(err, "EEXIST")) return false;
       throw new StoreError(`creating ${key} in ${this.root} failed: ${(err as Error).message}`, {
         cause: err,
       });
@@ -144,26 +152,23 @@ export class DirectoryStore implements SnapshotStore {
     const path = this.#path(key);
     let fh: Awaited<ReturnType<typeof open>>;
     try {
-      const foreign = await this.#foreign(path);
-      if (foreign) {
-        this.#log.warn(
-          `snapshot path ${key} is ${foreign}, not a file: a miss until the next save`,
-          {
-            key,
-          },
-        );
-        throw new NotFoundError(`snapshot object ${key} not found in ${this.root} (${foreign})`);
-      }
-      fh = await open(path, "r");
+      // One open that cannot be raced: O_NOFOLLOW refuses a symlink (ELOOP), O_NONBLOCK keeps a
+      // FIFO from blocking the thread, and the type is checked on the opened descriptor itself.
+      fh = await open(path, READ_NO_FOLLOW);
     } catch (err) {
-      if (err instanceof NotFoundError) throw err;
       if (isCode(err, "ENOENT")) {
         throw new NotFoundError(`snapshot object ${key} not found in ${this.root}`);
       }
+      if (isCode(err, "ELOOP")) throw this.#foreignMiss(key, "a symbolic link");
       throw new StoreError(`reading snapshot ${key}: ${(err as Error).message}`, { cause: err });
     }
+    const kind = await fh.stat();
+    if (!kind.isFile()) {
+      await fh.close();
+      throw this.#foreignMiss(key, kind.isDirectory() ? "a directory" : "a special file");
+    }
     try {
-      const size = (await fh.stat()).size;
+      const size = kind.size;
       const offset = range?.offset ?? 0;
       const length = range?.length ?? size;
       if (offset + length > size) {
@@ -180,6 +185,14 @@ export class DirectoryStore implements SnapshotStore {
     } finally {
       await fh.close();
     }
+  }
+
+  /** The miss for a path that holds something other than a regular file, logged. */
+  #foreignMiss(key: string, what: string): NotFoundError {
+    this.#log.warn(`snapshot path ${key} is ${what}, not a file: a miss until the next save`, {
+      key,
+    });
+    return new NotFoundError(`snapshot object ${key} not found in ${this.root} (${what})`);
   }
 
   async head(key: string): Promise<ObjectInfo | null> {

@@ -11,6 +11,7 @@
 // A claim that was retried (the first PUT landed, its answer was lost) finds an object: it carries
 // the claimant's random token, so the retry recognises its own claim instead of calling it a replay.
 import { toHex } from "../crypto/sha256.ts";
+import { NotAvailableError, NotFoundError } from "../errors.ts";
 import type { SnapshotStore } from "../kv/store.ts";
 
 export interface NonceLedger {
@@ -95,7 +96,30 @@ export class StoreNonceLedger implements NonceLedger {
     const key = `${NONCE_PREFIX}${nonce}`;
     if (await this.#store.create(key, body)) return true;
     // Someone holds it. Ours only if a retried create of this very call landed the first time.
-    const held = await this.#store.get(key).catch(() => null);
+    // Absent now (deleted between the two calls) is not ours either; any other failure propagates:
+    // the ledger could not answer, which is not evidence of a replay.
+    const held = await this.#store.get(key).catch((err: unknown) => {
+      if (err instanceof NotFoundError) return null;
+      throw err;
+    });
     return held !== null && held.length === body.length && held.every((b, i) => b === body[i]);
+  }
+
+  /**
+   * Proves the store refuses a second create of one key. An S3-compatible server that ignores
+   * `If-None-Match` answers 200 to both, and replay protection would silently be off: a server
+   * refuses to start on such a store (functions/platform/local.ts) instead.
+   */
+  async checkExclusive(): Promise<void> {
+    const bytes = new Uint8Array(16);
+    this.#random(bytes);
+    const key = `${NONCE_PREFIX}probe-${toHex(bytes)}`;
+    const first = await this.#store.create(key, bytes);
+    const second = await this.#store.create(key, bytes);
+    if (!first || second) {
+      throw new NotAvailableError(
+        `the store ${this.#store.name} does not refuse a second create of one object (S3 conditional writes, If-None-Match: *), so it cannot hold the replay ledger`,
+      );
+    }
   }
 }

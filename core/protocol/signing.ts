@@ -13,7 +13,7 @@
 // available on function URLs and Workers without extra products).
 
 import { bytesEqual, fromHex, toHex } from "../crypto/sha256.ts";
-import { UltralongError } from "../errors.ts";
+import { NotAvailableError, UltralongError } from "../errors.ts";
 import { MemoryNonceLedger, type NonceLedger } from "./nonce-ledger.ts";
 
 /** The signature is missing, wrong, stale or replayed. The HTTP layer maps this to 401. */
@@ -153,7 +153,17 @@ export class RequestVerifier {
     if (ts < this.#notBefore) {
       throw new SignatureError("stale signature timestamp (signed before this server started)");
     }
-    if (!(await this.#ledger.claim(nonce, ts))) throw new SignatureError("replayed request");
+    let fresh: boolean;
+    try {
+      fresh = await this.#ledger.claim(nonce, ts);
+    } catch (err) {
+      // The store's message names the bucket or directory: for the server's log (the cause), not
+      // for the client, which learns only that it may retry.
+      throw new NotAvailableError("the replay ledger is unavailable; retry the request", {
+        cause: err,
+      });
+    }
+    if (!fresh) throw new SignatureError("replayed request");
     return signature;
   }
 }

@@ -139,6 +139,9 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
     await unwind(err);
   }
   const secret = options.secret ?? randomHex(32);
+  // A store that ignores If-None-Match would accept every replay: refuse it before serving.
+  const ledger = store ? new StoreNonceLedger(store.store) : undefined;
+  await ledger?.checkExclusive().catch(unwind);
   const engine = await createDriverEngine({
     modelId,
     model,
@@ -168,7 +171,7 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
     keepAliveMs: options.keepAliveMs,
     log: options.log,
     // With a store, a signed request is served once by every instance sharing it, across restarts.
-    nonceLedger: store ? new StoreNonceLedger(store.store) : undefined,
+    nonceLedger: ledger,
   }).catch(unwind);
   if (options.role === "model") {
     const server = await listen(modelApp.app, {

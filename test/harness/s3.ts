@@ -70,11 +70,17 @@ function describeServer(
   };
 }
 
-/** s3rver in this process. */
-export async function startS3(opts: { bucket?: string } = {}): Promise<S3Server> {
+/**
+ * s3rver in this process. `conditionalWrites: false` leaves s3rver as it ships (it ignores
+ * `If-None-Match`), like an S3-compatible server that predates conditional writes.
+ */
+export async function startS3(
+  opts: { bucket?: string; conditionalWrites?: boolean } = {},
+): Promise<S3Server> {
   const bucket = opts.bucket ?? "snapshots";
   const directory = await mkdtemp(join(tmpdir(), "ultralong-s3rver-"));
-  const server = addConditionalWrites(new S3rver(serverOptions(directory, bucket)));
+  const plain = new S3rver(serverOptions(directory, bucket));
+  const server = opts.conditionalWrites === false ? plain : addConditionalWrites(plain);
   const address = (await server.run()) as AddressInfo;
   return describeServer(address.port, bucket, directory, () => server.close());
 }
