@@ -223,6 +223,28 @@ describe("snapshot format v2", () => {
     await expect(decodeSnapshot(forged)).rejects.toThrow(/unencrypted snapshot carries a key id/);
   });
 
+  it("what a newer build may write (version, flags, dtype, layout) is unreadable, not damage", async () => {
+    const obj = await encodeSnapshot(meta(), payload());
+    const edits: [string, (v: DataView) => void][] = [
+      ["version 3", (v) => v.setUint16(8, 3, true)],
+      ["a new flag", (v) => v.setUint32(12, 2, true)],
+      ["dtype code 9", (v) => v.setUint8(16, 9)],
+      ["layout code 2", (v) => v.setUint8(17, 2)],
+    ];
+    for (const [what, edit] of edits) {
+      const newer = obj.slice();
+      edit(new DataView(newer.buffer));
+      await resealHeader(newer);
+      await expect(decodeSnapshot(newer), what).rejects.toBeInstanceOf(UnreadableError);
+      // The same edit without a valid header digest is damage.
+      const damaged = obj.slice();
+      edit(new DataView(damaged.buffer));
+      const err = await decodeSnapshot(damaged).catch((e) => e);
+      expect(err, what).toBeInstanceOf(FormatError);
+      expect(err, what).not.toBeInstanceOf(UnreadableError);
+    }
+  });
+
   it("encrypts with AES-GCM under the header as AAD", async () => {
     const key = await deriveTenantKey(new Uint8Array(32).fill(1), "tenant");
     const obj = await encodeSnapshot(meta(), payload(), { key });

@@ -204,12 +204,6 @@ export async function parseSnapshotHeader(
   if (new TextDecoder().decode(raw.subarray(0, 8)) !== SNAPSHOT_MAGIC) {
     throw new FormatError("not a KV snapshot (bad magic)");
   }
-  const version = view.getUint16(8, true);
-  if (!READ_VERSIONS.includes(version)) {
-    throw new FormatError(
-      `snapshot format version ${version} is not supported (this build reads ${READ_VERSIONS.join(", ")})`,
-    );
-  }
   if (view.getUint16(10, true) !== SNAPSHOT_HEADER_BYTES) {
     throw new FormatError("snapshot header size is not 256");
   }
@@ -217,16 +211,25 @@ export async function parseSnapshotHeader(
   if (!bytesEqual(digest, raw.subarray(224, 256))) {
     throw new FormatError("snapshot header checksum mismatch");
   }
+  // The header is intact from here on. What this build does not know (a newer version, flag, dtype,
+  // layout or scale block) was written by a newer build: not damage, so UnreadableError, and the
+  // cache leaves it in place instead of quarantining a newer instance's work.
+  const version = view.getUint16(8, true);
+  if (!READ_VERSIONS.includes(version)) {
+    throw new UnreadableError(
+      `snapshot format version ${version} is not supported (this build reads ${READ_VERSIONS.join(", ")})`,
+    );
+  }
   const flags = view.getUint32(12, true);
-  if ((flags & ~FLAG_ENCRYPTED) !== 0) throw new FormatError(`unknown snapshot flags ${flags}`);
+  if ((flags & ~FLAG_ENCRYPTED) !== 0) throw new UnreadableError(`unknown snapshot flags ${flags}`);
   const encrypted = (flags & FLAG_ENCRYPTED) !== 0;
   const dtype = DTYPE_BY_CODE.get(view.getUint8(16));
-  if (dtype === undefined) throw new FormatError(`unknown KV dtype code ${view.getUint8(16)}`);
+  if (dtype === undefined) throw new UnreadableError(`unknown KV dtype code ${view.getUint8(16)}`);
   if (dtype === "fp8-e4m3" && version < 2) {
     throw new FormatError("fp8-e4m3 snapshots need format v2 (v1 has no scales)");
   }
   if (view.getUint8(17) !== PAYLOAD_LAYOUT_LAYER_KV) {
-    throw new FormatError(`unknown payload layout code ${view.getUint8(17)}`);
+    throw new UnreadableError(`unknown payload layout code ${view.getUint8(17)}`);
   }
   if (view.getUint16(18, true) !== 0 || !isZero(raw.subarray(92, 96))) {
     throw new FormatError("snapshot reserved fields are not zero");
@@ -237,7 +240,7 @@ export async function parseSnapshotHeader(
     throw new FormatError(`a ${dtype} snapshot carries fp8 scale fields`);
   }
   if (dtype === "fp8-e4m3" && scaleBlock !== FP8_BLOCK_POSITIONS) {
-    throw new FormatError(
+    throw new UnreadableError(
       `fp8 scale blocks of ${scaleBlock} positions are not supported (this build uses ${FP8_BLOCK_POSITIONS})`,
     );
   }
