@@ -1,5 +1,5 @@
 // `npm run deploy -- [--dry-run] [--region R] [--model s3://bucket/dir/] [--max-context 1M]
-//   [--kv-dtype bf16|fp8] [--gpu-type T] [--max-instances N] [--snapshot-days N]
+//   [--kv-dtype bf16|fp8] [--model-context 1M] [--gpu-type T] [--max-instances N] [--snapshot-days N]
 //   [--idle-minutes N] [--image URI] [--name N] [--model-id ID] [--out DIR]`
 //
 // Bundles the edge, synthesizes the CDK stack, checks its security invariants and prints what it
@@ -43,6 +43,7 @@ export function parseDeployArgs(argv: string[]) {
       name: { type: "string" },
       "model-id": { type: "string" },
       "max-context": { type: "string" },
+      "model-context": { type: "string" },
       "kv-dtype": { type: "string" },
       out: { type: "string" },
     },

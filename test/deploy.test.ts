@@ -267,6 +267,25 @@ describe("the GPU type follows the context", () => {
     }
   });
 
+  it("never serves past the model's context, however much KV the GPU holds", () => {
+    const model = "s3://my-models/ultralong-1m/";
+    const h200 = resolveDeployConfig({ model, "gpu-type": "p5en.48xlarge", "kv-dtype": "fp8" }, {});
+    expect(h200.maxContext).toBe(1_048_576); // the GPU holds 2,023,811 fp8 positions
+    expect(() =>
+      resolveDeployConfig(
+        { model, "max-context": "1500000", "kv-dtype": "fp8", "gpu-type": "p5en.48xlarge" },
+        {},
+      ),
+    ).toThrow(
+      "--max-context 1,500,000 is beyond the model's context of 1,048,576 positions (--model-context: its config.json max_position_embeddings)",
+    );
+    const two = resolveDeployConfig(
+      { model, "gpu-type": "p5en.48xlarge", "kv-dtype": "fp8", "model-context": "2M" },
+      {},
+    );
+    expect(two.maxContext).toBe(2_023_811);
+  });
+
   it("takes --max-context as 1M/256K/plain integers and --kv-dtype bf16|fp8", () => {
     const model = "s3://my-models/ultralong-1m/";
     const fp8 = resolveDeployConfig({ model, "max-context": "1M", "kv-dtype": "fp8" }, {});

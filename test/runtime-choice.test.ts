@@ -135,6 +135,18 @@ describe("a native addon that exists but cannot load", () => {
   });
 });
 
+describe("startLocal's context", () => {
+  it("refuses --max-positions beyond the model's max_position_embeddings, in one line", async () => {
+    const dir = await testModelDir();
+    const max = (await loadModelDir(dir)).config.maxPositionEmbeddings;
+    await expect(
+      startLocal({ modelDir: dir, runtime: "reference", store: null, maxPositions: max + 1 }),
+    ).rejects.toThrow(
+      `--max-positions ${max + 1} is beyond the model's context (max_position_embeddings ${max})`,
+    );
+  });
+});
+
 describe("the model function says what serves", () => {
   let close: (() => Promise<void>) | null = null;
   afterAll(() => close?.());

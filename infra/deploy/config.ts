@@ -49,6 +49,8 @@ const DEFAULTS = {
   // With neither --max-context nor --gpu-type: serve's own default (--max-positions 131072), which
   // the cheapest type holds in bf16. 1M needs fp8 on an H200 (docs/deploy.md's table).
   maxContext: 131_072,
+  // UltraLong-8B-1M's max_position_embeddings; the 2M and 4M variants need --model-context.
+  modelContext: 1_048_576,
 } as const;
 
 function positiveInt(name: string, raw: string): number {
@@ -86,15 +88,26 @@ export function resolveDeployConfig(
     rawContext === undefined ? undefined : parseTokenCount("--max-context", rawContext);
   // Either one decides the other: a type serves the longest context it holds; a context picks the
   // cheapest type that holds it. Both given: the type must hold the context.
+  // The model's own context (max_position_embeddings): the served context never exceeds it, however
+  // much KV a GPU could hold (an H200 holds 2M positions in fp8; the 1M model's RoPE ends at 1M).
+  const modelContext = parseTokenCount(
+    "--model-context",
+    pick("model-context", "ULTRALONG_MODEL_CONTEXT") ?? String(DEFAULTS.modelContext),
+  );
   let gpuType: GpuType;
   let maxContext: number;
   if (askedType !== undefined) {
     gpuType = askedType as GpuType;
-    maxContext = askedContext ?? gpuContext(gpuType, kv);
+    maxContext = askedContext ?? Math.min(gpuContext(gpuType, kv), modelContext);
     checkGpuHolds(gpuType, kv, maxContext);
   } else {
     maxContext = askedContext ?? DEFAULTS.maxContext;
     gpuType = chooseGpuType(kv, maxContext);
+  }
+  if (maxContext > modelContext) {
+    throw new InvalidInputError(
+      `--max-context ${maxContext.toLocaleString("en-US")} is beyond the model's context of ${modelContext.toLocaleString("en-US")} positions (--model-context: its config.json max_position_embeddings)`,
+    );
   }
   const givenUri = pick("model", "ULTRALONG_MODEL_URI");
   const modelUri = givenUri ?? PLACEHOLDER_MODEL_URI;
