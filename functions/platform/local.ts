@@ -22,7 +22,6 @@ import { runtimes } from "../runtimes.ts";
 import { listen } from "./node.ts";
 import type { LogSink } from "./request-log.ts";
 import { loadDirTokenizer } from "./tokenizer-cache.ts";
-import { workerFileTokenizer } from "./worker-file-tokenizer.ts";
 
 export interface LocalOptions {
   modelDir: string;
@@ -213,9 +212,6 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
         encodeText,
       });
     });
-  // Uploaded files are tokenized in a worker thread, so the edge keeps answering meanwhile.
-  const fileTokenizer = await workerFileTokenizer(tokenizer).catch(unwind);
-  opened.push(() => fileTokenizer.close());
   const edge = await createEdgeApp({
     modelId,
     maxContext: maxPositions,
