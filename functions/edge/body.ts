@@ -1,14 +1,13 @@
 // Reading request bodies with a byte limit enforced while reading (a missing or lying
 // Content-Length cannot make us buffer more), strict UTF-8, and JSON errors that name the problem.
-// A body that breaks off mid-stream is the client's IncompleteBodyError (400), whatever the
-// platform's stream threw (Node: "aborted", ECONNRESET; workerd and Lambda: their own).
-import { UltralongError } from "../../core/errors.ts";
+// A body that breaks off mid-stream is the client's IncompleteBodyError (400), never a short body
+// read as whole (functions/platform/request-body.ts).
 import {
-  IncompleteBodyError,
   ParamError,
   PayloadTooLargeError,
   UnsupportedMediaTypeError,
 } from "../platform/http-errors.ts";
+import { completeBody } from "../platform/request-body.ts";
 
 export function mediaType(req: Request): string {
   return (req.headers.get("content-type") ?? "").split(";")[0].trim().toLowerCase();
@@ -28,15 +27,13 @@ export async function* limitedChunks(req: Request, limit: number): AsyncGenerato
   const declared = Number(req.headers.get("content-length") ?? "NaN");
   if (declared > limit)
     throw new PayloadTooLargeError(`request body is ${declared} bytes; the limit is ${limit}`);
-  if (!req.body) return;
-  const reader = req.body.getReader();
+  const body = completeBody(req);
+  if (!body) return;
+  const reader = body.getReader();
   let total = 0;
   try {
     for (;;) {
-      const { value, done } = await reader.read().catch((err: unknown) => {
-        if (err instanceof UltralongError) throw err;
-        throw new IncompleteBodyError(undefined, { cause: err });
-      });
+      const { value, done } = await reader.read();
       if (done) return;
       total += value.length;
       if (total > limit)

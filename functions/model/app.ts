@@ -24,12 +24,12 @@ import { importSigningKey, RequestVerifier } from "../../core/protocol/signing.t
 import {
   describeError,
   errorResponse,
-  IncompleteBodyError,
   NotFoundHttpError,
   UnsupportedMediaTypeError,
 } from "../platform/http-errors.ts";
 import { Metrics, statusClass } from "../platform/metrics.ts";
 import { hasMetricsKey, metricsResponse } from "../platform/metrics-route.ts";
+import { completeBody } from "../platform/request-body.ts";
 import { consoleSink, type LogSink, logRequest } from "../platform/request-log.ts";
 import type { ModelEngine } from "./engine.ts";
 import { GenerationQueue } from "./queue.ts";
@@ -65,19 +65,6 @@ export interface ModelApp {
   app: Hono;
   metrics: Metrics;
   queue: GenerationQueue;
-}
-
-/**
- * The frames of a request body; a body that breaks off mid-stream (the edge's connection closed or
- * reset) is the edge's IncompleteBodyError (400), not a server error.
- */
-async function* completeFrames(frames: AsyncGenerator<Frame>): AsyncGenerator<Frame> {
-  try {
-    yield* frames;
-  } catch (err) {
-    if (err instanceof UltralongError) throw err;
-    throw new IncompleteBodyError(undefined, { cause: err });
-  }
 }
 
 export async function createModelApp(options: ModelAppOptions): Promise<ModelApp> {
@@ -168,9 +155,10 @@ export async function createModelApp(options: ModelAppOptions): Promise<ModelApp
       const type = (c.req.header("content-type") ?? "").split(";")[0].trim();
       if (type !== FRAMES_CONTENT_TYPE)
         throw new UnsupportedMediaTypeError(`expected ${FRAMES_CONTENT_TYPE}`);
-      const body = c.req.raw.body;
+      // A body cut off by the edge's connection is its IncompleteBodyError (400), not ours.
+      const body = completeBody(c.req.raw);
       if (!body) throw new InvalidInputError("empty body");
-      frames = completeFrames(readFrames(body, key, signature));
+      frames = readFrames(body, key, signature);
       const first = await frames.next();
       if (first.done || first.value.type !== FRAME_HEADER)
         throw new InvalidInputError("missing HEADER frame");
