@@ -29,6 +29,7 @@ import {
   AuthenticationError,
   describeError,
   errorResponse,
+  IncompleteBodyError,
   NotFoundHttpError,
   ParamError,
   PermissionError,
@@ -134,7 +135,12 @@ export async function createEdgeApp(options: EdgeAppOptions): Promise<EdgeApp> {
 
   const app = new Hono<{ Variables: Vars }>();
   app.onError((err) => errorResponse(err));
-  app.notFound(() => errorResponse(new NotFoundHttpError("no such route", "route_not_found")));
+  app.notFound((c) => {
+    // Not an error to Hono (c.error stays unset), so its code is logged here.
+    const err = new NotFoundHttpError("no such route", "route_not_found");
+    c.get("log").errorCode = err.code;
+    return errorResponse(err);
+  });
 
   // Request id, the one log line per request, and the requests counter.
   app.use("*", async function requestLog(c, next) {
@@ -381,12 +387,14 @@ export async function createEdgeApp(options: EdgeAppOptions): Promise<EdgeApp> {
     const known = prompt instanceof Int32Array ? prompt.length : null;
     const maxTokens = outputBudget(tenant, p, known);
     let promptError: unknown = null;
+    let promptEnded = prompt instanceof Int32Array;
     const source: AsyncIterable<Int32Array> | Iterable<Int32Array> =
       prompt instanceof Int32Array
         ? [prompt]
         : (async function* () {
             try {
               yield* prompt;
+              promptEnded = true;
             } catch (err) {
               promptError = err;
               throw err;
@@ -416,8 +424,15 @@ export async function createEdgeApp(options: EdgeAppOptions): Promise<EdgeApp> {
       model: options.modelId,
     };
     const tokenText = (id: number) => text.decode([id]);
+    // What the request failed of: the prompt's own error (too long, bad UTF-8, cut off) first; a
+    // client gone before its upload ended cut its body (400), one gone after cancelled (499).
+    const failure = (err: unknown): unknown => {
+      if (promptError) return promptError;
+      if (!abort.signal.aborted) return err;
+      return promptEnded ? abort.signal.reason : new IncompleteBodyError();
+    };
     const rethrow = (err: unknown): never => {
-      throw promptError ?? err;
+      throw failure(err);
     };
     const account = (u: Extract<ModelEvent, { event: "usage" }>["data"]) => {
       metrics.inc("ul_edge_prompt_tokens_total", {}, u.promptTokens);
@@ -496,9 +511,7 @@ export async function createEdgeApp(options: EdgeAppOptions): Promise<EdgeApp> {
             }
             send(sseEvent(null, "[DONE]"));
           } catch (err) {
-            const d = describeError(
-              abort.signal.aborted ? abort.signal.reason : (promptError ?? err),
-            );
+            const d = describeError(failure(err));
             status = d.status;
             log.errorCode = d.body.error.code;
             send(sseEvent(null, d.body));
