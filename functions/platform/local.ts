@@ -223,7 +223,6 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
     log: options.log,
     // Files live beside the snapshots when there is a store (they survive restarts), else in memory.
     files: store ? new ObjectFileStore(store.store) : undefined,
-    fileTokenizer,
   }).catch(unwind);
   const edgeServer = await listen(edge.app, {
     port: options.port,
@@ -241,7 +240,6 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
     model: modelApp,
     async close() {
       await edgeServer.close();
-      await fileTokenizer.close();
       await modelServer.close();
       await engine.close();
     },
