@@ -7,7 +7,7 @@
 //   GET  /readyz        model, runtime, KV capacity, queue
 //   GET  /metrics       Prometheus text, behind the metrics key
 import { Hono } from "hono";
-import { CancelledError, InvalidInputError, UltralongError } from "../../core/errors.ts";
+import { CancelledError, InvalidInputError } from "../../core/errors.ts";
 import { closeQuietly, SSE_HEADERS, sseComment, sseEvent } from "../../core/protocol/events.ts";
 import {
   FRAME_END,
