@@ -1,0 +1,172 @@
+// `ultralong serve` mistakes through the real CLI process: each ends in one line on stderr naming
+// the problem and a non-zero exit, with nothing left running (a process that kept a socket or a
+// worker open would never exit, and the test would time out). A port in use stays its holder's.
+// Also: a negative number after an option is its value, so the option's validator judges it.
+import { spawn } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { connect, createServer, type Server } from "node:net";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { runUltralong, scratchDir, testModelDir } from "./support/models.ts";
+
+const cache = scratchDir("cache");
+const env = { ...process.env, XDG_CACHE_HOME: cache };
+let modelDir: string;
+let holder: Server;
+let heldPort: number;
+
+beforeAll(async () => {
+  modelDir = await testModelDir();
+  // A holder that greets each connection, so the test can tell who owns the port.
+  holder = createServer((sock) => sock.end("holder\n")).listen(0, "127.0.0.1");
+  await new Promise((r) => holder.once("listening", r));
+  heldPort = (holder.address() as { port: number }).port;
+});
+afterAll(() => {
+  holder?.close();
+});
+
+function greeting(port: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const sock = connect(port, "127.0.0.1");
+    let got = "";
+    sock.on("data", (d) => {
+      got += d;
+    });
+    sock.on("close", () => resolve(got));
+    sock.on("error", reject);
+  });
+}
+
+/** One line on stderr that matches, nothing on stdout, exit status 1 or 2. */
+function expectOneLine(r: { status: number | null; stdout: string; stderr: string }, re: RegExp) {
+  expect(r.stdout).toBe("");
+  const lines = r.stderr.trimEnd().split("\n");
+  expect(lines, r.stderr).toHaveLength(1);
+  expect(lines[0]).toMatch(/^ultralong serve: /);
+  expect(lines[0]).toMatch(re);
+  expect(r.stderr).not.toMatch(/\n\s+at /);
+  expect([1, 2]).toContain(r.status);
+}
+
+describe("ultralong serve: one line and a non-zero exit for each start-up mistake", () => {
+  const keyFile = (name: string, text: string) => {
+    const file = join(cache, name);
+    writeFileSync(file, text);
+    return file;
+  };
+  const cases: Array<[string, () => string[], RegExp]> = [
+    ["a port out of range", () => ["--port", "99999"], /--port must be 0\.\.65535.*99999/],
+    ["a negative port", () => ["--port", "-1"], /--port must be a non-negative integer, got '-1'/],
+    ["a port in use", () => ["--port", String(heldPort)], /cannot listen on 127\.0\.0\.1:\d+: the port is in use/],
+    [
+      "an unreadable key file",
+      () => ["--api-keys", join(cache, "absent.json")],
+      /cannot read --api-keys .*absent\.json/,
+    ],
+    ["a key file that is a directory", () => ["--api-keys", cache], /cannot read --api-keys/],
+    [
+      "a key file that is not JSON",
+      () => ["--api-keys", keyFile("bad.json", "{bad")],
+      /bad\.json is not JSON/,
+    ],
+    [
+      "a key file with a malformed hash",
+      () => [
+        "--api-keys",
+        keyFile("hash.json", '{"tenants":{"a":{}},"keys":[{"sha256":"zz","tenant":"a"}]}'),
+      ],
+      /hash\.json: keys\[0\]\.sha256 is not 64 hex digits/,
+    ],
+    [
+      "a key file naming an unknown tenant",
+      () => [
+        "--api-keys",
+        keyFile(
+          "tenant.json",
+          `{"tenants":{},"keys":[{"sha256":"${"ab".repeat(32)}","tenant":"x"}]}`,
+        ),
+      ],
+      /unknown tenant 'x'/,
+    ],
+    [
+      "a key file that is null",
+      () => ["--api-keys", keyFile("null.json", "null")],
+      /needs 'tenants' and 'keys'/,
+    ],
+    ["an unknown runtime", () => ["--runtime", "nope"], /unknown runtime 'nope'/],
+    ["a bad KV dtype", () => ["--kv-dtype", "f7"], /--kv-dtype must be/],
+    ["a bad role", () => ["--role", "edge"], /--role must be both or model/],
+    ["an unknown option", () => ["--prot", "8080"], /Unknown option '--prot'/],
+    [
+      "a missing model directory",
+      () => ["--model", join(cache, "none")],
+      /no such model directory/,
+    ],
+  ];
+  for (const [name, args, re] of cases) {
+    it(name, async () => {
+      const r = await runUltralong(["serve", "--model", modelDir, "--no-store", ...args()], env);
+      expectOneLine(r, re);
+    });
+  }
+
+  it("the port in use is still its holder's, and only its holder's", async () => {
+    await runUltralong(
+      ["serve", "--model", modelDir, "--no-store", "--port", String(heldPort)],
+      env,
+    );
+    expect(await greeting(heldPort)).toBe("holder\n");
+  });
+
+  it("a start refused after the runtime's workers and the model function are up closes them all", async () => {
+    const child = spawn(
+      process.execPath,
+      ["--import", "tsx", "test/start-refused.child.ts", modelDir, String(heldPort)],
+      { stdio: ["ignore", "pipe", "pipe"] },
+    );
+    let out = "";
+    child.stdout.on("data", (d) => {
+      out += d;
+    });
+    const status = await new Promise<number | null>((r) => child.once("exit", r));
+    expect(out).toMatch(
+      new RegExp(`^refused: cannot listen on 127\\.0\\.0\\.1:${heldPort}: the port is in use`),
+    );
+    expect(status).toBe(0);
+    expect(await greeting(heldPort)).toBe("holder\n");
+  });
+});
+
+describe("negative numbers are option values", () => {
+  it("generate --temperature -1 reaches the validator, which refuses it by its range", async () => {
+    const r = await runUltralong(
+      ["generate", "--model", modelDir, "--prompt", "hi", "--temperature", "-1"],
+      env,
+    );
+    expect(r.stderr).not.toMatch(/ambiguous/);
+    expect(r.stderr.trim()).toBe("ultralong generate: temperature must be >= 0");
+    expect(r.status).toBe(1);
+  });
+
+  it("--presence-penalty -0.5 is accepted as a value", async () => {
+    const r = await runUltralong(
+      [
+        "generate",
+        "--model",
+        modelDir,
+        "--prompt",
+        "hi",
+        "--presence-penalty",
+        "-0.5",
+        "--max-tokens",
+        "1",
+        "--temperature",
+        "0",
+      ],
+      env,
+    );
+    expect(r.stderr).not.toMatch(/presence|ambiguous/);
+    expect(r.status).toBe(0);
+  });
+});
