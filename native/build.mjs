@@ -128,6 +128,7 @@ async function buildCuda(dir) {
       join(dir, "src/cuda/common.cuh"),
       join(dir, "src/backend.h"),
       join(dir, "src/dtype.h"),
+      join(dir, "src/library_search.h"),
       join(dir, "include"),
     ];
     if (!stale([obj], inputs)) return;

@@ -67,6 +67,12 @@ describe("kernelsLine: what a native engine reports running", () => {
     ).toBe(`cuda gemm=cublaslt ${lib}`);
     expect(
       kernelsLine(
+        { kernels: "cuda", gemm: "cublaslt", cublaslt: lib, gemmOwnShapes: 2, kvDtype: "bf16" },
+        "cuda",
+      ),
+    ).toBe(`cuda gemm=cublaslt ${lib} (own-wmma for 2 shapes cuBLASLt refused)`);
+    expect(
+      kernelsLine(
         { kernels: "cuda", gemm: "own-wmma", cublaslt: null, gemmForced: "own", kvDtype: "bf16" },
         "cuda",
       ),

@@ -147,13 +147,15 @@ UL_HOST_DEVICE inline int fp8_blocks(int max_pos) { return (max_pos + kFp8Block 
  * value lands on 448, the full e4m3 range. Otherwise the old scale doubles until amax fits; `*requant`
  * (old / new, a power of two, 1 when unchanged) is what earlier positions' fp8 values are multiplied
  * by. Powers of two keep that requantisation exact for every value that stays above e4m3's
- * subnormal range (2^-6 * 448 * scale): only values already below 1/64 of the block's max can lose
- * bits. Rejected: x2 headroom at first write without requantisation (the old scheme; a later value
+ * subnormal range (2^-6 * scale in real units, about the block's max / 28 000): only such tiny
+ * values can lose bits. A non-finite amax (an inf activation) leaves the scale as it is: the
+ * value saturates alone instead of zeroing, then NaN-ing, the block's other positions. Rejected: x2 headroom at first write without requantisation (the old scheme; a later value
  * above twice the first chunk's max saturated) and rescaling to exactly amax / 448 (every growth
  * would round every earlier value again).
  */
 UL_HOST_DEVICE inline float fp8_block_scale(float old, bool fresh, float amax, float* requant) {
   *requant = 1.0f;
+  if (!(amax <= 3.0e38f)) return fresh || !(old > 0.0f) ? 0.0f : old;  // inf or NaN amax
   if (fresh || !(old > 0.0f)) return amax / kFp8Max;
   float s = old;
   while (amax > kFp8Max * s) s *= 2.0f;  // terminates: s reaches inf, and amax > inf is false

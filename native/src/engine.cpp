@@ -388,7 +388,10 @@ float decode_at(const void* src, ul_dtype dt, size_t at, size_t i, const float* 
 /** One payload slice -> f32 (kv_head, n, head_dim). */
 void decode_slice(const char* slice, ul_dtype dt, const ul_config& c, size_t n, std::vector<float>* out) {
   PayloadSlice g = payload_slice(c, n, dt);
-  const float* scales = reinterpret_cast<const float*>(slice);  // fp8 only
+  // fp8 only. Copied out: the slice (and the caller's buffer) need not be 4-byte aligned.
+  std::vector<float> scale_copy(g.scales);
+  if (g.scales) std::memcpy(scale_copy.data(), slice, g.scales * sizeof(float));
+  const float* scales = scale_copy.data();
   const char* values = slice + g.scales * sizeof(float);
   size_t per_head = n * c.head_dim, nb = g.scales / c.num_kv_heads;
   out->resize(g.values);
@@ -412,7 +415,7 @@ Status export_kv(ul_engine* e, int start, int end, ul_dtype dt, void* out, size_
   size_t es = e->kv_es(), row = static_cast<size_t>(c.head_dim) * es, per_head = n * c.head_dim;
   int first_block = start / ul::kFp8Block, cache_blocks = (end - 1) / ul::kFp8Block - first_block + 1;
   std::vector<unsigned char> staging(g.values * es);
-  std::vector<float> cache_scales(static_cast<size_t>(c.num_kv_heads) * cache_blocks), x(per_head);
+  std::vector<float> cache_scales(static_cast<size_t>(c.num_kv_heads) * cache_blocks), x(per_head), payload_scales;
   for (int l = 0; l < c.num_layers; ++l) {
     for (int kind = 0; kind < 2; ++kind) {
       const char* src = static_cast<const char*>(e->kv_slice(l, kind)) + static_cast<size_t>(start) * row;
@@ -422,10 +425,11 @@ Status export_kv(ul_engine* e, int start, int end, ul_dtype dt, void* out, size_
         UL_TRY(e->be->download_2d(cache_scales.data(), e->kv_scales(l, kind) + first_block, pitch, cache_blocks * sizeof(float), c.num_kv_heads));
       }
       char* dst = static_cast<char*>(out) + (static_cast<size_t>(l) * 2 + kind) * g.bytes;
-      float* dst_scales = reinterpret_cast<float*>(dst);  // fp8 payloads only
       char* dst_values = dst + g.scales * sizeof(float);
+      // fp8 payloads start each slice with its scales, at a byte offset that need not be 4-aligned:
+      // they are written with memcpy, never through a float pointer.
       if (as_stored) {
-        std::memcpy(dst_scales, cache_scales.data(), g.scales * sizeof(float));
+        std::memcpy(dst, cache_scales.data(), g.scales * sizeof(float));
         std::memcpy(dst_values, staging.data(), g.values);
         continue;
       }
@@ -434,6 +438,7 @@ Status export_kv(ul_engine* e, int start, int end, ul_dtype dt, void* out, size_
         continue;
       }
       size_t nb = g.scales / c.num_kv_heads;
+      payload_scales.resize(g.scales);
       for (int h = 0; h < c.num_kv_heads; ++h) {
         // Cache positions start + i: their block relative to first_block is (start % B + i) / B.
         for (size_t i = 0; i < per_head; ++i) {
@@ -441,8 +446,9 @@ Status export_kv(ul_engine* e, int start, int end, ul_dtype dt, void* out, size_
           if (fp8_cache) v *= cache_scales[h * cache_blocks + (start % ul::kFp8Block + i / c.head_dim) / ul::kFp8Block];
           x[i] = v;
         }
-        encode_head(x.data(), n, c.head_dim, dt, dst_values, h * per_head, dst_scales + h * nb);
+        encode_head(x.data(), n, c.head_dim, dt, dst_values, h * per_head, payload_scales.data() + h * nb);
       }
+      if (g.scales) std::memcpy(dst, payload_scales.data(), g.scales * sizeof(float));
     }
   }
   return Status::Ok();

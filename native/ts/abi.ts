@@ -110,6 +110,8 @@ export interface BackendInfo {
   cublasltTried?: { path: string; error: string }[];
   /** CUDA with cuBLASLt: GEMM plans built so far (one per distinct shape; they are cached). */
   gemmPlans?: number;
+  /** CUDA with cuBLASLt: shapes it failed on, which our own GEMM runs instead. */
+  gemmOwnShapes?: number;
   /** "own" when UL_GEMM=own forced our kernel although cuBLASLt may be present. */
   gemmForced?: string;
   /** The KV cache dtype: "f32", "bf16", "f16" or "fp8-e4m3". */

@@ -53,7 +53,10 @@ export function kernelsLine(info: BackendInfo | undefined, fallback: string): st
   if (!info) return fallback;
   if (info.kernels === "reference") return "cpp-reference";
   const gemm = info.cublaslt ? `${info.gemm} ${info.cublaslt}` : info.gemm;
-  return `${info.kernels} gemm=${gemm}${info.gemmForced ? ` (forced: UL_GEMM=${info.gemmForced})` : ""}`;
+  const own = info.gemmOwnShapes
+    ? ` (own-wmma for ${info.gemmOwnShapes} shapes cuBLASLt refused)`
+    : "";
+  return `${info.kernels} gemm=${gemm}${own}${info.gemmForced ? ` (forced: UL_GEMM=${info.gemmForced})` : ""}`;
 }
 
 /** ul_config from the validated ModelConfig; rope from core/model/rope.ts (one implementation). */

@@ -4,6 +4,7 @@
 // (weights, KV export/import, logits) goes through two pinned staging halves, double-buffered.
 #include <algorithm>
 #include <cstring>
+#include <unordered_set>
 
 #include "common.cuh"
 
@@ -41,7 +42,8 @@ class CudaBackend final : public Backend {
   const char* name() const override { return lt_ ? "cuda+cublaslt" : "cuda"; }
   std::string info_json_members() const override {
     return std::string("\"kernels\":\"cuda\",\"gemm\":\"") + (lt_ ? "cublaslt" : "own-wmma") +
-           "\",\"gemm_plans\":" + std::to_string(cublaslt_plans_built(lt_)) + "," + gemm_report_;
+           "\",\"gemm_plans\":" + std::to_string(cublaslt_plans_built(lt_)) +
+           ",\"gemm_own_shapes\":" + std::to_string(own_gemm_shapes_.size()) + "," + gemm_report_;
   }
   ul_dtype act_dtype() const override { return UL_DTYPE_BF16; }
   ul_dtype weight_dtype() const override { return UL_DTYPE_BF16; }
@@ -127,7 +129,16 @@ class CudaBackend final : public Backend {
   Status matmul(const void* x, const void* w, int rows, int in_dim, int out_dim, void* y, bool y_f32) override {
     const bf16* xb = static_cast<const bf16*>(x);
     const bf16* wb = static_cast<const bf16*>(w);
-    if (lt_) return cublaslt_gemm(lt_, xb, wb, rows, in_dim, out_dim, y, y_f32, stream_);
+    if (lt_) {
+      const uint64_t shape = (uint64_t(rows) << 42) ^ (uint64_t(in_dim) << 21) ^ uint64_t(out_dim) ^ (uint64_t(y_f32) << 63);
+      if (!own_gemm_shapes_.count(shape)) {
+        Status st = cublaslt_gemm(lt_, xb, wb, rows, in_dim, out_dim, y, y_f32, stream_);
+        if (st.ok()) return st;
+        // cuBLASLt loaded but cannot run this shape (no algorithm, NOT_SUPPORTED, a launch error):
+        // it never wrote y, so our kernel computes it, now and from now on; the report counts it.
+        own_gemm_shapes_.insert(shape);
+      }
+    }
     return launch_gemm_tc(xb, wb, rows, in_dim, out_dim, y, y_f32, stream_);
   }
   Status rope(void* x, int rows, int heads, int head_dim, int rot_dim, int pos0, const double* inv_freq,
@@ -177,6 +188,8 @@ class CudaBackend final : public Backend {
 
   cudaStream_t stream_ = nullptr;
   CublasLt* lt_ = nullptr;
+  // Shapes (rows, in, out, f32 output) cuBLASLt failed on, which our GEMM runs instead.
+  std::unordered_set<uint64_t> own_gemm_shapes_;
   std::string gemm_report_;  // JSON members: where cuBLASLt came from, or what was tried
   void* staging_ = nullptr;  // pinned host memory, two halves of kPiece, for every host <-> device copy
   cudaEvent_t half_free_[2] = {nullptr, nullptr};
