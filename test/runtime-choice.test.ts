@@ -49,6 +49,12 @@ describe("elfProblem: a shared object's headers against its size", () => {
       writeFileSync(f, whole.subarray(0, n));
       expect(elfProblem(f), `cut at ${n}`).toMatch(/^(truncated|not an ELF)/);
     }
+    const odd = Buffer.from(whole.subarray(0, 4096));
+    odd.writeUInt16LE(32, 54); // e_phentsize: not the 56 bytes of an ELF64 program header
+    writeFileSync(join(dir, "odd.node"), odd);
+    expect(elfProblem(join(dir, "odd.node"))).toBe(
+      "not a loadable ELF file (program header size 32)",
+    );
     const text = join(dir, "text.node");
     writeFileSync(text, "#!/bin/sh\n");
     expect(elfProblem(text)).toBe("not an ELF shared object");

@@ -226,7 +226,8 @@ export function buildStack(app: App, config: DeployConfig, assets: StackAssets):
     securityGroups: [serviceSg],
     vpcSubnets: { subnetType: ec2.SubnetType.PRIVATE_WITH_EGRESS },
     capacityProviderStrategies: [{ capacityProvider: capacity.capacityProviderName, weight: 1 }],
-    // A GPU instance holds one engine: never run two tasks on one during a deployment.
+    // Each task holds one GPU (its engine's weights and KV), and a deployment may not place a new
+    // task beside the old one on the same GPU: the old tasks stop first (a short gap, no doubling).
     minHealthyPercent: 0,
     maxHealthyPercent: 100,
   });

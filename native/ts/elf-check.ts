@@ -26,6 +26,9 @@ export function elfProblem(path: string): string | null {
     const phnum = h.readUInt16LE(56);
     const shentsize = h.readUInt16LE(58);
     const shnum = h.readUInt16LE(60);
+    // ELF64 program headers are 56 bytes; anything else is not a file the loader would take.
+    if (phnum && phentsize !== 56)
+      return `not a loadable ELF file (program header size ${phentsize})`;
     const need = (end: number, what: string) =>
       end > size ? `truncated: ${what} ends at byte ${end}, the file has ${size}` : null;
     const table = need(phoff + phentsize * phnum, "the program header table");
