@@ -44,8 +44,10 @@ import {
   logRequest,
   type RequestLogLine,
 } from "../platform/request-log.ts";
-import { decodeUtf8, limitedChunks, readBytes, readJson, requireMediaType } from "./body.ts";
-import { type FileStore, fileObject, getFileOr404, MemoryFileStore } from "./files.ts";
+import { limitedChunks, readJson, requireMediaType } from "./body.ts";
+import { FileService } from "./file-service.ts";
+import { type FileTokenizer, inThreadFileTokenizer } from "./file-tokenizer.ts";
+import { type FileStore, MemoryFileStore } from "./files.ts";
 import { generateRemote } from "./forward.ts";
 import { type KeyConfig, KeyRing, RateLimiter, type Tenant } from "./keys.ts";
 import {
@@ -58,7 +60,7 @@ import {
   type SamplingParams,
 } from "./openai-request.ts";
 import { ChunkWriter, Completion, type Kind } from "./openai-response.ts";
-import type { ChatMessageText, EdgeText } from "./text.ts";
+import type { EdgeText } from "./text.ts";
 
 export interface EdgeAppOptions {
   /** The model id clients must name (GET /v1/models lists it). */
@@ -74,6 +76,8 @@ export interface EdgeAppOptions {
   /** Default global fetch (Workers: a service binding's fetch). */
   modelFetch?: (req: Request) => Promise<Response>;
   files?: FileStore;
+  /** Where uploaded files are tokenized (default: this thread, in slices; Node: a worker). */
+  fileTokenizer?: FileTokenizer;
   /** JSON body limit, bytes (default 8 MiB). */
   maxBodyBytes?: number;
   /** POST /v1/files and POST /v1/completions/text limit, bytes (default 256 MiB). */
@@ -110,7 +114,6 @@ export async function createEdgeApp(options: EdgeAppOptions): Promise<EdgeApp> {
   const text = options.text;
   const keys = options.keys instanceof KeyRing ? options.keys : new KeyRing(options.keys);
   const limiter = new RateLimiter(clock);
-  const files = options.files ?? new MemoryFileStore();
   const maxBody = options.maxBodyBytes ?? 8 << 20;
   const maxUpload = options.maxUploadBytes ?? 256 << 20;
   const keepAliveMs = options.keepAliveMs ?? 15_000;
@@ -132,6 +135,15 @@ export async function createEdgeApp(options: EdgeAppOptions): Promise<EdgeApp> {
   metrics.counter("ul_edge_prompt_tokens_total", "Prompt tokens forwarded");
   metrics.counter("ul_edge_output_tokens_total", "Tokens returned");
   metrics.counter("ul_edge_cached_tokens_total", "Prompt tokens served from snapshots");
+  const fileService = new FileService({
+    files: options.files ?? new MemoryFileStore(),
+    tokenizer: options.fileTokenizer ?? inThreadFileTokenizer(text),
+    text,
+    metrics,
+    maxUploadBytes: maxUpload,
+    clock,
+    randomId,
+  });
 
   const app = new Hono<{ Variables: Vars }>();
   app.onError((err) => errorResponse(err));
@@ -238,24 +250,9 @@ export async function createEdgeApp(options: EdgeAppOptions): Promise<EdgeApp> {
   };
 
   async function chatIds(tenant: Tenant, messages: ChatMessage[]): Promise<Int32Array> {
-    const resolved: ChatMessageText[] = [];
-    for (const [i, m] of messages.entries()) {
-      let content = "";
-      for (const [j, part] of m.content.entries()) {
-        if (part.type === "text") content += part.text;
-        else
-          content += (
-            await getFileOr404(
-              files,
-              tenant.id,
-              part.fileId,
-              `messages[${i}].content[${j}].file.file_id`,
-            )
-          ).text;
-      }
-      resolved.push({ role: m.role, content });
-    }
-    return Int32Array.from(await text.renderChat(resolved));
+    // File parts read the files' stored ids (file-service.ts); nothing re-tokenizes a file here.
+    const chat = await fileService.resolveChat(tenant.id, messages);
+    return Int32Array.from(await text.renderChat(chat.messages, chat.encodeText));
   }
 
   function completionIds(req: CompletionRequest): Int32Array {
@@ -577,53 +574,7 @@ export async function createEdgeApp(options: EdgeAppOptions): Promise<EdgeApp> {
   }
 
   // ---- files ----
-  app.post("/v1/files", async (c) => {
-    requireMediaType(c.req.raw, "multipart/form-data");
-    const bytes = await readBytes(c.req.raw, maxUpload);
-    let form: FormData;
-    try {
-      form = await new Response(bytes as BodyInit, {
-        headers: { "content-type": c.req.header("content-type")! },
-      }).formData();
-    } catch {
-      throw new ParamError(null, "request body is not valid multipart/form-data", "invalid_format");
-    }
-    const file = form.get("file");
-    if (!file || typeof file === "string")
-      throw new ParamError("file", "'file' is required (a file field)", "missing_field");
-    const purpose = form.get("purpose") ?? "user_data";
-    if (typeof purpose !== "string")
-      throw new ParamError("purpose", "'purpose' must be a string", "invalid_type");
-    const data = new Uint8Array(await file.arrayBuffer());
-    const content = decodeUtf8(data, "the file");
-    const ids = Int32Array.from(text.encode(content));
-    const tenant = c.get("tenant");
-    const record = {
-      id: `file-${randomId()}`,
-      tenant: tenant.id,
-      filename: (file as File).name || "upload.txt",
-      purpose,
-      bytes: data.length,
-      createdAt: clock(),
-      tokens: ids.length,
-      text: content,
-      ids,
-    };
-    await files.put(record);
-    return c.json(fileObject(record));
-  });
-  app.get("/v1/files", async (c) =>
-    c.json({ object: "list", data: (await files.list(c.get("tenant").id)).map(fileObject) }),
-  );
-  app.get("/v1/files/:id", async (c) =>
-    c.json(fileObject(await getFileOr404(files, c.get("tenant").id, c.req.param("id")))),
-  );
-  app.delete("/v1/files/:id", async (c) => {
-    const id = c.req.param("id");
-    if (!(await files.delete(c.get("tenant").id, id)))
-      throw new NotFoundHttpError(`No such file: '${id}'`, "file_not_found");
-    return c.json({ id, object: "file", deleted: true });
-  });
+  fileService.routes(app, (c: C) => c.get("tenant").id);
 
   return { app, metrics };
 }

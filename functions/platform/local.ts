@@ -22,6 +22,7 @@ import { runtimes } from "../runtimes.ts";
 import { listen } from "./node.ts";
 import type { LogSink } from "./request-log.ts";
 import { loadDirTokenizer } from "./tokenizer-cache.ts";
+import { workerFileTokenizer } from "./worker-file-tokenizer.ts";
 
 export interface LocalOptions {
   modelDir: string;
@@ -212,6 +213,9 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
         encodeText,
       });
     });
+  // Uploaded files are tokenized in a worker thread, so the edge keeps answering meanwhile.
+  const fileTokenizer = await workerFileTokenizer(tokenizer).catch(unwind);
+  opened.push(() => fileTokenizer.close());
   const edge = await createEdgeApp({
     modelId,
     maxContext: maxPositions,
@@ -223,6 +227,7 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
     log: options.log,
     // Files live beside the snapshots when there is a store (they survive restarts), else in memory.
     files: store ? new ObjectFileStore(store.store) : undefined,
+    fileTokenizer,
   }).catch(unwind);
   const edgeServer = await listen(edge.app, {
     port: options.port,
@@ -240,6 +245,7 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
     model: modelApp,
     async close() {
       await edgeServer.close();
+      await fileTokenizer.close();
       await modelServer.close();
       await engine.close();
     },
