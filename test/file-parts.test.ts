@@ -18,14 +18,16 @@ import { scratchDir, testModelDir } from "./support/models.ts";
 
 const KEY_A = "key-files-a-0123456789";
 const KEY_B = "key-files-b-0123456789";
+const KEY_SMALL = "key-files-small-0123456789";
 const big = { maxPromptTokens: 1_000_000, maxOutputTokens: 16, rpm: 0 };
 
 async function keyConfig() {
   return {
-    tenants: { a: big, b: big },
+    tenants: { a: big, b: big, small: { ...big, maxPromptTokens: 1000 } },
     keys: [
       { sha256: await sha256Hex(KEY_A), tenant: "a" },
       { sha256: await sha256Hex(KEY_B), tenant: "b" },
+      { sha256: await sha256Hex(KEY_SMALL), tenant: "small" },
     ],
   };
 }
@@ -238,6 +240,25 @@ describe("Node: worker-thread tokenizer, directory store, real sockets", () => {
     expect(encoded).toBeGreaterThan(0);
     expect(encoded).toBeLessThan(70_000);
     expect(via).toEqual(await tokenize(t, [{ role: "user", content: `Summarize: ${text}` }]));
+  });
+
+  it("a chat naming a file far over the key's limit is refused before the file's ids are used", async () => {
+    const id = await upload(t, para.repeat(2000), KEY_SMALL);
+    const before = t.metric("ul_edge_file_part_chars_encoded_total");
+    const r = await t.request("/v1/chat/completions", {
+      method: "POST",
+      key: KEY_SMALL,
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({
+        model: "tiny",
+        messages: [{ role: "user", content: [{ type: "file", file: { file_id: id } }] }],
+      }),
+    });
+    expect(r.status).toBe(400);
+    expect(((await r.json()) as { error: { code: string } }).error.code).toBe(
+      "context_length_exceeded",
+    );
+    expect(t.metric("ul_edge_file_part_chars_encoded_total")).toBe(before);
   });
 
   it("/healthz answers while a large upload is still being tokenized", async () => {

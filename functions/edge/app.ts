@@ -249,9 +249,13 @@ export async function createEdgeApp(options: EdgeAppOptions): Promise<EdgeApp> {
     }
   };
 
-  async function chatIds(tenant: Tenant, messages: ChatMessage[]): Promise<Int32Array> {
+  async function chatIds(
+    tenant: Tenant,
+    messages: ChatMessage[],
+    checkLength?: (atLeast: number) => void,
+  ): Promise<Int32Array> {
     // File parts read the files' stored ids (file-service.ts); nothing re-tokenizes a file here.
-    const chat = await fileService.resolveChat(tenant.id, messages);
+    const chat = await fileService.resolveChat(tenant.id, messages, checkLength);
     return Int32Array.from(await text.renderChat(chat.messages, chat.encodeText));
   }
 
@@ -301,7 +305,9 @@ export async function createEdgeApp(options: EdgeAppOptions): Promise<EdgeApp> {
     const req = parseChatRequest(await readJson(c.req.raw, maxBody));
     checkModel(req.model);
     const tenant = c.get("tenant");
-    const ids = await chatIds(tenant, req.messages);
+    const ids = await chatIds(tenant, req.messages, (n) =>
+      checkPromptLength(tenant, n, req.maxTokens),
+    );
     checkPromptLength(tenant, ids.length, req.maxTokens);
     return generate(c, "chat", req, ids);
   });

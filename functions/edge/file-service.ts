@@ -24,6 +24,9 @@ export interface FileServiceOptions {
   randomId: () => string;
 }
 
+/** Tokens the two edges of a file part may lose to merging with the text around them (a bound). */
+const EDGE_MERGE_TOKENS = 1024;
+
 /** Bytes handed to the tokenizer at a time when an older version's file is tokenized on first use. */
 const FIRST_USE_SLICE = 64 << 10;
 
@@ -71,27 +74,42 @@ export class FileService {
   async resolveChat(
     tenant: string,
     messages: ChatMessage[],
+    /** Refuses a prompt of at least this many tokens (too long) before any file's ids are read. */
+    checkLength: (atLeast: number) => void = () => {},
     // Text that carries the marker character (a noncharacter) turns splicing off.
     splicing = !messages.some((m) =>
       m.content.some((p) => p.type === "text" && p.text.includes(MARK_OPEN)),
     ),
   ): Promise<ResolvedChat> {
-    const spliced: SplicedFile[] = [];
-    const out: ChatMessageText[] = [];
+    const metas = new Map<string, StoredFile>();
+    let atLeast = 0;
     for (const [i, m] of messages.entries()) {
-      let content = "";
       for (const [j, part] of m.content.entries()) {
-        if (part.type === "text") {
-          content += part.text;
-          continue;
-        }
+        if (part.type !== "file") continue;
         const meta = await getFileOr404(
           this.#o.files,
           tenant,
           part.fileId,
           `messages[${i}].content[${j}].file.file_id`,
         );
-        const { file, ids } = await this.#ids(meta);
+        metas.set(part.fileId, meta);
+        // A part's edges can merge with their neighbours: a bound, not the count.
+        atLeast += Math.max(0, meta.tokens - EDGE_MERGE_TOKENS);
+      }
+    }
+    // So a chat naming a file far over the limit costs no read of its ids (an older version's
+    // file, whose count may be missing, is checked after rendering like any prompt).
+    checkLength(atLeast);
+    const spliced: SplicedFile[] = [];
+    const out: ChatMessageText[] = [];
+    for (const m of messages) {
+      let content = "";
+      for (const part of m.content) {
+        if (part.type === "text") {
+          content += part.text;
+          continue;
+        }
+        const { file, ids } = await this.#ids(metas.get(part.fileId)!);
         if (file.edges && splicing) {
           content += file.edges.lead + fileMarker(spliced.length) + file.edges.trail;
           spliced.push({ ids, edges: file.edges });
@@ -99,7 +117,7 @@ export class FileService {
           // All whitespace, or edges too long to splice: the text itself (decoded from its ids).
           const whole = this.#o.text.decode(ids);
           if (splicing && whole.includes(MARK_OPEN))
-            return this.resolveChat(tenant, messages, false);
+            return this.resolveChat(tenant, messages, checkLength, false);
           content += whole;
         }
       }
