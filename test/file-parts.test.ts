@@ -32,6 +32,11 @@ async function keyConfig() {
   };
 }
 
+/** This process's threads (Linux): a worker thread is one more. */
+function threads(): number {
+  return readdirSync("/proc/self/task").length;
+}
+
 /** Every file under `dir`, recursively (a directory store leaves empty folders after deletes). */
 function objectsUnder(dir: string): string[] {
   return readdirSync(dir, { recursive: true, withFileTypes: true })
@@ -174,6 +179,8 @@ describe("Node: worker-thread tokenizer, directory store, real sockets", () => {
   let storeDir: string;
   let t: Target;
   let ids: Record<string, string>;
+  let threadsBefore: number;
+  let threadsAfter: number;
   beforeAll(async () => {
     storeDir = scratchDir("file-parts");
     s = await startLocal({
@@ -193,10 +200,16 @@ describe("Node: worker-thread tokenizer, directory store, real sockets", () => {
         }),
       metric: (name, labels) => s.edge!.metrics.get(name, labels),
     };
+    threadsBefore = threads();
     ids = await uploadAll(t);
+    threadsAfter = threads();
   });
   afterAll(async () => {
     await s?.close();
+  });
+
+  it("tokenizes uploads in a worker thread, started by the first upload", () => {
+    expect(threadsAfter).toBeGreaterThan(threadsBefore);
   });
 
   it("stores the ids beside the text, tokenized once at upload, and the count", async () => {

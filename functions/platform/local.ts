@@ -214,7 +214,7 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
       });
     });
   // Uploaded files are tokenized in a worker thread, so the edge keeps answering meanwhile.
-  const fileTokenizer = await workerFileTokenizer(tokenizer).catch(unwind);
+  const fileTokenizer = workerFileTokenizer(tokenizer);
   opened.push(() => fileTokenizer.close());
   const edge = await createEdgeApp({
     modelId,
