@@ -99,7 +99,7 @@ export class FileService {
     }
     // So a chat naming a file far over the limit costs no read of its ids (an older version's
     // file, whose count may be missing, is checked after rendering like any prompt).
-    checkLength(atLeast);
+    if (atLeast > 0) checkLength(atLeast);
     const spliced: SplicedFile[] = [];
     const out: ChatMessageText[] = [];
     for (const m of messages) {
