@@ -9,7 +9,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { renderChat } from "../core/chat/index.ts";
 import { toHex } from "../core/crypto/sha256.ts";
 import { loadModelDir } from "../core/node/load-model-dir.ts";
-import { createEdgeApp, type EdgeApp } from "../functions/edge/app.ts";
+import { createEdgeApp, type EdgeApp, type EdgeAppOptions } from "../functions/edge/app.ts";
+import { MemoryObjectStore, ObjectFileStore } from "../functions/edge/files.ts";
 import { sha256Hex } from "../functions/edge/keys.ts";
 import { edgeTextFromTokenizer } from "../functions/edge/tokenizer-text.ts";
 import { type LocalServer, startLocal } from "../functions/platform/local.ts";
@@ -402,12 +403,13 @@ describe("Node: worker-thread tokenizer, directory store, real sockets", () => {
 
 describe("Workers / Lambda path: in-thread tokenizer, memory store, bodies in odd chunks", () => {
   let edge: EdgeApp;
+  let options: EdgeAppOptions;
   let t: Target;
   beforeAll(async () => {
     const dir = await testModelDir();
     const model = await loadModelDir(dir);
     const tokenizer = await loadDirTokenizer(dir, model.files);
-    edge = await createEdgeApp({
+    options = {
       modelId: "tiny",
       maxContext: 4096,
       text: edgeTextFromTokenizer(tokenizer, (messages, encodeText) =>
@@ -420,7 +422,8 @@ describe("Workers / Lambda path: in-thread tokenizer, memory store, bodies in od
       modelUrl: "http://127.0.0.1:9",
       secret: "file-parts-secret-0123456789",
       log: () => {},
-    });
+    };
+    edge = await createEdgeApp(options);
     t = {
       request: (path, { key, headers, ...init }) =>
         Promise.resolve(
@@ -435,6 +438,30 @@ describe("Workers / Lambda path: in-thread tokenizer, memory store, bodies in od
 
   it("file parts give the ids of the text in place, whatever the body's chunks", async () => {
     await checkEquality(t, await uploadAll(t, 700));
+  });
+
+  it("an upload over the size limit is refused (413) and leaves no object behind", async () => {
+    const objects = new MemoryObjectStore();
+    const small = await createEdgeApp({
+      ...options,
+      files: new ObjectFileStore(objects),
+      maxUploadBytes: 6 << 20,
+    });
+    const boundary = "----limit";
+    const res = await small.app.request("/v1/files", {
+      method: "POST",
+      headers: {
+        authorization: `Bearer ${KEY_A}`,
+        "content-type": `multipart/form-data; boundary=${boundary}`,
+      },
+      body: chunked(multipart(new TextEncoder().encode(para.repeat(75_000)), boundary), 65_536),
+      duplex: "half",
+    } as RequestInit);
+    // 7 MB against a 6 MiB limit: the first 4 MiB text part was already stored when it failed.
+    expect(res.status).toBe(413);
+    const keys: string[] = [];
+    for await (const o of objects.list("")) keys.push(o.key);
+    expect(keys).toEqual([]);
   });
 
   it("random texts of the pre-tokenizer's hard characters: ids equal in place", async () => {

@@ -2,7 +2,7 @@
 // stored ids (file-splice.ts). Tokenization happens once per file, at upload (or, for a file an
 // older version stored without usable ids, at its first use), in the FileTokenizer: a worker on
 // Node, slices between event-loop turns elsewhere.
-import type { Hono } from "hono";
+import type { Context, Env, Hono } from "hono";
 import { NotFoundHttpError } from "../platform/http-errors.ts";
 import type { Metrics } from "../platform/metrics.ts";
 import { limitedChunks, requireMediaType } from "./body.ts";
@@ -24,7 +24,10 @@ export interface FileServiceOptions {
   randomId: () => string;
 }
 
-/** Tokens the two edges of a file part may lose to merging with the text around them (a bound). */
+/**
+ * Tokens the two edges of a file part may lose to merging with the text around them: generous,
+ * since a merge joins a piece or two at each edge.
+ */
 const EDGE_MERGE_TOKENS = 1024;
 
 /** Bytes handed to the tokenizer at a time when an older version's file is tokenized on first use. */
@@ -138,8 +141,7 @@ export class FileService {
   }
 
   /** POST /v1/files, GET /v1/files[/{id}], DELETE /v1/files/{id}. */
-  // biome-ignore lint/suspicious/noExplicitAny: any app whose context carries the tenant
-  routes(app: Hono<any>, tenantOf: (c: any) => string): void {
+  routes<E extends Env>(app: Hono<E>, tenantOf: (c: Context<E>) => string): void {
     const o = this.#o;
     app.post("/v1/files", async (c) => {
       requireMediaType(c.req.raw, "multipart/form-data");

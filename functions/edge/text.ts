@@ -8,7 +8,7 @@ export type ChatRole = "system" | "user" | "assistant" | "tool";
 
 export interface ChatMessageText {
   role: ChatRole;
-  /** Content with file parts already resolved to their text. */
+  /** Content with file parts resolved: to their text, or to a marker `encodeText` replaces. */
   content: string;
 }
 
