@@ -58,7 +58,11 @@ describe("ultralong serve: one line and a non-zero exit for each start-up mistak
   const cases: Array<[string, () => string[], RegExp]> = [
     ["a port out of range", () => ["--port", "99999"], /--port must be 0\.\.65535.*99999/],
     ["a negative port", () => ["--port", "-1"], /--port must be a non-negative integer, got '-1'/],
-    ["a port in use", () => ["--port", String(heldPort)], /cannot listen on 127\.0\.0\.1:\d+: the port is in use/],
+    [
+      "a port in use",
+      () => ["--port", String(heldPort)],
+      /cannot listen on 127\.0\.0\.1:\d+: the port is in use/,
+    ],
     [
       "an unreadable key file",
       () => ["--api-keys", join(cache, "absent.json")],
@@ -88,6 +92,11 @@ describe("ultralong serve: one line and a non-zero exit for each start-up mistak
         ),
       ],
       /unknown tenant 'x'/,
+    ],
+    [
+      "a key file with a limit that is not a number",
+      () => ["--api-keys", keyFile("rpm.json", '{"tenants":{"a":{"rpm":"fast"}},"keys":[]}')],
+      /tenants\.a\.rpm must be a non-negative integer, got "fast"/,
     ],
     [
       "a key file that is null",

@@ -57,6 +57,17 @@ export class KeyRing {
     }
     const tenants = new Map<string, Tenant>();
     for (const [id, t] of Object.entries(config.tenants)) {
+      if (!t || typeof t !== "object" || Array.isArray(t))
+        throw new InvalidInputError(`tenants.${id} is not an object`);
+      for (const limit of Object.keys(DEFAULT_LIMITS) as Array<keyof TenantLimits>) {
+        const v = t[limit];
+        if (v !== undefined && !(Number.isSafeInteger(v) && v >= 0))
+          throw new InvalidInputError(
+            `tenants.${id}.${limit} must be a non-negative integer, got ${JSON.stringify(v)}`,
+          );
+      }
+      if (t.disabled !== undefined && typeof t.disabled !== "boolean")
+        throw new InvalidInputError(`tenants.${id}.disabled must be true or false`);
       tenants.set(id, { id, ...DEFAULT_LIMITS, ...t });
     }
     this.#entries = config.keys.map((k, i) => {
