@@ -420,7 +420,10 @@ export async function createEdgeApp(options: EdgeAppOptions): Promise<EdgeApp> {
     const abort = new AbortController();
     const clientSignal = c.req.raw.signal;
     const onAbort = () => abort.abort(new CancelledError("client went away"));
-    clientSignal?.addEventListener("abort", onAbort, { once: true });
+    // A listener added to a signal that has already fired never runs (a client gone while its
+    // request was read and tokenized): check the state too.
+    if (clientSignal?.aborted) onAbort();
+    else clientSignal?.addEventListener("abort", onAbort, { once: true });
     const ids = {
       id: `${kind === "chat" ? "chatcmpl" : "cmpl"}-${randomId()}`,
       created: Math.floor(clock() / 1000),
