@@ -46,7 +46,6 @@ beforeAll(async () => {
     keys,
     keepAliveMs: 100,
     secret: SECRET,
-    warmStepTokens: 1024,
     log: (line) => logs.push(line),
   });
 });
@@ -663,7 +662,7 @@ describe("streaming and cancellation", () => {
     const reader = res.body!.getReader();
     const dec = new TextDecoder();
     let text = "";
-    // Progress (warm prefills of the first ~2.8K tokens, every 1024) and keep-alives arrive while the upload is open.
+    // Progress (prefill of the first ~2.8K tokens, chunk by chunk) and keep-alives arrive while the upload is open.
     while (!(text.includes(": keep-alive") && text.includes('"progress"'))) {
       const { value, done } = await reader.read();
       if (done) break;

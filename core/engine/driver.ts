@@ -15,9 +15,10 @@
 //
 // One generation at a time per driver (the runtime holds one sequence); callers queue.
 
-import { assert, CancelledError, InvalidInputError, LimitError } from "../errors.ts";
+import { assert, CancelledError, InvalidInputError } from "../errors.ts";
 import type { LoadedModel } from "../model/weights.ts";
 import type { PrefixCache } from "./prefix-cache.ts";
+import { PromptIntake, type PromptSource } from "./prompt-intake.ts";
 import type { Runtime } from "./runtime.ts";
 import { type Rng, Sampler, type SamplingOptions, type TokenLogprob } from "./sampling.ts";
 import { StopStringMatcher } from "./stop.ts";
@@ -44,8 +45,11 @@ export function tokenTextDecoder(d: { push(id: number): string; end(): string })
 }
 
 export interface GenerateRequest {
-  /** Prompt token IDs (BOS included when the model wants one). */
-  prompt: Int32Array | readonly number[];
+  /**
+   * Prompt token IDs (BOS included when the model wants one): all of them, or chunks as they
+   * arrive (an upload): each snapshot-aligned chunk is prefilled as soon as its tokens are there.
+   */
+  prompt: PromptSource;
   /** Most tokens to generate; default: until the context is full. */
   maxTokens?: number;
   sampling?: SamplingOptions;
@@ -75,7 +79,10 @@ export interface ProgressEvent {
   type: "progress";
   /** Prompt tokens whose KV is in the runtime now (cached ones included). */
   doneTokens: number;
+  /** Prompt tokens received so far: the prompt's length once `promptComplete`. */
   totalTokens: number;
+  /** False while a streamed prompt is still arriving. */
+  promptComplete: boolean;
   /** Prompt tokens that were not computed: reused from the runtime or restored from snapshots. */
   cachedTokens: number;
   /** Computed prompt tokens per second in this request so far (0 before the first chunk). */
@@ -135,13 +142,6 @@ export function eosTokenIds(model: Pick<LoadedModel, "config" | "generation">): 
   return [...new Set([...model.config.eosTokenIds, ...model.generation.eosTokenIds])];
 }
 
-function commonPrefix(a: readonly number[], b: Int32Array): number {
-  const n = Math.min(a.length, b.length);
-  let i = 0;
-  while (i < n && a[i] === b[i]) i++;
-  return i;
-}
-
 function positiveInt(name: string, v: number | undefined): void {
   if (v !== undefined && !(Number.isSafeInteger(v) && v >= 1)) {
     throw new InvalidInputError(`${name} must be a positive integer, got ${v}`);
@@ -154,7 +154,7 @@ export class SequenceDriver {
   readonly #chunkTokens: number;
   readonly #clock: () => number;
   /** Token IDs whose KV the runtime holds: always runtime.position long between requests. */
-  #held: number[] = [];
+  #held = new Int32Array(0);
   #heldKey: string | undefined;
   #busy = false;
 
@@ -169,112 +169,162 @@ export class SequenceDriver {
 
   /** The token IDs whose KV the runtime holds (a copy). */
   get heldTokens(): number[] {
-    return this.#held.slice();
+    return Array.from(this.#held);
   }
 
-  /** Runs one request. Throws InvalidInputError / LimitError before any work for a bad request. */
+  /**
+   * Runs one request. A whole prompt that is bad throws InvalidInputError / LimitError here, before
+   * any work; a streamed one throws them from the iteration, at the chunk that breaks the rule.
+   */
   generate(request: GenerateRequest): AsyncGenerator<DriverEvent, void, undefined> {
-    const prompt = Int32Array.from(request.prompt);
     const rt = this.runtime;
-    const vocab = rt.config.vocabSize;
-    if (prompt.length === 0) throw new InvalidInputError("the prompt has no tokens");
-    for (const id of prompt) {
-      if (id < 0 || id >= vocab) {
-        throw new InvalidInputError(`prompt token id ${id} is outside [0, ${vocab})`);
-      }
-    }
-    if (prompt.length >= rt.info.maxPositions) {
-      throw new LimitError(
-        `the prompt has ${prompt.length} tokens; this runtime's context holds ${rt.info.maxPositions} ` +
-          "including at least one generated token",
-      );
-    }
     positiveInt("max_tokens", request.maxTokens);
     positiveInt("chunkTokens", request.chunkTokens);
     if (request.stop?.length && !request.decoder) {
       throw new InvalidInputError("stop strings need a decoder to match against");
     }
     // Validates the sampling options now, before the generator starts.
-    const sampler = new Sampler(request.sampling ?? {}, vocab, request.rng);
-    sampler.addPrompt(prompt);
+    const sampler = new Sampler(request.sampling ?? {}, rt.config.vocabSize, request.rng);
+    const prompt = new PromptIntake(
+      request.prompt,
+      { vocabSize: rt.config.vocabSize, maxPositions: rt.info.maxPositions },
+      (tokens) => sampler.addPrompt(tokens),
+    );
     return this.#run(request, prompt, sampler);
   }
 
   async *#run(
     request: GenerateRequest,
-    prompt: Int32Array,
+    prompt: PromptIntake,
     sampler: Sampler,
   ): AsyncGenerator<DriverEvent, void, undefined> {
     const rt = this.runtime;
     const { signal, prefixCache: cache, decoder } = request;
-    const n = prompt.length;
     const maxPositions = rt.info.maxPositions;
     const chunk = request.chunkTokens ?? this.#chunkTokens;
     const clock = this.#clock;
-    // The sequence fed to the runtime so far: the prompt, then generated tokens. Whatever happens,
-    // the runtime then holds its first runtime.position tokens.
-    const sequence: number[] = Array.from(prompt);
+    // Tokens generated and fed back. The runtime holds the first runtime.position tokens of
+    // prompt + output once `truncated` is set; before that it still holds this.#held.
+    const output: number[] = [];
+    let truncated = false;
     // Checked here, at the first next(), so a generator that is never iterated holds nothing.
     if (this.#busy) throw new Error("assertion failed: one generation at a time per driver");
     this.#busy = true;
     try {
       if (signal?.aborted) throw new CancelledError();
       const started = clock();
-
-      // 1. Reuse what the runtime holds, or restore snapshots.
-      if (rt.position !== this.#held.length) this.#held = []; // someone else used the runtime
-      let reuse = request.isolationKey === this.#heldKey ? commonPrefix(this.#held, prompt) : 0;
-      reuse = Math.min(reuse, n - 1); // the last prompt token is always run: its logits are needed
-      this.#held.length = 0; // from here on, `sequence` is the truth
-      this.#heldKey = request.isolationKey;
-      rt.truncate(Math.min(reuse, rt.position));
-      if (cache) {
-        // Restoring needs an empty runtime; worth it only if it can cover more than we hold. A
-        // held prefix was saved chunk by chunk when it was computed with this cache, so at worst
-        // the part of one chunk past the last boundary is recomputed.
-        const restorable = Math.floor((n - 1) / cache.chunkTokens) * cache.chunkTokens;
-        if (reuse < restorable) {
-          rt.truncate(0);
-          const { restoredTokens } = await cache.restore(rt, prompt.subarray(0, n - 1), signal);
-          assert(rt.position === restoredTokens, "restore left the runtime at restoredTokens");
-          assert(restoredTokens % cache.chunkTokens === 0, "restore gave whole chunks");
-        }
-      }
-      const cached = rt.position;
-      const prefillStart = clock();
+      let cached = 0;
+      let prefillStart = started;
       const progress = (done: number, now: number): ProgressEvent => {
         const seconds = (now - prefillStart) / 1000;
         return {
           type: "progress",
           doneTokens: done,
-          totalTokens: n,
+          totalTokens: prompt.length,
+          promptComplete: prompt.ended,
           cachedTokens: cached,
-          tokensPerSecond: seconds > 0 ? (done - cached) / seconds : 0,
+          tokensPerSecond: seconds > 0 && done > cached ? (done - cached) / seconds : 0,
           elapsedMs: now - started,
         };
       };
-      yield progress(cached, prefillStart);
+      // While the prompt is still arriving, progress is reported before each wait for more of it
+      // whenever the KV it can keep has grown; a whole prompt never waits.
+      let reported = -1;
+      const more = async function* (kept: number) {
+        if (kept > reported) {
+          reported = kept;
+          cached = kept;
+          yield progress(kept, clock());
+        }
+        await prompt.pull(signal);
+      };
 
-      // 2. Chunked prefill; the last chunk runs forward() for the last position's logits.
+      // 1. Reuse: the longest common prefix of what the runtime holds (same isolation key) and the
+      //    prompt, never the last prompt token (its logits are needed). Decided as soon as the
+      //    prompt leaves the held tokens or ends; meanwhile nothing needs computing.
+      if (rt.position !== this.#held.length) this.#held = new Int32Array(0); // someone else ran
+      const held = request.isolationKey === this.#heldKey ? this.#held : new Int32Array(0);
+      // Held KV a later truncation to a snapshot boundary cannot drop (progress stays monotonic).
+      const keepable = (m: number) =>
+        cache ? Math.floor(m / cache.chunkTokens) * cache.chunkTokens : m;
+      let match = 0;
+      let reuse: number;
+      for (;;) {
+        while (match < prompt.length && match < held.length && prompt.at(match) === held[match])
+          match++;
+        if (match < prompt.length) {
+          reuse = match;
+          break;
+        }
+        if (prompt.ended) {
+          reuse = Math.min(match, prompt.length - 1);
+          break;
+        }
+        yield* more(Math.min(keepable(match), prompt.length - 1));
+      }
+
+      // 2. Restore. With a PrefixCache, when its whole chunks could cover more than is reused
+      //    (whole chunks of the prompt minus its last token: chunk i is known to qualify once the
+      //    prompt is past its end), truncate to the last snapshot boundary within the reused part
+      //    and continue the stored chain from there, chunk by chunk as the prompt arrives, until it
+      //    breaks or the prompt ends. Nothing is computed while the chain may still continue, so a
+      //    streamed prompt and a whole one end with the same KV and the same cachedTokens.
+      const restorable = () =>
+        cache ? Math.floor((prompt.length - 1) / cache.chunkTokens) * cache.chunkTokens : 0;
+      while (cache && restorable() <= reuse && !prompt.ended) yield* more(keepable(reuse));
+      this.#heldKey = request.isolationKey;
+      truncated = true;
+      if (cache && restorable() > reuse) {
+        rt.truncate(keepable(reuse));
+        for (;;) {
+          const limit = restorable();
+          if (limit > rt.position) {
+            const from = rt.position;
+            const { restoredTokens } = await cache.restore(rt, prompt.view(0, limit), signal);
+            assert(rt.position === from + restoredTokens, "restore left the runtime at its end");
+            assert(restoredTokens % cache.chunkTokens === 0, "restore gave whole chunks");
+            if (rt.position < limit) break; // the stored chain ends here
+          } else if (prompt.ended) break;
+          else yield* more(rt.position);
+        }
+      } else {
+        rt.truncate(reuse);
+      }
+      cached = rt.position;
+      prefillStart = clock();
+      if (reported !== cached) yield progress(cached, prefillStart);
+
+      // 3. Chunked prefill as the prompt arrives, chunks never straddling a snapshot boundary. A
+      //    chunk that ends where the received prompt ends runs forward() (the prompt may end there:
+      //    its last logits cost one position of lm_head); the others prefill().
       let logits: Float32Array | undefined;
       let pos = cached;
-      while (pos < n) {
+      while (!(prompt.ended && pos === prompt.length)) {
         if (signal?.aborted) throw new CancelledError();
-        let end = Math.min(pos + chunk, n);
-        if (cache) {
-          const boundary = (Math.floor(pos / cache.chunkTokens) + 1) * cache.chunkTokens;
-          end = Math.min(end, boundary);
+        let end = pos + chunk;
+        if (cache)
+          end = Math.min(end, (Math.floor(pos / cache.chunkTokens) + 1) * cache.chunkTokens);
+        if (end > prompt.length) {
+          if (!prompt.ended) {
+            await prompt.pull(signal);
+            continue;
+          }
+          end = prompt.length;
         }
-        const span = prompt.subarray(pos, end);
-        if (end === n) logits = await rt.forward(span, signal);
-        else await rt.prefill(span, signal);
+        const span = prompt.view(pos, end);
+        if (end === prompt.length) logits = await rt.forward(span, signal);
+        else {
+          await rt.prefill(span, signal);
+          logits = undefined;
+        }
         pos = end;
         if (cache && pos % cache.chunkTokens === 0) {
-          await cache.save(rt, prompt, pos - cache.chunkTokens, pos);
+          await cache.save(rt, prompt.view(0, pos), pos - cache.chunkTokens, pos);
         }
         yield progress(pos, clock());
       }
       assert(logits !== undefined, "the prefill ran the last prompt token");
+      const n = prompt.length;
       const prefillEnd = clock();
 
       // 3. Decode.
@@ -338,11 +388,19 @@ export class SequenceDriver {
           yield done;
           return;
         }
-        sequence.push(id);
+        output.push(id);
         logits = await rt.forward(Int32Array.of(id), signal);
       }
     } finally {
-      this.#held = sequence.slice(0, rt.position);
+      prompt.close();
+      if (truncated) {
+        const pos = rt.position;
+        const fromPrompt = Math.min(pos, prompt.length);
+        const held = new Int32Array(pos);
+        held.set(prompt.view(0, fromPrompt));
+        held.set(output.slice(0, pos - fromPrompt), fromPrompt);
+        this.#held = held;
+      }
       this.#busy = false;
     }
   }

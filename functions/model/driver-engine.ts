@@ -1,11 +1,8 @@
 // ModelEngine over the sequence driver (core/engine/driver.ts), one runtime, and per-tenant
 // snapshot caches (core/kv). The model function app knows only ModelEngine.
 //
-// Streamed prompts (the edge sends frames while the client is still uploading): the driver takes a
-// whole prompt, so while frames arrive we run "warm" generations on the prefix received so far
-// (max 1 token, greedy, output dropped). The driver keeps the runtime's KV for a prompt that
-// extends what it holds (same isolation key), so the final call only computes the tail: prefill
-// overlaps the upload, at the cost of one extra decode step per warm step.
+// Streamed prompts (the edge sends frames while the client is still uploading) go into the driver
+// as they arrive: prefill overlaps the upload chunk by chunk (docs/driver.md).
 
 import { toHex } from "../../core/crypto/sha256.ts";
 import {
@@ -16,7 +13,6 @@ import {
 } from "../../core/engine/driver.ts";
 import type { PrefixCache } from "../../core/engine/prefix-cache.ts";
 import type { Runtime } from "../../core/engine/runtime.ts";
-import { CancelledError } from "../../core/errors.ts";
 import { kvBytesPerToken } from "../../core/kv/layout.ts";
 import { createSnapshotCache, type SnapshotCache } from "../../core/kv/snapshot-cache.ts";
 import type { SnapshotStore } from "../../core/kv/store.ts";
@@ -48,8 +44,6 @@ export interface DriverEngineOptions {
    * side only, so a client can never pick another tenant's salt.
    */
   saltSecret: string | Uint8Array;
-  /** Prompt tokens received between warm prefills of a streamed prompt (default 4096). */
-  warmStepTokens?: number;
   /**
    * Tenants whose snapshot caches are kept (default 256); beyond that the least recently used
    * tenant's cache is flushed and dropped (its snapshots stay in the store and are found again).
@@ -72,7 +66,6 @@ export async function createDriverEngine(options: DriverEngineOptions): Promise<
   });
   const fingerprint = await model.fingerprint();
   const saltKey = await importSigningKey(options.saltSecret);
-  const warmStep = options.warmStepTokens ?? 4096;
   const maxCaches = Math.max(1, options.maxTenantCaches ?? 256);
   // Insertion order is recency: a used tenant is moved to the end, the first one is evicted.
   const caches = new Map<string, TenantCache>();
@@ -145,34 +138,11 @@ export async function createDriverEngine(options: DriverEngineOptions): Promise<
   async function* generate(request: GenerationRequest): AsyncGenerator<ModelEvent> {
     const { header, signal } = request;
     const prefixCache = await cacheFor(header.tenant);
-    const prompt: number[] = [];
-    let warmed = 0;
-    let restored: number | null = null;
-    const streamed = header.promptTokens === null;
-    for await (const part of request.prompt) {
-      for (const id of part) prompt.push(id);
-      if (signal.aborted) throw new CancelledError();
-      if (streamed && prompt.length - warmed >= warmStep) {
-        // Warm prefill of what has arrived; its progress is real prefill progress.
-        for await (const ev of driver.generate({
-          prompt,
-          maxTokens: 1,
-          sampling: { temperature: 0 },
-          prefixCache,
-          isolationKey: header.tenant,
-          signal,
-        })) {
-          if (ev.type === "progress") {
-            restored ??= ev.cachedTokens;
-            yield progress(ev, null, restored);
-          }
-        }
-        warmed = prompt.length;
-      }
-    }
     const decoder = options.tokenizer.createDecoder({ skipSpecialTokens: true });
+    // The verified frames go straight in: the driver checks each token once and prefills each
+    // chunk as soon as its tokens are there.
     const events = driver.generate({
-      prompt,
+      prompt: request.prompt,
       maxTokens: header.maxTokens,
       sampling: {
         temperature: header.temperature,
@@ -188,8 +158,7 @@ export async function createDriverEngine(options: DriverEngineOptions): Promise<
     });
     for await (const ev of events) {
       if (ev.type === "progress") {
-        restored ??= ev.cachedTokens;
-        yield progress(ev, prompt.length, restored);
+        yield progress(ev, ev.promptComplete ? ev.totalTokens : header.promptTokens);
       } else if (ev.type === "token") {
         const data: Extract<ModelEvent, { event: "token" }>["data"] = { id: ev.id, text: ev.text };
         if (ev.logprob !== undefined) data.logprob = ev.logprob;
@@ -203,8 +172,7 @@ export async function createDriverEngine(options: DriverEngineOptions): Promise<
           data: {
             promptTokens: ev.usage.promptTokens,
             completionTokens: ev.usage.completionTokens,
-            // Tokens restored from snapshots; KV computed by this request's warm steps is not "cached".
-            cachedTokens: Math.min(restored ?? ev.usage.cachedTokens, ev.usage.cachedTokens),
+            cachedTokens: ev.usage.cachedTokens,
             finishReason: ev.finishReason,
             prefillMs: ev.timings.prefillMs,
             decodeMs: ev.timings.decodeMs,
@@ -217,11 +185,15 @@ export async function createDriverEngine(options: DriverEngineOptions): Promise<
   function progress(
     ev: Extract<DriverEvent, { type: "progress" }>,
     total: number | null,
-    cached: number,
   ): ModelEvent {
     return {
       event: "progress",
-      data: { done: ev.doneTokens, total, cached, tokensPerSecond: ev.tokensPerSecond },
+      data: {
+        done: ev.doneTokens,
+        total,
+        cached: ev.cachedTokens,
+        tokensPerSecond: ev.tokensPerSecond,
+      },
     };
   }
 

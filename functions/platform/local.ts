@@ -108,6 +108,9 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
     threads: options.threads,
     kvDtype: options.kvDtype,
   });
+  // A refusal (bad --max-positions, dtype) may come while the tokenizer loads: it is awaited below,
+  // and must not count as an unhandled rejection, which would end the process with a stack trace.
+  creating.catch(() => {});
   const tokenizer = await loadDirTokenizer(dir, model.files).catch(async (err) => {
     await (await creating).close();
     throw err;
