@@ -181,23 +181,26 @@ export async function createModelApp(options: ModelAppOptions): Promise<ModelApp
   ): Promise<Response> {
     const abort = new AbortController();
     const onClientAbort = () => abort.abort(new CancelledError("client went away"));
-    clientSignal.addEventListener("abort", onClientAbort, { once: true });
-    const release = await queue.acquire(abort.signal).catch((err) => {
+    // A listener added to a signal that has already fired never runs: a client gone during the
+    // signature check or the HEADER frame would otherwise be served in full.
+    if (clientSignal.aborted) onClientAbort();
+    else clientSignal.addEventListener("abort", onClientAbort, { once: true });
+    // A full queue is refused now (429, before anything streams). Otherwise the response starts at
+    // once and the wait for the runtime happens inside it: the edge then holds this response's body
+    // through the queue wait too, and cancels it when its client goes away (functions/edge/forward.ts).
+    let acquired: Promise<() => void>;
+    try {
+      acquired = queue.acquire(abort.signal);
+    } catch (err) {
       clientSignal.removeEventListener("abort", onClientAbort);
       throw err;
-    });
-    const queueMs = clock() - started;
-    const vocab = engine.info().vocabSize;
+    }
+    acquired.catch(() => {}); // awaited in the stream below
+    // Token ids are checked by the driver, once each, as they arrive.
     async function* prompt(): AsyncGenerator<Int32Array> {
       for await (const f of frames) {
         if (f.type === FRAME_END) return;
         if (f.type !== FRAME_TOKENS) continue;
-        for (const id of f.tokens) {
-          if (id < 0 || id >= vocab)
-            throw new InvalidInputError(
-              `token id ${id} is outside the vocabulary (0..${vocab - 1})`,
-            );
-        }
         metrics.inc("ul_model_prompt_tokens_total", {}, f.tokens.length);
         yield f.tokens;
       }
@@ -211,8 +214,11 @@ export async function createModelApp(options: ModelAppOptions): Promise<ModelApp
         timer = setInterval(() => send(sseComment("keep-alive")), keepAliveMs);
         void (async () => {
           let status = 200;
-          const stats: Record<string, unknown> = { tenant: header.tenant, queueMs };
+          const stats: Record<string, unknown> = { tenant: header.tenant };
+          let release = () => {};
           try {
+            release = await acquired;
+            stats.queueMs = clock() - started;
             for await (const ev of engine.generate({
               header,
               prompt: prompt(),
@@ -263,9 +269,10 @@ export async function createModelApp(options: ModelAppOptions): Promise<ModelApp
             clearInterval(timer);
             clientSignal.removeEventListener("abort", onClientAbort);
             release();
-            await frames.return(undefined).catch(() => {});
             finish(status, stats);
             closeQuietly(controller);
+            // Not awaited: a read of the request body still pending ends only with the socket.
+            frames.return(undefined).catch(() => {});
           }
         })();
       },

@@ -6,6 +6,7 @@ import { RateLimitError } from "../platform/http-errors.ts";
 
 export class GenerationQueue {
   #active = 0;
+  #waited = 0;
   readonly #waiters: Array<{ resolve: () => void; reject: (e: unknown) => void }> = [];
 
   constructor(
@@ -23,12 +24,24 @@ export class GenerationQueue {
   get waiting(): number {
     return this.#waiters.length;
   }
+  /** Requests so far that found no free slot and waited (metrics; tests count it). */
+  get waited(): number {
+    return this.#waited;
+  }
 
-  /** Resolves with a release function once a slot is free. */
-  async acquire(signal?: AbortSignal): Promise<() => void> {
+  /**
+   * Takes a place: resolves with a release function once a slot is free. A full queue throws
+   * RateLimitError at once (synchronously, so the caller can still answer 429 before it streams).
+   * A signal that has fired, before the call or while waiting, rejects with CancelledError and
+   * holds no slot: a listener added to a signal that has already fired never runs, so the state is
+   * checked, not only listened to.
+   */
+  acquire(signal?: AbortSignal): Promise<() => void> {
+    if (signal?.aborted)
+      return Promise.reject(new CancelledError("client went away before a slot was free"));
     if (this.#active < this.slots && this.#waiters.length === 0) {
       this.#active++;
-      return this.#releaser();
+      return Promise.resolve(this.#releaser());
     }
     if (this.#waiters.length >= this.maxWaiting) {
       throw new RateLimitError(
@@ -36,22 +49,25 @@ export class GenerationQueue {
         this.retryAfterS,
       );
     }
-    await new Promise<void>((resolve, reject) => {
-      const waiter = { resolve, reject };
-      this.#waiters.push(waiter);
-      signal?.addEventListener(
-        "abort",
-        () => {
-          const i = this.#waiters.indexOf(waiter);
-          if (i >= 0) {
-            this.#waiters.splice(i, 1);
-            reject(new CancelledError("client went away while queued"));
-          }
+    this.#waited++;
+    return new Promise<() => void>((resolve, reject) => {
+      const onAbort = () => {
+        const i = this.#waiters.indexOf(waiter);
+        if (i >= 0) {
+          this.#waiters.splice(i, 1);
+          reject(new CancelledError("client went away while queued"));
+        }
+      };
+      const waiter = {
+        resolve: () => {
+          signal?.removeEventListener("abort", onAbort);
+          resolve(this.#releaser());
         },
-        { once: true },
-      );
+        reject,
+      };
+      this.#waiters.push(waiter);
+      signal?.addEventListener("abort", onAbort, { once: true });
     });
-    return this.#releaser();
   }
 
   #releaser(): () => void {
