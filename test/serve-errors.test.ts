@@ -7,6 +7,7 @@ import { writeFileSync } from "node:fs";
 import { connect, createServer, type Server } from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startLocal } from "../functions/platform/local.ts";
 import { runUltralong, scratchDir, testModelDir } from "./support/models.ts";
 
 const cache = scratchDir("cache");
@@ -104,6 +105,13 @@ describe("ultralong serve: one line and a non-zero exit for each start-up mistak
       /needs 'tenants' and 'keys'/,
     ],
     ["an unknown runtime", () => ["--runtime", "nope"], /unknown runtime 'nope'/],
+    // 192.0.2.1 is TEST-NET-1 (RFC 5737): never a machine's own address.
+    [
+      "a host that is not this machine's",
+      () => ["--host", "192.0.2.1", "--port", "0"],
+      /cannot listen on 192\.0\.2\.1:0: no such address/,
+    ],
+    ["zero KV positions", () => ["--max-positions", "0"], /--max-positions must be at least 1/],
     ["a bad KV dtype", () => ["--kv-dtype", "f7"], /--kv-dtype must be/],
     ["a bad role", () => ["--role", "edge"], /--role must be both or model/],
     ["an unknown option", () => ["--prot", "8080"], /Unknown option '--prot'/],
@@ -144,6 +152,14 @@ describe("ultralong serve: one line and a non-zero exit for each start-up mistak
     );
     expect(status).toBe(0);
     expect(await greeting(heldPort)).toBe("holder\n");
+  });
+});
+
+describe("startLocal refusals", () => {
+  it("a runtime refused while the tokenizer loads is the start's error, not an unhandled rejection", async () => {
+    await expect(
+      startLocal({ modelDir, runtime: "wasm", maxPositions: 0, store: null }),
+    ).rejects.toThrow(/maxPositions must be a positive integer/);
   });
 });
 

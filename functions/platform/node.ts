@@ -88,10 +88,10 @@ export async function listen(
 
 /**
  * Fails as `listen` would if `port` on `hostname` cannot be listened on now, then frees it: lets a
- * command refuse a port in use before it spends seconds loading a model. Port 0 always passes.
+ * command refuse a port in use, or a host that is not this machine's, before it spends seconds
+ * loading a model. Port 0 checks the host alone.
  */
 export async function checkCanListen(port: number, hostname = "127.0.0.1"): Promise<void> {
-  if (checkPort(port) === 0) return;
   const probe = await listen(
     { fetch: () => new Response(null, { status: 503 }) },
     { port, hostname },

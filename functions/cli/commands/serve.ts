@@ -160,6 +160,7 @@ export const command: Command = {
     const port = checkPort(intOption("port", values.port) ?? 8080, "--port");
     const threads = intOption("threads", values.threads);
     const maxPositions = intOption("max-positions", values["max-positions"]);
+    if (maxPositions === 0) throw new InvalidInputError("--max-positions must be at least 1");
     const kvDtype = kvDtypeOption(values["kv-dtype"]);
     const keys = values["api-keys"] ? await readKeyFile(values["api-keys"]) : undefined;
     const snapshotKeys = await snapshotKeysFromEnv(io.env);
