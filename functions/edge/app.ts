@@ -102,7 +102,6 @@ export interface EdgeApp {
   metrics: Metrics;
 }
 
-
 export async function createEdgeApp(options: EdgeAppOptions): Promise<EdgeApp> {
   for (const k of ["modelId", "maxContext", "text", "keys", "modelUrl", "secret"] as const) {
     if (!options[k]) throw new Error(`createEdgeApp: '${k}' is required`);
