@@ -194,7 +194,8 @@ export function renderChat(
   });
   const rendered = render(template, { ...safe, bos_token, eos_token });
 
-  const out: number[] = [];
+  // Runs of ids, joined once at the end: a run may be a spliced file of millions (encodeText).
+  const out: ArrayLike<number>[] = [];
   const pattern = new RegExp(
     [...specials.keys()]
       .sort((a, b) => b.length - a.length)
@@ -206,16 +207,21 @@ export function renderChat(
   const encode = opts.encodeText ?? ((s: string) => tokenizer.encode(s));
   const text = (s: string) => {
     if (s.length === 0) return;
-    const ids = encode(defuser.restore(s));
-    for (let i = 0; i < ids.length; i++) out.push(ids[i]);
+    out.push(encode(defuser.restore(s)));
   };
   if (specials.size > 0) {
     for (let m = pattern.exec(rendered); m; m = pattern.exec(rendered)) {
       text(rendered.slice(at, m.index));
-      out.push(specials.get(m[0])!);
+      out.push([specials.get(m[0])!]);
       at = m.index + m[0].length;
     }
   }
   text(rendered.slice(at));
-  return Int32Array.from(out);
+  const ids = new Int32Array(out.reduce((n, run) => n + run.length, 0));
+  let n = 0;
+  for (const run of out) {
+    ids.set(run, n);
+    n += run.length;
+  }
+  return ids;
 }

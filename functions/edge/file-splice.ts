@@ -22,6 +22,7 @@
 import { pretokenEnd, stableLimit } from "../../core/tokenizer/pretokenize.ts";
 import type { FileEdges } from "./file-encoding.ts";
 import type { EdgeText } from "./text.ts";
+import { joinParts } from "./typed-parts.ts";
 
 export interface SplicedFile {
   ids: Int32Array;
@@ -79,10 +80,9 @@ export function fileSplicer(
 ): (run: string) => ArrayLike<number> {
   return (run) => {
     if (!run.includes(MARK_OPEN)) return text.encode(run);
-    const out: number[] = [];
-    const emit = (ids: ArrayLike<number>) => {
-      for (let i = 0; i < ids.length; i++) out.push(ids[i]);
-    };
+    // Runs of ids, joined once: the middle of a file is millions of ids, copied as one block.
+    const out: ArrayLike<number>[] = [];
+    const emit = (ids: ArrayLike<number>) => out.push(ids);
     let pending = "";
     let at = 0;
     for (const m of run.matchAll(MARKS)) {
@@ -107,7 +107,7 @@ export function fileSplicer(
       stats.fileChars += pending.length;
     }
     emit(text.encode(pending + run.slice(at)));
-    return out;
+    return joinParts(out, (n) => new Int32Array(n));
   };
 }
 
