@@ -329,6 +329,24 @@ describe("a body cut mid-stream", () => {
     if (model) expect(model.level).not.toBe("error");
   });
 
+  it("a multipart file upload: the same", async () => {
+    const form = `--b\r\ncontent-disposition: form-data; name="file"; filename="a.txt"\r\ncontent-type: text/plain\r\n\r\n${"file text ".repeat(50)}\r\n--b--\r\n`;
+    const got = parseRaw(
+      await rawHttp(
+        portOf(s.url),
+        head("/v1/files", "multipart/form-data; boundary=b", form.length, "req-cut-file"),
+        form.slice(0, 200),
+      ),
+    );
+    expect(got.status).toBe(400);
+    expect(got.json.error.code).toBe("incomplete_body");
+    expect(await logLine("edge", "req-cut-file")).toMatchObject({
+      level: "warn",
+      status: 400,
+      errorCode: "incomplete_body",
+    });
+  });
+
   it("the model function's signed frames, cut: 400 incomplete_body, logged at warn", async () => {
     const key = await importSigningKey(SECRET);
     const { headers, signature } = await signRequest(key, "POST", GENERATE_PATH);
