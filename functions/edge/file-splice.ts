@@ -82,11 +82,13 @@ export function fileSplicer(
     if (!run.includes(MARK_OPEN)) return text.encode(run);
     // Runs of ids, joined once: the middle of a file is millions of ids, copied as one block.
     const out: ArrayLike<number>[] = [];
-    const emit = (ids: ArrayLike<number>) => out.push(ids);
     let pending = "";
     let at = 0;
     for (const m of run.matchAll(MARKS)) {
       const f = files[Number(m[1])];
+      // Request text with the marker character turns splicing off (file-service.ts); a template
+      // that carries it is a bug to fix there.
+      if (!f) throw new Error(`file splice: marker ${m[1]} names no file`);
       const before = pending + run.slice(at, m.index);
       at = m.index! + m[0].length;
       const { lead, trail, tailFrom } = f.edges;
@@ -98,15 +100,15 @@ export function fileSplicer(
         pending = before + core;
         continue;
       }
-      emit(text.encode(before + head.text));
+      out.push(text.encode(before + head.text));
       stats.fileChars += head.text.length;
       const tail = Math.max(tailFrom, head.ids);
-      emit(f.ids.subarray(head.ids, tail));
+      out.push(f.ids.subarray(head.ids, tail));
       const rest = text.decode(f.ids.subarray(tail));
       pending = rest.slice(0, rest.length - trail.length);
       stats.fileChars += pending.length;
     }
-    emit(text.encode(pending + run.slice(at)));
+    out.push(text.encode(pending + run.slice(at)));
     return joinParts(out, (n) => new Int32Array(n));
   };
 }
