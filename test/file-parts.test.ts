@@ -9,12 +9,14 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { renderChat } from "../core/chat/index.ts";
 import { toHex } from "../core/crypto/sha256.ts";
 import { loadModelDir } from "../core/node/load-model-dir.ts";
+import { openStore } from "../core/node/snapshot-dir.ts";
 import { createEdgeApp, type EdgeApp, type EdgeAppOptions } from "../functions/edge/app.ts";
-import { MemoryObjectStore, ObjectFileStore } from "../functions/edge/files.ts";
+import { MemoryObjectStore, ObjectFileStore, type ObjectStore } from "../functions/edge/files.ts";
 import { sha256Hex } from "../functions/edge/keys.ts";
 import { edgeTextFromTokenizer } from "../functions/edge/tokenizer-text.ts";
 import { type LocalServer, startLocal } from "../functions/platform/local.ts";
 import { loadDirTokenizer } from "../functions/platform/tokenizer-cache.ts";
+import { type S3Server, startS3 } from "./harness/s3.ts";
 import { scratchDir, testModelDir } from "./support/models.ts";
 
 const KEY_A = "key-files-a-0123456789";
@@ -508,5 +510,66 @@ describe("Workers / Lambda path: in-thread tokenizer, memory store, bodies in od
         JSON.stringify([before, text.slice(0, 40), text.slice(-40), after]),
       ).toEqual(await tokenize(t, [{ role: "user", content: before + text + after }]));
     }
+  });
+});
+
+describe("S3 file store (s3rver): parts, ids and delete", () => {
+  let s3: S3Server;
+  let t: Target;
+  let objects: ObjectStore;
+  beforeAll(async () => {
+    s3 = await startS3();
+    const dir = await testModelDir();
+    const tokenizer = await loadDirTokenizer(dir, (await loadModelDir(dir)).files);
+    objects = openStore(`s3://${s3.bucket}/edge`, { env: s3.env });
+    const edge = await createEdgeApp({
+      modelId: "tiny",
+      maxContext: 4096,
+      text: edgeTextFromTokenizer(tokenizer, (messages, encodeText) =>
+        renderChat(tokenizer, tokenizer.chatTemplate!, messages, {
+          addGenerationPrompt: true,
+          encodeText,
+        }),
+      ),
+      keys: await keyConfig(),
+      modelUrl: "http://127.0.0.1:9",
+      secret: "file-parts-secret-0123456789",
+      files: new ObjectFileStore(objects),
+      log: () => {},
+    });
+    t = {
+      request: (path, { key, headers, ...init }) =>
+        Promise.resolve(
+          edge.app.request(path, {
+            ...init,
+            headers: { ...(headers as Record<string, string>), authorization: `Bearer ${key}` },
+          }),
+        ),
+      metric: (name, labels) => edge.metrics.get(name, labels),
+    };
+  });
+  afterAll(async () => {
+    await s3?.close();
+  });
+
+  it("a 5 MB file in two parts of each kind: ids equal in place; delete removes every object", async () => {
+    const text = para.repeat(52_000); // 5.2 MB: text.0 (4 MiB) + text.1, ids.0 + ids.1
+    const id = await upload(t, text, KEY_A, 100_000);
+    const keys = async () => {
+      const out: string[] = [];
+      for await (const o of objects.list(`files/${toHex(new TextEncoder().encode("a"))}/${id}/`))
+        out.push(o.key.split("/").pop()!);
+      return out.sort();
+    };
+    expect(await keys()).toEqual(["ids.0", "ids.1", "meta.json", "text.0", "text.1"]);
+    const parts: Part[] = [
+      { type: "text", text: "Read: " },
+      { type: "file", file: { file_id: id } },
+    ];
+    expect(await tokenize(t, [{ role: "user", content: parts }])).toEqual(
+      await tokenize(t, [{ role: "user", content: `Read: ${text}` }]),
+    );
+    expect((await t.request(`/v1/files/${id}`, { method: "DELETE", key: KEY_A })).status).toBe(200);
+    expect(await keys()).toEqual([]);
   });
 });
