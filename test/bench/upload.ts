@@ -2,8 +2,8 @@
 //
 // A slow streamed upload: a document of --doc-tokens tokens sent as text/plain to
 // /v1/completions/text at --rate tokens per second (pieces of 32 tokens), progress on. Prints one
-// JSON object with the time to the first progress event, how many tokens had been sent by then,
-// and the same for the peer: the end of the upload (the first moment a server that takes the
+// JSON object with the time to the first progress event and to the first one that reports computed
+// KV, how many tokens had been sent by each, and for the peer: the end of the upload (the first moment a server that takes the
 // prompt whole could start). With --store the model function keeps snapshots in a scratch
 // directory (restores are tried chunk by chunk as the prompt arrives); without, none.
 import { parseArgs } from "node:util";
@@ -82,7 +82,10 @@ export default async function main(args: string[]): Promise<void> {
       duplex: "half",
     } as RequestInit,
   );
-  let firstProgress: { ms: number; sentTokens: number; doneTokens: number } | null = null;
+  type Seen = { ms: number; sentTokens: number; doneTokens: number };
+  let firstProgress: Seen | null = null;
+  // The first progress event that reports computed KV (the first is the cached count, often 0).
+  let firstComputed: Seen | null = null;
   let progressEvents = 0;
   let firstTokenMs: number | null = null;
   for await (const m of parseSse(res.body!)) {
@@ -90,11 +93,13 @@ export default async function main(args: string[]): Promise<void> {
     const chunk = JSON.parse(m.data);
     if (chunk.progress) {
       progressEvents++;
-      firstProgress ??= {
+      const seen = {
         ms: Math.round(performance.now() - t0),
         sentTokens,
         doneTokens: chunk.progress.prompt_tokens_done,
       };
+      firstProgress ??= seen;
+      if (seen.doneTokens > 0) firstComputed ??= seen;
     } else if (chunk.choices?.[0]?.text !== undefined)
       firstTokenMs ??= Math.round(performance.now() - t0);
   }
@@ -115,6 +120,7 @@ export default async function main(args: string[]): Promise<void> {
         },
         status: res.status,
         firstProgress,
+        firstComputed,
         progressEvents,
         firstTokenMs,
         peer: { what: "end of the upload", ms: uploadEndMs && Math.round(uploadEndMs) },
