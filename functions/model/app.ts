@@ -93,6 +93,11 @@ export async function createModelApp(options: ModelAppOptions): Promise<ModelApp
     () => queue.waiting,
   );
   metrics.gauge(
+    "ul_model_queue_waits",
+    "Generations so far that found the runtime busy and waited (cumulative)",
+    () => queue.waited,
+  );
+  metrics.gauge(
     "ul_model_snapshot_bytes_written",
     "Snapshot bytes uploaded",
     () => engine.snapshotBytes?.().written ?? 0,
