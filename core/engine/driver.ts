@@ -1,13 +1,16 @@
 // The sequence driver: runs one request on a Runtime, written once for every runtime.
 //
+// The prompt comes whole or as chunks while it is still being uploaded (prompt-intake.ts); both
+// take the same steps on the same spans, so they end with the same KV, tokens and usage.
 //   1. reuse: if the runtime already holds a prefix of the prompt (an earlier request on this
-//      driver, same isolation key), truncate to the common prefix instead of recomputing;
-//      otherwise, with a PrefixCache, restore the longest stored chain of chunks.
-//   2. chunked prefill of the rest, chunks never straddling a snapshot boundary, each finished
-//      snapshot chunk handed to the cache; a progress event after every chunk.
-//   3. decode: sample, detokenize, check stop conditions (EOS ids, stop token ids, stop strings
-//      with holdback, max tokens, context full), stream a token event, forward the token.
-//   4. a done event with the finish reason, usage and timings.
+//      driver, same isolation key), keep the common prefix instead of recomputing it;
+//   2. restore: with a PrefixCache that could cover more, continue the stored chain of chunks from
+//      the last snapshot boundary inside the reused part, chunk by chunk as the prompt arrives;
+//   3. chunked prefill of the rest as its tokens arrive, chunks never straddling a snapshot
+//      boundary, each finished snapshot chunk handed to the cache; a progress event after each.
+//   4. decode: sample, detokenize, check stop conditions (EOS ids, stop token ids, stop strings
+//      with holdback, max tokens, context full), stream a token event, forward the token; then a
+//      done event with the finish reason, usage and timings.
 //
 // It is an async iterator of events, so the CLI and the HTTP model function consume the same
 // thing. Breaking out of the loop (or an AbortSignal) stops the work; the driver then still knows
@@ -327,7 +330,7 @@ export class SequenceDriver {
       const n = prompt.length;
       const prefillEnd = clock();
 
-      // 3. Decode.
+      // 4. Decode.
       const stopper = new StopStringMatcher(request.stop ?? []);
       const stopIds = new Set(request.stopTokenIds ?? []);
       const maxTokens = request.maxTokens ?? maxPositions - n;
