@@ -4,7 +4,7 @@
 // Streamed prompts (the edge sends frames while the client is still uploading) go into the driver
 // as they arrive: prefill overlaps the upload chunk by chunk (docs/driver.md).
 
-import { toHex } from "../../core/crypto/sha256.ts";
+import { type Sha256, toHex } from "../../core/crypto/sha256.ts";
 import {
   type DriverEvent,
   eosTokenIds,
@@ -50,6 +50,11 @@ export interface DriverEngineOptions {
    */
   maxTenantCaches?: number;
   clock?: () => number;
+  /**
+   * SHA-256 for snapshot bodies (default crypto.subtle). On Node pass core/node's nodeSha256: the
+   * CLI's snapshot path already did, and subtle copies its input first (`npm run bench -- snapshots`).
+   */
+  sha256?: Sha256;
 }
 
 /** One tenant's snapshot cache: created once, so simultaneous first requests share it. */
@@ -91,6 +96,7 @@ export async function createDriverEngine(options: DriverEngineOptions): Promise<
               tenantSalt: toHex(mac),
               chunkTokens: s.chunkTokens ?? 512,
               encryption: s.masterKeys?.length ? { masterKeys: s.masterKeys } : undefined,
+              sha256: options.sha256,
             });
             return e.cache;
           },

@@ -9,7 +9,7 @@ import { InvalidInputError } from "../../core/errors.ts";
 import type { KvDtype } from "../../core/kv/layout.ts";
 import type { SnapshotStore } from "../../core/kv/store.ts";
 import { loadModelDir } from "../../core/node/load-model-dir.ts";
-import { openStore } from "../../core/node/snapshot-dir.ts";
+import { nodeSha256, openStore } from "../../core/node/snapshot-dir.ts";
 import { StoreNonceLedger } from "../../core/protocol/nonce-ledger.ts";
 import { createEdgeApp, type EdgeApp } from "../edge/app.ts";
 import { ObjectFileStore } from "../edge/files.ts";
@@ -158,6 +158,7 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
     tokenizer,
     store,
     saltSecret: options.saltSecret ?? `salt:${secret}`,
+    sha256: nodeSha256,
   }).catch(unwind);
   opened[0] = () => engine.close(); // closes the runtime too
   const metricsKey = `ul-metrics-${randomHex(16)}`;
