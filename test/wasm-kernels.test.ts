@@ -1,11 +1,12 @@
 // Every WASM kernel against its scalar reference (wasm/assembly), on shapes that hit every tile
-// remainder, with a tolerance per op justified next to it. u = 2^-24 is f32's unit roundoff.
+// remainder, with a tolerance per op justified next to it. u = 2^-24 is f32's unit roundoff. The
+// references are exported by the test module (wasm/build/ultralong-test.wasm) only.
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { createRng } from "../core/engine/sampling.ts";
 import { f32ToBf16 } from "../core/safetensors/dtype.ts";
-import { ensureBuilt, INITIAL_PAGES, WASM_FILE } from "../wasm/build.mjs";
+import { ensureBuilt, INITIAL_PAGES, TEST_WASM_FILE } from "../wasm/build.mjs";
 import { attentionScratchBytes } from "../wasm/src/shard.mjs";
 
 const root = join(import.meta.dirname, "..");
@@ -51,7 +52,7 @@ function fill(p: number, n: number, r: () => number, scale = 1): Float32Array {
 
 beforeAll(async () => {
   await ensureBuilt({ root });
-  const module = new WebAssembly.Module(readFileSync(join(root, WASM_FILE)));
+  const module = new WebAssembly.Module(readFileSync(join(root, TEST_WASM_FILE)));
   const memory = new WebAssembly.Memory({ initial: INITIAL_PAGES, maximum: 65536 });
   const exports = new WebAssembly.Instance(module, { env: { memory } }).exports;
   k = { ...(exports as object), memory } as Kernels;

@@ -1,6 +1,10 @@
-// Builds the AssemblyScript kernels: wasm/assembly/*.ts -> wasm/build/ultralong.wasm, with SIMD,
-// -O3, the stub runtime (the kernels allocate nothing) and an imported memory (one per worker).
-// The output is written to a temporary name and renamed, so a reader never sees half a file.
+// Builds the AssemblyScript kernels, with SIMD, -O3, the stub runtime (the kernels allocate
+// nothing) and an imported memory (one per worker), into two modules:
+//   product  wasm/assembly/index.ts -> wasm/build/ultralong.wasm: only what the runtime calls; the
+//            one the runtime (wasm/src/module.ts) and the model image load
+//   test     wasm/assembly/test.ts -> wasm/build/ultralong-test.wasm: the product's exports plus
+//            the scalar references and the bench loops (kernel tests, npm run bench -- runtime)
+// Each output is written to a temporary name and renamed, so a reader never sees half a file.
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
@@ -11,19 +15,28 @@ import { INITIAL_PAGES } from "./src/shard.mjs";
 export { INITIAL_PAGES };
 
 export const WASM_FILE = "wasm/build/ultralong.wasm";
+export const TEST_WASM_FILE = "wasm/build/ultralong-test.wasm";
 
-export async function build({ root }) {
+/** Entry point -> output of each module (outputs relative to the root, .wat beside the .wasm). */
+const TARGETS = [
+  { entry: "index.ts", out: WASM_FILE },
+  { entry: "test.ts", out: TEST_WASM_FILE },
+];
+
+function compile(root, { entry, out }) {
   const asc = join(root, "node_modules", "assemblyscript", "bin", "asc.js");
   const outDir = join(root, "wasm", "build");
   mkdirSync(outDir, { recursive: true });
   const tmp = join(outDir, `.tmp-${process.pid}-${Date.now()}`);
+  const wasm = join(root, out);
+  const wat = wasm.replace(/\.wasm$/, ".wat");
   const args = [
     asc,
-    join(root, "wasm", "assembly", "index.ts"),
+    join(root, "wasm", "assembly", entry),
     "--outFile",
-    join(tmp, "ultralong.wasm"),
+    join(tmp, "out.wasm"),
     "--textFile",
-    join(tmp, "ultralong.wat"),
+    join(tmp, "out.wat"),
     "--enable",
     "simd",
     "--optimizeLevel",
@@ -42,24 +55,36 @@ export async function build({ root }) {
   const r = spawnSync(process.execPath, args, { stdio: "inherit" });
   if (r.status !== 0) {
     rmSync(tmp, { recursive: true, force: true });
-    throw new Error(`asc failed (exit ${r.status})`);
+    throw new Error(`asc failed on wasm/assembly/${entry} (exit ${r.status})`);
   }
-  renameSync(join(tmp, "ultralong.wat"), join(outDir, "ultralong.wat"));
-  renameSync(join(tmp, "ultralong.wasm"), join(root, WASM_FILE));
+  renameSync(join(tmp, "out.wat"), wat);
+  renameSync(join(tmp, "out.wasm"), wasm);
   rmSync(tmp, { recursive: true, force: true });
 }
 
-/** Build unless wasm/build/ultralong.wasm is newer than every AssemblyScript source (for tests). */
-export async function ensureBuilt({ root }) {
-  const out = join(root, WASM_FILE);
+/**
+ * Whether `out` is newer than every input: each AssemblyScript source (any may reach either
+ * entry), this script (the flags) and shard.mjs (INITIAL_PAGES).
+ */
+function upToDate(root, out) {
+  const path = join(root, out);
+  if (!existsSync(path)) return false;
   const srcDir = join(root, "wasm", "assembly");
-  if (existsSync(out)) {
-    const built = statSync(out).mtimeMs;
-    const newest = Math.max(...readdirSync(srcDir).map((f) => statSync(join(srcDir, f)).mtimeMs));
-    if (built >= newest) return;
-  }
-  await build({ root });
+  const inputs = [
+    ...readdirSync(srcDir).map((f) => join(srcDir, f)),
+    join(root, "wasm", "build.mjs"),
+    join(root, "wasm", "src", "shard.mjs"),
+  ];
+  return statSync(path).mtimeMs >= Math.max(...inputs.map((f) => statSync(f).mtimeMs));
 }
+
+/** Build each module that is older than one of its inputs (npm run build, the tests). */
+export async function build({ root }) {
+  for (const t of TARGETS) if (!upToDate(root, t.out)) compile(root, t);
+}
+
+/** The tests' name for build(). */
+export const ensureBuilt = build;
 
 if (import.meta.url === `file://${process.argv[1]}`) {
   await build({ root: join(import.meta.dirname, "..") });

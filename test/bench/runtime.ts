@@ -1,6 +1,7 @@
 // `npm run bench -- runtime [--quick] [--threads 1,2]`: the WASM SIMD runtime on a generated
 // Llama-shaped model (default ~155M parameters, F32), with its peers measured in the same run:
-//   - SIMD128 peak: a tight f32x4 multiply-add loop (wasm/assembly/bench.ts peak_madd)
+//   - SIMD128 peak: a tight f32x4 multiply-add loop (wasm/assembly/bench.ts peak_madd, in the test
+//     module wasm/build/ultralong-test.wasm; the runtime and the GEMM run the product module)
 //   - memory bandwidth: v128 loads over 512 MiB (read_bytes), with 1 and with 2 worker threads
 //   - the same peak loop in 2 workers at once: how far this machine itself scales right now
 //   - the prefill GEMM alone on the model's FFN shape, against the peak (target >= 70%)
@@ -8,14 +9,14 @@
 //   - decode bytes/s of weights read against the bandwidth (target >= 60%)
 // Every figure is the best of several runs (the machine may be shared); V8 first runs WASM in its
 // baseline tier, so every kernel is warmed up before it is timed. Prints one JSON object.
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { availableParallelism, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { Worker } from "node:worker_threads";
 import type { GenerateOptions } from "../../core/model/generate.ts";
 import { loadModelDir } from "../../core/node/load-model-dir.ts";
 import { makeModelDir } from "../../core/node/make-model.ts";
-import { ensureBuilt, INITIAL_PAGES } from "../../wasm/build.mjs";
+import { ensureBuilt, INITIAL_PAGES, TEST_WASM_FILE } from "../../wasm/build.mjs";
 import { loadWasmModule } from "../../wasm/src/module.ts";
 import { createWasmRuntime } from "../../wasm/src/runtime.ts";
 
@@ -200,8 +201,10 @@ export default async function main(args: string[]): Promise<void> {
   const ti = args.indexOf("--threads");
   const threadList = ti >= 0 ? args[ti + 1].split(",").map(Number) : [1, 2];
   const opts = quick ? QUICK : FULL;
-  await ensureBuilt({ root: join(import.meta.dirname, "..", "..") });
+  const root = join(import.meta.dirname, "..", "..");
+  await ensureBuilt({ root });
   const module = await loadWasmModule();
+  const peers = new WebAssembly.Module(readFileSync(join(root, TEST_WASM_FILE)));
 
   const H = opts.hidden!;
   const L = opts.layers!;
@@ -222,11 +225,11 @@ export default async function main(args: string[]): Promise<void> {
     await makeModelDir(dir, opts);
     const generateMs = now() - t0;
 
-    const peak = await simdPeak(module);
+    const peak = await simdPeak(peers);
     const gemmGflops = await gemm(module, 128, H, opts.ffn!);
-    const bw1 = await inWorkers(module, "read", 1);
-    const bw2 = threadList.includes(2) ? await inWorkers(module, "read", 2) : null;
-    const peak2 = threadList.includes(2) ? await inWorkers(module, "peak", 2) : null;
+    const bw1 = await inWorkers(peers, "read", 1);
+    const bw2 = threadList.includes(2) ? await inWorkers(peers, "read", 2) : null;
+    const peak2 = threadList.includes(2) ? await inWorkers(peers, "peak", 2) : null;
 
     const runs: RunFigures[] = [];
     for (const threads of threadList) {
