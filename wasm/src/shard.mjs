@@ -7,8 +7,9 @@
 // order, so every shard holds bit-identical residuals). With one shard the partial is added to the
 // residual directly.
 //
-// Plain JavaScript (no TypeScript) on purpose: worker.mjs imports it, and a worker must start with no
-// TS loader. Types for the TS glue are in shard.d.mts.
+// Plain JavaScript (no TypeScript) on purpose: worker.mjs imports it, and a worker (and workerd)
+// must load it with no TS loader. It is type-checked all the same (@ts-check, the JSDoc types below,
+// `npm run lint`), and the TS glue imports those types from here.
 //
 // Memory map (every region 64-byte aligned), from heap_base up:
 //   weights    per layer: attnNorm (H) f32, qkv ((nh + 2 nkv) hd, H), o (H, nh hd), ffnNorm (H) f32,
@@ -19,6 +20,57 @@
 //              quantization staging (64, max cols) f32 (int8 only)
 //   KV cache   at the top, grown by doubling: for each layer K (nkv, cap, hd) then V (nkv, cap, hd),
 //              f32 or bf16. Growing moves the regions up (memmove), so memory is one contiguous map.
+
+// @ts-check
+
+/** @typedef {"f32" | "bf16" | "int8"} WeightFormat */
+/** @typedef {"qkv" | "o" | "gu" | "down" | "lm"} MatrixKey */
+/** @typedef {"attnNorm" | "ffnNorm" | "finalNorm"} VectorKey */
+
+/**
+ * One shard's dims: counts are LOCAL to the shard (its heads, FFN columns, vocab rows).
+ * @typedef {object} ShardSpec
+ * @property {number} hidden
+ * @property {number} layers
+ * @property {number} headDim
+ * @property {number} heads
+ * @property {number} kvHeads
+ * @property {number} ffn
+ * @property {number} vocab
+ * @property {number} eps
+ * @property {WeightFormat} weightFormat
+ * @property {"f32" | "bf16"} kvDtype
+ * @property {number} maxBatch  tokens per micro-batch (activation buffers are sized for it)
+ * @property {number} maxPositions
+ */
+
+/**
+ * The product module's exports (wasm/assembly/index.ts), as JS sees them: pointers are byte
+ * offsets into the memory, bool parameters are 0 | 1.
+ * @typedef {object} Kernels
+ * @property {() => number} heap_base
+ * @property {(nh: number, nkv: number, hd: number) => number} attention_scratch_bytes
+ * @property {(x: number, T: number, K: number, w: number, N: number, y: number, acc: number) => void} matmul_f32
+ * @property {(x: number, T: number, K: number, w: number, N: number, y: number, acc: number) => void} matmul_bf16
+ * @property {(x: number, T: number, K: number, w: number, scales: number, N: number, y: number, acc: number) => void} matmul_i8
+ * @property {(w: number, N: number, K: number, q: number, scales: number) => void} quantize_i8
+ * @property {(x: number, w: number, y: number, T: number, H: number, eps: number) => void} rmsnorm
+ * @property {(invFreq: number, half: number, p0: number, T: number, scaling: number, cos: number, sin: number) => void} rope_table
+ * @property {(x: number, stride: number, T: number, heads: number, hd: number, cos: number, sin: number) => void} rope_apply
+ * @property {(src: number, stride: number, T: number, nkv: number, hd: number, cache: number, cap: number, pos0: number, bf16: number) => void} kv_store
+ * @property {(q: number, qStride: number, out: number, outStride: number, T: number, p0: number, nh: number, nkv: number, hd: number, kCache: number, vCache: number, cap: number, bf16: number, scale: number, scratch: number) => void} attention
+ * @property {(gu: number, T: number, F: number, out: number) => void} swiglu
+ * @property {(dst: number, src: number, n: number) => void} add_into
+ */
+
+/**
+ * A matrix (rows, cols) in memory: elements at ptr, int8 scales (rows, cols / 32) f32 at scales.
+ * @typedef {{ rows: number, cols: number, ptr: number, scales: number }} Matrix
+ */
+/**
+ * One layer's weights: norm vectors (H) f32 at a pointer, the matrices.
+ * @typedef {{ attnNorm: number, qkv: Matrix, o: Matrix, ffnNorm: number, gu: Matrix, down: Matrix }} Layer
+ */
 
 const ALIGN = 64;
 const PAGE = 65536;
@@ -32,6 +84,7 @@ export const INITIAL_PAGES = 8;
 const QUANT_ROWS = 64;
 const I8_BLOCK = 32;
 
+/** @param {number} n */
 const align = (n) => Math.ceil(n / ALIGN) * ALIGN;
 
 // attention's tile sizes (wasm/assembly/attention.ts BQ, BK): planning happens before any module is
@@ -40,18 +93,34 @@ const align = (n) => Math.ceil(n / ALIGN) * ALIGN;
 const ATT_BQ = 16;
 const ATT_BK = 64;
 
-/** Bytes of attention scratch for nh query heads over nkv KV heads of hd (one shard's heads). */
+/**
+ * Bytes of attention scratch for nh query heads over nkv KV heads of hd (one shard's heads).
+ * @param {number} nh
+ * @param {number} nkv
+ * @param {number} hd
+ * @returns {number}
+ */
 export function attentionScratchBytes(nh, nkv, hd) {
   return (2 * ATT_BK * hd + ATT_BK + 4 + 2 * ATT_BQ * Math.max(1, nh / Math.max(1, nkv))) * 4;
 }
 
-/** Bytes of one matrix (rows, cols) in `format`, int8 scales included. */
+/**
+ * Bytes of one matrix (rows, cols) in `format`, int8 scales included.
+ * @param {number} rows
+ * @param {number} cols
+ * @param {WeightFormat} format
+ * @returns {number}
+ */
 export function matrixBytes(rows, cols, format) {
   if (format === "int8") return align(rows * cols) + align((rows * cols) / I8_BLOCK) * 4;
   return align(rows * cols * (format === "bf16" ? 2 : 4));
 }
 
-/** Every byte count a shard will hold, for planning before any memory exists. */
+/**
+ * Every byte count a shard will hold, for planning before any memory exists.
+ * @param {ShardSpec} spec
+ * @returns {{ weights: number, activations: number, kvPerPosition: number }}
+ */
 export function shardBytes(spec) {
   const { hidden: H, headDim: hd, heads: nh, kvHeads: nkv, ffn: F, vocab: V, layers: L } = spec;
   const f = spec.weightFormat;
@@ -80,33 +149,43 @@ export function shardBytes(spec) {
   return { weights, activations, kvPerPosition };
 }
 
+/** @typedef {(partial: Float32Array) => void} Reduce  adds every shard's partial into the residual */
+
 export class Shard {
   /**
    * @param {WebAssembly.Module} module  the compiled kernels (wasm/build/ultralong.wasm)
-   * @param {object} spec  this shard's dims: hidden, layers, headDim, heads, kvHeads, ffn, vocab (all
-   *   local counts), eps, weightFormat, kvDtype, maxBatch, maxPositions
+   * @param {ShardSpec} spec  this shard's dims (local counts)
    */
   constructor(module, spec) {
+    /** @readonly */
     this.spec = spec;
     this.memory = new WebAssembly.Memory({ initial: INITIAL_PAGES, maximum: MAX_PAGES });
-    this.k = new WebAssembly.Instance(module, { env: { memory: this.memory } }).exports;
+    const instance = new WebAssembly.Instance(module, { env: { memory: this.memory } });
+    this.k = /** @type {Kernels} */ (/** @type {unknown} */ (instance.exports));
     const { hidden: H, headDim: hd, heads: nh, kvHeads: nkv, ffn: F, vocab: V, layers: L } = spec;
     const f = spec.weightFormat;
     const B = spec.maxBatch;
     this.nqkv = (nh + 2 * nkv) * hd;
     this.kvEb = spec.kvDtype === "bf16" ? 2 : 4;
     let top = align(this.k.heap_base());
+    /** @param {number} bytes */
     const take = (bytes) => {
       const p = top;
       top += align(bytes);
       return p;
     };
+    /**
+     * @param {number} rows
+     * @param {number} cols
+     * @returns {Matrix}
+     */
     const matrix = (rows, cols) => {
       const eb = f === "bf16" ? 2 : f === "int8" ? 1 : 4;
       const m = { rows, cols, ptr: take(rows * cols * eb), scales: 0 };
       if (f === "int8") m.scales = take((rows * cols * 4) / I8_BLOCK);
       return m;
     };
+    /** @type {Layer[]} */
     this.layers = [];
     for (let l = 0; l < L; l++) {
       this.layers.push({
@@ -137,9 +216,13 @@ export class Shard {
     this.kvBase = top;
     this.cap = 0;
     this.scaling = 1;
+    // The micro-batch begin() started: its first position and token count.
+    this.p0 = 0;
+    this.T = 0;
     this.#ensureBytes(top);
   }
 
+  /** @param {number} end */
   #ensureBytes(end) {
     const have = this.memory.buffer.byteLength;
     if (end <= have) return;
@@ -147,15 +230,21 @@ export class Shard {
     try {
       this.memory.grow(pages);
     } catch (cause) {
-      const err = new Error(
-        `shard needs ${end} bytes of WebAssembly memory, more than the 4 GiB one memory holds; use more threads or a smaller weight format`,
-        { cause },
+      // shard-errors.ts maps the code to core's LimitError (this file cannot import core).
+      throw Object.assign(
+        new Error(
+          `shard needs ${end} bytes of WebAssembly memory, more than the 4 GiB one memory holds; use more threads or a smaller weight format`,
+          { cause },
+        ),
+        { code: "limit_exceeded" },
       );
-      err.code = "limit_exceeded";
-      throw err;
     }
   }
 
+  /**
+   * @param {number} ptr
+   * @param {number} n
+   */
   #f32(ptr, n) {
     return new Float32Array(this.memory.buffer, ptr, n);
   }
@@ -165,7 +254,12 @@ export class Shard {
     return this.weightEnd - align(this.k.heap_base());
   }
 
-  /** A norm weight: key attnNorm | ffnNorm (per layer) or finalNorm (layer ignored). */
+  /**
+   * A norm weight: key attnNorm | ffnNorm (per layer) or finalNorm (layer ignored).
+   * @param {VectorKey} key
+   * @param {number} layer
+   * @param {Float32Array} data
+   */
   setVector(key, layer, data) {
     const ptr = key === "finalNorm" ? this.finalNorm : this.layers[layer][key];
     this.#f32(ptr, this.spec.hidden).set(data);
@@ -174,6 +268,10 @@ export class Shard {
   /**
    * Rows [rowOffset, rowOffset + data.length / cols) of a matrix: key qkv | o | gu | down (per
    * layer) or lm. data: Float32Array for f32 and int8 (quantized here), Uint16Array bf16 bits.
+   * @param {MatrixKey} key
+   * @param {number} layer
+   * @param {number} rowOffset
+   * @param {Float32Array | Uint16Array} data
    */
   setMatrix(key, layer, rowOffset, data) {
     const m = key === "lm" ? this.lm : this.layers[layer][key];
@@ -203,7 +301,11 @@ export class Shard {
     }
   }
 
-  /** Rotary frequencies (hd / 2, f64) and yarn's attention scaling, from core/model/rope.ts. */
+  /**
+   * Rotary frequencies (hd / 2, f64) and yarn's attention scaling, from core/model/rope.ts.
+   * @param {Float64Array} invFreq
+   * @param {number} scaling
+   */
   setRope(invFreq, scaling) {
     new Float64Array(this.memory.buffer, this.invFreq, this.spec.headDim / 2).set(invFreq);
     this.scaling = scaling;
@@ -214,7 +316,11 @@ export class Shard {
     return this.#f32(this.x, this.spec.maxBatch * this.spec.hidden);
   }
 
-  /** Make room for positions < end in the KV cache, keeping positions < keep. */
+  /**
+   * Make room for positions < end in the KV cache, keeping positions < keep.
+   * @param {number} end
+   * @param {number} keep
+   */
   reserve(end, keep) {
     if (end <= this.cap) return;
     const { layers: L, kvHeads: nkv, headDim: hd, maxPositions } = this.spec;
@@ -233,12 +339,20 @@ export class Shard {
     this.cap = cap;
   }
 
+  /**
+   * @param {number} layer
+   * @param {0 | 1} which  K | V
+   */
   #kvPtr(layer, which) {
     const { kvHeads: nkv, headDim: hd } = this.spec;
     return this.kvBase + (2 * layer + which) * nkv * this.cap * hd * this.kvEb;
   }
 
-  /** Start a micro-batch of T tokens at position p0 (the rows are already in input()). */
+  /**
+   * Start a micro-batch of T tokens at position p0 (the rows are already in input()).
+   * @param {number} p0
+   * @param {number} T
+   */
   begin(p0, T) {
     this.reserve(p0 + T, p0);
     this.p0 = p0;
@@ -246,6 +360,13 @@ export class Shard {
     this.k.rope_table(this.invFreq, this.spec.headDim / 2, p0, T, this.scaling, this.cos, this.sin);
   }
 
+  /**
+   * @param {number} x
+   * @param {number} T
+   * @param {Matrix} m
+   * @param {number} y
+   * @param {boolean} acc
+   */
   #matmul(x, T, m, y, acc) {
     const f = this.spec.weightFormat;
     if (m.rows === 0) return;
@@ -257,6 +378,8 @@ export class Shard {
   /**
    * Attention half of layer l. reduce === null: one shard, the output projection is added to the
    * residual. Otherwise the partial goes to `part` and reduce(part) must add every shard's partial.
+   * @param {number} l
+   * @param {Reduce | null} reduce
    */
   attention(l, reduce) {
     const { hidden: H, headDim: hd, heads: nh, kvHeads: nkv, eps } = this.spec;
@@ -294,7 +417,11 @@ export class Shard {
     this.#project(w.o, this.att, reduce);
   }
 
-  /** FFN half of layer l (SwiGLU), same reduce contract as attention(). */
+  /**
+   * FFN half of layer l (SwiGLU), same reduce contract as attention().
+   * @param {number} l
+   * @param {Reduce | null} reduce
+   */
   ffn(l, reduce) {
     const { hidden: H, ffn: F, eps } = this.spec;
     const w = this.layers[l];
@@ -307,6 +434,11 @@ export class Shard {
     this.#project(w.down, this.act, reduce);
   }
 
+  /**
+   * @param {Matrix} m
+   * @param {number} input
+   * @param {Reduce | null} reduce
+   */
   #project(m, input, reduce) {
     const T = this.T;
     if (reduce === null) {
@@ -318,7 +450,10 @@ export class Shard {
     reduce(this.#f32(this.part, T * this.spec.hidden));
   }
 
-  /** Add `partial` (T, H) into the residual: the reduce step, in the caller's fixed shard order. */
+  /**
+   * Add `partial` (T, H) into the residual: the reduce step, in the caller's fixed shard order.
+   * @param {Float32Array} partial
+   */
   addToResidual(partial) {
     const n = this.T * this.spec.hidden;
     this.#f32(this.part, n).set(partial.subarray(0, n));
@@ -336,6 +471,9 @@ export class Shard {
   /**
    * KV of positions [start, end) for this shard's heads, in the cache dtype: for each layer
    * K (nkv, n, hd) then V (nkv, n, hd). A copy.
+   * @param {number} start
+   * @param {number} end
+   * @returns {Uint8Array}
    */
   exportKv(start, end) {
     const { layers: L, kvHeads: nkv, headDim: hd } = this.spec;
@@ -347,7 +485,12 @@ export class Shard {
     return out;
   }
 
-  /** Write positions [start, start + n) from bytes in exportKv's layout and the cache dtype. */
+  /**
+   * Write positions [start, start + n) from bytes in exportKv's layout and the cache dtype.
+   * @param {Uint8Array} bytes
+   * @param {number} start
+   * @param {number} n
+   */
   importKv(bytes, start, n) {
     this.reserve(start + n, start);
     const mem = new Uint8Array(this.memory.buffer);
@@ -359,6 +502,9 @@ export class Shard {
   /**
    * exportKv's layout walked run by run: for each layer, K then V, each local KV head, the `bytes`
    * of positions [start, start + n) at `ptr` in memory and at `at` in the exported bytes.
+   * @param {number} start
+   * @param {number} n
+   * @returns {Generator<{ ptr: number, at: number, bytes: number }>}
    */
   *#kvRuns(start, n) {
     const { layers: L, kvHeads: nkv } = this.spec;
@@ -366,7 +512,7 @@ export class Shard {
     const bytes = n * rowBytes;
     let at = 0;
     for (let l = 0; l < L; l++) {
-      for (let which = 0; which < 2; which++) {
+      for (const which of /** @type {const} */ ([0, 1])) {
         for (let h = 0; h < nkv; h++) {
           yield { ptr: this.#kvPtr(l, which) + (h * this.cap + start) * rowBytes, at, bytes };
           at += bytes;
