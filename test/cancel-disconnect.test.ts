@@ -8,8 +8,8 @@
 //
 // The moments are drawn from a seeded generator (SEED=<n> to replay; the seed is printed).
 import { afterAll, beforeAll, expect, it } from "vitest";
+import { sha256Hex } from "../core/hash/sha256.ts";
 import { parseSse } from "../core/protocol/events.ts";
-import { sha256Hex } from "../functions/edge/keys.ts";
 import { type LocalServer, startLocal } from "../functions/platform/local.ts";
 import { scratchDir, testModelDir } from "./support/models.ts";
 

@@ -11,9 +11,10 @@ import { dirname, join } from "node:path";
 import { Match, Template } from "aws-cdk-lib/assertions";
 import { beforeAll, describe, expect, it } from "vitest";
 import { LimitError } from "../core/errors.ts";
+import { sha256Hex } from "../core/hash/sha256.ts";
 import { CUDA_KV_DTYPES, type CudaKvDtypeName, memoryFor } from "../core/model/capacity.ts";
 import { ULTRALONG_8B } from "../core/model/ultralong-8b.ts";
-import { KeyRing, sha256Hex } from "../functions/edge/keys.ts";
+import { KeyRing } from "../functions/edge/keys.ts";
 import { bundleEdge, LAMBDA_NODE_MAJOR } from "../infra/deploy/bundle.ts";
 import { PLACEHOLDER_MODEL_URI, resolveDeployConfig } from "../infra/deploy/config.ts";
 import {

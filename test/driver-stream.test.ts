@@ -15,7 +15,8 @@ import type { Runtime } from "../core/engine/runtime.ts";
 import { CancelledError, InvalidInputError } from "../core/errors.ts";
 import { createSnapshotCache } from "../core/kv/snapshot-cache.ts";
 import type { LoadedModel } from "../core/model/weights.ts";
-import { DirectoryStore, nodeSha256 } from "../core/node/snapshot-dir.ts";
+import { nodeSha256 } from "../core/node/hasher.ts";
+import { DirectoryStore } from "../core/node/snapshot-dir.ts";
 import { loadTestModel, SMALL_VOCAB, scratchDir } from "./support/models.ts";
 
 let model: LoadedModel;

@@ -3,8 +3,8 @@
 // in a real directory). Bad input, auth, tenant isolation, control-token text, disconnects.
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { sha256Hex } from "../core/hash/sha256.ts";
 import { parseSse } from "../core/protocol/events.ts";
-import { sha256Hex } from "../functions/edge/keys.ts";
 import { type LocalServer, startLocal } from "../functions/platform/local.ts";
 import { signedGenerate } from "./support/generate-request.ts";
 import { scratchDir, testModelDir } from "./support/models.ts";

@@ -5,12 +5,12 @@
 import { connect, createServer } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { InvalidInputError, LimitError, NotAvailableError } from "../core/errors.ts";
+import { sha256Hex } from "../core/hash/sha256.ts";
 import { StoreError } from "../core/kv/store.ts";
 import { loadModelDir } from "../core/node/load-model-dir.ts";
 import { FRAMES_CONTENT_TYPE, frameStream, GENERATE_PATH } from "../core/protocol/frames.ts";
 import { importSigningKey, SignatureError, signRequest } from "../core/protocol/signing.ts";
 import { createEdgeApp } from "../functions/edge/app.ts";
-import { sha256Hex } from "../functions/edge/keys.ts";
 import { edgeTextFromTokenizer } from "../functions/edge/tokenizer-text.ts";
 import {
   describeError,

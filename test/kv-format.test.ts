@@ -2,9 +2,9 @@
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
-import { toHex } from "../core/crypto/sha256.ts";
 import { deriveTenantKey, masterKeyId, parseMasterKey } from "../core/crypto/tenant-key.ts";
 import { FormatError } from "../core/errors.ts";
+import { toHex } from "../core/hash/hex.ts";
 import { chainKey, chainKeys, tenantTag } from "../core/kv/chain-key.ts";
 import {
   DecryptError,

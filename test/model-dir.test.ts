@@ -17,12 +17,13 @@ import {
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { UltralongError } from "../core/errors.ts";
-import { Sha256, sha256, sha256Digest } from "../core/hash/sha256.ts";
+import { toHex } from "../core/hash/hex.ts";
+import { createSha256, sha256Sync } from "../core/hash/sha256.ts";
 import type { ByteSource, ModelFiles } from "../core/io/byte-source.ts";
 import type { GenerateOptions } from "../core/model/generate.ts";
 import { loadModel } from "../core/model/load.ts";
 import { CACHE_FILE, DirectoryFingerprintCache } from "../core/node/fingerprint-cache.ts";
-import { nodeSha256 } from "../core/node/hasher.ts";
+import { createNodeSha256 } from "../core/node/hasher.ts";
 import { loadModelDir } from "../core/node/load-model-dir.ts";
 import { DirectoryModelFiles } from "../core/node/model-files.ts";
 import { runUltralong, scratchDir, testModelDir } from "./support/models.ts";
@@ -434,29 +435,29 @@ describe("SHA-256", () => {
     for (const len of [0, 1, 55, 56, 63, 64, 65, 119, 120, 128, 1000, 5000]) {
       const want = createHash("sha256").update(data.subarray(0, len)).digest("hex");
       for (const split of [0, 1, 63, 64, 500]) {
-        const h = new Sha256();
+        const h = createSha256();
         let i = 0;
         while (i < len) {
           const step = Math.max(1, Math.min(split || len, len - i));
           h.update(data.subarray(i, i + step));
           i += step;
         }
-        expect(h.digestHex()).toBe(want);
+        expect(toHex(h.digest())).toBe(want);
       }
     }
-    expect(Buffer.from(sha256Digest(data)).equals(createHash("sha256").update(data).digest())).toBe(
+    expect(Buffer.from(sha256Sync(data)).equals(createHash("sha256").update(data).digest())).toBe(
       true,
     );
     const big = randomBytes(3 * 1024 * 1024 + 7);
-    const h = new Sha256();
+    const h = createSha256();
     h.update(big);
-    expect(h.digestHex()).toBe(createHash("sha256").update(big).digest("hex"));
+    expect(toHex(h.digest())).toBe(createHash("sha256").update(big).digest("hex"));
   });
 
   it("both Hashers give the same raw digest (what the fingerprint feeds in per tensor)", () => {
     const data = randomBytes(1000);
     const want = createHash("sha256").update(data).digest();
-    for (const make of [sha256, nodeSha256]) {
+    for (const make of [createSha256, createNodeSha256]) {
       const h = make();
       h.update(data.subarray(0, 300));
       h.update(data.subarray(300));
@@ -507,18 +508,18 @@ describe("fingerprint", () => {
   it("changes with config.json and with the tokenizer files", async () => {
     const dir = await copyOf(BASE);
     const base = await (
-      await loadModel(new DirectoryModelFiles(dir), { hasher: nodeSha256 })
+      await loadModel(new DirectoryModelFiles(dir), { hasher: createNodeSha256 })
     ).fingerprint();
     await editJson(join(dir, "config.json"), (j) => {
       j.rms_norm_eps = 1e-6;
     });
     const withEps = await (
-      await loadModel(new DirectoryModelFiles(dir), { hasher: nodeSha256 })
+      await loadModel(new DirectoryModelFiles(dir), { hasher: createNodeSha256 })
     ).fingerprint();
     expect(withEps).not.toBe(base);
     await writeFile(join(dir, "tokenizer_config.json"), "{}");
     const withTok = await (
-      await loadModel(new DirectoryModelFiles(dir), { hasher: nodeSha256 })
+      await loadModel(new DirectoryModelFiles(dir), { hasher: createNodeSha256 })
     ).fingerprint();
     expect(withTok).not.toBe(withEps);
   });
@@ -531,7 +532,7 @@ describe("fingerprint", () => {
     const cacheDir = scratchDir("user-cache");
     const cache = new DirectoryFingerprintCache(dir, { cacheDir });
     const files = new DirectoryModelFiles(dir);
-    const fp = await (await loadModel(files, { hasher: nodeSha256, cache })).fingerprint();
+    const fp = await (await loadModel(files, { hasher: createNodeSha256, cache })).fingerprint();
     const fallback = JSON.parse(await readFile(cache.fallbackFile, "utf8"));
     expect(cache.fallbackFile.startsWith(cacheDir)).toBe(true);
     expect(fallback.fingerprint).toBe(fp);
@@ -539,7 +540,7 @@ describe("fingerprint", () => {
       cache.fallbackFile,
       JSON.stringify({ ...fallback, fingerprint: "cd".repeat(32) }),
     );
-    expect(await (await loadModel(files, { hasher: nodeSha256, cache })).fingerprint()).toBe(
+    expect(await (await loadModel(files, { hasher: createNodeSha256, cache })).fingerprint()).toBe(
       "cd".repeat(32),
     );
     await rm(join(dir, CACHE_FILE), { recursive: true });

@@ -11,7 +11,8 @@
 // a fresh nonce, so a key-nonce pair is never reused for different plaintext.
 
 import { InvalidInputError } from "../errors.ts";
-import { bufferSource as bs, fromHex } from "./sha256.ts";
+import { fromHex } from "../hash/hex.ts";
+import { bufferSource as bs, sha256 } from "../hash/sha256.ts";
 
 export const GCM_NONCE_BYTES = 12;
 export const GCM_TAG_BYTES = 16;
@@ -52,7 +53,7 @@ export async function masterKeyId(master: Uint8Array): Promise<Uint8Array> {
   const data = new Uint8Array(label.length + master.length);
   data.set(label, 0);
   data.set(master, label.length);
-  return new Uint8Array(await crypto.subtle.digest("SHA-256", bs(data))).slice(0, 8);
+  return (await sha256(data)).slice(0, 8);
 }
 
 export function randomNonce(): Uint8Array {

@@ -7,6 +7,7 @@
 // stalled cancels at once, not when (if ever) the next frame comes.
 
 import { CancelledError, InvalidInputError, LimitError } from "../errors.ts";
+import { isTokenId } from "../tokenizer/token-id.ts";
 
 export type PromptSource =
   | Int32Array
@@ -129,7 +130,7 @@ export class PromptIntake {
     for (let i = 0; i < chunk.length; i++) {
       buf[start + i] = chunk[i]; // stored as int32, as Int32Array.from would
       const id = buf[start + i];
-      if (id < 0 || id >= vocabSize) {
+      if (!isTokenId(id, vocabSize)) {
         throw new InvalidInputError(`prompt token id ${id} is outside [0, ${vocabSize})`);
       }
     }

@@ -51,6 +51,7 @@ import {
   f32BitsToBf16,
   f32BitsToF16,
 } from "../safetensors/dtype.ts";
+import { isTokenId } from "../tokenizer/token-id.ts";
 import type { RuntimeFactory, RuntimeOptions } from "./registry.ts";
 import { checkKvRange, checkTruncate, type Runtime, type RuntimeInfo } from "./runtime.ts";
 
@@ -369,7 +370,7 @@ class ReferenceRuntime implements Runtime {
     const T = tokens.length;
     if (T === 0) throw new InvalidInputError("forward: no tokens");
     for (let t = 0; t < T; t++) {
-      if (!(tokens[t] >= 0 && tokens[t] < c.vocabSize)) {
+      if (!isTokenId(tokens[t], c.vocabSize)) {
         throw new InvalidInputError(`token id ${tokens[t]} is outside [0, ${c.vocabSize})`);
       }
     }

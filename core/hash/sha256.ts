@@ -1,18 +1,47 @@
-// Incremental SHA-256 (FIPS 180-4) in plain TypeScript, for platforms whose only SHA-256 is
-// WebCrypto's one-shot `crypto.subtle.digest`, which cannot stream a 32 GB checkpoint. On Node,
-// core/node/hasher.ts uses node:crypto instead (several times faster); both implement Hasher and
-// are tested to agree.
+// SHA-256, the one home for it in core (hex helpers beside it in hex.ts). Two shapes, named by
+// how they take their input:
+//
+//   one-shot   `sha256(bytes)` -> Promise of 32 bytes, through WebCrypto so it runs in Node,
+//              Workers, Lambda and browsers alike; `OneShotSha256` is its type, injected where
+//              large payloads are hashed (snapshot bodies). On Node pass core/node/hasher.ts's
+//              nodeSha256: with node:crypto a 64 MiB S3 save ran at 62 MB/s, with crypto.subtle
+//              (which copies its input first) at 16 MB/s (docs/snapshot-format.md,
+//              `npm run bench -- snapshots`). `sha256Sync(bytes)` is the synchronous one-shot.
+//   streaming  `createSha256()` -> update(bytes) ... digest(), in plain TypeScript (FIPS 180-4),
+//              for platforms whose only SHA-256 is WebCrypto's one-shot digest, which cannot
+//              stream a 32 GB checkpoint. On Node, core/node/hasher.ts's createNodeSha256 is the
+//              same shape over node:crypto (several times faster); both are tested to agree.
 
-/** A streaming hash: feed bytes with update, then read the digest once. */
-export interface Hasher {
+import { toHex } from "./hex.ts";
+
+/** A one-shot SHA-256 function: 32 bytes out. */
+export type OneShotSha256 = (data: Uint8Array) => Promise<Uint8Array>;
+
+/** A streaming SHA-256: feed bytes with update, then read the digest once. */
+export interface StreamingSha256 {
   update(bytes: Uint8Array): void;
   /** The 32-byte digest; the hasher is finished afterwards. */
   digest(): Uint8Array;
-  /** Lower-case hex digest; the hasher is finished afterwards. */
-  digestHex(): string;
 }
 
-export type HasherFactory = () => Hasher;
+export type StreamingSha256Factory = () => StreamingSha256;
+
+/**
+ * TypeScript 5.9's DOM lib types WebCrypto inputs as ArrayBuffer-backed only; our buffers never
+ * live in a SharedArrayBuffer, so this narrowing is sound.
+ */
+export function bufferSource(bytes: Uint8Array): Uint8Array<ArrayBuffer> {
+  return bytes as Uint8Array<ArrayBuffer>;
+}
+
+/** One-shot SHA-256 through WebCrypto. */
+export const sha256: OneShotSha256 = async (data) =>
+  new Uint8Array(await crypto.subtle.digest("SHA-256", bufferSource(data)));
+
+/** Lower-case hex SHA-256 of a string's UTF-8 bytes (API key hashes). */
+export async function sha256Hex(text: string): Promise<string> {
+  return toHex(await sha256(new TextEncoder().encode(text)));
+}
 
 // biome-ignore format: the round constants read best as a table
 const K = new Uint32Array([
@@ -26,7 +55,7 @@ const K = new Uint32Array([
   0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
 ]);
 
-export class Sha256 implements Hasher {
+class PureSha256 implements StreamingSha256 {
   readonly #h = new Uint32Array([
     0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
   ]);
@@ -37,7 +66,7 @@ export class Sha256 implements Hasher {
   #done = false;
 
   update(bytes: Uint8Array): void {
-    if (this.#done) throw new Error("assertion failed: Sha256.update after digest");
+    if (this.#done) throw new Error("assertion failed: StreamingSha256.update after digest");
     this.#bytes += bytes.length;
     let i = 0;
     if (this.#fill > 0) {
@@ -54,12 +83,6 @@ export class Sha256 implements Hasher {
       this.#block.set(bytes.subarray(i), 0);
       this.#fill = bytes.length - i;
     }
-  }
-
-  digestHex(): string {
-    let hex = "";
-    for (const b of this.digest()) hex += b.toString(16).padStart(2, "0");
-    return hex;
   }
 
   /** The 32-byte digest; the hasher is finished afterwards. */
@@ -127,11 +150,12 @@ export class Sha256 implements Hasher {
   }
 }
 
-export const sha256: HasherFactory = () => new Sha256();
+/** Streaming SHA-256 in plain TypeScript. */
+export const createSha256: StreamingSha256Factory = () => new PureSha256();
 
-/** One-shot SHA-256 of `data` (synchronous, unlike WebCrypto's digest). */
-export function sha256Digest(data: Uint8Array): Uint8Array {
-  const h = new Sha256();
+/** One-shot SHA-256, synchronous (unlike WebCrypto's digest). */
+export function sha256Sync(data: Uint8Array): Uint8Array {
+  const h = createSha256();
   h.update(data);
   return h.digest();
 }

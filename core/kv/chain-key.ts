@@ -9,9 +9,10 @@
 // The tenant salt must come from the server (the API key's tenant), never from the client: it is
 // what keeps one tenant from ever hitting, or timing, another tenant's snapshots.
 
-import { subtleSha256, toHex } from "../crypto/sha256.ts";
 import { toBytes } from "../crypto/tenant-key.ts";
 import { assert } from "../errors.ts";
+import { toHex } from "../hash/hex.ts";
+import { sha256 } from "../hash/sha256.ts";
 import type { KvDtype } from "./layout.ts";
 
 /**
@@ -65,7 +66,7 @@ export async function chainKey(
     previous ?? new Uint8Array(0),
     int32le(tokens),
   ]);
-  return subtleSha256(data);
+  return sha256(data);
 }
 
 /** Keys of the first `chunks` whole chunks of `tokens` (chunk i = tokens[i*C, (i+1)*C)). */
@@ -95,5 +96,5 @@ export async function chainKeys(
  */
 export async function tenantTag(tenantSalt: string | Uint8Array): Promise<string> {
   const data = lengthPrefixed([toBytes("ultralong-tenant-tag"), toBytes(tenantSalt)]);
-  return toHex((await subtleSha256(data)).subarray(0, 8));
+  return toHex((await sha256(data)).subarray(0, 8));
 }

@@ -33,7 +33,6 @@
 // validate the 256-byte header (one ranged GET) before fetching the body. Authenticity against a
 // party that can write the bucket is AES-GCM's job (encryption on), not the checksum's.
 
-import { bytesEqual, fromHex, type Sha256, subtleSha256, toHex } from "../crypto/sha256.ts";
 import {
   GCM_NONCE_BYTES,
   GCM_TAG_BYTES,
@@ -42,6 +41,8 @@ import {
   randomNonce,
 } from "../crypto/tenant-key.ts";
 import { assert, FormatError } from "../errors.ts";
+import { bytesEqual, fromHex, toHex } from "../hash/hex.ts";
+import { type OneShotSha256, sha256 as webSha256 } from "../hash/sha256.ts";
 import {
   FP8_BLOCK_POSITIONS,
   type KvDtype,
@@ -117,7 +118,7 @@ export async function encodeSnapshot(
   payload: Uint8Array,
   opts: {
     key?: CryptoKey;
-    sha256?: Sha256;
+    sha256?: OneShotSha256;
     nonce?: Uint8Array;
     /** Write into this buffer (exactly snapshotObjectBytes long) instead of a new one. */
     into?: Uint8Array;
@@ -125,7 +126,7 @@ export async function encodeSnapshot(
     keyId?: Uint8Array;
   } = {},
 ): Promise<Uint8Array> {
-  const sha256 = opts.sha256 ?? subtleSha256;
+  const sha256 = opts.sha256 ?? webSha256;
   const { layout } = meta;
   const tokens = meta.tokenEnd - meta.tokenStart;
   assert(tokens > 0 && meta.tokenStart >= 0, "snapshot token range is non-empty");
@@ -194,7 +195,7 @@ export function snapshotObjectBytes(payloadBytes: number, encrypted: boolean): n
  */
 export async function parseSnapshotHeader(
   bytes: Uint8Array,
-  sha256?: Sha256,
+  sha256?: OneShotSha256,
 ): Promise<SnapshotHeader> {
   if (bytes.length < SNAPSHOT_HEADER_BYTES) {
     throw new FormatError(`snapshot is ${bytes.length} bytes, shorter than its 256-byte header`);
@@ -207,7 +208,7 @@ export async function parseSnapshotHeader(
   if (view.getUint16(10, true) !== SNAPSHOT_HEADER_BYTES) {
     throw new FormatError("snapshot header size is not 256");
   }
-  const digest = await (sha256 ?? subtleSha256)(raw.subarray(0, 224));
+  const digest = await (sha256 ?? webSha256)(raw.subarray(0, 224));
   if (!bytesEqual(digest, raw.subarray(224, 256))) {
     throw new FormatError("snapshot header checksum mismatch");
   }
@@ -312,9 +313,9 @@ export interface SnapshotKey {
  */
 export async function decodeSnapshot(
   object: Uint8Array,
-  opts: { key?: CryptoKey; keys?: SnapshotKey[]; sha256?: Sha256 } = {},
+  opts: { key?: CryptoKey; keys?: SnapshotKey[]; sha256?: OneShotSha256 } = {},
 ): Promise<{ header: SnapshotHeader; payload: Uint8Array }> {
-  const sha256 = opts.sha256 ?? subtleSha256;
+  const sha256 = opts.sha256 ?? webSha256;
   const header = await parseSnapshotHeader(object, sha256);
   if (object.length !== SNAPSHOT_HEADER_BYTES + header.bodyBytes) {
     throw new FormatError(

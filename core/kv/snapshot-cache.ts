@@ -19,7 +19,6 @@
 //   key not listed, plaintext where encryption is on) is a miss left in place; one whose tag fails
 //   under the key it names was tampered with and is quarantined like any bad object.
 
-import { bytesEqual, type Sha256, subtleSha256, toHex } from "../crypto/sha256.ts";
 import { deriveTenantKey, masterKeyId } from "../crypto/tenant-key.ts";
 import type { PrefixCache, PrefixCacheRestore } from "../engine/prefix-cache.ts";
 import type { Runtime } from "../engine/runtime.ts";
@@ -30,6 +29,8 @@ import {
   InvalidInputError,
   NotFoundError,
 } from "../errors.ts";
+import { bytesEqual, toHex } from "../hash/hex.ts";
+import { type OneShotSha256, sha256 as webSha256 } from "../hash/sha256.ts";
 import { type ChainKeyContext, chainKey, tenantTag } from "./chain-key.ts";
 import {
   decodeSnapshot,
@@ -61,7 +62,7 @@ export interface SnapshotCacheOptions {
   maxPendingUploads?: number;
   /** Chunks fetched ahead of the one being imported (default 3). */
   restoreAhead?: number;
-  sha256?: Sha256;
+  sha256?: OneShotSha256;
 }
 
 export interface SnapshotCacheStats {
@@ -104,7 +105,7 @@ export function createSnapshotCache(opts: SnapshotCacheOptions): SnapshotCache {
     throw new InvalidInputError("modelFingerprint must be 64 lowercase hex chars (SHA-256)");
   }
   const logger = opts.logger ?? defaultLogger;
-  const sha256 = opts.sha256 ?? subtleSha256;
+  const sha256 = opts.sha256 ?? webSha256;
   const maxPending = Math.max(1, opts.maxPendingUploads ?? 2);
   const ahead = Math.max(1, opts.restoreAhead ?? 3);
   const ctx: ChainKeyContext = {

@@ -17,7 +17,8 @@
 // bounded chunks), and combined in name order, so the same weights give the same fingerprint
 // however they are sharded, while a change of dtype (F32 vs BF16 files) changes it.
 
-import { type HasherFactory, sha256 } from "../hash/sha256.ts";
+import { toHex } from "../hash/hex.ts";
+import { createSha256, type StreamingSha256Factory } from "../hash/sha256.ts";
 import type { ModelFiles } from "../io/byte-source.ts";
 import type { Checkpoint } from "../safetensors/checkpoint.ts";
 import { safetensorsDtypeName } from "../safetensors/dtype.ts";
@@ -54,7 +55,7 @@ export interface FingerprintCache {
 
 export interface FingerprintOptions {
   /** Default: the pure-TS SHA-256 (core/hash); Node passes node:crypto's. */
-  hasher?: HasherFactory;
+  hasher?: StreamingSha256Factory;
   cache?: FingerprintCache;
 }
 
@@ -108,7 +109,7 @@ export async function computeFingerprint(
   files: ModelFiles,
   config: ModelConfig,
   checkpoint: Checkpoint,
-  hasher: HasherFactory = sha256,
+  hasher: StreamingSha256Factory = createSha256,
 ): Promise<string> {
   const h = hasher();
   const field = (bytes: Uint8Array | string) => {
@@ -144,7 +145,7 @@ export async function computeFingerprint(
     field(JSON.stringify(t.shape));
     field(digests.get(t.name)!);
   }
-  return h.digestHex();
+  return toHex(h.digest());
 }
 
 /** The fingerprint, from the cache when its stamps still match, else computed and stored. */

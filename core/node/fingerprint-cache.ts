@@ -4,16 +4,17 @@
 // and mtime still match (core/model/fingerprint.ts picks the files). A cache that cannot be written
 // anywhere costs a recomputation next time, never a wrong answer, so write failures are ignored.
 
-import { createHash } from "node:crypto";
 import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
 import { homedir } from "node:os";
 import { join, resolve } from "node:path";
+import { toHex } from "../hash/hex.ts";
 import {
   FINGERPRINT_VERSION,
   type FileStamp,
   type FingerprintCache,
   sameStamps,
 } from "../model/fingerprint.ts";
+import { createNodeSha256 } from "./hasher.ts";
 
 export const CACHE_FILE = ".ultralong-fingerprint.json";
 
@@ -54,7 +55,9 @@ export class DirectoryFingerprintCache implements FingerprintCache {
   constructor(modelDir: string, opts: DirectoryFingerprintCacheOptions = {}) {
     this.dir = resolve(modelDir);
     this.besideFile = join(this.dir, CACHE_FILE);
-    const key = createHash("sha256").update(this.dir).digest("hex");
+    const h = createNodeSha256();
+    h.update(new TextEncoder().encode(this.dir));
+    const key = toHex(h.digest());
     this.fallbackFile = join(opts.cacheDir ?? userCacheDir(), "fingerprints", `${key}.json`);
   }
 

@@ -7,7 +7,7 @@ import {
   DirectoryFingerprintCache,
   type DirectoryFingerprintCacheOptions,
 } from "./fingerprint-cache.ts";
-import { nodeSha256 } from "./hasher.ts";
+import { createNodeSha256 } from "./hasher.ts";
 import { DirectoryModelFiles } from "./model-files.ts";
 
 export function loadModelDir(
@@ -16,7 +16,7 @@ export function loadModelDir(
 ): Promise<LoadedModel> {
   const files = new DirectoryModelFiles(dir);
   return loadModel(files, {
-    hasher: nodeSha256,
+    hasher: createNodeSha256,
     cache: new DirectoryFingerprintCache(files.name, opts),
   });
 }

@@ -11,12 +11,11 @@
 // docs/snapshot-format.md records (`npm run bench -- snapshots`: local.saveMBps against
 // local.fsyncSaveMBps); `{ fsync: true }` buys durability across power loss.
 
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { constants as fsConstants } from "node:fs";
 import { link, lstat, mkdir, open, readdir, rename, rm, rmdir, unlink } from "node:fs/promises";
 import { homedir } from "node:os";
 import { dirname, join, resolve, sep } from "node:path";
-import type { Sha256 } from "../crypto/sha256.ts";
 import { assert, NotFoundError } from "../errors.ts";
 import { S3Store, type S3StoreOptions } from "../kv/s3-store.ts";
 import {
@@ -296,10 +295,3 @@ export function openStore(
     ...opts.s3,
   });
 }
-
-/**
- * SHA-256 through node:crypto: several times crypto.subtle on large buffers in Node 20 (subtle
- * copies the input first; see core/crypto/sha256.ts). Pass as `sha256` to createSnapshotCache.
- */
-export const nodeSha256: Sha256 = async (data) =>
-  new Uint8Array(createHash("sha256").update(data).digest());

@@ -11,8 +11,8 @@
 //   TOKENS  token IDs, int32 LE, (n,)
 //   END     u32 LE total prompt tokens sent (a check against lost frames)
 
-import { bytesEqual } from "../crypto/sha256.ts";
 import { InvalidInputError } from "../errors.ts";
+import { bytesEqual } from "../hash/hex.ts";
 import { hmac, SignatureError } from "./signing.ts";
 
 /** The model function's route and body type for a framed generate request. */

@@ -10,8 +10,9 @@
 //
 // A claim that was retried (the first PUT landed, its answer was lost) finds an object: it carries
 // the claimant's random token, so the retry recognises its own claim instead of calling it a replay.
-import { toHex } from "../crypto/sha256.ts";
+
 import { NotAvailableError, NotFoundError } from "../errors.ts";
+import { toHex } from "../hash/hex.ts";
 import type { SnapshotStore } from "../kv/store.ts";
 
 export interface NonceLedger {

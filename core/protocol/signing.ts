@@ -12,8 +12,8 @@
 // Rejected: signing a hash of the whole body (needs the whole body first); mutual TLS (not
 // available on function URLs and Workers without extra products).
 
-import { bytesEqual, fromHex, toHex } from "../crypto/sha256.ts";
 import { NotAvailableError, UltralongError } from "../errors.ts";
+import { bytesEqual, fromHex, toHex } from "../hash/hex.ts";
 import { MemoryNonceLedger, type NonceLedger } from "./nonce-ledger.ts";
 
 /** The signature is missing, wrong, stale or replayed. The HTTP layer maps this to 401. */

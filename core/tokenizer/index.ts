@@ -8,11 +8,12 @@
 // Lone UTF-16 surrogates are encoded as U+FFFD (bytes EF BF BD), which is what the reference does
 // (JS strings reach Rust as UTF-8 with the same replacement) and what TextEncoder does.
 
-import { toHex } from "../crypto/sha256.ts";
 import { InvalidInputError } from "../errors.ts";
+import { toHex } from "../hash/hex.ts";
 import { BpeModel, IdList } from "./bpe.ts";
 import { PieceCache } from "./piece-cache.ts";
 import { pretokenEnd, stableLimit } from "./pretokenize.ts";
+import { isTokenId } from "./token-id.ts";
 import {
   FLAG_ADDED,
   FLAG_SPECIAL,
@@ -116,7 +117,7 @@ export class Tokenizer {
   }
 
   isSpecial(id: number): boolean {
-    return id >= 0 && id < this.vocabSize && (this.v.flags[id] & FLAG_SPECIAL) !== 0;
+    return isTokenId(id, this.vocabSize) && (this.v.flags[id] & FLAG_SPECIAL) !== 0;
   }
 
   /** Id of an added token's content ("<|eot_id|>") or of the model token whose text is `str`. */
@@ -215,7 +216,7 @@ export class Tokenizer {
   }
 
   private checkId(id: number): number {
-    if (!Number.isInteger(id) || id < 0 || id >= this.vocabSize) {
+    if (!isTokenId(id, this.vocabSize)) {
       throw new InvalidInputError(
         `token id ${id} is outside the vocabulary [0, ${this.vocabSize})`,
       );

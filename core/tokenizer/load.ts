@@ -3,8 +3,9 @@
 // tokenizer is built from tokenizer.json (about a second) and the caller may `compile()` and keep
 // the result. A stale or foreign compiled file is never trusted.
 
-import { subtleSha256, toHex } from "../crypto/sha256.ts";
 import { FormatError, NotFoundError } from "../errors.ts";
+import { toHex } from "../hash/hex.ts";
+import { sha256 } from "../hash/sha256.ts";
 import type { ModelFiles } from "../io/byte-source.ts";
 import { Tokenizer } from "./index.ts";
 import { sourceBytes } from "./vocabulary.ts";
@@ -25,7 +26,7 @@ export async function tokenizerSourceHash(
   tokenizerJson: Uint8Array,
   configJson?: Uint8Array,
 ): Promise<string> {
-  return toHex(await subtleSha256(sourceBytes(tokenizerJson, configJson)));
+  return toHex(await sha256(sourceBytes(tokenizerJson, configJson)));
 }
 
 export async function loadTokenizer(

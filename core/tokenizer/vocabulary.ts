@@ -22,7 +22,7 @@
 // 128k model tokens alone, before the merges, and a string to build for every lookup.
 
 import { assert, FormatError } from "../errors.ts";
-import { sha256Digest } from "../hash/sha256.ts";
+import { sha256Sync } from "../hash/sha256.ts";
 import { byteLevelToBytes } from "./byte-level.ts";
 
 export const FLAG_ADDED = 1;
@@ -268,7 +268,7 @@ export function vocabularyFromJson(tokenizerJson: string, configJson?: string): 
     bosToken,
     eosToken,
     chatTemplate,
-    sourceSha256: sha256Digest(
+    sourceSha256: sha256Sync(
       sourceBytes(
         utf8.encode(tokenizerJson),
         configJson === undefined ? undefined : utf8.encode(configJson),

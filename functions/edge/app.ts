@@ -13,8 +13,8 @@
 //   POST /v1/tokenize, /v1/detokenize   vLLM shapes (also at /tokenize, /detokenize)
 //   POST /v1/files, GET /v1/files[/{id}], DELETE /v1/files/{id}
 import { type Context, Hono } from "hono";
-import { toHex } from "../../core/crypto/sha256.ts";
 import { CancelledError, UltralongError } from "../../core/errors.ts";
+import { toHex } from "../../core/hash/hex.ts";
 import {
   closeQuietly,
   type ModelEvent,
@@ -24,6 +24,7 @@ import {
 } from "../../core/protocol/events.ts";
 import type { GenerateHeader } from "../../core/protocol/header.ts";
 import { importSigningKey } from "../../core/protocol/signing.ts";
+import { isTokenId } from "../../core/tokenizer/token-id.ts";
 import { bearerToken } from "../platform/bearer.ts";
 import {
   AuthenticationError,
@@ -235,7 +236,7 @@ export async function createEdgeApp(options: EdgeAppOptions): Promise<EdgeApp> {
   const checkIds = (ids: ArrayLike<number>, param: string) => {
     for (let i = 0; i < ids.length; i++) {
       const id = ids[i];
-      if (!Number.isInteger(id) || id < 0 || id >= text.vocabSize) {
+      if (!isTokenId(id, text.vocabSize)) {
         throw new ParamError(
           param,
           `${param}[${i}] = ${id} is outside the vocabulary (0..${text.vocabSize - 1})`,
@@ -568,7 +569,7 @@ export async function createEdgeApp(options: EdgeAppOptions): Promise<EdgeApp> {
     if (!Array.isArray(tokens))
       throw new ParamError("tokens", "'tokens' must be an array of token ids", "invalid_type");
     for (const [i, id] of tokens.entries()) {
-      if (typeof id !== "number" || !Number.isInteger(id) || id < 0 || id >= text.vocabSize) {
+      if (!isTokenId(id, text.vocabSize)) {
         throw new ParamError(
           "tokens",
           `tokens[${i}] = ${JSON.stringify(id)} is not a token id (0..${text.vocabSize - 1})`,

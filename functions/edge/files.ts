@@ -2,8 +2,9 @@
 // are stored beside its text; a chat part that names it reads the ids (file-splice.ts). A tenant
 // sees only its own files: every key is prefixed by the tenant id, which comes from the API key,
 // never from the request.
-import { toHex } from "../../core/crypto/sha256.ts";
+
 import { NotFoundError } from "../../core/errors.ts";
+import { toHex } from "../../core/hash/hex.ts";
 import { NotFoundHttpError } from "../platform/http-errors.ts";
 import type { FileEdges } from "./file-encoding.ts";
 import { joinParts } from "./typed-parts.ts";

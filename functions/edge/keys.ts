@@ -7,8 +7,9 @@
 //     "keys": [ { "sha256": "<hex>", "tenant": "acme" } ],
 //     "metricsKeySha256": "<hex>" }
 
-import { bytesEqual, fromHex, subtleSha256, toHex } from "../../core/crypto/sha256.ts";
 import { InvalidInputError } from "../../core/errors.ts";
+import { bytesEqual, fromHex } from "../../core/hash/hex.ts";
+import { sha256 } from "../../core/hash/sha256.ts";
 
 export interface TenantLimits {
   /** Most prompt tokens in one request. */
@@ -36,16 +37,6 @@ export const DEFAULT_LIMITS: TenantLimits = {
   maxOutputTokens: 4096,
   rpm: 600,
 };
-
-export async function sha256Hex(text: string): Promise<string> {
-  return toHex(await subtleSha256(new TextEncoder().encode(text)));
-}
-
-export function timingSafeEqualHex(a: string, b: string): boolean {
-  const x = fromHex(a);
-  const y = fromHex(b);
-  return x !== null && y !== null && bytesEqual(x, y);
-}
 
 export class KeyRing {
   readonly #entries: Array<{ hash: Uint8Array; tenant: Tenant }>;
@@ -83,7 +74,7 @@ export class KeyRing {
 
   /** The tenant whose key this is, or null. Always compares against every entry. */
   async lookup(key: string): Promise<Tenant | null> {
-    const hash = fromHex(await sha256Hex(key))!;
+    const hash = await sha256(new TextEncoder().encode(key));
     let found: Tenant | null = null;
     for (const e of this.#entries) {
       if (bytesEqual(e.hash, hash)) found = e.tenant;

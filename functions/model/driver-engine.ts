@@ -4,7 +4,6 @@
 // Streamed prompts (the edge sends frames while the client is still uploading) go into the driver
 // as they arrive: prefill overlaps the upload chunk by chunk (docs/driver.md).
 
-import { type Sha256, toHex } from "../../core/crypto/sha256.ts";
 import {
   type DriverEvent,
   eosTokenIds,
@@ -13,6 +12,8 @@ import {
 } from "../../core/engine/driver.ts";
 import type { PrefixCache } from "../../core/engine/prefix-cache.ts";
 import type { Runtime } from "../../core/engine/runtime.ts";
+import { toHex } from "../../core/hash/hex.ts";
+import type { OneShotSha256 } from "../../core/hash/sha256.ts";
 import { kvBytesPerToken } from "../../core/kv/layout.ts";
 import { createSnapshotCache, type SnapshotCache } from "../../core/kv/snapshot-cache.ts";
 import type { SnapshotStore } from "../../core/kv/store.ts";
@@ -54,7 +55,7 @@ export interface DriverEngineOptions {
    * SHA-256 for snapshot bodies (default crypto.subtle). On Node pass core/node's nodeSha256: the
    * CLI's snapshot path already did, and subtle copies its input first (`npm run bench -- snapshots`).
    */
-  sha256?: Sha256;
+  sha256?: OneShotSha256;
 }
 
 /** One tenant's snapshot cache: created once, so simultaneous first requests share it. */

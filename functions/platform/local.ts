@@ -3,17 +3,19 @@
 // deployed; only the composition (which runtime, which store, which keys) is local.
 import { basename, resolve } from "node:path";
 import { renderChat as renderChatIds } from "../../core/chat/index.ts";
-import { toHex } from "../../core/crypto/sha256.ts";
 import { describeChoice } from "../../core/engine/registry.ts";
 import { InvalidInputError } from "../../core/errors.ts";
+import { toHex } from "../../core/hash/hex.ts";
+import { sha256Hex } from "../../core/hash/sha256.ts";
 import type { KvDtype } from "../../core/kv/layout.ts";
 import type { SnapshotStore } from "../../core/kv/store.ts";
+import { nodeSha256 } from "../../core/node/hasher.ts";
 import { loadModelDir } from "../../core/node/load-model-dir.ts";
-import { nodeSha256, openStore } from "../../core/node/snapshot-dir.ts";
+import { openStore } from "../../core/node/snapshot-dir.ts";
 import { StoreNonceLedger } from "../../core/protocol/nonce-ledger.ts";
 import { createEdgeApp, type EdgeApp } from "../edge/app.ts";
 import { ObjectFileStore } from "../edge/files.ts";
-import { DEFAULT_LIMITS, type KeyConfig, sha256Hex } from "../edge/keys.ts";
+import { DEFAULT_LIMITS, type KeyConfig } from "../edge/keys.ts";
 import { type ChatRenderer, edgeTextFromTokenizer } from "../edge/tokenizer-text.ts";
 import { createModelApp, type ModelApp } from "../model/app.ts";
 import { createDriverEngine } from "../model/driver-engine.ts";

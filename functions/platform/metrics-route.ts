@@ -1,6 +1,7 @@
 // GET /metrics behind its own bearer key (separate from API keys), shared by both apps.
 import type { Context } from "hono";
-import { sha256Hex, timingSafeEqualHex } from "../edge/keys.ts";
+import { timingSafeEqualHex } from "../../core/hash/hex.ts";
+import { sha256Hex } from "../../core/hash/sha256.ts";
 import { bearerToken } from "./bearer.ts";
 import { AuthenticationError, PermissionError } from "./http-errors.ts";
 import type { Metrics } from "./metrics.ts";

@@ -16,7 +16,7 @@ import type { Runtime } from "../../core/engine/runtime.ts";
 import { FormatError, InvalidInputError } from "../../core/errors.ts";
 import { kvLayoutOf, kvPayloadBytes } from "../../core/kv/layout.ts";
 import { loadModel } from "../../core/model/load.ts";
-import { nodeSha256 } from "../../core/node/hasher.ts";
+import { createNodeSha256 } from "../../core/node/hasher.ts";
 import { DirectoryModelFiles } from "../../core/node/model-files.ts";
 import { createWasmRuntime } from "../../wasm/src/runtime.ts";
 import { createNativeWasmRuntime } from "../ts/wasm-runtime.ts";
@@ -91,7 +91,7 @@ async function importGpuKv(out: string, runtimeName: RuntimeName) {
   const dir = join(out, "kv-export");
   const meta = readMeta(dir);
   const model = await loadModel(new DirectoryModelFiles(join(dir, meta.model)), {
-    hasher: nodeSha256,
+    hasher: createNodeSha256,
   });
   const tokens = readArray(join(dir, meta.tokens), (b) => new Int32Array(b));
   const kv = new Uint8Array(readFileSync(join(dir, meta.kv)));

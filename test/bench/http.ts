@@ -14,8 +14,8 @@
 //           --doc-tokens 100000 to measure the full size.
 import { parseArgs } from "node:util";
 import { Hono } from "hono";
+import { sha256Hex } from "../../core/hash/sha256.ts";
 import { parseSse } from "../../core/protocol/events.ts";
-import { sha256Hex } from "../../functions/edge/keys.ts";
 import { startLocal } from "../../functions/platform/local.ts";
 import { listen } from "../../functions/platform/node.ts";
 import { testModelDir } from "../support/models.ts";

@@ -7,8 +7,8 @@
 // prompt whole could start). With --store the model function keeps snapshots in a scratch
 // directory (restores are tried chunk by chunk as the prompt arrives); without, none.
 import { parseArgs } from "node:util";
+import { sha256Hex } from "../../core/hash/sha256.ts";
 import { parseSse } from "../../core/protocol/events.ts";
-import { sha256Hex } from "../../functions/edge/keys.ts";
 import { startLocal } from "../../functions/platform/local.ts";
 import { scratchDir, testModelDir } from "../support/models.ts";
 

@@ -4,7 +4,7 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { sha256Hex } from "../../functions/edge/keys.ts";
+import { sha256Hex } from "../../core/hash/sha256.ts";
 import { type LocalServer, startLocal } from "../../functions/platform/local.ts";
 import { bundleEdge, type EdgePlatform } from "../../infra/deploy/bundle.ts";
 import { testModelDir } from "./models.ts";

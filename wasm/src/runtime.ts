@@ -32,6 +32,7 @@ import type { ModelConfig } from "../../core/model/config-types.ts";
 import { computeRope } from "../../core/model/rope.ts";
 import type { LoadedModel } from "../../core/model/weights.ts";
 import { decodeTo16, decodeToF32 } from "../../core/safetensors/dtype.ts";
+import { isTokenId } from "../../core/tokenizer/token-id.ts";
 import { loadShardWeights } from "./load-weights.ts";
 import { LocalShards } from "./local-shards.ts";
 import { loadWasmModule, onNode, wasmUnavailableReason } from "./module.ts";
@@ -204,7 +205,7 @@ class WasmRuntime implements Runtime {
       }
       const V = this.config.vocabSize;
       for (const t of tokens) {
-        if (!(t >= 0 && t < V)) throw new InvalidInputError(`token id ${t} is outside [0, ${V})`);
+        if (!isTokenId(t, V)) throw new InvalidInputError(`token id ${t} is outside [0, ${V})`);
       }
       if (signal?.aborted) throw new CancelledError();
       await this.#setRope(start + n);

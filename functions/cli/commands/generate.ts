@@ -21,8 +21,9 @@ import { type SamplingOptions, validateSamplingOptions } from "../../../core/eng
 import { InvalidInputError } from "../../../core/errors.ts";
 import { createSnapshotCache } from "../../../core/kv/snapshot-cache.ts";
 import type { LoadedModel } from "../../../core/model/weights.ts";
+import { nodeSha256 } from "../../../core/node/hasher.ts";
 import { loadModelDir } from "../../../core/node/load-model-dir.ts";
-import { nodeSha256, openStore } from "../../../core/node/snapshot-dir.ts";
+import { openStore } from "../../../core/node/snapshot-dir.ts";
 import type { Tokenizer } from "../../../core/tokenizer/index.ts";
 import { loadTokenizer } from "../../../core/tokenizer/load.ts";
 import { snapshotKeys } from "../../platform/snapshot-keys.ts";

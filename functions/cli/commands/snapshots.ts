@@ -1,7 +1,7 @@
 // `ultralong snapshots ls|rm|gc`: retention for KV snapshot stores (a directory or s3://bucket/prefix).
 
-import { toHex } from "../../../core/crypto/sha256.ts";
 import { InvalidInputError } from "../../../core/errors.ts";
+import { toHex } from "../../../core/hash/hex.ts";
 import { parseSnapshotHeader, SNAPSHOT_HEADER_BYTES } from "../../../core/kv/format.ts";
 import { QUARANTINE_ROOT, SNAPSHOT_KEY_ROOT } from "../../../core/kv/snapshot-cache.ts";
 import type { ObjectInfo, SnapshotStore } from "../../../core/kv/store.ts";
