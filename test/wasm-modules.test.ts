@@ -7,7 +7,7 @@ import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import { createReferenceRuntime } from "../core/engine/reference-runtime.ts";
 import { ensureBuilt, TEST_WASM_FILE, WASM_FILE } from "../wasm/build.mjs";
-import { WASM_URL } from "../wasm/src/module.ts";
+import { wasmUrl } from "../wasm/src/module.ts";
 import { createWasmRuntime } from "../wasm/src/runtime.ts";
 import { loadTestModel, SMALL_VOCAB } from "./support/models.ts";
 import { relativeError, suiteTokens } from "./support/runtime-suite.ts";
@@ -66,7 +66,7 @@ describe("wasm kernel modules", () => {
   });
 
   it("the runtime loads the product module by default", () => {
-    expect(fileURLToPath(WASM_URL)).toBe(join(root, WASM_FILE));
+    expect(fileURLToPath(wasmUrl())).toBe(join(root, WASM_FILE));
   });
 
   it("the runtime on the product module matches the TS reference runtime (1 and 2 threads)", async () => {

@@ -3,8 +3,13 @@
 // WasmRuntimeOptions.wasmModule, so this path imports no node: module.
 import { NotAvailableError } from "../../core/errors.ts";
 
-/** Where the build puts the kernels, relative to this file. */
-export const WASM_URL = new URL("../build/ultralong.wasm", import.meta.url);
+/**
+ * Where the build puts the product kernels, relative to this file. A function, not a constant:
+ * workerd gives a bundled module no URL to resolve against, and `new URL` would throw as it loads.
+ */
+export function wasmUrl(): URL {
+  return new URL("../build/ultralong.wasm", import.meta.url);
+}
 
 let cached: Promise<WebAssembly.Module> | null = null;
 
@@ -19,7 +24,7 @@ export async function wasmUnavailableReason(): Promise<string | null> {
   if (!onNode()) return null;
   const { existsSync } = await import("node:fs");
   const { fileURLToPath } = await import("node:url");
-  const path = fileURLToPath(WASM_URL);
+  const path = fileURLToPath(wasmUrl());
   return existsSync(path) ? null : `${path} is not built (run npm run build)`;
 }
 
@@ -34,7 +39,7 @@ export function loadWasmModule(): Promise<WebAssembly.Module> {
     const reason = await wasmUnavailableReason();
     if (reason !== null) throw new NotAvailableError(reason);
     const { readFile } = await import("node:fs/promises");
-    return WebAssembly.compile(await readFile(WASM_URL));
+    return WebAssembly.compile(await readFile(wasmUrl()));
   })();
   cached.catch(() => {
     cached = null;
