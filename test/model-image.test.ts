@@ -59,6 +59,7 @@ describe.skipIf(!tools)("model image build (fresh clone, nvcc, no GPU)", () => {
     expect(existsSync(join(clone, "node_modules/tsx"))).toBe(true); // bin.js runs TypeScript
     expect(existsSync(join(clone, "node_modules/assemblyscript"))).toBe(false);
     expect(existsSync(join(clone, "node_modules/vitest"))).toBe(false);
+    expect(existsSync(join(clone, "wasm/build/ultralong-test.wasm"))).toBe(false);
     const report = JSON.parse(build.stdout.trim().split("\n").at(-1)!);
     expect(report).toMatchObject({ ok: true, cudaCompiled: true });
   });
