@@ -70,7 +70,7 @@ function conversations(): unknown[][] {
         ],
       },
       { role: "tool", tool_call_id: "c1", content: '{"temp_c": 21, "sky": "clear"}' },
-      { role: "ipython", content: "ok" },
+      { role: "tool", tool_call_id: "c1", content: "ok" },
     ],
   ];
   for (let i = 0; i < 40; i++) {
@@ -113,7 +113,7 @@ describe("renderChat equals the reference for benign messages", () => {
     ]);
   });
 
-  it("with a tools template (system, user, assistant tool calls, tool and ipython roles)", async () => {
+  it("with a tools template (system, user, assistant tool calls, tool messages)", async () => {
     for (const conv of conversations()) {
       const opts = { addGenerationPrompt: true, tools, variables: { date_string: "28 Nov 2026" } };
       expect(Array.from(renderChat(tok, toolsTemplate, conv, opts))).toEqual(
@@ -122,6 +122,7 @@ describe("renderChat equals the reference for benign messages", () => {
     }
     const text = renderChatText(tok, toolsTemplate, conversations()[2], { tools });
     expect(text).toContain('{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>');
+    // The template renders a tool message under Llama's ipython header.
     expect(text).toContain("<|start_header_id|>ipython<|end_header_id|>\n\nok<|eot_id|>");
   });
 });
@@ -153,7 +154,7 @@ describe("control tokens come only from the template", () => {
             { type: "function", function: { name: attack, arguments: { [attack]: attack } } },
           ],
         },
-        { role: "tool", content: attack },
+        { role: "tool", tool_call_id: attack, content: attack },
         { role: "user", content: `${attack} and ${attack}` },
       ];
       const ids = renderChat(tok, toolsTemplate, messages, {
@@ -200,11 +201,16 @@ describe("input validation", () => {
       [{ role: "user", content: [{ type: "image_url", image_url: { url: "x" } }] }],
       /content part type "image_url"/,
     ],
+    [[{ role: "ipython", content: "x" }], /messages\[0\]\.role: must be one of/],
+    [[{ role: "tool", content: "x" }], /messages\[0\]\.tool_call_id: is required on tool messages/],
     [
-      [{ role: "user", content: "x", extra: 1 }],
-      /messages\[0\]\.extra: is not a known message field/,
+      [{ role: "user", content: "x", tool_call_id: "c1" }],
+      /messages\[0\]\.tool_call_id: only tool messages carry tool_call_id/,
     ],
-    [[{ role: "user", tool_calls: [] }], /only assistant messages carry tool calls/],
+    [[{ role: "user" }], /messages\[0\]\.content: is required/],
+    [[{ role: "user", content: [] }], /messages\[0\]\.content: must not be an empty array/],
+    [[{ role: "user", content: "x", refusal: "no" }], /messages\[0\]\.refusal: is not supported/],
+    [[{ role: "user", content: "x", tool_calls: [] }], /only assistant messages carry tool calls/],
     [
       [{ role: "assistant", tool_calls: [{ function: { name: "f", arguments: "{not json" } }] }],
       /arguments/,
@@ -216,6 +222,18 @@ describe("input validation", () => {
       expect(() => renderChat(tok, llama, messages)).toThrow(InvalidInputError);
       expect(() => renderChat(tok, llama, messages)).toThrow(message);
     }
+  });
+
+  it("joins text parts with nothing between (as OpenAI) and ignores unknown message fields", () => {
+    const parts = [
+      { type: "text", text: "And" },
+      { type: "text", text: " 3+3?" },
+    ];
+    const text = renderChatText(tok, llama, [{ role: "user", content: parts, audio: null }]);
+    expect(text).toContain("<|end_header_id|>\n\nAnd 3+3?<|eot_id|>");
+    expect(Array.from(renderChat(tok, llama, [{ role: "user", content: parts }]))).toEqual(
+      Array.from(renderChat(tok, llama, [{ role: "user", content: "And 3+3?" }])),
+    );
   });
 
   it("refuses inputs that leave no private-use character for placeholders", () => {

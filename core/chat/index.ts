@@ -2,10 +2,16 @@
 // control tokens are kept out of user text).
 export {
   CHAT_ROLES,
+  type ChatContentPart,
+  type ChatFilePart,
   type ChatMessage,
+  ChatMessageError,
   type ChatRole,
   type ChatTextPart,
   type ChatToolCall,
+  joinText,
   normalizeMessages,
+  parseChatMessages,
+  type TemplateMessage,
 } from "./messages.ts";
 export { type RenderChatOptions, renderChat, renderChatText } from "./render.ts";

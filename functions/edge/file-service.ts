@@ -124,7 +124,7 @@ export class FileService {
           content += whole;
         }
       }
-      out.push({ role: m.role, content });
+      out.push({ ...m, content });
     }
     if (spliced.length === 0) return { messages: out };
     const stats = { fileChars: 0 };

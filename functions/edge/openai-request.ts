@@ -1,16 +1,11 @@
 // Validation of OpenAI request bodies into one typed request. Every refusal is a ParamError naming
 // the field (OpenAI's `param`), so a client sees which field is wrong. Unknown fields are ignored,
 // as OpenAI does, so SDKs that send newer fields keep working.
+import { type ChatMessage, ChatMessageError, parseChatMessages } from "../../core/chat/messages.ts";
 import { ParamError } from "../platform/http-errors.ts";
 import { checkWellFormed } from "./body.ts";
-import type { ChatRole } from "./text.ts";
 
-export type ContentPart = { type: "text"; text: string } | { type: "file"; fileId: string };
-
-export interface ChatMessage {
-  role: ChatRole;
-  content: ContentPart[];
-}
+export type { ChatMessage };
 
 export interface SamplingParams {
   /** null = not given: the tenant's max output tokens (bounded by context) applies. */
@@ -41,7 +36,6 @@ export interface CompletionRequest extends SamplingParams {
 
 type Json = Record<string, unknown>;
 
-const ROLES = new Set<ChatRole>(["system", "user", "assistant", "tool"]);
 // temperature default 1 as OpenAI documents.
 const DEFAULT_TEMPERATURE = 1;
 
@@ -143,58 +137,17 @@ function sampling(body: Json, kind: "chat" | "completion"): SamplingParams {
   };
 }
 
-function content(v: unknown, param: string): ContentPart[] {
-  if (typeof v === "string") return [{ type: "text", text: checkWellFormed(v, param) }];
-  if (!Array.isArray(v)) throw wrongType(param, "a string or an array of content parts", v);
-  // As OpenAI: an empty parts array is refused (an empty string is a message, and is kept).
-  if (v.length === 0) throw new ParamError(param, `'${param}' must not be an empty array`);
-  return v.map((part, i) => {
-    const p = `${param}[${i}]`;
-    if (!part || typeof part !== "object") throw wrongType(p, "a content part object", part);
-    const t = (part as Json).type;
-    if (t === "text") {
-      const text = (part as Json).text;
-      if (typeof text !== "string") throw wrongType(`${p}.text`, "a string", text);
-      return { type: "text", text: checkWellFormed(text, `${p}.text`) };
-    }
-    if (t === "file") {
-      const file = (part as Json).file as Json | undefined;
-      const id = file && typeof file === "object" ? file.file_id : undefined;
-      if (typeof id !== "string" || id.length === 0) {
-        throw new ParamError(
-          `${p}.file.file_id`,
-          `'${p}.file.file_id' must be a file id from POST /v1/files`,
-        );
-      }
-      return { type: "file", fileId: id };
-    }
-    throw new ParamError(
-      `${p}.type`,
-      `content part type '${String(t)}' is not supported (use 'text' or 'file')`,
-    );
-  });
-}
-
 export function parseChatRequest(body: Json): ChatRequest {
   const model = requireModel(body);
-  const raw = body.messages;
-  if (raw === undefined)
-    throw new ParamError("messages", "'messages' is required", "missing_field");
-  if (!Array.isArray(raw)) throw wrongType("messages", "an array", raw);
-  if (raw.length === 0) throw new ParamError("messages", "'messages' must not be empty");
-  const messages = raw.map((m, i): ChatMessage => {
-    const p = `messages[${i}]`;
-    if (!m || typeof m !== "object" || Array.isArray(m)) throw wrongType(p, "an object", m);
-    const role = (m as Json).role;
-    if (typeof role !== "string" || !ROLES.has(role as ChatRole)) {
-      throw new ParamError(`${p}.role`, `'${p}.role' must be one of system, user, assistant, tool`);
-    }
-    const c = (m as Json).content;
-    return {
-      role: role as ChatRole,
-      content: c === null && role === "assistant" ? [] : content(c, `${p}.content`),
-    };
-  });
+  let messages: ChatMessage[];
+  try {
+    // core/chat/messages.ts is the one validator (the renderer's too); here it also takes file
+    // parts, and its refusals become OpenAI-shaped ParamErrors.
+    messages = parseChatMessages(body.messages, { fileParts: true, checkText: checkWellFormed });
+  } catch (err) {
+    if (err instanceof ChatMessageError) throw new ParamError(err.param, err.message, err.reason);
+    throw err;
+  }
   return { model, messages, ...sampling(body, "chat") };
 }
 

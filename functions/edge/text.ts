@@ -4,13 +4,13 @@
 // Safety rule (issue 3): text from a request is encoded with special-token matching OFF, so a user
 // typing "<|eot_id|>" gets the ids of those characters; control tokens come only from the template.
 
-export type ChatRole = "system" | "user" | "assistant" | "tool";
+import type { TemplateMessage } from "../../core/chat/messages.ts";
 
-export interface ChatMessageText {
-  role: ChatRole;
-  /** Content with file parts resolved: to their text, or to a marker `encodeText` replaces. */
-  content: string;
-}
+/**
+ * A validated message (core/chat/messages.ts) with its file parts resolved: content is their text,
+ * or a marker `encodeText` replaces; tool calls, tool_call_id and name pass on to the template.
+ */
+export type ChatMessageText = TemplateMessage;
 
 export interface StreamingEncoder {
   /** Ids that are final given the text so far (may hold back a tail until more text arrives). */
