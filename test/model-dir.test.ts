@@ -17,13 +17,13 @@ import {
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { UltralongError } from "../core/errors.ts";
-import { toHex } from "../core/hash/hex.ts";
-import { createSha256, sha256Sync } from "../core/hash/sha256.ts";
+import { fromHex, timingSafeEqualHex, toHex } from "../core/hash/hex.ts";
+import { createSha256, sha256, sha256Hex, sha256Sync } from "../core/hash/sha256.ts";
 import type { ByteSource, ModelFiles } from "../core/io/byte-source.ts";
 import type { GenerateOptions } from "../core/model/generate.ts";
 import { loadModel } from "../core/model/load.ts";
 import { CACHE_FILE, DirectoryFingerprintCache } from "../core/node/fingerprint-cache.ts";
-import { createNodeSha256 } from "../core/node/hasher.ts";
+import { createNodeSha256, nodeSha256 } from "../core/node/hasher.ts";
 import { loadModelDir } from "../core/node/load-model-dir.ts";
 import { DirectoryModelFiles } from "../core/node/model-files.ts";
 import { runUltralong, scratchDir, testModelDir } from "./support/models.ts";
@@ -463,6 +463,19 @@ describe("SHA-256", () => {
       h.update(data.subarray(300));
       expect(Buffer.from(h.digest()).equals(want)).toBe(true);
     }
+  });
+
+  it("the one-shot functions (WebCrypto, sync pure-TS, node:crypto) and the hex helpers agree", async () => {
+    const data = randomBytes(70_000);
+    const want = createHash("sha256").update(data).digest("hex");
+    for (const oneShot of [sha256, nodeSha256, async (d: Uint8Array) => sha256Sync(d)]) {
+      expect(toHex(await oneShot(data))).toBe(want);
+    }
+    expect(await sha256Hex("key")).toBe(createHash("sha256").update("key").digest("hex"));
+    expect(fromHex(want)).toEqual(new Uint8Array(createHash("sha256").update(data).digest()));
+    expect([fromHex("abc"), fromHex("zz")]).toEqual([null, null]);
+    expect(timingSafeEqualHex(want, want.toUpperCase())).toBe(true);
+    expect(timingSafeEqualHex(want, `${want.slice(0, -1)}0`)).toBe(want.endsWith("0"));
   });
 });
 

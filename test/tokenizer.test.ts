@@ -8,6 +8,7 @@ import { FormatError, InvalidInputError } from "../core/errors.ts";
 import { DirectoryModelFiles } from "../core/node/model-files.ts";
 import { Tokenizer } from "../core/tokenizer/index.ts";
 import { COMPILED_TOKENIZER_FILE, loadTokenizer } from "../core/tokenizer/load.ts";
+import { isTokenId } from "../core/tokenizer/token-id.ts";
 import { CLASS_LETTER, CLASS_NUMBER, classOf } from "../core/tokenizer/unicode-classes.ts";
 import { corpus, rng } from "./fixtures/tokenizer/corpus.ts";
 import {
@@ -222,5 +223,13 @@ describe("compiled vocabulary", () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe("token-id range check", () => {
+  it("isTokenId takes integers in [0, vocabSize) and nothing else", () => {
+    expect([0, 1, 127].map((id) => isTokenId(id, 128))).toEqual([true, true, true]);
+    const bad = [-1, 128, 1.5, Number.NaN, Number.POSITIVE_INFINITY, "3", null, undefined];
+    expect(bad.map((id) => isTokenId(id, 128))).toEqual(bad.map(() => false));
   });
 });
