@@ -71,7 +71,7 @@ export class ChatMessageError extends InvalidInputError {
 export interface ParseChatOptions {
   /** Accept `{type: "file", file: {file_id}}` parts (the edge, which has a file store). */
   fileParts?: boolean;
-  /** Checks each string of text (the edge refuses lone surrogates); returns it. */
+  /** Checks each string a message carries (the edge refuses lone surrogates); returns it. */
   checkText?: (text: string, param: string) => string;
 }
 
@@ -84,13 +84,18 @@ function string(v: unknown, path: string): string {
   return v;
 }
 
+function checkedString(v: unknown, path: string, opts: ParseChatOptions): string {
+  const s = string(v, path);
+  return opts.checkText ? opts.checkText(s, path) : s;
+}
+
 function parts(
   v: unknown,
   path: string,
   role: ChatRole,
   opts: ParseChatOptions,
 ): ChatContentPart[] {
-  const text = (s: unknown, p: string) => (opts.checkText ?? ((t) => t))(string(s, p), p);
+  const text = (s: unknown, p: string) => checkedString(s, p, opts);
   if ((v === undefined || v === null) && role === "assistant") return [];
   if (v === undefined) throw new ChatMessageError(path, "is required", "missing_field");
   if (typeof v === "string") return [{ type: "text", text: text(v, path) }];
@@ -122,12 +127,12 @@ function parts(
   });
 }
 
-function toolCall(v: unknown, path: string): ChatToolCall {
+function toolCall(v: unknown, path: string, opts: ParseChatOptions): ChatToolCall {
   if (!isObject(v) || !isObject(v.function))
     throw new ChatMessageError(path, "must be {type: 'function', function: {name, arguments}}");
   if (v.type !== undefined && v.type !== "function")
     throw new ChatMessageError(`${path}.type`, 'must be "function"');
-  const name = string(v.function.name, `${path}.function.name`);
+  const name = checkedString(v.function.name, `${path}.function.name`, opts);
   let args: unknown = v.function.arguments ?? {};
   // OpenAI sends arguments as a JSON string; Llama templates print them with `tojson`, so give
   // them the object when the string is JSON (as transformers users pass dicts).
@@ -144,7 +149,7 @@ function toolCall(v: unknown, path: string): ChatToolCall {
       "must be a JSON object or a string holding one",
     );
   const out: ChatToolCall = { type: "function", function: { name, arguments: args } };
-  if (v.id !== undefined) out.id = string(v.id, `${path}.id`);
+  if (v.id !== undefined) out.id = checkedString(v.id, `${path}.id`, opts);
   return out;
 }
 
@@ -166,7 +171,7 @@ export function parseChatMessages(messages: unknown, opts: ParseChatOptions = {}
       );
     }
     const out: ChatMessage = { role, content: parts(m.content, `${path}.content`, role, opts) };
-    if (m.name !== undefined) out.name = string(m.name, `${path}.name`);
+    if (m.name !== undefined) out.name = checkedString(m.name, `${path}.name`, opts);
     if (m.refusal !== undefined && m.refusal !== null)
       throw new ChatMessageError(`${path}.refusal`, "is not supported");
     if (m.tool_calls !== undefined && m.tool_calls !== null) {
@@ -177,7 +182,7 @@ export function parseChatMessages(messages: unknown, opts: ParseChatOptions = {}
         );
       if (!Array.isArray(m.tool_calls))
         throw new ChatMessageError(`${path}.tool_calls`, "must be an array", "invalid_type");
-      out.tool_calls = m.tool_calls.map((c, j) => toolCall(c, `${path}.tool_calls[${j}]`));
+      out.tool_calls = m.tool_calls.map((c, j) => toolCall(c, `${path}.tool_calls[${j}]`, opts));
     }
     if (role === "tool") {
       if (m.tool_call_id === undefined)
@@ -186,7 +191,7 @@ export function parseChatMessages(messages: unknown, opts: ParseChatOptions = {}
           "is required on tool messages",
           "missing_field",
         );
-      out.tool_call_id = string(m.tool_call_id, `${path}.tool_call_id`);
+      out.tool_call_id = checkedString(m.tool_call_id, `${path}.tool_call_id`, opts);
     } else if (m.tool_call_id !== undefined) {
       throw new ChatMessageError(`${path}.tool_call_id`, "only tool messages carry tool_call_id");
     }
