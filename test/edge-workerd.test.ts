@@ -2,34 +2,20 @@
 // infra/workers/wrangler.toml deploys it: no TOKENIZER binding) and run in the real workerd binary,
 // called over HTTP; it forwards signed frames to a model function on a Node socket. Same
 // answers as the Node edge for the same greedy request.
-import { readFile } from "node:fs/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseSse } from "../core/protocol/events.ts";
-import { startWorkerd, type WorkerdServer } from "./harness/workerd.ts";
-import { type DeployedEdgeFixture, startDeployedEdgeFixture } from "./support/deployed-edge.ts";
+import type { WorkerdServer } from "./harness/workerd.ts";
+import { type DeployedEdgeFixture, startWorkersEdge } from "./support/deployed-edge.ts";
 
 let edge: DeployedEdgeFixture;
 let worker: WorkerdServer;
+let close: (() => Promise<void>) | undefined;
 const KEY = "workerd-test-key-0123";
 
 beforeAll(async () => {
-  edge = await startDeployedEdgeFixture("workers", KEY);
-  worker = await startWorkerd({
-    script: await readFile(edge.bundleFile, "utf8"),
-    bindings: {
-      API_KEYS: edge.apiKeys,
-      SIGNING_SECRET: edge.secret,
-      MODEL_URL: edge.settings.modelUrl,
-      MODEL_ID: edge.settings.modelId,
-      MAX_CONTEXT: edge.settings.maxContext,
-    },
-    allowLocalNetwork: true,
-  });
+  ({ edge, worker, close } = await startWorkersEdge(KEY));
 });
-afterAll(async () => {
-  await worker?.stop();
-  await edge?.close();
-});
+afterAll(() => close?.());
 
 const headers = { authorization: `Bearer ${KEY}`, "content-type": "application/json" };
 

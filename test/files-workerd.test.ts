@@ -1,33 +1,19 @@
 // Uploaded files in the real workerd binary (the Workers bundle, no worker threads there: the file
 // is tokenized on the isolate's thread in slices). A file part gives the same ids as on the Node
 // edge (worker thread) and as the text in place.
-import { readFile } from "node:fs/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startWorkerd, type WorkerdServer } from "./harness/workerd.ts";
-import { type DeployedEdgeFixture, startDeployedEdgeFixture } from "./support/deployed-edge.ts";
+import type { WorkerdServer } from "./harness/workerd.ts";
+import { type DeployedEdgeFixture, startWorkersEdge } from "./support/deployed-edge.ts";
 
 let edge: DeployedEdgeFixture;
 let worker: WorkerdServer;
+let close: (() => Promise<void>) | undefined;
 const KEY = "workerd-files-key-0123";
 
 beforeAll(async () => {
-  edge = await startDeployedEdgeFixture("workers", KEY);
-  worker = await startWorkerd({
-    script: await readFile(edge.bundleFile, "utf8"),
-    bindings: {
-      API_KEYS: edge.apiKeys,
-      SIGNING_SECRET: edge.secret,
-      MODEL_URL: edge.settings.modelUrl,
-      MODEL_ID: edge.settings.modelId,
-      MAX_CONTEXT: edge.settings.maxContext,
-    },
-    allowLocalNetwork: true,
-  });
+  ({ edge, worker, close } = await startWorkersEdge(KEY));
 });
-afterAll(async () => {
-  await worker?.stop();
-  await edge?.close();
-});
+afterAll(() => close?.());
 
 const auth = { authorization: `Bearer ${KEY}` };
 
