@@ -6,14 +6,13 @@
 import { mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { renderChat } from "../core/chat/index.ts";
 import { toHex } from "../core/hash/hex.ts";
 import { sha256Hex } from "../core/hash/sha256.ts";
 import { loadModelDir } from "../core/node/load-model-dir.ts";
 import { openStore } from "../core/node/snapshot-dir.ts";
 import { createEdgeApp, type EdgeApp, type EdgeAppOptions } from "../functions/edge/app.ts";
 import { MemoryObjectStore, ObjectFileStore, type ObjectStore } from "../functions/edge/files.ts";
-import { edgeTextFromTokenizer } from "../functions/edge/tokenizer-text.ts";
+import { edgeTextFromTokenizer, templateChatRenderer } from "../functions/edge/tokenizer-text.ts";
 import { type LocalServer, startLocal } from "../functions/platform/local.ts";
 import { loadDirTokenizer } from "../functions/platform/tokenizer-cache.ts";
 import { type S3Server, startS3 } from "./harness/s3.ts";
@@ -414,12 +413,7 @@ describe("Workers / Lambda path: in-thread tokenizer, memory store, bodies in od
     options = {
       modelId: "tiny",
       maxContext: 4096,
-      text: edgeTextFromTokenizer(tokenizer, (messages, encodeText) =>
-        renderChat(tokenizer, tokenizer.chatTemplate!, messages, {
-          addGenerationPrompt: true,
-          encodeText,
-        }),
-      ),
+      text: edgeTextFromTokenizer(tokenizer, templateChatRenderer(tokenizer, "tiny")),
       keys: await keyConfig(),
       modelUrl: "http://127.0.0.1:9",
       secret: "file-parts-secret-0123456789",
@@ -525,12 +519,7 @@ describe("S3 file store (s3rver): parts, ids and delete", () => {
     const edge = await createEdgeApp({
       modelId: "tiny",
       maxContext: 4096,
-      text: edgeTextFromTokenizer(tokenizer, (messages, encodeText) =>
-        renderChat(tokenizer, tokenizer.chatTemplate!, messages, {
-          addGenerationPrompt: true,
-          encodeText,
-        }),
-      ),
+      text: edgeTextFromTokenizer(tokenizer, templateChatRenderer(tokenizer, "tiny")),
       keys: await keyConfig(),
       modelUrl: "http://127.0.0.1:9",
       secret: "file-parts-secret-0123456789",

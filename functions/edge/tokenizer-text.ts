@@ -1,9 +1,24 @@
 // EdgeText over core/tokenizer's Tokenizer and a chat renderer (core/chat's renderChat bound to the
 // model's template).
+import { renderChat } from "../../core/chat/index.ts";
+import { InvalidInputError } from "../../core/errors.ts";
 import type { Tokenizer } from "../../core/tokenizer/index.ts";
 import type { EdgeText } from "./text.ts";
 
 export type ChatRenderer = EdgeText["renderChat"];
+
+/**
+ * The model's own chat template with the assistant turn opened, as every edge serves chats (Node,
+ * Workers, Lambda, tests); a model without a template refuses chats with one line naming it.
+ */
+export function templateChatRenderer(tokenizer: Tokenizer, modelId: string): ChatRenderer {
+  const template = tokenizer.chatTemplate;
+  return (messages, encodeText) => {
+    if (!template)
+      throw new InvalidInputError(`${modelId} has no chat_template: use /v1/completions`);
+    return renderChat(tokenizer, template, messages, { addGenerationPrompt: true, encodeText });
+  };
+}
 
 const RESERVED = /^<\|reserved_special_token_\d+\|>$/;
 

@@ -1,12 +1,11 @@
 // The edge app from string settings, the same on every platform (Workers bindings, Lambda
 // environment): settings are read and checked here once, so each entry file stays a few lines.
-import { renderChat } from "../../core/chat/index.ts";
 import { InvalidInputError } from "../../core/errors.ts";
 import { Tokenizer } from "../../core/tokenizer/index.ts";
 import { createEdgeApp, type EdgeApp } from "../edge/app.ts";
 import type { FileStore } from "../edge/files.ts";
 import type { KeyConfig } from "../edge/keys.ts";
-import { edgeTextFromTokenizer } from "../edge/tokenizer-text.ts";
+import { edgeTextFromTokenizer, templateChatRenderer } from "../edge/tokenizer-text.ts";
 
 export interface EdgeSettings {
   /** Compiled vocabulary (core/tokenizer `compile()`), with the chat template in it. */
@@ -33,12 +32,7 @@ export function buildEdge(s: EdgeSettings): Promise<EdgeApp> {
     if (!v) throw new InvalidInputError(`edge setting '${name}' is missing`);
   }
   const tokenizer = Tokenizer.fromCompiled(s.tokenizer);
-  const template = tokenizer.chatTemplate;
-  const text = edgeTextFromTokenizer(tokenizer, (messages, encodeText) => {
-    if (!template)
-      throw new InvalidInputError("this model has no chat template: use /v1/completions");
-    return renderChat(tokenizer, template, messages, { addGenerationPrompt: true, encodeText });
-  });
+  const text = edgeTextFromTokenizer(tokenizer, templateChatRenderer(tokenizer, s.modelId));
   return createEdgeApp({
     modelId: s.modelId,
     maxContext: Number(s.maxContext),

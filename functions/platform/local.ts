@@ -2,7 +2,6 @@
 // apps on two loopback sockets in one process. The edge forwards over real HTTP, signed, exactly as
 // deployed; only the composition (which runtime, which store, which keys) is local.
 import { basename, resolve } from "node:path";
-import { renderChat as renderChatIds } from "../../core/chat/index.ts";
 import { describeChoice } from "../../core/engine/registry.ts";
 import { InvalidInputError } from "../../core/errors.ts";
 import { toHex } from "../../core/hash/hex.ts";
@@ -16,7 +15,11 @@ import { StoreNonceLedger } from "../../core/protocol/nonce-ledger.ts";
 import { createEdgeApp, type EdgeApp } from "../edge/app.ts";
 import { ObjectFileStore } from "../edge/files.ts";
 import { DEFAULT_LIMITS, type KeyConfig } from "../edge/keys.ts";
-import { type ChatRenderer, edgeTextFromTokenizer } from "../edge/tokenizer-text.ts";
+import {
+  type ChatRenderer,
+  edgeTextFromTokenizer,
+  templateChatRenderer,
+} from "../edge/tokenizer-text.ts";
 import { createModelApp, type ModelApp } from "../model/app.ts";
 import { createDriverEngine } from "../model/driver-engine.ts";
 import type { ModelEngine } from "../model/engine.ts";
@@ -208,17 +211,7 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
   }
   const modelServer = await listen(modelApp.app).catch(unwind);
   opened.push(() => modelServer.close());
-  const template = tokenizer.chatTemplate;
-  const renderChat: ChatRenderer =
-    options.renderChat ??
-    ((messages, encodeText) => {
-      if (!template)
-        throw new InvalidInputError(`${modelId} has no chat_template: use /v1/completions`);
-      return renderChatIds(tokenizer, template, messages, {
-        addGenerationPrompt: true,
-        encodeText,
-      });
-    });
+  const renderChat = options.renderChat ?? templateChatRenderer(tokenizer, modelId);
   // Uploaded files are tokenized in a worker thread, so the edge keeps answering meanwhile.
   const fileTokenizer = workerFileTokenizer(tokenizer);
   opened.push(() => fileTokenizer.close());

@@ -16,14 +16,16 @@ import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
-import { renderChat } from "../../core/chat/index.ts";
 import { sha256Hex } from "../../core/hash/sha256.ts";
 import { loadModelDir } from "../../core/node/load-model-dir.ts";
 import { openStore } from "../../core/node/snapshot-dir.ts";
 import { createEdgeApp } from "../../functions/edge/app.ts";
 import { ObjectFileStore } from "../../functions/edge/files.ts";
 import type { KeyConfig } from "../../functions/edge/keys.ts";
-import { edgeTextFromTokenizer } from "../../functions/edge/tokenizer-text.ts";
+import {
+  edgeTextFromTokenizer,
+  templateChatRenderer,
+} from "../../functions/edge/tokenizer-text.ts";
 import { startLocal } from "../../functions/platform/local.ts";
 import { listen } from "../../functions/platform/node.ts";
 import { loadDirTokenizer } from "../../functions/platform/tokenizer-cache.ts";
@@ -38,12 +40,7 @@ async function edgeInThread(keys: KeyConfig): Promise<{ url: string; close(): Pr
   const edge = await createEdgeApp({
     modelId: "tiny",
     maxContext: 4096,
-    text: edgeTextFromTokenizer(tokenizer, (messages, encodeText) =>
-      renderChat(tokenizer, tokenizer.chatTemplate!, messages, {
-        addGenerationPrompt: true,
-        encodeText,
-      }),
-    ),
+    text: edgeTextFromTokenizer(tokenizer, templateChatRenderer(tokenizer, "tiny")),
     keys,
     modelUrl: "http://127.0.0.1:9",
     secret: "bench-files-secret-0123456789",
