@@ -97,6 +97,20 @@ struct ul_engine {
   float* kv_scales(int layer, int kind) const {
     return kv_scale ? kv_scale + (static_cast<size_t>(layer) * 2 + kind) * scale_slice_elems() : nullptr;
   }
+  /** kv_store of `rows` new (rows, kv_heads, head_dim) rows at `src` into (layer, K|V) from pos0. */
+  ul::KvStoreArgs kv_store_args(int layer, int kind, const void* src, int rows, int pos0) const {
+    ul::KvStoreArgs s{};
+    s.src = src;
+    s.cache = kv_slice(layer, kind);
+    s.scale = kv_scales(layer, kind);
+    s.rows = rows;
+    s.kv_heads = cfg.num_kv_heads;
+    s.head_dim = cfg.head_dim;
+    s.max_pos = cfg.max_positions;
+    s.pos0 = pos0;
+    s.kv_dtype = cfg.kv_dtype;
+    return s;
+  }
 };
 
 namespace {
@@ -269,19 +283,8 @@ Status run_chunk(ul_engine* e, const int32_t* tokens, int rows, bool want_logits
     UL_TRY(be.matmul(e->xn, L.v, rows, c.hidden_size, kvd, e->v, false));
     UL_TRY(be.rope(e->q, rows, c.num_heads, c.head_dim, c.rotary_dim, pos0, e->inv_freq, c.attention_scaling));
     UL_TRY(be.rope(e->k, rows, c.num_kv_heads, c.head_dim, c.rotary_dim, pos0, e->inv_freq, c.attention_scaling));
-    for (int kind = 0; kind < 2; ++kind) {
-      ul::KvStoreArgs s{};
-      s.src = kind == 0 ? e->k : e->v;
-      s.cache = e->kv_slice(l, kind);
-      s.scale = e->kv_scales(l, kind);
-      s.rows = rows;
-      s.kv_heads = c.num_kv_heads;
-      s.head_dim = c.head_dim;
-      s.max_pos = c.max_positions;
-      s.pos0 = pos0;
-      s.kv_dtype = c.kv_dtype;
-      UL_TRY(be.kv_store(s));
-    }
+    for (int kind = 0; kind < 2; ++kind)
+      UL_TRY(be.kv_store(e->kv_store_args(l, kind, kind == 0 ? e->k : e->v, rows, pos0)));
     ul::AttentionArgs a{};
     a.q = e->q;
     a.k_cache = e->kv_slice(l, 0);
@@ -468,17 +471,7 @@ Status import_fp8_via_store(ul_engine* e, int l, int kind, const std::vector<flo
         for (int d = 0; d < c.head_dim; ++d)
           ul::store_from_f32(rows.data(), act, (static_cast<size_t>(r) * c.num_kv_heads + h) * c.head_dim + d, x[h * per_head + (at + r) * c.head_dim + d]);
     UL_TRY(e->be->upload(e->k, rows.data(), static_cast<size_t>(m) * c.num_kv_heads * c.head_dim * ul::dtype_size(act)));
-    ul::KvStoreArgs s{};
-    s.src = e->k;
-    s.cache = e->kv_slice(l, kind);
-    s.scale = e->kv_scales(l, kind);
-    s.rows = m;
-    s.kv_heads = c.num_kv_heads;
-    s.head_dim = c.head_dim;
-    s.max_pos = c.max_positions;
-    s.pos0 = e->position + static_cast<int>(at);
-    s.kv_dtype = c.kv_dtype;
-    UL_TRY(e->be->kv_store(s));
+    UL_TRY(e->be->kv_store(e->kv_store_args(l, kind, e->k, m, e->position + static_cast<int>(at))));
   }
   return Status::Ok();
 }
