@@ -187,15 +187,7 @@ export class S3Store implements SnapshotStore {
     const Key = this.#key(key);
     try {
       if (bytes.length < this.#threshold) {
-        await this.client.send(
-          new PutObjectCommand({
-            Bucket: this.#bucket,
-            Key,
-            Body: bytes,
-            ContentLength: bytes.length,
-          }),
-          { abortSignal: signal },
-        );
+        await this.#putOnce(Key, bytes, {}, signal);
         return;
       }
       const upload = new Upload({
@@ -217,21 +209,32 @@ export class S3Store implements SnapshotStore {
     }
   }
 
+  /** One PutObject of the whole object (below the multipart threshold), with extra conditions. */
+  async #putOnce(
+    Key: string,
+    bytes: Uint8Array,
+    extra: { IfNoneMatch?: string },
+    signal?: AbortSignal,
+  ): Promise<void> {
+    await this.client.send(
+      new PutObjectCommand({
+        Bucket: this.#bucket,
+        Key,
+        Body: bytes,
+        ContentLength: bytes.length,
+        ...extra,
+      }),
+      { abortSignal: signal },
+    );
+  }
+
   async create(key: string, bytes: Uint8Array): Promise<boolean> {
     const Key = this.#key(key);
     // S3 conditional write: `If-None-Match: *` makes the PUT fail with 412 when the key exists,
     // atomically across writers; 409 means another conditional write to the key is in flight.
     for (let attempt = 1; ; attempt++) {
       try {
-        await this.client.send(
-          new PutObjectCommand({
-            Bucket: this.#bucket,
-            Key,
-            Body: bytes,
-            ContentLength: bytes.length,
-            IfNoneMatch: "*",
-          }),
-        );
+        await this.#putOnce(Key, bytes, { IfNoneMatch: "*" });
         return true;
       } catch (err) {
         const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata
