@@ -3,7 +3,7 @@
 // nvcc and emcc present and no GPU. Then this process loads the addon that came out and gets the
 // typed "no CUDA device" error (the whole path up to the driver works), and the command the
 // container entry runs refuses to serve with one line instead of falling back to a CPU runtime.
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -11,7 +11,7 @@ import { NotAvailableError } from "../core/errors.ts";
 import { Backend } from "../native/ts/abi.ts";
 import { loadAddonHost } from "../native/ts/addon-host.ts";
 import { probeCudaError } from "../native/ts/cuda-runtime.ts";
-import { scratchDir, testModelDir } from "./support/models.ts";
+import { runProcess, scratchDir, testModelDir } from "./support/models.ts";
 import { haveEmcc, haveNvcc, tool } from "./support/tools.ts";
 
 const root = join(import.meta.dirname, "..");
@@ -19,17 +19,8 @@ const tools =
   tool("nvcc", haveNvcc(), "the model image build (CUDA addon)") &&
   tool("emcc", haveEmcc(), "the model image build (emscripten module)");
 
-function run(cmd: string, args: string[], cwd: string, env = process.env) {
-  return new Promise<{ status: number | null; stdout: string; stderr: string }>((done, fail) => {
-    const child = spawn(cmd, args, { cwd, env, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d) => (stdout += d));
-    child.stderr.on("data", (d) => (stderr += d));
-    child.on("error", fail);
-    child.on("close", (status) => done({ status, stdout, stderr }));
-  });
-}
+const run = (cmd: string, args: string[], cwd: string, env = process.env) =>
+  runProcess(cmd, args, { cwd, env });
 
 describe.skipIf(!tools)("model image build (fresh clone, nvcc, no GPU)", () => {
   const clone = join(scratchDir("image"), "ultralong");

@@ -75,11 +75,27 @@ export async function loadTestModel(opts: GenerateOptions = TINY): Promise<Loade
 export function runUltralong(
   args: string[],
   env: Record<string, string | undefined> = process.env,
-): Promise<{ status: number | null; stdout: string; stderr: string }> {
+): Promise<ProcessResult> {
+  return runProcess(process.execPath, ["functions/cli/bin.js", ...args], { env });
+}
+
+export interface ProcessResult {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `cmd` to its end with stdin closed, collecting its output (cwd: this process's, default). */
+export function runProcess(
+  cmd: string,
+  args: string[],
+  opts: { cwd?: string; env?: Record<string, string | undefined> } = {},
+): Promise<ProcessResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ["functions/cli/bin.js", ...args], {
+    const child = spawn(cmd, args, {
       stdio: ["ignore", "pipe", "pipe"],
-      env,
+      cwd: opts.cwd,
+      env: opts.env ?? process.env,
     });
     let stdout = "";
     let stderr = "";
