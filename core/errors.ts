@@ -1,7 +1,7 @@
 // Two kinds of failure (STYLE.md habit 6): assertions for broken invariants, and the typed errors
 // below for what a user or the world can cause. Each carries a stable `code` for machines to read;
 // the HTTP layer maps each class (never a code) to a status in one table
-// (functions/platform/http-errors.ts), and the CLI prints `message` on one line.
+// (functions/http/http-errors.ts), and the CLI prints `message` on one line.
 
 export class UltralongError extends Error {
   constructor(

@@ -1,6 +1,6 @@
 // Client disconnects, 50 of them, at random moments: during a streamed upload, while queued behind
 // another generation, during prefill and during decode, with streamed and non-streamed responses.
-// Real sockets end to end (client -> edge -> model function, functions/platform/local.ts), the
+// Real sockets end to end (client -> edge -> model function, functions/entries/local.ts), the
 // reference runtime, snapshots in a real directory. Nothing is timed: every disconnect must show up
 // as the model function's log line for that request id with status 499 / cancelled (a missed one
 // runs to the end and logs 200), and the queue counts the requests that had to wait: only the ones
@@ -10,7 +10,7 @@
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { sha256Hex } from "../core/hash/sha256.ts";
 import { parseSse } from "../core/protocol/events.ts";
-import { type LocalServer, startLocal } from "../functions/platform/local.ts";
+import { type LocalServer, startLocal } from "../functions/entries/local.ts";
 import { scratchDir, testModelDir } from "./support/models.ts";
 
 const KEY = "key-tenant-cancel-0123456789";

@@ -7,8 +7,8 @@ import { ChatMessageError } from "../core/chat/messages.ts";
 import { sha256Hex } from "../core/hash/sha256.ts";
 import { loadModelDir } from "../core/node/load-model-dir.ts";
 import type { Tokenizer } from "../core/tokenizer/index.ts";
-import { type LocalServer, startLocal } from "../functions/platform/local.ts";
-import { loadDirTokenizer } from "../functions/platform/tokenizer-cache.ts";
+import { type LocalServer, startLocal } from "../functions/entries/local.ts";
+import { loadDirTokenizer } from "../functions/node/tokenizer-cache.ts";
 import { testModelDir } from "./support/models.ts";
 
 const KEY = "key-chat-roles-0123456789";

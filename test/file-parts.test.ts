@@ -13,8 +13,8 @@ import { openStore } from "../core/node/snapshot-dir.ts";
 import { createEdgeApp, type EdgeApp, type EdgeAppOptions } from "../functions/edge/app.ts";
 import { MemoryObjectStore, ObjectFileStore, type ObjectStore } from "../functions/edge/files.ts";
 import { edgeTextFromTokenizer, templateChatRenderer } from "../functions/edge/tokenizer-text.ts";
-import { type LocalServer, startLocal } from "../functions/platform/local.ts";
-import { loadDirTokenizer } from "../functions/platform/tokenizer-cache.ts";
+import { type LocalServer, startLocal } from "../functions/entries/local.ts";
+import { loadDirTokenizer } from "../functions/node/tokenizer-cache.ts";
 import { type S3Server, startS3 } from "./harness/s3.ts";
 import { scratchDir, testModelDir } from "./support/models.ts";
 

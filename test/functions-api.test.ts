@@ -5,7 +5,7 @@ import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { sha256Hex } from "../core/hash/sha256.ts";
 import { parseSse } from "../core/protocol/events.ts";
-import { type LocalServer, startLocal } from "../functions/platform/local.ts";
+import { type LocalServer, startLocal } from "../functions/entries/local.ts";
 import { signedGenerate } from "./support/generate-request.ts";
 import { scratchDir, testModelDir } from "./support/models.ts";
 

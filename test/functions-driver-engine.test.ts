@@ -6,7 +6,7 @@ import { openStore } from "../core/node/snapshot-dir.ts";
 import type { ModelEvent } from "../core/protocol/events.ts";
 import { createDriverEngine } from "../functions/model/driver-engine.ts";
 import type { ModelEngine } from "../functions/model/engine.ts";
-import { loadDirTokenizer } from "../functions/platform/tokenizer-cache.ts";
+import { loadDirTokenizer } from "../functions/node/tokenizer-cache.ts";
 import { runtimes } from "../functions/runtimes.ts";
 import { generateHeader } from "./support/generate-request.ts";
 import { scratchDir, testModelDir } from "./support/models.ts";

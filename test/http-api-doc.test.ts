@@ -7,7 +7,7 @@ import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
-import { type LocalServer, startLocal } from "../functions/platform/local.ts";
+import { type LocalServer, startLocal } from "../functions/entries/local.ts";
 import { testModelDir } from "./support/models.ts";
 
 const root = join(import.meta.dirname, "..");

@@ -12,16 +12,16 @@ import { FRAMES_CONTENT_TYPE, frameStream, GENERATE_PATH } from "../core/protoco
 import { importSigningKey, SignatureError, signRequest } from "../core/protocol/signing.ts";
 import { createEdgeApp } from "../functions/edge/app.ts";
 import { edgeTextFromTokenizer } from "../functions/edge/tokenizer-text.ts";
+import { type LocalServer, startLocal } from "../functions/entries/local.ts";
 import {
   describeError,
   IncompleteBodyError,
   RateLimitError,
   relayedError,
   UpstreamError,
-} from "../functions/platform/http-errors.ts";
-import { type LocalServer, startLocal } from "../functions/platform/local.ts";
-import { listen } from "../functions/platform/node.ts";
-import { loadDirTokenizer } from "../functions/platform/tokenizer-cache.ts";
+} from "../functions/http/http-errors.ts";
+import { listen } from "../functions/node/listen.ts";
+import { loadDirTokenizer } from "../functions/node/tokenizer-cache.ts";
 import { generateHeader } from "./support/generate-request.ts";
 import { testModelDir } from "./support/models.ts";
 

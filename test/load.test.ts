@@ -7,7 +7,7 @@ import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { sha256Hex } from "../core/hash/sha256.ts";
-import { type LocalServer, startLocal } from "../functions/platform/local.ts";
+import { type LocalServer, startLocal } from "../functions/entries/local.ts";
 import { testModelDir } from "./support/models.ts";
 
 const CLIENTS = 32;

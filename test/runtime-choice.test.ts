@@ -8,7 +8,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { type RuntimeFactory, RuntimeRegistry } from "../core/engine/registry.ts";
 import { NotAvailableError } from "../core/errors.ts";
 import { loadModelDir } from "../core/node/load-model-dir.ts";
-import { startLocal } from "../functions/platform/local.ts";
+import { startLocal } from "../functions/entries/local.ts";
 import { elfProblem } from "../native/ts/elf-check.ts";
 import { kernelsLine } from "../native/ts/native-runtime.ts";
 import { runUltralong, scratchDir, testModelDir } from "./support/models.ts";

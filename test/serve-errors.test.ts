@@ -7,7 +7,7 @@ import { writeFileSync } from "node:fs";
 import { connect, createServer, type Server } from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startLocal } from "../functions/platform/local.ts";
+import { startLocal } from "../functions/entries/local.ts";
 import { runUltralong, scratchDir, testModelDir } from "./support/models.ts";
 
 const cache = scratchDir("cache");

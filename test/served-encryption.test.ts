@@ -8,8 +8,8 @@ import { masterKeyId } from "../core/crypto/tenant-key.ts";
 import { createReferenceRuntime } from "../core/engine/reference-runtime.ts";
 import { decodeSnapshot, parseSnapshotHeader, UnreadableError } from "../core/kv/format.ts";
 import { loadModelDir } from "../core/node/load-model-dir.ts";
-import { type LocalServer, startLocal } from "../functions/platform/local.ts";
-import { snapshotKeys } from "../functions/platform/snapshot-keys.ts";
+import { type LocalServer, startLocal } from "../functions/entries/local.ts";
+import { snapshotKeys } from "../functions/node/snapshot-keys.ts";
 import { runUltralong, scratchDir, testModelDir } from "./support/models.ts";
 
 const KEY_HEX = "5a".repeat(32);

@@ -2,7 +2,7 @@
 // worker threads. It prints the refusal and returns; the process exits only if the refused start
 // closed everything it had opened (workers, the model function's socket).
 //   node --import tsx test/start-refused.child.ts MODEL_DIR PORT
-import { startLocal } from "../functions/platform/local.ts";
+import { startLocal } from "../functions/entries/local.ts";
 
 const [modelDir, port] = process.argv.slice(2);
 try {

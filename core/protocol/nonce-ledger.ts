@@ -109,7 +109,7 @@ export class StoreNonceLedger implements NonceLedger {
   /**
    * Proves the store refuses a second create of one key. An S3-compatible server that ignores
    * `If-None-Match` answers 200 to both, and replay protection would silently be off: a server
-   * refuses to start on such a store (functions/platform/local.ts) instead.
+   * refuses to start on such a store (functions/entries/local.ts) instead.
    */
   async checkExclusive(): Promise<void> {
     const bytes = new Uint8Array(16);

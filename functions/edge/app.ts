@@ -25,7 +25,7 @@ import {
 import type { GenerateHeader } from "../../core/protocol/header.ts";
 import { importSigningKey } from "../../core/protocol/signing.ts";
 import { isTokenId } from "../../core/tokenizer/token-id.ts";
-import { bearerToken } from "../platform/bearer.ts";
+import { bearerToken } from "../http/bearer.ts";
 import {
   AuthenticationError,
   describeError,
@@ -36,15 +36,10 @@ import {
   PermissionError,
   RateLimitError,
   UpstreamError,
-} from "../platform/http-errors.ts";
-import { Metrics, statusClass } from "../platform/metrics.ts";
-import { metricsResponse } from "../platform/metrics-route.ts";
-import {
-  consoleSink,
-  type LogSink,
-  logRequest,
-  type RequestLogLine,
-} from "../platform/request-log.ts";
+} from "../http/http-errors.ts";
+import { Metrics, statusClass } from "../http/metrics.ts";
+import { metricsResponse } from "../http/metrics-route.ts";
+import { consoleSink, type LogSink, logRequest, type RequestLogLine } from "../http/request-log.ts";
 import { limitedChunks, readJson, requireMediaType } from "./body.ts";
 import { FileService } from "./file-service.ts";
 import { type FileTokenizer, inThreadFileTokenizer } from "./file-tokenizer.ts";

@@ -1,13 +1,13 @@
 // Reading request bodies with a byte limit enforced while reading (a missing or lying
 // Content-Length cannot make us buffer more), strict UTF-8, and JSON errors that name the problem.
 // A body that breaks off mid-stream is the client's IncompleteBodyError (400), never a short body
-// read as whole (functions/platform/request-body.ts).
+// read as whole (functions/http/request-body.ts).
 import {
   ParamError,
   PayloadTooLargeError,
   UnsupportedMediaTypeError,
-} from "../platform/http-errors.ts";
-import { completeBody } from "../platform/request-body.ts";
+} from "../http/http-errors.ts";
+import { completeBody } from "../http/request-body.ts";
 
 export function mediaType(req: Request): string {
   return (req.headers.get("content-type") ?? "").split(";")[0].trim().toLowerCase();

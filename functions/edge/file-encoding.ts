@@ -1,9 +1,9 @@
 // One uploaded file's bytes -> UTF-8 text -> token ids, incrementally, with what a chat part needs to
 // reuse the ids later (file-splice.ts). Synchronous and platform-free: the Node worker
-// (functions/platform/file-tokenizer-thread.ts) and the in-thread path (file-tokenizer.ts) both
+// (functions/node/file-tokenizer-thread.ts) and the in-thread path (file-tokenizer.ts) both
 // run it. Memory: the decoder's unfinished character, the encoder's unfinished pre-token, the
 // leading/trailing whitespace (at most MAX_EDGE_CHARS each) and one number pair per push.
-import { ParamError } from "../platform/http-errors.ts";
+import { ParamError } from "../http/http-errors.ts";
 import type { StreamingEncoder } from "./text.ts";
 import { joinParts } from "./typed-parts.ts";
 

@@ -3,8 +3,8 @@
 // older version stored without usable ids, at its first use), in the FileTokenizer: a worker on
 // Node, slices between event-loop turns elsewhere.
 import type { Context, Env, Hono } from "hono";
-import { NotFoundHttpError } from "../platform/http-errors.ts";
-import type { Metrics } from "../platform/metrics.ts";
+import { NotFoundHttpError } from "../http/http-errors.ts";
+import type { Metrics } from "../http/metrics.ts";
 import { limitedChunks, requireMediaType } from "./body.ts";
 import { fileMarker, fileSplicer, MARK_OPEN, type SplicedFile } from "./file-splice.ts";
 import type { FileTokenizer } from "./file-tokenizer.ts";

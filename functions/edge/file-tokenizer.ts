@@ -1,5 +1,5 @@
 // Where an uploaded file is tokenized, off the request path's CPU: a port with two implementations.
-// On Node, a worker thread (functions/platform/worker-file-tokenizer.ts). Here, for Workers and
+// On Node, a worker thread (functions/node/worker-file-tokenizer.ts). Here, for Workers and
 // Lambda (no worker threads there; Lambda serves one request per instance anyway): the same
 // FileEncoding on this thread, in slices with a return to the event loop between them, so a
 // /healthz that arrives meanwhile waits for one slice (about 1 ms at 15 MB/s), not the file.

@@ -2,7 +2,7 @@
 // same bytes into ids, both as they arrive. What one upload holds at a time: a body chunk, one
 // text part and one ids part not yet put (PART_BYTES each, files.ts), and the tokenizer's state
 // (file-encoding.ts): about 8 MiB plus the longest pre-token of the file, whatever its size.
-import { ParamError } from "../platform/http-errors.ts";
+import { ParamError } from "../http/http-errors.ts";
 import type { FileTokenizer } from "./file-tokenizer.ts";
 import type { FileStore, StoredFile } from "./files.ts";
 import { multipartBoundary, multipartParts } from "./multipart.ts";

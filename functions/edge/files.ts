@@ -5,7 +5,7 @@
 
 import { NotFoundError } from "../../core/errors.ts";
 import { toHex } from "../../core/hash/hex.ts";
-import { NotFoundHttpError } from "../platform/http-errors.ts";
+import { NotFoundHttpError } from "../http/http-errors.ts";
 import type { FileEdges } from "./file-encoding.ts";
 import { joinParts } from "./typed-parts.ts";
 

@@ -2,13 +2,13 @@
 // frames (prefill can start before the last frame is sent), and yields the model's SSE events.
 // Aborting `signal` (the client went away) aborts the fetch, which the model function sees as a
 // cancelled request and stops generating. Its errors, and the model function's, are typed here and
-// mapped to statuses by functions/platform/http-errors.ts like every other error.
+// mapped to statuses by functions/http/http-errors.ts like every other error.
 import { UltralongError } from "../../core/errors.ts";
 import { type ErrorEvent, type ModelEvent, parseSse } from "../../core/protocol/events.ts";
 import { FRAMES_CONTENT_TYPE, frameStream, GENERATE_PATH } from "../../core/protocol/frames.ts";
 import type { GenerateHeader } from "../../core/protocol/header.ts";
 import { signRequest } from "../../core/protocol/signing.ts";
-import { relayedError, UpstreamError } from "../platform/http-errors.ts";
+import { relayedError, UpstreamError } from "../http/http-errors.ts";
 
 export interface ModelClientOptions {
   /** Base URL of the model function, e.g. http://127.0.0.1:8081. */

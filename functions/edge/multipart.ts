@@ -2,7 +2,7 @@
 // 50 MB upload is never held whole (Request.formData() buffers the body, then the file, then its
 // text). Web streams only, for every platform. Parts must be read in order; a part whose body is
 // not read is skipped.
-import { ParamError } from "../platform/http-errors.ts";
+import { ParamError } from "../http/http-errors.ts";
 
 export interface MultipartPart {
   /** Content-Disposition's name. */

@@ -2,7 +2,7 @@
 // the field (OpenAI's `param`), so a client sees which field is wrong. Unknown fields are ignored,
 // as OpenAI does, so SDKs that send newer fields keep working.
 import { type ChatMessage, ChatMessageError, parseChatMessages } from "../../core/chat/messages.ts";
-import { ParamError } from "../platform/http-errors.ts";
+import { ParamError } from "../http/http-errors.ts";
 import { checkWellFormed } from "./body.ts";
 
 export type { ChatMessage };

@@ -26,11 +26,11 @@ import {
   errorResponse,
   NotFoundHttpError,
   UnsupportedMediaTypeError,
-} from "../platform/http-errors.ts";
-import { Metrics, statusClass } from "../platform/metrics.ts";
-import { hasMetricsKey, metricsResponse } from "../platform/metrics-route.ts";
-import { completeBody } from "../platform/request-body.ts";
-import { consoleSink, type LogSink, logRequest } from "../platform/request-log.ts";
+} from "../http/http-errors.ts";
+import { Metrics, statusClass } from "../http/metrics.ts";
+import { hasMetricsKey, metricsResponse } from "../http/metrics-route.ts";
+import { completeBody } from "../http/request-body.ts";
+import { consoleSink, type LogSink, logRequest } from "../http/request-log.ts";
 import type { ModelEngine } from "./engine.ts";
 import { GenerationQueue } from "./queue.ts";
 

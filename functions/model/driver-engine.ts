@@ -38,7 +38,7 @@ export interface DriverEngineOptions {
   /** For token text and stop strings. */
   tokenizer: DecoderFactory;
   /** Snapshot store; without one, no snapshots (the runtime still reuses a held prefix). */
-  /** masterKeys: snapshot encryption keys, first seals (functions/platform/snapshot-keys.ts). */
+  /** masterKeys: snapshot encryption keys, first seals (functions/node/snapshot-keys.ts). */
   store?: { store: SnapshotStore; name: string; chunkTokens?: number; masterKeys?: Uint8Array[] };
   /**
    * Secret from which per-tenant snapshot salts are derived: salt = HMAC(secret, tenant). Server

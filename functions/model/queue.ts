@@ -2,7 +2,7 @@
 // FIFO of waiters. Past the bound the caller gets RateLimitError (429 + Retry-After) at once rather
 // than waiting unboundedly: the edge or client retries, and memory stays bounded under load.
 import { CancelledError } from "../../core/errors.ts";
-import { RateLimitError } from "../platform/http-errors.ts";
+import { RateLimitError } from "../http/http-errors.ts";
 
 export class GenerationQueue {
   #active = 0;

@@ -18,7 +18,7 @@ export type EdgePlatform = "lambda" | "workers";
 export const LAMBDA_NODE_MAJOR = 24;
 
 export const EDGE_ENTRIES: Record<EdgePlatform, string> = {
-  lambda: "functions/platform/lambda.ts",
+  lambda: "functions/entries/edge-lambda.ts",
   workers: "infra/workers/entry.ts",
 };
 

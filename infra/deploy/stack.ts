@@ -106,7 +106,7 @@ export function buildStack(app: App, config: DeployConfig, assets: StackAssets):
   // The master key KV snapshots are sealed under (AES-256-GCM per tenant, HKDF): 64 letters and
   // digits, which ULTRALONG_SNAPSHOT_KEY reads as base64 (48 bytes). Model function only: whoever
   // can write the bucket cannot forge or read snapshots without it. Rotation: put the new key first
-  // and the old one after a comma (functions/platform/snapshot-keys.ts).
+  // and the old one after a comma (functions/node/snapshot-keys.ts).
   const snapshotKey = new secretsmanager.Secret(stack, "SnapshotKey", {
     description: "Master key that encrypts KV snapshots; read by the model function only",
     generateSecretString: { passwordLength: 64, excludePunctuation: true },
@@ -286,7 +286,7 @@ export function buildStack(app: App, config: DeployConfig, assets: StackAssets):
     vpcSubnets: { subnetType: ec2.SubnetType.PRIVATE_WITH_EGRESS },
     securityGroups: [edgeSg],
     environment: {
-      // Names read by functions/platform/lambda.ts.
+      // Names read by functions/entries/edge-lambda.ts.
       ULTRALONG_ROLE: "edge",
       ULTRALONG_MODEL_URL: `http://${alb.loadBalancerDnsName}`,
       ULTRALONG_MODEL_ID: config.modelId,

@@ -1,7 +1,7 @@
-// The Cloudflare Workers edge as deployed: functions/platform/workers.ts with the compiled Llama 3.1
+// The Cloudflare Workers edge as deployed: functions/entries/edge-workers.ts with the compiled Llama 3.1
 // vocabulary embedded as a Data module, so the only bindings left are the settings in
 // wrangler.toml and the two secrets. A TOKENIZER binding, when present, wins (tests use it).
-import edge from "../../functions/platform/workers.ts";
+import edge from "../../functions/entries/edge-workers.ts";
 import vocabulary from "./tokenizer.ultralong.bin";
 
 type Env = Parameters<typeof edge.fetch>[1];

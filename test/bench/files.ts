@@ -26,9 +26,9 @@ import {
   edgeTextFromTokenizer,
   templateChatRenderer,
 } from "../../functions/edge/tokenizer-text.ts";
-import { startLocal } from "../../functions/platform/local.ts";
-import { listen } from "../../functions/platform/node.ts";
-import { loadDirTokenizer } from "../../functions/platform/tokenizer-cache.ts";
+import { startLocal } from "../../functions/entries/local.ts";
+import { listen } from "../../functions/node/listen.ts";
+import { loadDirTokenizer } from "../../functions/node/tokenizer-cache.ts";
 import { scratchDir, testModelDir } from "../support/models.ts";
 
 const KEY = "bench-files-key-0123456789";

@@ -16,8 +16,8 @@ import { parseArgs } from "node:util";
 import { Hono } from "hono";
 import { sha256Hex } from "../../core/hash/sha256.ts";
 import { parseSse } from "../../core/protocol/events.ts";
-import { startLocal } from "../../functions/platform/local.ts";
-import { listen } from "../../functions/platform/node.ts";
+import { startLocal } from "../../functions/entries/local.ts";
+import { listen } from "../../functions/node/listen.ts";
 import { testModelDir } from "../support/models.ts";
 
 const KEY = "bench-key-0123456789";

@@ -9,7 +9,7 @@
 import { parseArgs } from "node:util";
 import { sha256Hex } from "../../core/hash/sha256.ts";
 import { parseSse } from "../../core/protocol/events.ts";
-import { startLocal } from "../../functions/platform/local.ts";
+import { startLocal } from "../../functions/entries/local.ts";
 import { scratchDir, testModelDir } from "../support/models.ts";
 
 const KEY = "bench-key-0123456789";

@@ -5,7 +5,7 @@ import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { sha256Hex } from "../../core/hash/sha256.ts";
-import { type LocalServer, startLocal } from "../../functions/platform/local.ts";
+import { type LocalServer, startLocal } from "../../functions/entries/local.ts";
 import { bundleEdge, type EdgePlatform } from "../../infra/deploy/bundle.ts";
 import { startWorkerd, type WorkerdServer } from "../harness/workerd.ts";
 import { testModelDir } from "./models.ts";

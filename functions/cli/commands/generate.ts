@@ -26,7 +26,7 @@ import { loadModelDir } from "../../../core/node/load-model-dir.ts";
 import { openStore } from "../../../core/node/snapshot-dir.ts";
 import type { Tokenizer } from "../../../core/tokenizer/index.ts";
 import { loadTokenizer } from "../../../core/tokenizer/load.ts";
-import { snapshotKeys } from "../../platform/snapshot-keys.ts";
+import { snapshotKeys } from "../../node/snapshot-keys.ts";
 import { runtimes } from "../../runtimes.ts";
 import { type Command, type CommandIO, intOption, parseCommandArgs } from "../command.ts";
 import { KV_DTYPE_HELP, kvDtypeOption } from "../kv-dtype.ts";

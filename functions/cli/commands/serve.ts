@@ -6,12 +6,12 @@ import { join } from "node:path";
 import { InvalidInputError } from "../../../core/errors.ts";
 import { makeModelDir } from "../../../core/node/make-model.ts";
 import { type KeyConfig, KeyRing } from "../../edge/keys.ts";
-import { startLocal } from "../../platform/local.ts";
-import { checkCanListen, checkPort } from "../../platform/node.ts";
+import { startLocal } from "../../entries/local.ts";
+import { checkCanListen, checkPort } from "../../node/listen.ts";
 import {
   checkSnapshotPlaintext,
   snapshotKeys as snapshotKeysFromEnv,
-} from "../../platform/snapshot-keys.ts";
+} from "../../node/snapshot-keys.ts";
 import { type Command, intOption, parseCommandArgs } from "../command.ts";
 import { KV_DTYPE_HELP, kvDtypeOption } from "../kv-dtype.ts";
 

@@ -5,7 +5,7 @@ import type { Server } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 import { serve } from "@hono/node-server";
 import { InvalidInputError, NotAvailableError } from "../../core/errors.ts";
-import { describeError, IncompleteBodyError } from "./http-errors.ts";
+import { describeError, IncompleteBodyError } from "../http/http-errors.ts";
 
 export interface FetchApp {
   fetch(request: Request): Response | Promise<Response>;

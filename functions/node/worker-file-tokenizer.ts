@@ -6,7 +6,7 @@ import { PoolWorker, WorkerCallError } from "../../core/node/worker-pool.ts";
 import type { Tokenizer } from "../../core/tokenizer/index.ts";
 import type { FileSummary } from "../edge/file-encoding.ts";
 import type { FileTokenizer } from "../edge/file-tokenizer.ts";
-import { ParamError } from "./http-errors.ts";
+import { ParamError } from "../http/http-errors.ts";
 
 /** A worker's typed error (bad UTF-8) becomes the same ParamError the in-thread path throws. */
 function rethrow(err: unknown): never {
