@@ -4,15 +4,8 @@
 
 import { InvalidInputError } from "../errors.ts";
 
-export interface GenerateHeader {
-  v: 1;
-  /** The edge's request id, echoed in logs on both sides. */
-  requestId: string;
-  /** Tenant id from the API key (never from the client): the snapshot salt. */
-  tenant: string;
-  /** Prompt length when known before the body ends, else null (streamed uploads). */
-  promptTokens: number | null;
-  maxTokens: number;
+/** How tokens are chosen and returned: the fields an OpenAI request and this header share. */
+export interface Sampling {
   /** 0 = greedy. */
   temperature: number;
   topP: number;
@@ -21,6 +14,17 @@ export interface GenerateHeader {
   /** Return the chosen token's logprob, and this many alternatives (0..20). */
   logprobs: boolean;
   topLogprobs: number;
+}
+
+export interface GenerateHeader extends Sampling {
+  v: 1;
+  /** The edge's request id, echoed in logs on both sides. */
+  requestId: string;
+  /** Tenant id from the API key (never from the client): the snapshot salt. */
+  tenant: string;
+  /** Prompt length when known before the body ends, else null (streamed uploads). */
+  promptTokens: number | null;
+  maxTokens: number;
   /** Send progress events during prefill. */
   progress: boolean;
 }

@@ -2,7 +2,7 @@
 // stored ids (file-splice.ts). Tokenization happens once per file, at upload (or, for a file an
 // older version stored without usable ids, at its first use), in the FileTokenizer: a worker on
 // Node, slices between event-loop turns elsewhere.
-import type { Context, Env, Hono } from "hono";
+import { type Context, type Env, Hono } from "hono";
 import { NotFoundHttpError } from "../http/http-errors.ts";
 import type { Metrics } from "../http/metrics.ts";
 import { limitedChunks, requireMediaType } from "./body.ts";
@@ -140,9 +140,10 @@ export class FileService {
     };
   }
 
-  /** POST /v1/files, GET /v1/files[/{id}], DELETE /v1/files/{id}. */
-  routes<E extends Env>(app: Hono<E>, tenantOf: (c: Context<E>) => string): void {
+  /** POST /v1/files, GET /v1/files[/{id}], DELETE /v1/files/{id}, as a sub-app. */
+  routes<E extends Env>(tenantOf: (c: Context<E>) => string): Hono<E> {
     const o = this.#o;
+    const app = new Hono<E>();
     app.post("/v1/files", async (c) => {
       requireMediaType(c.req.raw, "multipart/form-data");
       const raw = c.req.raw;
@@ -168,5 +169,6 @@ export class FileService {
         throw new NotFoundHttpError(`No such file: '${id}'`, "file_not_found");
       return c.json({ id, object: "file", deleted: true });
     });
+    return app;
   }
 }

@@ -2,20 +2,15 @@
 // the field (OpenAI's `param`), so a client sees which field is wrong. Unknown fields are ignored,
 // as OpenAI does, so SDKs that send newer fields keep working.
 import { type ChatMessage, ChatMessageError, parseChatMessages } from "../../core/chat/messages.ts";
+import type { Sampling } from "../../core/protocol/header.ts";
 import { ParamError } from "../http/http-errors.ts";
 import { checkWellFormed } from "./body.ts";
 
 export type { ChatMessage };
 
-export interface SamplingParams {
+export interface SamplingParams extends Sampling {
   /** null = not given: the tenant's max output tokens (bounded by context) applies. */
   maxTokens: number | null;
-  temperature: number;
-  topP: number;
-  seed: number | null;
-  stop: string[];
-  logprobs: boolean;
-  topLogprobs: number;
   stream: boolean;
   includeUsage: boolean;
   /** Extension: progress chunks during prefill (empty choices + progress object). */

@@ -2,6 +2,7 @@
 // counts, timings, status, and a level that follows the status. The sink is injectable; the
 // default writes to console.log, which every platform (Node, Lambda, Workers) ships to its log
 // service.
+import type { UsageEvent } from "../../core/protocol/events.ts";
 
 export type LogSink = (line: Record<string, unknown>) => void;
 
@@ -23,6 +24,18 @@ export interface RequestLogLine {
   prefillMs?: number;
   decodeMs?: number;
   totalMs: number;
+}
+
+/** The log fields of a generation's usage (both apps log the same ones). */
+export function usageLogFields(u: UsageEvent): Partial<RequestLogLine> {
+  return {
+    promptTokens: u.promptTokens,
+    completionTokens: u.completionTokens,
+    cachedTokens: u.cachedTokens,
+    finishReason: u.finishReason,
+    prefillMs: u.prefillMs,
+    decodeMs: u.decodeMs,
+  };
 }
 
 /** error: the server failed (5xx); warn: the request was refused or cut off (4xx, 499 included). */

@@ -7,8 +7,8 @@
 //   GET  /readyz        model, runtime, KV capacity, queue
 //   GET  /metrics       Prometheus text, behind the metrics key
 import { Hono } from "hono";
-import { CancelledError, InvalidInputError } from "../../core/errors.ts";
-import { closeQuietly, SSE_HEADERS, sseComment, sseEvent } from "../../core/protocol/events.ts";
+import { InvalidInputError } from "../../core/errors.ts";
+import { sseEvent, type UsageEvent } from "../../core/protocol/events.ts";
 import {
   FRAME_END,
   FRAME_HEADER,
@@ -30,7 +30,8 @@ import {
 import { Metrics, statusClass } from "../http/metrics.ts";
 import { hasMetricsKey, metricsResponse } from "../http/metrics-route.ts";
 import { completeBody } from "../http/request-body.ts";
-import { consoleSink, type LogSink, logRequest } from "../http/request-log.ts";
+import { consoleSink, type LogSink, logRequest, usageLogFields } from "../http/request-log.ts";
+import { clientAbort, sseResponse } from "../http/sse.ts";
 import type { ModelEngine } from "./engine.ts";
 import { GenerationQueue } from "./queue.ts";
 
@@ -184,12 +185,8 @@ export async function createModelApp(options: ModelAppOptions): Promise<ModelApp
     started: number,
     finish: (status: number, extra?: Record<string, unknown>) => void,
   ): Promise<Response> {
-    const abort = new AbortController();
-    const onClientAbort = () => abort.abort(new CancelledError("client went away"));
-    // A listener added to a signal that has already fired never runs: a client gone during the
-    // signature check or the HEADER frame would otherwise be served in full.
-    if (clientSignal.aborted) onClientAbort();
-    else clientSignal.addEventListener("abort", onClientAbort, { once: true });
+    const client = clientAbort(clientSignal);
+    const abort = client.controller;
     // A full queue is refused now (429, before anything streams). Otherwise the response starts at
     // once and the wait for the runtime happens inside it: the edge then holds this response's body
     // through the queue wait too, and cancels it when its client goes away (functions/edge/forward.ts).
@@ -197,7 +194,7 @@ export async function createModelApp(options: ModelAppOptions): Promise<ModelApp
     try {
       acquired = queue.acquire(abort.signal);
     } catch (err) {
-      clientSignal.removeEventListener("abort", onClientAbort);
+      client.release();
       throw err;
     }
     acquired.catch(() => {}); // awaited in the stream below
@@ -210,85 +207,56 @@ export async function createModelApp(options: ModelAppOptions): Promise<ModelApp
         yield f.tokens;
       }
     }
-    let timer: ReturnType<typeof setInterval> | undefined;
-    const body = new ReadableStream<Uint8Array>({
-      start(controller) {
-        const send = (bytes: Uint8Array) => {
-          if (!abort.signal.aborted) controller.enqueue(bytes);
-        };
-        timer = setInterval(() => send(sseComment("keep-alive")), keepAliveMs);
-        void (async () => {
-          let status = 200;
-          const stats: Record<string, unknown> = { tenant: header.tenant };
-          let release = () => {};
-          try {
-            release = await acquired;
-            stats.queueMs = clock() - started;
-            for await (const ev of engine.generate({
-              header,
-              prompt: prompt(),
-              signal: abort.signal,
-            })) {
-              if (ev.event === "progress" && !header.progress) continue;
-              if (ev.event === "usage") {
-                const u = ev.data;
-                metrics.inc("ul_model_cached_tokens_total", {}, u.cachedTokens);
-                metrics.inc("ul_model_output_tokens_total", {}, u.completionTokens);
-                if (u.prefillMs > 0)
-                  metrics.set(
-                    "ul_model_prefill_tokens_per_second",
-                    ((u.promptTokens - u.cachedTokens) / u.prefillMs) * 1000,
-                  );
-                if (u.decodeMs > 0)
-                  metrics.set(
-                    "ul_model_decode_tokens_per_second",
-                    (u.completionTokens / u.decodeMs) * 1000,
-                  );
-                Object.assign(stats, {
-                  promptTokens: u.promptTokens,
-                  completionTokens: u.completionTokens,
-                  cachedTokens: u.cachedTokens,
-                  finishReason: u.finishReason,
-                  prefillMs: u.prefillMs,
-                  decodeMs: u.decodeMs,
-                });
-              }
-              send(sseEvent(ev.event, ev.data));
-              // A CPU runtime computes inside promise continuations: without a macrotask turn the
-              // socket never flushes and a client's disconnect is never seen until the end.
-              await yieldToEventLoop();
-            }
-          } catch (err) {
-            // Once the client is gone, whatever broke is its cancellation (CancelledError: 499).
-            const d = describeError(abort.signal.aborted ? abort.signal.reason : err);
-            status = d.status;
-            stats.errorCode = d.body.error.code;
-            send(
-              sseEvent("error", {
-                code: d.body.error.code,
-                message: d.body.error.message,
-                status: d.status,
-              }),
-            );
-          } finally {
-            clearInterval(timer);
-            clientSignal.removeEventListener("abort", onClientAbort);
-            release();
-            finish(status, stats);
-            closeQuietly(controller);
-            // Not awaited: a read of the request body still pending ends only with the socket.
-            frames.return(undefined).catch(() => {});
-          }
-        })();
+    const stats: Record<string, unknown> = { tenant: header.tenant };
+    let release = () => {};
+    return sseResponse({
+      abort,
+      keepAliveMs,
+      async run(send) {
+        release = await acquired;
+        stats.queueMs = clock() - started;
+        for await (const ev of engine.generate({
+          header,
+          prompt: prompt(),
+          signal: abort.signal,
+        })) {
+          if (ev.event === "progress" && !header.progress) continue;
+          if (ev.event === "usage") account(ev.data, stats);
+          send(sseEvent(ev.event, ev.data));
+          // A CPU runtime computes inside promise continuations: without a macrotask turn the
+          // socket never flushes and a client's disconnect is never seen until the end.
+          await yieldToEventLoop();
+        }
       },
-      cancel() {
-        clearInterval(timer);
-        abort.abort(new CancelledError("client went away"));
+      fail(err) {
+        // Once the client is gone, whatever broke is its cancellation (CancelledError: 499).
+        const d = describeError(abort.signal.aborted ? abort.signal.reason : err);
+        stats.errorCode = d.body.error.code;
+        const { code, message } = d.body.error;
+        return { status: d.status, event: sseEvent("error", { code, message, status: d.status }) };
+      },
+      done(status) {
+        client.release();
+        release();
+        finish(status, stats);
+        // Not awaited: a read of the request body still pending ends only with the socket.
+        frames.return(undefined).catch(() => {});
       },
     });
-    return new Response(body, {
-      headers: SSE_HEADERS,
-    });
+  }
+
+  /** A generation's usage into the metrics and its log line. */
+  function account(u: UsageEvent, stats: Record<string, unknown>): void {
+    metrics.inc("ul_model_cached_tokens_total", {}, u.cachedTokens);
+    metrics.inc("ul_model_output_tokens_total", {}, u.completionTokens);
+    if (u.prefillMs > 0)
+      metrics.set(
+        "ul_model_prefill_tokens_per_second",
+        ((u.promptTokens - u.cachedTokens) / u.prefillMs) * 1000,
+      );
+    if (u.decodeMs > 0)
+      metrics.set("ul_model_decode_tokens_per_second", (u.completionTokens / u.decodeMs) * 1000);
+    Object.assign(stats, usageLogFields(u));
   }
 
   return { app, metrics, queue };
