@@ -1,13 +1,14 @@
 #!/usr/bin/env node
 // One build for the whole repository: each part that needs compiling owns a `build.mjs` exporting
-// `build()`; this runs them in dependency order. TypeScript needs no emit (tsx runs it; `npm run
-// lint` type-checks), so the steps here are the AssemblyScript kernels and the native core.
+// `build()`; this runs them in dependency order: the AssemblyScript kernels, the native core, and
+// the CLI's JavaScript (esbuild bundles the TypeScript, so `ultralong` starts with no loader; `npm
+// run lint` type-checks). Each step is incremental: it rebuilds only what changed.
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
-const steps = ["wasm/build.mjs", "native/build.mjs"];
+const steps = ["wasm/build.mjs", "native/build.mjs", "functions/cli/build.mjs"];
 
 for (const step of steps) {
   const file = join(root, step);

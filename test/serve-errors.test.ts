@@ -104,6 +104,17 @@ describe("ultralong serve: one line and a non-zero exit for each start-up mistak
       () => ["--api-keys", keyFile("null.json", "null")],
       /needs 'tenants' and 'keys'/,
     ],
+    [
+      "an API key with a space",
+      () => ["--api-key", "my key 12345"],
+      /--api-key must be at least 8 visible ASCII characters, with no spaces/,
+    ],
+    ["a short API key", () => ["--api-key", "short"], /--api-key must be at least 8/],
+    [
+      "an API key beside a key file",
+      () => ["--api-key", "my-own-key-1234", "--api-keys", keyFile("k.json", "{}")],
+      /--api-key sets the demo key; with --api-keys there is none/,
+    ],
     ["an unknown runtime", () => ["--runtime", "nope"], /unknown runtime 'nope'/],
     // 192.0.2.1 is TEST-NET-1 (RFC 5737): never a machine's own address.
     [

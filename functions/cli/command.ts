@@ -1,12 +1,11 @@
 // The shape of one `ultralong` subcommand. Each lives in functions/cli/commands/<name>.ts and is
-// listed in functions/cli/commands.ts; main.ts loads only the one that runs.
+// listed, with its one-line summary, in functions/cli/commands.ts; main.ts loads only the one that
+// runs.
 
 import { type ParseArgsConfig, parseArgs } from "node:util";
 import { InvalidInputError } from "../../core/errors.ts";
 
 export interface Command {
-  /** One line for `ultralong --help`. */
-  summary: string;
   /** Full usage text for `ultralong <name> --help`. */
   usage: string;
   /** Runs the command; resolves to the exit status. Throw UltralongError for user-facing failures. */

@@ -8,20 +8,19 @@ export async function main(argv: string[], io: CommandIO): Promise<number> {
   const [name, ...rest] = argv;
   if (name === undefined || name === "--help" || name === "-h" || name === "help") {
     const lines = ["usage: ultralong <command> [options]", "", "commands:"];
-    for (const [key, load] of Object.entries(commands)) {
-      const { command } = await load();
-      lines.push(`  ${key.padEnd(14)} ${command.summary}`);
+    for (const [key, { summary }] of Object.entries(commands)) {
+      lines.push(`  ${key.padEnd(14)} ${summary}`);
     }
     lines.push("", "`ultralong <command> --help` shows a command's options.");
     io.stdout.write(`${lines.join("\n")}\n`);
     return name === undefined ? 2 : 0;
   }
-  const load = commands[name];
-  if (!load) {
+  const entry = commands[name];
+  if (!entry) {
     io.stderr.write(`ultralong: unknown command '${name}' (try: ultralong --help)\n`);
     return 2;
   }
-  const { command } = await load();
+  const { command } = await entry.load();
   if (rest.includes("--help") || rest.includes("-h")) {
     io.stdout.write(`${command.usage.trimEnd()}\n`);
     return 0;

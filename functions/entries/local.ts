@@ -39,8 +39,10 @@ export interface LocalOptions {
   snapshotKeys?: Uint8Array[];
   /** Snapshot chunk size in tokens (default 512). */
   snapshotChunkTokens?: number;
-  /** API keys; default: one random demo key for tenant "demo". */
+  /** API keys; default: one demo key (`demoKey`) for tenant "demo". */
   keys?: KeyConfig;
+  /** The demo key when no `keys` are given (default: random; `ultralong serve` keeps one). */
+  demoKey?: string;
   /** Runtime name or "auto" (default). */
   runtime?: string;
   threads?: number;
@@ -68,7 +70,7 @@ export interface LocalServer {
   url: string;
   modelUrl: string;
   modelId: string;
-  /** The generated demo key (only when no keys were given). */
+  /** The demo key (only when no keys were given). */
   demoKey: string | null;
   /** Key for GET /metrics on both apps. */
   metricsKey: string;
@@ -123,7 +125,7 @@ export async function startLocal(options: LocalOptions): Promise<LocalServer> {
   let demoKey: string | null = null;
   let keys = options.keys;
   if (!keys) {
-    demoKey = `ul-demo-${randomHex(16)}`;
+    demoKey = options.demoKey ?? `ul-demo-${randomHex(16)}`;
     keys = {
       tenants: { demo: { ...DEFAULT_LIMITS, maxPromptTokens: fn.maxPositions - 1 } },
       keys: [{ sha256: await sha256Hex(demoKey), tenant: "demo" }],

@@ -36,7 +36,6 @@ function parseIds(text: string): number[] {
 }
 
 export const command: Command = {
-  summary: "decode Llama 3 token ids back to text",
   usage,
   async run(argv, io) {
     const { values, positionals } = parseCommandArgs(argv, {

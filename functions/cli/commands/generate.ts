@@ -220,7 +220,6 @@ function formatSeconds(s: number): string {
 }
 
 export const command: Command = {
-  summary: "generate text from a prompt with a model directory (streams to stdout)",
   usage,
   async run(argv, io) {
     const { values } = parseOptions(argv);

@@ -118,8 +118,6 @@ function gpuPlan(c: ModelConfig, memoryBytes: number) {
 const gib = (bytes: number) => `${(bytes / 2 ** 30).toFixed(2)} GiB`;
 
 export const command: Command = {
-  summary:
-    "describe a model directory: config, parameters, KV bytes per token, fingerprint; the longest context a GPU holds",
   usage,
   async run(argv, io) {
     const { values, positionals } = parseCommandArgs(argv, {

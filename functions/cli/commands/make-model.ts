@@ -31,7 +31,6 @@ options:
 `;
 
 export const command: Command = {
-  summary: "write a deterministic random Llama model directory (HF layout)",
   usage,
   async run(argv, io) {
     const { values, positionals } = parseCommandArgs(argv, {

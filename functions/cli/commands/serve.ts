@@ -28,7 +28,9 @@ options:
   --store S          KV snapshots: DIR or s3://bucket/prefix (default: user cache directory)
   --no-store         no snapshots
   --api-keys FILE    JSON key file (hashed keys -> tenants with limits; docs/http-api.md);
-                     default: a random demo key printed at start
+                     default: one demo key, printed at start
+  --api-key KEY      the demo key (default: a random one made once and kept, mode 0600, in
+                     the user cache directory as demo-api-key, so it is the same every start)
   --threads N        worker threads for CPU runtimes (default: all cores)
   --runtime NAME     auto|reference|wasm|native-wasm|cuda (default auto)
   --max-positions N  KV positions (default: min(model's context, 131072))
@@ -96,17 +98,44 @@ function untilSignal(): Promise<void> {
   });
 }
 
-/** A random secret made once and kept (mode 0600) in the user cache directory. */
-async function localSaltSecret(env: NodeJS.ProcessEnv): Promise<string> {
-  const file = join(cacheDir(env), "tenant-salt-secret");
-  const existing = await readFile(file, "utf8").catch(() => "");
-  if (existing.trim().length >= 32) return existing.trim();
+/**
+ * A secret made once and kept (mode 0600) in the user cache directory as `name`: what the file
+ * holds if it is at least `minLength` characters, else a new one from `make`, written.
+ */
+async function cachedSecret(
+  env: NodeJS.ProcessEnv,
+  name: string,
+  minLength: number,
+  make: (hex: string) => string,
+): Promise<string> {
+  const file = join(cacheDir(env), name);
+  const existing = (await readFile(file, "utf8").catch(() => "")).trim();
+  if (existing.length >= minLength) return existing;
   await mkdir(cacheDir(env), { recursive: true });
   const bytes = new Uint8Array(32);
   crypto.getRandomValues(bytes);
-  const secret = Buffer.from(bytes).toString("hex");
+  const secret = make(Buffer.from(bytes).toString("hex"));
   await writeFile(file, secret, { mode: 0o600 });
   return secret;
+}
+
+/** Per-tenant snapshot salts derive from this, so snapshots are found again after a restart. */
+const localSaltSecret = (env: NodeJS.ProcessEnv) =>
+  cachedSecret(env, "tenant-salt-secret", 32, (hex) => hex);
+
+/** The demo API key, made once so yesterday's curl line still works today. */
+const DEMO_KEY_FILE = "demo-api-key";
+const localDemoKey = (env: NodeJS.ProcessEnv) =>
+  cachedSecret(env, DEMO_KEY_FILE, 16, (hex) => `ul-demo-${hex.slice(0, 32)}`);
+
+/** --api-key: anything a client can send in `Authorization: Bearer <key>` (visible ASCII). */
+function checkApiKey(key: string): string {
+  if (!/^[\x21-\x7e]{8,}$/.test(key)) {
+    throw new InvalidInputError(
+      "--api-key must be at least 8 visible ASCII characters, with no spaces",
+    );
+  }
+  return key;
 }
 
 /** The --api-keys file, read and checked as the edge will (KeyRing) before anything starts. */
@@ -129,7 +158,6 @@ async function readKeyFile(file: string): Promise<KeyConfig> {
 }
 
 export const command: Command = {
-  summary: "run the OpenAI-compatible HTTP API locally (edge + model function)",
   usage,
   async run(argv, io) {
     const { values } = parseCommandArgs(
@@ -141,6 +169,7 @@ export const command: Command = {
         store: { type: "string" },
         "no-store": { type: "boolean" },
         "api-keys": { type: "string" },
+        "api-key": { type: "string" },
         threads: { type: "string" },
         runtime: { type: "string" },
         "max-positions": { type: "string" },
@@ -162,6 +191,11 @@ export const command: Command = {
     const maxPositions = intOption("max-positions", values["max-positions"]);
     if (maxPositions === 0) throw new InvalidInputError("--max-positions must be at least 1");
     const kvDtype = kvDtypeOption(values["kv-dtype"]);
+    if (values["api-key"] !== undefined && (values["api-keys"] || role === "model"))
+      throw new InvalidInputError(
+        `--api-key sets the demo key; with ${role === "model" ? "--role model" : "--api-keys"} there is none`,
+      );
+    const apiKey = values["api-key"] === undefined ? undefined : checkApiKey(values["api-key"]);
     const keys = values["api-keys"] ? await readKeyFile(values["api-keys"]) : undefined;
     const snapshotKeys = await snapshotKeysFromEnv(io.env);
     if (!values["no-store"]) checkSnapshotPlaintext(snapshotKeys, role === "model", io.env);
@@ -179,6 +213,8 @@ export const command: Command = {
       store: values["no-store"] ? null : values.store,
       snapshotKeys,
       keys,
+      // The model role serves no clients: no demo key to make.
+      demoKey: keys || role === "model" ? undefined : (apiKey ?? (await localDemoKey(io.env))),
       runtime: values.runtime,
       threads,
       maxPositions,
@@ -199,8 +235,11 @@ export const command: Command = {
     io.stdout.write(
       [
         `ultralong serving '${server.modelId}' on ${server.url} (runtime ${info.runtime}, context ${info.maxPositions} tokens, snapshots: ${info.store}; ready in ${Math.round(performance.now() - t0)} ms)`,
-        server.demoKey ? `demo API key: ${server.demoKey}` : "API keys: from --api-keys",
+        server.demoKey
+          ? `demo API key: ${server.demoKey}${apiKey ? "" : `   (kept in ${join(cacheDir(io.env), DEMO_KEY_FILE)}; --api-key sets another)`}`
+          : "API keys: from --api-keys",
         server.metricsKey ? `metrics key:  ${server.metricsKey}   (GET ${server.url}/metrics)` : "",
+        `model function: ${server.modelUrl} (signed requests from the edge only; /healthz, /readyz, /metrics)`,
         "try:",
         `  curl ${server.url}/v1/chat/completions -H 'Authorization: Bearer ${key}' -H 'Content-Type: application/json' \\`,
         `    -d '{"model":"${server.modelId}","messages":[{"role":"user","content":"Hello!"}],"max_tokens":16}'`,

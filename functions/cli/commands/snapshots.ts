@@ -95,7 +95,6 @@ async function orphans(store: SnapshotStore, objects: ObjectInfo[]): Promise<Obj
 }
 
 export const command: Command = {
-  summary: "list, remove and garbage-collect KV snapshots in a directory or S3 store",
   usage,
   async run(argv, io) {
     const { values, positionals } = parseCommandArgs(argv, {

@@ -75,7 +75,6 @@ async function* chunks(file: string | undefined, io: CommandIO): AsyncGenerator<
 }
 
 export const command: Command = {
-  summary: "encode text or a chat with a model's Llama 3 tokenizer (ids as JSON, or a count)",
   usage,
   async run(argv, io) {
     // Text comes from stdin or --file: a positional argument is a usage error.
