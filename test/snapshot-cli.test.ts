@@ -1,4 +1,5 @@
-// `ultralong snapshots ls|rm|gc` on a directory store and on s3rver, through the CLI's main().
+// `ultralong snapshots ls|rm|gc` on a directory store and on s3rver, through the CLI's main(); and
+// through bin.js, an S3 command says nothing on stderr (no AWS SDK Node-version notice).
 import { writeFileSync } from "node:fs";
 import { utimes } from "node:fs/promises";
 import { join } from "node:path";
@@ -12,7 +13,7 @@ import { openStore } from "../core/node/snapshot-dir.ts";
 import { COMPILED_TOKENIZER_FILE, loadTokenizer } from "../core/tokenizer/load.ts";
 import { main } from "../functions/cli/main.ts";
 import { type S3Server, startS3 } from "./harness/s3.ts";
-import { scratchDir, testModelDir } from "./support/models.ts";
+import { runUltralong, scratchDir, testModelDir } from "./support/models.ts";
 
 async function cli(args: string[], env: Record<string, string> = {}) {
   const stdout = new PassThrough();
@@ -173,5 +174,22 @@ describe("ultralong snapshots on s3rver", () => {
     const all = await cli(["snapshots", "gc", "--store", spec, "--older-than", "0s"], s3.env);
     expect(all.out).toMatch(/deleted 4 objects/);
     expect((await cli(["snapshots", "ls", "--store", spec], s3.env)).out).toMatch(/^0 objects/);
+  });
+
+  it("is quiet through bin.js: the AWS SDK's Node-version notice is switched off", async () => {
+    const spec = `s3://${s3.bucket}/quiet`;
+    const { AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: _, ...env } = process.env;
+    const ls = await runUltralong(["snapshots", "ls", "--store", spec], { ...env, ...s3.env });
+    expect(ls.stderr).toBe("");
+    expect(ls.stdout).toMatch(/^0 objects/);
+    // The SDK's own switch set the other way: the notice is there, on the Node versions it names.
+    const noisy = await runUltralong(["snapshots", "ls", "--store", spec], {
+      ...env,
+      ...s3.env,
+      AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: "false",
+    });
+    if (Number(process.versions.node.split(".")[0]) < 22)
+      expect(noisy.stderr).toMatch(/NodeVersionSupportWarning/);
+    else expect(noisy.stderr).toBe("");
   });
 });
