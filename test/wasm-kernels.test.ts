@@ -239,6 +239,11 @@ describe("attention: tiled online softmax == two-pass scalar softmax", () => {
     { nh: 8, nkv: 2, hd: 128, p0: 70, T: 20, bf16: false },
     { nh: 8, nkv: 1, hd: 64, p0: 130, T: 1, bf16: true },
     { nh: 4, nkv: 1, hd: 64, p0: 5, T: 150, bf16: true },
+    // issue 14's shape: 3 query heads per KV head, odd row counts, tiles cut mid-block
+    { nh: 12, nkv: 4, hd: 64, p0: 300, T: 70, bf16: false },
+    { nh: 12, nkv: 4, hd: 64, p0: 0, T: 1, bf16: false },
+    { nh: 6, nkv: 2, hd: 128, p0: 61, T: 7, bf16: true },
+    { nh: 12, nkv: 4, hd: 64, p0: 1000, T: 1, bf16: false },
   ];
   it("the planner's scratch size (shard.mjs) is the kernel's attention_scratch_bytes", () => {
     for (const c of cases) {
@@ -266,7 +271,7 @@ describe("attention: tiled online softmax == two-pass scalar softmax", () => {
           const b = u16(p, vals.length);
           for (let i = 0; i < vals.length; i++) b[i] = f32ToBf16(vals[i]);
         } else f32(p, vals.length).set(vals);
-        if (p === vc) vmax = Math.max(...vals.map(Math.abs));
+        if (p === vc) vmax = vals.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
       }
       const qStride = c.nh * c.hd + 32;
       const q = alloc(c.T * qStride * 4);

@@ -53,7 +53,7 @@ function instance(module: WebAssembly.Module, bytes: number) {
 }
 
 /** f32x4 multiply-add peak of one core, GFLOP/s (80 flops per iteration). */
-async function simdPeak(module: WebAssembly.Module): Promise<number> {
+export async function simdPeak(module: WebAssembly.Module): Promise<number> {
   const { e } = instance(module, 0);
   for (let i = 0; i < 50; i++) e.peak_madd(10_000, 1);
   await sleep(200);

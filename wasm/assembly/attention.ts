@@ -7,35 +7,80 @@
 //           h / (nh / nkv), as HF's repeat_kv does
 //   scale   1 / sqrt(hd)
 //
-// Tiled like FlashAttention: queries in blocks of BQ tokens x (nh / nkv) heads, keys in tiles of BK,
-// an online softmax (running max m, running sum l, output rescaled when m grows). Memory is the
-// scratch below, independent of context length: no (T, context) score matrix exists.
+// Tiled like FlashAttention, with the query heads of one KV head taken together (GQA): a block is
+// BQ tokens x g = nh / nkv heads, R = BQ g query rows that all read the same K and V tiles of BK keys,
+// so each K/V vector loaded serves several rows. Per tile, as two small GEMMs:
+//   S (R, BK) = Qs K^T    2 rows x 4 keys micro-tile: 8 f32x4 accumulators over hd, lanes summed at
+//                          the end (4 keys' sums land in one vector); causal and tile-end lanes masked
+//   online softmax per row: running max m, sum l, O rescaled when m grows (P = exp(S - m))
+//   O (R, hd) += P V      4 rows x 8 channels micro-tile: 8 accumulators over the tile's keys
+// Queries are gathered (and pre-scaled by 1/sqrt(hd)) into Qs, outputs accumulate in O, both in the
+// scratch below, whose size does not depend on context length: no (T, context) score matrix exists.
+// bf16 caches are widened tile by tile. The previous kernel (one query row at a time, a horizontal
+// sum per score and O read and written per key) ran at ~10 GFLOP/s on issue 14's model; this
+// layout is GEMM-shaped (npm run bench -- profile, "attention" phase).
 import { exp4, hsum, bf16ToF32 } from "./simd";
 
 const BQ: i32 = 16;
 const BK: i32 = 64;
 
-/** Scratch bytes `attention` needs: K and V tiles in f32, BK + 4 scores, m and l per row. */
+/** Scratch bytes `attention` needs: Qs and O (R, hd), S (R, BK), m and l (R), bf16 K/V tiles. */
 export function attention_scratch_bytes(nh: i32, nkv: i32, hd: i32): i32 {
-  const rows = BQ * (nh / nkv);
-  return (2 * BK * hd + BK + 4 + 2 * rows) * 4;
+  const R = BQ * (nh / nkv);
+  return (2 * R * hd + R * BK + 2 * R + 2 * BK * hd) * 4;
 }
 
+/** [sum(a), sum(b), sum(c), sum(d)]: four dot products' partial lanes into one vector. */
 // @ts-ignore: decorator
 @inline
-function dot(a: usize, b: usize, hd: i32): f32 {
-  let s0 = f32x4.splat(0), s1 = f32x4.splat(0);
-  let i = 0;
-  for (; i + 8 <= hd; i += 8) {
-    const o = <usize>i << 2;
-    s0 = f32x4.add(s0, f32x4.mul(v128.load(a + o), v128.load(b + o)));
-    s1 = f32x4.add(s1, f32x4.mul(v128.load(a + o, 16), v128.load(b + o, 16)));
+function sum4(a: v128, b: v128, c: v128, d: v128): v128 {
+  const ab = f32x4.add(v128.shuffle<f32>(a, b, 0, 4, 1, 5), v128.shuffle<f32>(a, b, 2, 6, 3, 7));
+  const cd = f32x4.add(v128.shuffle<f32>(c, d, 0, 4, 1, 5), v128.shuffle<f32>(c, d, 2, 6, 3, 7));
+  return f32x4.add(v128.shuffle<f32>(ab, cd, 0, 1, 4, 5), v128.shuffle<f32>(ab, cd, 2, 3, 6, 7));
+}
+
+/** Lanes i .. i + 3 below `lim` (the row's valid keys in this tile) keep v, others become `fill`. */
+// @ts-ignore: decorator
+@inline
+function keep(v: v128, i: i32, lim: i32, fill: v128): v128 {
+  const idx = i32x4.add(i32x4.splat(i), i32x4(0, 1, 2, 3));
+  return v128.bitselect(v, fill, i32x4.lt_s(idx, i32x4.splat(lim)));
+}
+
+/**
+ * S rows r, r + 1 (two == true) or r alone, keys 0 .. n (rounded up to 4; the lanes past a row's
+ * valid keys are -inf). Key rows past n are read but masked: they lie inside the cache region.
+ */
+// @ts-ignore: decorator
+@inline
+function scores(qa: usize, two: bool, kp: usize, n: i32, hd: i32, sa: usize, limA: i32, limB: i32): void {
+  const hdB = <usize>hd << 2;
+  const qb = qa + hdB;
+  const ninf = f32x4.splat(-Infinity);
+  for (let i = 0; i < n; i += 4) {
+    const k0 = kp + <usize>i * hdB;
+    const k1 = k0 + hdB, k2 = k1 + hdB, k3 = k2 + hdB;
+    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+    let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
+    for (let d = 0; d < hd; d += 4) {
+      const o = <usize>d << 2;
+      const x = v128.load(qa + o);
+      const w0 = v128.load(k0 + o), w1 = v128.load(k1 + o), w2 = v128.load(k2 + o), w3 = v128.load(k3 + o);
+      a0 = f32x4.add(a0, f32x4.mul(x, w0));
+      a1 = f32x4.add(a1, f32x4.mul(x, w1));
+      a2 = f32x4.add(a2, f32x4.mul(x, w2));
+      a3 = f32x4.add(a3, f32x4.mul(x, w3));
+      if (two) {
+        const y = v128.load(qb + o);
+        b0 = f32x4.add(b0, f32x4.mul(y, w0));
+        b1 = f32x4.add(b1, f32x4.mul(y, w1));
+        b2 = f32x4.add(b2, f32x4.mul(y, w2));
+        b3 = f32x4.add(b3, f32x4.mul(y, w3));
+      }
+    }
+    v128.store(sa + (<usize>i << 2), keep(sum4(a0, a1, a2, a3), i, limA, ninf));
+    if (two) v128.store(sa + (<usize>(BK + i) << 2), keep(sum4(b0, b1, b2, b3), i, limB, ninf));
   }
-  for (; i < hd; i += 4) {
-    const o = <usize>i << 2;
-    s0 = f32x4.add(s0, f32x4.mul(v128.load(a + o), v128.load(b + o)));
-  }
-  return hsum(f32x4.add(s0, s1));
 }
 
 export function attention(
@@ -45,92 +90,151 @@ export function attention(
 ): void {
   const g = nh / nkv;
   const hdB = <usize>hd << 2;
-  const kt = scratch;
+  const rMax = BQ * g;
+  const qs = scratch;
+  const ob = qs + <usize>rMax * hdB;
+  const sb = ob + <usize>rMax * hdB;
+  const mRow = sb + (<usize>(rMax * BK) << 2);
+  const lRow = mRow + (<usize>rMax << 2);
+  const kt = lRow + (<usize>rMax << 2);
   const vt = kt + <usize>BK * hdB;
-  const sc = vt + <usize>BK * hdB;
-  const mRow = sc + (<usize>(BK + 4) << 2);
-  const lRow = mRow + (<usize>(BQ * g) << 2);
   const eb: usize = kvBf16 ? 2 : 4;
+  const sv = f32x4.splat(scale);
+  const zero = f32x4.splat(0);
   for (let kvh = 0; kvh < nkv; kvh++) {
     const kHead = kc + <usize>kvh * <usize>cap * <usize>hd * eb;
     const vHead = vc + <usize>kvh * <usize>cap * <usize>hd * eb;
     for (let tb = 0; tb < T; tb += BQ) {
       const te = min(T, tb + BQ);
-      for (let t = tb; t < te; t++) {
-        for (let j = 0; j < g; j++) {
-          const r = (t - tb) * g + j;
-          store<f32>(mRow + (<usize>r << 2), -Infinity);
-          store<f32>(lRow + (<usize>r << 2), 0);
-          memory.fill(out + ((<usize>t * <usize>outStride + <usize>(kvh * g + j) * <usize>hd) << 2), 0, hdB);
+      const R = (te - tb) * g;
+      // Row r = (t - tb) g + j is token t, query head kvh g + j.
+      for (let r = 0; r < R; r++) {
+        const t = tb + r / g;
+        const qp = q + ((<usize>t * <usize>qStride + <usize>(kvh * g + r % g) * <usize>hd) << 2);
+        const dst = qs + <usize>r * hdB;
+        for (let d = 0; d < hd; d += 4) {
+          const o = <usize>d << 2;
+          v128.store(dst + o, f32x4.mul(v128.load(qp + o), sv));
         }
+        memory.fill(ob + <usize>r * hdB, 0, hdB);
+        store<f32>(mRow + (<usize>r << 2), -Infinity);
+        store<f32>(lRow + (<usize>r << 2), 0);
       }
       const last = p0 + te - 1;
       for (let j0 = 0; j0 <= last; j0 += BK) {
-        const je = min(last + 1, j0 + BK);
+        const n = min(last + 1, j0 + BK) - j0;
         let kp = kHead + <usize>j0 * <usize>hd * eb;
         let vp = vHead + <usize>j0 * <usize>hd * eb;
         if (kvBf16) {
-          const n = (je - j0) * hd;
-          for (let i = 0; i < n; i++) {
+          const cnt = n * hd;
+          for (let i = 0; i < cnt; i++) {
             store<f32>(kt + (<usize>i << 2), bf16ToF32(load<u16>(kp + (<usize>i << 1))));
             store<f32>(vt + (<usize>i << 2), bf16ToF32(load<u16>(vp + (<usize>i << 1))));
           }
+          // The masked lanes past n read these: keep them finite.
+          memory.fill(kt + <usize>n * hdB, 0, <usize>(((n + 3) & ~3) - n) * hdB);
           kp = kt;
           vp = vt;
         }
-        for (let t = tb; t < te; t++) {
-          const pos = p0 + t;
-          if (j0 > pos) continue;
-          const n = min(je, pos + 1) - j0;
-          for (let j = 0; j < g; j++) {
-            const h = kvh * g + j;
-            const r = (t - tb) * g + j;
-            const qp = q + ((<usize>t * <usize>qStride + <usize>h * <usize>hd) << 2);
-            const op = out + ((<usize>t * <usize>outStride + <usize>h * <usize>hd) << 2);
-            let mt: f32 = -Infinity;
-            for (let i = 0; i < n; i++) {
-              const s = dot(qp, kp + <usize>i * hdB, hd) * scale;
-              store<f32>(sc + (<usize>i << 2), s);
-              mt = max(mt, s);
-            }
-            const mOld = load<f32>(mRow + (<usize>r << 2));
-            const mNew = max(mOld, mt);
-            const corr: f32 = mOld == -Infinity ? 0 : f32x4.extract_lane(exp4(f32x4.splat(mOld - mNew)), 0);
-            const mv = f32x4.splat(mNew);
-            for (let i = 0; i < n; i += 4) {
-              const o = <usize>i << 2;
-              v128.store(sc + o, exp4(f32x4.sub(v128.load(sc + o), mv)));
-            }
+        // Keys of this tile row r may see: j0 + i <= p0 + t, and i < n.
+        for (let r = 0; r < R; r += 2) {
+          const two = r + 1 < R;
+          const limA = min(n, p0 + tb + r / g - j0 + 1);
+          const limB = two ? min(n, p0 + tb + (r + 1) / g - j0 + 1) : 0;
+          scores(qs + <usize>r * hdB, two, kp, n, hd, sb + (<usize>(r * BK) << 2), limA, limB);
+        }
+        // Online softmax: P = exp(S - m_new) in place, l and O rescaled by exp(m_old - m_new).
+        for (let r = 0; r < R; r++) {
+          const lim = min(n, p0 + tb + r / g - j0 + 1);
+          const srow = sb + (<usize>(r * BK) << 2);
+          if (lim <= 0) {
+            memory.fill(srow, 0, <usize>((n + 3) & ~3) << 2);
+            continue;
+          }
+          let mv = f32x4.splat(-Infinity);
+          for (let i = 0; i < n; i += 4) mv = f32x4.max(mv, v128.load(srow + (<usize>i << 2)));
+          const mt = max(max(f32x4.extract_lane(mv, 0), f32x4.extract_lane(mv, 1)),
+            max(f32x4.extract_lane(mv, 2), f32x4.extract_lane(mv, 3)));
+          const mOld = load<f32>(mRow + (<usize>r << 2));
+          const mNew = max(mOld, mt);
+          const m4 = f32x4.splat(mNew);
+          let lv = f32x4.splat(0);
+          for (let i = 0; i < n; i += 4) {
+            const o = <usize>i << 2;
+            const p = keep(exp4(f32x4.sub(v128.load(srow + o), m4)), i, lim, zero);
+            v128.store(srow + o, p);
+            lv = f32x4.add(lv, p);
+          }
+          let l = hsum(lv);
+          if (mOld != -Infinity && mOld != mNew) {
+            const corr = f32x4.extract_lane(exp4(f32x4.splat(mOld - mNew)), 0);
+            l += load<f32>(lRow + (<usize>r << 2)) * corr;
             const cv = f32x4.splat(corr);
+            const orow = ob + <usize>r * hdB;
             for (let d = 0; d < hd; d += 4) {
               const o = <usize>d << 2;
-              v128.store(op + o, f32x4.mul(v128.load(op + o), cv));
+              v128.store(orow + o, f32x4.mul(v128.load(orow + o), cv));
             }
-            let l: f32 = 0;
-            for (let i = 0; i < n; i++) {
-              const p = load<f32>(sc + (<usize>i << 2));
-              l += p;
-              const pv = f32x4.splat(p);
-              const vr = vp + <usize>i * hdB;
-              for (let d = 0; d < hd; d += 4) {
-                const o = <usize>d << 2;
-                v128.store(op + o, f32x4.add(v128.load(op + o), f32x4.mul(pv, v128.load(vr + o))));
+          } else {
+            l += load<f32>(lRow + (<usize>r << 2));
+          }
+          store<f32>(lRow + (<usize>r << 2), l);
+          store<f32>(mRow + (<usize>r << 2), mNew);
+        }
+        // O += P V: 4 rows x 8 channels per pass over the tile's keys (rows past R: none).
+        for (let r = 0; r < R; r += 4) {
+          const rows = min(4, R - r);
+          const p0r = sb + (<usize>(r * BK) << 2);
+          const o0 = ob + <usize>r * hdB;
+          for (let d = 0; d < hd; d += 8) {
+            const od = <usize>d << 2;
+            if (rows == 4) {
+              let c00 = v128.load(o0 + od), c01 = v128.load(o0 + od, 16);
+              let c10 = v128.load(o0 + hdB + od), c11 = v128.load(o0 + hdB + od, 16);
+              let c20 = v128.load(o0 + 2 * hdB + od), c21 = v128.load(o0 + 2 * hdB + od, 16);
+              let c30 = v128.load(o0 + 3 * hdB + od), c31 = v128.load(o0 + 3 * hdB + od, 16);
+              for (let i = 0; i < n; i++) {
+                const vr = vp + <usize>i * hdB + od;
+                const v0 = v128.load(vr), v1 = v128.load(vr, 16);
+                const pi = p0r + (<usize>i << 2);
+                const w0 = v128.load32_splat(pi);
+                const w1 = v128.load32_splat(pi + (<usize>BK << 2));
+                const w2 = v128.load32_splat(pi + (<usize>(2 * BK) << 2));
+                const w3 = v128.load32_splat(pi + (<usize>(3 * BK) << 2));
+                c00 = f32x4.add(c00, f32x4.mul(w0, v0)); c01 = f32x4.add(c01, f32x4.mul(w0, v1));
+                c10 = f32x4.add(c10, f32x4.mul(w1, v0)); c11 = f32x4.add(c11, f32x4.mul(w1, v1));
+                c20 = f32x4.add(c20, f32x4.mul(w2, v0)); c21 = f32x4.add(c21, f32x4.mul(w2, v1));
+                c30 = f32x4.add(c30, f32x4.mul(w3, v0)); c31 = f32x4.add(c31, f32x4.mul(w3, v1));
+              }
+              v128.store(o0 + od, c00); v128.store(o0 + od, c01, 16);
+              v128.store(o0 + hdB + od, c10); v128.store(o0 + hdB + od, c11, 16);
+              v128.store(o0 + 2 * hdB + od, c20); v128.store(o0 + 2 * hdB + od, c21, 16);
+              v128.store(o0 + 3 * hdB + od, c30); v128.store(o0 + 3 * hdB + od, c31, 16);
+            } else {
+              for (let rr = 0; rr < rows; rr++) {
+                const orow = o0 + <usize>rr * hdB + od;
+                const prow = p0r + (<usize>(rr * BK) << 2);
+                let c0 = v128.load(orow), c1 = v128.load(orow, 16);
+                for (let i = 0; i < n; i++) {
+                  const vr = vp + <usize>i * hdB + od;
+                  const w = v128.load32_splat(prow + (<usize>i << 2));
+                  c0 = f32x4.add(c0, f32x4.mul(w, v128.load(vr)));
+                  c1 = f32x4.add(c1, f32x4.mul(w, v128.load(vr, 16)));
+                }
+                v128.store(orow, c0); v128.store(orow, c1, 16);
               }
             }
-            store<f32>(lRow + (<usize>r << 2), load<f32>(lRow + (<usize>r << 2)) * corr + l);
-            store<f32>(mRow + (<usize>r << 2), mNew);
           }
         }
       }
-      for (let t = tb; t < te; t++) {
-        for (let j = 0; j < g; j++) {
-          const r = (t - tb) * g + j;
-          const inv = f32x4.splat(<f32>1 / load<f32>(lRow + (<usize>r << 2)));
-          const op = out + ((<usize>t * <usize>outStride + <usize>(kvh * g + j) * <usize>hd) << 2);
-          for (let d = 0; d < hd; d += 4) {
-            const o = <usize>d << 2;
-            v128.store(op + o, f32x4.mul(v128.load(op + o), inv));
-          }
+      for (let r = 0; r < R; r++) {
+        const t = tb + r / g;
+        const inv = f32x4.splat(<f32>1 / load<f32>(lRow + (<usize>r << 2)));
+        const src = ob + <usize>r * hdB;
+        const op = out + ((<usize>t * <usize>outStride + <usize>(kvh * g + r % g) * <usize>hd) << 2);
+        for (let d = 0; d < hd; d += 4) {
+          const o = <usize>d << 2;
+          v128.store(op + o, f32x4.mul(v128.load(src + o), inv));
         }
       }
     }

@@ -2,7 +2,7 @@
 // Cancellation: the layer loop checks the signal between layers and, at most every YIELD_MS,
 // yields to the event loop so an abort scheduled by a timer or a closed socket can run.
 import { CancelledError } from "../../core/errors.ts";
-import { Shard, type ShardSpec } from "./shard.mjs";
+import { PROFILE_TOTAL, Shard, type ShardSpec } from "./shard.mjs";
 import { rethrowShardError } from "./shard-errors.ts";
 import type { ShardSet } from "./shard-set.ts";
 
@@ -53,6 +53,7 @@ export class LocalShards implements ShardSet {
     signal?: AbortSignal,
   ) {
     const shard = this.#shard;
+    const t = shard.clock();
     try {
       shard.input().set(input.subarray(0, T * shard.spec.hidden));
       shard.begin(p0, T);
@@ -68,10 +69,20 @@ export class LocalShards implements ShardSet {
         shard.attention(l, null);
         shard.ffn(l, null);
       }
+      return wantLogits ? shard.logits().slice() : null;
     } catch (err) {
       rethrowShardError(err);
+    } finally {
+      shard.lap(PROFILE_TOTAL, t);
     }
-    return wantLogits ? shard.logits().slice() : null;
+  }
+
+  async setProfiling(on: boolean) {
+    this.#shard.setProfiling(on);
+  }
+
+  async profile() {
+    return [this.#shard.profile?.slice() ?? new Float64Array(0)];
   }
 
   async exportKv(start: number, end: number) {

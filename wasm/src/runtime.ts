@@ -37,7 +37,7 @@ import { loadShardWeights } from "./load-weights.ts";
 import { LocalShards } from "./local-shards.ts";
 import { loadWasmModule, onNode, wasmUnavailableReason } from "./module.ts";
 import { checkShapes, fitMemory, MAX_BATCH, planShards, type ShardPlan } from "./plan.ts";
-import type { WeightFormat } from "./shard.mjs";
+import { PROFILE_PHASES, PROFILE_TOTAL, type WeightFormat } from "./shard.mjs";
 import type { ShardSet } from "./shard-set.ts";
 
 export interface WasmRuntimeOptions extends RuntimeOptions {
@@ -50,7 +50,26 @@ function defaultWeightFormat(model: LoadedModel): WeightFormat {
   return q?.dtype === "bf16" ? "bf16" : "f32";
 }
 
-export async function createWasmRuntime(options: WasmRuntimeOptions): Promise<Runtime> {
+/**
+ * Where forwards spent their time since profiling was turned on: per shard, ms per phase
+ * (shard.mjs PROFILE_PHASES), `glue` the shard's JS between them, `total` its forwards' time; on
+ * the main thread, the embedding lookups and the calls' whole time (`runMs`: what a caller waits).
+ */
+export interface WasmProfile {
+  shards: Array<Record<(typeof PROFILE_PHASES)[number] | "glue" | "total", number>>;
+  embedMs: number;
+  runMs: number;
+  /** Tokens the profiled calls took. */
+  tokens: number;
+}
+
+/** The wasm runtime's profiling, beside the Runtime seam (bench and diagnostics only). */
+export interface ProfiledRuntime extends Runtime {
+  setProfiling(on: boolean): Promise<void>;
+  profile(): Promise<WasmProfile>;
+}
+
+export async function createWasmRuntime(options: WasmRuntimeOptions): Promise<ProfiledRuntime> {
   const { model } = options;
   const config = model.config;
   const weightFormat = options.weightFormat ?? defaultWeightFormat(model);
@@ -134,7 +153,7 @@ export async function createWasmRuntime(options: WasmRuntimeOptions): Promise<Ru
   }
 }
 
-class WasmRuntime implements Runtime {
+class WasmRuntime implements ProfiledRuntime {
   readonly config: ModelConfig;
   readonly info: RuntimeInfo;
   readonly #shards: ShardSet;
@@ -145,6 +164,7 @@ class WasmRuntime implements Runtime {
   #busy = false;
   #closed = false;
   #ropeSeqLen = -1;
+  #profiling: { embedMs: number; runMs: number; tokens: number } | null = null;
 
   constructor(
     config: ModelConfig,
@@ -192,9 +212,27 @@ class WasmRuntime implements Runtime {
     await this.#run(tokens, false, signal);
   }
 
+  async setProfiling(on: boolean): Promise<void> {
+    await this.#shards.setProfiling(on);
+    this.#profiling = on ? { embedMs: 0, runMs: 0, tokens: 0 } : null;
+  }
+
+  async profile(): Promise<WasmProfile> {
+    const main = this.#profiling ?? { embedMs: 0, runMs: 0, tokens: 0 };
+    const shards = (await this.#shards.profile()).map((p) => {
+      const row = Object.fromEntries(PROFILE_PHASES.map((name, i) => [name, p[i] ?? 0]));
+      const phases = PROFILE_PHASES.reduce((sum, _, i) => sum + (p[i] ?? 0), 0);
+      const total = p[PROFILE_TOTAL] ?? 0;
+      return { ...row, glue: total - phases, total } as WasmProfile["shards"][number];
+    });
+    return { shards, ...main };
+  }
+
   async #run(tokens: Int32Array, wantLogits: boolean, signal?: AbortSignal) {
     this.#enter();
     const start = this.#position;
+    const prof = this.#profiling;
+    const t0 = prof ? performance.now() : 0;
     try {
       const n = tokens.length;
       if (n === 0) throw new InvalidInputError("forward needs at least one token");
@@ -212,7 +250,9 @@ class WasmRuntime implements Runtime {
       let logits: Float32Array | null = null;
       for (let i = 0; i < n; i += MAX_BATCH) {
         const T = Math.min(MAX_BATCH, n - i);
+        const te = prof ? performance.now() : 0;
         this.#embedRows(tokens.subarray(i, i + T));
+        if (prof) prof.embedMs += performance.now() - te;
         const last = i + T === n;
         logits = await this.#shards.forward(
           this.#position,
@@ -222,6 +262,10 @@ class WasmRuntime implements Runtime {
           signal,
         );
         this.#position += T;
+      }
+      if (prof) {
+        prof.runMs += performance.now() - t0;
+        prof.tokens += n;
       }
       return wantLogits ? logits : undefined;
     } catch (err) {

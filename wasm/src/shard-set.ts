@@ -29,6 +29,10 @@ export interface ShardSet {
   /** Each shard's KV for [start, end) (its heads; shard.mjs exportKv layout). */
   exportKv(start: number, end: number): Promise<Uint8Array[]>;
   importKv(parts: Uint8Array[], start: number, n: number): Promise<void>;
+  /** Per-phase profiling on (zeroed) or off (shard.mjs PROFILE_PHASES). */
+  setProfiling(on: boolean): Promise<void>;
+  /** Each shard's profile since it was turned on: ms per phase, then the forwards' total ms. */
+  profile(): Promise<Float64Array[]>;
   /** Bytes of WebAssembly memory each shard holds now. */
   memoryBytes(): Promise<number[]>;
   close(): Promise<void>;

@@ -101,7 +101,8 @@ const ATT_BK = 64;
  * @returns {number}
  */
 export function attentionScratchBytes(nh, nkv, hd) {
-  return (2 * ATT_BK * hd + ATT_BK + 4 + 2 * ATT_BQ * Math.max(1, nh / Math.max(1, nkv))) * 4;
+  const rows = ATT_BQ * Math.max(1, nh / Math.max(1, nkv));
+  return (2 * rows * hd + rows * ATT_BK + 2 * rows + 2 * ATT_BK * hd) * 4;
 }
 
 /**
@@ -150,6 +151,33 @@ export function shardBytes(spec) {
 }
 
 /** @typedef {(partial: Float32Array) => void} Reduce  adds every shard's partial into the residual */
+
+/**
+ * The phases a profile splits a forward into (`npm run bench -- profile`): the projections' GEMMs,
+ * attention over the cache, RMSNorm, rotary (table and apply), the KV cache writes, SwiGLU and
+ * residual adds, the shards' all-reduce (copy, barrier wait, adds), and lm_head for the logits.
+ * Whatever a forward spends outside them is JS glue, measured by the caller as the rest.
+ */
+export const PROFILE_PHASES = /** @type {const} */ ([
+  "gemm",
+  "attention",
+  "norm",
+  "rope",
+  "kv_store",
+  "elementwise",
+  "reduce",
+  "logits",
+]);
+const GEMM = 0;
+const ATTENTION = 1;
+const NORM = 2;
+const ROPE = 3;
+const KV_STORE = 4;
+const ELEMENTWISE = 5;
+export const REDUCE_PHASE = 6;
+const LOGITS = 7;
+/** Index after the phases: a forward's whole time in the shard (the glue is what the phases miss). */
+export const PROFILE_TOTAL = PROFILE_PHASES.length;
 
 export class Shard {
   /**
@@ -219,7 +247,35 @@ export class Shard {
     // The micro-batch begin() started: its first position and token count.
     this.p0 = 0;
     this.T = 0;
+    /** Milliseconds per PROFILE_PHASES entry since profiling was turned on; null: off (no cost). */
+    /** @type {Float64Array | null} */
+    this.profile = null;
     this.#ensureBytes(top);
+  }
+
+  /**
+   * Turn the per-phase profile on (zeroed) or off.
+   * @param {boolean} on
+   */
+  setProfiling(on) {
+    this.profile = on ? new Float64Array(PROFILE_TOTAL + 1) : null;
+  }
+
+  /**
+   * Charge the time since `t0` to phase `i` when profiling; returns now (the next phase's t0).
+   * @param {number} i
+   * @param {number} t0
+   */
+  lap(i, t0) {
+    if (this.profile === null) return 0;
+    const t = performance.now();
+    this.profile[i] += t - t0;
+    return t;
+  }
+
+  /** A phase's start time when profiling, else 0 (no clock read). */
+  clock() {
+    return this.profile === null ? 0 : performance.now();
   }
 
   /** @param {number} end */
@@ -357,7 +413,9 @@ export class Shard {
     this.reserve(p0 + T, p0);
     this.p0 = p0;
     this.T = T;
+    const t = this.clock();
     this.k.rope_table(this.invFreq, this.spec.headDim / 2, p0, T, this.scaling, this.cos, this.sin);
+    this.lap(ROPE, t);
   }
 
   /**
@@ -387,15 +445,20 @@ export class Shard {
     const T = this.T;
     const k = this.k;
     const bf16 = this.kvEb === 2 ? 1 : 0;
+    let t = this.clock();
     k.rmsnorm(this.x, w.attnNorm, this.xn, T, H, eps);
+    t = this.lap(NORM, t);
     if (nkv > 0) {
       this.#matmul(this.xn, T, w.qkv, this.qkvBuf, false);
+      t = this.lap(GEMM, t);
       const kOff = this.qkvBuf + nh * hd * 4;
       const vOff = kOff + nkv * hd * 4;
       k.rope_apply(this.qkvBuf, this.nqkv, T, nh, hd, this.cos, this.sin);
       k.rope_apply(kOff, this.nqkv, T, nkv, hd, this.cos, this.sin);
+      t = this.lap(ROPE, t);
       k.kv_store(kOff, this.nqkv, T, nkv, hd, this.#kvPtr(l, 0), this.cap, this.p0, bf16);
       k.kv_store(vOff, this.nqkv, T, nkv, hd, this.#kvPtr(l, 1), this.cap, this.p0, bf16);
+      t = this.lap(KV_STORE, t);
       k.attention(
         this.qkvBuf,
         this.nqkv,
@@ -413,6 +476,7 @@ export class Shard {
         1 / Math.sqrt(hd),
         this.scratch,
       );
+      this.lap(ATTENTION, t);
     }
     this.#project(w.o, this.att, reduce);
   }
@@ -426,10 +490,14 @@ export class Shard {
     const { hidden: H, ffn: F, eps } = this.spec;
     const w = this.layers[l];
     const T = this.T;
+    let t = this.clock();
     this.k.rmsnorm(this.x, w.ffnNorm, this.xn, T, H, eps);
+    t = this.lap(NORM, t);
     if (F > 0) {
       this.#matmul(this.xn, T, w.gu, this.guBuf, false);
+      t = this.lap(GEMM, t);
       this.k.swiglu(this.guBuf, T, F, this.act);
+      this.lap(ELEMENTWISE, t);
     }
     this.#project(w.down, this.act, reduce);
   }
@@ -441,12 +509,15 @@ export class Shard {
    */
   #project(m, input, reduce) {
     const T = this.T;
+    const t = this.clock();
     if (reduce === null) {
       if (m.cols > 0) this.#matmul(input, T, m, this.x, true);
+      this.lap(GEMM, t);
       return;
     }
     if (m.cols > 0) this.#matmul(input, T, m, this.part, false);
     else this.#f32(this.part, T * this.spec.hidden).fill(0);
+    this.lap(GEMM, t);
     reduce(this.#f32(this.part, T * this.spec.hidden));
   }
 
@@ -463,8 +534,10 @@ export class Shard {
   /** Final norm of the last row and this shard's logits (V local rows of lm_head); a view. */
   logits() {
     const { hidden: H, eps } = this.spec;
+    const t = this.clock();
     this.k.rmsnorm(this.x + (this.T - 1) * H * 4, this.finalNorm, this.xn, 1, H, eps);
     this.#matmul(this.xn, 1, this.lm, this.logitsBuf, false);
+    this.lap(LOGITS, t);
     return this.#f32(this.logitsBuf, this.spec.vocab);
   }
 

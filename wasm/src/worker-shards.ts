@@ -145,6 +145,14 @@ export class WorkerShards implements ShardSet {
     ).catch(rethrowWorker);
   }
 
+  async setProfiling(on: boolean) {
+    await this.#pool.all("setProfiling", () => [on]).catch(rethrowWorker);
+  }
+
+  async profile() {
+    return this.#pool.all<Float64Array>("profile", () => []).catch(rethrowWorker);
+  }
+
   async memoryBytes() {
     return this.#pool.all<number>("memoryBytes", () => []).catch(rethrowWorker);
   }

@@ -8,7 +8,7 @@
 //   slots   (2, workers, maxBatch, H) f32   partial residual updates, two phases (attention, FFN)
 //   logits  (vocab) f32            each worker writes its rows' logits at its offset
 import { parentPort } from "node:worker_threads";
-import { Shard } from "./shard.mjs";
+import { PROFILE_TOTAL, REDUCE_PHASE, Shard } from "./shard.mjs";
 
 const ARRIVED = 0;
 const GENERATION = 1;
@@ -45,12 +45,14 @@ function barrier() {
 
 /** Publish this worker's partial, wait for all, then add every partial in worker order. */
 function reduce(partial) {
+  const t = shard.clock();
   const n = partial.length;
   const slots = ctx.slots[phase];
   slots[ctx.index].set(partial);
   if (barrier()) throw new Cancelled();
   for (let w = 0; w < ctx.count; w++) shard.addToResidual(slots[w].subarray(0, n));
   phase ^= 1;
+  shard.lap(REDUCE_PHASE, t);
 }
 
 const handlers = {
@@ -79,32 +81,43 @@ const handlers = {
   setMatrix: (key, layer, rowOffset, data) => shard.setMatrix(key, layer, rowOffset, data),
   setRope: (invFreq, scaling) => shard.setRope(invFreq, scaling),
   forward(p0, T, wantLogits) {
-    const H = shard.spec.hidden;
-    phase = 0;
+    const t = shard.clock();
     try {
-      shard.input().set(ctx.input.subarray(0, T * H));
-      shard.begin(p0, T);
-      for (let l = 0; l < shard.spec.layers; l++) {
-        shard.attention(l, reduce);
-        shard.ffn(l, reduce);
-      }
-    } catch (err) {
-      if (err instanceof Cancelled) return { cancelled: true };
-      if (!(err instanceof PeerFailed)) {
-        // Release the others from any barrier: they see FAILED and stop instead of waiting forever.
-        Atomics.store(ctx.ctl, FAILED, 1);
-        Atomics.add(ctx.ctl, GENERATION, 1);
-        Atomics.notify(ctx.ctl, GENERATION);
-      }
-      throw err;
+      return forward(p0, T, wantLogits);
+    } finally {
+      shard.lap(PROFILE_TOTAL, t);
     }
-    if (wantLogits) ctx.logits.set(shard.logits(), ctx.vocabOffset);
-    return { cancelled: false };
   },
+  setProfiling: (on) => shard.setProfiling(on),
+  profile: () => shard.profile?.slice() ?? new Float64Array(0),
   exportKv: (start, end) => shard.exportKv(start, end),
   importKv: (bytes, start, n) => shard.importKv(bytes, start, n),
   memoryBytes: () => shard.memoryBytes,
 };
+
+function forward(p0, T, wantLogits) {
+  const H = shard.spec.hidden;
+  phase = 0;
+  try {
+    shard.input().set(ctx.input.subarray(0, T * H));
+    shard.begin(p0, T);
+    for (let l = 0; l < shard.spec.layers; l++) {
+      shard.attention(l, reduce);
+      shard.ffn(l, reduce);
+    }
+  } catch (err) {
+    if (err instanceof Cancelled) return { cancelled: true };
+    if (!(err instanceof PeerFailed)) {
+      // Release the others from any barrier: they see FAILED and stop instead of waiting forever.
+      Atomics.store(ctx.ctl, FAILED, 1);
+      Atomics.add(ctx.ctl, GENERATION, 1);
+      Atomics.notify(ctx.ctl, GENERATION);
+    }
+    throw err;
+  }
+  if (wantLogits) ctx.logits.set(shard.logits(), ctx.vocabOffset);
+  return { cancelled: false };
+}
 
 parentPort.on("message", ({ id, method, args }) => {
   try {

@@ -1,0 +1,161 @@
+// `npm run bench -- profile [--quick] [--threads 1,2] [--prompt 512] [--weights f32|bf16|int8]`:
+// where one prefill and one decode step of the WASM runtime spend their time, phase by phase
+// (wasm/src/shard.mjs PROFILE_PHASES: GEMM, attention, norms, rotary, KV writes, elementwise, the
+// shards' all-reduce, lm_head; `glue` is the shard's JS between kernels, `main` the main thread's
+// share: embeddings, messages to the workers, waiting for the slowest shard). The model is issue
+// 14's shape (12 layers, hidden 768, 12/4 heads, FFN 2048, Llama 3's 128256 vocabulary).
+// The peer, measured in the same run: the SIMD128 multiply-add peak of one core, against which
+// the GEMM phase's own GFLOP/s are set. Prints a table per run on stderr and one JSON object.
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { GenerateOptions } from "../../core/model/generate.ts";
+import { loadModelDir } from "../../core/node/load-model-dir.ts";
+import { makeModelDir } from "../../core/node/make-model.ts";
+import { ensureBuilt, TEST_WASM_FILE } from "../../wasm/build.mjs";
+import { createWasmRuntime, type WasmProfile } from "../../wasm/src/runtime.ts";
+import type { WeightFormat } from "../../wasm/src/shard.mjs";
+import { simdPeak } from "./runtime.ts";
+
+const FULL: GenerateOptions = {
+  layers: 12,
+  hidden: 768,
+  heads: 12,
+  kvHeads: 4,
+  ffn: 2048,
+  vocab: 128256,
+  rope: "yarn",
+  dtype: "f32",
+  seed: 7,
+};
+const QUICK: GenerateOptions = { ...FULL, layers: 2, vocab: 32000 };
+
+const round = (x: number, d = 3) => Number(x.toPrecision(d));
+
+interface PhaseRow {
+  phase: string;
+  ms: number;
+  share: number;
+}
+
+/** Phases averaged over the shards (they run in parallel), then the main thread's rest. */
+function rows(p: WasmProfile): PhaseRow[] {
+  const names = Object.keys(p.shards[0]).filter((k) => k !== "total");
+  const mean = (k: string) =>
+    p.shards.reduce((s, r) => s + r[k as keyof (typeof p.shards)[0]], 0) / p.shards.length;
+  const slowest = Math.max(...p.shards.map((r) => r.total));
+  const out = names.map((phase) => ({ phase, ms: mean(phase) }));
+  out.push({ phase: "main", ms: p.runMs - slowest });
+  return out.map((r) => ({ ...r, ms: round(r.ms), share: round(r.ms / p.runMs, 2) }));
+}
+
+function table(title: string, p: WasmProfile, r: PhaseRow[]): string {
+  const lines = [`${title}: ${round(p.runMs)} ms for ${p.tokens} token(s)`];
+  for (const row of r) {
+    lines.push(
+      `  ${row.phase.padEnd(12)} ${String(row.ms).padStart(9)} ms ${(row.share * 100).toFixed(1).padStart(5)}%`,
+    );
+  }
+  return lines.join("\n");
+}
+
+export default async function main(args: string[]): Promise<void> {
+  const arg = (name: string) => {
+    const i = args.indexOf(name);
+    return i >= 0 ? args[i + 1] : undefined;
+  };
+  const quick = args.includes("--quick");
+  const threadList = (arg("--threads") ?? "1,2").split(",").map(Number);
+  const promptTokens = Number(arg("--prompt") ?? (quick ? 256 : 512));
+  const weightFormat = (arg("--weights") ?? "f32") as WeightFormat;
+  const opts = quick ? QUICK : FULL;
+  const root = join(import.meta.dirname, "..", "..");
+  await ensureBuilt({ root });
+  const peak = await simdPeak(new WebAssembly.Module(readFileSync(join(root, TEST_WASM_FILE))));
+
+  const H = opts.hidden!;
+  const hd = H / opts.heads!;
+  const qkvo = H * (opts.heads! + 2 * opts.kvHeads!) * hd + H * opts.heads! * hd;
+  const gemmFlopsPerToken = 2 * opts.layers! * (qkvo + 3 * H * opts.ffn!);
+
+  const dir = mkdtempSync(join(tmpdir(), "ultralong-profile-"));
+  const runs = [];
+  try {
+    await makeModelDir(dir, opts);
+    const model = await loadModelDir(dir);
+    for (const threads of threadList) {
+      const rt = await createWasmRuntime({
+        model,
+        threads,
+        weightFormat,
+        maxPositions: promptTokens + 64,
+      });
+      try {
+        const tokens = Int32Array.from(
+          { length: promptTokens + 1 },
+          (_, i) => (i * 7919 + 13) % opts.vocab!,
+        );
+        // Warm-up: every kernel leaves V8's baseline tier before anything is timed.
+        await rt.prefill(tokens.subarray(0, Math.min(256, promptTokens)));
+        await rt.forward(tokens.subarray(0, 1));
+        rt.truncate(0);
+        await rt.setProfiling(true);
+        await rt.prefill(tokens.subarray(0, promptTokens));
+        const prefill = await rt.profile();
+        const decodeSteps = 16;
+        await rt.setProfiling(true);
+        for (let i = 0; i < decodeSteps; i++) await rt.forward(tokens.subarray(i, i + 1));
+        const decode = await rt.profile();
+        await rt.setProfiling(false);
+        const pr = rows(prefill);
+        const dr = rows(decode).map((r) => ({ ...r, ms: round(r.ms / decodeSteps) }));
+        const gemmMs = pr.find((r) => r.phase === "gemm")!.ms;
+        // Per shard: the shards split the GEMM's rows, so one shard's GEMM does 1/threads of it.
+        const gemmGflops = (gemmFlopsPerToken * promptTokens) / threads / gemmMs / 1e6;
+        const prefillTps = (promptTokens * 1000) / prefill.runMs;
+        console.error(table(`threads ${threads}, prefill of ${promptTokens}`, prefill, pr));
+        console.error(
+          table(
+            `threads ${threads}, one decode step (mean of ${decodeSteps})`,
+            { ...decode, runMs: decode.runMs / decodeSteps, tokens: 1 },
+            dr,
+          ),
+        );
+        runs.push({
+          threads,
+          weights: weightFormat,
+          prefill: {
+            tokens: promptTokens,
+            ms: round(prefill.runMs),
+            tokensPerSec: round(prefillTps),
+            gflops: round((prefillTps * gemmFlopsPerToken) / 1e9),
+            phases: pr,
+          },
+          decode: {
+            msPerToken: round(decode.runMs / decodeSteps),
+            tokensPerSec: round((decodeSteps * 1000) / decode.runMs),
+            phases: dr,
+          },
+          gemmPhaseGflopsPerShard: round(gemmGflops),
+          gemmPhaseVsPeak: round(gemmGflops / peak, 2),
+        });
+      } finally {
+        await rt.close();
+      }
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  console.log(
+    JSON.stringify(
+      {
+        bench: "profile",
+        model: opts,
+        peer: { simd128PeakGflopsOneCore: round(peak) },
+        runs,
+      },
+      null,
+      2,
+    ),
+  );
+}
