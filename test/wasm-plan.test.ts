@@ -4,7 +4,14 @@
 import { describe, expect, it } from "vitest";
 import { LimitError } from "../core/errors.ts";
 import { generatedConfig } from "../core/model/generate.ts";
-import { fitMemory, MAX_BATCH, MEMORY_LIMIT, planShards, type Range } from "../wasm/src/plan.ts";
+import {
+  chooseThreads,
+  fitMemory,
+  MAX_BATCH,
+  MEMORY_LIMIT,
+  planShards,
+  type Range,
+} from "../wasm/src/plan.ts";
 import { shardBytes } from "../wasm/src/shard.mjs";
 
 const ultralong8b = generatedConfig({
@@ -87,5 +94,44 @@ describe("wasm shard plan for UltraLong-8B", () => {
         expect(p.spec.heads).toBe(4 * p.spec.kvHeads);
       }
     }
+  });
+});
+
+describe("worker count when none is given (chooseThreads)", () => {
+  const kv = (kvDtype: "f32" | "bf16") => ({ ...base("bf16"), kvDtype });
+  it("8B bf16 on 2 cores: more workers than cores, the fewest that hold the context asked", () => {
+    const c = chooseThreads(ultralong8b, kv("f32"), 2, 8192);
+    expect(c.threads).toBeGreaterThan(2);
+    // It fits, and one worker fewer does not hold the weights and 8192 positions.
+    expect(fitMemory(planShards(ultralong8b, c.threads, kv("f32")), 8192).maxPositions).toBe(8192);
+    const fewer = planShards(ultralong8b, c.threads - 1, kv("f32"));
+    expect(() => {
+      if (fitMemory(fewer, 8192).maxPositions < 8192) throw new LimitError("short");
+    }).toThrow(LimitError);
+    expect(c.reason).toContain(`${c.threads} workers on 2 core(s)`);
+    expect(c.reason).toMatch(/positions by workers: \d+: \d+/);
+  });
+  it("a context no count holds: the count that holds the most, and each count's context", () => {
+    const c = chooseThreads(ultralong8b, kv("bf16"), 2, 1_048_576);
+    const listed = [...c.reason.matchAll(/(\d+): (\d+)/g)].map((m) => [+m[1], +m[2]]);
+    expect(listed.length).toBeGreaterThan(1);
+    const best = listed.reduce((a, b) => (b[1] > a[1] ? b : a));
+    expect(c.threads).toBe(best[0]);
+    for (const [threads, positions] of listed) {
+      expect(fitMemory(planShards(ultralong8b, threads, kv("bf16")), 1_048_576).maxPositions).toBe(
+        positions,
+      );
+    }
+    expect(c.reason).toContain("hold the most context");
+  });
+  it("a model that fits: the core count, no reason", () => {
+    expect(chooseThreads(ultralong8b, kv("bf16"), 16, 4096)).toEqual({ threads: 16, reason: "" });
+  });
+  it("f32 weights of 8B on 2 cores fit 8 memories or more only: still chosen, never a refusal", () => {
+    const c = chooseThreads(ultralong8b, { ...base("f32"), kvDtype: "bf16" }, 2, 4096);
+    expect(
+      fitMemory(planShards(ultralong8b, c.threads, { ...base("f32"), kvDtype: "bf16" }), 4096)
+        .maxPositions,
+    ).toBeGreaterThan(0);
   });
 });

@@ -31,6 +31,11 @@ export interface RuntimeInfo {
    * (docs/driver.md). The sequence driver uses it when a request names no chunk size.
    */
   preferredChunkTokens?: number;
+  /**
+   * Optional: why the runtime sized itself as it did when the caller left it the choice (the wasm
+   * runtime's worker count for a model that needs more memories than cores), one line for the log.
+   */
+  sizing?: string;
 }
 
 export interface Runtime {

@@ -84,6 +84,23 @@ export function planShards(
 export const MEMORY_LIMIT = 2 ** 32 - 2 ** 20;
 
 /**
+ * What the shards' memories hold: null when some shard's weights and activations do not fit one
+ * memory, else the most positions the fullest shard's KV can hold and the total weight bytes.
+ */
+function memoryRoom(plans: ShardPlan[]): { positions: number; weightBytes: number } | null {
+  let positions = Number.POSITIVE_INFINITY;
+  let weightBytes = 0;
+  for (const p of plans) {
+    const b = shardBytes(p.spec);
+    weightBytes += b.weights;
+    const room = MEMORY_LIMIT - b.weights - b.activations;
+    if (room <= 0) return null;
+    if (b.kvPerPosition > 0) positions = Math.min(positions, Math.floor(room / b.kvPerPosition));
+  }
+  return { positions, weightBytes };
+}
+
+/**
  * Checks every shard's weights and activations fit one memory (LimitError naming the way out if
  * not), sets each spec's maxPositions to what the fullest shard can hold (at most `requested`),
  * and returns it with the shards' total weight bytes.
@@ -92,21 +109,62 @@ export function fitMemory(
   plans: ShardPlan[],
   requested: number,
 ): { maxPositions: number; weightBytes: number } {
-  let fit = Number.POSITIVE_INFINITY;
-  let weightBytes = 0;
-  for (const p of plans) {
-    const b = shardBytes(p.spec);
-    weightBytes += b.weights;
-    const room = MEMORY_LIMIT - b.weights - b.activations;
-    if (room <= 0) {
-      throw new LimitError(
-        `a shard's weights (${b.weights} bytes) do not fit one 4 GiB WebAssembly memory with ` +
-          `${plans.length} thread(s): use more threads or bf16/int8 weights`,
-      );
-    }
-    if (b.kvPerPosition > 0) fit = Math.min(fit, Math.floor(room / b.kvPerPosition));
+  const room = memoryRoom(plans);
+  if (!room) {
+    const b = shardBytes(plans[0].spec);
+    throw new LimitError(
+      `a shard's weights (${b.weights} bytes) do not fit one 4 GiB WebAssembly memory with ` +
+        `${plans.length} thread(s): use more threads or bf16/int8 weights`,
+    );
   }
-  const maxPositions = Math.min(requested, fit);
+  const maxPositions = Math.min(requested, room.positions);
   for (const p of plans) p.spec.maxPositions = maxPositions;
-  return { maxPositions, weightBytes };
+  return { maxPositions, weightBytes: room.weightBytes };
+}
+
+export interface ThreadChoice {
+  threads: number;
+  /**
+   * Why, when it is not simply the core count: one line naming the weights or context that needed
+   * more workers, and the context each worker count allows. Empty when threads = cores.
+   */
+  reason: string;
+}
+
+/**
+ * The worker count when the caller names none. Each worker's shard lives in one WebAssembly
+ * memory (4 GiB), so a model bigger than cores x 4 GiB needs more workers than cores (they then
+ * share the cores; a barrier per layer keeps them in step). Takes the fewest workers, from the
+ * core count up, whose memories hold the weights and `requested` positions; when none holds that
+ * many, the count that holds the most (up to the model's KV heads, beyond which a shard's KV does
+ * not shrink). Throws LimitError when no count holds the weights.
+ */
+export function chooseThreads(
+  config: ModelConfig,
+  base: Omit<ShardSpec, "heads" | "kvHeads" | "ffn" | "vocab">,
+  cores: number,
+  requested: number,
+): ThreadChoice {
+  const most = Math.max(cores, config.numKeyValueHeads);
+  const allowed: Array<{ threads: number; positions: number }> = [];
+  for (let n = cores; n <= most; n++) {
+    const room = memoryRoom(planShards(config, n, base));
+    if (!room) continue;
+    const positions = Math.min(room.positions, config.maxPositionEmbeddings);
+    allowed.push({ threads: n, positions });
+    if (positions >= requested) break;
+  }
+  if (allowed.length === 0) {
+    throw new LimitError(
+      `the weights do not fit ${most} WebAssembly memories of 4 GiB (one per worker): use bf16 or int8 weights`,
+    );
+  }
+  const fits = allowed.find((a) => a.positions >= requested);
+  const pick = fits ?? allowed.reduce((a, b) => (b.positions > a.positions ? b : a));
+  if (pick.threads === cores && fits) return { threads: cores, reason: "" };
+  const table = allowed.map((a) => `${a.threads}: ${a.positions}`).join(", ");
+  const why = fits
+    ? `${pick.threads} workers on ${cores} core(s): fewer do not hold the weights and ${requested} positions`
+    : `${pick.threads} workers on ${cores} core(s) hold the most context (${pick.positions} of the ${requested} positions asked)`;
+  return { threads: pick.threads, reason: `${why}; positions by workers: ${table}` };
 }

@@ -36,7 +36,14 @@ import { isTokenId } from "../../core/tokenizer/token-id.ts";
 import { loadShardWeights } from "./load-weights.ts";
 import { LocalShards } from "./local-shards.ts";
 import { loadWasmModule, onNode, wasmUnavailableReason } from "./module.ts";
-import { checkShapes, fitMemory, MAX_BATCH, planShards, type ShardPlan } from "./plan.ts";
+import {
+  checkShapes,
+  chooseThreads,
+  fitMemory,
+  MAX_BATCH,
+  planShards,
+  type ShardPlan,
+} from "./plan.ts";
 import { PROFILE_PHASES, PROFILE_TOTAL, type WeightFormat } from "./shard.mjs";
 import type { ShardSet } from "./shard-set.ts";
 
@@ -78,21 +85,10 @@ export async function createWasmRuntime(options: WasmRuntimeOptions): Promise<Pr
     throw new NotAvailableError(`runtime 'wasm' stores KV as f32, bf16, not ${kvDtype}`);
   }
   checkShapes(config, weightFormat);
-  let threads = options.threads;
-  if (threads === undefined) {
-    threads = onNode() ? (await import("node:os")).availableParallelism() : 1;
-  }
-  if (!Number.isInteger(threads) || threads < 1) {
-    throw new InvalidInputError(`threads must be a positive integer, not ${threads}`);
-  }
-  if (threads > 1 && !onNode()) {
-    throw new NotAvailableError("threads > 1 needs Node worker_threads; use threads: 1 here");
-  }
   const requested = options.maxPositions ?? config.maxPositionEmbeddings;
   if (!Number.isInteger(requested) || requested < 1) {
     throw new InvalidInputError(`maxPositions must be a positive integer, not ${requested}`);
   }
-
   const base = {
     hidden: config.hiddenSize,
     layers: config.numHiddenLayers,
@@ -103,6 +99,19 @@ export async function createWasmRuntime(options: WasmRuntimeOptions): Promise<Pr
     maxBatch: MAX_BATCH,
     maxPositions: requested,
   } as const;
+  let threads = options.threads;
+  let sizing = "";
+  if (threads === undefined && onNode()) {
+    const cores = (await import("node:os")).availableParallelism();
+    ({ threads, reason: sizing } = chooseThreads(config, base, cores, requested));
+  }
+  threads ??= 1;
+  if (!Number.isInteger(threads) || threads < 1) {
+    throw new InvalidInputError(`threads must be a positive integer, not ${threads}`);
+  }
+  if (threads > 1 && !onNode()) {
+    throw new NotAvailableError("threads > 1 needs Node worker_threads; use threads: 1 here");
+  }
   const plans = planShards(config, threads, base);
   const fit = fitMemory(plans, requested);
   const maxPositions = fit.maxPositions;
@@ -143,6 +152,7 @@ export async function createWasmRuntime(options: WasmRuntimeOptions): Promise<Pr
       kernels: "wasm-simd128",
       weightBytes,
       kvCapacityBytes: kvPayloadBytes(kv, maxPositions),
+      ...(sizing ? { sizing } : {}),
     };
     const runtime = new WasmRuntime(config, info, shards, plans, embed);
     await runtime.init();
