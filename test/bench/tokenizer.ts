@@ -32,7 +32,7 @@ import {
 const self = new URL(import.meta.url).pathname;
 
 /** Deterministic corpus of at least `mb` MB (UTF-8): files from pinned packages plus multilingual and random text. */
-function benchCorpus(mb: number): string[] {
+export function benchCorpus(mb: number): string[] {
   const next = rng(2024);
   const docs = [...committedTexts(), ...edgeCases(), ...intlText()];
   for (let i = 0; i < 1500; i++) docs.push(randomText(next, 50 + Math.floor(next() * 500)));
