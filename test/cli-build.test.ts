@@ -1,10 +1,12 @@
 // The CLI runs from the JavaScript functions/cli/build.mjs bundles, never from a stale one: the build
-// folder is current only while every source it was made from is unchanged; the bundle's rewrites
+// folder is current only while every source it was made from is unchanged (mtime and size, or its
+// SHA-256 where only the mtime moved); the bundle's rewrites
 // (a source's own URL, lazily imported TypeScript, TypeScript workers) behave as the sources do;
 // and `ultralong` through bin.js answers exactly as the sources do while a loader hook refuses to
 // load any .ts file, in the main thread and in worker threads (the wasm runtime's shards, the file
 // tokenizer), so no TypeScript loader runs at start.
 import type { ChildProcess } from "node:child_process";
+import { createHash } from "node:crypto";
 import { mkdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -60,6 +62,19 @@ describe("currentBuild: a build is current only while its sources are unchanged"
     expect(currentBuild(dir, out)).toBeNull();
     record(touched.mtimeMs, touched.size);
     expect(currentBuild(dir, out)).not.toBeNull();
+    // With its hash recorded, a source whose mtime alone changed (a copy that drops mtimes) is the
+    // same source; one changed to other bytes of the same size is not.
+    const sha256 = createHash("sha256")
+      .update(readFileSync(join(dir, "src/a.ts")))
+      .digest("hex");
+    write(
+      dir,
+      "out/manifest.json",
+      JSON.stringify({ entry: "b1/main.mjs", inputs: { "src/a.ts": [1, touched.size, sha256] } }),
+    );
+    expect(currentBuild(dir, out)).not.toBeNull();
+    writeFileSync(join(dir, "src/a.ts"), "export const a = 2;\n");
+    expect(currentBuild(dir, out)).toBeNull();
     rmSync(join(out, "b1/main.mjs"));
     expect(currentBuild(dir, out)).toBeNull();
     write(dir, "out/b1/main.mjs", "");

@@ -1,12 +1,13 @@
 // The CLI's build: esbuild bundles the TypeScript sources (functions/cli/main.ts and every module it
 // loads, lazily loaded commands as their own chunks) into plain ESM under dist/cli/, so `ultralong`
 // starts without a TypeScript loader. The sources stay the single truth: the manifest lists every
-// source the bundle was made from with its mtime and size, and bin.js runs the bundle only while
-// all of them still match (a stat per file: 1-3 ms for the ~120 of them); otherwise it
-// rebuilds. node_modules are not bundled (they resolve from the checkout at run time).
+// source the bundle was made from with its mtime, size and SHA-256, and bin.js runs the bundle only
+// while all of them still match (a stat per file: 1-3 ms for the ~120 of them; a file whose mtime
+// alone differs, as after a copy that drops mtimes, is hashed instead); otherwise it rebuilds.
+// node_modules are not bundled (they resolve from the checkout at run time).
 //
 // dist/cli/
-//   manifest.json   { entry, built, inputs: { "<path from root>": [mtimeMs, size] } }
+//   manifest.json   { entry, built, inputs: { "<path from root>": [mtimeMs, size, sha256] } }
 //   <id>/           one build's files (main.mjs, file-tokenizer-thread.mjs, chunk-*.mjs), id = hash
 //                   of their content. A build never changes a folder in place: a server started
 //                   from an older build still finds its lazily loaded chunks. Folders not current
@@ -46,6 +47,8 @@ const WORKERS = {
 
 const DAY_MS = 24 * 3600 * 1000;
 
+const sha256Hex = (bytes) => createHash("sha256").update(bytes).digest("hex");
+
 /** The default output folder. */
 export function cliOutDir(root) {
   return join(root, "dist/cli");
@@ -62,9 +65,12 @@ export function currentBuild(root, out = cliOutDir(root)) {
   } catch {
     return null;
   }
-  for (const [path, [mtimeMs, size]] of Object.entries(manifest.inputs)) {
-    const st = statSync(join(root, path), { throwIfNoEntry: false });
-    if (!st || st.mtimeMs !== mtimeMs || st.size !== size) return null;
+  for (const [path, [mtimeMs, size, sha256]] of Object.entries(manifest.inputs)) {
+    const file = join(root, path);
+    const st = statSync(file, { throwIfNoEntry: false });
+    if (!st || st.size !== size) return null;
+    if (st.mtimeMs !== mtimeMs && (!sha256 || sha256Hex(readFileSync(file)) !== sha256))
+      return null;
   }
   const entry = join(out, manifest.entry);
   return existsSync(entry) ? pathToFileURL(entry).href : null;
@@ -161,12 +167,14 @@ export async function build({ root, out = cliOutDir(root) }) {
     }
   }
   // A source edited while esbuild read it may be in the bundle in either version: record it as
-  // never matching, so the next start builds again.
+  // never matching (no mtime, no hash), so the next start builds again.
   const inputs = {};
   const self = relative(root, fileURLToPath(import.meta.url));
   for (const path of [...Object.keys(result.metafile.inputs), self]) {
     const st = statSync(join(root, path));
-    inputs[path] = [st.mtimeMs >= started - 1 ? -1 : st.mtimeMs, st.size];
+    const edited = st.mtimeMs >= started - 1;
+    const bytes = readFileSync(join(root, path));
+    inputs[path] = edited ? [-1, st.size, null] : [st.mtimeMs, st.size, sha256Hex(bytes)];
   }
   const manifest = { entry: `${id}/main.mjs`, built: new Date(started).toISOString(), inputs };
   const tmpManifest = join(out, `manifest.json.tmp-${process.pid}`);
