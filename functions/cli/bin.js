@@ -4,6 +4,8 @@
 // from the sources as they are now: an edited checkout rebuilds it first (about 0.3 s), so a stale
 // build never runs. Where esbuild is gone (a production install, dev dependencies pruned) and the
 // sources changed after the build, the sources run through tsx's loader instead: slow, still right.
+// The bundle has source maps beside it: NODE_OPTIONS=--enable-source-maps makes stack traces name
+// the TypeScript files (Node's default is off).
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build, currentBuild } from "./build.mjs";
