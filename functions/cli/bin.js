@@ -2,8 +2,8 @@
 // The `ultralong` command. It runs the JavaScript that functions/cli/build.mjs bundled from the
 // TypeScript (npm install, npm run build and npm test make it), and only while that bundle was made
 // from the sources as they are now: an edited checkout rebuilds it first (about 0.3 s), so a stale
-// build never runs. Where esbuild is gone (a production install, dev dependencies pruned) and the
-// sources changed after the build, the sources run through tsx's loader instead: slow, still right.
+// build never runs. Where that rebuild fails (esbuild missing, dist/ not writable) the sources run
+// through tsx's loader instead: slow, still right.
 // The bundle has source maps beside it: NODE_OPTIONS=--enable-source-maps makes stack traces name
 // the TypeScript files (Node's default is off).
 import { dirname, join } from "node:path";

@@ -107,8 +107,7 @@ function rewriteSource(root, outDir, file, text) {
 
 /**
  * Bundles the CLI into `out` unless the current build is up to date. Returns what it did, for the
- * build log. Needs esbuild (a dev dependency): an installed-for-production tree keeps the build it
- * was installed with.
+ * build log. Needs esbuild (a dev dependency, and tsx's, so a production install has it too).
  */
 export async function build({ root, out = cliOutDir(root) }) {
   if (currentBuild(root, out)) return { upToDate: true };
