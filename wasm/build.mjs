@@ -1,5 +1,5 @@
 // Builds the AssemblyScript kernels, with SIMD, -O3, the stub runtime (the kernels allocate
-// nothing) and an imported memory (one per worker), into two modules:
+// nothing) and an imported memory (one per worker), into two modules, each also with relaxed SIMD:
 //   product  wasm/assembly/index.ts -> wasm/build/ultralong.wasm: only what the runtime calls; the
 //            one the runtime (wasm/src/module.ts) and the model image load
 //   test     wasm/assembly/test.ts -> wasm/build/ultralong-test.wasm: the product's exports plus
@@ -16,14 +16,20 @@ export { INITIAL_PAGES };
 
 export const WASM_FILE = "wasm/build/ultralong.wasm";
 export const TEST_WASM_FILE = "wasm/build/ultralong-test.wasm";
+// The same sources with relaxed SIMD on (wasm/assembly/simd.ts madd: fused multiply-add), for
+// engines that validate it (wasm/src/module.ts picks); the plain modules stay for those that do not.
+export const RELAXED_WASM_FILE = "wasm/build/ultralong-relaxed.wasm";
+export const RELAXED_TEST_WASM_FILE = "wasm/build/ultralong-test-relaxed.wasm";
 
 /** Entry point -> output of each module (outputs relative to the root, .wat beside the .wasm). */
 const TARGETS = [
-  { entry: "index.ts", out: WASM_FILE },
-  { entry: "test.ts", out: TEST_WASM_FILE },
+  { entry: "index.ts", out: WASM_FILE, relaxed: false },
+  { entry: "test.ts", out: TEST_WASM_FILE, relaxed: false },
+  { entry: "index.ts", out: RELAXED_WASM_FILE, relaxed: true },
+  { entry: "test.ts", out: RELAXED_TEST_WASM_FILE, relaxed: true },
 ];
 
-function compile(root, { entry, out }) {
+function compile(root, { entry, out, relaxed }) {
   const asc = join(root, "node_modules", "assemblyscript", "bin", "asc.js");
   const outDir = join(root, "wasm", "build");
   mkdirSync(outDir, { recursive: true });
@@ -38,7 +44,7 @@ function compile(root, { entry, out }) {
     "--textFile",
     join(tmp, "out.wat"),
     "--enable",
-    "simd",
+    relaxed ? "simd,relaxed-simd" : "simd",
     "--optimizeLevel",
     "3",
     "--shrinkLevel",

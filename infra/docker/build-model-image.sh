@@ -24,8 +24,8 @@ UL_BUILD_ADDON=1 UL_REQUIRE_ADDON=1 REQUIRE_ALL=1 node infra/build.mjs
 step "npm prune --omit=dev"
 npm prune --omit=dev --no-audit --no-fund
 # The test module (scalar references, bench loops) and the text listings are for the test suite.
-rm -f wasm/build/ultralong-test.wasm wasm/build/*.wat
-for built in wasm/build/ultralong.wasm native/build/wasm/ul_engine.wasm native/build/ul_addon.node; do
+rm -f wasm/build/ultralong-test.wasm wasm/build/ultralong-test-relaxed.wasm wasm/build/*.wat
+for built in wasm/build/ultralong.wasm wasm/build/ultralong-relaxed.wasm native/build/wasm/ul_engine.wasm native/build/ul_addon.node; do
   [[ -s $built ]] || { step "$built is missing after the build"; exit 1; }
 done
 step "check: the addon loads and reaches the CUDA runtime"

@@ -1,4 +1,5 @@
-// `npm run bench -- profile [--quick] [--threads 1,2] [--prompt 512] [--weights f32|bf16|int8]`:
+// `npm run bench -- profile [--quick] [--threads 1,2] [--prompt 512] [--weights f32|bf16|int8]`
+// (ULTRALONG_WASM_SIMD=plain for the plain SIMD128 build instead of the relaxed one):
 // where one prefill and one decode step of the WASM runtime spend their time, phase by phase
 // (wasm/src/shard.mjs PROFILE_PHASES: GEMM, attention, norms, rotary, KV writes, elementwise, the
 // shards' all-reduce, lm_head; `glue` is the shard's JS between kernels, `main` the main thread's
@@ -123,6 +124,7 @@ export default async function main(args: string[]): Promise<void> {
         );
         runs.push({
           threads,
+          kernels: rt.info.kernels,
           weights: weightFormat,
           prefill: {
             tokens: promptTokens,

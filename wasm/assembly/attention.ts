@@ -19,7 +19,7 @@
 // bf16 caches are widened tile by tile. The previous kernel (one query row at a time, a horizontal
 // sum per score and O read and written per key) ran at ~10 GFLOP/s on issue 14's model; this
 // layout is GEMM-shaped (npm run bench -- profile, "attention" phase).
-import { exp4, hsum, bf16ToF32 } from "./simd";
+import { exp4, hsum, bf16ToF32, madd } from "./simd";
 
 const BQ: i32 = 16;
 const BK: i32 = 64;
@@ -66,16 +66,16 @@ function scores(qa: usize, two: bool, kp: usize, n: i32, hd: i32, sa: usize, lim
       const o = <usize>d << 2;
       const x = v128.load(qa + o);
       const w0 = v128.load(k0 + o), w1 = v128.load(k1 + o), w2 = v128.load(k2 + o), w3 = v128.load(k3 + o);
-      a0 = f32x4.add(a0, f32x4.mul(x, w0));
-      a1 = f32x4.add(a1, f32x4.mul(x, w1));
-      a2 = f32x4.add(a2, f32x4.mul(x, w2));
-      a3 = f32x4.add(a3, f32x4.mul(x, w3));
+      a0 = madd(x, w0, a0);
+      a1 = madd(x, w1, a1);
+      a2 = madd(x, w2, a2);
+      a3 = madd(x, w3, a3);
       if (two) {
         const y = v128.load(qb + o);
-        b0 = f32x4.add(b0, f32x4.mul(y, w0));
-        b1 = f32x4.add(b1, f32x4.mul(y, w1));
-        b2 = f32x4.add(b2, f32x4.mul(y, w2));
-        b3 = f32x4.add(b3, f32x4.mul(y, w3));
+        b0 = madd(y, w0, b0);
+        b1 = madd(y, w1, b1);
+        b2 = madd(y, w2, b2);
+        b3 = madd(y, w3, b3);
       }
     }
     v128.store(sa + (<usize>i << 2), keep(sum4(a0, a1, a2, a3), i, limA, ninf));
@@ -201,10 +201,10 @@ export function attention(
                 const w1 = v128.load32_splat(pi + (<usize>BK << 2));
                 const w2 = v128.load32_splat(pi + (<usize>(2 * BK) << 2));
                 const w3 = v128.load32_splat(pi + (<usize>(3 * BK) << 2));
-                c00 = f32x4.add(c00, f32x4.mul(w0, v0)); c01 = f32x4.add(c01, f32x4.mul(w0, v1));
-                c10 = f32x4.add(c10, f32x4.mul(w1, v0)); c11 = f32x4.add(c11, f32x4.mul(w1, v1));
-                c20 = f32x4.add(c20, f32x4.mul(w2, v0)); c21 = f32x4.add(c21, f32x4.mul(w2, v1));
-                c30 = f32x4.add(c30, f32x4.mul(w3, v0)); c31 = f32x4.add(c31, f32x4.mul(w3, v1));
+                c00 = madd(w0, v0, c00); c01 = madd(w0, v1, c01);
+                c10 = madd(w1, v0, c10); c11 = madd(w1, v1, c11);
+                c20 = madd(w2, v0, c20); c21 = madd(w2, v1, c21);
+                c30 = madd(w3, v0, c30); c31 = madd(w3, v1, c31);
               }
               v128.store(o0 + od, c00); v128.store(o0 + od, c01, 16);
               v128.store(o0 + hdB + od, c10); v128.store(o0 + hdB + od, c11, 16);
@@ -218,8 +218,8 @@ export function attention(
                 for (let i = 0; i < n; i++) {
                   const vr = vp + <usize>i * hdB + od;
                   const w = v128.load32_splat(prow + (<usize>i << 2));
-                  c0 = f32x4.add(c0, f32x4.mul(w, v128.load(vr)));
-                  c1 = f32x4.add(c1, f32x4.mul(w, v128.load(vr, 16)));
+                  c0 = madd(w, v128.load(vr), c0);
+                  c1 = madd(w, v128.load(vr, 16), c1);
                 }
                 v128.store(orow, c0); v128.store(orow, c1, 16);
               }

@@ -8,6 +8,7 @@ export { rope_table, rope_apply } from "./rope";
 export { attention, attention_scratch_bytes } from "./attention";
 export { swiglu, add_into } from "./ffn";
 export { kv_store } from "./kv";
+export { relaxed_simd } from "./simd";
 
 /** First byte the glue may use. */
 export function heap_base(): usize {

@@ -15,7 +15,7 @@
 // unrolled by 8 made no measurable difference (decode is bound by memory streams, not instructions);
 // 4x3 and 4x4 tiles need 19+ live v128 values and spill on
 // x64's 16 xmm registers; 2x2 halves weight reuse. Relaxed-SIMD fma is not on by default in Node 20.
-import { hsum, loadBf16x4 } from "./simd";
+import { hsum, loadBf16x4, madd } from "./simd";
 
 export const I8_BLOCK: i32 = 32;
 const L2_BLOCK_BYTES: i32 = 131072;
@@ -85,14 +85,14 @@ function tile4x2<W>(x: usize, K: i32, w: usize, scales: usize, n: i32, y: usize,
       const x1 = v128.load(xp + xs);
       const x2 = v128.load(xp + 2 * xs);
       const x3 = v128.load(xp + 3 * xs);
-      a00 = f32x4.add(a00, f32x4.mul(x0, v0));
-      a01 = f32x4.add(a01, f32x4.mul(x0, v1));
-      a10 = f32x4.add(a10, f32x4.mul(x1, v0));
-      a11 = f32x4.add(a11, f32x4.mul(x1, v1));
-      a20 = f32x4.add(a20, f32x4.mul(x2, v0));
-      a21 = f32x4.add(a21, f32x4.mul(x2, v1));
-      a30 = f32x4.add(a30, f32x4.mul(x3, v0));
-      a31 = f32x4.add(a31, f32x4.mul(x3, v1));
+      a00 = madd(x0, v0, a00);
+      a01 = madd(x0, v1, a01);
+      a10 = madd(x1, v0, a10);
+      a11 = madd(x1, v1, a11);
+      a20 = madd(x2, v0, a20);
+      a21 = madd(x2, v1, a21);
+      a30 = madd(x3, v0, a30);
+      a31 = madd(x3, v1, a31);
     }
   }
   const ys = <usize>N << 2;
@@ -151,14 +151,14 @@ function tile4x2p<W>(K: i32, w: usize, scales: usize, n: i32, y: usize, N: i32, 
       const x1 = v128.load(px, 16);
       const x2 = v128.load(px, 32);
       const x3 = v128.load(px, 48);
-      a00 = f32x4.add(a00, f32x4.mul(x0, v0));
-      a01 = f32x4.add(a01, f32x4.mul(x0, v1));
-      a10 = f32x4.add(a10, f32x4.mul(x1, v0));
-      a11 = f32x4.add(a11, f32x4.mul(x1, v1));
-      a20 = f32x4.add(a20, f32x4.mul(x2, v0));
-      a21 = f32x4.add(a21, f32x4.mul(x2, v1));
-      a30 = f32x4.add(a30, f32x4.mul(x3, v0));
-      a31 = f32x4.add(a31, f32x4.mul(x3, v1));
+      a00 = madd(x0, v0, a00);
+      a01 = madd(x0, v1, a01);
+      a10 = madd(x1, v0, a10);
+      a11 = madd(x1, v1, a11);
+      a20 = madd(x2, v0, a20);
+      a21 = madd(x2, v1, a21);
+      a30 = madd(x3, v0, a30);
+      a31 = madd(x3, v1, a31);
       px += 64;
       pw += eb << 2;
     }
@@ -190,10 +190,10 @@ function tile4x1<W>(x: usize, K: i32, w: usize, scales: usize, n: i32, y: usize,
       let v0 = ldw<W>(w0 + <usize>k * eb);
       if (sizeof<W>() == 1) v0 = f32x4.mul(v0, s0);
       const xp = x + (<usize>k << 2);
-      a0 = f32x4.add(a0, f32x4.mul(v128.load(xp), v0));
-      a1 = f32x4.add(a1, f32x4.mul(v128.load(xp + xs), v0));
-      a2 = f32x4.add(a2, f32x4.mul(v128.load(xp + 2 * xs), v0));
-      a3 = f32x4.add(a3, f32x4.mul(v128.load(xp + 3 * xs), v0));
+      a0 = madd(v128.load(xp), v0, a0);
+      a1 = madd(v128.load(xp + xs), v0, a1);
+      a2 = madd(v128.load(xp + 2 * xs), v0, a2);
+      a3 = madd(v128.load(xp + 3 * xs), v0, a3);
     }
   }
   const ys = <usize>N << 2;
@@ -231,10 +231,10 @@ function tile1x4<W>(x: usize, K: i32, w: usize, scales: usize, n: i32, y: usize,
         v3 = f32x4.mul(v3, s3);
       }
       const xv = v128.load(x + (<usize>k << 2));
-      a0 = f32x4.add(a0, f32x4.mul(xv, v0));
-      a1 = f32x4.add(a1, f32x4.mul(xv, v1));
-      a2 = f32x4.add(a2, f32x4.mul(xv, v2));
-      a3 = f32x4.add(a3, f32x4.mul(xv, v3));
+      a0 = madd(xv, v0, a0);
+      a1 = madd(xv, v1, a1);
+      a2 = madd(xv, v2, a2);
+      a3 = madd(xv, v3, a3);
     }
   }
   const yp = y + (<usize>n << 2);
@@ -257,7 +257,7 @@ function tile1x1<W>(x: usize, K: i32, w: usize, scales: usize, n: i32, y: usize,
     for (let k = k0; k < kEnd; k += 4) {
       let v0 = ldw<W>(w0 + <usize>k * eb);
       if (sizeof<W>() == 1) v0 = f32x4.mul(v0, s0);
-      a0 = f32x4.add(a0, f32x4.mul(v128.load(x + (<usize>k << 2)), v0));
+      a0 = madd(v128.load(x + (<usize>k << 2)), v0, a0);
     }
   }
   put(y + (<usize>n << 2), hsum(a0), acc);

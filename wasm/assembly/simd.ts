@@ -2,6 +2,24 @@
 // Every kernel file keeps its scalar reference beside the SIMD version; these helpers are the
 // only v128 code that is not itself a kernel.
 
+/**
+ * a * b + c. Built twice (wasm/build.mjs): with relaxed SIMD it is f32x4.relaxed_madd, which V8
+ * runs as one fused multiply-add where the CPU has FMA (one rounding instead of two, and half the
+ * instructions in the GEMM's inner loop); without, a multiply then an add (two roundings), which
+ * every engine with SIMD128 runs. The loader picks the relaxed module where the engine validates it.
+ */
+// @ts-ignore: decorator
+@inline
+export function madd(a: v128, b: v128, c: v128): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) return f32x4.relaxed_madd(a, b, c);
+  return f32x4.add(f32x4.mul(a, b), c);
+}
+
+/** Whether this module was built with relaxed SIMD (madd fused): 1 or 0. */
+export function relaxed_simd(): i32 {
+  return ASC_FEATURE_RELAXED_SIMD ? 1 : 0;
+}
+
 /** Sum of the four f32 lanes. */
 // @ts-ignore: decorator
 @inline

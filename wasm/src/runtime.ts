@@ -35,7 +35,7 @@ import { decodeTo16, decodeToF32 } from "../../core/safetensors/dtype.ts";
 import { isTokenId } from "../../core/tokenizer/token-id.ts";
 import { loadShardWeights } from "./load-weights.ts";
 import { LocalShards } from "./local-shards.ts";
-import { loadWasmModule, onNode, wasmUnavailableReason } from "./module.ts";
+import { kernelsName, loadWasmModule, onNode, wasmUnavailableReason } from "./module.ts";
 import {
   checkShapes,
   chooseThreads,
@@ -149,7 +149,7 @@ export async function createWasmRuntime(options: WasmRuntimeOptions): Promise<Pr
       kv,
       maxPositions,
       threads,
-      kernels: "wasm-simd128",
+      kernels: kernelsName(module),
       weightBytes,
       kvCapacityBytes: kvPayloadBytes(kv, maxPositions),
       ...(sizing ? { sizing } : {}),
