@@ -42,6 +42,7 @@ describe.skipIf(!tools)("model image build (fresh clone, nvcc, no GPU)", () => {
     expect(build.status, build.stderr.slice(-3000)).toBe(0);
     for (const built of [
       "wasm/build/ultralong.wasm",
+      "wasm/build/ultralong-relaxed.wasm",
       "native/build/wasm/ul_engine.wasm",
       "native/build/ul_addon.node",
     ]) {
@@ -54,6 +55,7 @@ describe.skipIf(!tools)("model image build (fresh clone, nvcc, no GPU)", () => {
     expect(existsSync(join(clone, "node_modules/assemblyscript"))).toBe(false);
     expect(existsSync(join(clone, "node_modules/vitest"))).toBe(false);
     expect(existsSync(join(clone, "wasm/build/ultralong-test.wasm"))).toBe(false);
+    expect(existsSync(join(clone, "wasm/build/ultralong-test-relaxed.wasm"))).toBe(false);
     const report = JSON.parse(build.stdout.trim().split("\n").at(-1)!);
     expect(report).toMatchObject({ ok: true, cudaCompiled: true });
   });
