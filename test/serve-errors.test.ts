@@ -8,7 +8,7 @@ import { connect, createServer, type Server } from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startLocal } from "../functions/entries/local.ts";
-import { runUltralong, scratchDir, testModelDir } from "./support/models.ts";
+import { runUltralong, scratchDir, TINY, testModelDir } from "./support/models.ts";
 
 const cache = scratchDir("cache");
 const env = { ...process.env, XDG_CACHE_HOME: cache };
@@ -124,6 +124,12 @@ describe("ultralong serve: one line and a non-zero exit for each start-up mistak
     ],
     ["zero KV positions", () => ["--max-positions", "0"], /--max-positions must be at least 1/],
     ["a bad KV dtype", () => ["--kv-dtype", "f7"], /--kv-dtype must be/],
+    ["a bad weight format", () => ["--weights", "int4"], /--weights must be f32, bf16 or int8/],
+    [
+      "a weight format the runtime does not hold",
+      () => ["--runtime", "native-wasm", "--weights", "int8"],
+      /runtime 'native-wasm' holds weights as f32, not int8/,
+    ],
     ["a bad role", () => ["--role", "edge"], /--role must be both or model/],
     ["an unknown option", () => ["--prot", "8080"], /Unknown option '--prot'/],
     [
@@ -163,6 +169,29 @@ describe("ultralong serve: one line and a non-zero exit for each start-up mistak
     );
     expect(status).toBe(0);
     expect(await greeting(heldPort)).toBe("holder\n");
+  });
+});
+
+describe("serve --weights", () => {
+  it("int8 weights: the runtime holds them, /readyz says so, and the server answers", async () => {
+    // int8 needs head_dim, hidden and FFN in multiples of 32 (wasm/src/plan.ts checkShapes).
+    const dir = await testModelDir({ ...TINY, hidden: 128, heads: 4, kvHeads: 2, ffn: 256 });
+    const server = await startLocal({
+      modelDir: dir,
+      runtime: "wasm",
+      threads: 1,
+      weightFormat: "int8",
+      store: null,
+      log: () => {},
+    });
+    try {
+      expect(server.engine.info()).toMatchObject({ runtime: "wasm", weights: "int8" });
+      const headers = { authorization: `Bearer ${server.metricsKey}` };
+      const ready = await (await fetch(`${server.modelUrl}/readyz`, { headers })).json();
+      expect(ready).toMatchObject({ weights: "int8" });
+    } finally {
+      await server.close();
+    }
   });
 });
 

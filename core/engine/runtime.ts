@@ -25,6 +25,8 @@ export interface RuntimeInfo {
   kernels: string;
   /** Bytes held for weights and for the KV cache at `maxPositions`. */
   weightBytes: number;
+  /** Element type the weights are held in (f32, bf16, int8), when the runtime says. */
+  weightFormat?: string;
   kvCapacityBytes: number;
   /**
    * Optional: the prefill chunk (tokens) this runtime is fastest with, measured by its author

@@ -21,40 +21,23 @@ import type { ModelApp } from "../model/app.ts";
 import type { ModelEngine } from "../model/engine.ts";
 import { listen } from "../node/listen.ts";
 import { workerFileTokenizer } from "../node/worker-file-tokenizer.ts";
-import { startModelFunction } from "./model-node.ts";
+import { type ModelFunctionOptions, startModelFunction } from "./model-node.ts";
 
-export interface LocalOptions {
-  modelDir: string;
+/**
+ * The model function's options (model-node.ts) with local defaults, and the edge's. `port` and
+ * `hostname` are the edge's (the model function takes a free loopback port), or the model
+ * function's with role "model". Snapshot master keys encrypt nothing else: uploaded files beside
+ * the snapshots are stored as sent.
+ */
+export interface LocalOptions
+  extends Omit<ModelFunctionOptions, "modelId" | "secret" | "saltSecret" | "metricsKeySha256"> {
   /** Id clients name in requests (default: the directory's name). */
   modelId?: string;
-  /** Edge port (default 0: any free port). The model function always takes a free port. */
-  port?: number;
-  hostname?: string;
-  /** Snapshot store: a --store spec, a store object, or null for none (default: the cache dir). */
-  store?: string | SnapshotStore | null;
-  /**
-   * Snapshot master keys, first seals (functions/node/snapshot-keys.ts); none: plaintext.
-   * Also encrypts nothing else: uploaded files beside the snapshots are stored as sent.
-   */
-  snapshotKeys?: Uint8Array[];
-  /** Snapshot chunk size in tokens (default 512). */
-  snapshotChunkTokens?: number;
   /** API keys; default: one demo key (`demoKey`) for tenant "demo". */
   keys?: KeyConfig;
   /** The demo key when no `keys` are given (default: random; `ultralong serve` keeps one). */
   demoKey?: string;
-  /** Runtime name or "auto" (default). */
-  runtime?: string;
-  threads?: number;
-  /** KV positions (default: min(model's max positions, 131072)). */
-  maxPositions?: number;
-  /** KV cache element type (default: the runtime's); a runtime without it refuses. */
-  kvDtype?: KvDtype;
-  maxWaiting?: number;
-  keepAliveMs?: number;
-  log?: LogSink;
   renderChat?: ChatRenderer;
-  env?: Record<string, string | undefined>;
   /** Signing secret shared by edge and model function (default: random per process). */
   secret?: string;
   /**

@@ -4,7 +4,7 @@
 // tokenizer (for the driver's stop strings), the snapshot store and its nonce ledger, the driver
 // engine; then listens. The Hono app itself (functions/model/app.ts) knows none of this.
 import { resolve } from "node:path";
-import { describeChoice } from "../../core/engine/registry.ts";
+import { describeChoice, type RuntimeOptions } from "../../core/engine/registry.ts";
 import { InvalidInputError } from "../../core/errors.ts";
 import type { KvDtype } from "../../core/kv/layout.ts";
 import type { SnapshotStore } from "../../core/kv/store.ts";
@@ -41,6 +41,8 @@ export interface ModelFunctionOptions {
   maxPositions?: number;
   /** KV cache element type (default: the runtime's); a runtime without it refuses. */
   kvDtype?: KvDtype;
+  /** Weights in memory (default: the checkpoint's); a runtime without the format refuses. */
+  weightFormat?: RuntimeOptions["weightFormat"];
   maxWaiting?: number;
   keepAliveMs?: number;
   log?: LogSink;
@@ -89,6 +91,7 @@ export async function startModelFunction(options: ModelFunctionOptions): Promise
     maxPositions,
     threads: options.threads,
     kvDtype: options.kvDtype,
+    weightFormat: options.weightFormat,
   });
   // A refusal (bad --max-positions, dtype) may come while the tokenizer loads: it is awaited below,
   // and must not count as an unhandled rejection, which would end the process with a stack trace.

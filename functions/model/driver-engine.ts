@@ -140,6 +140,8 @@ export async function createDriverEngine(options: DriverEngineOptions): Promise<
       capacityBytes: runtime.info.kvCapacityBytes,
     },
     store: options.store?.name ?? "none",
+    ...(runtime.info.weightFormat ? { weights: runtime.info.weightFormat } : {}),
+    ...(runtime.info.sizing ? { sizing: runtime.info.sizing } : {}),
   };
 
   async function* generate(request: GenerationRequest): AsyncGenerator<ModelEvent> {

@@ -18,6 +18,10 @@ export interface EngineInfo {
   kv: { dtype: string; bytesPerToken: number; capacityBytes: number };
   /** Snapshot store in use ("none", "dir:/path", "s3://bucket/prefix"). */
   store: string;
+  /** Weights' element type in memory, when the runtime says (RuntimeInfo.weightFormat). */
+  weights?: string;
+  /** Why the runtime sized itself so, when it chose (RuntimeInfo.sizing). */
+  sizing?: string;
 }
 
 export interface GenerationRequest {

@@ -189,6 +189,11 @@ export async function createNativeRuntime(
       `runtime '${spec.name}' stores KV as ${spec.kvDtypes.join(", ")}, not ${kvDtype}`,
     );
   }
+  if (options.weightFormat !== undefined && options.weightFormat !== spec.weightTransfer) {
+    throw new NotAvailableError(
+      `runtime '${spec.name}' holds weights as ${spec.weightTransfer}, not ${options.weightFormat}`,
+    );
+  }
   const maxPositions =
     options.maxPositions ?? Math.min(c.maxPositionEmbeddings, spec.defaultMaxPositions);
   if (!Number.isInteger(maxPositions) || maxPositions < 1) {

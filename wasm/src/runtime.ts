@@ -151,6 +151,7 @@ export async function createWasmRuntime(options: WasmRuntimeOptions): Promise<Pr
       threads,
       kernels: kernelsName(module),
       weightBytes,
+      weightFormat,
       kvCapacityBytes: kvPayloadBytes(kv, maxPositions),
       ...(sizing ? { sizing } : {}),
     };

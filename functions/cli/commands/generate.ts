@@ -30,6 +30,7 @@ import { snapshotKeys } from "../../node/snapshot-keys.ts";
 import { runtimes } from "../../runtimes.ts";
 import { type Command, type CommandIO, intOption, parseCommandArgs } from "../command.ts";
 import { KV_DTYPE_HELP, kvDtypeOption } from "../kv-dtype.ts";
+import { WEIGHTS_HELP, weightsOption } from "../weights.ts";
 
 const DEFAULT_MAX_TOKENS = 256;
 
@@ -61,6 +62,8 @@ options:
   --threads N              worker threads for CPU runtimes (default: all cores)
   --chunk N                prefill chunk in tokens (default: the runtime's, see docs/driver.md)
   --kv-dtype D             KV cache element type: ${KV_DTYPE_HELP} (default: the runtime's)
+  --weights W              weights in memory: ${WEIGHTS_HELP}
+                           (default: the checkpoint's)
   --progress               progress bar and a summary on stderr even when it is not a terminal
   --store S                KV snapshots in a directory or s3://bucket/prefix ("default": the user
                            cache dir): restore the longest stored prefix, save each chunk, so a
@@ -89,6 +92,7 @@ const OPTIONS = {
   threads: { type: "string" },
   chunk: { type: "string" },
   "kv-dtype": { type: "string" },
+  weights: { type: "string" },
   progress: { type: "boolean" },
   store: { type: "string" },
 } as const;
@@ -226,6 +230,7 @@ export const command: Command = {
     if (values.model === undefined) throw new InvalidInputError("--model DIR is required");
     const text = await readPrompt(values, io);
     const kvDtype = kvDtypeOption(values["kv-dtype"]);
+    const weightFormat = weightsOption(values.weights);
     const maxTokens = intOption("max-tokens", values["max-tokens"]) ?? DEFAULT_MAX_TOKENS;
     const chunkFlag = intOption("chunk", values.chunk);
     const threads = intOption("threads", values.threads);
@@ -240,6 +245,7 @@ export const command: Command = {
     const runtime = await factory.create({
       model,
       kvDtype,
+      weightFormat,
       threads,
       // Reserve what this run can use: the prompt plus the tokens asked for, within the model's
       // context (the driver refuses a prompt that leaves no room).
@@ -277,6 +283,7 @@ export const command: Command = {
     const bar = showProgress ? new ProgressBar(io.stderr, stderrTty) : null;
     // With "auto", say what was picked and why each better runtime was passed over.
     if (showProgress && choice.skipped.length) io.stderr.write(`${describeChoice(choice)}\n`);
+    if (showProgress && runtime.info.sizing) io.stderr.write(`${runtime.info.sizing}\n`);
     try {
       const driver = new SequenceDriver(runtime, { eosTokenIds: eosTokenIds(model) });
       const request: GenerateRequest = {

@@ -14,6 +14,7 @@ import {
 } from "../../node/snapshot-keys.ts";
 import { type Command, intOption, parseCommandArgs } from "../command.ts";
 import { KV_DTYPE_HELP, kvDtypeOption } from "../kv-dtype.ts";
+import { WEIGHTS_HELP, weightsOption } from "../weights.ts";
 
 const usage = `usage: ultralong serve [options]
 
@@ -35,6 +36,8 @@ options:
   --runtime NAME     auto|reference|wasm|native-wasm|cuda (default auto)
   --max-positions N  KV positions (default: min(model's context, 131072))
   --kv-dtype D       KV cache element type: ${KV_DTYPE_HELP} (default: the runtime's)
+  --weights W        weights in memory: ${WEIGHTS_HELP}
+                     (default: the checkpoint's)
   --role R           both (default) | model: only the model function, on --port, for a
                      deployed container; needs ULTRALONG_SIGNING_SECRET (shared with the edge)
 
@@ -174,6 +177,7 @@ export const command: Command = {
         runtime: { type: "string" },
         "max-positions": { type: "string" },
         "kv-dtype": { type: "string" },
+        weights: { type: "string" },
         role: { type: "string" },
       },
       { allowPositionals: false },
@@ -191,6 +195,7 @@ export const command: Command = {
     const maxPositions = intOption("max-positions", values["max-positions"]);
     if (maxPositions === 0) throw new InvalidInputError("--max-positions must be at least 1");
     const kvDtype = kvDtypeOption(values["kv-dtype"]);
+    const weightFormat = weightsOption(values.weights);
     if (values["api-key"] !== undefined && (values["api-keys"] || role === "model"))
       throw new InvalidInputError(
         `--api-key sets the demo key; with ${role === "model" ? "--role model" : "--api-keys"} there is none`,
@@ -219,10 +224,12 @@ export const command: Command = {
       threads,
       maxPositions,
       kvDtype,
+      weightFormat,
       env: io.env,
     });
     const info = server.engine.info();
     say(`${server.runtimeChoice}; kernels ${info.kernels}; KV ${info.kv.dtype}`);
+    if (info.sizing) say(info.sizing);
     if (role === "model") {
       io.stdout.write(
         `ultralong model function '${server.modelId}' on ${server.url} (runtime ${info.runtime}, snapshots: ${info.store})\n`,
