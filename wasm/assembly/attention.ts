@@ -48,12 +48,12 @@ function keep(v: v128, i: i32, lim: i32, fill: v128): v128 {
 }
 
 /**
- * S rows r, r + 1 (two == true) or r alone, keys 0 .. n (rounded up to 4; the lanes past a row's
- * valid keys are -inf). Key rows past n are read but masked: they lie inside the cache region.
+ * S rows r and r + 1 over keys 0 .. n (rounded up to 4; the lanes past a row's valid keys are
+ * -inf). Key rows past n are read but masked: they lie inside the cache region.
  */
 // @ts-ignore: decorator
 @inline
-function scores(qa: usize, two: bool, kp: usize, n: i32, hd: i32, sa: usize, limA: i32, limB: i32): void {
+function scores2(qa: usize, kp: usize, n: i32, hd: i32, sa: usize, limA: i32, limB: i32): void {
   const hdB = <usize>hd << 2;
   const qb = qa + hdB;
   const ninf = f32x4.splat(-Infinity);
@@ -62,24 +62,42 @@ function scores(qa: usize, two: bool, kp: usize, n: i32, hd: i32, sa: usize, lim
     const k1 = k0 + hdB, k2 = k1 + hdB, k3 = k2 + hdB;
     let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
     let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
-    for (let d = 0; d < hd; d += 4) {
-      const o = <usize>d << 2;
+    for (let o: usize = 0; o < hdB; o += 16) {
       const x = v128.load(qa + o);
+      const y = v128.load(qb + o);
       const w0 = v128.load(k0 + o), w1 = v128.load(k1 + o), w2 = v128.load(k2 + o), w3 = v128.load(k3 + o);
       a0 = madd(x, w0, a0);
       a1 = madd(x, w1, a1);
       a2 = madd(x, w2, a2);
       a3 = madd(x, w3, a3);
-      if (two) {
-        const y = v128.load(qb + o);
-        b0 = madd(y, w0, b0);
-        b1 = madd(y, w1, b1);
-        b2 = madd(y, w2, b2);
-        b3 = madd(y, w3, b3);
-      }
+      b0 = madd(y, w0, b0);
+      b1 = madd(y, w1, b1);
+      b2 = madd(y, w2, b2);
+      b3 = madd(y, w3, b3);
     }
     v128.store(sa + (<usize>i << 2), keep(sum4(a0, a1, a2, a3), i, limA, ninf));
-    if (two) v128.store(sa + (<usize>(BK + i) << 2), keep(sum4(b0, b1, b2, b3), i, limB, ninf));
+    v128.store(sa + (<usize>(BK + i) << 2), keep(sum4(b0, b1, b2, b3), i, limB, ninf));
+  }
+}
+
+/** scores2 for one row (the block's last when its row count is odd). */
+// @ts-ignore: decorator
+@inline
+function scores1(qa: usize, kp: usize, n: i32, hd: i32, sa: usize, lim: i32): void {
+  const hdB = <usize>hd << 2;
+  const ninf = f32x4.splat(-Infinity);
+  for (let i = 0; i < n; i += 4) {
+    const k0 = kp + <usize>i * hdB;
+    const k1 = k0 + hdB, k2 = k1 + hdB, k3 = k2 + hdB;
+    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+    for (let o: usize = 0; o < hdB; o += 16) {
+      const x = v128.load(qa + o);
+      a0 = madd(x, v128.load(k0 + o), a0);
+      a1 = madd(x, v128.load(k1 + o), a1);
+      a2 = madd(x, v128.load(k2 + o), a2);
+      a3 = madd(x, v128.load(k3 + o), a3);
+    }
+    v128.store(sa + (<usize>i << 2), keep(sum4(a0, a1, a2, a3), i, lim, ninf));
   }
 }
 
@@ -137,11 +155,15 @@ export function attention(
           vp = vt;
         }
         // Keys of this tile row r may see: j0 + i <= p0 + t, and i < n.
-        for (let r = 0; r < R; r += 2) {
-          const two = r + 1 < R;
+        let r = 0;
+        for (; r + 2 <= R; r += 2) {
           const limA = min(n, p0 + tb + r / g - j0 + 1);
-          const limB = two ? min(n, p0 + tb + (r + 1) / g - j0 + 1) : 0;
-          scores(qs + <usize>r * hdB, two, kp, n, hd, sb + (<usize>(r * BK) << 2), limA, limB);
+          const limB = min(n, p0 + tb + (r + 1) / g - j0 + 1);
+          scores2(qs + <usize>r * hdB, kp, n, hd, sb + (<usize>(r * BK) << 2), limA, limB);
+        }
+        if (r < R) {
+          const lim = min(n, p0 + tb + r / g - j0 + 1);
+          scores1(qs + <usize>r * hdB, kp, n, hd, sb + (<usize>(r * BK) << 2), lim);
         }
         // Online softmax: P = exp(S - m_new) in place, l and O rescaled by exp(m_old - m_new).
         for (let r = 0; r < R; r++) {
@@ -152,18 +174,30 @@ export function attention(
             continue;
           }
           let mv = f32x4.splat(-Infinity);
-          for (let i = 0; i < n; i += 4) mv = f32x4.max(mv, v128.load(srow + (<usize>i << 2)));
+          // pmax: one instruction (max's NaN handling is several; scores are finite or -inf).
+          for (let i = 0; i < n; i += 4) mv = f32x4.pmax(mv, v128.load(srow + (<usize>i << 2)));
           const mt = max(max(f32x4.extract_lane(mv, 0), f32x4.extract_lane(mv, 1)),
             max(f32x4.extract_lane(mv, 2), f32x4.extract_lane(mv, 3)));
           const mOld = load<f32>(mRow + (<usize>r << 2));
           const mNew = max(mOld, mt);
           const m4 = f32x4.splat(mNew);
           let lv = f32x4.splat(0);
-          for (let i = 0; i < n; i += 4) {
-            const o = <usize>i << 2;
-            const p = keep(exp4(f32x4.sub(v128.load(srow + o), m4)), i, lim, zero);
-            v128.store(srow + o, p);
-            lv = f32x4.add(lv, p);
+          if (lim == ((n + 3) & ~3)) {
+            // Every lane valid (tiles off the diagonal): no mask to apply.
+            for (let i = 0; i < n; i += 4) {
+              const o = <usize>i << 2;
+              const p = exp4(f32x4.sub(v128.load(srow + o), m4));
+              v128.store(srow + o, p);
+              lv = f32x4.add(lv, p);
+            }
+          } else {
+            // Masked lanes are -inf, whose exp4 is ~1e-38, not 0: zero them.
+            for (let i = 0; i < n; i += 4) {
+              const o = <usize>i << 2;
+              const p = keep(exp4(f32x4.sub(v128.load(srow + o), m4)), i, lim, zero);
+              v128.store(srow + o, p);
+              lv = f32x4.add(lv, p);
+            }
           }
           let l = hsum(lv);
           if (mOld != -Infinity && mOld != mNew) {
