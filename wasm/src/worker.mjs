@@ -15,6 +15,8 @@ const GENERATION = 1;
 const CANCEL = 2;
 const DECISION = 3;
 const FAILED = 4;
+/** Loads of the generation word before a waiting worker sleeps (about 10-20 microseconds). */
+const SPIN = 4000;
 
 let shard = null;
 let ctx = null;
@@ -37,6 +39,10 @@ function barrier() {
     Atomics.add(ctl, GENERATION, 1);
     Atomics.notify(ctl, GENERATION);
   } else {
+    // Spin a little before sleeping: a decode step's layers take tens of microseconds, about what
+    // a futex wake-up costs, so the last arrival is usually seen while spinning. Then sleep, so a
+    // worker that waits long (another still computing, or descheduled) gives its core back.
+    for (let i = 0; i < SPIN && Atomics.load(ctl, GENERATION) === gen; i++);
     while (Atomics.load(ctl, GENERATION) === gen) Atomics.wait(ctl, GENERATION, gen);
   }
   if (Atomics.load(ctl, FAILED) !== 0) throw new PeerFailed("another shard failed");
