@@ -7,7 +7,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { FormatError, InvalidInputError, NotFoundError } from "../core/errors.ts";
-import type { GgufValue } from "../core/gguf/format.ts";
+import type { GgmlType, GgufValue } from "../core/gguf/format.ts";
 import { readGgufHeader } from "../core/gguf/reader.ts";
 import type { GenerateOptions } from "../core/model/generate.ts";
 import { convertModelDirToGguf } from "../core/node/gguf.ts";
@@ -25,7 +25,7 @@ import {
 import { SMALL_VOCAB, scratchDir, TINY, testModelDir } from "./support/models.ts";
 import { tool } from "./support/tools.ts";
 
-async function converted(opts: GenerateOptions, type?: "f32" | "bf16") {
+async function converted(opts: GenerateOptions, type?: GgmlType) {
   const dir = await testModelDir(opts);
   const out = join(scratchDir("gguf"), "model.gguf");
   const result = await convertModelDirToGguf(dir, out, type ? { type } : {});
@@ -120,6 +120,25 @@ describe("GGUF conversion", () => {
     // llama3 rope: per-pair frequency divisors, no scaling keys.
     expect(byName.get("rope_freqs.weight")).toMatchObject({ type: "f32", dims: [8] });
     expect(header.metadata.has("llama.rope.scaling.type")).toBe(false);
+  });
+
+  it("converts to f16 on request, rounding as core/safetensors does", async () => {
+    const { dir, result, header } = await converted(TINY, "f16");
+    const v = header.tensors.find((t) => t.name === "blk.0.attn_v.weight")!;
+    expect(result.type).toBe("f16");
+    expect(scalar(header.metadata.get("general.file_type"))).toBe(1);
+    expect(v.type).toBe("f16");
+    const want = await (await loadModelDir(dir)).weights.read(
+      "model.layers.0.self_attn.v_proj.weight",
+      "f16",
+    );
+    const got = await new FileByteSource(result.path).read(
+      header.dataStart + v.offset,
+      want.byteLength,
+    );
+    expect(
+      Buffer.from(got).equals(Buffer.from(want.buffer, want.byteOffset, want.byteLength)),
+    ).toBe(true);
   });
 
   it("refuses what llama.cpp cannot run, and leaves no file", async () => {

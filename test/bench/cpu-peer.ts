@@ -14,6 +14,7 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { availableParallelism, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
+import { InvalidInputError } from "../../core/errors.ts";
 import type { GenerateOptions } from "../../core/model/generate.ts";
 import { convertModelDirToGguf } from "../../core/node/gguf.ts";
 import { loadModelDir } from "../../core/node/load-model-dir.ts";
@@ -45,13 +46,21 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function listArg(args: string[], name: string, dflt: string[]): string[] {
   const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1].split(",") : dflt;
+  if (i < 0) return dflt;
+  if (args[i + 1] === undefined) throw new InvalidInputError(`${name} needs a value`);
+  return args[i + 1].split(",");
 }
 
-function numArg(args: string[], name: string, dflt: number): number {
-  const i = args.indexOf(name);
-  return i >= 0 ? Number(args[i + 1]) : dflt;
+function positive(name: string, v: string): number {
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < 1) {
+    throw new InvalidInputError(`${name} takes positive integers, got '${v}'`);
+  }
+  return n;
 }
+
+const numArg = (args: string[], name: string, dflt: number) =>
+  positive(name, listArg(args, name, [String(dflt)])[0]);
 
 interface Best {
   prefillTokensPerSec: number;
@@ -70,11 +79,15 @@ function best(runs: GreedyRun[], prompt: number): Best {
 export default async function main(args: string[]): Promise<void> {
   const quick = args.includes("--quick");
   const opts = quick ? QUICK : FULL;
-  const threadList = listArg(args, "--threads", ["1", "2"]).map(Number);
-  const prompts = listArg(args, "--prompts", quick ? ["128"] : ["512", "4096"]).map(Number);
-  const dtypes = listArg(args, "--dtypes", quick ? ["f32"] : ["f32", "bf16"]) as Array<
-    "f32" | "bf16"
-  >;
+  const threadList = listArg(args, "--threads", ["1", "2"]).map((v) => positive("--threads", v));
+  const prompts = listArg(args, "--prompts", quick ? ["128"] : ["512", "4096"]).map((v) =>
+    positive("--prompts", v),
+  );
+  const dtypes = listArg(args, "--dtypes", quick ? ["f32"] : ["f32", "bf16"]);
+  for (const d of dtypes) {
+    if (d !== "f32" && d !== "bf16")
+      throw new InvalidInputError(`--dtypes: f32 or bf16, got '${d}'`);
+  }
   const decode = numArg(args, "--decode", quick ? 8 : 32);
   const rounds = numArg(args, "--rounds", 2);
   const root = join(import.meta.dirname, "..", "..");
@@ -92,7 +105,7 @@ export default async function main(args: string[]): Promise<void> {
   try {
     for (const dtype of dtypes) {
       const modelDir = join(dir, dtype);
-      await makeModelDir(modelDir, { ...opts, dtype });
+      await makeModelDir(modelDir, { ...opts, dtype: dtype as "f32" | "bf16" });
       const gguf = join(dir, `${dtype}.gguf`);
       const t0 = performance.now();
       const conv = await convertModelDirToGguf(modelDir, gguf);
