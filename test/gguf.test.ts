@@ -3,7 +3,7 @@
 // leaves no file; and llama.cpp (node-llama-cpp's prebuilt CPU binary) loads the converted model
 // and gives our greedy tokens and our tokenization: an independent check of the forward pass.
 
-import { existsSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { FormatError, InvalidInputError, NotFoundError } from "../core/errors.ts";
@@ -22,7 +22,7 @@ import {
   loadLlamaCpp,
   runtimeGreedy,
 } from "./support/llama-cpp.ts";
-import { SMALL_VOCAB, scratchDir, TINY, testModelDir } from "./support/models.ts";
+import { runUltralong, SMALL_VOCAB, scratchDir, TINY, testModelDir } from "./support/models.ts";
 import { tool } from "./support/tools.ts";
 
 async function converted(opts: GenerateOptions, type?: GgmlType) {
@@ -204,3 +204,46 @@ describe.skipIf(!tool("node-llama-cpp", llama !== null, "the llama.cpp agreement
     });
   },
 );
+
+describe("ultralong convert --to gguf (the CLI)", () => {
+  it("writes the file the library writes, and says what it wrote", async () => {
+    const dir = await testModelDir(TINY);
+    const out = join(scratchDir("gguf-cli"), "cli.gguf");
+    const r = await runUltralong([
+      "convert",
+      "--to",
+      "gguf",
+      "--model",
+      dir,
+      "--out",
+      out,
+      "--type",
+      "bf16",
+    ]);
+    expect(r.status, r.stderr).toBe(0);
+    const header = await readGgufHeader(new FileByteSource(out));
+    expect(r.stdout).toBe(
+      `wrote ${out}: ${header.tensors.length} tensors, bf16, ${statSync(out).size} bytes\n`,
+    );
+    expect(header.tensors.find((t) => t.name === "blk.0.attn_q.weight")?.type).toBe("bf16");
+    expect(header.tensors.find((t) => t.name === "blk.0.attn_norm.weight")?.type).toBe("f32");
+  });
+  for (const [name, args, message] of [
+    ["no --to", [], "ultralong convert: --to gguf is required"],
+    ["another format", ["--to", "onnx"], "ultralong convert: --to must be gguf, got 'onnx'"],
+    [
+      "a bad type",
+      ["--to", "gguf", "--type", "q4_0"],
+      "ultralong convert: --type must be f32, f16 or bf16, got 'q4_0'",
+    ],
+  ] as const) {
+    it(`refuses ${name} in one line and writes nothing`, async () => {
+      const dir = await testModelDir(TINY);
+      const out = join(scratchDir("gguf-cli"), `refused-${name.replace(/\W/g, "")}.gguf`);
+      const r = await runUltralong(["convert", "--model", dir, "--out", out, ...args]);
+      expect(r.status).not.toBe(0);
+      expect(r.stderr.trim()).toBe(message);
+      expect(existsSync(out)).toBe(false);
+    });
+  }
+});

@@ -34,6 +34,10 @@ export const commands: Record<string, CommandEntry> = {
     summary: "encode text or a chat with a model's Llama 3 tokenizer (ids as JSON, or a count)",
     load: () => import("./commands/tokenize.ts"),
   },
+  convert: {
+    summary: "write a model directory as a llama.cpp GGUF file (--to gguf)",
+    load: () => import("./commands/convert.ts"),
+  },
   detokenize: {
     summary: "decode Llama 3 token ids back to text",
     load: () => import("./commands/detokenize.ts"),
