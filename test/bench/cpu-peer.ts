@@ -21,6 +21,7 @@ import { loadModelDir } from "../../core/node/load-model-dir.ts";
 import { makeModelDir } from "../../core/node/make-model.ts";
 import { ensureBuilt } from "../../wasm/build.mjs";
 import { createWasmRuntime } from "../../wasm/src/runtime.ts";
+import { ISSUE14_MODEL } from "../support/bench-models.ts";
 import {
   firstDivergence,
   type GreedyRun,
@@ -29,16 +30,7 @@ import {
   runtimeGreedy,
 } from "../support/llama-cpp.ts";
 
-const FULL: GenerateOptions = {
-  layers: 12,
-  hidden: 768,
-  heads: 12,
-  kvHeads: 4,
-  ffn: 2048,
-  vocab: 128256,
-  rope: "yarn",
-  seed: 11,
-};
+const FULL: GenerateOptions = { ...ISSUE14_MODEL, seed: 11 };
 const QUICK: GenerateOptions = { ...FULL, layers: 2, hidden: 384, heads: 6, kvHeads: 2, ffn: 1024 };
 
 const round = (x: number, d = 3) => Number(x.toPrecision(d + 1));

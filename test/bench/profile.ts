@@ -16,19 +16,10 @@ import { makeModelDir } from "../../core/node/make-model.ts";
 import { ensureBuilt, TEST_WASM_FILE } from "../../wasm/build.mjs";
 import { createWasmRuntime, type WasmProfile } from "../../wasm/src/runtime.ts";
 import type { WeightFormat } from "../../wasm/src/shard.mjs";
+import { ISSUE14_MODEL } from "../support/bench-models.ts";
 import { simdPeak } from "./runtime.ts";
 
-const FULL: GenerateOptions = {
-  layers: 12,
-  hidden: 768,
-  heads: 12,
-  kvHeads: 4,
-  ffn: 2048,
-  vocab: 128256,
-  rope: "yarn",
-  dtype: "f32",
-  seed: 7,
-};
+const FULL: GenerateOptions = { ...ISSUE14_MODEL, dtype: "f32", seed: 7 };
 const QUICK: GenerateOptions = { ...FULL, layers: 2, vocab: 32000 };
 
 const round = (x: number, d = 3) => Number(x.toPrecision(d));
