@@ -68,7 +68,17 @@ function best(runs: GreedyRun[], prompt: number): Best {
   };
 }
 
+const FLAGS = ["--quick"];
+const OPTIONS = ["--threads", "--prompts", "--dtypes", "--decode", "--rounds"];
+
 export default async function main(args: string[]): Promise<void> {
+  for (let i = 0; i < args.length; i++) {
+    if (OPTIONS.includes(args[i])) i++;
+    else if (!FLAGS.includes(args[i]))
+      throw new InvalidInputError(
+        `unknown argument '${args[i]}' (${[...FLAGS, ...OPTIONS].join(", ")})`,
+      );
+  }
   const quick = args.includes("--quick");
   const opts = quick ? QUICK : FULL;
   const threadList = listArg(args, "--threads", ["1", "2"]).map((v) => positive("--threads", v));

@@ -3,6 +3,7 @@
 import { readdirSync } from "node:fs";
 import { dirname } from "node:path";
 import { fileURLToPath } from "node:url";
+import { InvalidInputError } from "../../core/errors.ts";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const available = readdirSync(here)
@@ -14,4 +15,11 @@ if (!name || !available.includes(name)) {
   process.exit(2);
 }
 const mod = (await import(`./${name}.ts`)) as { default: (args: string[]) => Promise<void> };
-await mod.default(args);
+try {
+  await mod.default(args);
+} catch (err) {
+  // A bad argument (a typed input error) is one line, not a stack trace.
+  if (!(err instanceof InvalidInputError)) throw err;
+  console.error(`npm run bench -- ${name}: ${err.message}`);
+  process.exit(2);
+}
