@@ -53,6 +53,9 @@ function compile(root, { entry, out, relaxed }) {
     "--runtime",
     "stub",
     "--importMemory",
+    // Every memory the module gets is a fresh WebAssembly.Memory, which is zeroed: the static
+    // buffers (GEMM packing, dequantization) then need no zero bytes in the binary.
+    "--zeroFilledMemory",
     "--initialMemory",
     String(INITIAL_PAGES),
     "--maximumMemory",

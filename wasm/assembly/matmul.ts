@@ -353,6 +353,34 @@ function row1i8(x: usize, K: i32, w: usize, scales: usize, n: i32, y: usize, acc
   put(y + (<usize>n << 2), hsum(total), acc);
 }
 
+// Prefill with int8 weights: each L2 block of rows is dequantized once (q * scale, the same f32
+// values the int8 tiles form) into DQ, and the f32 tiles run on it, so the widening is paid once
+// per weight instead of once per 4-token tile (int8 prefill was 2.3x f32's time on issue 14's
+// model). DQ holds one row block: at most L2_BLOCK_BYTES int8 weights as f32.
+const DQ: usize = memory.data(4 * L2_BLOCK_BYTES, 64);
+
+function dequantRows(w: usize, scales: usize, n0: i32, n1: i32, K: i32): void {
+  let o = DQ;
+  const blocks = <usize>(K / I8_BLOCK);
+  for (let n = n0; n < n1; n++) {
+    const wp = w + <usize>n * <usize>K;
+    const sp = scales + ((<usize>n * blocks) << 2);
+    for (let b: usize = 0; b < blocks; b++) {
+      const sc = v128.load32_splat(sp + (b << 2));
+      for (let h: usize = 0; h < 2; h++) {
+        const q = v128.load(wp + (b << 5) + (h << 4));
+        const l = i16x8.extend_low_i8x16_s(q);
+        const u = i16x8.extend_high_i8x16_s(q);
+        v128.store(o, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(l)), sc));
+        v128.store(o, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(l)), sc), 16);
+        v128.store(o, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(u)), sc), 32);
+        v128.store(o, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(u)), sc), 48);
+        o += 64;
+      }
+    }
+  }
+}
+
 function gemm<W>(x: usize, T: i32, K: i32, w: usize, scales: usize, N: i32, y: usize, acc: bool): void {
   const rowBytes = K * sizeof<W>();
   let nb = (L2_BLOCK_BYTES / rowBytes) & ~3;
@@ -362,6 +390,26 @@ function gemm<W>(x: usize, T: i32, K: i32, w: usize, scales: usize, N: i32, y: u
   for (let n0 = 0; n0 < N; n0 += nb) {
     const n1 = min(N, n0 + nb);
     let t = 0;
+    if (sizeof<W>() == 1 && T >= 4 && K <= PACK_MAX_K && K % 16 == 0) {
+      dequantRows(w, scales, n0, n1, K);
+      // Rows n of the block at DQ + (n - n0) K floats; the tiles index from the matrix's row 0
+      // (wasm32 addresses wrap, so the base below is exact modulo 2^32).
+      const dq = DQ - ((<usize>n0 * <usize>K) << 2);
+      for (; t + 4 <= T; t += 4) {
+        const xt = x + <usize>t * xs;
+        const yt = y + <usize>t * ys;
+        let n = n0;
+        packX4(xt, K);
+        for (; n + 2 <= n1; n += 2) tile4x2p<f32>(K, dq, 0, n, yt, N, acc);
+        if (n < n1) tile4x1<f32>(xt, K, dq, 0, n, yt, N, acc);
+      }
+      for (; t < T; t++) {
+        const xt = x + <usize>t * xs;
+        const yt = y + <usize>t * ys;
+        for (let n = n0; n < n1; n++) row1f32(xt, K, dq, n, yt, acc);
+      }
+      continue;
+    }
     for (; t + 4 <= T; t += 4) {
       const xt = x + <usize>t * xs;
       const yt = y + <usize>t * ys;

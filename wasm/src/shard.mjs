@@ -77,10 +77,11 @@ const PAGE = 65536;
 const MAX_PAGES = 65536;
 /**
  * Pages (64 KiB) every memory given to the module must start with: the module's static data (the
- * GEMM's 256 KiB packing buffer, wasm/assembly/matmul.ts) lies below heap_base. wasm/build.mjs
+ * GEMM's 256 KiB packing buffer, the decode x permutation and the 512 KiB int8 dequantization
+ * scratch, wasm/assembly/matmul.ts: 832 KiB) lies below heap_base. wasm/build.mjs
  * passes it to asc as --initialMemory.
  */
-export const INITIAL_PAGES = 8;
+export const INITIAL_PAGES = 16;
 const QUANT_ROWS = 64;
 const I8_BLOCK = 32;
 
