@@ -6,8 +6,6 @@
 import { basename, resolve } from "node:path";
 import { toHex } from "../../core/hash/hex.ts";
 import { sha256Hex } from "../../core/hash/sha256.ts";
-import type { KvDtype } from "../../core/kv/layout.ts";
-import type { SnapshotStore } from "../../core/kv/store.ts";
 import { createEdgeApp, type EdgeApp } from "../edge/app.ts";
 import { ObjectFileStore } from "../edge/files.ts";
 import { DEFAULT_LIMITS, type KeyConfig } from "../edge/keys.ts";
@@ -16,7 +14,6 @@ import {
   edgeTextFromTokenizer,
   templateChatRenderer,
 } from "../edge/tokenizer-text.ts";
-import type { LogSink } from "../http/request-log.ts";
 import type { ModelApp } from "../model/app.ts";
 import type { ModelEngine } from "../model/engine.ts";
 import { listen } from "../node/listen.ts";

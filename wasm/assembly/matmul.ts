@@ -390,7 +390,8 @@ function gemm<W>(x: usize, T: i32, K: i32, w: usize, scales: usize, N: i32, y: u
   for (let n0 = 0; n0 < N; n0 += nb) {
     const n1 = min(N, n0 + nb);
     let t = 0;
-    if (sizeof<W>() == 1 && T >= 4 && K <= PACK_MAX_K && K % 16 == 0) {
+    // (int8 K is a multiple of 32, so row1f32's K % 16 holds.)
+    if (sizeof<W>() == 1 && T >= 4 && K <= PACK_MAX_K) {
       dequantRows(w, scales, n0, n1, K);
       // Rows n of the block at DQ + (n - n0) K floats; the tiles index from the matrix's row 0
       // (wasm32 addresses wrap, so the base below is exact modulo 2^32).

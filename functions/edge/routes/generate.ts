@@ -6,7 +6,7 @@
 //   POST /v1/completions/text   text/plain body = the prompt; sampling in the query string
 import { Hono } from "hono";
 import { UltralongError } from "../../../core/errors.ts";
-import { type ModelEvent, sseEvent, type UsageEvent } from "../../../core/protocol/events.ts";
+import { sseEvent, type UsageEvent } from "../../../core/protocol/events.ts";
 import type { GenerateHeader } from "../../../core/protocol/header.ts";
 import {
   describeError,
@@ -210,18 +210,17 @@ export function generateRoutes(deps: EdgeDeps): Hono<EdgeEnv> {
       metrics.inc("ul_edge_cached_tokens_total", {}, u.cachedTokens);
       Object.assign(log, usageLogFields(u));
     };
-    let events: AsyncIterable<ModelEvent>;
-    try {
-      events = await generateRemote(deps.client, header, source, abort.signal);
-    } catch (err) {
-      client.release();
-      rethrow(err);
-    }
+    const events = await generateRemote(deps.client, header, source, abort.signal).catch(
+      (err: unknown) => {
+        client.release();
+        return rethrow(err);
+      },
+    );
 
     if (!p.stream) {
       const done = new Completion();
       try {
-        for await (const ev of events!) {
+        for await (const ev of events) {
           if (ev.event === "token") done.add(ev.data);
           else if (ev.event === "usage") done.usage = ev.data;
         }
