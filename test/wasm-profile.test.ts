@@ -32,7 +32,6 @@ describe("wasm runtime profile", () => {
           else expect(s.reduce).toBe(0);
           const phases = PROFILE_PHASES.reduce((sum, k) => sum + s[k], 0);
           expect(s.total).toBeGreaterThanOrEqual(phases);
-          expect(s.glue).toBeCloseTo(s.total - phases, 6);
           expect(p.runMs).toBeGreaterThanOrEqual(s.total);
         }
         await rt.setProfiling(false);
