@@ -4,6 +4,7 @@
 import { InvalidInputError, NotAvailableError } from "../errors.ts";
 import type { KvDtype } from "../kv/layout.ts";
 import type { LoadedModel } from "../model/weights.ts";
+import type { PagedRuntime, PagedRuntimeOptions } from "./paged-runtime.ts";
 import type { Runtime } from "./runtime.ts";
 
 export interface RuntimeOptions {
@@ -26,6 +27,8 @@ export interface RuntimeFactory {
   /** null when usable here, else a sentence naming what is missing. */
   unavailableReason(): Promise<string | null>;
   create(options: RuntimeOptions): Promise<Runtime>;
+  /** The batched form (core/engine/paged-runtime.ts), where the runtime has one. */
+  createPaged?(options: PagedRuntimeOptions): Promise<PagedRuntime>;
 }
 
 export class RuntimeRegistry {
