@@ -42,158 +42,23 @@ import {
   kvPayloadBytes,
 } from "../kv/layout.ts";
 import type { ModelConfig } from "../model/config-types.ts";
-import { computeRope, type RopeParams, ropeCosSin, rotaryDim } from "../model/rope.ts";
-import type { LoadedModel } from "../model/weights.ts";
-import {
-  bf16ToF32,
-  decodeToF32,
-  f16ToF32,
-  f32BitsToBf16,
-  f32BitsToF16,
-} from "../safetensors/dtype.ts";
+import { computeRope, type RopeParams } from "../model/rope.ts";
+import { decodeToF32, f32BitsToBf16, f32BitsToF16 } from "../safetensors/dtype.ts";
 import { isTokenId } from "../tokenizer/token-id.ts";
+import {
+  acquireWeights,
+  forwardRows,
+  rowLogits,
+  storeKv,
+  type Weights,
+} from "./reference-layers.ts";
 import type { RuntimeFactory, RuntimeOptions } from "./registry.ts";
 import { checkKvRange, checkTruncate, type Runtime, type RuntimeInfo } from "./runtime.ts";
-
-interface LayerWeights {
-  inputNorm: Float32Array; // (hidden)
-  wq: Float32Array; // (heads * head_dim, hidden)
-  wk: Float32Array; // (kv_heads * head_dim, hidden)
-  wv: Float32Array; // (kv_heads * head_dim, hidden)
-  wo: Float32Array; // (hidden, heads * head_dim)
-  bq: Float32Array | null; // (heads * head_dim) when attention_bias
-  bk: Float32Array | null; // (kv_heads * head_dim)
-  bv: Float32Array | null; // (kv_heads * head_dim)
-  bo: Float32Array | null; // (hidden)
-  postNorm: Float32Array; // (hidden)
-  wGate: Float32Array; // (ffn, hidden)
-  wUp: Float32Array; // (ffn, hidden)
-  wDown: Float32Array; // (hidden, ffn)
-  bGate: Float32Array | null; // (ffn) when mlp_bias
-  bUp: Float32Array | null; // (ffn)
-  bDown: Float32Array | null; // (hidden)
-}
-
-interface Weights {
-  embed: Float32Array; // (vocab, hidden)
-  layers: LayerWeights[];
-  norm: Float32Array; // (hidden)
-  lmHead: Float32Array; // (vocab, hidden); the same array as `embed` when tied
-}
-
-const SUPPORTED_KV: readonly KvDtype[] = ["f32", "bf16", "f16"];
 
 /** Yield to the event loop at most this often, so an AbortSignal can fire during a long forward. */
 const YIELD_EVERY_MS = 20;
 
-async function loadWeights(model: LoadedModel, format: "f32" | "bf16"): Promise<Weights> {
-  const c = model.config;
-  const names = new Set(model.weights.tensors().map((t) => t.name));
-  const read = async (name: string): Promise<Float32Array> => {
-    if (format === "f32") return model.weights.read(name, "f32");
-    // bf16 in memory: the values a bf16 runtime sees, widened back to f32 exactly.
-    const bits = await model.weights.read(name, "bf16");
-    const out = new Float32Array(bits.length);
-    const outBits = new Uint32Array(out.buffer);
-    for (let i = 0; i < bits.length; i++) outBits[i] = bits[i] << 16;
-    return out;
-  };
-  const optional = async (name: string) => (names.has(name) ? read(name) : null);
-  const layers: LayerWeights[] = [];
-  for (let l = 0; l < c.numHiddenLayers; l++) {
-    const p = `model.layers.${l}`;
-    layers.push({
-      inputNorm: await read(`${p}.input_layernorm.weight`),
-      wq: await read(`${p}.self_attn.q_proj.weight`),
-      wk: await read(`${p}.self_attn.k_proj.weight`),
-      wv: await read(`${p}.self_attn.v_proj.weight`),
-      wo: await read(`${p}.self_attn.o_proj.weight`),
-      bq: await optional(`${p}.self_attn.q_proj.bias`),
-      bk: await optional(`${p}.self_attn.k_proj.bias`),
-      bv: await optional(`${p}.self_attn.v_proj.bias`),
-      bo: await optional(`${p}.self_attn.o_proj.bias`),
-      postNorm: await read(`${p}.post_attention_layernorm.weight`),
-      wGate: await read(`${p}.mlp.gate_proj.weight`),
-      wUp: await read(`${p}.mlp.up_proj.weight`),
-      wDown: await read(`${p}.mlp.down_proj.weight`),
-      bGate: await optional(`${p}.mlp.gate_proj.bias`),
-      bUp: await optional(`${p}.mlp.up_proj.bias`),
-      bDown: await optional(`${p}.mlp.down_proj.bias`),
-    });
-  }
-  const embed = await read("model.embed_tokens.weight");
-  const norm = await read("model.norm.weight");
-  // transformers ties when tie_word_embeddings is set, whatever lm_head.weight the file holds.
-  const lmHead =
-    c.tieWordEmbeddings || !names.has("lm_head.weight") ? embed : await read("lm_head.weight");
-  return { embed, layers, norm, lmHead };
-}
-
-/** out (rows, outF) = x (rows, inF) W^T (+ b), W (outF, inF) row-major; f64 accumulation. */
-function linear(
-  x: Float32Array,
-  rows: number,
-  w: Float32Array,
-  b: Float32Array | null,
-  inF: number,
-  outF: number,
-): Float32Array {
-  const out = new Float32Array(rows * outF);
-  for (let o = 0; o < outF; o++) {
-    const wo = o * inF;
-    const bias = b ? b[o] : 0;
-    for (let r = 0; r < rows; r++) {
-      const xr = r * inF;
-      let sum = 0;
-      for (let i = 0; i < inF; i++) sum += x[xr + i] * w[wo + i];
-      out[r * outF + o] = sum + bias;
-    }
-  }
-  return out;
-}
-
-/** Row-wise RMSNorm of x (rows, n) times weight (n), as transformers' LlamaRMSNorm. */
-function rmsNorm(x: Float32Array, rows: number, n: number, weight: Float32Array, eps: number) {
-  const out = new Float32Array(rows * n);
-  for (let r = 0; r < rows; r++) {
-    const off = r * n;
-    let ss = 0;
-    for (let i = 0; i < n; i++) ss += x[off + i] * x[off + i];
-    const inv = 1 / Math.sqrt(ss / n + eps);
-    // transformers rounds x * rsqrt to the activation dtype before the weight multiply.
-    for (let i = 0; i < n; i++) out[off + i] = weight[i] * Math.fround(x[off + i] * inv);
-  }
-  return out;
-}
-
-/**
- * Weights are read-only, so runtimes open at the same time on the same model and format share one
- * copy (tests open many); the copy is dropped when the last of them closes.
- */
-const sharedWeights = new WeakMap<
-  LoadedModel,
-  Map<string, { weights: Promise<Weights>; users: number }>
->();
-
-function acquireWeights(model: LoadedModel, format: "f32" | "bf16") {
-  let byFormat = sharedWeights.get(model);
-  if (!byFormat) sharedWeights.set(model, (byFormat = new Map()));
-  let entry = byFormat.get(format);
-  if (!entry) {
-    entry = { weights: loadWeights(model, format), users: 0 };
-    byFormat.set(format, entry);
-  }
-  entry.users++;
-  const map = byFormat;
-  const held = entry;
-  let released = false;
-  const release = () => {
-    if (released) return;
-    released = true;
-    if (--held.users === 0 && map.get(format) === held) map.delete(format);
-  };
-  return { weights: held.weights, release };
-}
+const SUPPORTED_KV: readonly KvDtype[] = ["f32", "bf16", "f16"];
 
 class ReferenceRuntime implements Runtime {
   readonly config: ModelConfig;
@@ -299,7 +164,14 @@ class ReferenceRuntime implements Runtime {
           const src = bytes.subarray(at, at + span * elemBytes);
           at += span * elemBytes;
           decodeToF32(dtype, src, scratch, 0);
-          this.#store(cache, (h * this.#capacity + this.#position) * headDim, scratch, 0, span);
+          storeKv(
+            this.info.kv.dtype,
+            cache,
+            (h * this.#capacity + this.#position) * headDim,
+            scratch,
+            0,
+            span,
+          );
         }
       }
     }
@@ -346,20 +218,6 @@ class ReferenceRuntime implements Runtime {
     this.#capacity = capacity;
   }
 
-  /** cache[at .. at+n) = values[from .. from+n), rounded to the cache dtype. */
-  #store(cache: Float32Array, at: number, values: Float32Array, from: number, n: number): void {
-    const dtype = this.info.kv.dtype;
-    if (dtype === "f32") {
-      cache.set(values.subarray(from, from + n), at);
-      return;
-    }
-    const bits = new Uint32Array(values.buffer, values.byteOffset, values.length);
-    for (let i = 0; i < n; i++) {
-      const b = bits[from + i];
-      cache[at + i] = dtype === "bf16" ? bf16ToF32(f32BitsToBf16(b)) : f16ToF32(f32BitsToF16(b));
-    }
-  }
-
   async #run(
     tokens: Int32Array,
     wantLogits: boolean,
@@ -379,10 +237,10 @@ class ReferenceRuntime implements Runtime {
     this.#ensureCapacity(p0 + T);
 
     const H = c.hiddenSize;
-    const hd = c.headDim;
-    const nH = c.numAttentionHeads;
-    const nKV = c.numKeyValueHeads;
-    const ffn = c.intermediateSize;
+    const _hd = c.headDim;
+    const _nH = c.numAttentionHeads;
+    const _nKV = c.numKeyValueHeads;
+    const _ffn = c.intermediateSize;
     const w = this.#weights;
     let lastYield = Date.now();
     const checkpoint = async () => {
@@ -393,103 +251,22 @@ class ReferenceRuntime implements Runtime {
       if (signal?.aborted) throw new CancelledError();
     };
 
-    // (T, rot/2) cos and sin for positions p0 .. p0+T-1, f64.
-    const rope = this.#rope ?? computeRope(c, { seqLen: p0 + T });
-    const half = rotaryDim(c) / 2;
-    const cos = new Float64Array(T * half);
-    const sin = new Float64Array(T * half);
-    for (let t = 0; t < T; t++) {
-      ropeCosSin(rope, p0 + t, cos.subarray(t * half), sin.subarray(t * half));
-    }
-    const rotate = (x: Float32Array, heads: number) => {
-      for (let t = 0; t < T; t++) {
-        for (let h = 0; h < heads; h++) {
-          const off = (t * heads + h) * hd;
-          for (let i = 0; i < half; i++) {
-            const a = x[off + i];
-            const b = x[off + i + half];
-            const cs = cos[t * half + i];
-            const sn = sin[t * half + i];
-            x[off + i] = a * cs - b * sn;
-            x[off + i + half] = b * cs + a * sn;
-          }
-        }
-      }
-    };
-
     // (T, hidden) residual stream.
     const x = new Float32Array(T * H);
     for (let t = 0; t < T; t++) x.set(w.embed.subarray(tokens[t] * H, (tokens[t] + 1) * H), t * H);
-
-    const scale = 1 / Math.sqrt(hd);
-    const group = nH / nKV;
-    const scores = new Float64Array(p0 + T);
-    const acc = new Float64Array(hd);
-    for (let l = 0; l < c.numHiddenLayers; l++) {
-      await checkpoint();
-      const lw = w.layers[l];
-      const h = rmsNorm(x, T, H, lw.inputNorm, c.rmsNormEps);
-      const q = linear(h, T, lw.wq, lw.bq, H, nH * hd); // (T, heads, head_dim)
-      const k = linear(h, T, lw.wk, lw.bk, H, nKV * hd); // (T, kv_heads, head_dim)
-      const v = linear(h, T, lw.wv, lw.bv, H, nKV * hd); // (T, kv_heads, head_dim)
-      rotate(q, nH);
-      rotate(k, nKV);
-      const kCache = this.#k[l];
-      const vCache = this.#v[l];
-      for (let t = 0; t < T; t++) {
-        for (let g = 0; g < nKV; g++) {
-          const at = (g * this.#capacity + p0 + t) * hd;
-          this.#store(kCache, at, k, (t * nKV + g) * hd, hd);
-          this.#store(vCache, at, v, (t * nKV + g) * hd, hd);
-        }
-      }
-
-      // (T, heads, head_dim) attention output.
-      const attn = new Float32Array(T * nH * hd);
-      for (let t = 0; t < T; t++) {
-        const len = p0 + t + 1; // causal: positions 0 .. p0+t
-        for (let qh = 0; qh < nH; qh++) {
-          const g = Math.floor(qh / group);
-          const qOff = (t * nH + qh) * hd;
-          const base = g * this.#capacity * hd;
-          let max = Number.NEGATIVE_INFINITY;
-          for (let j = 0; j < len; j++) {
-            const kj = base + j * hd;
-            let dot = 0;
-            for (let i = 0; i < hd; i++) dot += q[qOff + i] * kCache[kj + i];
-            scores[j] = dot * scale;
-            if (scores[j] > max) max = scores[j];
-          }
-          let sum = 0;
-          acc.fill(0);
-          for (let j = 0; j < len; j++) {
-            const p = Math.exp(scores[j] - max);
-            const vj = base + j * hd;
-            sum += p;
-            for (let i = 0; i < hd; i++) acc[i] += p * vCache[vj + i];
-          }
-          for (let i = 0; i < hd; i++) attn[qOff + i] = acc[i] / sum;
-        }
-      }
-      const o = linear(attn, T, lw.wo, lw.bo, nH * hd, H);
-      for (let i = 0; i < x.length; i++) x[i] += o[i];
-
-      const h2 = rmsNorm(x, T, H, lw.postNorm, c.rmsNormEps);
-      const gate = linear(h2, T, lw.wGate, lw.bGate, H, ffn); // (T, ffn)
-      const up = linear(h2, T, lw.wUp, lw.bUp, H, ffn); // (T, ffn)
-      for (let i = 0; i < gate.length; i++) {
-        const gv = gate[i];
-        gate[i] = (gv / (1 + Math.exp(-gv))) * up[i];
-      }
-      const down = linear(gate, T, lw.wDown, lw.bDown, ffn, H);
-      for (let i = 0; i < x.length; i++) x[i] += down[i];
-    }
+    await forwardRows(c, w, this.#rope, x, [{ row0: 0, T, start: p0, slot: (p) => p }], {
+      k: this.#k,
+      v: this.#v,
+      capacity: this.#capacity,
+      store: (cache, at, values, from, n) =>
+        storeKv(this.info.kv.dtype, cache, at, values, from, n),
+      checkpoint,
+    });
 
     let logits: Float32Array | null = null;
     if (wantLogits) {
       await checkpoint();
-      const last = rmsNorm(x.subarray((T - 1) * H), 1, H, w.norm, c.rmsNormEps);
-      logits = linear(last, 1, w.lmHead, null, H, c.vocabSize);
+      logits = rowLogits(c, w, x, T - 1);
     }
     // Commit only now: a cancelled call leaves the position (and so the visible cache) unchanged.
     this.#position = p0 + T;
