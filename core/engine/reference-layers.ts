@@ -4,11 +4,25 @@
 // sequence's logits in a batch equal its logits alone, bit for bit). Numerics as reference-runtime.ts
 // describes: f32 storage, f64 dot products, softmax, RMSNorm mean and RoPE angle.
 
-import type { KvDtype } from "../kv/layout.ts";
+import { InvalidInputError } from "../errors.ts";
+import { fp8PayloadToF32 } from "../kv/fp8.ts";
+import {
+  type KvDtype,
+  type KvLayout,
+  kvBytesPerElement,
+  kvBytesPerToken,
+  kvPayloadBytes,
+} from "../kv/layout.ts";
 import type { ModelConfig } from "../model/config-types.ts";
 import { computeRope, type RopeParams, ropeCosSin, rotaryDim } from "../model/rope.ts";
 import type { LoadedModel } from "../model/weights.ts";
-import { bf16ToF32, f16ToF32, f32BitsToBf16, f32BitsToF16 } from "../safetensors/dtype.ts";
+import {
+  bf16ToF32,
+  decodeToF32,
+  f16ToF32,
+  f32BitsToBf16,
+  f32BitsToF16,
+} from "../safetensors/dtype.ts";
 
 export interface LayerWeights {
   inputNorm: Float32Array; // (hidden)
@@ -160,13 +174,21 @@ export interface RowSegment {
   slot: (p: number) => number;
 }
 
-/** The KV caches the rows read and write: per layer K and V, each (kv_head, capacity, head_dim). */
-export interface RowKv {
+/**
+ * KV caches: per layer K and V, each (kv_head, capacity, head_dim), K after RoPE, held as f32
+ * values already rounded to the cache dtype (so a bf16 cache computes exactly what bf16 storage
+ * gives, with no conversion in the attention loop); exports write the dtype's bits.
+ */
+export interface KvRows {
   k: Float32Array[];
   v: Float32Array[];
   capacity: number;
-  /** cache[at .. at+n) = values[from .. from+n), rounded to the cache dtype. */
-  store(cache: Float32Array, at: number, values: Float32Array, from: number, n: number): void;
+}
+
+/** What forwardRows reads and writes. */
+export interface RowKv extends KvRows {
+  /** The cache dtype values are rounded to on store. */
+  dtype: KvDtype;
   /** Runs between layers (yields, checks cancellation). */
   checkpoint(): Promise<void>;
 }
@@ -243,8 +265,8 @@ export async function forwardRows(
         const slot = seg.slot(seg.start + t);
         for (let g = 0; g < nKV; g++) {
           const at = (g * cap + slot) * hd;
-          kv.store(kCache, at, k, (r * nKV + g) * hd, hd);
-          kv.store(vCache, at, v, (r * nKV + g) * hd, hd);
+          storeKv(kv.dtype, kCache, at, k, (r * nKV + g) * hd, hd);
+          storeKv(kv.dtype, vCache, at, v, (r * nKV + g) * hd, hd);
         }
       }
     }
@@ -320,5 +342,85 @@ export function storeKv(
   for (let i = 0; i < n; i++) {
     const b = bits[from + i];
     cache[at + i] = dtype === "bf16" ? bf16ToF32(f32BitsToBf16(b)) : f16ToF32(f32BitsToF16(b));
+  }
+}
+
+/**
+ * The snapshot-layout bytes (core/kv/layout.ts, in the cache dtype) of `n` positions from `start`
+ * of the sequence whose position p is at slot(p). Exact: the values are representable already.
+ */
+export function readKvRows(
+  kv: KvRows,
+  layout: KvLayout,
+  slot: (p: number) => number,
+  start: number,
+  n: number,
+): Uint8Array {
+  const { layers, kvHeads, headDim: hd, dtype } = layout;
+  const out = new Uint8Array(kvPayloadBytes(layout, n));
+  const f32 = new Float32Array(out.buffer);
+  const u16 = new Uint16Array(out.buffer);
+  const to16 = dtype === "bf16" ? f32BitsToBf16 : f32BitsToF16;
+  let at = 0;
+  for (let l = 0; l < layers; l++) {
+    for (const cache of [kv.k[l], kv.v[l]]) {
+      const bits = new Uint32Array(cache.buffer, cache.byteOffset, cache.length);
+      for (let h = 0; h < kvHeads; h++) {
+        for (let p = start; p < start + n; p++, at += hd) {
+          const from = (h * kv.capacity + slot(p)) * hd;
+          if (dtype === "f32") f32.set(cache.subarray(from, from + hd), at);
+          else for (let i = 0; i < hd; i++) u16[at + i] = to16(bits[from + i]);
+        }
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * An importKv payload checked against `layout` (whose dtype is the cache's) and in a dtype the
+ * caches take: fp8 is dequantised to f32 first (core/kv/fp8.ts); the cache keeps its own dtype.
+ */
+export function importablePayload(
+  layout: KvLayout,
+  bytes: Uint8Array,
+  tokens: number,
+  dtype: KvDtype,
+): { bytes: Uint8Array; dtype: "f32" | "bf16" | "f16" } {
+  const from: KvLayout = { ...layout, dtype };
+  if (!Number.isInteger(tokens) || tokens < 0) {
+    throw new InvalidInputError(`importKv: token count ${tokens} is not a count`);
+  }
+  if (bytes.byteLength !== kvPayloadBytes(from, tokens)) {
+    throw new InvalidInputError(
+      `importKv: ${bytes.byteLength} bytes is not ${tokens} tokens of ${dtype} KV ` +
+        `(${kvBytesPerToken(from)} bytes per token)`,
+    );
+  }
+  if (dtype === "fp8-e4m3") return { bytes: fp8PayloadToF32(from, tokens, bytes), dtype: "f32" };
+  return { bytes, dtype };
+}
+
+/** Writes an importablePayload's `n` positions at positions [start, start + n), slots by slot(p). */
+export function writeKvRows(
+  kv: KvRows,
+  layout: KvLayout,
+  slot: (p: number) => number,
+  start: number,
+  n: number,
+  payload: { bytes: Uint8Array; dtype: "f32" | "bf16" | "f16" },
+): void {
+  const { layers, kvHeads, headDim: hd } = layout;
+  const values = new Float32Array(payload.bytes.byteLength / kvBytesPerElement(payload.dtype));
+  decodeToF32(payload.dtype, payload.bytes, values, 0);
+  let at = 0;
+  for (let l = 0; l < layers; l++) {
+    for (const cache of [kv.k[l], kv.v[l]]) {
+      for (let h = 0; h < kvHeads; h++) {
+        for (let p = start; p < start + n; p++, at += hd) {
+          storeKv(layout.dtype, cache, (h * kv.capacity + slot(p)) * hd, values, at, hd);
+        }
+      }
+    }
   }
 }

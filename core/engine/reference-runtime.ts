@@ -32,25 +32,19 @@ import {
   LimitError,
   NotAvailableError,
 } from "../errors.ts";
-import { fp8PayloadToF32 } from "../kv/fp8.ts";
-import {
-  type KvDtype,
-  type KvLayout,
-  kvBytesPerElement,
-  kvBytesPerToken,
-  kvLayoutOf,
-  kvPayloadBytes,
-} from "../kv/layout.ts";
+import { type KvDtype, kvLayoutOf, kvPayloadBytes } from "../kv/layout.ts";
 import type { ModelConfig } from "../model/config-types.ts";
 import { computeRope, type RopeParams } from "../model/rope.ts";
-import { decodeToF32, f32BitsToBf16, f32BitsToF16 } from "../safetensors/dtype.ts";
 import { isTokenId } from "../tokenizer/token-id.ts";
 import {
   acquireWeights,
   forwardRows,
+  importablePayload,
+  type KvRows,
+  readKvRows,
   rowLogits,
-  storeKv,
   type Weights,
+  writeKvRows,
 } from "./reference-layers.ts";
 import type { RuntimeFactory, RuntimeOptions } from "./registry.ts";
 import { checkKvRange, checkTruncate, type Runtime, type RuntimeInfo } from "./runtime.ts";
@@ -107,75 +101,20 @@ class ReferenceRuntime implements Runtime {
   async exportKv(start: number, end: number): Promise<Uint8Array> {
     this.#open();
     checkKvRange(start, end, this.#position);
-    const { layers, kvHeads, headDim } = this.info.kv;
-    const n = end - start;
-    const out = new Uint8Array(kvPayloadBytes(this.info.kv, n));
-    const dtype = this.info.kv.dtype;
-    const f32 = new Float32Array(out.buffer);
-    const u16 = new Uint16Array(out.buffer);
-    let at = 0;
-    for (let l = 0; l < layers; l++) {
-      for (const cache of [this.#k[l], this.#v[l]]) {
-        for (let h = 0; h < kvHeads; h++) {
-          const from = (h * this.#capacity + start) * headDim;
-          const rows = cache.subarray(from, from + n * headDim);
-          if (dtype === "f32") {
-            f32.set(rows, at);
-          } else {
-            // Exact: the values are already representable in the dtype.
-            const bits = new Uint32Array(rows.buffer, rows.byteOffset, rows.length);
-            const to16 = dtype === "bf16" ? f32BitsToBf16 : f32BitsToF16;
-            for (let i = 0; i < rows.length; i++) u16[at + i] = to16(bits[i]);
-          }
-          at += n * headDim;
-        }
-      }
-    }
-    return out;
+    return readKvRows(this.#caches(), this.info.kv, (p) => p, start, end - start);
   }
 
   async importKv(bytes: Uint8Array, tokens: number, dtype: KvDtype): Promise<void> {
     this.#open();
-    const layout: KvLayout = { ...this.info.kv, dtype };
-    if (!Number.isInteger(tokens) || tokens < 0) {
-      throw new InvalidInputError(`importKv: token count ${tokens} is not a count`);
-    }
-    if (bytes.byteLength !== kvPayloadBytes(layout, tokens)) {
-      throw new InvalidInputError(
-        `importKv: ${bytes.byteLength} bytes is not ${tokens} tokens of ${dtype} KV ` +
-          `(${kvBytesPerToken(layout)} bytes per token)`,
-      );
-    }
-    if (dtype === "fp8-e4m3") {
-      // Dequantised to f32 first (core/kv/fp8.ts); the cache keeps its own dtype.
-      await this.importKv(fp8PayloadToF32(layout, tokens, bytes), tokens, "f32");
-      return;
-    }
+    const payload = importablePayload(this.info.kv, bytes, tokens, dtype);
     this.#checkRoom(tokens);
     this.#ensureCapacity(this.#position + tokens);
-    const { layers, kvHeads, headDim } = this.info.kv;
-    const span = tokens * headDim;
-    const elemBytes = kvBytesPerElement(dtype);
-    const scratch = new Float32Array(span); // (tokens, head_dim), f32
-    let at = 0;
-    for (let l = 0; l < layers; l++) {
-      for (const cache of [this.#k[l], this.#v[l]]) {
-        for (let h = 0; h < kvHeads; h++) {
-          const src = bytes.subarray(at, at + span * elemBytes);
-          at += span * elemBytes;
-          decodeToF32(dtype, src, scratch, 0);
-          storeKv(
-            this.info.kv.dtype,
-            cache,
-            (h * this.#capacity + this.#position) * headDim,
-            scratch,
-            0,
-            span,
-          );
-        }
-      }
-    }
+    writeKvRows(this.#caches(), this.info.kv, (p) => p, this.#position, tokens, payload);
     this.#position += tokens;
+  }
+
+  #caches(): KvRows {
+    return { k: this.#k, v: this.#v, capacity: this.#capacity };
   }
 
   async close(): Promise<void> {
@@ -255,11 +194,8 @@ class ReferenceRuntime implements Runtime {
     const x = new Float32Array(T * H);
     for (let t = 0; t < T; t++) x.set(w.embed.subarray(tokens[t] * H, (tokens[t] + 1) * H), t * H);
     await forwardRows(c, w, this.#rope, x, [{ row0: 0, T, start: p0, slot: (p) => p }], {
-      k: this.#k,
-      v: this.#v,
-      capacity: this.#capacity,
-      store: (cache, at, values, from, n) =>
-        storeKv(this.info.kv.dtype, cache, at, values, from, n),
+      ...this.#caches(),
+      dtype: this.info.kv.dtype,
       checkpoint,
     });
 
