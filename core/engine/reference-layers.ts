@@ -424,3 +424,26 @@ export function writeKvRows(
     }
   }
 }
+
+/**
+ * Grows every cache of `kv` to `capacity` slots per KV head, keeping slots [0, keep): the arrays in
+ * kv.k and kv.v are replaced; returns kv with its new capacity.
+ */
+export function growKvRows(kv: KvRows, layout: KvLayout, capacity: number, keep: number): KvRows {
+  const { layers, kvHeads, headDim: hd } = layout;
+  for (let l = 0; l < layers; l++) {
+    for (const caches of [kv.k, kv.v]) {
+      const old = caches[l];
+      const grown = new Float32Array(kvHeads * capacity * hd);
+      if (old) {
+        for (let h = 0; h < kvHeads; h++) {
+          const from = h * kv.capacity * hd;
+          grown.set(old.subarray(from, from + keep * hd), h * capacity * hd);
+        }
+      }
+      caches[l] = grown;
+    }
+  }
+  kv.capacity = capacity;
+  return kv;
+}

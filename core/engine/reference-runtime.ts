@@ -39,6 +39,7 @@ import { isTokenId } from "../tokenizer/token-id.ts";
 import {
   acquireWeights,
   forwardRows,
+  growKvRows,
   importablePayload,
   type KvRows,
   readKvRows,
@@ -113,6 +114,7 @@ class ReferenceRuntime implements Runtime {
     this.#position += tokens;
   }
 
+  /** The caches as reference-layers.ts takes them (growKvRows replaces the arrays in place). */
   #caches(): KvRows {
     return { k: this.#k, v: this.#v, capacity: this.#capacity };
   }
@@ -139,22 +141,8 @@ class ReferenceRuntime implements Runtime {
   /** Grow the cache (doubling) to hold `positions`, keeping [0, position). */
   #ensureCapacity(positions: number): void {
     if (positions <= this.#capacity) return;
-    const { layers, kvHeads, headDim } = this.info.kv;
     const capacity = Math.min(this.info.maxPositions, Math.max(positions, this.#capacity * 2, 256));
-    for (let l = 0; l < layers; l++) {
-      for (const caches of [this.#k, this.#v]) {
-        const old = caches[l];
-        const grown = new Float32Array(kvHeads * capacity * headDim);
-        if (old) {
-          for (let h = 0; h < kvHeads; h++) {
-            const from = h * this.#capacity * headDim;
-            grown.set(old.subarray(from, from + this.#position * headDim), h * capacity * headDim);
-          }
-        }
-        caches[l] = grown;
-      }
-    }
-    this.#capacity = capacity;
+    this.#capacity = growKvRows(this.#caches(), this.info.kv, capacity, this.#position).capacity;
   }
 
   async #run(
@@ -210,10 +198,9 @@ class ReferenceRuntime implements Runtime {
   }
 }
 
-/** Builds the reference runtime for a loaded model. */
-export async function createReferenceRuntime(options: RuntimeOptions): Promise<Runtime> {
-  const { model } = options;
-  const c = model.config;
+/** The reference runtimes' options, checked: KV dtype, weight format, positions per sequence. */
+export function referenceOptions(options: RuntimeOptions) {
+  const c = options.model.config;
   const kvDtype = options.kvDtype ?? "f32";
   if (!SUPPORTED_KV.includes(kvDtype)) {
     throw new NotAvailableError(
@@ -229,35 +216,53 @@ export async function createReferenceRuntime(options: RuntimeOptions): Promise<R
   if (!Number.isInteger(maxPositions) || maxPositions < 1) {
     throw new InvalidInputError(`maxPositions must be a positive integer, not ${maxPositions}`);
   }
-  const shared = acquireWeights(model, format);
-  let weights: Weights;
-  try {
-    weights = await shared.weights;
-  } catch (err) {
-    shared.release();
-    throw err;
-  }
-  const kv = kvLayoutOf(c, kvDtype);
+  return { kvDtype, format, maxPositions } as const;
+}
+
+/** RuntimeInfo of a reference runtime over `weights` (KV capacity for maxPositions). */
+export function referenceInfo(
+  c: ModelConfig,
+  opts: ReturnType<typeof referenceOptions>,
+  weights: Weights,
+): RuntimeInfo {
+  const kv = kvLayoutOf(c, opts.kvDtype);
   const arrays = new Set<Float32Array>([weights.embed, weights.norm, weights.lmHead]);
   for (const layer of weights.layers) {
     for (const a of Object.values(layer)) if (a) arrays.add(a);
   }
   let weightBytes = 0;
   for (const a of arrays) weightBytes += a.byteLength;
-  return new ReferenceRuntime(
-    c,
-    weights,
-    {
-      name: "reference",
-      kv,
-      maxPositions,
-      threads: 1,
-      kernels: "typescript",
-      weightBytes,
-      kvCapacityBytes: kvPayloadBytes(kv, maxPositions),
-    },
-    shared.release,
-  );
+  return {
+    name: "reference",
+    kv,
+    maxPositions: opts.maxPositions,
+    threads: 1,
+    kernels: "typescript",
+    weightBytes,
+    kvCapacityBytes: kvPayloadBytes(kv, opts.maxPositions),
+  };
+}
+
+/** Loads (or shares) the weights for checked options; call release() when done with them. */
+export async function referenceWeights(
+  options: RuntimeOptions,
+  opts: ReturnType<typeof referenceOptions>,
+): Promise<{ weights: Weights; release: () => void }> {
+  const shared = acquireWeights(options.model, opts.format);
+  try {
+    return { weights: await shared.weights, release: shared.release };
+  } catch (err) {
+    shared.release();
+    throw err;
+  }
+}
+
+/** Builds the reference runtime for a loaded model. */
+export async function createReferenceRuntime(options: RuntimeOptions): Promise<Runtime> {
+  const c = options.model.config;
+  const opts = referenceOptions(options);
+  const { weights, release } = await referenceWeights(options, opts);
+  return new ReferenceRuntime(c, weights, referenceInfo(c, opts, weights), release);
 }
 
 /** Registry entry: always available, lowest priority (it is the slowest runtime). */
@@ -266,4 +271,6 @@ export const referenceRuntimeFactory: RuntimeFactory = {
   priority: 0,
   unavailableReason: async () => null,
   create: createReferenceRuntime,
+  createPaged: async (options) =>
+    (await import("./paged-reference-runtime.ts")).createPagedReferenceRuntime(options),
 };

@@ -1,0 +1,388 @@
+// The scheduler: many sequences on one PagedRuntime (paged-runtime.ts), written once for every
+// runtime, like the sequence driver. Each request's driver runs on a PagedSequence (a Runtime of
+// its own); their forward and prefill calls land here and are run in steps:
+//
+//   1. decode tokens (one-token calls) of every waiting sequence go first, oldest sequence first,
+//      so a long prefill never stalls a running generation by more than one step;
+//   2. the rest of the step's token budget (maxBatchTokens) goes to prefill pieces, shared out
+//      between tenants in turn (the tenant served longest ago first, each at most its fair share
+//      of what is left), then to whoever still has tokens: one tenant's long prompt cannot starve
+//      another tenant's; a prompt longer than the budget runs as pieces over several steps, in
+//      order (a sequence's own tokens are never reordered);
+//   3. blocks for each piece are reserved (copy-on-write of a shared or prefix-named block that
+//      would be written); when the pool runs dry the newest sequence that is not in the step is
+//      preempted: its KV is exported as bytes (the snapshot layout), its blocks freed, and it is
+//      imported back, exactly, before its next piece runs. The oldest sequence always progresses;
+//      a sequence that alone cannot fit fails with LimitError;
+//   4. one runtime.step() over all pieces; each call resolves once its last piece has run.
+//
+// Between steps it yields to the event loop once, so the drivers whose tokens just came back can
+// sample and submit the next token in time for the next step. Cancellation: a queued call whose
+// signal fires is rejected and its sequence keeps only what it held before the call; a step is
+// never interrupted for one sequence (it is at most maxBatchTokens long).
+
+import { assert, CancelledError, InvalidInputError, LimitError } from "../errors.ts";
+import { isTokenId } from "../tokenizer/token-id.ts";
+import { KvBlockPool, type KvBlockStats } from "./kv-blocks.ts";
+import type { PagedRuntime, StepItem } from "./paged-runtime.ts";
+import { PagedSequence, type SequenceHost } from "./paged-sequence.ts";
+
+/** Default step budget in tokens (`--max-batch-tokens`), docs/batching.md. */
+export const DEFAULT_MAX_BATCH_TOKENS = 256;
+
+export interface SchedulerOptions {
+  /** Most tokens one step runs, decode tokens and prefill pieces together. */
+  maxBatchTokens?: number;
+}
+
+export interface SchedulerStats {
+  /** Sequences open (a request each). */
+  sequences: number;
+  /** Sequences with a call queued for the next step. */
+  waiting: number;
+  /** Sequences whose KV is held as bytes (preempted). */
+  swapped: number;
+  blocks: KvBlockStats;
+  steps: number;
+  /** Tokens and sequences of the last step. */
+  lastStepTokens: number;
+  lastStepSequences: number;
+  /** Sums over all steps, for averages. */
+  stepTokens: number;
+  stepSequences: number;
+  preemptions: number;
+}
+
+interface Call {
+  seq: PagedSequence;
+  tokens: Int32Array;
+  /** The sequence's position when the call was made. */
+  start: number;
+  /** Tokens of the call already run. */
+  done: number;
+  logits: boolean;
+  signal?: AbortSignal;
+  resolve(v: Float32Array | null): void;
+  reject(e: unknown): void;
+}
+
+interface Piece {
+  call: Call;
+  n: number;
+}
+
+const nextTurn = () => new Promise<void>((resolve) => setTimeout(resolve, 0));
+
+export class BatchScheduler implements SequenceHost {
+  readonly runtime: PagedRuntime;
+  readonly pool: KvBlockPool;
+  readonly maxBatchTokens: number;
+  readonly #calls: Call[] = [];
+  readonly #exclusive: Array<() => Promise<void>> = [];
+  readonly #sequences = new Set<PagedSequence>();
+  /** Step number at which each tenant's prefill was last served. */
+  readonly #served = new Map<string, number>();
+  #pumping = false;
+  #order = 0;
+  readonly #stats = {
+    steps: 0,
+    lastStepTokens: 0,
+    lastStepSequences: 0,
+    stepTokens: 0,
+    stepSequences: 0,
+    preemptions: 0,
+  };
+
+  constructor(runtime: PagedRuntime, options: SchedulerOptions = {}) {
+    const budget = options.maxBatchTokens ?? DEFAULT_MAX_BATCH_TOKENS;
+    if (!Number.isSafeInteger(budget) || budget < 1) {
+      throw new InvalidInputError(`max batch tokens must be a positive integer, not ${budget}`);
+    }
+    this.runtime = runtime;
+    this.pool = new KvBlockPool(runtime.info.totalBlocks, runtime.info.blockTokens);
+    this.maxBatchTokens = budget;
+  }
+
+  /** A new, empty sequence for one request of `tenant`. Close it to give its blocks back. */
+  open(tenant: string): PagedSequence {
+    const seq = new PagedSequence(this, tenant, this.#order++);
+    this.#sequences.add(seq);
+    return seq;
+  }
+
+  stats(): SchedulerStats {
+    let swapped = 0;
+    for (const s of this.#sequences) if (s.swapped) swapped++;
+    return {
+      sequences: this.#sequences.size,
+      waiting: this.#calls.length,
+      swapped,
+      blocks: this.pool.stats(),
+      ...this.#stats,
+    };
+  }
+
+  submit(
+    seq: PagedSequence,
+    tokens: Int32Array,
+    logits: boolean,
+    signal?: AbortSignal,
+  ): Promise<Float32Array | null> {
+    if (tokens.length === 0) return Promise.reject(new InvalidInputError("forward: no tokens"));
+    const V = this.runtime.config.vocabSize;
+    for (const t of tokens) {
+      if (!isTokenId(t, V)) {
+        return Promise.reject(new InvalidInputError(`token id ${t} is outside [0, ${V})`));
+      }
+    }
+    const end = seq.position + tokens.length;
+    if (end > seq.info.maxPositions) {
+      return Promise.reject(
+        new LimitError(`${end} positions exceed this runtime's ${seq.info.maxPositions}`),
+      );
+    }
+    if (signal?.aborted) return Promise.reject(new CancelledError());
+    assert(!seq.busy, "one forward at a time per sequence");
+    seq.busy = true;
+    return new Promise((resolve, reject) => {
+      const call: Call = {
+        seq,
+        tokens,
+        start: seq.position,
+        done: 0,
+        logits,
+        signal,
+        resolve: (v) => {
+          seq.busy = false;
+          resolve(v);
+        },
+        reject: (e) => {
+          seq.busy = false;
+          seq.setPosition(call.start); // nothing of a failed call stays visible
+          reject(e);
+        },
+      };
+      this.#calls.push(call);
+      signal?.addEventListener("abort", () => this.#kick(), { once: true });
+      this.#kick();
+    });
+  }
+
+  exclusive<T>(seq: PagedSequence, fn: () => Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.#exclusive.push(async () => {
+        try {
+          await this.#swapIn(seq, true);
+          resolve(await fn());
+        } catch (err) {
+          reject(err);
+        }
+      });
+      this.#kick();
+    });
+  }
+
+  closed(seq: PagedSequence): void {
+    this.#sequences.delete(seq);
+    const i = this.#calls.findIndex((c) => c.seq === seq);
+    if (i >= 0) this.#calls.splice(i, 1)[0].reject(new CancelledError("the sequence was closed"));
+  }
+
+  async reserve(seq: PagedSequence, start: number, end: number): Promise<boolean> {
+    const B = this.pool.blockTokens;
+    const first = Math.floor(start / B);
+    const last = Math.ceil(end / B); // exclusive
+    // Blocks that would be written but are shared, or named by the prefix index: copied first.
+    const cow: number[] = [];
+    for (let i = first; i < Math.min(last, seq.blocks.length); i++) {
+      const b = seq.blocks[i];
+      if (this.pool.refs(b) > 1 || this.pool.isNamed(b)) cow.push(i);
+    }
+    const grow = Math.max(0, last - seq.blocks.length);
+    const got = this.pool.allocate(grow + cow.length);
+    if (!got) return false;
+    const pairs: Array<[number, number]> = [];
+    cow.forEach((i, k) => {
+      pairs.push([seq.blocks[i], got[k]]);
+    });
+    if (pairs.length) await this.runtime.copyBlocks(pairs);
+    cow.forEach((i, k) => {
+      this.pool.release(seq.blocks[i]);
+      seq.blocks[i] = got[k];
+    });
+    seq.blocks.push(...got.slice(cow.length));
+    return true;
+  }
+
+  #kick(): void {
+    if (this.#pumping) return;
+    this.#pumping = true;
+    void this.#pump();
+  }
+
+  async #pump(): Promise<void> {
+    try {
+      for (;;) {
+        while (this.#exclusive.length) await this.#exclusive.shift()?.();
+        this.#dropCancelled();
+        if (this.#calls.length === 0) break;
+        const pieces = await this.#plan();
+        if (pieces.length === 0) continue; // #plan failed a call that cannot fit; look again
+        await this.#step(pieces);
+        await nextTurn();
+      }
+    } finally {
+      this.#pumping = false;
+    }
+    // Work queued by the last resolutions (after the loop saw none) starts a new pump.
+    if (this.#calls.length || this.#exclusive.length) this.#kick();
+  }
+
+  #dropCancelled(): void {
+    for (let i = this.#calls.length - 1; i >= 0; i--) {
+      const c = this.#calls[i];
+      if (c.signal?.aborted || c.seq.isClosed) {
+        this.#calls.splice(i, 1);
+        c.reject(new CancelledError());
+      }
+    }
+  }
+
+  /** The next step's pieces, blocks reserved; preempts when the pool is full (see the header). */
+  async #plan(): Promise<Piece[]> {
+    const step = this.#stats.steps;
+    const byAge = [...this.#calls].sort((a, b) => a.seq.order - b.seq.order);
+    const decode = byAge.filter((c) => c.tokens.length - c.done === 1);
+    const prefill = byAge.filter((c) => c.tokens.length - c.done > 1);
+    const pieces: Piece[] = [];
+    let budget = this.maxBatchTokens;
+    const take = async (call: Call, n: number): Promise<boolean> => {
+      if (!(await this.#fit(call, n, pieces))) return false;
+      pieces.push({ call, n });
+      budget -= n;
+      return true;
+    };
+    for (const call of decode) {
+      if (budget === 0) break;
+      await take(call, 1);
+    }
+    // Prefill: one piece per tenant in turn, least recently served tenant first, fair shares.
+    const tenants = [...new Set(prefill.map((c) => c.seq.tenant))].sort(
+      (a, b) => (this.#served.get(a) ?? -1) - (this.#served.get(b) ?? -1),
+    );
+    const placed = new Set<Call>();
+    for (let t = 0; t < tenants.length && budget > 0; t++) {
+      const call = prefill.find((c) => c.seq.tenant === tenants[t]);
+      if (!call) continue;
+      const share = Math.ceil(budget / (tenants.length - t));
+      if (!(await take(call, Math.min(share, call.tokens.length - call.done)))) continue;
+      placed.add(call);
+      this.#served.set(tenants[t], step);
+    }
+    for (const call of prefill) {
+      if (budget === 0) break;
+      if (placed.has(call)) continue;
+      await take(call, Math.min(budget, call.tokens.length - call.done));
+    }
+    if (pieces.length === 0) {
+      // The oldest call cannot get its blocks even with every newer sequence preempted.
+      const oldest = byAge[0];
+      this.#calls.splice(this.#calls.indexOf(oldest), 1);
+      oldest.reject(
+        new LimitError(
+          `the KV pool (${this.pool.totalBlocks} blocks of ${this.pool.blockTokens} positions) cannot hold this sequence`,
+        ),
+      );
+    }
+    return pieces;
+  }
+
+  /**
+   * Blocks for `n` more tokens of `call` (its sequence swapped in first), preempting sequences
+   * that are not in `pieces` and are newer than it or idle (no call queued), newest first. False
+   * when even that is not enough.
+   */
+  async #fit(call: Call, n: number, pieces: Piece[]): Promise<boolean> {
+    const seq = call.seq;
+    const at = call.start + call.done;
+    for (;;) {
+      if ((await this.#swapIn(seq, false)) && (await this.reserve(seq, at, at + n))) return true;
+      const inStep = new Set(pieces.map((p) => p.call.seq));
+      let victim: PagedSequence | undefined;
+      const queued = new Set(this.#calls.map((c) => c.seq));
+      for (const s of this.#sequences) {
+        const mayLose = s.order > seq.order || !queued.has(s); // newer, or idle between calls
+        if (mayLose && s !== seq && !inStep.has(s) && s.blocks.length && !s.swapped) {
+          if (!victim || s.order > victim.order) victim = s;
+        }
+      }
+      if (!victim) return false;
+      await this.#swapOut(victim);
+    }
+  }
+
+  async #swapOut(seq: PagedSequence): Promise<void> {
+    const B = this.pool.blockTokens;
+    // A queued call's pieces so far are in seq.position already.
+    const tokens = seq.position;
+    const bytes = await this.runtime.exportKv(seq.table(Math.ceil(tokens / B)), 0, tokens);
+    seq.releaseFrom(0);
+    seq.swapped = { bytes, tokens };
+    this.#stats.preemptions++;
+  }
+
+  /** Imports a preempted sequence's KV back (exact). False when the pool cannot hold it now. */
+  async #swapIn(seq: PagedSequence, mustFit: boolean): Promise<boolean> {
+    const saved = seq.swapped;
+    if (!saved) return true;
+    if (!(await this.reserve(seq, 0, saved.tokens))) {
+      seq.releaseFrom(0);
+      if (mustFit) throw new LimitError("the KV pool has no room to restore this sequence now");
+      return false;
+    }
+    const B = this.pool.blockTokens;
+    const table = seq.table(Math.ceil(saved.tokens / B));
+    await this.runtime.importKv(table, 0, saved.bytes, saved.tokens, this.runtime.info.kv.dtype);
+    seq.swapped = null;
+    seq.releaseFrom(Math.ceil(seq.position / B)); // a truncate while swapped out
+    return true;
+  }
+
+  async #step(pieces: Piece[]): Promise<void> {
+    const B = this.pool.blockTokens;
+    const items: StepItem[] = pieces.map(({ call, n }) => {
+      const start = call.start + call.done;
+      const done = call.done + n === call.tokens.length;
+      return {
+        tokens: call.tokens.subarray(call.done, call.done + n),
+        start,
+        table: call.seq.table(Math.ceil((start + n) / B)),
+        logits: done && call.logits,
+      };
+    });
+    const s = this.#stats;
+    s.steps++;
+    s.lastStepTokens = pieces.reduce((sum, p) => sum + p.n, 0);
+    s.lastStepSequences = pieces.length;
+    s.stepTokens += s.lastStepTokens;
+    s.stepSequences += pieces.length;
+    let out: (Float32Array | null)[];
+    try {
+      out = await this.runtime.step(items);
+    } catch (err) {
+      for (const { call } of pieces) {
+        this.#calls.splice(this.#calls.indexOf(call), 1);
+        call.reject(err);
+      }
+      return;
+    }
+    pieces.forEach(({ call, n }, i) => {
+      call.done += n;
+      call.seq.setPosition(call.start + call.done);
+      if (call.done === call.tokens.length) {
+        this.#calls.splice(this.#calls.indexOf(call), 1);
+        call.resolve(out[i]);
+      }
+    });
+  }
+}
