@@ -220,7 +220,7 @@ for (const build of BUILDS) {
     });
 
     describe("rope: SIMD == scalar, table == float64 angles", () => {
-      it("rotate_half on q-like rows with a stride, at large positions, with yarn scaling", () => {
+      it("rotate_half on q-like rows with a stride, at per-row positions (large and small), with yarn scaling", () => {
         top = Math.ceil(k.heap_base() / 64) * 64;
         const hd = 128;
         const half = hd / 2;
@@ -235,13 +235,19 @@ for (const build of BUILDS) {
           invFreq[i] = 1 / 500000 ** ((2 * i) / hd) / (i > 40 ? 128 : 1);
         const cos = alloc(T * half * 4);
         const sin = alloc(T * half * 4);
-        fn("rope_table")(inv, half, p0, T, scaling, cos, sin);
+        // A batch's rows: two sequences' positions interleaved, not one run.
+        const posAt = (t: number) => (t % 2 === 0 ? p0 + t : 7 + t);
+        const positions = alloc(T * 4);
+        new Int32Array(k.memory.buffer, positions, T).set(
+          Array.from({ length: T }, (_, t) => posAt(t)),
+        );
+        fn("rope_table")(inv, half, positions, T, scaling, cos, sin);
         // The table is cos/sin of the float64 angle rounded once to f32 (times the scaling).
         const c = f32(cos, T * half);
         const s = f32(sin, T * half);
         for (let t = 0; t < T; t++) {
           for (let i = 0; i < half; i++) {
-            const a = (p0 + t) * invFreq[i];
+            const a = posAt(t) * invFreq[i];
             expect(c[t * half + i]).toBe(
               Math.fround(Math.fround(Math.cos(a)) * Math.fround(scaling)),
             );
@@ -261,7 +267,7 @@ for (const build of BUILDS) {
       });
     });
 
-    describe("attention: tiled online softmax == two-pass scalar softmax", () => {
+    describe("attention over a block table: tiled online softmax == two-pass scalar softmax", () => {
       // Differences come from exp (vector exp <= 2e-7 relative vs libm), the online rescaling (one
       // extra multiply per tile) and summation order over ctx keys and hd channels. The output is a
       // convex combination of V rows, so |diff| <= (4 (ctx + hd) u (1 + max|score|) + 1e-6) max|v|.
@@ -275,6 +281,9 @@ for (const build of BUILDS) {
         { nh: 12, nkv: 4, hd: 64, p0: 0, T: 1, bf16: false },
         { nh: 6, nkv: 2, hd: 128, p0: 61, T: 7, bf16: true },
         { nh: 12, nkv: 4, hd: 64, p0: 1000, T: 1, bf16: false },
+        // blocks of two key tiles: a tile starts mid-block
+        { nh: 8, nkv: 2, hd: 64, p0: 200, T: 50, bf16: false, bs: 128 },
+        { nh: 4, nkv: 1, hd: 64, p0: 300, T: 3, bf16: true, bs: 128 },
       ];
       it("the planner's scratch size (shard.mjs) is the kernel's attention_scratch_bytes", () => {
         for (const c of cases) {
@@ -284,20 +293,32 @@ for (const build of BUILDS) {
         }
       });
       for (const c of cases) {
-        it(`heads ${c.nh}/${c.nkv} hd ${c.hd} positions ${c.p0}+${c.T} ${c.bf16 ? "bf16" : "f32"} cache`, () => {
+        it(`heads ${c.nh}/${c.nkv} hd ${c.hd} positions ${c.p0}+${c.T} ${c.bf16 ? "bf16" : "f32"} cache, blocks of ${c.bs ?? 64}`, () => {
           top = Math.ceil(k.heap_base() / 64) * 64;
           const r = rng(c.nh * 31 + c.T);
           const ctx = c.p0 + c.T;
-          const cap = ctx + 3;
+          const bs = c.bs ?? 64;
           const eb = c.bf16 ? 2 : 4;
-          const kc = alloc(c.nkv * cap * c.hd * eb);
-          const vc = alloc(c.nkv * cap * c.hd * eb);
+          // The sequence's blocks are a shuffled subset of a larger pool, as a paged cache's are.
+          const poolBlocks = Math.ceil(ctx / bs) + 3;
+          const ids = Array.from({ length: poolBlocks }, (_, i) => i);
+          for (let i = ids.length - 1; i > 0; i--) {
+            const j = Math.floor((r() + 0.5) * (i + 1));
+            [ids[i], ids[j]] = [ids[j], ids[i]];
+          }
+          const table = alloc(poolBlocks * 4);
+          new Int32Array(k.memory.buffer, table, poolBlocks).set(ids);
+          const blockStride = c.nkv * bs * c.hd * eb;
+          const kc = alloc(poolBlocks * blockStride);
+          const vc = alloc(poolBlocks * blockStride);
           let vmax = 0;
           for (const [p, scale] of [
             [kc, 2],
             [vc, 1],
           ] as const) {
-            const vals = new Float32Array(c.nkv * cap * c.hd).map(() => r() * 2 * scale);
+            const vals = new Float32Array((poolBlocks * blockStride) / eb).map(
+              () => r() * 2 * scale,
+            );
             if (c.bf16) {
               const b = u16(p, vals.length);
               for (let i = 0; i < vals.length; i++) b[i] = f32ToBf16(vals[i]);
@@ -312,7 +333,8 @@ for (const build of BUILDS) {
           const scratch = alloc(fn("attention_scratch_bytes")(c.nh, c.nkv, c.hd));
           const scratchR = alloc(ctx * 4);
           const scale = 1 / Math.sqrt(c.hd);
-          const args = [c.T, c.p0, c.nh, c.nkv, c.hd, kc, vc, cap, c.bf16 ? 1 : 0, scale];
+          const args = [c.T, c.p0, c.nh, c.nkv, c.hd, kc, vc, table, bs, blockStride];
+          args.push(c.bf16 ? 1 : 0, scale);
           fn("attention")(q, qStride, out, c.nh * c.hd, ...args, scratch);
           fn("attention_ref")(q, qStride, outR, c.nh * c.hd, ...args, scratchR);
           const maxScore = 4 * 2 * c.hd * scale; // |q| <= 2, |k| <= 2 per channel
@@ -376,26 +398,34 @@ for (const build of BUILDS) {
     });
 
     describe("kv_store", () => {
-      it("writes (kv_head, pos, hd) rows, bf16 rounded to nearest even exactly as core's f32ToBf16", () => {
+      it("writes each row at its slot's (kv_head, slot % bs) row of block slot / bs, bf16 rounded to nearest even exactly as core's f32ToBf16", () => {
         top = Math.ceil(k.heap_base() / 64) * 64;
         const T = 3;
         const nkv = 2;
         const hd = 16;
         const stride = 80;
-        const cap = 10;
-        const pos0 = 4;
+        const bs = 4;
+        const blocks = 3;
+        const slotsAt = [5, 0, 11]; // block 1 row 1, block 0 row 0, block 2 row 3
         const src = alloc(T * stride * 4);
         const sv = fill(src, T * stride, rng(8), 1000);
+        const slots = alloc(T * 4);
+        new Int32Array(k.memory.buffer, slots, T).set(slotsAt);
         for (const bf16 of [0, 1]) {
-          const cache = alloc(nkv * cap * hd * 4);
-          fn("kv_store")(src, stride, T, nkv, hd, cache, cap, pos0, bf16);
+          const eb = bf16 ? 2 : 4;
+          // Blocks one element apart more than their K needs: the stride is the kernel's to use.
+          const blockStride = (nkv * bs * hd + 8) * eb;
+          const cache = alloc(blocks * blockStride);
+          fn("kv_store")(src, stride, T, nkv, hd, cache, slots, bs, blockStride, bf16);
+          const n = (blocks * blockStride) / eb;
           for (let t = 0; t < T; t++) {
+            const block = Math.floor(slotsAt[t] / bs);
             for (let h = 0; h < nkv; h++) {
               for (let d = 0; d < hd; d++) {
                 const v = sv[t * stride + h * hd + d];
-                const at = (h * cap + pos0 + t) * hd + d;
-                if (bf16) expect(u16(cache, nkv * cap * hd)[at]).toBe(f32ToBf16(v));
-                else expect(f32(cache, nkv * cap * hd)[at]).toBe(v);
+                const at = (block * blockStride) / eb + (h * bs + (slotsAt[t] % bs)) * hd + d;
+                if (bf16) expect(u16(cache, n)[at]).toBe(f32ToBf16(v));
+                else expect(f32(cache, n)[at]).toBe(v);
               }
             }
           }

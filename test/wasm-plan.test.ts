@@ -12,7 +12,7 @@ import {
   planShards,
   type Range,
 } from "../wasm/src/plan.ts";
-import { shardBytes } from "../wasm/src/shard.mjs";
+import { BLOCK_TOKENS, shardBytes } from "../wasm/src/shard.mjs";
 
 const ultralong8b = generatedConfig({
   layers: 32,
@@ -34,6 +34,7 @@ function base(weightFormat: "f32" | "bf16" | "int8") {
     kvDtype: "bf16" as const,
     maxBatch: MAX_BATCH,
     maxPositions: 1_048_576,
+    blockTokens: BLOCK_TOKENS,
   };
 }
 

@@ -13,7 +13,13 @@ import { decodeToF32 } from "../core/safetensors/dtype.ts";
 import { runtimes } from "../functions/runtimes.ts";
 import { ensureBuilt } from "../wasm/build.mjs";
 import { createWasmRuntime, wasmRuntimeFactory } from "../wasm/src/runtime.ts";
-import { loadTestModel, SMALL_VOCAB, scratchDir, testModelDir } from "./support/models.ts";
+import {
+  loadTestModel,
+  SMALL_VOCAB,
+  scratchDir,
+  testModelDir,
+  UNEVEN_KV,
+} from "./support/models.ts";
 import {
   relativeError,
   runtimeInvariantSuite,
@@ -33,16 +39,8 @@ runtimeInvariantSuite("wasm", wasmRuntimeFactory, {
   models: [SUITE_MODELS[0]],
 });
 
-// GQA 4 with head_dim 32 (int8 needs multiples of 32), 3 KV heads over 2 threads: uneven shards.
-const ODD: typeof SMALL_VOCAB = {
-  ...SMALL_VOCAB,
-  hidden: 96,
-  heads: 12,
-  kvHeads: 3,
-  headDim: 32,
-  ffn: 160,
-  seed: 5,
-};
+// 3 KV heads over 2 threads: uneven shards.
+const ODD = UNEVEN_KV;
 
 describe("wasm runtime", () => {
   it("is registered in functions/runtimes.ts and picked by name", async () => {

@@ -30,6 +30,20 @@ export const TINY: GenerateOptions = {
 /** Like TINY but a 512-token vocab (so no tokenizer files): for tests that only need token ids. */
 export const SMALL_VOCAB: GenerateOptions = { ...TINY, vocab: 512 };
 
+/**
+ * GQA 4 with head_dim 32 (int8 needs multiples of 32) and 3 KV heads, so the wasm runtime's shards
+ * are uneven over 2 threads (2 + 1 heads) and 3; a 512-token vocab.
+ */
+export const UNEVEN_KV: GenerateOptions = {
+  ...SMALL_VOCAB,
+  hidden: 96,
+  heads: 12,
+  kvHeads: 3,
+  headDim: 32,
+  ffn: 160,
+  seed: 5,
+};
+
 let root: string | null = null;
 const made = new Map<string, Promise<string>>();
 

@@ -1,10 +1,13 @@
-// Causal grouped-query attention of T new queries (positions p0 .. p0 + T - 1) over a KV cache that
-// already holds their keys and values (positions 0 .. p0 + T - 1).
+// Causal grouped-query attention of T new queries (positions p0 .. p0 + T - 1) over a paged KV cache
+// that already holds their keys and values (positions 0 .. p0 + T - 1).
 //
 //   q    token t, query head h at  q + (t * qStride + h * hd) floats, rotated
 //   out  token t, query head h at  out + (t * outStride + h * hd) floats
-//   kc, vc  (kv_head, cap, hd) for this layer, f32 or bf16 (kvBf16); query head h reads kv head
-//           h / (nh / nkv), as HF's repeat_kv does
+//   kc, vc  this layer's K and V in block 0; block b's are blockStride bytes further, each
+//           (kv_head, bs, hd), f32 or bf16 (kvBf16); query head h reads kv head h / (nh / nkv), as
+//           HF's repeat_kv does
+//   table   (ceil((p0 + T) / bs)) i32: position p lies in block table[p / bs], row p % bs
+//   bs      positions per block, a multiple of BK, so every key tile lies inside one block
 //   scale   1 / sqrt(hd)
 //
 // Tiled like FlashAttention, with the query heads of one KV head taken together (GQA): a block is
@@ -49,7 +52,7 @@ function keep(v: v128, i: i32, lim: i32, fill: v128): v128 {
 
 /**
  * S rows r and r + 1 over keys 0 .. n (rounded up to 4; the lanes past a row's valid keys are
- * -inf). Key rows past n are read but masked: they lie inside the cache region.
+ * -inf). Key rows past n are read but masked.
  */
 // @ts-ignore: decorator
 @inline
@@ -104,7 +107,8 @@ function scores1(qa: usize, kp: usize, n: i32, hd: i32, sa: usize, lim: i32): vo
 export function attention(
   q: usize, qStride: i32, out: usize, outStride: i32,
   T: i32, p0: i32, nh: i32, nkv: i32, hd: i32,
-  kc: usize, vc: usize, cap: i32, kvBf16: bool, scale: f32, scratch: usize,
+  kc: usize, vc: usize, table: usize, bs: i32, blockStride: usize, kvBf16: bool, scale: f32,
+  scratch: usize,
 ): void {
   const g = nh / nkv;
   const hdB = <usize>hd << 2;
@@ -120,8 +124,8 @@ export function attention(
   const sv = f32x4.splat(scale);
   const zero = f32x4.splat(0);
   for (let kvh = 0; kvh < nkv; kvh++) {
-    const kHead = kc + <usize>kvh * <usize>cap * <usize>hd * eb;
-    const vHead = vc + <usize>kvh * <usize>cap * <usize>hd * eb;
+    const kHead = kc + <usize>kvh * <usize>bs * <usize>hd * eb;
+    const vHead = vc + <usize>kvh * <usize>bs * <usize>hd * eb;
     for (let tb = 0; tb < T; tb += BQ) {
       const te = min(T, tb + BQ);
       const R = (te - tb) * g;
@@ -141,8 +145,10 @@ export function attention(
       const last = p0 + te - 1;
       for (let j0 = 0; j0 <= last; j0 += BK) {
         const n = min(last + 1, j0 + BK) - j0;
-        let kp = kHead + <usize>j0 * <usize>hd * eb;
-        let vp = vHead + <usize>j0 * <usize>hd * eb;
+        const at = <usize>load<i32>(table + (<usize>(j0 / bs) << 2)) * blockStride +
+          <usize>(j0 % bs) * <usize>hd * eb;
+        let kp = kHead + at;
+        let vp = vHead + at;
         if (kvBf16) {
           const cnt = n * hd;
           for (let i = 0; i < cnt; i++) {
@@ -154,7 +160,8 @@ export function attention(
           kp = kt;
           vp = vt;
         }
-        // Keys of this tile row r may see: j0 + i <= p0 + t, and i < n.
+        // Keys of this tile row r may see: j0 + i <= p0 + t, and i < n. Key rows past n up to the
+        // next multiple of 4 are read but masked: they lie inside the same block.
         let r = 0;
         for (; r + 2 <= R; r += 2) {
           const limA = min(n, p0 + tb + r / g - j0 + 1);
@@ -275,6 +282,12 @@ export function attention(
   }
 }
 
+/** Byte offset of kv head h, position j from block 0's K (or V), looked up position by position. */
+function kvAt(table: usize, bs: i32, blockStride: usize, h: i32, j: i32, hd: i32, eb: usize): usize {
+  const block = <usize>load<i32>(table + (<usize>(j / bs) << 2));
+  return block * blockStride + (<usize>h * <usize>bs + <usize>(j % bs)) * <usize>hd * eb;
+}
+
 /**
  * Scalar reference: for each query, every score over the whole context (scratch: p0 + T floats),
  * a plain max-subtracted softmax with libm exp, then the weighted sum of values.
@@ -282,7 +295,8 @@ export function attention(
 export function attention_ref(
   q: usize, qStride: i32, out: usize, outStride: i32,
   T: i32, p0: i32, nh: i32, nkv: i32, hd: i32,
-  kc: usize, vc: usize, cap: i32, kvBf16: bool, scale: f32, scratch: usize,
+  kc: usize, vc: usize, table: usize, bs: i32, blockStride: usize, kvBf16: bool, scale: f32,
+  scratch: usize,
 ): void {
   const g = nh / nkv;
   const eb: usize = kvBf16 ? 2 : 4;
@@ -296,8 +310,8 @@ export function attention_ref(
       for (let j = 0; j < ctx; j++) {
         let s: f32 = 0;
         for (let d = 0; d < hd; d++) {
-          const e = (<usize>kvh * <usize>cap + <usize>j) * <usize>hd + <usize>d;
-          const k = kvBf16 ? bf16ToF32(load<u16>(kc + e * eb)) : load<f32>(kc + e * eb);
+          const at = kvAt(table, bs, blockStride, kvh, j, hd, eb) + <usize>d * eb;
+          const k = kvBf16 ? bf16ToF32(load<u16>(kc + at)) : load<f32>(kc + at);
           s += load<f32>(qp + (<usize>d << 2)) * k;
         }
         s *= scale;
@@ -313,8 +327,8 @@ export function attention_ref(
       for (let d = 0; d < hd; d++) {
         let o: f32 = 0;
         for (let j = 0; j < ctx; j++) {
-          const e = (<usize>kvh * <usize>cap + <usize>j) * <usize>hd + <usize>d;
-          const v = kvBf16 ? bf16ToF32(load<u16>(vc + e * eb)) : load<f32>(vc + e * eb);
+          const at = kvAt(table, bs, blockStride, kvh, j, hd, eb) + <usize>d * eb;
+          const v = kvBf16 ? bf16ToF32(load<u16>(vc + at)) : load<f32>(vc + at);
           o += load<f32>(scratch + (<usize>j << 2)) * v;
         }
         store<f32>(op + (<usize>d << 2), o / l);

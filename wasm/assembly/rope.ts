@@ -7,12 +7,13 @@
 
 
 /**
- * cos/sin table for positions p0 .. p0 + T - 1: cos, sin (T, half) f32, already times `scaling`.
- * invFreq (half) f64. Angles in f64: at position 4M an f32 angle is off by up to 0.25 rad (half an ulp).
+ * cos/sin table for the positions of T rows (positions (T) i32: a batch's rows belong to several
+ * sequences): cos, sin (T, half) f32, already times `scaling`. invFreq (half) f64. Angles in f64:
+ * at position 4M an f32 angle is off by up to 0.25 rad (half an ulp).
  */
-export function rope_table(invFreq: usize, half: i32, p0: i32, T: i32, scaling: f32, cos: usize, sin: usize): void {
+export function rope_table(invFreq: usize, half: i32, positions: usize, T: i32, scaling: f32, cos: usize, sin: usize): void {
   for (let t = 0; t < T; t++) {
-    const pos = <f64>(p0 + t);
+    const pos = <f64>load<i32>(positions + (<usize>t << 2));
     for (let i = 0; i < half; i++) {
       const a = pos * load<f64>(invFreq + (<usize>i << 3));
       const o = (<usize>t * <usize>half + <usize>i) << 2;

@@ -45,18 +45,13 @@ export class LocalShards implements ShardSet {
     this.#shard.setRope(invFreq, scaling);
   }
 
-  async forward(
-    p0: number,
-    input: Float32Array,
-    T: number,
-    wantLogits: boolean,
-    signal?: AbortSignal,
-  ) {
+  async forward(input: Float32Array, step: Int32Array, signal?: AbortSignal) {
     const shard = this.#shard;
     const t = shard.clock();
     try {
-      shard.input().set(input.subarray(0, T * shard.spec.hidden));
-      shard.begin(p0, T);
+      shard.step().set(step);
+      shard.input().set(input.subarray(0, step[0] * shard.spec.hidden));
+      shard.begin();
       let last = Date.now();
       for (let l = 0; l < shard.spec.layers; l++) {
         if (signal) {
@@ -69,9 +64,18 @@ export class LocalShards implements ShardSet {
         shard.attention(l, null);
         shard.ffn(l, null);
       }
-      return wantLogits ? shard.logits().slice() : null;
     } catch (err) {
       rethrowShardError(err);
+    } finally {
+      shard.lap(PROFILE_TOTAL, t);
+    }
+  }
+
+  async logits(rows: Int32Array) {
+    const shard = this.#shard;
+    const t = shard.clock();
+    try {
+      return shard.logits(rows).slice();
     } finally {
       shard.lap(PROFILE_TOTAL, t);
     }
@@ -85,13 +89,25 @@ export class LocalShards implements ShardSet {
     return [this.#shard.profile?.slice() ?? new Float64Array(0)];
   }
 
-  async exportKv(start: number, end: number) {
-    return [this.#shard.exportKv(start, end)];
+  async exportKv(table: Int32Array, start: number, end: number) {
+    try {
+      return [this.#shard.exportKv(table, start, end)];
+    } catch (err) {
+      rethrowShardError(err);
+    }
   }
 
-  async importKv(parts: Uint8Array[], start: number, n: number) {
+  async importKv(parts: Uint8Array[], table: Int32Array, start: number, n: number) {
     try {
-      this.#shard.importKv(parts[0], start, n);
+      this.#shard.importKv(parts[0], table, start, n);
+    } catch (err) {
+      rethrowShardError(err);
+    }
+  }
+
+  async copyBlocks(pairs: Int32Array) {
+    try {
+      this.#shard.copyBlocks(pairs);
     } catch (err) {
       rethrowShardError(err);
     }

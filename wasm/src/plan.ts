@@ -57,11 +57,10 @@ export function checkShapes(config: ModelConfig, format: WeightFormat): void {
   }
 }
 
-export function planShards(
-  config: ModelConfig,
-  threads: number,
-  base: Omit<ShardSpec, "heads" | "kvHeads" | "ffn" | "vocab">,
-): ShardPlan[] {
+/** What every shard shares: all but its slice's counts and the pool (fitMemory sets that). */
+export type ShardBase = Omit<ShardSpec, "heads" | "kvHeads" | "ffn" | "vocab" | "poolBlocks">;
+
+export function planShards(config: ModelConfig, threads: number, base: ShardBase): ShardPlan[] {
   const g = config.numAttentionHeads / config.numKeyValueHeads;
   const kv = split(config.numKeyValueHeads, threads);
   const ffn = split(config.intermediateSize, threads, base.weightFormat === "int8" ? 32 : 4);
@@ -76,6 +75,7 @@ export function planShards(
       heads: (kvHeads.end - kvHeads.start) * g,
       ffn: ffn[i].end - ffn[i].start,
       vocab: vocab[i].end - vocab[i].start,
+      poolBlocks: Math.ceil(base.maxPositions / base.blockTokens),
     },
   }));
 }
@@ -85,7 +85,8 @@ export const MEMORY_LIMIT = 2 ** 32 - 2 ** 20;
 
 /**
  * What the shards' memories hold: null when some shard's weights and activations do not fit one
- * memory, else the most positions the fullest shard's KV can hold and the total weight bytes.
+ * memory, else the most positions (whole blocks) the fullest shard's KV pool can hold, with the
+ * block tables of a sequence that long, and the total weight bytes.
  */
 function memoryRoom(plans: ShardPlan[]): { positions: number; weightBytes: number } | null {
   let positions = Number.POSITIVE_INFINITY;
@@ -95,20 +96,24 @@ function memoryRoom(plans: ShardPlan[]): { positions: number; weightBytes: numbe
     weightBytes += b.weights;
     const room = MEMORY_LIMIT - b.weights - b.activations;
     if (room <= 0) return null;
-    if (b.kvPerPosition > 0) positions = Math.min(positions, Math.floor(room / b.kvPerPosition));
+    const perPosition = b.kvPerPosition + b.tablePerPosition;
+    const bs = p.spec.blockTokens;
+    positions = Math.min(positions, Math.floor(room / perPosition / bs) * bs);
   }
   return { positions, weightBytes };
 }
 
 /**
  * Checks every shard's weights and activations fit one memory (LimitError naming the way out if
- * not), sets each spec's maxPositions to what the fullest shard can hold (at most `requested`),
- * and returns it with the shards' total weight bytes.
+ * not), sizes the KV pool to `pool` positions (default `requested`) or what the fullest shard can
+ * hold, in whole blocks, and a sequence's limit, maxPositions, to at most `requested` and the
+ * pool; sets both in every spec and returns them with the shards' total weight bytes.
  */
 export function fitMemory(
   plans: ShardPlan[],
   requested: number,
-): { maxPositions: number; weightBytes: number } {
+  pool = requested,
+): { maxPositions: number; poolPositions: number; weightBytes: number } {
   const room = memoryRoom(plans);
   if (!room) {
     const b = shardBytes(plans[0].spec);
@@ -117,9 +122,14 @@ export function fitMemory(
         `${plans.length} thread(s): use more threads or bf16/int8 weights`,
     );
   }
-  const maxPositions = Math.min(requested, room.positions);
-  for (const p of plans) p.spec.maxPositions = maxPositions;
-  return { maxPositions, weightBytes: room.weightBytes };
+  const bs = plans[0].spec.blockTokens;
+  const poolPositions = Math.min(Math.ceil(pool / bs) * bs, room.positions);
+  const maxPositions = Math.min(requested, poolPositions);
+  for (const p of plans) {
+    p.spec.maxPositions = maxPositions;
+    p.spec.poolBlocks = poolPositions / bs;
+  }
+  return { maxPositions, poolPositions, weightBytes: room.weightBytes };
 }
 
 export interface ThreadChoice {
@@ -141,7 +151,7 @@ export interface ThreadChoice {
  */
 export function chooseThreads(
   config: ModelConfig,
-  base: Omit<ShardSpec, "heads" | "kvHeads" | "ffn" | "vocab">,
+  base: ShardBase,
   cores: number,
   requested: number,
 ): ThreadChoice {

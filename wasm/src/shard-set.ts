@@ -15,20 +15,22 @@ export interface ShardSet {
   ): Promise<void>;
   setRope(invFreq: Float64Array, scaling: number): Promise<void>;
   /**
-   * One micro-batch: `input` (T, hidden) embeddings at positions [p0, p0 + T). Resolves with the
-   * whole vocabulary's logits of the last row when `wantLogits`, else null. Rejects with
-   * CancelledError when `signal` fires (checked between layers).
+   * One micro-batch: `input` (T, hidden) embeddings of the rows that `step` (shard.mjs stepLayout,
+   * its used prefix) describes: positions, KV slots, sequence segments and their block tables.
+   * Writes the rows' K/V into their slots and leaves the last layer's residuals for logits().
+   * Rejects with CancelledError when `signal` fires (checked between layers).
    */
-  forward(
-    p0: number,
-    input: Float32Array,
-    T: number,
-    wantLogits: boolean,
-    signal?: AbortSignal,
-  ): Promise<Float32Array | null>;
-  /** Each shard's KV for [start, end) (its heads; shard.mjs exportKv layout). */
-  exportKv(start: number, end: number): Promise<Uint8Array[]>;
-  importKv(parts: Uint8Array[], start: number, n: number): Promise<void>;
+  forward(input: Float32Array, step: Int32Array, signal?: AbortSignal): Promise<void>;
+  /**
+   * The whole vocabulary's logits of `rows` (rows of the last forward, at most LOGIT_ROWS):
+   * (rows.length, vocab) f32.
+   */
+  logits(rows: Int32Array): Promise<Float32Array>;
+  /** Each shard's KV for positions [start, end) of the sequence in `table` (shard.mjs exportKv layout). */
+  exportKv(table: Int32Array, start: number, end: number): Promise<Uint8Array[]>;
+  importKv(parts: Uint8Array[], table: Int32Array, start: number, n: number): Promise<void>;
+  /** In every shard, block `to` becomes a copy of block `from`, pair by pair: (from, to) flat. */
+  copyBlocks(pairs: Int32Array): Promise<void>;
   /** Per-phase profiling on (zeroed) or off (shard.mjs PROFILE_PHASES). */
   setProfiling(on: boolean): Promise<void>;
   /** Each shard's profile since it was turned on: ms per phase, then the forwards' total ms. */

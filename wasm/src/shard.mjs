@@ -11,15 +11,20 @@
 // must load it with no TS loader. It is type-checked all the same (@ts-check, the JSDoc types below,
 // `npm run lint`), and the TS glue imports those types from here.
 //
+// The KV cache is paged (core/engine/paged-runtime.ts): a pool of blocks of bs positions, and every
+// micro-batch says, per row, its position and slot, and per sequence segment, its block table. A
+// shard keeps no sequence state; the single-sequence runtime is one contiguous table over it.
+//
 // Memory map (every region 64-byte aligned), from heap_base up:
 //   weights    per layer: attnNorm (H) f32, qkv ((nh + 2 nkv) hd, H), o (H, nh hd), ffnNorm (H) f32,
 //              gu (2F, H) [gate rows then up rows], down (H, F); then finalNorm (H) f32, lm (V, H).
 //              Matrix elements f32 | bf16 | int8 (+ scales (rows, cols / 32) f32).
 //   activations x, xn, part (B, H); qkv (B, (nh + 2 nkv) hd); att (B, nh hd); gu (B, 2F); act (B, F);
-//              cos, sin (B, hd / 2); invFreq (hd / 2) f64; attention scratch; logits (V);
-//              quantization staging (64, max cols) f32 (int8 only)
-//   KV cache   at the top, grown by doubling: for each layer K (nkv, cap, hd) then V (nkv, cap, hd),
-//              f32 or bf16. Growing moves the regions up (memmove), so memory is one contiguous map.
+//              cos, sin (B, hd / 2); invFreq (hd / 2) f64; attention scratch; logits (LOGIT_ROWS, V);
+//              quantization staging (64, max cols) f32 (int8 only); the step (stepLayout) i32
+//   KV pool    at the top, block-major so it grows without moving anything: block b at
+//              kvBase + b * blockBytes, holding for each layer K (nkv, bs, hd) then V (nkv, bs, hd),
+//              f32 or bf16. Memory grows to the highest block a call uses.
 
 // @ts-check
 
@@ -41,7 +46,9 @@
  * @property {WeightFormat} weightFormat
  * @property {"f32" | "bf16"} kvDtype
  * @property {number} maxBatch  tokens per micro-batch (activation buffers are sized for it)
- * @property {number} maxPositions
+ * @property {number} maxPositions  positions of one sequence (its block table's length x blockTokens)
+ * @property {number} blockTokens  positions per KV block, a multiple of attention's 64-key tile
+ * @property {number} poolBlocks  blocks in the KV pool (ids 0 .. poolBlocks - 1)
  */
 
 /**
@@ -55,10 +62,10 @@
  * @property {(x: number, T: number, K: number, w: number, scales: number, N: number, y: number, acc: number) => void} matmul_i8
  * @property {(w: number, N: number, K: number, q: number, scales: number) => void} quantize_i8
  * @property {(x: number, w: number, y: number, T: number, H: number, eps: number) => void} rmsnorm
- * @property {(invFreq: number, half: number, p0: number, T: number, scaling: number, cos: number, sin: number) => void} rope_table
+ * @property {(invFreq: number, half: number, positions: number, T: number, scaling: number, cos: number, sin: number) => void} rope_table
  * @property {(x: number, stride: number, T: number, heads: number, hd: number, cos: number, sin: number) => void} rope_apply
- * @property {(src: number, stride: number, T: number, nkv: number, hd: number, cache: number, cap: number, pos0: number, bf16: number) => void} kv_store
- * @property {(q: number, qStride: number, out: number, outStride: number, T: number, p0: number, nh: number, nkv: number, hd: number, kCache: number, vCache: number, cap: number, bf16: number, scale: number, scratch: number) => void} attention
+ * @property {(src: number, stride: number, T: number, nkv: number, hd: number, cache: number, slots: number, bs: number, blockStride: number, bf16: number) => void} kv_store
+ * @property {(q: number, qStride: number, out: number, outStride: number, T: number, p0: number, nh: number, nkv: number, hd: number, kCache: number, vCache: number, table: number, bs: number, blockStride: number, bf16: number, scale: number, scratch: number) => void} attention
  * @property {(gu: number, T: number, F: number, out: number) => void} swiglu
  * @property {(dst: number, src: number, n: number) => void} add_into
  */
@@ -84,6 +91,11 @@ const MAX_PAGES = 65536;
 export const INITIAL_PAGES = 16;
 const QUANT_ROWS = 64;
 const I8_BLOCK = 32;
+/**
+ * Rows whose logits one lm_head pass computes (the logits buffer holds this many vocab rows): a
+ * batched decode step of up to this many sequences reads lm_head once.
+ */
+export const LOGIT_ROWS = 32;
 
 /** @param {number} n */
 const align = (n) => Math.ceil(n / ALIGN) * ALIGN;
@@ -93,6 +105,47 @@ const align = (n) => Math.ceil(n / ALIGN) * ALIGN;
 // equals the kernel's attention_scratch_bytes.
 const ATT_BQ = 16;
 const ATT_BK = 64;
+/** Default positions per KV block: attention's key tile, so every tile lies in one block. */
+export const BLOCK_TOKENS = ATT_BK;
+
+/**
+ * Why a block size does not suit the kernels, or null: attention reads each 64-key tile from one
+ * block, so a block must hold whole tiles.
+ * @param {number} bs
+ * @returns {string | null}
+ */
+export function blockTokensProblem(bs) {
+  if (Number.isInteger(bs) && bs > 0 && bs % ATT_BK === 0) return null;
+  return `blockTokens must be a positive multiple of ${ATT_BK} (attention's key tile), not ${bs}`;
+}
+
+/**
+ * A step: one micro-batch's rows and the sequences they belong to, as i32 at these offsets:
+ *   [0] rows T, [1] segments S, [2] blocks the pool must hold (highest block id used + 1)
+ *   positions (B)  each row's position          slots (B)  each row's KV slot (block * bs + offset)
+ *   segments (B, 4)  row0, rows, p0 (position of row0), at (offset of its block table in the step)
+ *   tables  the segments' block tables, ceil((p0 + rows) / bs) ids each, back to back
+ * The main thread writes it (WorkerShards: into shared memory); the shard copies it into its
+ * memory, where the kernels read positions, slots and tables.
+ * @param {number} B  maxBatch
+ * @param {number} maxTable  ceil(maxPositions / blockTokens): the longest table
+ */
+export function stepLayout(B, maxTable) {
+  const positions = 4;
+  const slots = positions + B;
+  const segments = slots + B;
+  const tables = segments + 4 * B;
+  return { positions, slots, segments, tables, ints: tables + B * maxTable };
+}
+
+/**
+ * Bytes of KV per block for one shard: every layer's K and V of its heads.
+ * @param {ShardSpec} spec
+ */
+export function blockBytes(spec) {
+  const eb = spec.kvDtype === "bf16" ? 2 : 4;
+  return 2 * spec.layers * spec.kvHeads * spec.blockTokens * spec.headDim * eb;
+}
 
 /**
  * Bytes of attention scratch for nh query heads over nkv KV heads of hd (one shard's heads).
@@ -119,9 +172,11 @@ export function matrixBytes(rows, cols, format) {
 }
 
 /**
- * Every byte count a shard will hold, for planning before any memory exists.
+ * Every byte count a shard will hold, for planning before any memory exists. The step's block
+ * tables grow with a sequence's positions: `tablePerPosition` bytes per position of maxPositions
+ * (maxBatch tables of one i32 per block), beside the activations' fixed bytes.
  * @param {ShardSpec} spec
- * @returns {{ weights: number, activations: number, kvPerPosition: number }}
+ * @returns {{ weights: number, activations: number, kvPerPosition: number, tablePerPosition: number }}
  */
 export function shardBytes(spec) {
   const { hidden: H, headDim: hd, heads: nh, kvHeads: nkv, ffn: F, vocab: V, layers: L } = spec;
@@ -145,10 +200,11 @@ export function shardBytes(spec) {
     2 * align((B * hd) / 2) * 4 +
     align((hd / 2) * 8) +
     align(scratch) +
-    align(V * 4) +
-    (f === "int8" ? align(QUANT_ROWS * Math.max(H, F, nh * hd) * 4) : 0);
+    align(LOGIT_ROWS * V * 4) +
+    (f === "int8" ? align(QUANT_ROWS * Math.max(H, F, nh * hd) * 4) : 0) +
+    align(stepLayout(B, 1).ints * 4);
   const kvPerPosition = 2 * L * nkv * hd * (spec.kvDtype === "bf16" ? 2 : 4);
-  return { weights, activations, kvPerPosition };
+  return { weights, activations, kvPerPosition, tablePerPosition: (B * 4) / spec.blockTokens };
 }
 
 /** @typedef {(partial: Float32Array) => void} Reduce  adds every shard's partial into the residual */
@@ -240,14 +296,18 @@ export class Shard {
     this.sin = take((B * hd * 4) / 2);
     this.invFreq = take((hd / 2) * 8);
     this.scratch = take(nkv > 0 ? this.k.attention_scratch_bytes(nh, nkv, hd) : 0);
-    this.logitsBuf = take(V * 4);
+    this.logitsBuf = take(LOGIT_ROWS * V * 4);
     this.staging = f === "int8" ? take(QUANT_ROWS * Math.max(H, F, nh * hd) * 4) : 0;
+    this.bs = spec.blockTokens;
+    this.layout = stepLayout(B, Math.ceil(spec.maxPositions / this.bs));
+    this.stepPtr = take(this.layout.ints * 4);
     this.kvBase = top;
-    this.cap = 0;
+    this.blockBytes = blockBytes(spec);
     this.scaling = 1;
-    // The micro-batch begin() started: its first position and token count.
-    this.p0 = 0;
+    // The micro-batch begin() started: its rows and segments (row0, rows, p0, table pointer).
     this.T = 0;
+    /** @type {Array<{ row0: number, rows: number, p0: number, table: number }>} */
+    this.segments = [];
     /** Milliseconds per PROFILE_PHASES entry since profiling was turned on; null: off (no cost). */
     /** @type {Float64Array | null} */
     this.profile = null;
@@ -373,49 +433,46 @@ export class Shard {
     return this.#f32(this.x, this.spec.maxBatch * this.spec.hidden);
   }
 
-  /**
-   * Make room for positions < end in the KV cache, keeping positions < keep.
-   * @param {number} end
-   * @param {number} keep
-   */
-  reserve(end, keep) {
-    if (end <= this.cap) return;
-    const { layers: L, kvHeads: nkv, headDim: hd, maxPositions } = this.spec;
-    const cap = Math.min(maxPositions, Math.max(end, this.cap * 2, 256));
-    const rowBytes = hd * this.kvEb;
-    this.#ensureBytes(this.kvBase + 2 * L * nkv * cap * rowBytes);
-    const bytes = new Uint8Array(this.memory.buffer);
-    // Regions only move up, so copying from the last one down never overwrites unread data.
-    for (let r = 2 * L - 1; r >= 0; r--) {
-      for (let h = nkv - 1; h >= 0; h--) {
-        const src = this.kvBase + (r * nkv + h) * this.cap * rowBytes;
-        const dst = this.kvBase + (r * nkv + h) * cap * rowBytes;
-        if (src !== dst && keep > 0) bytes.copyWithin(dst, src, src + keep * rowBytes);
-      }
-    }
-    this.cap = cap;
+  /** The step region (stepLayout) in this shard's memory: write a micro-batch's step here. */
+  step() {
+    return new Int32Array(this.memory.buffer, this.stepPtr, this.layout.ints);
   }
 
   /**
+   * Make the pool hold blocks 0 .. n - 1 (memory grows; nothing moves).
+   * @param {number} n
+   */
+  ensureBlocks(n) {
+    this.#ensureBytes(this.kvBase + n * this.blockBytes);
+  }
+
+  /**
+   * This layer's K or V in block 0 (block b's are b * blockBytes further).
    * @param {number} layer
    * @param {0 | 1} which  K | V
    */
   #kvPtr(layer, which) {
     const { kvHeads: nkv, headDim: hd } = this.spec;
-    return this.kvBase + (2 * layer + which) * nkv * this.cap * hd * this.kvEb;
+    return this.kvBase + (2 * layer + which) * nkv * this.bs * hd * this.kvEb;
   }
 
-  /**
-   * Start a micro-batch of T tokens at position p0 (the rows are already in input()).
-   * @param {number} p0
-   * @param {number} T
-   */
-  begin(p0, T) {
-    this.reserve(p0 + T, p0);
-    this.p0 = p0;
-    this.T = T;
+  /** Start the micro-batch in step() (its rows are already in input()). */
+  begin() {
+    const L = this.layout;
+    // Grow first: growing detaches every view of the memory.
+    this.ensureBlocks(this.step()[2]);
+    const step = this.step();
+    this.T = step[0];
+    this.segments = [];
+    for (let i = 0; i < step[1]; i++) {
+      const at = L.segments + 4 * i;
+      const table = this.stepPtr + step[at + 3] * 4;
+      this.segments.push({ row0: step[at], rows: step[at + 1], p0: step[at + 2], table });
+    }
     const t = this.clock();
-    this.k.rope_table(this.invFreq, this.spec.headDim / 2, p0, T, this.scaling, this.cos, this.sin);
+    const positions = this.stepPtr + L.positions * 4;
+    const half = this.spec.headDim / 2;
+    this.k.rope_table(this.invFreq, half, positions, this.T, this.scaling, this.cos, this.sin);
     this.lap(ROPE, t);
   }
 
@@ -457,26 +514,35 @@ export class Shard {
       k.rope_apply(this.qkvBuf, this.nqkv, T, nh, hd, this.cos, this.sin);
       k.rope_apply(kOff, this.nqkv, T, nkv, hd, this.cos, this.sin);
       t = this.lap(ROPE, t);
-      k.kv_store(kOff, this.nqkv, T, nkv, hd, this.#kvPtr(l, 0), this.cap, this.p0, bf16);
-      k.kv_store(vOff, this.nqkv, T, nkv, hd, this.#kvPtr(l, 1), this.cap, this.p0, bf16);
+      const kc = this.#kvPtr(l, 0);
+      const vc = this.#kvPtr(l, 1);
+      const slots = this.stepPtr + this.layout.slots * 4;
+      const { bs, blockBytes: bb } = this;
+      k.kv_store(kOff, this.nqkv, T, nkv, hd, kc, slots, bs, bb, bf16);
+      k.kv_store(vOff, this.nqkv, T, nkv, hd, vc, slots, bs, bb, bf16);
       t = this.lap(KV_STORE, t);
-      k.attention(
-        this.qkvBuf,
-        this.nqkv,
-        this.att,
-        nh * hd,
-        T,
-        this.p0,
-        nh,
-        nkv,
-        hd,
-        this.#kvPtr(l, 0),
-        this.#kvPtr(l, 1),
-        this.cap,
-        bf16,
-        1 / Math.sqrt(hd),
-        this.scratch,
-      );
+      // Per sequence: its rows attend over its own table (causal from its p0).
+      for (const s of this.segments) {
+        k.attention(
+          this.qkvBuf + s.row0 * this.nqkv * 4,
+          this.nqkv,
+          this.att + s.row0 * nh * hd * 4,
+          nh * hd,
+          s.rows,
+          s.p0,
+          nh,
+          nkv,
+          hd,
+          kc,
+          vc,
+          s.table,
+          bs,
+          bb,
+          bf16,
+          1 / Math.sqrt(hd),
+          this.scratch,
+        );
+      }
       this.lap(ATTENTION, t);
     }
     this.#project(w.o, this.att, reduce);
@@ -532,64 +598,110 @@ export class Shard {
     this.k.add_into(this.x, this.part, n);
   }
 
-  /** Final norm of the last row and this shard's logits (V local rows of lm_head); a view. */
-  logits() {
+  /**
+   * Final norm of the given rows of the micro-batch (at most LOGIT_ROWS) and this shard's logits
+   * for them, (rows.length, V local) in one lm_head pass; a view.
+   * @param {ArrayLike<number>} rows
+   */
+  logits(rows) {
     const { hidden: H, eps } = this.spec;
+    const n = rows.length;
+    if (n > LOGIT_ROWS) throw new Error(`logits of ${n} rows: at most ${LOGIT_ROWS} per call`);
     const t = this.clock();
-    this.k.rmsnorm(this.x + (this.T - 1) * H * 4, this.finalNorm, this.xn, 1, H, eps);
-    this.#matmul(this.xn, 1, this.lm, this.logitsBuf, false);
+    for (let i = 0; i < n; i++) {
+      this.k.rmsnorm(this.x + rows[i] * H * 4, this.finalNorm, this.xn + i * H * 4, 1, H, eps);
+    }
+    this.#matmul(this.xn, n, this.lm, this.logitsBuf, false);
     this.lap(LOGITS, t);
-    return this.#f32(this.logitsBuf, this.spec.vocab);
+    return this.#f32(this.logitsBuf, n * this.spec.vocab);
   }
 
   /**
-   * KV of positions [start, end) for this shard's heads, in the cache dtype: for each layer
-   * K (nkv, n, hd) then V (nkv, n, hd). A copy.
+   * KV of positions [start, end) of the sequence whose blocks are `table`, for this shard's heads,
+   * in the cache dtype: for each layer K (nkv, n, hd) then V (nkv, n, hd). A copy.
+   * @param {Int32Array} table
    * @param {number} start
    * @param {number} end
    * @returns {Uint8Array}
    */
-  exportKv(start, end) {
+  exportKv(table, start, end) {
     const { layers: L, kvHeads: nkv, headDim: hd } = this.spec;
     const out = new Uint8Array(2 * L * nkv * (end - start) * hd * this.kvEb);
+    this.#ensureTable(table, end);
     const mem = new Uint8Array(this.memory.buffer);
-    for (const { ptr, at, bytes } of this.#kvRuns(start, end - start)) {
+    for (const { ptr, at, bytes } of this.#kvRuns(table, start, end - start)) {
       out.set(mem.subarray(ptr, ptr + bytes), at);
     }
     return out;
   }
 
   /**
-   * Write positions [start, start + n) from bytes in exportKv's layout and the cache dtype.
+   * Write positions [start, start + n) of the sequence whose blocks are `table` from bytes in
+   * exportKv's layout and the cache dtype.
    * @param {Uint8Array} bytes
+   * @param {Int32Array} table
    * @param {number} start
    * @param {number} n
    */
-  importKv(bytes, start, n) {
-    this.reserve(start + n, start);
+  importKv(bytes, table, start, n) {
+    this.#ensureTable(table, start + n);
     const mem = new Uint8Array(this.memory.buffer);
-    for (const { ptr, at, bytes: len } of this.#kvRuns(start, n)) {
+    for (const { ptr, at, bytes: len } of this.#kvRuns(table, start, n)) {
       mem.set(bytes.subarray(at, at + len), ptr);
     }
   }
 
   /**
-   * exportKv's layout walked run by run: for each layer, K then V, each local KV head, the `bytes`
-   * of positions [start, start + n) at `ptr` in memory and at `at` in the exported bytes.
+   * For each pair (from, to) in order, block `to` becomes a copy of block `from`.
+   * @param {Int32Array} pairs  from0, to0, from1, to1, ...
+   */
+  copyBlocks(pairs) {
+    let most = 0;
+    for (const b of pairs) most = Math.max(most, b + 1);
+    this.ensureBlocks(most);
+    const mem = new Uint8Array(this.memory.buffer);
+    const bb = this.blockBytes;
+    for (let i = 0; i < pairs.length; i += 2) {
+      const from = this.kvBase + pairs[i] * bb;
+      mem.copyWithin(this.kvBase + pairs[i + 1] * bb, from, from + bb);
+    }
+  }
+
+  /**
+   * @param {Int32Array} table
+   * @param {number} end
+   */
+  #ensureTable(table, end) {
+    let most = 0;
+    for (let b = 0; b < Math.ceil(end / this.bs); b++) most = Math.max(most, table[b] + 1);
+    this.ensureBlocks(most);
+  }
+
+  /**
+   * exportKv's layout walked run by run: for each layer, K then V, each local KV head, the runs of
+   * positions [start, start + n) that lie in one block: `bytes` at `ptr` in memory and at `at` in
+   * the exported bytes.
+   * @param {Int32Array} table
    * @param {number} start
    * @param {number} n
    * @returns {Generator<{ ptr: number, at: number, bytes: number }>}
    */
-  *#kvRuns(start, n) {
+  *#kvRuns(table, start, n) {
     const { layers: L, kvHeads: nkv } = this.spec;
     const rowBytes = this.spec.headDim * this.kvEb;
-    const bytes = n * rowBytes;
+    const bs = this.bs;
     let at = 0;
     for (let l = 0; l < L; l++) {
       for (const which of /** @type {const} */ ([0, 1])) {
         for (let h = 0; h < nkv; h++) {
-          yield { ptr: this.#kvPtr(l, which) + (h * this.cap + start) * rowBytes, at, bytes };
-          at += bytes;
+          const head = this.#kvPtr(l, which) + h * bs * rowBytes;
+          for (let p = start; p < start + n; ) {
+            const rows = Math.min(bs - (p % bs), start + n - p);
+            const ptr = head + table[Math.floor(p / bs)] * this.blockBytes + (p % bs) * rowBytes;
+            yield { ptr, at, bytes: rows * rowBytes };
+            at += rows * rowBytes;
+            p += rows;
+          }
         }
       }
     }

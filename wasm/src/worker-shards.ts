@@ -8,7 +8,13 @@
 // decision all workers share, so they stop at the same layer.
 import { CancelledError } from "../../core/errors.ts";
 import { WorkerCallError, WorkerPool } from "../../core/node/worker-pool.ts";
-import type { MatrixKey, ShardSpec, VectorKey } from "./shard.mjs";
+import {
+  LOGIT_ROWS,
+  type MatrixKey,
+  type ShardSpec,
+  stepLayout,
+  type VectorKey,
+} from "./shard.mjs";
 import { rethrowShardError } from "./shard-errors.ts";
 import type { ShardSet } from "./shard-set.ts";
 
@@ -20,8 +26,10 @@ export class WorkerShards implements ShardSet {
   readonly #pool: WorkerPool;
   readonly #ctl: Int32Array; // (16) barrier state, see worker.mjs
   readonly #input: Float32Array; // (maxBatch, hidden) f32
+  readonly #step: Int32Array; // shard.mjs stepLayout
   readonly #hidden: number;
-  readonly #logits: Float32Array; // (vocab) f32
+  readonly #vocab: number;
+  readonly #logits: Float32Array; // (LOGIT_ROWS, vocab) f32
 
   private constructor(
     pool: WorkerPool,
@@ -33,8 +41,10 @@ export class WorkerShards implements ShardSet {
     this.#pool = pool;
     this.#ctl = new Int32Array(sab, layout.ctl, 16);
     this.#input = new Float32Array(sab, layout.input, B * H);
+    this.#step = new Int32Array(sab, layout.step, layout.stepInts);
     this.#hidden = H;
-    this.#logits = new Float32Array(sab, layout.logits, layout.vocab);
+    this.#vocab = layout.vocab;
+    this.#logits = new Float32Array(sab, layout.logits, LOGIT_ROWS * layout.vocab);
   }
 
   static async start(
@@ -44,11 +54,23 @@ export class WorkerShards implements ShardSet {
     vocab: number,
   ): Promise<WorkerShards> {
     const W = specs.length;
-    const { hidden: H, maxBatch: B } = specs[0];
-    const layout: SabLayout = { ctl: 0, input: 64, slots: 0, logits: 0, vocab, vocabOffset: 0 };
-    layout.slots = layout.input + B * H * 4;
-    layout.logits = layout.slots + 2 * W * B * H * 4;
-    const sab = new SharedArrayBuffer(layout.logits + vocab * 4);
+    const { hidden: H, maxBatch: B, maxPositions, blockTokens } = specs[0];
+    const stepInts = stepLayout(B, Math.ceil(maxPositions / blockTokens)).ints;
+    const input = 64;
+    const step = input + B * H * 4;
+    const slots = step + stepInts * 4;
+    const logits = slots + 2 * W * B * H * 4;
+    const layout: SabLayout = {
+      ctl: 0,
+      input,
+      step,
+      stepInts,
+      slots,
+      logits,
+      vocab,
+      vocabOffset: 0,
+    };
+    const sab = new SharedArrayBuffer(logits + LOGIT_ROWS * vocab * 4);
     const pool = new WorkerPool(new URL("./worker.mjs", import.meta.url), W, "wasm-shard");
     try {
       await Promise.all(
@@ -94,16 +116,11 @@ export class WorkerShards implements ShardSet {
     await this.#pool.all("setRope", () => [invFreq, scaling]).catch(rethrowWorker);
   }
 
-  async forward(
-    p0: number,
-    input: Float32Array,
-    T: number,
-    wantLogits: boolean,
-    signal?: AbortSignal,
-  ) {
+  async forward(input: Float32Array, step: Int32Array, signal?: AbortSignal) {
     if (signal?.aborted) throw new CancelledError();
     // Only the T rows the workers read (a decode step is 1 row, not maxBatch).
-    this.#input.set(input.subarray(0, T * this.#hidden));
+    this.#input.set(input.subarray(0, step[0] * this.#hidden));
+    this.#step.set(step);
     // Every worker is idle here, so the barrier state can be reset (a failed forward may have
     // left arrivals counted).
     Atomics.store(this.#ctl, ARRIVED, 0);
@@ -114,9 +131,7 @@ export class WorkerShards implements ShardSet {
     let settled: PromiseSettledResult<{ cancelled: boolean }>[];
     try {
       settled = await Promise.allSettled(
-        this.#pool.workers.map((w) =>
-          w.call<{ cancelled: boolean }>("forward", [p0, T, wantLogits]),
-        ),
+        this.#pool.workers.map((w) => w.call<{ cancelled: boolean }>("forward", [step.length])),
       );
     } finally {
       signal?.removeEventListener("abort", onAbort);
@@ -130,19 +145,27 @@ export class WorkerShards implements ShardSet {
     }
     const results = settled.map((r) => (r as PromiseFulfilledResult<{ cancelled: boolean }>).value);
     if (results.some((r) => r.cancelled)) throw new CancelledError();
-    return wantLogits ? this.#logits.slice() : null;
   }
 
-  async exportKv(start: number, end: number) {
-    return this.#pool.all<Uint8Array>("exportKv", () => [start, end]).catch(rethrowWorker);
+  async logits(rows: Int32Array) {
+    await this.#pool.all("logits", () => [rows]).catch(rethrowWorker);
+    return this.#logits.slice(0, rows.length * this.#vocab);
   }
 
-  async importKv(parts: Uint8Array[], start: number, n: number) {
+  async exportKv(table: Int32Array, start: number, end: number) {
+    return this.#pool.all<Uint8Array>("exportKv", () => [table, start, end]).catch(rethrowWorker);
+  }
+
+  async importKv(parts: Uint8Array[], table: Int32Array, start: number, n: number) {
     await Promise.all(
       this.#pool.workers.map((w, i) =>
-        w.call("importKv", [parts[i], start, n], [parts[i].buffer as ArrayBuffer]),
+        w.call("importKv", [parts[i], table, start, n], [parts[i].buffer as ArrayBuffer]),
       ),
     ).catch(rethrowWorker);
+  }
+
+  async copyBlocks(pairs: Int32Array) {
+    await this.#pool.all("copyBlocks", () => [pairs]).catch(rethrowWorker);
   }
 
   async setProfiling(on: boolean) {
@@ -165,6 +188,8 @@ export class WorkerShards implements ShardSet {
 interface SabLayout {
   ctl: number;
   input: number;
+  step: number;
+  stepInts: number;
   slots: number;
   logits: number;
   vocab: number;

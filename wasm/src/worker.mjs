@@ -5,10 +5,11 @@
 //   ctl     Int32Array(16): [0] arrivals, [1] barrier generation, [2] cancel request, [3] decision,
 //           [4] a worker failed (reset with [0] and [2] by the main thread before each forward)
 //   input   (maxBatch, H) f32      the micro-batch's embeddings, written by the main thread
+//   step    (stepLayout(maxBatch, maxTable).ints) i32   the micro-batch's step (shard.mjs)
 //   slots   (2, workers, maxBatch, H) f32   partial residual updates, two phases (attention, FFN)
-//   logits  (vocab) f32            each worker writes its rows' logits at its offset
+//   logits  (LOGIT_ROWS, vocab) f32   each worker writes its vocab rows' logits at its offset
 import { parentPort } from "node:worker_threads";
-import { PROFILE_TOTAL, REDUCE_PHASE, Shard } from "./shard.mjs";
+import { LOGIT_ROWS, PROFILE_TOTAL, REDUCE_PHASE, Shard } from "./shard.mjs";
 
 const ARRIVED = 0;
 const GENERATION = 1;
@@ -75,10 +76,12 @@ const handlers = {
     ctx = {
       ctl: new Int32Array(sab, layout.ctl, 16),
       input: new Float32Array(sab, layout.input, B * H),
-      logits: new Float32Array(sab, layout.logits, layout.vocab),
+      step: new Int32Array(sab, layout.step, layout.stepInts),
+      logits: new Float32Array(sab, layout.logits, LOGIT_ROWS * layout.vocab),
       slots,
       index,
       count,
+      vocab: layout.vocab,
       vocabOffset: layout.vocabOffset,
     };
     return { weightBytes: shard.weightBytes };
@@ -86,27 +89,41 @@ const handlers = {
   setVector: (key, layer, data) => shard.setVector(key, layer, data),
   setMatrix: (key, layer, rowOffset, data) => shard.setMatrix(key, layer, rowOffset, data),
   setRope: (invFreq, scaling) => shard.setRope(invFreq, scaling),
-  forward(p0, T, wantLogits) {
+  forward(stepInts) {
     const t = shard.clock();
     try {
-      return forward(p0, T, wantLogits);
+      return forward(stepInts);
+    } finally {
+      shard.lap(PROFILE_TOTAL, t);
+    }
+  },
+  logits(rows) {
+    const t = shard.clock();
+    try {
+      const V = shard.spec.vocab;
+      const out = shard.logits(rows);
+      for (let i = 0; i < rows.length; i++) {
+        ctx.logits.set(out.subarray(i * V, (i + 1) * V), i * ctx.vocab + ctx.vocabOffset);
+      }
     } finally {
       shard.lap(PROFILE_TOTAL, t);
     }
   },
   setProfiling: (on) => shard.setProfiling(on),
   profile: () => shard.profile?.slice() ?? new Float64Array(0),
-  exportKv: (start, end) => shard.exportKv(start, end),
-  importKv: (bytes, start, n) => shard.importKv(bytes, start, n),
+  exportKv: (table, start, end) => shard.exportKv(table, start, end),
+  importKv: (bytes, table, start, n) => shard.importKv(bytes, table, start, n),
+  copyBlocks: (pairs) => shard.copyBlocks(pairs),
   memoryBytes: () => shard.memoryBytes,
 };
 
-function forward(p0, T, wantLogits) {
+function forward(stepInts) {
   const H = shard.spec.hidden;
   phase = 0;
   try {
-    shard.input().set(ctx.input.subarray(0, T * H));
-    shard.begin(p0, T);
+    shard.step().set(ctx.step.subarray(0, stepInts));
+    shard.input().set(ctx.input.subarray(0, ctx.step[0] * H));
+    shard.begin();
     for (let l = 0; l < shard.spec.layers; l++) {
       shard.attention(l, reduce);
       shard.ffn(l, reduce);
@@ -121,7 +138,6 @@ function forward(p0, T, wantLogits) {
     }
     throw err;
   }
-  if (wantLogits) ctx.logits.set(shard.logits(), ctx.vocabOffset);
   return { cancelled: false };
 }
 
