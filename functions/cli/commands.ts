@@ -38,6 +38,11 @@ export const commands: Record<string, CommandEntry> = {
     summary: "write a model directory as a llama.cpp GGUF file (--to gguf)",
     load: () => import("./commands/convert.ts"),
   },
+  eval: {
+    summary:
+      "long-context evaluation (niah, ruler) against an OpenAI-compatible URL: JSON lines, heatmap SVG/PNG",
+    load: () => import("./commands/eval.ts"),
+  },
   detokenize: {
     summary: "decode Llama 3 token ids back to text",
     load: () => import("./commands/detokenize.ts"),
