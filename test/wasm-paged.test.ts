@@ -1,10 +1,11 @@
 // The WASM runtime as a PagedRuntime (wasm/src/paged-runtime.ts): a batch of sequences of
 // different lengths, prefill pieces mixed with decode tokens and prefix blocks shared, gives each
 // sequence the logits it gets alone (on the single-sequence wasm runtime and on the TS reference
-// runtime); an item straddling a micro-batch boundary; copyBlocks and export/import; 1 and 2
+// runtime) and what the batched reference runtime gives for the same steps; an item straddling a micro-batch boundary; copyBlocks and export/import; 1 and 2
 // threads; typed errors that change nothing.
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { createPagedReferenceRuntime } from "../core/engine/paged-reference-runtime.ts";
 import type { PagedRuntime, StepItem } from "../core/engine/paged-runtime.ts";
 import { createReferenceRuntime } from "../core/engine/reference-runtime.ts";
 import type { Runtime } from "../core/engine/runtime.ts";
@@ -132,6 +133,14 @@ describe("wasm paged runtime", () => {
       const model = await loadTestModel(ODD);
       const { seqs, steps } = plan(model.config.vocabSize);
       const got = await withPaged(model, threads, (rt) => runPlan(rt, steps));
+      // The batched reference runtime (the oracle), on the same tables and steps.
+      const pagedRef = await createPagedReferenceRuntime({
+        model,
+        maxPositions: 256,
+        poolPositions: 16 * BS,
+        blockTokens: BS,
+      });
+      const oracle = await runPlan(pagedRef, steps).finally(() => pagedRef.close());
       const single = await createWasmRuntime({ model, threads, maxPositions: 256 });
       const ref = await createReferenceRuntime({ model, maxPositions: 256 });
       try {
@@ -146,6 +155,7 @@ describe("wasm paged runtime", () => {
             const seq = seqs.find((q) => q.table === item.table)!;
             const upTo = seq.tokens.subarray(0, item.start + item.tokens.length);
             expect(logits).not.toBeNull();
+            expect(relativeError(logits!, oracle[s][i]!)).toBeLessThanOrEqual(REF);
             expect(relativeError(logits!, await alone(single, upTo))).toBeLessThanOrEqual(SAME);
             expect(relativeError(logits!, await alone(ref, upTo))).toBeLessThanOrEqual(REF);
           }

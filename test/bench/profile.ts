@@ -1,5 +1,5 @@
-// `npm run bench -- profile [--quick] [--threads 1,2] [--prompt 512] [--weights f32|bf16|int8]`
-// (ULTRALONG_WASM_SIMD=plain for the plain SIMD128 build instead of the relaxed one):
+// `npm run bench -- profile [--quick] [--threads 1,2] [--prompt 512] [--weights f32|bf16|int8]
+// [--batch N]` (ULTRALONG_WASM_SIMD=plain for the plain SIMD128 build instead of the relaxed one):
 // where one prefill and one decode step of the WASM runtime spend their time, phase by phase
 // (wasm/src/shard.mjs PROFILE_PHASES: GEMM, attention, norms, rotary, KV writes, elementwise, the
 // shards' all-reduce, lm_head; `glue` is the shard's JS between kernels, `main` the main thread's
@@ -7,15 +7,24 @@
 // 14's shape (12 layers, hidden 768, 12/4 heads, FFN 2048, Llama 3's 128256 vocabulary).
 // The peer, measured in the same run: the SIMD128 multiply-add peak of one core, against which
 // the GEMM phase's own GFLOP/s are set. Prints a table per run on stderr and one JSON object.
+// With --batch N, also one decode step of N sequences batched on the paged runtime
+// (wasm/src/paged-runtime.ts; the prompt's blocks shared by all N) against its peer, the same N
+// sequences stepped one at a time on the same runtime, and their ratio.
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { InvalidInputError } from "../../core/errors.ts";
 import type { GenerateOptions } from "../../core/model/generate.ts";
+import type { LoadedModel } from "../../core/model/weights.ts";
 import { loadModelDir } from "../../core/node/load-model-dir.ts";
 import { makeModelDir } from "../../core/node/make-model.ts";
 import { ensureBuilt, TEST_WASM_FILE } from "../../wasm/build.mjs";
-import { createWasmRuntime, type WasmProfile } from "../../wasm/src/runtime.ts";
-import type { WeightFormat } from "../../wasm/src/shard.mjs";
+import {
+  createPagedWasmRuntime,
+  createWasmRuntime,
+  type WasmProfile,
+} from "../../wasm/src/runtime.ts";
+import { BLOCK_TOKENS, type WeightFormat } from "../../wasm/src/shard.mjs";
 import { ISSUE14_MODEL } from "../support/bench-models.ts";
 import { simdPeak } from "./runtime.ts";
 
@@ -51,6 +60,72 @@ function table(title: string, p: WasmProfile, r: PhaseRow[]): string {
   return lines.join("\n");
 }
 
+/**
+ * One decode step of `n` sequences that share a `prompt`-token prefix, batched, against the same
+ * n sequences stepped one at a time on the same runtime (the peer), best of `rounds` each.
+ */
+async function batchedDecode(
+  model: LoadedModel,
+  threads: number,
+  weightFormat: WeightFormat,
+  tokens: Int32Array,
+  n: number,
+) {
+  const prompt = tokens.length - 1;
+  const full = Math.floor(prompt / BLOCK_TOKENS); // blocks every sequence shares
+  const rt = await createPagedWasmRuntime({
+    model,
+    threads,
+    weightFormat,
+    maxPositions: prompt + 1,
+    poolPositions: (full + 1 + n) * BLOCK_TOKENS,
+  });
+  try {
+    const shared = Array.from({ length: full + 1 }, (_, b) => b);
+    await rt.step([
+      {
+        tokens: tokens.subarray(0, prompt),
+        start: 0,
+        table: Int32Array.from(shared),
+        logits: false,
+      },
+    ]);
+    // Each sequence's own copy of the prompt's last, partial block (copy-on-write), where its
+    // decode token goes.
+    const own = Array.from({ length: n }, (_, i) => full + 1 + i);
+    await rt.copyBlocks(own.map((b) => [full, b] as const));
+    const items = own.map((b, i) => ({
+      tokens: Int32Array.of((i * 31 + 5) % model.config.vocabSize),
+      start: prompt,
+      table: Int32Array.from([...shared.slice(0, full), b]),
+      logits: true,
+    }));
+    const time = async (run: () => Promise<unknown>) => {
+      await run(); // warm-up
+      let best = Number.POSITIVE_INFINITY;
+      for (let r = 0; r < 3; r++) {
+        const t0 = performance.now();
+        await run();
+        best = Math.min(best, performance.now() - t0);
+      }
+      return best;
+    };
+    const batched = await time(() => rt.step(items));
+    const single = await time(async () => {
+      for (const item of items) await rt.step([item]);
+    });
+    return {
+      sequences: n,
+      sharedPromptTokens: prompt,
+      batchedStepMs: round(batched),
+      peer: { oneAtATimeMs: round(single) },
+      speedup: round(single / batched),
+    };
+  } finally {
+    await rt.close();
+  }
+}
+
 export default async function main(args: string[]): Promise<void> {
   const arg = (name: string) => {
     const i = args.indexOf(name);
@@ -60,6 +135,12 @@ export default async function main(args: string[]): Promise<void> {
   const threadList = (arg("--threads") ?? "1,2").split(",").map(Number);
   const promptTokens = Number(arg("--prompt") ?? (quick ? 256 : 512));
   const weightFormat = (arg("--weights") ?? "f32") as WeightFormat;
+  const batch = arg("--batch") === undefined ? 0 : Number(arg("--batch"));
+  if (!Number.isInteger(batch) || batch < 0 || batch > 256) {
+    throw new InvalidInputError(
+      `--batch takes a sequence count in [1, 256], not ${arg("--batch")}`,
+    );
+  }
   const opts = quick ? QUICK : FULL;
   const root = join(import.meta.dirname, "..", "..");
   await ensureBuilt({ root });
@@ -75,6 +156,10 @@ export default async function main(args: string[]): Promise<void> {
   try {
     await makeModelDir(dir, opts);
     const model = await loadModelDir(dir);
+    const tokens = Int32Array.from(
+      { length: promptTokens + 1 },
+      (_, i) => (i * 7919 + 13) % opts.vocab!,
+    );
     for (const threads of threadList) {
       const rt = await createWasmRuntime({
         model,
@@ -83,10 +168,6 @@ export default async function main(args: string[]): Promise<void> {
         maxPositions: promptTokens + 64,
       });
       try {
-        const tokens = Int32Array.from(
-          { length: promptTokens + 1 },
-          (_, i) => (i * 7919 + 13) % opts.vocab!,
-        );
         // Warm-up: every kernel leaves V8's baseline tier before anything is timed.
         await rt.prefill(tokens.subarray(0, Math.min(256, promptTokens)));
         await rt.forward(tokens.subarray(0, 1));
@@ -134,6 +215,11 @@ export default async function main(args: string[]): Promise<void> {
         });
       } finally {
         await rt.close();
+      }
+      if (batch > 0) {
+        const result = await batchedDecode(model, threads, weightFormat, tokens, batch);
+        console.error(`threads ${threads}, batched decode: ${JSON.stringify(result)}`);
+        Object.assign(runs[runs.length - 1], { batch: result });
       }
     }
   } finally {
