@@ -222,6 +222,47 @@ describe("wasm paged runtime", () => {
     }
   });
 
+  it("dynamic rope: items whose ends give other frequencies run as their own passes, each as alone", async () => {
+    // Past max_position_embeddings (64) dynamic NTK's frequencies depend on the forward's end.
+    const model = await loadTestModel({ ...SMALL_VOCAB, rope: "dynamic", maxPos: 64, seed: 11 });
+    const V = model.config.vocabSize;
+    const p = suiteTokens(41, V, 12);
+    const q = suiteTokens(101, V, 13);
+    const pt = Int32Array.from([2]);
+    const qt = Int32Array.from([0, 1]);
+    const ref = await createReferenceRuntime({ model, maxPositions: 256 });
+    try {
+      await withPaged(model, 1, async (rt) => {
+        const first = await rt.step([
+          { tokens: p.subarray(0, 40), start: 0, table: pt, logits: true },
+          { tokens: q.subarray(0, 100), start: 0, table: qt, logits: true },
+        ]);
+        expect(relativeError(first[0]!, await alone(ref, p.subarray(0, 40)))).toBeLessThanOrEqual(
+          REF,
+        );
+        expect(relativeError(first[1]!, await alone(ref, q.subarray(0, 100)))).toBeLessThanOrEqual(
+          REF,
+        );
+        const next = await rt.step([
+          { tokens: p.subarray(40, 41), start: 40, table: pt, logits: true },
+          { tokens: q.subarray(100, 101), start: 100, table: qt, logits: true },
+        ]);
+        // Alone: the same pieces, so cached keys keep the rotation they were written with.
+        for (const [i, tokens, cut] of [
+          [0, p, 40],
+          [1, q, 100],
+        ] as const) {
+          ref.truncate(0);
+          await ref.prefill(tokens.subarray(0, cut));
+          const want = await ref.forward(tokens.subarray(cut, cut + 1));
+          expect(relativeError(next[i]!, want)).toBeLessThanOrEqual(REF);
+        }
+      });
+    } finally {
+      await ref.close();
+    }
+  });
+
   it("copyBlocks copies every layer's K/V; export then import elsewhere continues identically", async () => {
     const model = await loadTestModel(ODD);
     const V = model.config.vocabSize;
