@@ -87,10 +87,12 @@ async function withPaged<T>(
   model: LoadedModel,
   threads: number,
   fn: (rt: PagedRuntime) => Promise<T>,
+  kvDtype: "f32" | "bf16" = "f32",
 ): Promise<T> {
   const rt = await createPagedWasmRuntime({
     model,
     threads,
+    kvDtype,
     maxPositions: 256,
     poolPositions: 16 * BS,
   });
@@ -194,6 +196,33 @@ describe("wasm paged runtime", () => {
           const a = new Float32Array(got.buffer, got.byteOffset, got.byteLength / 4);
           const b = new Float32Array(want.buffer, want.byteOffset, want.byteLength / 4);
           expect(relativeError(a, b)).toBeLessThanOrEqual(SAME);
+        }
+      }
+    } finally {
+      await single.close();
+    }
+  });
+
+  it("bf16 KV: the batch plan == each sequence alone on the single-sequence runtime (2 threads)", async () => {
+    const model = await loadTestModel(ODD);
+    const { seqs, steps } = plan(model.config.vocabSize);
+    const got = await withPaged(model, 2, (rt) => runPlan(rt, steps), "bf16");
+    const single = await createWasmRuntime({
+      model,
+      threads: 1,
+      kvDtype: "bf16",
+      maxPositions: 256,
+    });
+    try {
+      for (const [s, items] of steps.entries()) {
+        for (const [i, item] of items.entries()) {
+          if (!item.logits) continue;
+          const seq = seqs.find((q) => q.table === item.table)!;
+          const upTo = seq.tokens.subarray(0, item.start + item.tokens.length);
+          // Both read K/V back rounded to bf16; what differs is the sums' order and where a
+          // prefill's keys were cut into micro-batches, so the suite's bf16 bound.
+          const err = relativeError(got[s][i]!, await alone(single, upTo));
+          expect(err).toBeLessThanOrEqual(INVARIANT_TOLERANCE.bf16);
         }
       }
     } finally {
