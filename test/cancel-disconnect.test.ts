@@ -23,6 +23,9 @@ beforeAll(async () => {
     modelDir: await testModelDir(),
     modelId: "tiny",
     runtime: "reference",
+    // One generation at a time, so a request can be queued behind another on purpose (the batched
+    // scheduler's cancellations: test/batching-serve.test.ts).
+    maxSeqs: 1,
     store: scratchDir("snapshots"),
     snapshotChunkTokens: 32,
     maxPositions: 4096,

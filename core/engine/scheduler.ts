@@ -16,8 +16,9 @@
 //      a sequence that alone cannot fit fails with LimitError;
 //   4. one runtime.step() over all pieces; each call resolves once its last piece has run.
 //
-// Between steps it yields to the event loop once, so the drivers whose tokens just came back can
-// sample and submit the next token in time for the next step. Cancellation: a queued call whose
+// Before a step it yields to the event loop (a few turns at most, only while some open sequence has
+// no call queued), so the drivers whose tokens just came back can sample, stream and submit the
+// next token in time for the same step. Cancellation: a queued call whose
 // signal fires is rejected and its sequence keeps only what it held before the call; a step is
 // never interrupted for one sequence (it is at most maxBatchTokens long).
 
@@ -71,7 +72,17 @@ interface Piece {
   n: number;
 }
 
-const nextTurn = () => new Promise<void>((resolve) => setTimeout(resolve, 0));
+/** One turn of the event loop (setImmediate where there is one: it runs right after I/O). */
+const nextTurn: () => Promise<void> =
+  typeof setImmediate === "function"
+    ? () => new Promise((resolve) => setImmediate(resolve))
+    : () => new Promise((resolve) => setTimeout(resolve, 0));
+
+/**
+ * Turns of the event loop a step waits for open sequences that have no call queued (a driver
+ * between tokens: sampling, streaming its token out) before it starts without them.
+ */
+const GATHER_TURNS = 4;
 
 export class BatchScheduler implements SequenceHost {
   readonly runtime: PagedRuntime;
@@ -224,18 +235,26 @@ export class BatchScheduler implements SequenceHost {
     try {
       for (;;) {
         while (this.#exclusive.length) await this.#exclusive.shift()?.();
+        for (let turn = 0; turn < GATHER_TURNS && this.#idle() > 0; turn++) await nextTurn();
+        while (this.#exclusive.length) await this.#exclusive.shift()?.();
         this.#dropCancelled();
         if (this.#calls.length === 0) break;
         const pieces = await this.#plan();
         if (pieces.length === 0) continue; // #plan failed a call that cannot fit; look again
         await this.#step(pieces);
-        await nextTurn();
       }
     } finally {
       this.#pumping = false;
     }
     // Work queued by the last resolutions (after the loop saw none) starts a new pump.
     if (this.#calls.length || this.#exclusive.length) this.#kick();
+  }
+
+  /** Open sequences with no call queued. */
+  #idle(): number {
+    let n = 0;
+    for (const s of this.#sequences) if (!s.busy) n++;
+    return n;
   }
 
   #dropCancelled(): void {

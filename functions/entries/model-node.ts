@@ -4,7 +4,9 @@
 // tokenizer (for the driver's stop strings), the snapshot store and its nonce ledger, the driver
 // engine; then listens. The Hono app itself (functions/model/app.ts) knows none of this.
 import { resolve } from "node:path";
+import type { PagedRuntime } from "../../core/engine/paged-runtime.ts";
 import { describeChoice, type RuntimeOptions } from "../../core/engine/registry.ts";
+import type { Runtime } from "../../core/engine/runtime.ts";
 import { InvalidInputError } from "../../core/errors.ts";
 import type { KvDtype } from "../../core/kv/layout.ts";
 import type { SnapshotStore } from "../../core/kv/store.ts";
@@ -43,6 +45,14 @@ export interface ModelFunctionOptions {
   kvDtype?: KvDtype;
   /** Weights in memory (default: the checkpoint's); a runtime without the format refuses. */
   weightFormat?: RuntimeOptions["weightFormat"];
+  /**
+   * Generations that run at once (continuous batching, docs/batching.md). Default: where the
+   * runtime batches, one per 2048 positions of the KV pool, 1 to 32; 1 runs one at a time on the
+   * single-sequence runtime. A runtime that cannot batch refuses more than 1.
+   */
+  maxSeqs?: number;
+  /** Most tokens one batched step runs (default DEFAULT_MAX_BATCH_TOKENS). */
+  maxBatchTokens?: number;
   maxWaiting?: number;
   keepAliveMs?: number;
   log?: LogSink;
@@ -85,14 +95,27 @@ export async function startModelFunction(options: ModelFunctionOptions): Promise
       `--max-positions ${maxPositions} is beyond the model's context (max_position_embeddings ${model.config.maxPositionEmbeddings})`,
     );
   }
-  // Runtime workers start while the tokenizer loads on this thread.
-  const creating = choice.factory.create({
+  const createPaged = choice.factory.createPaged;
+  if ((options.maxSeqs ?? 0) > 1 && !createPaged) {
+    throw new InvalidInputError(
+      `runtime '${choice.factory.name}' runs one sequence at a time; --max-seqs ${options.maxSeqs} needs a runtime that batches (wasm, reference)`,
+    );
+  }
+  const maxSeqs =
+    options.maxSeqs ??
+    (createPaged ? Math.min(32, Math.max(1, Math.floor(maxPositions / 2048))) : 1);
+  const runtimeOptions: RuntimeOptions = {
     model,
     maxPositions,
     threads: options.threads,
     kvDtype: options.kvDtype,
     weightFormat: options.weightFormat,
-  });
+  };
+  // Runtime workers start while the tokenizer loads on this thread.
+  const creating: Promise<Runtime | PagedRuntime> =
+    createPaged && maxSeqs > 1
+      ? createPaged(runtimeOptions)
+      : choice.factory.create(runtimeOptions);
   // A refusal (bad --max-positions, dtype) may come while the tokenizer loads: it is awaited below,
   // and must not count as an unhandled rejection, which would end the process with a stack trace.
   creating.catch(() => {});
@@ -120,7 +143,10 @@ export async function startModelFunction(options: ModelFunctionOptions): Promise
   const engine = await createDriverEngine({
     modelId: options.modelId,
     model,
-    runtime,
+    runtime:
+      "step" in runtime
+        ? { paged: runtime, maxSeqs, maxBatchTokens: options.maxBatchTokens }
+        : runtime,
     tokenizer,
     store: store
       ? {
@@ -133,6 +159,7 @@ export async function startModelFunction(options: ModelFunctionOptions): Promise
           masterKeys: options.snapshotKeys,
         }
       : undefined,
+    chunkTokens: options.snapshotChunkTokens,
     saltSecret: options.saltSecret,
     sha256: nodeSha256,
   }).catch(unwind);

@@ -81,7 +81,8 @@ export async function createModelApp(options: ModelAppOptions): Promise<ModelApp
     ledger: options.nonceLedger,
   });
   const engine = options.engine;
-  const queue = new GenerationQueue(1, options.maxWaiting ?? 8);
+  // One generation per sequence the engine runs at once (1, or --max-seqs with batching).
+  const queue = new GenerationQueue(engine.info().maxSeqs, options.maxWaiting ?? 8);
   const metrics = new Metrics();
   metrics.counter("ul_model_requests_total", "Requests by route and status class");
   metrics.counter("ul_model_prompt_tokens_total", "Prompt tokens received");
@@ -108,6 +109,56 @@ export async function createModelApp(options: ModelAppOptions): Promise<ModelApp
     "Snapshot bytes restored",
     () => engine.snapshotBytes?.().read ?? 0,
   );
+
+  const batch = engine.batchStats?.bind(engine);
+  if (batch) {
+    metrics.gauge(
+      "ul_model_seqs_running",
+      "Sequences open in the batch scheduler",
+      () => batch().sequences,
+    );
+    metrics.gauge(
+      "ul_model_seqs_waiting",
+      "Sequences with tokens queued for the next step",
+      () => batch().waiting,
+    );
+    metrics.gauge(
+      "ul_model_seqs_swapped",
+      "Sequences preempted (KV held as bytes)",
+      () => batch().swapped,
+    );
+    metrics.gauge(
+      "ul_model_kv_blocks_used",
+      "KV blocks in sequences' tables",
+      () => batch().blocks.used,
+    );
+    metrics.gauge(
+      "ul_model_kv_blocks_cached",
+      "KV blocks of ended sequences kept for shared prefixes",
+      () => batch().blocks.cached,
+    );
+    metrics.gauge("ul_model_kv_blocks_free", "KV blocks free", () => batch().blocks.free);
+    metrics.gauge(
+      "ul_model_batch_steps",
+      "Batched forward steps (cumulative)",
+      () => batch().steps,
+    );
+    metrics.gauge(
+      "ul_model_batch_tokens",
+      "Tokens in all steps (cumulative; / steps = mean batch)",
+      () => batch().stepTokens,
+    );
+    metrics.gauge(
+      "ul_model_batch_sequences",
+      "Sequences in all steps (cumulative; / steps = mean)",
+      () => batch().stepSequences,
+    );
+    metrics.gauge(
+      "ul_model_preemptions",
+      "Sequences preempted so far (cumulative)",
+      () => batch().preemptions,
+    );
+  }
 
   // Which runtime, kernels and KV dtype serve: a constant 1 whose labels say it (Prometheus' *_info).
   const served = engine.info();

@@ -4,16 +4,21 @@
 // Streamed prompts (the edge sends frames while the client is still uploading) go into the driver
 // as they arrive: prefill overlaps the upload chunk by chunk (docs/driver.md).
 
+import { BlockPrefixIndex, createBlockPrefixCache } from "../../core/engine/block-prefix-cache.ts";
 import {
   type DriverEvent,
   eosTokenIds,
   SequenceDriver,
   tokenTextDecoder,
 } from "../../core/engine/driver.ts";
+import type { PagedRuntime } from "../../core/engine/paged-runtime.ts";
 import type { PrefixCache } from "../../core/engine/prefix-cache.ts";
 import type { Runtime } from "../../core/engine/runtime.ts";
+import { BatchScheduler, type SchedulerStats } from "../../core/engine/scheduler.ts";
+import { InvalidInputError } from "../../core/errors.ts";
 import { toHex } from "../../core/hash/hex.ts";
 import type { OneShotSha256 } from "../../core/hash/sha256.ts";
+import { chainKeys } from "../../core/kv/chain-key.ts";
 import { kvBytesPerToken } from "../../core/kv/layout.ts";
 import { createSnapshotCache, type SnapshotCache } from "../../core/kv/snapshot-cache.ts";
 import type { SnapshotStore } from "../../core/kv/store.ts";
@@ -34,12 +39,21 @@ export interface DriverEngineOptions {
   /** Model id reported in readiness. */
   modelId: string;
   model: LoadedModel;
-  runtime: Runtime;
+  /**
+   * One sequence at a time on a Runtime, or many at once on a PagedRuntime (continuous batching,
+   * docs/batching.md): `maxSeqs` generations run together, steps of at most `maxBatchTokens`.
+   */
+  runtime: Runtime | { paged: PagedRuntime; maxSeqs: number; maxBatchTokens?: number };
   /** For token text and stop strings. */
   tokenizer: DecoderFactory;
   /** Snapshot store; without one, no snapshots (the runtime still reuses a held prefix). */
   /** masterKeys: snapshot encryption keys, first seals (functions/node/snapshot-keys.ts). */
   store?: { store: SnapshotStore; name: string; chunkTokens?: number; masterKeys?: Uint8Array[] };
+  /**
+   * Prefix chunk in tokens for shared KV blocks when there is no store (with one, its
+   * chunkTokens); default 512. A multiple of the runtime's KV block.
+   */
+  chunkTokens?: number;
   /**
    * Secret from which per-tenant snapshot salts are derived: salt = HMAC(secret, tenant). Server
    * side only, so a client can never pick another tenant's salt.
@@ -58,18 +72,35 @@ export interface DriverEngineOptions {
   sha256?: OneShotSha256;
 }
 
-/** One tenant's snapshot cache: created once, so simultaneous first requests share it. */
+/**
+ * One tenant's prefix cache: created once, so simultaneous first requests share it. `cache` is
+ * the snapshot cache (with a store); `prefix` what the driver gets: the snapshot cache, or with
+ * batching the shared-block cache in front of it.
+ */
 interface TenantCache {
-  ready: Promise<SnapshotCache>;
+  ready: Promise<PrefixCache | undefined>;
   cache?: SnapshotCache;
 }
 
 export async function createDriverEngine(options: DriverEngineOptions): Promise<ModelEngine> {
-  const { runtime, model } = options;
-  const driver = new SequenceDriver(runtime, {
-    eosTokenIds: eosTokenIds(model),
-    clock: options.clock,
-  });
+  const { model } = options;
+  const batched = "paged" in options.runtime ? options.runtime : null;
+  const single = "paged" in options.runtime ? null : options.runtime;
+  const scheduler = batched
+    ? new BatchScheduler(batched.paged, { maxBatchTokens: batched.maxBatchTokens })
+    : null;
+  const index = scheduler ? new BlockPrefixIndex(scheduler.pool) : null;
+  const rtInfo = batched ? batched.paged.info : (single as Runtime).info;
+  const chunkTokens = options.store?.chunkTokens ?? options.chunkTokens ?? 512;
+  if (batched && chunkTokens % batched.paged.info.blockTokens !== 0) {
+    throw new InvalidInputError(
+      `the prefix chunk (${chunkTokens} tokens) must be whole KV blocks of ${batched.paged.info.blockTokens}`,
+    );
+  }
+  const eos = eosTokenIds(model);
+  const driver = single
+    ? new SequenceDriver(single, { eosTokenIds: eos, clock: options.clock })
+    : null;
   const fingerprint = await model.fingerprint();
   const saltKey = await importSigningKey(options.saltSecret);
   const maxCaches = Math.max(1, options.maxTenantCaches ?? 256);
@@ -80,33 +111,45 @@ export async function createDriverEngine(options: DriverEngineOptions): Promise<
   const draining = new Set<Promise<void>>();
   const enc = new TextEncoder();
 
-  function cacheFor(tenant: string): Promise<PrefixCache | undefined> {
+  /** The tenant's prefix cache: its snapshots (with a store) behind its shared blocks (batched). */
+  async function prefixCacheOf(tenant: string, e: TenantCache): Promise<PrefixCache | undefined> {
     const s = options.store;
-    if (!s) return Promise.resolve(undefined);
+    if (!s && !index) return undefined;
+    const tenantSalt = toHex(await hmac(saltKey, enc.encode(`ultralong tenant salt\n${tenant}`)));
+    if (s) {
+      e.cache = createSnapshotCache({
+        store: s.store,
+        modelFingerprint: fingerprint,
+        kvLayout: rtInfo.kv,
+        tenantSalt,
+        chunkTokens,
+        encryption: s.masterKeys?.length ? { masterKeys: s.masterKeys } : undefined,
+        sha256: options.sha256,
+      });
+    }
+    if (!index) return e.cache;
+    const snapshots = e.cache;
+    const ctx = { modelFingerprint: fingerprint, dtype: rtInfo.kv.dtype, tenantSalt };
+    return createBlockPrefixCache({
+      index,
+      chunkTokens,
+      chainKeys: snapshots
+        ? (tokens, chunks) => snapshots.chainKeys(tokens, chunks)
+        : (tokens, chunks) => chainKeys(ctx, tokens, chunkTokens, chunks),
+      next: snapshots,
+    });
+  }
+
+  function cacheFor(tenant: string): Promise<PrefixCache | undefined> {
     let entry = caches.get(tenant);
     if (entry) {
       caches.delete(tenant);
     } else {
-      const e: TenantCache = {
-        ready: hmac(saltKey, enc.encode(`ultralong tenant salt\n${tenant}`)).then(
-          (mac) => {
-            e.cache = createSnapshotCache({
-              store: s.store,
-              modelFingerprint: fingerprint,
-              kvLayout: runtime.info.kv,
-              tenantSalt: toHex(mac),
-              chunkTokens: s.chunkTokens ?? 512,
-              encryption: s.masterKeys?.length ? { masterKeys: s.masterKeys } : undefined,
-              sha256: options.sha256,
-            });
-            return e.cache;
-          },
-          (err) => {
-            if (caches.get(tenant) === e) caches.delete(tenant); // the next request tries again
-            throw err;
-          },
-        ),
-      };
+      const e: TenantCache = { ready: Promise.resolve(undefined) };
+      e.ready = prefixCacheOf(tenant, e).catch((err) => {
+        if (caches.get(tenant) === e) caches.delete(tenant); // the next request tries again
+        throw err;
+      });
       entry = e;
     }
     caches.set(tenant, entry);
@@ -114,7 +157,9 @@ export async function createDriverEngine(options: DriverEngineOptions): Promise<
       const [oldest, evicted] = caches.entries().next().value as [string, TenantCache];
       caches.delete(oldest);
       const done: Promise<void> = evicted.ready
-        .then(async (c) => {
+        .then(async () => {
+          const c = evicted.cache;
+          if (!c) return;
           await c.flush();
           const st = c.stats();
           retired.written += st.bytesUploaded;
@@ -130,24 +175,57 @@ export async function createDriverEngine(options: DriverEngineOptions): Promise<
   const info: EngineInfo = {
     model: options.modelId,
     fingerprint,
-    runtime: runtime.info.name,
-    kernels: runtime.info.kernels,
+    runtime: rtInfo.name,
+    kernels: rtInfo.kernels,
     vocabSize: model.config.vocabSize,
-    maxPositions: runtime.info.maxPositions,
+    maxPositions: rtInfo.maxPositions,
     kv: {
-      dtype: runtime.info.kv.dtype,
-      bytesPerToken: kvBytesPerToken(runtime.info.kv),
-      capacityBytes: runtime.info.kvCapacityBytes,
+      dtype: rtInfo.kv.dtype,
+      bytesPerToken: kvBytesPerToken(rtInfo.kv),
+      capacityBytes: rtInfo.kvCapacityBytes,
     },
     store: options.store?.name ?? "none",
-    ...(runtime.info.weightFormat ? { weights: runtime.info.weightFormat } : {}),
-    ...(runtime.info.sizing ? { sizing: runtime.info.sizing } : {}),
+    maxSeqs: batched ? batched.maxSeqs : 1,
+    ...(batched && scheduler
+      ? {
+          batching: {
+            maxBatchTokens: scheduler.maxBatchTokens,
+            blockTokens: batched.paged.info.blockTokens,
+            totalBlocks: batched.paged.info.totalBlocks,
+          },
+        }
+      : {}),
+    ...(rtInfo.weightFormat ? { weights: rtInfo.weightFormat } : {}),
+    ...(rtInfo.sizing ? { sizing: rtInfo.sizing } : {}),
   };
 
   async function* generate(request: GenerationRequest): AsyncGenerator<ModelEvent> {
-    const { header, signal } = request;
+    const { header } = request;
     const prefixCache = await cacheFor(header.tenant);
     const decoder = options.tokenizer.createDecoder({ skipSpecialTokens: true });
+    // Batched: a sequence of its own for this request (its blocks go back when it ends).
+    const seq = scheduler?.open(header.tenant);
+    try {
+      yield* run(
+        seq
+          ? new SequenceDriver(seq, { eosTokenIds: eos, clock: options.clock })
+          : (driver as SequenceDriver),
+        request,
+        prefixCache,
+        decoder,
+      );
+    } finally {
+      await seq?.close();
+    }
+  }
+
+  async function* run(
+    driver: SequenceDriver,
+    request: GenerationRequest,
+    prefixCache: PrefixCache | undefined,
+    decoder: ReturnType<DecoderFactory["createDecoder"]>,
+  ): AsyncGenerator<ModelEvent> {
+    const { header, signal } = request;
     // The verified frames go straight in: the driver checks each token once and prefills each
     // chunk as soon as its tokens are there.
     const events = driver.generate({
@@ -219,10 +297,11 @@ export async function createDriverEngine(options: DriverEngineOptions): Promise<
       }
       return { written, read };
     },
+    ...(scheduler ? { batchStats: (): SchedulerStats => scheduler.stats() } : {}),
     async close() {
       for (const { ready } of caches.values()) await (await ready.catch(() => undefined))?.flush();
       await Promise.all(draining);
-      await runtime.close();
+      await (batched ? batched.paged.close() : single?.close());
     },
   };
 }

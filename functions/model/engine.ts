@@ -1,6 +1,7 @@
 // What the model function app needs from the model: generate events for a (streamed) prompt, and
 // describe itself for readiness. `createDriverEngine` (driver-engine.ts) implements it over the
 // runtime registry, the sequence driver and the snapshot cache; the app knows none of those.
+import type { SchedulerStats } from "../../core/engine/scheduler.ts";
 import type { ModelEvent } from "../../core/protocol/events.ts";
 import type { GenerateHeader } from "../../core/protocol/header.ts";
 
@@ -22,6 +23,10 @@ export interface EngineInfo {
   weights?: string;
   /** Why the runtime sized itself so, when it chose (RuntimeInfo.sizing). */
   sizing?: string;
+  /** Generations that run at once: 1, or with continuous batching `--max-seqs`. */
+  maxSeqs: number;
+  /** With continuous batching: the step budget and the KV block pool (docs/batching.md). */
+  batching?: { maxBatchTokens: number; blockTokens: number; totalBlocks: number };
 }
 
 export interface GenerationRequest {
@@ -37,5 +42,7 @@ export interface ModelEngine {
   generate(request: GenerationRequest): AsyncIterable<ModelEvent>;
   /** Snapshot bytes written and read so far (metrics). */
   snapshotBytes?(): { written: number; read: number };
+  /** With continuous batching: the scheduler's counters (metrics). */
+  batchStats?(): SchedulerStats;
   close(): Promise<void>;
 }

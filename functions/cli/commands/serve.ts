@@ -34,7 +34,11 @@ options:
                      the user cache directory as demo-api-key, so it is the same every start)
   --threads N        worker threads for CPU runtimes (default: all cores)
   --runtime NAME     auto|reference|wasm|native-wasm|cuda (default auto)
-  --max-positions N  KV positions (default: min(model's context, 131072))
+  --max-positions N  KV positions (default: min(model's context, 131072)); with batching,
+                     the KV pool all sequences share, and one sequence's limit
+  --max-seqs N       generations at once, batched (default: one per 2048 KV positions, at
+                     most 32, where the runtime batches; 1: one at a time)
+  --max-batch-tokens N  most tokens one batched step runs (default 256)
   --kv-dtype D       KV cache element type: ${KV_DTYPE_HELP} (default: the runtime's)
   --weights W        weights in memory: ${WEIGHTS_HELP}
                      (default: the checkpoint's)
@@ -176,6 +180,8 @@ export const command: Command = {
         threads: { type: "string" },
         runtime: { type: "string" },
         "max-positions": { type: "string" },
+        "max-seqs": { type: "string" },
+        "max-batch-tokens": { type: "string" },
         "kv-dtype": { type: "string" },
         weights: { type: "string" },
         role: { type: "string" },
@@ -194,6 +200,10 @@ export const command: Command = {
     const threads = intOption("threads", values.threads);
     const maxPositions = intOption("max-positions", values["max-positions"]);
     if (maxPositions === 0) throw new InvalidInputError("--max-positions must be at least 1");
+    const maxSeqs = intOption("max-seqs", values["max-seqs"]);
+    if (maxSeqs === 0) throw new InvalidInputError("--max-seqs must be at least 1");
+    const maxBatchTokens = intOption("max-batch-tokens", values["max-batch-tokens"]);
+    if (maxBatchTokens === 0) throw new InvalidInputError("--max-batch-tokens must be at least 1");
     const kvDtype = kvDtypeOption(values["kv-dtype"]);
     const weightFormat = weightsOption(values.weights);
     if (values["api-key"] !== undefined && (values["api-keys"] || role === "model"))
@@ -223,12 +233,16 @@ export const command: Command = {
       runtime: values.runtime,
       threads,
       maxPositions,
+      maxSeqs,
+      maxBatchTokens,
       kvDtype,
       weightFormat,
       env: io.env,
     });
     const info = server.engine.info();
-    say(`${server.runtimeChoice}; kernels ${info.kernels}; KV ${info.kv.dtype}`);
+    say(
+      `${server.runtimeChoice}; kernels ${info.kernels}; KV ${info.kv.dtype}; ${info.batching ? `batching up to ${info.maxSeqs} sequences, ${info.batching.maxBatchTokens} tokens a step, KV blocks of ${info.batching.blockTokens}` : "one sequence at a time"}`,
+    );
     if (info.sizing) say(info.sizing);
     if (role === "model") {
       io.stdout.write(
