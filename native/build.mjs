@@ -22,6 +22,7 @@ const WASM_EXPORTS = [
   "ul_status_name",
   "ul_backend_compiled",
   "ul_engine_create",
+  "ul_engine_create_paged",
   "ul_engine_destroy",
   "ul_engine_last_error",
   "ul_engine_set_tensor",
@@ -32,9 +33,14 @@ const WASM_EXPORTS = [
   "ul_engine_truncate",
   "ul_engine_export_kv",
   "ul_engine_import_kv",
+  "ul_engine_step",
+  "ul_engine_copy_blocks",
+  "ul_engine_export_kv_paged",
+  "ul_engine_import_kv_paged",
   "ul_engine_memory",
   "ul_engine_backend_info",
   "ul_wasm_config_layout",
+  "ul_wasm_step_item_layout",
 ];
 
 function have(cmd, args = ["--version"]) {

@@ -2,7 +2,7 @@
 // Thin by design: check argument types, call the ABI, convert results; every failure throws an
 // Error whose `status` is the ul_status number (native/ts/addon-host.ts maps it to typed errors).
 // The engine handle is an external with a finalizer, so a forgotten close still frees the GPU.
-// forwardAsync runs the forward pass on a libuv worker thread (a 4096-token GPU chunk must not
+// forwardAsync and stepAsync run the forward pass on a libuv worker thread (a 4096-token GPU chunk must not
 // block the event loop); while it runs the engine is busy and every other call on it is refused.
 #include <node_api.h>
 
@@ -117,9 +117,17 @@ napi_value BackendCompiled(napi_env env, napi_callback_info info) {
   return out;
 }
 
-// create(config: {hiddenSize, ..., invFreq: Float64Array, ...}): external
+// create(config: {hiddenSize, ..., invFreq: Float64Array, ...}[, blockTokens, totalBlocks]): external
+// With the pool sizes it is ul_engine_create_paged.
 napi_value Create(napi_env env, napi_callback_info info) {
-  ARGS(1);
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
+  if (argc < 1) return throw_type(env, "missing arguments");
+  int32_t block_tokens = 0, total_blocks = 0;
+  bool paged = argc >= 3;
+  if (paged && (!get_i32(env, argv[1], &block_tokens) || !get_i32(env, argv[2], &total_blocks)))
+    return throw_type(env, "create(config, blockTokens, totalBlocks)");
   ul_config c{};
   napi_value cfg = argv[0], inv;
   c.hidden_size = prop_i32(env, cfg, "hiddenSize");
@@ -148,7 +156,7 @@ napi_value Create(napi_env env, napi_callback_info info) {
     return throw_type(env, "invFreq must be a Float64Array of rotaryDim / 2 values");
   c.inv_freq = static_cast<const double*>(inv_data);
   ul_engine* e = nullptr;
-  ul_status st = ul_engine_create(&c, &e);
+  ul_status st = paged ? ul_engine_create_paged(&c, block_tokens, total_blocks, &e) : ul_engine_create(&c, &e);
   if (st != UL_OK) return throw_status(env, st, ul_engine_last_error(nullptr));
   Handle* h = new Handle{e, c.vocab_size};
   napi_value out;
@@ -316,6 +324,7 @@ napi_value Memory(napi_env env, napi_callback_info info) {
 
 
 // forwardAsync(h, tokens: Int32Array, wantLogits): Promise<Float32Array | null>
+// stepAsync(h, items: {tokens, start, table, logits}[]): Promise<Float32Array | null> (paged engine)
 struct ForwardWork {
   Handle* h;
   napi_ref keep;  // keeps the external (and so the Handle) alive while the worker runs
@@ -323,14 +332,27 @@ struct ForwardWork {
   napi_async_work work;
   std::vector<int32_t> tokens;
   std::vector<float> logits;  // empty: no logits wanted
+  // stepAsync: every item's tokens and table copied (the caller's arrays may change meanwhile).
+  bool step = false;
+  std::vector<std::vector<int32_t>> item_tokens, item_tables;
+  std::vector<ul_step_item> items;
   ul_status status = UL_OK;
   std::string error;
 };
 
 void forward_execute(napi_env, void* data) {  // worker thread: no N-API calls here
   ForwardWork* w = static_cast<ForwardWork*>(data);
-  w->status = ul_engine_forward(w->h->engine, w->tokens.data(), static_cast<int32_t>(w->tokens.size()),
-                                w->logits.empty() ? nullptr : w->logits.data());
+  if (w->step) {
+    for (size_t i = 0; i < w->items.size(); ++i) {
+      w->items[i].tokens = w->item_tokens[i].data();
+      w->items[i].table = w->item_tables[i].data();
+    }
+    w->status = ul_engine_step(w->h->engine, static_cast<int32_t>(w->items.size()), w->items.data(),
+                               w->logits.empty() ? nullptr : w->logits.data());
+  } else {
+    w->status = ul_engine_forward(w->h->engine, w->tokens.data(), static_cast<int32_t>(w->tokens.size()),
+                                  w->logits.empty() ? nullptr : w->logits.data());
+  }
   if (w->status != UL_OK) w->error = ul_engine_last_error(w->h->engine);
 }
 
@@ -367,6 +389,18 @@ void forward_complete(napi_env env, napi_status, void* data) {
   delete w;
 }
 
+/** Queues `w` on a worker thread (the engine is busy until it completes); its promise. */
+napi_value queue_work(napi_env env, ForwardWork* w, napi_value handle, const char* what) {
+  napi_value promise, name;
+  napi_create_promise(env, &w->deferred, &promise);
+  napi_create_reference(env, handle, 1, &w->keep);
+  napi_create_string_utf8(env, what, NAPI_AUTO_LENGTH, &name);
+  napi_create_async_work(env, nullptr, name, forward_execute, forward_complete, w, &w->work);
+  w->h->busy = true;
+  napi_queue_async_work(env, w->work);
+  return promise;
+}
+
 napi_value ForwardAsync(napi_env env, napi_callback_info info) {
   ARGS(3);
   Handle* h = get_handle(env, argv[0]);
@@ -380,14 +414,103 @@ napi_value ForwardAsync(napi_env env, napi_callback_info info) {
   const int32_t* t = static_cast<const int32_t*>(tokens);
   w->tokens.assign(t, t + bytes / 4);  // copied: the caller's array may change meanwhile
   if (want) w->logits.resize(static_cast<size_t>(h->vocab));
-  napi_value promise, name;
-  napi_create_promise(env, &w->deferred, &promise);
-  napi_create_reference(env, argv[0], 1, &w->keep);
-  napi_create_string_utf8(env, "ul_engine_forward", NAPI_AUTO_LENGTH, &name);
-  napi_create_async_work(env, nullptr, name, forward_execute, forward_complete, w, &w->work);
-  h->busy = true;
-  napi_queue_async_work(env, w->work);
-  return promise;
+  return queue_work(env, w, argv[0], "ul_engine_forward");
+}
+
+/** Copies an Int32Array argument (false when it is not one). */
+bool int32s(napi_env env, napi_value v, std::vector<int32_t>* out) {
+  napi_typedarray_type type;
+  size_t length = 0, offset = 0;
+  void* data = nullptr;
+  napi_value buffer;
+  if (napi_get_typedarray_info(env, v, &type, &length, &data, &buffer, &offset) != napi_ok || type != napi_int32_array)
+    return false;
+  const int32_t* p = static_cast<const int32_t*>(data);
+  out->assign(p, p + length);
+  return true;
+}
+
+napi_value StepAsync(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  Handle* h = get_handle(env, argv[0]);
+  uint32_t n = 0;
+  bool is_array = false;
+  napi_is_array(env, argv[1], &is_array);
+  if (!h || !is_array) return no_handle(env, "stepAsync(h, items[])");
+  napi_get_array_length(env, argv[1], &n);
+  auto* w = new ForwardWork();
+  w->h = h;
+  w->step = true;
+  w->item_tokens.resize(n);
+  w->item_tables.resize(n);
+  w->items.resize(n);
+  size_t wanted = 0;
+  for (uint32_t i = 0; i < n; ++i) {
+    napi_value item, tokens, table, want;
+    napi_get_element(env, argv[1], i, &item);
+    bool logits = false;
+    napi_get_named_property(env, item, "tokens", &tokens);
+    napi_get_named_property(env, item, "table", &table);
+    napi_get_named_property(env, item, "logits", &want);
+    napi_get_value_bool(env, want, &logits);
+    if (!int32s(env, tokens, &w->item_tokens[i]) || !int32s(env, table, &w->item_tables[i])) {
+      delete w;
+      return throw_type(env, "stepAsync: every item needs Int32Array tokens and table");
+    }
+    ul_step_item& it = w->items[i];
+    it.n_tokens = static_cast<int32_t>(w->item_tokens[i].size());
+    it.start = prop_i32(env, item, "start");
+    it.n_blocks = static_cast<int32_t>(w->item_tables[i].size());
+    it.want_logits = logits ? 1 : 0;
+    wanted += logits ? 1 : 0;
+  }
+  w->logits.resize(wanted * static_cast<size_t>(h->vocab));
+  return queue_work(env, w, argv[0], "ul_engine_step");
+}
+
+// copyBlocks(h, pairs: Int32Array)
+napi_value CopyBlocks(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  Handle* h = get_handle(env, argv[0]);
+  std::vector<int32_t> pairs;
+  if (!h || !int32s(env, argv[1], &pairs)) return no_handle(env, "copyBlocks(h, Int32Array)");
+  return check(env, h, ul_engine_copy_blocks(h->engine, static_cast<int32_t>(pairs.size() / 2), pairs.data()));
+}
+
+// exportKvPaged(h, table: Int32Array, start, end, dtype, bytes): Uint8Array
+napi_value ExportKvPaged(napi_env env, napi_callback_info info) {
+  ARGS(6);
+  Handle* h = get_handle(env, argv[0]);
+  std::vector<int32_t> table;
+  int32_t s, e, dt;
+  double bytes;
+  if (!h || !int32s(env, argv[1], &table) || !get_i32(env, argv[2], &s) || !get_i32(env, argv[3], &e) ||
+      !get_i32(env, argv[4], &dt) || !get_f64(env, argv[5], &bytes))
+    return no_handle(env, "exportKvPaged(h, table, start, end, dtype, bytes)");
+  napi_value ab, out;
+  void* p = nullptr;
+  size_t n = static_cast<size_t>(bytes);
+  napi_create_arraybuffer(env, n, &p, &ab);
+  napi_create_typedarray(env, napi_uint8_array, n, ab, 0, &out);
+  ul_status st = ul_engine_export_kv_paged(h->engine, table.data(), static_cast<int32_t>(table.size()), s, e,
+                                           static_cast<ul_dtype>(dt), p, n);
+  if (st != UL_OK) return throw_status(env, st, ul_engine_last_error(h->engine));
+  return out;
+}
+
+// importKvPaged(h, table: Int32Array, start, bytes: Uint8Array, tokens, dtype)
+napi_value ImportKvPaged(napi_env env, napi_callback_info info) {
+  ARGS(6);
+  Handle* h = get_handle(env, argv[0]);
+  std::vector<int32_t> table;
+  void* data = nullptr;
+  size_t bytes = 0;
+  int32_t s, tokens, dt;
+  if (!h || !int32s(env, argv[1], &table) || !get_i32(env, argv[2], &s) || !typed_array(env, argv[3], &data, &bytes) ||
+      !get_i32(env, argv[4], &tokens) || !get_i32(env, argv[5], &dt))
+    return no_handle(env, "importKvPaged(h, table, start, Uint8Array, tokens, dtype)");
+  return check(env, h, ul_engine_import_kv_paged(h->engine, table.data(), static_cast<int32_t>(table.size()), s, data,
+                                                  bytes, tokens, static_cast<ul_dtype>(dt)));
 }
 
 napi_value Destroy(napi_env env, napi_callback_info info) {
@@ -422,6 +545,10 @@ napi_value Init(napi_env env, napi_value exports) {
       {"importKv", nullptr, ImportKv, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"memory", nullptr, Memory, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"backendInfo", nullptr, BackendInfo, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"stepAsync", nullptr, StepAsync, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"copyBlocks", nullptr, CopyBlocks, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"exportKvPaged", nullptr, ExportKvPaged, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"importKvPaged", nullptr, ImportKvPaged, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"destroy", nullptr, Destroy, nullptr, nullptr, nullptr, napi_default, nullptr},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);

@@ -1,12 +1,23 @@
 /*
  * ul_engine.h: the C ABI of the native core (ARCHITECTURE.md, native/).
  *
- * One engine = one model's weights + ONE sequence's KV cache, on one kernel set ("backend"):
+ * One engine = one model's weights + a KV pool, on one kernel set ("backend"):
  *   UL_BACKEND_REFERENCE  portable C++ loops, the oracle (also what the emscripten build runs)
  *   UL_BACKEND_CUDA       bf16 storage, fp32 accumulation, tensor cores (needs a CUDA build + GPU)
  *
+ * Two forms over one implementation:
+ *   single sequence  ul_engine_create: the engine holds ONE sequence's position; forward / truncate /
+ *                    export_kv / import_kv / sample act on it. Inside it is a pool of
+ *                    ceil(max_positions / 64) blocks of 64 positions and one contiguous block table.
+ *   paged            ul_engine_create_paged: a pool of total_blocks blocks of block_tokens positions
+ *                    and no per-sequence state; every call names the block table of the sequence it
+ *                    acts on (ul_engine_step, ul_engine_copy_blocks, ul_engine_export_kv_paged,
+ *                    ul_engine_import_kv_paged). Position p of a table lives in pool slot
+ *                    table[p / block_tokens] * block_tokens + p % block_tokens.
+ *
  * Lifecycle:
  *   ul_engine_create(&config, &engine)       shapes, rope, KV dtype, capacity; allocates the cache
+ *     (or ul_engine_create_paged(&config, block_tokens, total_blocks, &engine))
  *   ul_engine_set_tensor(...) for every weight  (or ul_engine_load_safetensors per shard)
  *   ul_engine_ready(engine)                  checks that every weight is present
  *   ul_engine_forward / ul_engine_sample / ul_engine_export_kv / ul_engine_import_kv ...
@@ -31,11 +42,13 @@
 extern "C" {
 #endif
 
-#define UL_ABI_VERSION 2
+#define UL_ABI_VERSION 3
 
 /*
- * fp8 KV: one f32 scale per (layer, K|V, kv_head, block of UL_FP8_BLOCK positions), blocks aligned
- * to absolute positions (block b = positions [b * 64, (b + 1) * 64)). x = fp8 * scale.
+ * fp8 KV: one f32 scale per (layer, K|V, kv_head, block of UL_FP8_BLOCK pool slots). A paged fp8
+ * engine needs block_tokens to be a multiple of UL_FP8_BLOCK, so a scale block is 64 consecutive
+ * positions of one sequence, aligned to absolute positions (block b = positions [b * 64, b * 64 + 64))
+ * exactly as in the snapshot layout. x = fp8 * scale.
  */
 #define UL_FP8_BLOCK 64
 
@@ -74,7 +87,7 @@ typedef struct ul_config {
   int32_t rotary_dim;          /* head_dim * partial_rotary_factor */
   const double* inv_freq;      /* (rotary_dim / 2) radians per position; copied at create */
   float attention_scaling;     /* multiplies cos and sin (YaRN mscale; 1 otherwise) */
-  int32_t max_positions;       /* KV capacity to allocate */
+  int32_t max_positions;       /* single: KV capacity to allocate; paged: most positions of ONE sequence */
   ul_dtype kv_dtype;           /* F32 (reference only), BF16, F16 (reference only), FP8_E4M3 */
   ul_backend_kind backend;
   int32_t max_chunk;           /* rows per internal prefill chunk (activation memory); 0 = default */
@@ -82,7 +95,7 @@ typedef struct ul_config {
 
 typedef struct ul_memory_report {
   uint64_t weight_bytes;     /* weights as held by the backend */
-  uint64_t kv_bytes;         /* KV cache at max_positions (incl. fp8 scales) */
+  uint64_t kv_bytes;         /* the KV pool (incl. fp8 scales) */
   uint64_t activation_bytes; /* scratch for one chunk of max_chunk rows */
   uint64_t device_free;      /* CUDA: cudaMemGetInfo free; reference: 0 */
   uint64_t device_total;     /* CUDA: cudaMemGetInfo total; reference: 0 */
@@ -96,6 +109,11 @@ const char* ul_status_name(ul_status status);
 int32_t ul_backend_compiled(ul_backend_kind kind);
 
 ul_status ul_engine_create(const ul_config* config, ul_engine** out);
+/* A paged engine: a KV pool of total_blocks blocks of block_tokens positions (all allocated now).
+ * fp8 KV needs block_tokens % UL_FP8_BLOCK == 0. The single-sequence calls (forward, sample,
+ * position, truncate, export_kv, import_kv) return UL_ERR_STATE on it. */
+ul_status ul_engine_create_paged(const ul_config* config, int32_t block_tokens, int32_t total_blocks,
+                                 ul_engine** out);
 void ul_engine_destroy(ul_engine* engine);
 /* Message of the last failed call on this engine (or of the last failed create when NULL). */
 const char* ul_engine_last_error(const ul_engine* engine);
@@ -139,6 +157,45 @@ ul_status ul_engine_export_kv(ul_engine* engine, int32_t start, int32_t end, ul_
  * UL_FP8_BLOCK, and otherwise writes the dequantised values as a forward would). */
 ul_status ul_engine_import_kv(ul_engine* engine, const void* bytes, size_t n_bytes,
                               int32_t tokens, ul_dtype dtype);
+
+/*
+ * Paged: one sequence's share of a step. New tokens[0..n_tokens) at positions [start, start +
+ * n_tokens); positions [0, start) are already in the blocks of `table`, which must name at least
+ * ceil((start + n_tokens) / block_tokens) blocks (n_blocks may be more; the rest are not read).
+ */
+typedef struct ul_step_item {
+  const int32_t* tokens;
+  int32_t n_tokens;
+  int32_t start;
+  const int32_t* table;
+  int32_t n_blocks;
+  int32_t want_logits; /* 1: this item's last token's vocab_size logits go to logits_out */
+} ul_step_item;
+
+/*
+ * Paged: one forward over every item. Rows of all items go through the projections together (in
+ * pieces of max_chunk rows; an item may straddle two); attention runs per item over its table,
+ * causal within the item. logits_out gets one vocab_size row (f32) per item with want_logits, in
+ * item order (NULL allowed when none wants them). Every item is checked before anything runs (token
+ * ids, start, max_positions -> UL_ERR_LIMIT, table length and block ids -> UL_ERR_INVALID_ARGUMENT):
+ * a refused step writes nothing. Items must not write the same slot; a table may share blocks with
+ * others only below its start (copy-on-write is the caller's, via ul_engine_copy_blocks).
+ */
+ul_status ul_engine_step(ul_engine* engine, int32_t n_items, const ul_step_item* items,
+                         float* logits_out);
+/* Paged: for each pair (pairs[2i], pairs[2i + 1]) = (from, to), block `to` becomes a copy of block
+ * `from` in every layer, K and V (fp8: with its scales). Every id is checked first. */
+ul_status ul_engine_copy_blocks(ul_engine* engine, int32_t n_pairs, const int32_t* pairs);
+/* Paged: ul_engine_export_kv / ul_engine_import_kv for positions [start, end) (import: [start,
+ * start + tokens)) of the sequence whose blocks are `table` (n_blocks ids, at least
+ * ceil(end / block_tokens)). Same payload layout, dtypes and fp8 rules (a range starting at a
+ * multiple of UL_FP8_BLOCK copies fp8 bytes and scales as stored). */
+ul_status ul_engine_export_kv_paged(ul_engine* engine, const int32_t* table, int32_t n_blocks,
+                                    int32_t start, int32_t end, ul_dtype dtype, void* out,
+                                    size_t out_bytes);
+ul_status ul_engine_import_kv_paged(ul_engine* engine, const int32_t* table, int32_t n_blocks,
+                                    int32_t start, const void* bytes, size_t n_bytes,
+                                    int32_t tokens, ul_dtype dtype);
 
 ul_status ul_engine_memory(const ul_engine* engine, ul_memory_report* out);
 

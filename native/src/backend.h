@@ -6,9 +6,11 @@
 //   residual stream       f32                     (rows, hidden)
 //   activations ("act")   backend->act_dtype()    ref: f32, CUDA: bf16
 //   weights               backend->weight_dtype() ref: f32, CUDA: bf16
-//   KV cache              config kv_dtype         (layer, K|V, kv_head, max_pos, head_dim)
+//   KV pool               config kv_dtype         (layer, K|V, kv_head, slots, head_dim)
 //   fp8 KV scales         f32                     (layer, K|V, kv_head, block): x = fp8 * scale,
-//                                                 block = pos / UL_FP8_BLOCK (fp8_blocks(max_pos))
+//                                                 block = slot / UL_FP8_BLOCK (fp8_blocks(slots))
+// A sequence's position p lives in slot table[p / block_tokens] * block_tokens + p % block_tokens
+// (StepPlan); `max_pos` in the args below is the pool's slot count, the stride of a kv head.
 #pragma once
 #include <cmath>
 #include <cstddef>
@@ -17,6 +19,12 @@
 #include <string>
 
 #include "ul_engine.h"
+
+#ifdef __CUDACC__
+#define UL_HOST_DEVICE __host__ __device__
+#else
+#define UL_HOST_DEVICE
+#endif
 
 namespace ul {
 
@@ -35,7 +43,40 @@ inline Status Err(ul_status code, std::string message) { return Status{code, std
     if (!st_.ok()) return st_;    \
   } while (0)
 
-/** Attention over the cache for `rows` queries at positions [pos0, pos0 + rows). */
+/** One item's rows in a step (a piece of the engine's micro-batch). */
+struct StepItemPlan {
+  int row0;       // first row of the item in the micro-batch
+  int rows;       // its rows: positions pos0 .. pos0 + rows - 1
+  int pos0;
+  int table_off;  // its block table: StepPlan::tables[table_off ..]
+};
+
+/**
+ * One micro-batch of a step, on the host: the items' row segments (in row order, covering every
+ * row), their block tables, and per row its position and pool slot. prepare_step hands it to the
+ * backend once per micro-batch (CUDA copies it to the device there, not once per layer).
+ */
+struct StepPlan {
+  int n_items = 0;
+  const StepItemPlan* items = nullptr;
+  const int32_t* tables = nullptr;
+  int table_ints = 0;
+  const int32_t* positions = nullptr;  // (rows)
+  const int32_t* slots = nullptr;      // (rows)
+  int rows = 0;
+  int block_tokens = 0;
+};
+
+/** The slot of position p in the table at `table` (block_tokens positions per block). */
+UL_HOST_DEVICE inline int slot_of(const int32_t* table, int block_tokens, int p) {
+  return table[p / block_tokens] * block_tokens + p % block_tokens;
+}
+
+/**
+ * Attention over the cache. With `plan`: each item's rows attend over its own block table (causal:
+ * the row at position p sees the item's keys 0..p). Without (kernel checks, benchmarks): one item of
+ * `rows` queries at positions [pos0, pos0 + rows) whose slots are its positions.
+ */
 struct AttentionArgs {
   const void* q;        // (rows, heads, head_dim), act dtype, post-RoPE
   const void* k_cache;  // (kv_heads, max_pos, head_dim), kv dtype, this layer
@@ -46,6 +87,7 @@ struct AttentionArgs {
   int rows, heads, kv_heads, head_dim, max_pos, pos0;
   ul_dtype kv_dtype;
   float softmax_scale;  // 1 / sqrt(head_dim)
+  const StepPlan* plan = nullptr;  // the step's items (after prepare_step), or nullptr: see above
 };
 
 /**
@@ -108,12 +150,56 @@ class Backend {
   virtual Status swiglu(const void* gate, const void* up, size_t n, void* out) = 0;
   virtual Status kv_store(const KvStoreArgs& a) = 0;
   virtual Status attention(const AttentionArgs& a) = 0;
+
+  // Paged steps. The defaults run the contiguous ops above once per item (rope) or per run of
+  // consecutive slots (kv_store); CUDA overrides them with one launch for the whole micro-batch.
+  /** Called once per micro-batch before its layers run; the plan stays valid until the next. */
+  virtual Status prepare_step(const StepPlan& plan) {
+    (void)plan;
+    return Status::Ok();
+  }
+  /** rope() of every item's rows at their positions; x (plan.rows, heads, head_dim) act. */
+  virtual Status rope_step(void* x, int heads, int head_dim, int rot_dim, const double* inv_freq,
+                           float scaling, const StepPlan& plan);
+  /** kv_store() of plan.rows rows (a.src) to their slots; a.rows and a.pos0 are ignored. */
+  virtual Status kv_store_step(const KvStoreArgs& a, const StepPlan& plan);
+  /** bytes of device memory set to 0. */
+  virtual Status zero(void* p, size_t bytes) = 0;
+  /** Device to device copy (no overlap). */
+  virtual Status copy_device(void* dst, const void* src, size_t bytes) = 0;
   /** argmax (temperature <= 0) or Gumbel-max sample of logits (vocab) f32 on device. */
   virtual Status sample(const float* logits, int vocab, float temperature, uint64_t seed,
                         uint64_t counter, int32_t* token_host) = 0;
   /** Waits for queued work (CUDA); no-op for the reference. */
   virtual Status sync() = 0;
 };
+
+inline Status Backend::rope_step(void* x, int heads, int head_dim, int rot_dim, const double* inv_freq,
+                                 float scaling, const StepPlan& plan) {
+  size_t row_bytes = static_cast<size_t>(heads) * head_dim * (act_dtype() == UL_DTYPE_F32 ? 4 : 2);
+  for (int i = 0; i < plan.n_items; ++i) {
+    const StepItemPlan& it = plan.items[i];
+    UL_TRY(rope(static_cast<char*>(x) + it.row0 * row_bytes, it.rows, heads, head_dim, rot_dim, it.pos0, inv_freq, scaling));
+  }
+  return Status::Ok();
+}
+
+inline Status Backend::kv_store_step(const KvStoreArgs& a, const StepPlan& plan) {
+  size_t row_bytes = static_cast<size_t>(a.kv_heads) * a.head_dim * (act_dtype() == UL_DTYPE_F32 ? 4 : 2);
+  // Runs of rows whose slots are consecutive (one KV block at most: a run never crosses a block
+  // boundary of the table, and an fp8 scale block lies inside one KV block).
+  for (int r = 0; r < plan.rows;) {
+    int n = 1;
+    while (r + n < plan.rows && plan.slots[r + n] == plan.slots[r] + n && plan.positions[r + n] % plan.block_tokens != 0) ++n;
+    KvStoreArgs s = a;
+    s.src = static_cast<const char*>(a.src) + r * row_bytes;
+    s.rows = n;
+    s.pos0 = plan.slots[r];
+    UL_TRY(kv_store(s));
+    r += n;
+  }
+  return Status::Ok();
+}
 
 std::unique_ptr<Backend> make_reference_backend();
 /** CUDA backend, or NOT_AVAILABLE (not compiled in, no device). Defined in cuda/ or cuda_stub. */
@@ -122,11 +208,6 @@ bool cuda_compiled();
 
 // Counter-based RNG for sampling (SplitMix64): the same on host and device, so the reference and
 // CUDA draw identical noise for the same (seed, counter, index).
-#ifdef __CUDACC__
-#define UL_HOST_DEVICE __host__ __device__
-#else
-#define UL_HOST_DEVICE
-#endif
 UL_HOST_DEVICE inline uint64_t splitmix64(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;

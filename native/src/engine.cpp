@@ -3,6 +3,7 @@
 // (backend.h). Portable C++17: the same file runs in the N-API addon, the emscripten module and the
 // C++ check programs.
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -47,11 +48,17 @@ struct ul_engine {
   uint64_t weight_bytes = 0;
   bool ready = false;
 
-  // KV cache: (layer, K|V, kv_head, max_pos, head_dim) in cfg.kv_dtype;
-  // fp8 scales (layer, K|V, kv_head, fp8_blocks(max_pos)) f32.
+  // KV pool: (layer, K|V, kv_head, slots, head_dim) in cfg.kv_dtype, slots = total_blocks *
+  // block_tokens; fp8 scales (layer, K|V, kv_head, fp8_blocks(slots)) f32.
   void* kv = nullptr;
   float* kv_scale = nullptr;
+  int32_t block_tokens = 0;
+  int32_t total_blocks = 0;
+  int32_t slots = 0;
+  // Single-sequence form: its position, and its table (block b = pool block b).
+  bool paged = false;
   int32_t position = 0;
+  std::vector<int32_t> identity_table;
 
   // Scratch for one chunk of max_chunk rows. act = backend->act_dtype().
   double* inv_freq = nullptr;  // (rotary_dim / 2) f64, device
@@ -62,8 +69,9 @@ struct ul_engine {
   void* v = nullptr;          // (chunk, kv_heads * head_dim) act
   void* gate = nullptr;       // (chunk, intermediate) act
   void* up = nullptr;         // (chunk, intermediate) act
-  float* logits = nullptr;    // (vocab) f32
-  bool have_logits = false;
+  float* logits = nullptr;    // (logit_rows, vocab) f32: rows through lm_head together
+  int logit_rows = 0;
+  bool have_logits = false;   // single form: row 0 holds the last forward's logits (sample)
   uint64_t activation_bytes = 0;
 
   ~ul_engine() {
@@ -85,19 +93,19 @@ struct ul_engine {
   }
 
   size_t kv_es() const { return ul::dtype_size(cfg.kv_dtype); }
-  size_t kv_slice_elems() const {  // one (layer, K|V): (kv_head, max_pos, head_dim)
-    return static_cast<size_t>(cfg.num_kv_heads) * cfg.max_positions * cfg.head_dim;
+  size_t kv_slice_elems() const {  // one (layer, K|V): (kv_head, slots, head_dim)
+    return static_cast<size_t>(cfg.num_kv_heads) * slots * cfg.head_dim;
   }
   void* kv_slice(int layer, int kind) const {
     return static_cast<char*>(kv) + (static_cast<size_t>(layer) * 2 + kind) * kv_slice_elems() * kv_es();
   }
   size_t scale_slice_elems() const {  // one (layer, K|V): (kv_head, block)
-    return static_cast<size_t>(cfg.num_kv_heads) * ul::fp8_blocks(cfg.max_positions);
+    return static_cast<size_t>(cfg.num_kv_heads) * ul::fp8_blocks(slots);
   }
   float* kv_scales(int layer, int kind) const {
     return kv_scale ? kv_scale + (static_cast<size_t>(layer) * 2 + kind) * scale_slice_elems() : nullptr;
   }
-  /** kv_store of `rows` new (rows, kv_heads, head_dim) rows at `src` into (layer, K|V) from pos0. */
+  /** kv_store of `rows` new (rows, kv_heads, head_dim) rows at `src` into (layer, K|V) from slot pos0. */
   ul::KvStoreArgs kv_store_args(int layer, int kind, const void* src, int rows, int pos0) const {
     ul::KvStoreArgs s{};
     s.src = src;
@@ -106,7 +114,7 @@ struct ul_engine {
     s.rows = rows;
     s.kv_heads = cfg.num_kv_heads;
     s.head_dim = cfg.head_dim;
-    s.max_pos = cfg.max_positions;
+    s.max_pos = slots;
     s.pos0 = pos0;
     s.kv_dtype = cfg.kv_dtype;
     return s;
@@ -265,15 +273,44 @@ Status check_ready(ul_engine* e) {
   return Status::Ok();
 }
 
-/** One chunk: rows tokens at positions [position, position + rows); logits of the last if asked. */
-Status run_chunk(ul_engine* e, const int32_t* tokens, int rows, bool want_logits) {
+/** Checks that `table` (n_blocks ids) names pool blocks for positions [0, end). */
+Status check_table(const ul_engine* e, const int32_t* table, int n_blocks, int64_t end, const std::string& what) {
+  int64_t need = (end + e->block_tokens - 1) / e->block_tokens;
+  if (n_blocks < need || (need > 0 && !table))
+    return Err(UL_ERR_INVALID_ARGUMENT, what + ": a block table for " + std::to_string(end) + " positions needs " + std::to_string(need) + " blocks of " + std::to_string(e->block_tokens) + ", got " + std::to_string(n_blocks));
+  for (int64_t b = 0; b < need; ++b)
+    if (table[b] < 0 || table[b] >= e->total_blocks)
+      return Err(UL_ERR_INVALID_ARGUMENT, what + ": block id " + std::to_string(table[b]) + " is outside [0, " + std::to_string(e->total_blocks) + ")");
+  return Status::Ok();
+}
+
+/** Every item of a step, before anything runs: a refused step writes nothing. */
+Status check_items(const ul_engine* e, int n_items, const ul_step_item* items) {
+  const ul_config& c = e->cfg;
+  if (n_items < 0 || (n_items > 0 && !items)) return Err(UL_ERR_INVALID_ARGUMENT, "step: bad item list");
+  for (int i = 0; i < n_items; ++i) {
+    const ul_step_item& it = items[i];
+    std::string what = "step item " + std::to_string(i);
+    if (it.n_tokens <= 0 || !it.tokens) return Err(UL_ERR_INVALID_ARGUMENT, what + ": a forward needs at least one token");
+    if (it.start < 0) return Err(UL_ERR_INVALID_ARGUMENT, what + ": start " + std::to_string(it.start) + " is not a position");
+    int64_t end = static_cast<int64_t>(it.start) + it.n_tokens;
+    if (end > c.max_positions)
+      return Err(UL_ERR_LIMIT, what + ": KV capacity exceeded: " + std::to_string(it.start) + " + " + std::to_string(it.n_tokens) + " > max_positions " + std::to_string(c.max_positions));
+    for (int r = 0; r < it.n_tokens; ++r)
+      if (it.tokens[r] < 0 || it.tokens[r] >= c.vocab_size)
+        return Err(UL_ERR_INVALID_ARGUMENT, what + ": token id " + std::to_string(it.tokens[r]) + " out of range [0, " + std::to_string(c.vocab_size) + ")");
+    UL_TRY(check_table(e, it.table, it.n_blocks, end, what));
+  }
+  return Status::Ok();
+}
+
+/** The layer loop over one micro-batch: plan.rows rows of tokens at their positions and slots. */
+Status run_rows(ul_engine* e, const ul::StepPlan& plan, const int32_t* tokens) {
   const ul_config& c = e->cfg;
   ul::Backend& be = *e->be;
-  int pos0 = e->position;
+  int rows = plan.rows;
   int qd = c.num_heads * c.head_dim, kvd = c.num_kv_heads * c.head_dim;
-  for (int r = 0; r < rows; ++r)
-    if (tokens[r] < 0 || tokens[r] >= c.vocab_size)
-      return Err(UL_ERR_INVALID_ARGUMENT, "token id " + std::to_string(tokens[r]) + " out of range [0, " + std::to_string(c.vocab_size) + ")");
+  UL_TRY(be.prepare_step(plan));
   UL_TRY(be.embed(e->embed, tokens, rows, c.hidden_size, e->x));
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerWeights& L = e->layers[l];
@@ -281,10 +318,10 @@ Status run_chunk(ul_engine* e, const int32_t* tokens, int rows, bool want_logits
     UL_TRY(be.matmul(e->xn, L.q, rows, c.hidden_size, qd, e->q, false));
     UL_TRY(be.matmul(e->xn, L.k, rows, c.hidden_size, kvd, e->k, false));
     UL_TRY(be.matmul(e->xn, L.v, rows, c.hidden_size, kvd, e->v, false));
-    UL_TRY(be.rope(e->q, rows, c.num_heads, c.head_dim, c.rotary_dim, pos0, e->inv_freq, c.attention_scaling));
-    UL_TRY(be.rope(e->k, rows, c.num_kv_heads, c.head_dim, c.rotary_dim, pos0, e->inv_freq, c.attention_scaling));
+    UL_TRY(be.rope_step(e->q, c.num_heads, c.head_dim, c.rotary_dim, e->inv_freq, c.attention_scaling, plan));
+    UL_TRY(be.rope_step(e->k, c.num_kv_heads, c.head_dim, c.rotary_dim, e->inv_freq, c.attention_scaling, plan));
     for (int kind = 0; kind < 2; ++kind)
-      UL_TRY(be.kv_store(e->kv_store_args(l, kind, kind == 0 ? e->k : e->v, rows, pos0)));
+      UL_TRY(be.kv_store_step(e->kv_store_args(l, kind, kind == 0 ? e->k : e->v, rows, 0), plan));
     ul::AttentionArgs a{};
     a.q = e->q;
     a.k_cache = e->kv_slice(l, 0);
@@ -296,10 +333,11 @@ Status run_chunk(ul_engine* e, const int32_t* tokens, int rows, bool want_logits
     a.heads = c.num_heads;
     a.kv_heads = c.num_kv_heads;
     a.head_dim = c.head_dim;
-    a.max_pos = c.max_positions;
-    a.pos0 = pos0;
+    a.max_pos = e->slots;
+    a.pos0 = 0;
     a.kv_dtype = c.kv_dtype;
     a.softmax_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+    a.plan = &plan;
     UL_TRY(be.attention(a));
     UL_TRY(be.matmul(e->xn, L.o, rows, qd, c.hidden_size, e->x, true));
     UL_TRY(be.rmsnorm(e->x, L.ffn_norm, rows, c.hidden_size, c.rms_norm_eps, e->xn));
@@ -308,33 +346,107 @@ Status run_chunk(ul_engine* e, const int32_t* tokens, int rows, bool want_logits
     UL_TRY(be.swiglu(e->gate, e->up, static_cast<size_t>(rows) * c.intermediate_size, e->gate));
     UL_TRY(be.matmul(e->gate, L.down, rows, c.intermediate_size, c.hidden_size, e->x, true));
   }
-  e->position = pos0 + rows;
-  if (want_logits) {
-    const float* last = e->x + static_cast<size_t>(rows - 1) * c.hidden_size;
-    UL_TRY(be.rmsnorm(last, e->norm, 1, c.hidden_size, c.rms_norm_eps, e->xn));
-    std::vector<float> zeros(c.vocab_size, 0.0f);
-    UL_TRY(be.upload(e->logits, zeros.data(), zeros.size() * sizeof(float)));
-    UL_TRY(be.matmul(e->xn, e->lm_head, 1, c.hidden_size, c.vocab_size, e->logits, true));
-    e->have_logits = true;
+  return Status::Ok();
+}
+
+/** Final norm + lm_head of the micro-batch rows `rows` (residual rows of e->x), logit_rows at a
+ *  time; row j's logits go to out + j * vocab (host), or stay in e->logits when out is NULL. */
+Status logits_of_rows(ul_engine* e, const std::vector<int>& rows, float* out) {
+  const ul_config& c = e->cfg;
+  ul::Backend& be = *e->be;
+  size_t act = ul::dtype_size(be.act_dtype()), V = static_cast<size_t>(c.vocab_size);
+  for (size_t at = 0; at < rows.size(); at += e->logit_rows) {
+    int g = static_cast<int>(std::min<size_t>(e->logit_rows, rows.size() - at));
+    for (int j = 0; j < g; ++j)
+      UL_TRY(be.rmsnorm(e->x + static_cast<size_t>(rows[at + j]) * c.hidden_size, e->norm, 1, c.hidden_size, c.rms_norm_eps,
+                        static_cast<char*>(e->xn) + j * c.hidden_size * act));
+    UL_TRY(be.zero(e->logits, g * V * sizeof(float)));
+    UL_TRY(be.matmul(e->xn, e->lm_head, g, c.hidden_size, c.vocab_size, e->logits, true));
+    if (out) UL_TRY(be.download(out + at * V, e->logits, g * V * sizeof(float)));
   }
   return Status::Ok();
 }
 
+/**
+ * One step (items already checked): every item's rows in item order, cut into micro-batches of
+ * max_chunk rows (an item may straddle: its later rows attend to the K/V its earlier rows wrote in
+ * the micro-batch before). Logits rows in item order.
+ */
+Status run_step(ul_engine* e, int n_items, const ul_step_item* items, float* logits_out) {
+  const ul_config& c = e->cfg;
+  const int bt = e->block_tokens, chunk = c.max_chunk;
+  std::vector<ul::StepItemPlan> segs;
+  std::vector<int32_t> tables, positions, slots, tokens;
+  std::vector<int> logit_rows;
+  int out_row = 0;
+  auto flush = [&]() -> Status {
+    if (positions.empty()) return Status::Ok();
+    ul::StepPlan plan;
+    plan.n_items = static_cast<int>(segs.size());
+    plan.items = segs.data();
+    plan.tables = tables.data();
+    plan.table_ints = static_cast<int>(tables.size());
+    plan.positions = positions.data();
+    plan.slots = slots.data();
+    plan.rows = static_cast<int>(positions.size());
+    plan.block_tokens = bt;
+    UL_TRY(run_rows(e, plan, tokens.data()));
+    if (!logit_rows.empty()) {
+      UL_TRY(logits_of_rows(e, logit_rows, logits_out ? logits_out + static_cast<size_t>(out_row) * c.vocab_size : nullptr));
+      out_row += static_cast<int>(logit_rows.size());
+    }
+    segs.clear();
+    tables.clear();
+    positions.clear();
+    slots.clear();
+    tokens.clear();
+    logit_rows.clear();
+    return Status::Ok();
+  };
+  for (int i = 0; i < n_items; ++i) {
+    const ul_step_item& it = items[i];
+    for (int off = 0; off < it.n_tokens;) {
+      int row0 = static_cast<int>(positions.size());
+      int rows = std::min(it.n_tokens - off, chunk - row0), p0 = it.start + off;
+      int need = (p0 + rows + bt - 1) / bt;
+      segs.push_back({row0, rows, p0, static_cast<int>(tables.size())});
+      tables.insert(tables.end(), it.table, it.table + need);
+      for (int r = 0; r < rows; ++r) {
+        positions.push_back(p0 + r);
+        slots.push_back(ul::slot_of(it.table, bt, p0 + r));
+        tokens.push_back(it.tokens[off + r]);
+      }
+      off += rows;
+      if (off == it.n_tokens && it.want_logits) logit_rows.push_back(row0 + rows - 1);
+      if (static_cast<int>(positions.size()) == chunk) UL_TRY(flush());
+    }
+  }
+  UL_TRY(flush());
+  return e->be->sync();
+}
+
+Status step(ul_engine* e, int n_items, const ul_step_item* items, float* logits_out) {
+  if (!e->ready) return Err(UL_ERR_STATE, "step before ready (weights not all set)");
+  if (!e->paged) return Err(UL_ERR_STATE, "step needs a paged engine (ul_engine_create_paged)");
+  UL_TRY(check_items(e, n_items, items));
+  bool any = false;
+  for (int i = 0; i < n_items; ++i) any = any || items[i].want_logits;
+  if (any && !logits_out) return Err(UL_ERR_INVALID_ARGUMENT, "step: logits wanted but logits_out is NULL");
+  return run_step(e, n_items, items, logits_out);
+}
+
+/** The single-sequence forward: one item on the identity table at the engine's position. */
 Status forward(ul_engine* e, const int32_t* tokens, int n, float* logits) {
   if (!e->ready) return Err(UL_ERR_STATE, "forward before ready (weights not all set)");
+  if (e->paged) return Err(UL_ERR_STATE, "forward needs a single-sequence engine; a paged one runs ul_engine_step");
   if (n <= 0 || !tokens) return Err(UL_ERR_INVALID_ARGUMENT, "forward needs at least one token");
-  if (static_cast<int64_t>(e->position) + n > e->cfg.max_positions)
-    return Err(UL_ERR_LIMIT, "KV capacity exceeded: " + std::to_string(e->position) + " + " + std::to_string(n) + " > max_positions " + std::to_string(e->cfg.max_positions));
+  ul_step_item it{tokens, n, e->position, e->identity_table.data(), static_cast<int32_t>(e->identity_table.size()), logits != nullptr};
+  UL_TRY(check_items(e, 1, &it));
   e->have_logits = false;
-  for (int at = 0; at < n; at += e->cfg.max_chunk) {
-    int rows = std::min(e->cfg.max_chunk, n - at);
-    bool last = at + rows == n;
-    UL_TRY(run_chunk(e, tokens + at, rows, last && logits != nullptr));
-  }
-  if (logits) {
-    UL_TRY(e->be->download(logits, e->logits, static_cast<size_t>(e->cfg.vocab_size) * sizeof(float)));
-  }
-  return e->be->sync();
+  UL_TRY(run_step(e, 1, &it, logits));
+  e->position += n;
+  e->have_logits = logits != nullptr;
+  return Status::Ok();
 }
 
 /**
@@ -403,10 +515,69 @@ void decode_slice(const char* slice, ul_dtype dt, const ul_config& c, size_t n, 
       (*out)[h * per_head + i] = decode_at(values, dt, h * per_head, i, g.scales ? scales + h * nb : nullptr, c.head_dim);
 }
 
-Status export_kv(ul_engine* e, int start, int end, ul_dtype dt, void* out, size_t out_bytes) {
+/** A piece of positions [pos, pos + len) of one sequence in consecutive slots (inside one KV block). */
+struct Run {
+  int pos, slot, len;
+};
+
+std::vector<Run> runs_of(const ul_engine* e, const int32_t* table, int start, int end) {
+  std::vector<Run> out;
+  int bt = e->block_tokens;
+  for (int p = start; p < end;) {
+    int len = std::min(end, (p / bt + 1) * bt) - p;
+    out.push_back({p, ul::slot_of(table, bt, p), len});
+    p += len;
+  }
+  return out;
+}
+
+/** The pool's scale index (within one kv head) of the 64-position block holding position p. */
+int scale_block_of(const ul_engine* e, const int32_t* table, int p) {
+  return ul::slot_of(table, e->block_tokens, p) / ul::kFp8Block;
+}
+
+/**
+ * (layer, K|V) of positions [start, end) through `table`, between the pool and host memory:
+ * values (kv_head, n, head_dim) in the cache dtype; `scales` (fp8 cache, or nullptr) the scales of
+ * position blocks start / 64 .. (end - 1) / 64 as (kv_head, blocks). to_host: pool -> host.
+ */
+Status move_range(ul_engine* e, int l, int kind, const int32_t* table, int start, int end, unsigned char* values,
+                  float* scales, bool to_host) {
   const ul_config& c = e->cfg;
-  if (start < 0 || end < start || end > e->position)
-    return Err(UL_ERR_INVALID_ARGUMENT, "export range [" + std::to_string(start) + ", " + std::to_string(end) + ") outside [0, " + std::to_string(e->position) + ")");
+  size_t row = static_cast<size_t>(c.head_dim) * e->kv_es(), n = static_cast<size_t>(end - start);
+  char* slice = static_cast<char*>(e->kv_slice(l, kind));
+  for (const Run& r : runs_of(e, table, start, end)) {
+    for (int h = 0; h < c.num_kv_heads; ++h) {
+      unsigned char* host = values + (h * n + (r.pos - start)) * row;
+      char* dev = slice + (static_cast<size_t>(h) * e->slots + r.slot) * row;
+      if (to_host) UL_TRY(e->be->download(host, dev, r.len * row));
+      else UL_TRY(e->be->upload(dev, host, r.len * row));
+    }
+  }
+  if (!scales) return Status::Ok();
+  int first = start / ul::kFp8Block, blocks = (end - 1) / ul::kFp8Block - first + 1, per_head = ul::fp8_blocks(e->slots);
+  for (int b = 0; b < blocks; ++b) {
+    int sb = scale_block_of(e, table, std::max(start, (first + b) * ul::kFp8Block));
+    for (int h = 0; h < c.num_kv_heads; ++h) {
+      float* dev = e->kv_scales(l, kind) + static_cast<size_t>(h) * per_head + sb;
+      if (to_host) UL_TRY(e->be->download(scales + h * blocks + b, dev, sizeof(float)));
+      else UL_TRY(e->be->upload(dev, scales + h * blocks + b, sizeof(float)));
+    }
+  }
+  return Status::Ok();
+}
+
+/** Checks a KV range of a sequence: [start, end) within max_positions and covered by `table`. */
+Status check_range(const ul_engine* e, const int32_t* table, int n_blocks, int64_t start, int64_t end, const char* what) {
+  if (start < 0 || end < start)
+    return Err(UL_ERR_INVALID_ARGUMENT, std::string(what) + ": [" + std::to_string(start) + ", " + std::to_string(end) + ") is not a position range");
+  if (end > e->cfg.max_positions)
+    return Err(UL_ERR_LIMIT, std::string(what) + ": " + std::to_string(end) + " positions exceed max_positions " + std::to_string(e->cfg.max_positions));
+  return check_table(e, table, n_blocks, end, what);
+}
+
+Status export_kv(ul_engine* e, const int32_t* table, int start, int end, ul_dtype dt, void* out, size_t out_bytes) {
+  const ul_config& c = e->cfg;
   if (dt < UL_DTYPE_F32 || dt > UL_DTYPE_FP8_E4M3) return Err(UL_ERR_INVALID_ARGUMENT, "export: unknown dtype");
   size_t n = static_cast<size_t>(end - start);
   PayloadSlice g;
@@ -415,18 +586,13 @@ Status export_kv(ul_engine* e, int start, int end, ul_dtype dt, void* out, size_
   bool fp8_cache = c.kv_dtype == UL_DTYPE_FP8_E4M3;
   // A payload block is a cache block when the range starts on a block boundary: copy as stored.
   bool as_stored = fp8_cache && dt == UL_DTYPE_FP8_E4M3 && start % ul::kFp8Block == 0;
-  size_t es = e->kv_es(), row = static_cast<size_t>(c.head_dim) * es, per_head = n * c.head_dim;
-  int first_block = start / ul::kFp8Block, cache_blocks = (end - 1) / ul::kFp8Block - first_block + 1;
+  size_t es = e->kv_es(), per_head = n * c.head_dim;
+  int cache_blocks = (end - 1) / ul::kFp8Block - start / ul::kFp8Block + 1;
   std::vector<unsigned char> staging(g.values * es);
   std::vector<float> cache_scales(static_cast<size_t>(c.num_kv_heads) * cache_blocks), x(per_head), payload_scales;
   for (int l = 0; l < c.num_layers; ++l) {
     for (int kind = 0; kind < 2; ++kind) {
-      const char* src = static_cast<const char*>(e->kv_slice(l, kind)) + static_cast<size_t>(start) * row;
-      UL_TRY(e->be->download_2d(staging.data(), src, static_cast<size_t>(c.max_positions) * row, n * row, c.num_kv_heads));
-      if (fp8_cache) {
-        size_t pitch = static_cast<size_t>(ul::fp8_blocks(c.max_positions)) * sizeof(float);
-        UL_TRY(e->be->download_2d(cache_scales.data(), e->kv_scales(l, kind) + first_block, pitch, cache_blocks * sizeof(float), c.num_kv_heads));
-      }
+      UL_TRY(move_range(e, l, kind, table, start, end, staging.data(), fp8_cache ? cache_scales.data() : nullptr, true));
       char* dst = static_cast<char*>(out) + (static_cast<size_t>(l) * 2 + kind) * g.bytes;
       char* dst_values = dst + g.scales * sizeof(float);
       // fp8 payloads start each slice with its scales, at a byte offset that need not be 4-aligned:
@@ -443,7 +609,7 @@ Status export_kv(ul_engine* e, int start, int end, ul_dtype dt, void* out, size_
       size_t nb = g.scales / c.num_kv_heads;
       payload_scales.resize(g.scales);
       for (int h = 0; h < c.num_kv_heads; ++h) {
-        // Cache positions start + i: their block relative to first_block is (start % B + i) / B.
+        // Position start + i: its block relative to start's block is (start % B + i) / B.
         for (size_t i = 0; i < per_head; ++i) {
           float v = ul::load_as_f32(staging.data(), c.kv_dtype, h * per_head + i);
           if (fp8_cache) v *= cache_scales[h * cache_blocks + (start % ul::kFp8Block + i / c.head_dim) / ul::kFp8Block];
@@ -454,35 +620,51 @@ Status export_kv(ul_engine* e, int start, int end, ul_dtype dt, void* out, size_
       if (g.scales) std::memcpy(dst, payload_scales.data(), g.scales * sizeof(float));
     }
   }
-  return Status::Ok();
+  return e->be->sync();
 }
 
 /** fp8 cache, general case: the payload's values go through the backend's kv_store (the rule a
  *  forward's writes follow), max_chunk positions at a time, via the act-dtype scratch e->k. */
-Status import_fp8_via_store(ul_engine* e, int l, int kind, const std::vector<float>& x, size_t n) {
+Status import_fp8_via_store(ul_engine* e, int l, int kind, const int32_t* table, int start, const std::vector<float>& x, size_t n) {
   const ul_config& c = e->cfg;
   ul_dtype act = e->be->act_dtype();
   size_t per_head = n * c.head_dim;
   std::vector<unsigned char> rows(static_cast<size_t>(c.max_chunk) * c.num_kv_heads * c.head_dim * ul::dtype_size(act));
+  std::vector<int32_t> positions, slots, tables;
   for (size_t at = 0; at < n; at += c.max_chunk) {
-    int m = static_cast<int>(std::min<size_t>(c.max_chunk, n - at));
+    int m = static_cast<int>(std::min<size_t>(c.max_chunk, n - at)), p0 = start + static_cast<int>(at);
     for (int r = 0; r < m; ++r)  // (kv_head, pos, head_dim) -> (rows, kv_heads, head_dim)
       for (int h = 0; h < c.num_kv_heads; ++h)
         for (int d = 0; d < c.head_dim; ++d)
           ul::store_from_f32(rows.data(), act, (static_cast<size_t>(r) * c.num_kv_heads + h) * c.head_dim + d, x[h * per_head + (at + r) * c.head_dim + d]);
     UL_TRY(e->be->upload(e->k, rows.data(), static_cast<size_t>(m) * c.num_kv_heads * c.head_dim * ul::dtype_size(act)));
-    UL_TRY(e->be->kv_store(e->kv_store_args(l, kind, e->k, m, e->position + static_cast<int>(at))));
+    positions.clear();
+    slots.clear();
+    for (int r = 0; r < m; ++r) {
+      positions.push_back(p0 + r);
+      slots.push_back(ul::slot_of(table, e->block_tokens, p0 + r));
+    }
+    int need = (p0 + m + e->block_tokens - 1) / e->block_tokens;
+    tables.assign(table, table + need);
+    ul::StepItemPlan item{0, m, p0, 0};
+    ul::StepPlan plan;
+    plan.n_items = 1;
+    plan.items = &item;
+    plan.tables = tables.data();
+    plan.table_ints = need;
+    plan.positions = positions.data();
+    plan.slots = slots.data();
+    plan.rows = m;
+    plan.block_tokens = e->block_tokens;
+    UL_TRY(e->be->prepare_step(plan));
+    UL_TRY(e->be->kv_store_step(e->kv_store_args(l, kind, e->k, m, 0), plan));
   }
   return Status::Ok();
 }
 
-Status import_kv(ul_engine* e, const void* bytes, size_t n_bytes, int tokens, ul_dtype dt) {
+Status import_kv(ul_engine* e, const int32_t* table, int start, const void* bytes, size_t n_bytes, int tokens, ul_dtype dt) {
   const ul_config& c = e->cfg;
-  if (!e->ready) return Err(UL_ERR_STATE, "import before ready");
-  if (tokens < 0) return Err(UL_ERR_INVALID_ARGUMENT, "negative token count");
   if (dt < UL_DTYPE_F32 || dt > UL_DTYPE_FP8_E4M3) return Err(UL_ERR_INVALID_ARGUMENT, "import: unknown dtype");
-  if (static_cast<int64_t>(e->position) + tokens > c.max_positions)
-    return Err(UL_ERR_LIMIT, "KV capacity exceeded by import of " + std::to_string(tokens) + " positions at " + std::to_string(e->position));
   size_t n = static_cast<size_t>(tokens);
   PayloadSlice g;
   UL_TRY(check_payload(c, n, dt, n_bytes, "import", &g));
@@ -490,42 +672,78 @@ Status import_kv(ul_engine* e, const void* bytes, size_t n_bytes, int tokens, ul
   bool fp8_cache = c.kv_dtype == UL_DTYPE_FP8_E4M3;
   // An fp8 payload starting on a cache block boundary fills whole blocks from their first
   // position: its bytes and scales are the cache's, as stored.
-  bool as_stored = fp8_cache && dt == UL_DTYPE_FP8_E4M3 && e->position % ul::kFp8Block == 0;
-  size_t es = e->kv_es(), row = static_cast<size_t>(c.head_dim) * es;
-  std::vector<unsigned char> staging(g.values * es);
-  std::vector<float> x;
+  bool as_stored = fp8_cache && dt == UL_DTYPE_FP8_E4M3 && start % ul::kFp8Block == 0;
+  int end = start + tokens;
+  std::vector<unsigned char> staging(g.values * e->kv_es());
+  std::vector<float> x, scales;
   for (int l = 0; l < c.num_layers; ++l) {
     for (int kind = 0; kind < 2; ++kind) {
       const char* src = static_cast<const char*>(bytes) + (static_cast<size_t>(l) * 2 + kind) * g.bytes;
-      char* dst = static_cast<char*>(e->kv_slice(l, kind)) + static_cast<size_t>(e->position) * row;
-      size_t pitch = static_cast<size_t>(c.max_positions) * row;
       if (as_stored) {
-        size_t nb = g.scales / c.num_kv_heads, scale_pitch = static_cast<size_t>(ul::fp8_blocks(c.max_positions)) * sizeof(float);
-        UL_TRY(e->be->upload_2d(e->kv_scales(l, kind) + e->position / ul::kFp8Block, scale_pitch, src, nb * sizeof(float), c.num_kv_heads));
-        UL_TRY(e->be->upload_2d(dst, pitch, src + g.scales * sizeof(float), n * row, c.num_kv_heads));
+        scales.resize(g.scales);
+        std::memcpy(scales.data(), src, g.scales * sizeof(float));
+        std::memcpy(staging.data(), src + g.scales * sizeof(float), g.values);
+        UL_TRY(move_range(e, l, kind, table, start, end, staging.data(), scales.data(), false));
         continue;
       }
       if (dt != UL_DTYPE_FP8_E4M3 && dt == c.kv_dtype) {
-        UL_TRY(e->be->upload_2d(dst, pitch, src, n * row, c.num_kv_heads));
+        std::memcpy(staging.data(), src, g.values * e->kv_es());
+        UL_TRY(move_range(e, l, kind, table, start, end, staging.data(), nullptr, false));
         continue;
       }
       decode_slice(src, dt, c, n, &x);
       if (fp8_cache) {
-        UL_TRY(import_fp8_via_store(e, l, kind, x, n));
+        UL_TRY(import_fp8_via_store(e, l, kind, table, start, x, n));
         continue;
       }
       ul::convert(x.data(), UL_DTYPE_F32, staging.data(), c.kv_dtype, g.values);
-      UL_TRY(e->be->upload_2d(dst, pitch, staging.data(), n * row, c.num_kv_heads));
+      UL_TRY(move_range(e, l, kind, table, start, end, staging.data(), nullptr, false));
     }
   }
-  e->position += tokens;
-  e->have_logits = false;
   return e->be->sync();
 }
 
-Status create(const ul_config* config, ul_engine** out) {
+/** Block `to` = block `from` for each pair, in every (layer, K|V, kv_head); fp8 with its scales. */
+Status copy_blocks(ul_engine* e, int n_pairs, const int32_t* pairs) {
+  const ul_config& c = e->cfg;
+  if (!e->paged) return Err(UL_ERR_STATE, "copy_blocks needs a paged engine");
+  if (n_pairs < 0 || (n_pairs > 0 && !pairs)) return Err(UL_ERR_INVALID_ARGUMENT, "copy_blocks: bad pair list");
+  for (int i = 0; i < 2 * n_pairs; ++i)
+    if (pairs[i] < 0 || pairs[i] >= e->total_blocks)
+      return Err(UL_ERR_INVALID_ARGUMENT, "copy_blocks: block id " + std::to_string(pairs[i]) + " is outside [0, " + std::to_string(e->total_blocks) + ")");
+  size_t row = static_cast<size_t>(c.head_dim) * e->kv_es(), bt = static_cast<size_t>(e->block_tokens);
+  size_t per_block_scales = bt / ul::kFp8Block, per_head = static_cast<size_t>(ul::fp8_blocks(e->slots));
+  for (int i = 0; i < n_pairs; ++i) {
+    size_t from = static_cast<size_t>(pairs[2 * i]), to = static_cast<size_t>(pairs[2 * i + 1]);
+    if (from == to) continue;
+    for (int l = 0; l < c.num_layers; ++l)
+      for (int kind = 0; kind < 2; ++kind)
+        for (int h = 0; h < c.num_kv_heads; ++h) {
+          char* slice = static_cast<char*>(e->kv_slice(l, kind)) + static_cast<size_t>(h) * e->slots * row;
+          UL_TRY(e->be->copy_device(slice + to * bt * row, slice + from * bt * row, bt * row));
+          if (e->kv_scale) {
+            float* sc = e->kv_scales(l, kind) + h * per_head;
+            UL_TRY(e->be->copy_device(sc + to * per_block_scales, sc + from * per_block_scales, per_block_scales * sizeof(float)));
+          }
+        }
+  }
+  return e->be->sync();
+}
+
+/** paged: block_tokens x total_blocks; otherwise one sequence of max_positions (64-position blocks). */
+Status create(const ul_config* config, bool paged, int32_t block_tokens, int32_t total_blocks, ul_engine** out) {
   if (!config || !out) return Err(UL_ERR_INVALID_ARGUMENT, "create: null argument");
   UL_TRY(validate_config(*config));
+  if (!paged) {
+    block_tokens = ul::kFp8Block;
+    total_blocks = (config->max_positions + block_tokens - 1) / block_tokens;
+  }
+  if (block_tokens <= 0 || total_blocks <= 0)
+    return Err(UL_ERR_INVALID_ARGUMENT, "create_paged: block_tokens and total_blocks must be positive");
+  if (static_cast<int64_t>(block_tokens) * total_blocks > INT32_MAX)
+    return Err(UL_ERR_LIMIT, "create_paged: the pool's slots exceed 2^31 - 1");
+  if (config->kv_dtype == UL_DTYPE_FP8_E4M3 && block_tokens % ul::kFp8Block != 0)
+    return Err(UL_ERR_INVALID_ARGUMENT, "create_paged: fp8 KV needs block_tokens to be a multiple of " + std::to_string(ul::kFp8Block) + " (one scale per 64 positions), not " + std::to_string(block_tokens));
   auto e = std::make_unique<ul_engine>();
   e->cfg = *config;
   if (e->cfg.backend == UL_BACKEND_REFERENCE) {
@@ -542,6 +760,13 @@ Status create(const ul_config* config, ul_engine** out) {
   e->inv_freq_host.assign(c.inv_freq, c.inv_freq + c.rotary_dim / 2);
   c.inv_freq = e->inv_freq_host.data();
   e->layers.resize(c.num_layers);
+  e->paged = paged;
+  e->block_tokens = block_tokens;
+  e->total_blocks = total_blocks;
+  e->slots = block_tokens * total_blocks;
+  if (!paged)
+    for (int32_t b = 0; b < total_blocks; ++b) e->identity_table.push_back(b);
+  e->logit_rows = std::min(32, c.max_chunk);
 
   size_t kv_bytes = static_cast<size_t>(c.num_layers) * 2 * e->kv_slice_elems() * e->kv_es();
   UL_TRY(e->alloc(kv_bytes, &e->kv));
@@ -565,7 +790,7 @@ Status create(const ul_config* config, ul_engine** out) {
       {&e->v, rows * kvd * act},
       {&e->gate, rows * c.intermediate_size * act},
       {&e->up, rows * c.intermediate_size * act},
-      {&logits, static_cast<size_t>(c.vocab_size) * sizeof(float)},
+      {&logits, static_cast<size_t>(e->logit_rows) * c.vocab_size * sizeof(float)},
   };
   for (Scratch& s : scratch) {
     UL_TRY(e->alloc(s.bytes, s.p));
@@ -613,7 +838,14 @@ int32_t ul_backend_compiled(ul_backend_kind kind) {
 
 ul_status ul_engine_create(const ul_config* config, ul_engine** out) {
   if (out) *out = nullptr;
-  Status st = create(config, out);
+  Status st = create(config, false, 0, 0, out);
+  g_create_error = st.message;
+  return st.code;
+}
+
+ul_status ul_engine_create_paged(const ul_config* config, int32_t block_tokens, int32_t total_blocks, ul_engine** out) {
+  if (out) *out = nullptr;
+  Status st = create(config, true, block_tokens, total_blocks, out);
   g_create_error = st.message;
   return st.code;
 }
@@ -647,6 +879,7 @@ ul_status ul_engine_forward(ul_engine* e, const int32_t* tokens, int32_t n, floa
 
 ul_status ul_engine_sample(ul_engine* e, float temperature, uint64_t seed, int32_t* token) {
   if (!e || !token) return UL_ERR_INVALID_ARGUMENT;
+  if (e->paged) return e->fail(Err(UL_ERR_STATE, "sample needs a single-sequence engine"));
   if (!e->have_logits) return e->fail(Err(UL_ERR_STATE, "sample needs a forward that computed logits"));
   return e->fail(e->be->sample(e->logits, e->cfg.vocab_size, temperature, seed, static_cast<uint64_t>(e->position), token));
 }
@@ -655,6 +888,7 @@ int32_t ul_engine_position(const ul_engine* e) { return e ? e->position : -1; }
 
 ul_status ul_engine_truncate(ul_engine* e, int32_t position) {
   if (!e) return UL_ERR_INVALID_ARGUMENT;
+  if (e->paged) return e->fail(Err(UL_ERR_STATE, "truncate needs a single-sequence engine"));
   if (position < 0 || position > e->position)
     return e->fail(Err(UL_ERR_INVALID_ARGUMENT, "truncate to " + std::to_string(position) + " outside [0, " + std::to_string(e->position) + "]"));
   e->position = position;
@@ -665,13 +899,54 @@ ul_status ul_engine_truncate(ul_engine* e, int32_t position) {
 ul_status ul_engine_export_kv(ul_engine* e, int32_t start, int32_t end, ul_dtype dtype, void* out,
                               size_t out_bytes) {
   if (!e || (!out && out_bytes)) return UL_ERR_INVALID_ARGUMENT;
-  return e->fail(export_kv(e, start, end, dtype, out, out_bytes));
+  if (e->paged) return e->fail(Err(UL_ERR_STATE, "export_kv needs a single-sequence engine; a paged one uses export_kv_paged"));
+  if (start < 0 || end < start || end > e->position)
+    return e->fail(Err(UL_ERR_INVALID_ARGUMENT, "export range [" + std::to_string(start) + ", " + std::to_string(end) + ") outside [0, " + std::to_string(e->position) + ")"));
+  return e->fail(export_kv(e, e->identity_table.data(), start, end, dtype, out, out_bytes));
+}
+
+ul_status ul_engine_export_kv_paged(ul_engine* e, const int32_t* table, int32_t n_blocks, int32_t start, int32_t end,
+                                    ul_dtype dtype, void* out, size_t out_bytes) {
+  if (!e || (!out && out_bytes)) return UL_ERR_INVALID_ARGUMENT;
+  if (!e->paged) return e->fail(Err(UL_ERR_STATE, "export_kv_paged needs a paged engine"));
+  Status st = check_range(e, table, n_blocks, start, end, "export");
+  return e->fail(st.ok() ? export_kv(e, table, start, end, dtype, out, out_bytes) : st);
+}
+
+ul_status ul_engine_step(ul_engine* e, int32_t n_items, const ul_step_item* items, float* logits_out) {
+  if (!e) return UL_ERR_INVALID_ARGUMENT;
+  return e->fail(step(e, n_items, items, logits_out));
+}
+
+ul_status ul_engine_copy_blocks(ul_engine* e, int32_t n_pairs, const int32_t* pairs) {
+  if (!e) return UL_ERR_INVALID_ARGUMENT;
+  return e->fail(copy_blocks(e, n_pairs, pairs));
+}
+
+ul_status ul_engine_import_kv_paged(ul_engine* e, const int32_t* table, int32_t n_blocks, int32_t start,
+                                    const void* bytes, size_t n_bytes, int32_t tokens, ul_dtype dtype) {
+  if (!e || (!bytes && n_bytes)) return UL_ERR_INVALID_ARGUMENT;
+  if (!e->ready) return e->fail(Err(UL_ERR_STATE, "import before ready"));
+  if (!e->paged) return e->fail(Err(UL_ERR_STATE, "import_kv_paged needs a paged engine"));
+  if (tokens < 0) return e->fail(Err(UL_ERR_INVALID_ARGUMENT, "negative token count"));
+  Status st = check_range(e, table, n_blocks, start, static_cast<int64_t>(start) + tokens, "import");
+  return e->fail(st.ok() ? import_kv(e, table, start, bytes, n_bytes, tokens, dtype) : st);
 }
 
 ul_status ul_engine_import_kv(ul_engine* e, const void* bytes, size_t n_bytes, int32_t tokens,
                               ul_dtype dtype) {
   if (!e || (!bytes && n_bytes)) return UL_ERR_INVALID_ARGUMENT;
-  return e->fail(import_kv(e, bytes, n_bytes, tokens, dtype));
+  if (!e->ready) return e->fail(Err(UL_ERR_STATE, "import before ready"));
+  if (e->paged) return e->fail(Err(UL_ERR_STATE, "import_kv needs a single-sequence engine; a paged one uses import_kv_paged"));
+  if (tokens < 0) return e->fail(Err(UL_ERR_INVALID_ARGUMENT, "negative token count"));
+  if (static_cast<int64_t>(e->position) + tokens > e->cfg.max_positions)
+    return e->fail(Err(UL_ERR_LIMIT, "KV capacity exceeded by import of " + std::to_string(tokens) + " positions at " + std::to_string(e->position)));
+  Status st = import_kv(e, e->identity_table.data(), e->position, bytes, n_bytes, tokens, dtype);
+  if (st.ok()) {
+    e->position += tokens;
+    e->have_logits = false;
+  }
+  return e->fail(st);
 }
 
 ul_status ul_engine_memory(const ul_engine* e, ul_memory_report* out) {

@@ -1,5 +1,5 @@
-// For the emscripten host only: the byte offsets of ul_config's fields, so the TypeScript glue
-// (native/ts/wasm-module.ts) writes the struct from the compiler's own layout, not a copy of it.
+// For the emscripten host only: the byte offsets of ul_config's and ul_step_item's fields, so the TypeScript glue
+// (native/ts/wasm-host.ts) writes the structs from the compiler's own layout, not a copy of it.
 #include <cstddef>
 
 #include "ul_engine.h"
@@ -26,6 +26,18 @@ void ul_wasm_config_layout(int32_t* out) {
   out[i++] = static_cast<int32_t>(offsetof(ul_config, kv_dtype));
   out[i++] = static_cast<int32_t>(offsetof(ul_config, backend));
   out[i++] = static_cast<int32_t>(offsetof(ul_config, max_chunk));
+}
+
+/** Writes 7 int32: sizeof(ul_step_item), then the offset of each field in declaration order. */
+void ul_wasm_step_item_layout(int32_t* out) {
+  int i = 0;
+  out[i++] = static_cast<int32_t>(sizeof(ul_step_item));
+  out[i++] = static_cast<int32_t>(offsetof(ul_step_item, tokens));
+  out[i++] = static_cast<int32_t>(offsetof(ul_step_item, n_tokens));
+  out[i++] = static_cast<int32_t>(offsetof(ul_step_item, start));
+  out[i++] = static_cast<int32_t>(offsetof(ul_step_item, table));
+  out[i++] = static_cast<int32_t>(offsetof(ul_step_item, n_blocks));
+  out[i++] = static_cast<int32_t>(offsetof(ul_step_item, want_logits));
 }
 
 }  // extern "C"

@@ -128,8 +128,8 @@ export function parseBackendInfo(line: string): BackendInfo {
   return info as unknown as BackendInfo;
 }
 
-/** One ul_engine, synchronous calls; errors are thrown as typed errors (statusError). */
-export interface NativeEngine {
+/** What every engine takes (weights, memory, identity), whichever form it has. */
+export interface NativeEngineBase {
   setTensor(
     name: string,
     shape: number[],
@@ -137,6 +137,14 @@ export interface NativeEngine {
     dtype: DtypeCode,
   ): void;
   ready(): void;
+  memory(): MemoryReport;
+  /** What runs this engine; optional so a host built before ul_engine_backend_info still loads. */
+  backendInfo?(): BackendInfo;
+  destroy(): void;
+}
+
+/** One single-sequence ul_engine, synchronous calls; errors are thrown as typed errors (statusError). */
+export interface NativeEngine extends NativeEngineBase {
   /** Logits of the last token when `wantLogits`, else null. */
   forward(tokens: Int32Array, wantLogits: boolean): Float32Array | null;
   /** The same off the event loop (the addon runs it on a worker thread); absent in the wasm host. */
@@ -147,10 +155,39 @@ export interface NativeEngine {
   /** `bytes` is the payload size (core/kv/layout.ts kvPayloadBytes); the engine checks it. */
   exportKv(start: number, end: number, dtype: DtypeCode, bytes: number): Uint8Array;
   importKv(bytes: Uint8Array, tokens: number, dtype: DtypeCode): void;
-  memory(): MemoryReport;
-  /** What runs this engine; optional so a host built before ul_engine_backend_info still loads. */
-  backendInfo?(): BackendInfo;
-  destroy(): void;
+}
+
+/** ul_step_item: one sequence's share of a step. */
+export interface NativeStepItem {
+  tokens: Int32Array;
+  start: number;
+  table: Int32Array;
+  logits: boolean;
+}
+
+/** A paged ul_engine (ul_engine_create_paged): a block pool, every call names its block table. */
+export interface NativePagedEngine extends NativeEngineBase {
+  /**
+   * One vocab row per item with `logits`, in item order, in one array (null when none wants).
+   * The addon runs it on a worker thread; the wasm host synchronously.
+   */
+  step(items: readonly NativeStepItem[]): Promise<Float32Array | null>;
+  /** pairs: (from, to) ids, flattened. */
+  copyBlocks(pairs: Int32Array): void;
+  exportKvPaged(
+    table: Int32Array,
+    start: number,
+    end: number,
+    dtype: DtypeCode,
+    bytes: number,
+  ): Uint8Array;
+  importKvPaged(
+    table: Int32Array,
+    start: number,
+    bytes: Uint8Array,
+    tokens: number,
+    dtype: DtypeCode,
+  ): void;
 }
 
 /** A loaded host (module or addon) that makes engines. */
@@ -158,4 +195,6 @@ export interface NativeHost {
   readonly name: string;
   backendCompiled(backend: number): boolean;
   create(config: EngineConfig): NativeEngine;
+  /** ul_engine_create_paged; absent in a host built before ABI 3. */
+  createPaged?(config: EngineConfig, blockTokens: number, totalBlocks: number): NativePagedEngine;
 }

@@ -14,6 +14,8 @@ import type {
   MemoryReport,
   NativeEngine,
   NativeHost,
+  NativePagedEngine,
+  NativeStepItem,
 } from "./abi.ts";
 import { parseBackendInfo, statusError } from "./abi.ts";
 import { elfProblem } from "./elf-check.ts";
@@ -29,7 +31,25 @@ export function addonPath(env: Record<string, string | undefined> = process.env)
 type Handle = object;
 interface Addon {
   backendCompiled(kind: number): boolean;
-  create(config: EngineConfig): Handle;
+  create(config: EngineConfig, blockTokens?: number, totalBlocks?: number): Handle;
+  stepAsync(h: Handle, items: readonly NativeStepItem[]): Promise<Float32Array | null>;
+  copyBlocks(h: Handle, pairs: Int32Array): void;
+  exportKvPaged(
+    h: Handle,
+    table: Int32Array,
+    start: number,
+    end: number,
+    dtype: number,
+    bytes: number,
+  ): Uint8Array;
+  importKvPaged(
+    h: Handle,
+    table: Int32Array,
+    start: number,
+    bytes: Uint8Array,
+    tokens: number,
+    dtype: number,
+  ): void;
   setTensor(
     h: Handle,
     name: string,
@@ -106,13 +126,19 @@ export function loadAddonHost(path = addonPath()): NativeHost {
           addon,
           call(() => addon.create(config)),
         ),
+      createPaged: (config, blockTokens, totalBlocks) =>
+        new AddonEngine(
+          addon,
+          call(() => addon.create(config, blockTokens, totalBlocks)),
+        ),
     };
     cached.set(path, host);
   }
   return host;
 }
 
-class AddonEngine implements NativeEngine {
+/** Either form of engine: the C ABI refuses the calls of the other form (invalid_state). */
+class AddonEngine implements NativeEngine, NativePagedEngine {
   readonly #a: Addon;
   readonly #h: Handle;
 
@@ -156,6 +182,34 @@ class AddonEngine implements NativeEngine {
   }
   importKv(bytes: Uint8Array, tokens: number, dtype: DtypeCode): void {
     call(() => this.#a.importKv(this.#h, bytes, tokens, dtype));
+  }
+  async step(items: readonly NativeStepItem[]): Promise<Float32Array | null> {
+    try {
+      return await call(() => this.#a.stepAsync(this.#h, items));
+    } catch (err) {
+      throw typed(err);
+    }
+  }
+  copyBlocks(pairs: Int32Array): void {
+    call(() => this.#a.copyBlocks(this.#h, pairs));
+  }
+  exportKvPaged(
+    table: Int32Array,
+    start: number,
+    end: number,
+    dtype: DtypeCode,
+    bytes: number,
+  ): Uint8Array {
+    return call(() => this.#a.exportKvPaged(this.#h, table, start, end, dtype, bytes));
+  }
+  importKvPaged(
+    table: Int32Array,
+    start: number,
+    bytes: Uint8Array,
+    tokens: number,
+    dtype: DtypeCode,
+  ): void {
+    call(() => this.#a.importKvPaged(this.#h, table, start, bytes, tokens, dtype));
   }
   memory(): MemoryReport {
     return call(() => this.#a.memory(this.#h));

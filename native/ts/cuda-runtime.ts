@@ -2,11 +2,13 @@
 // not built, was built without nvcc, or no GPU is visible, the factory reports why and `create`
 // fails with NotAvailableError: the same shape as a working runtime, so nothing else checks.
 
+import type { PagedRuntime, PagedRuntimeOptions } from "../../core/engine/paged-runtime.ts";
 import type { RuntimeFactory, RuntimeOptions } from "../../core/engine/registry.ts";
 import type { Runtime } from "../../core/engine/runtime.ts";
 import { NotAvailableError } from "../../core/errors.ts";
 import { Backend, Dtype, type NativeHost } from "./abi.ts";
 import { addonUnavailableReason, loadAddonHost } from "./addon-host.ts";
+import { createNativePagedRuntime } from "./native-paged-runtime.ts";
 import { createNativeRuntime, type NativeRuntimeSpec } from "./native-runtime.ts";
 
 export const CUDA_SPEC: NativeRuntimeSpec = {
@@ -80,10 +82,18 @@ export async function createCudaRuntime(options: RuntimeOptions): Promise<Runtim
   return createNativeRuntime(loadAddonHost(), CUDA_SPEC, options);
 }
 
+/** The paged form (continuous batching): the step runs on the addon's worker thread. */
+export async function createPagedCudaRuntime(options: PagedRuntimeOptions): Promise<PagedRuntime> {
+  const why = await cudaUnavailableReason();
+  if (why !== null) throw new NotAvailableError(`runtime 'cuda' is not available: ${why}`);
+  return createNativePagedRuntime(loadAddonHost(), CUDA_SPEC, options);
+}
+
 /** Registry entry: highest priority where it is available. */
 export const cudaRuntimeFactory: RuntimeFactory = {
   name: "cuda",
   priority: 100,
   unavailableReason: cudaUnavailableReason,
   create: createCudaRuntime,
+  createPaged: createPagedCudaRuntime,
 };

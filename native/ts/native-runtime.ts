@@ -19,6 +19,7 @@ import {
   type EngineConfig,
   kvDtypeCode,
   type NativeEngine,
+  type NativeEngineBase,
   type NativeHost,
 } from "./abi.ts";
 
@@ -175,14 +176,12 @@ class NativeRuntime implements Runtime {
   }
 }
 
-/** Builds a runtime: creates the engine, streams every weight in, checks it is complete. */
-export async function createNativeRuntime(
-  host: NativeHost,
+/** The options both forms check the same way: KV dtype, weight format, positions per sequence. */
+export function nativeOptions(
   spec: NativeRuntimeSpec,
   options: RuntimeOptions,
-): Promise<Runtime> {
-  const { model } = options;
-  const c = model.config;
+): { kvDtype: KvDtype; maxPositions: number } {
+  const c = options.model.config;
   const kvDtype = options.kvDtype ?? spec.kvDtypes[0];
   if (!spec.kvDtypes.includes(kvDtype)) {
     throw new NotAvailableError(
@@ -199,11 +198,21 @@ export async function createNativeRuntime(
   if (!Number.isInteger(maxPositions) || maxPositions < 1) {
     throw new InvalidInputError(`maxPositions must be a positive integer, not ${maxPositions}`);
   }
-  const engine = host.create(engineConfig(c, spec, maxPositions, kvDtype));
+  return { kvDtype, maxPositions };
+}
+
+/** Streams every weight of `model` into a fresh engine and checks it is complete; destroys it on
+ *  failure. */
+export async function loadEngineWeights<E extends NativeEngineBase>(
+  engine: E,
+  spec: NativeRuntimeSpec,
+  options: RuntimeOptions,
+): Promise<E> {
+  const { model } = options;
   try {
     for (const t of model.weights.tensors()) {
       if (t.name.endsWith("rotary_emb.inv_freq")) continue; // buffers some checkpoints carry
-      if (t.name === "lm_head.weight" && c.tieWordEmbeddings) continue;
+      if (t.name === "lm_head.weight" && model.config.tieWordEmbeddings) continue;
       if (spec.weightTransfer === "bf16") {
         engine.setTensor(t.name, t.shape, await model.weights.read(t.name, "bf16"), Dtype.bf16);
       } else {
@@ -215,6 +224,22 @@ export async function createNativeRuntime(
     engine.destroy();
     throw err;
   }
+  return engine;
+}
+
+/** Builds a runtime: creates the engine, streams every weight in, checks it is complete. */
+export async function createNativeRuntime(
+  host: NativeHost,
+  spec: NativeRuntimeSpec,
+  options: RuntimeOptions,
+): Promise<Runtime> {
+  const c = options.model.config;
+  const { kvDtype, maxPositions } = nativeOptions(spec, options);
+  const engine = await loadEngineWeights(
+    host.create(engineConfig(c, spec, maxPositions, kvDtype)),
+    spec,
+    options,
+  );
   const kv = kvLayoutOf(c, kvDtype);
   const mem = engine.memory();
   return new NativeRuntime(

@@ -13,6 +13,8 @@ import {
   type MemoryReport,
   type NativeEngine,
   type NativeHost,
+  type NativePagedEngine,
+  type NativeStepItem,
   parseBackendInfo,
   Status,
   statusError,
@@ -61,9 +63,38 @@ interface EmModule {
     bytes: number,
   ): number;
   _ul_engine_import_kv(e: number, b: number, n: number, tokens: number, dt: number): number;
+  _ul_engine_create_paged(
+    cfg: number,
+    blockTokens: number,
+    totalBlocks: number,
+    out: number,
+  ): number;
+  _ul_engine_step(e: number, n: number, items: number, logits: number): number;
+  _ul_engine_copy_blocks(e: number, n: number, pairs: number): number;
+  _ul_engine_export_kv_paged(
+    e: number,
+    table: number,
+    nBlocks: number,
+    s: number,
+    end: number,
+    dt: number,
+    out: number,
+    bytes: number,
+  ): number;
+  _ul_engine_import_kv_paged(
+    e: number,
+    table: number,
+    nBlocks: number,
+    s: number,
+    b: number,
+    n: number,
+    tokens: number,
+    dt: number,
+  ): number;
   _ul_engine_memory(e: number, out: number): number;
   _ul_engine_backend_info(e: number, buf: number, size: number): number;
   _ul_wasm_config_layout(out: number): void;
+  _ul_wasm_step_item_layout(out: number): void;
 }
 
 let loading: Promise<NativeHost> | null = null;
@@ -96,12 +127,15 @@ class WasmHost implements NativeHost {
   readonly name = "native-wasm";
   readonly #m: EmModule;
   readonly #layout: Int32Array; // sizeof(ul_config), then field offsets (wasm_layout.cpp)
+  readonly #itemLayout: Int32Array; // sizeof(ul_step_item), then field offsets
 
   constructor(m: EmModule) {
     this.#m = m;
     const p = m._malloc(17 * 4);
     m._ul_wasm_config_layout(p);
     this.#layout = m.HEAP32.slice(p >> 2, (p >> 2) + 17);
+    m._ul_wasm_step_item_layout(p);
+    this.#itemLayout = m.HEAP32.slice(p >> 2, (p >> 2) + 7);
     m._free(p);
   }
 
@@ -110,6 +144,15 @@ class WasmHost implements NativeHost {
   }
 
   create(config: EngineConfig): NativeEngine {
+    return this.#create(config, null);
+  }
+
+  createPaged(config: EngineConfig, blockTokens: number, totalBlocks: number): NativePagedEngine {
+    return this.#create(config, [blockTokens, totalBlocks]);
+  }
+
+  /** ul_engine_create, or ul_engine_create_paged with [blockTokens, totalBlocks]. */
+  #create(config: EngineConfig, pool: [number, number] | null): WasmEngine {
     const m = this.#m;
     const L = this.#layout;
     const cfg = m._malloc(L[0]);
@@ -139,9 +182,11 @@ class WasmHost implements NativeHost {
       i32(14, config.kvDtype);
       i32(15, config.backend);
       i32(16, config.maxChunk);
-      const st = m._ul_engine_create(cfg, out);
+      const st = pool
+        ? m._ul_engine_create_paged(cfg, pool[0], pool[1], out)
+        : m._ul_engine_create(cfg, out);
       if (st !== Status.ok) throw statusError(st, m.UTF8ToString(m._ul_engine_last_error(0)));
-      return new WasmEngine(m, m.HEAP32[out >> 2], config.vocabSize);
+      return new WasmEngine(m, m.HEAP32[out >> 2], config.vocabSize, this.#itemLayout);
     } finally {
       m._free(cfg);
       m._free(inv);
@@ -150,15 +195,18 @@ class WasmHost implements NativeHost {
   }
 }
 
-class WasmEngine implements NativeEngine {
+/** Either form of engine: the C ABI refuses the calls of the other form (invalid_state). */
+class WasmEngine implements NativeEngine, NativePagedEngine {
   readonly #m: EmModule;
   #e: number;
   readonly #vocab: number;
+  readonly #itemLayout: Int32Array;
 
-  constructor(m: EmModule, e: number, vocab: number) {
+  constructor(m: EmModule, e: number, vocab: number, itemLayout: Int32Array) {
     this.#m = m;
     this.#e = e;
     this.#vocab = vocab;
+    this.#itemLayout = itemLayout;
   }
 
   #check(st: number): void {
@@ -171,6 +219,97 @@ class WasmEngine implements NativeEngine {
     const p = this.#m._malloc(Math.max(bytes.byteLength, 1));
     this.#m.HEAPU8.set(bytes, p);
     return p;
+  }
+
+  #copyInts(ints: Int32Array): number {
+    return this.#copyIn(new Uint8Array(ints.buffer, ints.byteOffset, ints.byteLength));
+  }
+
+  async step(items: readonly NativeStepItem[]): Promise<Float32Array | null> {
+    const m = this.#m;
+    const L = this.#itemLayout;
+    const wanted = items.filter((it) => it.logits).length;
+    const blocks: number[] = [];
+    const arr = m._malloc(Math.max(items.length, 1) * L[0]);
+    const lp = wanted ? m._malloc(wanted * this.#vocab * 4) : 0;
+    try {
+      items.forEach((it, i) => {
+        const tp = this.#copyInts(it.tokens);
+        blocks.push(tp);
+        const bp = this.#copyInts(it.table);
+        blocks.push(bp);
+        const at = (field: number) => (arr + i * L[0] + L[field]) >> 2;
+        m.HEAP32[at(1)] = tp;
+        m.HEAP32[at(2)] = it.tokens.length;
+        m.HEAP32[at(3)] = it.start;
+        m.HEAP32[at(4)] = bp;
+        m.HEAP32[at(5)] = it.table.length;
+        m.HEAP32[at(6)] = it.logits ? 1 : 0;
+      });
+      this.#check(m._ul_engine_step(this.#e, items.length, arr, lp));
+      return wanted ? m.HEAPF32.slice(lp >> 2, (lp >> 2) + wanted * this.#vocab) : null;
+    } finally {
+      for (const p of blocks) m._free(p);
+      m._free(arr);
+      if (lp) m._free(lp);
+    }
+  }
+
+  copyBlocks(pairs: Int32Array): void {
+    const p = this.#copyInts(pairs);
+    try {
+      this.#check(this.#m._ul_engine_copy_blocks(this.#e, pairs.length / 2, p));
+    } finally {
+      this.#m._free(p);
+    }
+  }
+
+  exportKvPaged(
+    table: Int32Array,
+    start: number,
+    end: number,
+    dtype: DtypeCode,
+    n: number,
+  ): Uint8Array {
+    const m = this.#m;
+    const tp = this.#copyInts(table);
+    const p = m._malloc(Math.max(n, 1));
+    try {
+      this.#check(m._ul_engine_export_kv_paged(this.#e, tp, table.length, start, end, dtype, p, n));
+      return m.HEAPU8.slice(p, p + n);
+    } finally {
+      m._free(p);
+      m._free(tp);
+    }
+  }
+
+  importKvPaged(
+    table: Int32Array,
+    start: number,
+    bytes: Uint8Array,
+    tokens: number,
+    dtype: DtypeCode,
+  ): void {
+    const m = this.#m;
+    const tp = this.#copyInts(table);
+    const p = this.#copyIn(bytes);
+    try {
+      this.#check(
+        m._ul_engine_import_kv_paged(
+          this.#e,
+          tp,
+          table.length,
+          start,
+          p,
+          bytes.byteLength,
+          tokens,
+          dtype,
+        ),
+      );
+    } finally {
+      m._free(p);
+      m._free(tp);
+    }
   }
 
   setTensor(

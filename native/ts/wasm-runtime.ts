@@ -2,9 +2,11 @@
 // emscripten. It exists so the host code (layer loop, chunking, KV export/import) is tested on every
 // machine; it is slow (scalar loops, one thread) and meant for small models.
 
+import type { PagedRuntime, PagedRuntimeOptions } from "../../core/engine/paged-runtime.ts";
 import type { RuntimeFactory, RuntimeOptions } from "../../core/engine/registry.ts";
 import type { Runtime } from "../../core/engine/runtime.ts";
 import { Backend } from "./abi.ts";
+import { createNativePagedRuntime } from "./native-paged-runtime.ts";
 import { createNativeRuntime, type NativeRuntimeSpec } from "./native-runtime.ts";
 import { loadWasmHost, wasmUnavailableReason } from "./wasm-host.ts";
 
@@ -24,10 +26,18 @@ export async function createNativeWasmRuntime(options: RuntimeOptions): Promise<
   return createNativeRuntime(await loadWasmHost(), NATIVE_WASM_SPEC, options);
 }
 
+/** The paged form: a KV pool of blocks (64 positions by default), reference kernels. */
+export async function createPagedNativeWasmRuntime(
+  options: PagedRuntimeOptions,
+): Promise<PagedRuntime> {
+  return createNativePagedRuntime(await loadWasmHost(), NATIVE_WASM_SPEC, options);
+}
+
 /** Registry entry: available once native/build.mjs has built the module (needs emcc). */
 export const nativeWasmRuntimeFactory: RuntimeFactory = {
   name: "native-wasm",
   priority: 5,
   unavailableReason: async () => wasmUnavailableReason(),
   create: createNativeWasmRuntime,
+  createPaged: createPagedNativeWasmRuntime,
 };

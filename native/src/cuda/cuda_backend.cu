@@ -105,6 +105,14 @@ class CudaBackend final : public Backend {
       UL_TRY(upload(static_cast<char*>(dst) + r * pitch, static_cast<const char*>(src) + r * width, width));
     return Status::Ok();
   }
+  Status zero(void* p, size_t bytes) override {
+    UL_CUDA(cudaMemsetAsync(p, 0, bytes, stream_));
+    return Status::Ok();
+  }
+  Status copy_device(void* dst, const void* src, size_t bytes) override {
+    UL_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
+    return Status::Ok();
+  }
   Status memory_info(uint64_t* free_bytes, uint64_t* total_bytes) override {
     size_t f = 0, t = 0;
     UL_CUDA(cudaMemGetInfo(&f, &t));

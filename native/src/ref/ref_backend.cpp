@@ -166,26 +166,38 @@ class RefBackend final : public Backend {
   }
 
   Status attention(const AttentionArgs& a) override {
+    // Without a plan: one item at pos0 whose slots are its positions.
+    StepItemPlan one{0, a.rows, a.pos0, 0};
+    const StepItemPlan* items = a.plan ? a.plan->items : &one;
+    int n_items = a.plan ? a.plan->n_items : 1;
+    for (int i = 0; i < n_items; ++i) attend_item(a, items[i], a.plan ? a.plan->tables + items[i].table_off : nullptr);
+    return Status::Ok();
+  }
+
+  /** One item's rows over its block table (nullptr: slot = position). */
+  void attend_item(const AttentionArgs& a, const StepItemPlan& it, const int32_t* table) const {
     const float* q = static_cast<const float*>(a.q);
     float* out = static_cast<float*>(a.out);
-    int group = a.heads / a.kv_heads;
-    int len = a.pos0 + a.rows;
+    int group = a.heads / a.kv_heads, bt = a.plan ? a.plan->block_tokens : 1;
+    int len = it.pos0 + it.rows;
     std::vector<float> scores(len);
+    std::vector<size_t> slot(len);
+    for (int p = 0; p < len; ++p) slot[p] = static_cast<size_t>(table ? slot_of(table, bt, p) : p);
     std::vector<double> acc(a.head_dim);
-    for (int r = 0; r < a.rows; ++r) {
-      int visible = a.pos0 + r + 1;  // causal: keys at positions <= this query's
+    for (int r = it.row0; r < it.row0 + it.rows; ++r) {
+      int visible = it.pos0 + (r - it.row0) + 1;  // causal: keys at positions <= this query's
       for (int h = 0; h < a.heads; ++h) {
         int kvh = h / group;
-        // fp8: x = value * scale of (kvh, p's block); other dtypes: scale 1.
+        // fp8: x = value * scale of (kvh, the slot's block); other dtypes: scale 1.
         const float* ks = a.k_scale ? a.k_scale + static_cast<size_t>(kvh) * fp8_blocks(a.max_pos) : nullptr;
         const float* vs = a.v_scale ? a.v_scale + static_cast<size_t>(kvh) * fp8_blocks(a.max_pos) : nullptr;
         const float* qr = q + (static_cast<size_t>(r) * a.heads + h) * a.head_dim;
         float m = -std::numeric_limits<float>::infinity();
         for (int p = 0; p < visible; ++p) {
-          size_t base = (static_cast<size_t>(kvh) * a.max_pos + p) * a.head_dim;
+          size_t base = (static_cast<size_t>(kvh) * a.max_pos + slot[p]) * a.head_dim;
           double s = 0;
           for (int d = 0; d < a.head_dim; ++d) s += static_cast<double>(qr[d]) * load_as_f32(a.k_cache, a.kv_dtype, base + d);
-          scores[p] = static_cast<float>(s * (ks ? ks[p / kFp8Block] : 1.0f)) * a.softmax_scale;
+          scores[p] = static_cast<float>(s * (ks ? ks[slot[p] / kFp8Block] : 1.0f)) * a.softmax_scale;
           m = std::max(m, scores[p]);
         }
         double denom = 0;
@@ -193,14 +205,22 @@ class RefBackend final : public Backend {
         for (int p = 0; p < visible; ++p) {
           double e = std::exp(static_cast<double>(scores[p] - m));
           denom += e;
-          double ev = e * (vs ? vs[p / kFp8Block] : 1.0f);
-          size_t base = (static_cast<size_t>(kvh) * a.max_pos + p) * a.head_dim;
+          double ev = e * (vs ? vs[slot[p] / kFp8Block] : 1.0f);
+          size_t base = (static_cast<size_t>(kvh) * a.max_pos + slot[p]) * a.head_dim;
           for (int d = 0; d < a.head_dim; ++d) acc[d] += ev * load_as_f32(a.v_cache, a.kv_dtype, base + d);
         }
         float* o = out + (static_cast<size_t>(r) * a.heads + h) * a.head_dim;
         for (int d = 0; d < a.head_dim; ++d) o[d] = static_cast<float>(acc[d] / denom);
       }
     }
+  }
+
+  Status zero(void* p, size_t bytes) override {
+    std::memset(p, 0, bytes);
+    return Status::Ok();
+  }
+  Status copy_device(void* dst, const void* src, size_t bytes) override {
+    std::memcpy(dst, src, bytes);
     return Status::Ok();
   }
 
