@@ -268,6 +268,21 @@ describe("prefix sharing through the block prefix cache and the sequence driver"
     await runtime.close();
   });
 
+  it("computes a new document once when its questions arrive together", async () => {
+    const runtime = await paged({ poolPositions: 512 });
+    const scheduler = new BatchScheduler(runtime);
+    const index = new BlockPrefixIndex(scheduler.pool);
+    const doc = tokens(64, 110);
+    const q = (i: number) => concat(doc, tokens(5, 111 + i));
+    const results = await Promise.all([0, 1, 2, 3].map((i) => ask(scheduler, index, "t", q(i))));
+    // One of them computed the document's 4 chunks; the others waited for each and took it.
+    expect(results.map((r) => r.cached).sort((a, b) => a - b)).toEqual([0, 64, 64, 64]);
+    const { stepTokens } = scheduler.stats();
+    expect(stepTokens).toBe(64 + 4 * (5 + 3)); // the document once; each question and 3 decodes
+    for (const [i, r] of results.entries()) expect(r.out).toEqual(await alone(q(i)));
+    await runtime.close();
+  });
+
   it("gives cached blocks away when the pool needs them, and recomputes what was lost", async () => {
     const runtime = await paged({ poolPositions: 96 }); // 12 blocks of 8
     const scheduler = new BatchScheduler(runtime);

@@ -215,6 +215,7 @@ export async function createDriverEngine(options: DriverEngineOptions): Promise<
         decoder,
       );
     } finally {
+      if (seq) index?.abandon(seq);
       await seq?.close();
     }
   }
