@@ -1,19 +1,24 @@
-// Attention of a chunk of queries against the KV cache (causal: the query at position p sees keys
-// 0..p), GQA (query head h reads kv head h / (heads / kv_heads)), online softmax in base 2, no
-// quadratic memory. Two kernels:
+// Attention of a micro-batch of queries against the paged KV pool (causal: the query at position p
+// sees its sequence's keys 0..p), GQA (query head h reads kv head h / (heads / kv_heads)), online
+// softmax in base 2, no quadratic memory. Each sequence's keys are found through its block table:
+// key position k lives in slot table[k / block_tokens] * block_tokens + k % block_tokens (a
+// table offset of -1 means slot = position: the kernel checks and benchmarks). Two kernels:
 //
-//   flash_prefill  head_dim 128, >= 16 query rows. Block = 64 query rows of one head, 4 warps x 16
-//                  rows; loops over 64-key tiles of the cache up to the block's last query position.
+//   flash_prefill  head_dim 128, items of >= 16 rows. Block = one tile (64 query rows of one item)
+//                  x one head, 4 warps x 16 rows; loops over 64-key tiles of the item's keys up to
+//                  the tile's last query position, each key row looked up in the table.
 //                  S = Q K^T and O += P V on tensor cores (wmma bf16, fp32 accumulate); the running
 //                  max / sum and the O accumulator (64 floats per lane: 2 lanes per row) in registers.
-//   split_kv       any rows, head_dim <= 256 (decode, and the fallback). Grid (head, split, row): each
-//                  block reduces one slice of the keys (a warp per key, a lane per 32nd dim) to a
-//                  partial (max, sum, O); a second kernel combines the slices. At 1M keys one query
-//                  row is spread over heads x 256 blocks, so decode uses the whole GPU.
+//   split_kv       any rows, head_dim <= 256 (decode: every sequence's decode token of a batch in
+//                  one launch, and the fallback). Grid (head, split, query row): each block reduces
+//                  one slice of that row's keys (a warp per key, a lane per 32nd dim) to a partial
+//                  (max, sum, O); a second kernel combines the slices. At 1M keys one query row is
+//                  spread over heads x 256 blocks, so decode uses the whole GPU.
 //
 // fp8 caches are dequantised while loading: value * scale of (kv head, block of UL_FP8_BLOCK = 64
-// positions). flash_prefill's 64-key tiles start at multiples of 64, so a tile is one block and one
-// scale; split_kv reads the scale of each key's block.
+// slots). A paged fp8 pool has block_tokens % 64 == 0, so 64 positions starting at a multiple of 64
+// are 64 consecutive slots: flash_prefill's 64-key tiles are one scale block each; split_kv reads
+// the scale of each key's block.
 //
 // Performance notes: flash_prefill is an Ampere-style design (mma.sync, S and P round-trip through
 // shared memory). FlashAttention-3 on Hopper uses wgmma + TMA + warp specialisation and reaches about
@@ -45,14 +50,21 @@ constexpr size_t kFlashSmem = sizeof(bf16) * (BMQ * LDQ + 2 * BNK * LDQ + WARPS 
 
 struct FlashParams {
   const bf16* q;         // (rows, heads, 128)
-  const void* k;         // (kv_heads, max_pos, 128) bf16 or fp8
-  const void* v;         // (kv_heads, max_pos, 128)
+  const void* k;         // (kv_heads, max_pos slots, 128) bf16 or fp8
+  const void* v;         // (kv_heads, max_pos slots, 128)
   const float* k_scale;  // (kv_heads, fp8_blocks(max_pos)) fp8 only
   const float* v_scale;
   bf16* out;             // (rows, heads, 128)
-  int rows, heads, kv_heads, max_pos, pos0;
+  const int32_t* tiles;  // (tiles, 4): first row, rows (<= 64), position of the first row, table offset
+  const int32_t* tables; // the step's block tables
+  int heads, kv_heads, max_pos, block_tokens;
   float scale_log2;      // softmax_scale * log2(e)
 };
+
+/** The slot of key position k (table offset toff; -1: slot = position). */
+__device__ __forceinline__ int key_slot(const int32_t* tables, int toff, int block_tokens, int k) {
+  return toff < 0 ? k : tables[toff + k / block_tokens] * block_tokens + k % block_tokens;
+}
 
 // 8 consecutive cache elements -> 8 bf16 in shared memory (zeros past the valid keys: garbage there
 // could be NaN, and 0 * NaN would poison O).
@@ -75,7 +87,9 @@ __global__ void __launch_bounds__(WARPS * 32) flash_prefill_kernel(FlashParams p
   float* Ss = reinterpret_cast<float*>(Ps + WARPS * 16 * LDP);  // (warp, 16, LDS_S)
   float* Os = Ss + WARPS * 16 * LDS_S;                 // (warp, 16, LDO)
 
-  const int h = blockIdx.y, kvh = h / (p.heads / p.kv_heads), m0 = blockIdx.x * BMQ;
+  const int h = blockIdx.y, kvh = h / (p.heads / p.kv_heads);
+  const int* tile = p.tiles + 4 * blockIdx.x;
+  const int m0 = tile[0], tile_rows = tile[1], tile_pos0 = tile[2], toff = tile[3];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const T* kc = static_cast<const T*>(p.k) + static_cast<size_t>(kvh) * p.max_pos * D;
   const T* vc = static_cast<const T*>(p.v) + static_cast<size_t>(kvh) * p.max_pos * D;
@@ -85,8 +99,8 @@ __global__ void __launch_bounds__(WARPS * 32) flash_prefill_kernel(FlashParams p
 
   for (int c = tid; c < BMQ * D / 8; c += WARPS * 32) {
     int row = c / (D / 8), col = (c % (D / 8)) * 8, m = m0 + row;
-    load8(p.q + (static_cast<size_t>(m < p.rows ? m : 0) * p.heads + h) * D + col, 1.0f, Qs + row * LDQ + col,
-          m < p.rows);
+    load8(p.q + (static_cast<size_t>(row < tile_rows ? m : m0) * p.heads + h) * D + col, 1.0f, Qs + row * LDQ + col,
+          row < tile_rows);
   }
   __syncthreads();
   wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> qf[D / 16];
@@ -94,22 +108,23 @@ __global__ void __launch_bounds__(WARPS * 32) flash_prefill_kernel(FlashParams p
 
   // Each lane owns one query row (lane / 2) and half of its columns.
   const int r = lane >> 1, sc = (lane & 1) * (BNK / 2), oc = (lane & 1) * (D / 2);
-  const int qrow = m0 + warp * 16 + r, qpos = p.pos0 + qrow;
-  const bool row_valid = qrow < p.rows;
+  const int local = warp * 16 + r, qrow = m0 + local, qpos = tile_pos0 + local;
+  const bool row_valid = local < tile_rows;
   float m_i = kNegInf, l_i = 0.0f, o[D / 2];
   for (int j = 0; j < D / 2; ++j) o[j] = 0.0f;
-  const int last_q = min(m0 + BMQ, p.rows) - 1;
-  const int kv_len = p.pos0 + last_q + 1;  // keys any query of this block can see
+  const int kv_len = tile_pos0 + tile_rows;  // keys any query of this tile can see
   float* s_w = Ss + warp * 16 * LDS_S;
   bf16* p_w = Ps + warp * 16 * LDP;
   float* o_w = Os + warp * 16 * LDO;
 
   for (int n0 = 0; n0 < kv_len; n0 += BNK) {
-    const float ks = ksb ? ksb[n0 / BNK] : 1.0f, vs = vsb ? vsb[n0 / BNK] : 1.0f;
+    // fp8: the tile's 64 positions are one 64-slot scale block (block_tokens % 64 == 0).
+    const int sb = key_slot(p.tables, toff, p.block_tokens, n0) / BNK;
+    const float ks = ksb ? ksb[sb] : 1.0f, vs = vsb ? vsb[sb] : 1.0f;
     for (int c = tid; c < BNK * D / 8; c += WARPS * 32) {
       int row = c / (D / 8), col = (c % (D / 8)) * 8, key = n0 + row;
       bool ok = key < kv_len;
-      size_t at = static_cast<size_t>(ok ? key : 0) * D + col;
+      size_t at = static_cast<size_t>(ok ? key_slot(p.tables, toff, p.block_tokens, key) : 0) * D + col;
       load8(kc + at, ks, Ks + row * LDQ + col, ok);
       load8(vc + at, vs, Vs + row * LDQ + col, ok);
     }
@@ -182,24 +197,27 @@ constexpr int kSplitWarps = 4;
 
 struct SplitParams {
   const bf16* q;  // (rows, heads, head_dim)
-  const void* k;  // (kv_heads, max_pos, head_dim)
+  const void* k;  // (kv_heads, max_pos slots, head_dim)
   const void* v;
   const float* k_scale;
   const float* v_scale;
-  float* ws_m;  // (rows, heads, splits) running max (base 2)
-  float* ws_l;  // (rows, heads, splits) sum of exp2
-  float* ws_o;  // (rows, heads, splits, head_dim) unnormalised output
+  float* ws_m;  // (query rows, heads, splits) running max (base 2)
+  float* ws_l;  // (query rows, heads, splits) sum of exp2
+  float* ws_o;  // (query rows, heads, splits, head_dim) unnormalised output
   bf16* out;    // (rows, heads, head_dim)
-  int rows, heads, kv_heads, head_dim, max_pos, pos0, splits, chunk;
+  const int32_t* qrows;   // (query rows, 3): row in q / out, its position, its table offset
+  const int32_t* tables;  // the step's block tables
+  int heads, kv_heads, head_dim, max_pos, block_tokens, splits, chunk;
   float scale_log2;
 };
 
 template <typename T>
 __global__ void __launch_bounds__(kSplitWarps * 32) split_kv_kernel(SplitParams p) {
   __shared__ float sm[kSplitWarps], sl[kSplitWarps], so[kSplitWarps][kMaxDimPerLane * 32];
-  const int h = blockIdx.x, split = blockIdx.y, row = blockIdx.z;
+  const int h = blockIdx.x, split = blockIdx.y, z = blockIdx.z;
+  const int row = p.qrows[3 * z], toff = p.qrows[3 * z + 2];
   const int kvh = h / (p.heads / p.kv_heads), warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int len = p.pos0 + row + 1;
+  const int len = p.qrows[3 * z + 1] + 1;
   const int start = split * p.chunk, end = min(start + p.chunk, len);
   const T* kc = static_cast<const T*>(p.k) + static_cast<size_t>(kvh) * p.max_pos * p.head_dim;
   const T* vc = static_cast<const T*>(p.v) + static_cast<size_t>(kvh) * p.max_pos * p.head_dim;
@@ -214,9 +232,10 @@ __global__ void __launch_bounds__(kSplitWarps * 32) split_kv_kernel(SplitParams 
   }
   float m = kNegInf, l = 0.0f;
   for (int key = start + warp; key < end; key += kSplitWarps) {
-    const T* kr = kc + static_cast<size_t>(key) * p.head_dim;
-    const T* vr = vc + static_cast<size_t>(key) * p.head_dim;
-    const float ks = ksb ? ksb[key / kFp8Block] : 1.0f, vs = vsb ? vsb[key / kFp8Block] : 1.0f;
+    const int slot = key_slot(p.tables, toff, p.block_tokens, key);
+    const T* kr = kc + static_cast<size_t>(slot) * p.head_dim;
+    const T* vr = vc + static_cast<size_t>(slot) * p.head_dim;
+    const float ks = ksb ? ksb[slot / kFp8Block] : 1.0f, vs = vsb ? vsb[slot / kFp8Block] : 1.0f;
     float s = 0.0f;
     for (int i = 0; i < kMaxDimPerLane; ++i) {
       int d = lane + 32 * i;
@@ -239,7 +258,7 @@ __global__ void __launch_bounds__(kSplitWarps * 32) split_kv_kernel(SplitParams 
   __syncthreads();
   float M = kNegInf;
   for (int w = 0; w < kSplitWarps; ++w) M = fmaxf(M, sm[w]);
-  size_t base = (static_cast<size_t>(row) * p.heads + h) * p.splits + split;
+  size_t base = (static_cast<size_t>(z) * p.heads + h) * p.splits + split;
   for (int d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
     float O = 0.0f;
     for (int w = 0; w < kSplitWarps; ++w) O += sm[w] == kNegInf ? 0.0f : so[w][d] * exp2f(sm[w] - M);
@@ -253,10 +272,10 @@ __global__ void __launch_bounds__(kSplitWarps * 32) split_kv_kernel(SplitParams 
   }
 }
 
-// Grid (head, row): out = sum_s O_s 2^(m_s - M) / sum_s l_s 2^(m_s - M).
+// Grid (head, query row): out = sum_s O_s 2^(m_s - M) / sum_s l_s 2^(m_s - M).
 __global__ void split_kv_combine_kernel(SplitParams p) {
-  const int h = blockIdx.x, row = blockIdx.y;
-  size_t base = (static_cast<size_t>(row) * p.heads + h) * p.splits;
+  const int h = blockIdx.x, z = blockIdx.y, row = p.qrows[3 * z];
+  size_t base = (static_cast<size_t>(z) * p.heads + h) * p.splits;
   float M = kNegInf;
   for (int s = 0; s < p.splits; ++s) M = fmaxf(M, p.ws_m[base + s]);
   float L = 0.0f;
@@ -273,25 +292,25 @@ __global__ void split_kv_combine_kernel(SplitParams p) {
   }
 }
 
-/** Splits per (row, head): about 256 keys each, at most 256 for one row, bounded for many rows. */
-int split_count(const AttentionArgs& a) {
-  int len = a.pos0 + a.rows;
-  int want = (len + 255) / 256;
-  int cap = std::max(1, 8192 / std::max(1, a.rows * a.heads / 32));
+/** Splits per (query row, head): about 256 keys each, at most 256 for one row, bounded for many rows. */
+int split_count(const AttentionArgs& a, int qrows, int max_len) {
+  int want = (max_len + 255) / 256;
+  int cap = std::max(1, 8192 / std::max(1, qrows * a.heads / 32));
   return std::max(1, std::min({want, 256, cap}));
 }
 
 }  // namespace
 
 bool flash_supported(const AttentionArgs& a) {
-  return a.head_dim == D && a.rows >= 16 && (a.kv_dtype == UL_DTYPE_BF16 || a.kv_dtype == UL_DTYPE_FP8_E4M3);
+  return a.head_dim == D && (a.kv_dtype == UL_DTYPE_BF16 || a.kv_dtype == UL_DTYPE_FP8_E4M3);
 }
 
-Status launch_flash_prefill(const AttentionArgs& a, cudaStream_t s) {
-  if (!flash_supported(a)) return Err(UL_ERR_INVALID_ARGUMENT, "flash_prefill: needs head_dim 128, >= 16 rows, bf16/fp8 KV");
+Status launch_flash_prefill(const AttentionArgs& a, const DevicePlan& dp, cudaStream_t s) {
+  if (!flash_supported(a)) return Err(UL_ERR_INVALID_ARGUMENT, "flash_prefill: needs head_dim 128, bf16/fp8 KV");
+  if (dp.n_tiles == 0) return Status::Ok();
   FlashParams p{static_cast<const bf16*>(a.q), a.k_cache, a.v_cache, a.k_scale, a.v_scale, static_cast<bf16*>(a.out),
-                a.rows, a.heads, a.kv_heads, a.max_pos, a.pos0, a.softmax_scale * kLog2e};
-  dim3 grid((a.rows + BMQ - 1) / BMQ, a.heads);
+                dp.tiles, dp.tables, a.heads, a.kv_heads, a.max_pos, dp.block_tokens, a.softmax_scale * kLog2e};
+  dim3 grid(dp.n_tiles, a.heads);
   if (a.kv_dtype == UL_DTYPE_FP8_E4M3) {
     UL_CUDA(cudaFuncSetAttribute(flash_prefill_kernel<fp8>, cudaFuncAttributeMaxDynamicSharedMemorySize, kFlashSmem));
     flash_prefill_kernel<fp8><<<grid, WARPS * 32, kFlashSmem, s>>>(p);
@@ -303,19 +322,20 @@ Status launch_flash_prefill(const AttentionArgs& a, cudaStream_t s) {
   return Status::Ok();
 }
 
-size_t decode_workspace_floats(const AttentionArgs& a) {
-  return static_cast<size_t>(a.rows) * a.heads * split_count(a) * (a.head_dim + 2);
+size_t decode_workspace_floats(const AttentionArgs& a, int qrows, int max_len) {
+  return static_cast<size_t>(qrows) * a.heads * split_count(a, qrows, max_len) * (a.head_dim + 2);
 }
 
-Status launch_split_kv(const AttentionArgs& a, float* workspace, cudaStream_t s) {
+Status launch_split_kv(const AttentionArgs& a, const DevicePlan& dp, const int32_t* qrows, int n_qrows, int max_len,
+                       float* workspace, cudaStream_t s) {
   if (a.head_dim > kMaxDimPerLane * 32) return Err(UL_ERR_INVALID_ARGUMENT, "split_kv: head_dim above 256");
-  int splits = split_count(a);
-  int len = a.pos0 + a.rows;
-  size_t n = static_cast<size_t>(a.rows) * a.heads * splits;
+  if (n_qrows == 0) return Status::Ok();
+  int splits = split_count(a, n_qrows, max_len);
+  size_t n = static_cast<size_t>(n_qrows) * a.heads * splits;
   SplitParams p{static_cast<const bf16*>(a.q), a.k_cache, a.v_cache, a.k_scale, a.v_scale, workspace, workspace + n,
-                workspace + 2 * n, static_cast<bf16*>(a.out), a.rows, a.heads, a.kv_heads, a.head_dim, a.max_pos,
-                a.pos0, splits, (len + splits - 1) / splits, a.softmax_scale * kLog2e};
-  dim3 grid(a.heads, splits, a.rows);
+                workspace + 2 * n, static_cast<bf16*>(a.out), qrows, dp.tables, a.heads, a.kv_heads, a.head_dim,
+                a.max_pos, dp.block_tokens, splits, (max_len + splits - 1) / splits, a.softmax_scale * kLog2e};
+  dim3 grid(a.heads, splits, n_qrows);
   if (a.kv_dtype == UL_DTYPE_FP8_E4M3)
     split_kv_kernel<fp8><<<grid, kSplitWarps * 32, 0, s>>>(p);
   else if (a.kv_dtype == UL_DTYPE_BF16)
@@ -323,7 +343,7 @@ Status launch_split_kv(const AttentionArgs& a, float* workspace, cudaStream_t s)
   else
     return Err(UL_ERR_NOT_AVAILABLE, "split_kv: KV dtype must be bf16 or fp8-e4m3");
   UL_CUDA_LAUNCHED();
-  split_kv_combine_kernel<<<dim3(a.heads, a.rows), 128, 0, s>>>(p);
+  split_kv_combine_kernel<<<dim3(a.heads, n_qrows), 128, 0, s>>>(p);
   UL_CUDA_LAUNCHED();
   return Status::Ok();
 }

@@ -55,19 +55,42 @@ __device__ __forceinline__ float warp_max(float v) {
 // elementwise.cu
 Status launch_embed(const bf16* table, const int32_t* tokens, int rows, int dim, float* out, cudaStream_t s);
 Status launch_rmsnorm(const float* x, const bf16* w, int rows, int dim, float eps, bf16* out, cudaStream_t s);
-Status launch_rope(bf16* x, int rows, int heads, int head_dim, int rot_dim, int pos0, const double* inv_freq,
-                   float scaling, cudaStream_t s);
+/** positions (device, rows) or nullptr: row r at pos0 + r. */
+Status launch_rope(bf16* x, int rows, int heads, int head_dim, int rot_dim, int pos0, const int32_t* positions,
+                   const double* inv_freq, float scaling, cudaStream_t s);
 Status launch_swiglu(const bf16* gate, const bf16* up, size_t n, bf16* out, cudaStream_t s);
 Status launch_kv_store(const KvStoreArgs& a, cudaStream_t s);
+/** bf16 only: row r to slot slots[r] (device), one launch for a micro-batch. */
+Status launch_kv_store_slots(const KvStoreArgs& a, const int32_t* slots, int rows, cudaStream_t s);
 // gemm.cu: y (M, N) = x (M, K) . w (N, K)^T, tensor cores (wmma bf16, fp32 accumulate).
 Status launch_gemm_tc(const bf16* x, const bf16* w, int M, int K, int N, void* y, bool y_f32_accumulate,
                       cudaStream_t s);
 // attention.cu
-Status launch_flash_prefill(const AttentionArgs& a, cudaStream_t s);
-/** Split-KV attention, any rows and head_dim <= 256; workspace grown by the caller to the size
- *  decode_workspace_floats() names. */
-size_t decode_workspace_floats(const AttentionArgs& a);
-Status launch_split_kv(const AttentionArgs& a, float* workspace, cudaStream_t s);
+/**
+ * A micro-batch's plan on the device (cuda_backend.cu prepare_step copies it in once): the block
+ * tables, flash tiles (first row, rows <= 64, position of the first row, table offset; items of
+ * >= 16 rows) and split-KV query rows (row, position, table offset) of every row and of the rows of
+ * items under 16 rows, with the longest key range of each. Table offset -1: slot = position.
+ */
+struct DevicePlan {
+  const int32_t* tables = nullptr;
+  const int32_t* tiles = nullptr;
+  int n_tiles = 0;
+  const int32_t* all_rows = nullptr;
+  int n_all = 0, max_len_all = 0;
+  const int32_t* small_rows = nullptr;
+  int n_small = 0, max_len_small = 0;
+  const int32_t* positions = nullptr;  // (rows) per row
+  const int32_t* slots = nullptr;      // (rows) per row
+  int block_tokens = 1;
+};
+/** Flash prefill of dp's tiles (head_dim 128, bf16/fp8 KV: flash_supported). */
+Status launch_flash_prefill(const AttentionArgs& a, const DevicePlan& dp, cudaStream_t s);
+/** Split-KV attention of n_qrows query rows (qrows: row, position, table offset), head_dim <= 256;
+ *  workspace grown by the caller to the size decode_workspace_floats() names. */
+size_t decode_workspace_floats(const AttentionArgs& a, int n_qrows, int max_len);
+Status launch_split_kv(const AttentionArgs& a, const DevicePlan& dp, const int32_t* qrows, int n_qrows, int max_len,
+                       float* workspace, cudaStream_t s);
 bool flash_supported(const AttentionArgs& a);
 // sampling.cu
 Status launch_sample(const float* logits, int vocab, float temperature, uint64_t seed, uint64_t counter,

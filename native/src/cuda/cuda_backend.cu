@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 #include <unordered_set>
+#include <vector>
 
 #include "common.cuh"
 
@@ -20,6 +21,7 @@ class CudaBackend final : public Backend {
       if (ev) cudaEventDestroy(ev);
     if (staging_) cudaFreeHost(staging_);
     if (workspace_) cudaFree(workspace_);
+    if (plan_dev_) cudaFree(plan_dev_);
     if (tokens_) cudaFree(tokens_);
     if (token_out_) cudaFree(token_out_);
     if (stream_) cudaStreamDestroy(stream_);
@@ -151,15 +153,101 @@ class CudaBackend final : public Backend {
   }
   Status rope(void* x, int rows, int heads, int head_dim, int rot_dim, int pos0, const double* inv_freq,
               float scaling) override {
-    return launch_rope(static_cast<bf16*>(x), rows, heads, head_dim, rot_dim, pos0, inv_freq, scaling, stream_);
+    return launch_rope(static_cast<bf16*>(x), rows, heads, head_dim, rot_dim, pos0, nullptr, inv_freq, scaling, stream_);
+  }
+  // One launch for every item's rows, at their positions (prepare_step put them on the device).
+  Status rope_step(void* x, int heads, int head_dim, int rot_dim, const double* inv_freq, float scaling,
+                   const StepPlan& plan) override {
+    return launch_rope(static_cast<bf16*>(x), plan.rows, heads, head_dim, rot_dim, 0, dev_.positions, inv_freq, scaling,
+                       stream_);
+  }
+  // bf16: one launch to every row's slot. fp8 keeps the per-run launches of the default (a block's
+  // scale is set from all the rows the run writes into it).
+  Status kv_store_step(const KvStoreArgs& a, const StepPlan& plan) override {
+    if (a.kv_dtype == UL_DTYPE_BF16) return launch_kv_store_slots(a, dev_.slots, plan.rows, stream_);
+    return Backend::kv_store_step(a, plan);
   }
   Status swiglu(const void* gate, const void* up, size_t n, void* out) override {
     return launch_swiglu(static_cast<const bf16*>(gate), static_cast<const bf16*>(up), n, static_cast<bf16*>(out), stream_);
   }
   Status kv_store(const KvStoreArgs& a) override { return launch_kv_store(a, stream_); }
+  /**
+   * The micro-batch's tables, flash tiles and split-KV query rows, built here and copied to the
+   * device in one upload (once per micro-batch, not per layer): ints
+   *   [tables | tiles (4 each) | all rows (3 each) | rows of items under 16 rows (3 each) |
+   *    positions | slots]
+   * A plan without tables (kernel checks) is slot = position (table offset -1).
+   */
+  Status prepare_step(const StepPlan& plan) override {
+    std::vector<int32_t>& h = plan_host_;
+    h.assign(plan.tables, plan.tables + plan.table_ints);
+    size_t tiles_at = h.size();
+    int n_tiles = 0;
+    for (int i = 0; i < plan.n_items; ++i) {
+      const StepItemPlan& it = plan.items[i];
+      if (it.rows < kFlashMinRows) continue;
+      int toff = plan.tables ? it.table_off : -1;
+      for (int t = 0; t < it.rows; t += 64, ++n_tiles)
+        h.insert(h.end(), {it.row0 + t, std::min(64, it.rows - t), it.pos0 + t, toff});
+    }
+    size_t all_at = h.size();
+    int max_all = 0, max_small = 0, n_small = 0;
+    for (int pass = 0; pass < 2; ++pass) {
+      for (int i = 0; i < plan.n_items; ++i) {
+        const StepItemPlan& it = plan.items[i];
+        if (pass == 1 && it.rows >= kFlashMinRows) continue;
+        int toff = plan.tables ? it.table_off : -1;
+        for (int r = 0; r < it.rows; ++r) h.insert(h.end(), {it.row0 + r, it.pos0 + r, toff});
+        int& most = pass == 0 ? max_all : max_small;
+        most = std::max(most, it.pos0 + it.rows);
+        if (pass == 1) n_small += it.rows;
+      }
+    }
+    size_t small_at = all_at + 3 * static_cast<size_t>(plan.rows), positions_at = h.size();
+    if (plan.positions) h.insert(h.end(), plan.positions, plan.positions + plan.rows);
+    size_t slots_at = h.size();
+    if (plan.slots) h.insert(h.end(), plan.slots, plan.slots + plan.rows);
+    if (h.size() > plan_cap_) {
+      UL_CUDA(cudaStreamSynchronize(stream_));
+      if (plan_dev_) UL_CUDA(cudaFree(plan_dev_));
+      plan_dev_ = nullptr;
+      UL_CUDA(cudaMalloc(&plan_dev_, h.size() * sizeof(int32_t) * 2));
+      plan_cap_ = h.size() * 2;
+    }
+    if (!h.empty()) UL_TRY(upload(plan_dev_, h.data(), h.size() * sizeof(int32_t)));
+    dev_ = DevicePlan{};
+    dev_.tables = plan_dev_;
+    dev_.tiles = plan_dev_ + tiles_at;
+    dev_.n_tiles = n_tiles;
+    dev_.all_rows = plan_dev_ + all_at;
+    dev_.n_all = plan.rows;
+    dev_.max_len_all = max_all;
+    dev_.small_rows = plan_dev_ + small_at;
+    dev_.n_small = n_small;
+    dev_.max_len_small = max_small;
+    dev_.positions = plan.positions ? plan_dev_ + positions_at : nullptr;
+    dev_.slots = plan.slots ? plan_dev_ + slots_at : nullptr;
+    dev_.block_tokens = std::max(1, plan.block_tokens);
+    return Status::Ok();
+  }
+
   Status attention(const AttentionArgs& a) override {
-    if (flash_supported(a)) return launch_flash_prefill(a, stream_);
-    size_t need = decode_workspace_floats(a);
+    if (!a.plan) {  // kernel checks and benchmarks: one item at pos0, slot = position
+      StepItemPlan one{0, a.rows, a.pos0, 0};
+      StepPlan plan;
+      plan.n_items = 1;
+      plan.items = &one;
+      plan.rows = a.rows;
+      UL_TRY(prepare_step(plan));
+    }
+    // Flash for the tiles of items of >= 16 rows, split-KV for the rest (or for every row where
+    // flash does not apply: head_dim other than 128).
+    bool flash = flash_supported(a);
+    const int32_t* rows = flash ? dev_.small_rows : dev_.all_rows;
+    int n = flash ? dev_.n_small : dev_.n_all, max_len = flash ? dev_.max_len_small : dev_.max_len_all;
+    if (flash) UL_TRY(launch_flash_prefill(a, dev_, stream_));
+    if (n == 0) return Status::Ok();
+    size_t need = decode_workspace_floats(a, n, max_len);
     if (need > workspace_cap_) {
       UL_CUDA(cudaStreamSynchronize(stream_));
       if (workspace_) UL_CUDA(cudaFree(workspace_));
@@ -167,7 +255,7 @@ class CudaBackend final : public Backend {
       UL_CUDA(cudaMalloc(&workspace_, need * sizeof(float)));
       workspace_cap_ = need;
     }
-    return launch_split_kv(a, workspace_, stream_);
+    return launch_split_kv(a, dev_, rows, n, max_len, workspace_, stream_);
   }
   Status sample(const float* logits, int vocab, float temperature, uint64_t seed, uint64_t counter,
                 int32_t* token_host) override {
@@ -181,6 +269,7 @@ class CudaBackend final : public Backend {
 
  private:
   static constexpr size_t kPiece = size_t{64} << 20;
+  static constexpr int kFlashMinRows = 16;  // items with fewer rows (decode) go to split-KV
 
   char* half_ptr(size_t k) const { return static_cast<char*>(staging_) + (k % 2) * kPiece; }
 
@@ -201,6 +290,10 @@ class CudaBackend final : public Backend {
   std::string gemm_report_;  // JSON members: where cuBLASLt came from, or what was tried
   void* staging_ = nullptr;  // pinned host memory, two halves of kPiece, for every host <-> device copy
   cudaEvent_t half_free_[2] = {nullptr, nullptr};
+  std::vector<int32_t> plan_host_;  // prepare_step's ints, then copied to plan_dev_
+  int32_t* plan_dev_ = nullptr;
+  size_t plan_cap_ = 0;
+  DevicePlan dev_;
   float* workspace_ = nullptr;  // split-KV partials
   size_t workspace_cap_ = 0;
   int32_t* tokens_ = nullptr;  // (rows) token ids for embed

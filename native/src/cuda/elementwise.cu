@@ -49,10 +49,10 @@ Status launch_rmsnorm(const float* x, const bf16* w, int rows, int dim, float ep
 // Block per row; threads over (head, i < rot/2). The angle pos * inv_freq[i] is formed in f64 and
 // reduced mod 2*pi there, so sincosf sees |a| <= pi: f32 precision at any position (at 4M positions
 // an f32 product alone is off by up to 0.25 rad).
-__global__ void rope_kernel(bf16* x, int heads, int head_dim, int rot_dim, int pos0, const double* inv_freq,
-                            float scaling) {
+__global__ void rope_kernel(bf16* x, int heads, int head_dim, int rot_dim, int pos0, const int32_t* positions,
+                            const double* inv_freq, float scaling) {
   int r = blockIdx.x, half = rot_dim / 2;
-  double pos = static_cast<double>(pos0 + r);
+  double pos = static_cast<double>(positions ? positions[r] : pos0 + r);
   for (int t = threadIdx.x; t < heads * half; t += blockDim.x) {
     int h = t / half, i = t % half;
     double a = pos * inv_freq[i];
@@ -68,9 +68,9 @@ __global__ void rope_kernel(bf16* x, int heads, int head_dim, int rot_dim, int p
   }
 }
 
-Status launch_rope(bf16* x, int rows, int heads, int head_dim, int rot_dim, int pos0, const double* inv_freq,
-                   float scaling, cudaStream_t s) {
-  rope_kernel<<<rows, 256, 0, s>>>(x, heads, head_dim, rot_dim, pos0, inv_freq, scaling);
+Status launch_rope(bf16* x, int rows, int heads, int head_dim, int rot_dim, int pos0, const int32_t* positions,
+                   const double* inv_freq, float scaling, cudaStream_t s) {
+  rope_kernel<<<rows, 256, 0, s>>>(x, heads, head_dim, rot_dim, pos0, positions, inv_freq, scaling);
   UL_CUDA_LAUNCHED();
   return Status::Ok();
 }
@@ -90,11 +90,13 @@ Status launch_swiglu(const bf16* gate, const bf16* up, size_t n, bf16* out, cuda
   return Status::Ok();
 }
 
-// bf16: src (rows, kv_heads, head_dim) bf16 -> cache (kv_heads, max_pos, head_dim) at pos0. Grid (rows, kv_heads).
-__global__ void kv_store_bf16_kernel(const bf16* src, bf16* cache, int kv_heads, int head_dim, int max_pos, int pos0) {
+// bf16: src (rows, kv_heads, head_dim) bf16 -> cache (kv_heads, max_pos slots, head_dim) at slot
+// slots[r] (a paged micro-batch), or pos0 + r when slots is nullptr. Grid (rows, kv_heads).
+__global__ void kv_store_bf16_kernel(const bf16* src, bf16* cache, int kv_heads, int head_dim, int max_pos, int pos0,
+                                     const int32_t* slots) {
   int r = blockIdx.x, h = blockIdx.y;
   const bf16* s = src + (static_cast<size_t>(r) * kv_heads + h) * head_dim;
-  bf16* d = cache + (static_cast<size_t>(h) * max_pos + pos0 + r) * head_dim;
+  bf16* d = cache + (static_cast<size_t>(h) * max_pos + (slots ? slots[r] : pos0 + r)) * head_dim;
   for (int i = threadIdx.x; i < head_dim; i += blockDim.x) d[i] = s[i];
 }
 
@@ -144,10 +146,18 @@ Status launch_kv_store(const KvStoreArgs& a, cudaStream_t s) {
                                                                  a.head_dim, a.max_pos, a.pos0, a.rows);
   } else if (a.kv_dtype == UL_DTYPE_BF16) {
     kv_store_bf16_kernel<<<dim3(a.rows, a.kv_heads), 128, 0, s>>>(src, static_cast<bf16*>(a.cache), a.kv_heads,
-                                                                  a.head_dim, a.max_pos, a.pos0);
+                                                                  a.head_dim, a.max_pos, a.pos0, nullptr);
   } else {
     return Err(UL_ERR_NOT_AVAILABLE, "cuda kv_store: KV dtype must be bf16 or fp8-e4m3");
   }
+  UL_CUDA_LAUNCHED();
+  return Status::Ok();
+}
+
+Status launch_kv_store_slots(const KvStoreArgs& a, const int32_t* slots, int rows, cudaStream_t s) {
+  if (a.kv_dtype != UL_DTYPE_BF16) return Err(UL_ERR_INVALID_ARGUMENT, "kv_store_slots: bf16 KV only");
+  kv_store_bf16_kernel<<<dim3(rows, a.kv_heads), 128, 0, s>>>(static_cast<const bf16*>(a.src), static_cast<bf16*>(a.cache),
+                                                              a.kv_heads, a.head_dim, a.max_pos, 0, slots);
   UL_CUDA_LAUNCHED();
   return Status::Ok();
 }
