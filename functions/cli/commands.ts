@@ -34,6 +34,11 @@ export const commands: Record<string, CommandEntry> = {
     summary: "encode text or a chat with a model's Llama 3 tokenizer (ids as JSON, or a count)",
     load: () => import("./commands/tokenize.ts"),
   },
+  plan: {
+    summary:
+      "plan where a context's KV lives (GPU, host memory, snapshot store) and what its prefill and decode cost",
+    load: () => import("./commands/plan.ts"),
+  },
   convert: {
     summary: "write a model directory as a llama.cpp GGUF file (--to gguf)",
     load: () => import("./commands/convert.ts"),
