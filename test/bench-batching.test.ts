@@ -29,6 +29,7 @@ interface Figures {
   aggregateDecodeTokensPerSec: number;
   lost: number;
   wrong: number;
+  wrongFromToken: { min: number | null; p50: number | null };
   sameAnswersAsLlamaCpp?: number;
 }
 
@@ -54,7 +55,13 @@ describe("npm run bench -- batching", () => {
   it.skipIf(!tool("node-llama-cpp", haveLlamaCpp, "the batching benchmark's smoke run"))(
     "--quick: every cell answered every question, ours all right, ratios from the figures",
     async () => {
-      const r = await bench(["--quick", "--clients", "3", "--doc-tokens", "64", "--tokens", "4"]);
+      // One server: batched where serve batches (the bench's default would add a second, one
+      // sequence at a time), else the only one there is.
+      const batched = (await serveOptions()).has("--max-seqs");
+      const r = await bench([
+        ...["--quick", "--clients", "3", "--doc-tokens", "64", "--tokens", "4"],
+        ...(batched ? ["--max-seqs", "3"] : []),
+      ]);
       expect(r.status, r.stderr).toBe(0);
       const report = JSON.parse(r.stdout) as {
         bench: string;
@@ -75,7 +82,9 @@ describe("npm run bench -- batching", () => {
       expect(report.targets.atClients).toBe(3);
       expect(report.targets.lostOrWrong).toEqual({ value: 0, target: 0, met: true });
       const modes = report.ours.modes.map((m) => m.mode);
-      expect(modes.length).toBeGreaterThan(0);
+      expect(modes).toEqual([
+        batched ? "max-seqs 3" : "one sequence at a time (serve has no --max-seqs)",
+      ]);
       for (const cell of report.cells) {
         expect(Object.keys(cell.ours)).toEqual(modes);
         for (const f of [...Object.values(cell.ours), cell.llamaCpp]) {
@@ -88,6 +97,7 @@ describe("npm run bench -- batching", () => {
         for (const mode of modes) {
           const ours = cell.ours[mode];
           expect(ours.wrong).toBe(0);
+          expect(ours.wrongFromToken).toEqual({ min: null, p50: null });
           expect(ours.sameAnswersAsLlamaCpp).toBeLessThanOrEqual(3);
           // Within the rounding of the two figures (0.1 tokens/s) and of the ratio (3 digits).
           const quotient =

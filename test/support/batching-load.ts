@@ -10,8 +10,8 @@ export interface Answer {
   startMs: number;
   /** When each generated token arrived, in order. */
   tokenMs: number[];
-  /** The answer's text: what a comparison with another answer to the same question looks at. */
-  text: string;
+  /** Each generated token's text, in order: what a comparison with another answer looks at. */
+  pieces: string[];
   /** Why the request did not complete (an HTTP status, a stream error, an exception), or null. */
   error: string | null;
   /** 429s (queue full) the client was answered before the request was admitted. */
@@ -39,6 +39,13 @@ export async function runClients(
   return { answers, wallMs: performance.now() - t0 };
 }
 
+/** The first token where two answers differ (or the shorter one's length); null when equal. */
+export function firstDivergence(a: string[], b: string[]): number | null {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return i;
+  return a.length === b.length ? null : n;
+}
+
 /** Nearest-rank percentile of `xs` (0 < p <= 1); null when empty. */
 export function percentile(xs: number[], p: number): number | null {
   if (xs.length === 0) return null;
@@ -64,13 +71,15 @@ export interface CellFigures {
   lost: number;
   /** Completed answers that differ from the same question's answer asked alone (`reference`). */
   wrong: number;
+  /** Where the wrong answers first differ from the reference: token index, least and median. */
+  wrongFromToken: { min: number | null; p50: number | null };
   retried429: number;
 }
 
 /**
  * The figures of one cell. `reference` holds the same questions' answers asked one at a time
- * (the 1-client cell); an answer is wrong when its text or token count differs from the
- * reference's, unless the reference itself was lost.
+ * (the 1-client cell); an answer is wrong when any token's text, or the token count, differs
+ * from the reference's, unless the reference itself was lost.
  */
 export function cellFigures(
   clients: number,
@@ -81,14 +90,12 @@ export function cellFigures(
   const outputTokens = done.reduce((n, a) => n + a.tokenMs.length, 0);
   const ttft = done.filter((a) => a.tokenMs.length > 0).map((a) => a.tokenMs[0] - a.startMs);
   const gaps = done.flatMap((a) => a.tokenMs.slice(1).map((t, i) => t - a.tokenMs[i]));
-  const wrong = run.answers.filter((a, q) => {
+  const divergences = run.answers.flatMap((a, q) => {
     const ref = reference[q];
-    return (
-      a.error === null &&
-      ref.error === null &&
-      (a.text !== ref.text || a.tokenMs.length !== ref.tokenMs.length)
-    );
-  }).length;
+    const at =
+      a.error === null && ref.error === null ? firstDivergence(a.pieces, ref.pieces) : null;
+    return at === null ? [] : [at];
+  });
   return {
     clients,
     requests: run.answers.length,
@@ -98,7 +105,8 @@ export function cellFigures(
     ttftMs: { p50: ms(percentile(ttft, 0.5)), p99: ms(percentile(ttft, 0.99)) },
     interTokenMs: { p50: ms(percentile(gaps, 0.5)), p99: ms(percentile(gaps, 0.99)) },
     lost: run.answers.length - done.length,
-    wrong,
+    wrong: divergences.length,
+    wrongFromToken: { min: percentile(divergences, 0), p50: percentile(divergences, 0.5) },
     retried429: run.answers.reduce((n, a) => n + a.retries, 0),
   };
 }

@@ -21,7 +21,7 @@ export interface ParallelLlama {
   /**
    * Question `prompt` on sequence `seq` after the document: greedy, at most `maxTokens` tokens,
    * ending early at an end-of-generation token as our server does. Never throws. `ids` are the
-   * generated token ids; the caller makes the Answer's text from them.
+   * generated token ids; the caller makes the Answer's pieces from them.
    */
   ask(seq: number, prompt: number[], maxTokens: number): Promise<Answer & { ids: number[] }>;
   close(): Promise<void>;
@@ -63,7 +63,7 @@ export async function openParallelLlama(
       const answer = {
         startMs: performance.now(),
         tokenMs: [] as number[],
-        text: "",
+        pieces: [] as string[],
         error: null as string | null,
         retries: 0,
         ids: [] as number[],

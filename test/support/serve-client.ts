@@ -76,7 +76,7 @@ export async function streamCompletion(
   const answer: Answer = {
     startMs: performance.now(),
     tokenMs: [],
-    text: "",
+    pieces: [],
     error: null,
     retries: 0,
   };
@@ -120,7 +120,7 @@ export async function streamCompletion(
         if (choice.finish_reason !== null) finished = true;
         else {
           answer.tokenMs.push(performance.now());
-          answer.text += choice.text;
+          answer.pieces.push(choice.text);
         }
       }
       if (!finished) answer.error = "stream ended without a finish reason";
