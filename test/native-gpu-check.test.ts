@@ -44,9 +44,11 @@ const STAGES = [
   "kv-roundtrip",
   "fp8",
   "kv-export",
+  "paged",
   "bench-attention",
   "bench-gemm",
   "bench-prefill",
+  "bench-paged-decode",
 ];
 
 interface Line {

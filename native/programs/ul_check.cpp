@@ -24,6 +24,12 @@
 //   ul_check bench-gemm --m 4096 [--backend ..]       the Llama-3.1-8B projection shapes
 //   ul_check bench-prefill --lens 32768,131072 [--shape 8b|tiny] [--backend ..]
 //       prefill tokens/s of a random-weight model of that shape through the whole engine
+//   ul_check paged [--shape tiny|8b] [--kv ..] [--block 16] [--tol 1e-6] [--backend ..]
+//       paged == contiguous: four sequences batched through ul_engine_step (shared prefix blocks,
+//       copy-on-write, prefill pieces beside decode tokens, lengths off the 64-row tiles) vs each
+//       alone on a single-sequence engine; normalised logits error per item
+//   ul_check bench-paged-decode [--shape 8b|tiny] [--seqs 16] [--prefix 4096] [--steps 16] [--backend ..]
+//       decode steps of --seqs sequences sharing a prefix, batched in one step vs one at a time
 //
 // CFG is a text file of "key value..." lines (written by gpu_check.py from config.json with
 // test/reference/rope_reference.py): hidden_size, intermediate_size, num_layers, num_heads,
@@ -658,11 +664,8 @@ int cmd_bench_gemm(const std::map<std::string, std::string>& f) {
   return 0;
 }
 
-int cmd_bench_prefill(const std::map<std::string, std::string>& f) {
-  ul_backend_kind kind = backend_kind(f);
-  bool tiny = f.count("shape") && f.at("shape") == "tiny";
-  std::vector<int> lens = int_list(f.count("lens") ? f.at("lens") : "32768,131072");
-  int max_len = *std::max_element(lens.begin(), lens.end());
+/** A Llama-3.1-8B-shaped (or tiny: hidden 256, 2 layers, vocab 1024) config, head_dim 128. */
+ul_config random_config(bool tiny, std::vector<double>* inv) {
   ul_config c{};
   c.hidden_size = tiny ? 256 : 4096;
   c.intermediate_size = tiny ? 512 : 14336;
@@ -673,26 +676,35 @@ int cmd_bench_prefill(const std::map<std::string, std::string>& f) {
   c.vocab_size = tiny ? 1024 : 128256;
   c.rms_norm_eps = 1e-5f;
   c.rotary_dim = 128;
-  std::vector<double> inv = inv_freq_default(128, 500000.0);
-  c.inv_freq = inv.data();
+  *inv = inv_freq_default(128, 500000.0);
+  c.inv_freq = inv->data();
   c.attention_scaling = 1.0f;
-  c.max_positions = max_len;
-  c.kv_dtype = kv_flag(f, kind);
-  c.backend = kind;
+  return c;
+}
+
+/**
+ * An engine of config c with random weights, ready: single-sequence (block_tokens 0) or paged.
+ * `distinct`: every tensor its own N(0, 0.02) draw (the paged check: a row's logits must depend on
+ * its own tokens); otherwise one shared block reused for every tensor (benchmarks: fast to set).
+ */
+ul_engine* random_engine(const ul_config& c, int block_tokens, int total_blocks, bool distinct) {
   ul_engine* e = nullptr;
-  must(ul_engine_create(&c, &e), nullptr, "create");
-  // Random weights: one shared N(0, 0.02) bf16 block reused for every tensor (norms are 1).
+  if (block_tokens > 0) must(ul_engine_create_paged(&c, block_tokens, total_blocks, &e), nullptr, "create_paged");
+  else must(ul_engine_create(&c, &e), nullptr, "create");
   size_t biggest = static_cast<size_t>(c.vocab_size) * c.hidden_size;
   biggest = std::max(biggest, static_cast<size_t>(c.intermediate_size) * c.hidden_size);
   std::vector<uint16_t> block(biggest);
-  {
-    auto r = randn(std::min<size_t>(biggest, size_t{1} << 22), 0.02f, 7);
+  uint32_t seed = 7;
+  auto refill = [&]() {
+    auto r = randn(std::min<size_t>(biggest, size_t{1} << 22), 0.02f, seed++);
     for (size_t i = 0; i < biggest; ++i) block[i] = f32_to_bf16(r[i % r.size()]);
-  }
+  };
+  refill();
   std::vector<uint16_t> ones(c.hidden_size, f32_to_bf16(1.0f));
   int64_t h = c.hidden_size, q = static_cast<int64_t>(c.num_heads) * c.head_dim,
           kv = static_cast<int64_t>(c.num_kv_heads) * c.head_dim, im = c.intermediate_size;
   auto set = [&](const std::string& name, std::vector<int64_t> shape, const uint16_t* data) {
+    if (distinct && data == block.data()) refill();
     must(ul_engine_set_tensor(e, name.c_str(), UL_DTYPE_BF16, shape.data(), static_cast<int>(shape.size()), data), e, "set_tensor");
   };
   set("model.embed_tokens.weight", {c.vocab_size, h}, block.data());
@@ -711,6 +723,20 @@ int cmd_bench_prefill(const std::map<std::string, std::string>& f) {
     set(p + "mlp.down_proj.weight", {h, im}, block.data());
   }
   must(ul_engine_ready(e), e, "ready");
+  return e;
+}
+
+int cmd_bench_prefill(const std::map<std::string, std::string>& f) {
+  ul_backend_kind kind = backend_kind(f);
+  bool tiny = f.count("shape") && f.at("shape") == "tiny";
+  std::vector<int> lens = int_list(f.count("lens") ? f.at("lens") : "32768,131072");
+  int max_len = *std::max_element(lens.begin(), lens.end());
+  std::vector<double> inv;
+  ul_config c = random_config(tiny, &inv);
+  c.max_positions = max_len;
+  c.kv_dtype = kv_flag(f, kind);
+  c.backend = kind;
+  ul_engine* e = random_engine(c, 0, 0, false);
   std::vector<int32_t> tokens(max_len);
   for (int i = 0; i < max_len; ++i) tokens[i] = (i * 7919) % c.vocab_size;
   std::vector<float> logits(c.vocab_size);
@@ -733,10 +759,183 @@ int cmd_bench_prefill(const std::map<std::string, std::string>& f) {
   return 0;
 }
 
+/** max |a - b| / max(1e-30, max |b|). */
+double normalized_err(const std::vector<float>& a, const float* b, size_t n) {
+  double diff = 0, scale = 1e-30;
+  for (size_t i = 0; i < n; ++i) {
+    diff = std::max(diff, std::fabs(static_cast<double>(a[i]) - b[i]));
+    scale = std::max(scale, std::fabs(static_cast<double>(b[i])));
+  }
+  return diff / scale;
+}
+
+/** Distinct token ids for a sequence (seed) of n tokens. */
+std::vector<int32_t> seq_tokens(int n, int vocab, int seed) {
+  std::vector<int32_t> t(n);
+  for (int i = 0; i < n; ++i) t[i] = static_cast<int32_t>((i * 7919 + seed * 104729 + 13) % vocab);
+  return t;
+}
+
+/**
+ * paged == contiguous: four sequences through ul_engine_step on a paged engine (scattered block
+ * tables of --block positions, a 150-token prefix shared by A, B and C with its partial last block
+ * copied on write, prefill pieces beside decode tokens, lengths that are not tile multiples) against
+ * each sequence run alone in the same pieces on a single-sequence engine. Prints each item's
+ * normalised logits error; ok when all <= --tol.
+ */
+int cmd_paged(const std::map<std::string, std::string>& f) {
+  ul_backend_kind kind = backend_kind(f);
+  bool tiny = !f.count("shape") || f.at("shape") == "tiny";
+  const int bt = f.count("block") ? std::stoi(f.at("block")) : 16;
+  const double tol = f.count("tol") ? std::stod(f.at("tol")) : 1e-6;
+  std::vector<double> inv;
+  ul_config c = random_config(tiny, &inv);
+  c.max_positions = 512;
+  c.kv_dtype = kv_flag(f, kind);
+  c.backend = kind;
+  const int P = 150, V = c.vocab_size, nb = 512 / bt + 1, total = 4 * nb + 2;
+  // Scattered tables: sequence s takes blocks s, s + 4, s + 8, ... (A's first blocks are shared).
+  auto table_of = [&](int s) {
+    std::vector<int32_t> t(nb);
+    for (int b = 0; b < nb; ++b) t[b] = (b * 4 + s) % total;
+    return t;
+  };
+  std::vector<std::vector<int32_t>> tables = {table_of(0), table_of(1), table_of(2), table_of(3)};
+  for (int s = 1; s < 3; ++s)
+    for (int b = 0; b < P / bt; ++b) tables[s][b] = tables[0][b];  // whole prefix blocks shared
+  std::vector<int32_t> prefix = seq_tokens(P, V, 1);
+  std::vector<std::vector<int32_t>> toks(4);
+  const int own[4] = {38, 2, 71, 205};
+  for (int s = 0; s < 3; ++s) {
+    toks[s] = prefix;
+    std::vector<int32_t> rest = seq_tokens(own[s], V, 2 + s);
+    toks[s].insert(toks[s].end(), rest.begin(), rest.end());
+  }
+  toks[3] = seq_tokens(own[3], V, 9);
+  struct Piece { int seq, start, n; bool logits; };
+  // Step 1: A's prefix beside D's prefill; copy-on-write; step 2: A 37, B 1, C 70 from the prefix,
+  // D decodes; step 3: a decode token each.
+  std::vector<std::vector<Piece>> steps = {
+      {{0, 0, P, false}, {3, 0, 203, true}},
+      {{0, P, 37, true}, {1, P, 1, true}, {2, P, 70, true}, {3, 203, 1, true}},
+      {{0, P + 37, 1, true}, {1, P + 1, 1, true}, {2, P + 70, 1, true}, {3, 204, 1, true}},
+  };
+  ul_engine* pe = random_engine(c, bt, total, true);
+  ul_engine* se = random_engine(c, 0, 0, true);
+  std::vector<float> want(V);
+  std::printf("{\"backend\": \"%s\", \"kv\": \"%s\", \"block_tokens\": %d, \"tol\": %g, \"results\": [",
+              kind == UL_BACKEND_CUDA ? "cuda" : "reference", c.kv_dtype == UL_DTYPE_BF16 ? "bf16" : c.kv_dtype == UL_DTYPE_FP8_E4M3 ? "fp8" : "f32",
+              bt, tol);
+  double worst = 0;
+  bool first = true;
+  for (size_t k = 0; k < steps.size(); ++k) {
+    std::vector<ul_step_item> items;
+    int wanted = 0;
+    for (const Piece& p : steps[k]) {
+      items.push_back({toks[p.seq].data() + p.start, p.n, p.start, tables[p.seq].data(), nb, p.logits ? 1 : 0});
+      wanted += p.logits;
+    }
+    std::vector<float> got(static_cast<size_t>(wanted) * V);
+    must(ul_engine_step(pe, static_cast<int>(items.size()), items.data(), got.data()), pe, "step");
+    if (k == 0 && P % bt != 0) {  // B and C leave the prefix mid-block: copy it first
+      int32_t pairs[4] = {tables[0][P / bt], tables[1][P / bt], tables[0][P / bt], tables[2][P / bt]};
+      must(ul_engine_copy_blocks(pe, 2, pairs), pe, "copy_blocks");
+    }
+    int row = 0;
+    for (const Piece& p : steps[k]) {
+      if (!p.logits) continue;
+      // Alone: the prefix as A wrote it, then this sequence's own pieces up to this one.
+      must(ul_engine_truncate(se, 0), se, "truncate");
+      for (size_t j = 0; j <= k; ++j)
+        for (const Piece& q : steps[j]) {
+          bool mine = q.seq == p.seq || (q.seq == 0 && q.start == 0 && p.seq < 3);
+          if (!mine || q.start != ul_engine_position(se) || (j == k && q.seq != p.seq)) continue;
+          must(ul_engine_forward(se, toks[q.seq].data() + q.start, q.n, j == k ? want.data() : nullptr), se, "forward");
+        }
+      double err = normalized_err(want, got.data() + static_cast<size_t>(row) * V, V);
+      worst = std::max(worst, err);
+      std::printf("%s\n  {\"step\": %zu, \"seq\": %d, \"start\": %d, \"tokens\": %d, \"normalized_err\": %.3g}",
+                  first ? "" : ",", k + 1, p.seq, p.start, p.n, err);
+      first = false;
+      ++row;
+    }
+  }
+  std::printf("\n], \"max_normalized_err\": %.3g, \"ok\": %s}\n", worst, worst <= tol ? "true" : "false");
+  ul_engine_destroy(pe);
+  ul_engine_destroy(se);
+  return 0;
+}
+
+/**
+ * Batched decode: --seqs sequences share a --prefix of whole 64-position blocks (prefilled once),
+ * each gets its own 17-token suffix in one step, then --steps decode steps of all of them at once
+ * (logits for every item) are timed against the same steps run one sequence at a time.
+ */
+int cmd_bench_paged_decode(const std::map<std::string, std::string>& f) {
+  ul_backend_kind kind = backend_kind(f);
+  bool tiny = f.count("shape") && f.at("shape") == "tiny";
+  const int S = f.count("seqs") ? std::stoi(f.at("seqs")) : 16;
+  const int P = f.count("prefix") ? std::stoi(f.at("prefix")) : 4096;
+  const int steps = f.count("steps") ? std::stoi(f.at("steps")) : 16;
+  const int bt = 64, suffix = 17;
+  if (P % bt != 0) die("--prefix must be a multiple of 64 (whole shared blocks)");
+  std::vector<double> inv;
+  ul_config c = random_config(tiny, &inv);
+  const int own_blocks = (suffix + 2 * steps + bt - 1) / bt;
+  c.max_positions = P + suffix + 2 * steps;
+  c.kv_dtype = kv_flag(f, kind);
+  c.backend = kind;
+  const int shared = P / bt, total = shared + S * own_blocks, V = c.vocab_size;
+  ul_engine* e = random_engine(c, bt, total, false);
+  std::vector<std::vector<int32_t>> tables(S), toks(S);
+  for (int s = 0; s < S; ++s) {
+    for (int b = 0; b < shared; ++b) tables[s].push_back(b);
+    for (int b = 0; b < own_blocks; ++b) tables[s].push_back(shared + s * own_blocks + b);
+    toks[s] = seq_tokens(P, V, 1);
+    std::vector<int32_t> rest = seq_tokens(suffix + 2 * steps, V, 2 + s);
+    toks[s].insert(toks[s].end(), rest.begin(), rest.end());
+  }
+  auto item = [&](int s, int start, int n, bool logits) {
+    return ul_step_item{toks[s].data() + start, n, start, tables[s].data(), static_cast<int32_t>(tables[s].size()), logits ? 1 : 0};
+  };
+  std::vector<float> logits(static_cast<size_t>(S) * V);
+  double t0 = now_s();
+  ul_step_item pre = item(0, 0, P, false);
+  must(ul_engine_step(e, 1, &pre, nullptr), e, "step");
+  double prefill_s = now_s() - t0;
+  std::vector<ul_step_item> items;
+  for (int s = 0; s < S; ++s) items.push_back(item(s, P, suffix, true));
+  must(ul_engine_step(e, S, items.data(), logits.data()), e, "step");
+  int pos = P + suffix;
+  // Batched: every sequence's next token in one step.
+  t0 = now_s();
+  for (int k = 0; k < steps; ++k, ++pos) {
+    for (int s = 0; s < S; ++s) items[s] = item(s, pos, 1, true);
+    must(ul_engine_step(e, S, items.data(), logits.data()), e, "step");
+  }
+  double batched = (now_s() - t0) / steps;
+  bool finite = std::all_of(logits.begin(), logits.end(), [](float x) { return std::isfinite(x); });
+  // One at a time: the same number of steps, each sequence stepped alone.
+  t0 = now_s();
+  for (int k = 0; k < steps; ++k, ++pos)
+    for (int s = 0; s < S; ++s) {
+      ul_step_item one = item(s, pos, 1, true);
+      must(ul_engine_step(e, 1, &one, logits.data()), e, "step");
+    }
+  double alone = (now_s() - t0) / steps;
+  std::printf("{\"shape\": \"%s\", \"seqs\": %d, \"shared_prefix\": %d, \"block_tokens\": %d, \"steps\": %d, "
+              "\"prefix_prefill_s\": %.4f, \"batched_step_ms\": %.3f, \"one_at_a_time_step_ms\": %.3f, "
+              "\"speedup\": %.3f, \"decode_tokens_per_s\": %.1f, \"logits_finite\": %s}\n",
+              tiny ? "tiny" : "llama-3.1-8b", S, P, bt, steps, prefill_s, batched * 1e3, alone * 1e3, alone / batched,
+              S / batched, finite ? "true" : "false");
+  ul_engine_destroy(e);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) die("usage: ul_check info|cublaslt-search|kernels|logits|kv-roundtrip|bench-attention|bench-gemm|bench-prefill [--flags]");
+  if (argc < 2) die("usage: ul_check info|cublaslt-search|kernels|logits|kv-roundtrip|paged|bench-attention|bench-gemm|bench-prefill|bench-paged-decode [--flags]");
   std::string cmd = argv[1];
   auto f = parse_flags(argc, argv, 2);
   if (cmd == "kernels") return cmd_kernels(f);
@@ -747,5 +946,7 @@ int main(int argc, char** argv) {
   if (cmd == "bench-attention") return cmd_bench_attention(f);
   if (cmd == "bench-gemm") return cmd_bench_gemm(f);
   if (cmd == "bench-prefill") return cmd_bench_prefill(f);
+  if (cmd == "paged") return cmd_paged(f);
+  if (cmd == "bench-paged-decode") return cmd_bench_paged_decode(f);
   die("unknown command " + cmd);
 }
