@@ -60,8 +60,10 @@ Status launch_rope(bf16* x, int rows, int heads, int head_dim, int rot_dim, int 
                    const double* inv_freq, float scaling, cudaStream_t s);
 Status launch_swiglu(const bf16* gate, const bf16* up, size_t n, bf16* out, cudaStream_t s);
 Status launch_kv_store(const KvStoreArgs& a, cudaStream_t s);
-/** bf16 only: row r to slot slots[r] (device), one launch for a micro-batch. */
-Status launch_kv_store_slots(const KvStoreArgs& a, const int32_t* slots, int rows, cudaStream_t s);
+/** One launch for a micro-batch: bf16 row r to slot slots[r]; fp8 per segment (first src row, first
+ *  slot, rows) inside one 64-slot block (DevicePlan::fp8_segments), the fp8_block_scale rule. */
+Status launch_kv_store_slots(const KvStoreArgs& a, const int32_t* slots, int rows, const int32_t* fp8_segments,
+                             int n_segments, cudaStream_t s);
 // gemm.cu: y (M, N) = x (M, K) . w (N, K)^T, tensor cores (wmma bf16, fp32 accumulate).
 Status launch_gemm_tc(const bf16* x, const bf16* w, int M, int K, int N, void* y, bool y_f32_accumulate,
                       cudaStream_t s);
@@ -82,6 +84,8 @@ struct DevicePlan {
   int n_small = 0, max_len_small = 0;
   const int32_t* positions = nullptr;  // (rows) per row
   const int32_t* slots = nullptr;      // (rows) per row
+  const int32_t* fp8_segments = nullptr;  // (segments, 3): first row, first slot, rows; one 64-slot block each
+  int n_fp8_segments = 0;
   int block_tokens = 1;
 };
 /** Flash prefill of dp's tiles (head_dim 128, bf16/fp8 KV: flash_supported). */

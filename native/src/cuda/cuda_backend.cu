@@ -161,11 +161,10 @@ class CudaBackend final : public Backend {
     return launch_rope(static_cast<bf16*>(x), plan.rows, heads, head_dim, rot_dim, 0, dev_.positions, inv_freq, scaling,
                        stream_);
   }
-  // bf16: one launch to every row's slot. fp8 keeps the per-run launches of the default (a block's
-  // scale is set from all the rows the run writes into it).
+  // One launch: bf16 to every row's slot; fp8 one thread block per (64-slot block the micro-batch
+  // writes, kv head), each block's scale set from all the rows written into it.
   Status kv_store_step(const KvStoreArgs& a, const StepPlan& plan) override {
-    if (a.kv_dtype == UL_DTYPE_BF16) return launch_kv_store_slots(a, dev_.slots, plan.rows, stream_);
-    return Backend::kv_store_step(a, plan);
+    return launch_kv_store_slots(a, dev_.slots, plan.rows, dev_.fp8_segments, dev_.n_fp8_segments, stream_);
   }
   Status swiglu(const void* gate, const void* up, size_t n, void* out) override {
     return launch_swiglu(static_cast<const bf16*>(gate), static_cast<const bf16*>(up), n, static_cast<bf16*>(out), stream_);
@@ -175,7 +174,7 @@ class CudaBackend final : public Backend {
    * The micro-batch's tables, flash tiles and split-KV query rows, built here and copied to the
    * device in one upload (once per micro-batch, not per layer): ints
    *   [tables | tiles (4 each) | all rows (3 each) | rows of items under 16 rows (3 each) |
-   *    positions | slots]
+   *    positions | slots | fp8 segments (3 each)]
    * A plan without tables (kernel checks) is slot = position (table offset -1).
    */
   Status prepare_step(const StepPlan& plan) override {
@@ -207,6 +206,19 @@ class CudaBackend final : public Backend {
     if (plan.positions) h.insert(h.end(), plan.positions, plan.positions + plan.rows);
     size_t slots_at = h.size();
     if (plan.slots) h.insert(h.end(), plan.slots, plan.slots + plan.rows);
+    // fp8 segments: rows of consecutive slots (one item's piece inside one KV block), cut at 64-slot
+    // block boundaries; the same runs the default kv_store_step stores one launch each.
+    size_t segments_at = h.size();
+    int n_segments = 0;
+    for (int r = 0; plan.slots && r < plan.rows;) {
+      int n = 1;
+      while (r + n < plan.rows && plan.slots[r + n] == plan.slots[r] + n && plan.slots[r + n] % kFp8Block != 0 &&
+             plan.positions[r + n] % plan.block_tokens != 0)
+        ++n;
+      h.insert(h.end(), {r, plan.slots[r], n});
+      ++n_segments;
+      r += n;
+    }
     if (h.size() > plan_cap_) {
       UL_CUDA(cudaStreamSynchronize(stream_));
       if (plan_dev_) UL_CUDA(cudaFree(plan_dev_));
@@ -227,6 +239,8 @@ class CudaBackend final : public Backend {
     dev_.max_len_small = max_small;
     dev_.positions = plan.positions ? plan_dev_ + positions_at : nullptr;
     dev_.slots = plan.slots ? plan_dev_ + slots_at : nullptr;
+    dev_.fp8_segments = plan_dev_ + segments_at;
+    dev_.n_fp8_segments = n_segments;
     dev_.block_tokens = std::max(1, plan.block_tokens);
     return Status::Ok();
   }

@@ -100,17 +100,16 @@ __global__ void kv_store_bf16_kernel(const bf16* src, bf16* cache, int kv_heads,
   for (int i = threadIdx.x; i < head_dim; i += blockDim.x) d[i] = s[i];
 }
 
-// fp8, the reference's kv_store rule (backend.h fp8_block_scale) one (kv head, block) per thread
-// block. Grid (blocks the write touches, kv_heads): amax of the new rows in the block (block
-// reduction), the block's new scale, requantisation of its earlier positions when it grew, then the
-// new rows quantised. Blocks are disjoint, so thread blocks never touch the same scale or bytes.
-__global__ void kv_store_fp8_kernel(const bf16* src, fp8* cache, float* scale, int kv_heads, int head_dim,
-                                    int max_pos, int pos0, int rows) {
+// fp8, the reference's kv_store rule (backend.h fp8_block_scale) for one (kv head, 64-slot block):
+// the new rows for slots [lo, hi) of the block (src rows src_row0 ..): their amax (block
+// reduction), the block's new scale, requantisation of its earlier slots when it grew, then the new
+// rows quantised. Blocks are disjoint, so thread blocks never touch the same scale or bytes.
+__device__ void kv_store_fp8_block(const bf16* src, int src_row0, fp8* cache, float* scale, int h, int kv_heads,
+                                   int head_dim, int max_pos, int lo, int hi) {
   __shared__ float partial[32];
   __shared__ float block_scale, block_requant;
-  const int h = blockIdx.y, b = pos0 / kFp8Block + blockIdx.x;
-  const int first = b * kFp8Block, lo = max(pos0, first), hi = min(pos0 + rows, first + kFp8Block);
-  auto in = [&](int p, int d) { return to_f32(src[(static_cast<size_t>(p - pos0) * kv_heads + h) * head_dim + d]); };
+  const int b = lo / kFp8Block, first = b * kFp8Block;
+  auto in = [&](int p, int d) { return to_f32(src[(static_cast<size_t>(src_row0 + p - lo) * kv_heads + h) * head_dim + d]); };
   fp8* c = cache + static_cast<size_t>(h) * max_pos * head_dim;
   float m = 0;
   for (int t = threadIdx.x; t < (hi - lo) * head_dim; t += blockDim.x) m = fmaxf(m, fabsf(in(lo + t / head_dim, t % head_dim)));
@@ -138,6 +137,22 @@ __global__ void kv_store_fp8_kernel(const bf16* src, fp8* cache, float* scale, i
   }
 }
 
+// Contiguous rows at slots [pos0, pos0 + rows). Grid (64-slot blocks the write touches, kv_heads).
+__global__ void kv_store_fp8_kernel(const bf16* src, fp8* cache, float* scale, int kv_heads, int head_dim,
+                                    int max_pos, int pos0, int rows) {
+  const int first = (pos0 / kFp8Block + static_cast<int>(blockIdx.x)) * kFp8Block;
+  const int lo = max(pos0, first), hi = min(pos0 + rows, first + kFp8Block);
+  kv_store_fp8_block(src, lo - pos0, cache, scale, blockIdx.y, kv_heads, head_dim, max_pos, lo, hi);
+}
+
+// A paged micro-batch: segment i = (first src row, first slot, rows) inside one 64-slot block.
+// Grid (segments, kv_heads).
+__global__ void kv_store_fp8_segments_kernel(const bf16* src, fp8* cache, float* scale, int kv_heads, int head_dim,
+                                             int max_pos, const int32_t* segments) {
+  const int32_t* g = segments + 3 * blockIdx.x;
+  kv_store_fp8_block(src, g[0], cache, scale, blockIdx.y, kv_heads, head_dim, max_pos, g[1], g[1] + g[2]);
+}
+
 Status launch_kv_store(const KvStoreArgs& a, cudaStream_t s) {
   const bf16* src = static_cast<const bf16*>(a.src);
   if (a.kv_dtype == UL_DTYPE_FP8_E4M3) {
@@ -154,10 +169,20 @@ Status launch_kv_store(const KvStoreArgs& a, cudaStream_t s) {
   return Status::Ok();
 }
 
-Status launch_kv_store_slots(const KvStoreArgs& a, const int32_t* slots, int rows, cudaStream_t s) {
-  if (a.kv_dtype != UL_DTYPE_BF16) return Err(UL_ERR_INVALID_ARGUMENT, "kv_store_slots: bf16 KV only");
-  kv_store_bf16_kernel<<<dim3(rows, a.kv_heads), 128, 0, s>>>(static_cast<const bf16*>(a.src), static_cast<bf16*>(a.cache),
-                                                              a.kv_heads, a.head_dim, a.max_pos, 0, slots);
+Status launch_kv_store_slots(const KvStoreArgs& a, const int32_t* slots, int rows, const int32_t* fp8_segments,
+                             int n_segments, cudaStream_t s) {
+  if (a.kv_dtype == UL_DTYPE_FP8_E4M3) {
+    if (n_segments == 0) return Status::Ok();
+    kv_store_fp8_segments_kernel<<<dim3(n_segments, a.kv_heads), 256, 0, s>>>(
+        static_cast<const bf16*>(a.src), static_cast<fp8*>(a.cache), a.scale, a.kv_heads, a.head_dim, a.max_pos,
+        fp8_segments);
+  } else if (a.kv_dtype == UL_DTYPE_BF16) {
+    kv_store_bf16_kernel<<<dim3(rows, a.kv_heads), 128, 0, s>>>(static_cast<const bf16*>(a.src),
+                                                                static_cast<bf16*>(a.cache), a.kv_heads, a.head_dim,
+                                                                a.max_pos, 0, slots);
+  } else {
+    return Err(UL_ERR_NOT_AVAILABLE, "cuda kv_store: KV dtype must be bf16 or fp8-e4m3");
+  }
   UL_CUDA_LAUNCHED();
   return Status::Ok();
 }
