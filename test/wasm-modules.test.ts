@@ -36,8 +36,8 @@ const functions = (m: WebAssembly.Module) =>
 // What wasm/src/shard.mjs calls on its instance; memory is imported, so none is exported.
 const RUNTIME = [
   "add_into",
-  "attention",
   "attention_scratch_bytes",
+  "attention_state",
   "heap_base",
   "kv_store",
   "matmul_bf16",
@@ -53,6 +53,7 @@ const RUNTIME = [
 // Only the test module's: each SIMD kernel's scalar reference, exp4 over an array, the bench peers.
 const TEST_ONLY = [
   "add_into_ref",
+  "attention",
   "attention_ref",
   "exp_f32",
   "matmul_bf16_ref",

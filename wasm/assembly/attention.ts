@@ -22,6 +22,13 @@
 // bf16 caches are widened tile by tile. The previous kernel (one query row at a time, a horizontal
 // sum per score and O read and written per key) ran at ~10 GFLOP/s on issue 14's model; this
 // layout is GEMM-shaped (npm run bench -- profile, "attention" phase).
+//
+// Cascade attention (issue 15 item 2) is the same loop over part of the keys with its state carried:
+// attention_state's `partial` leaves each row's O unnormalized with its m and l, `resume` starts
+// from them. Sequences sharing prefix blocks take one pass together (their query rows gathered
+// from a row list into the same tiles, so each shared K/V tile is loaded once for all of them), then
+// each resumes over its own keys. Per row that is the same tiles in the same order with the same
+// operations as one pass, so the results are bit-identical to it (test/wasm-paged-cascade.test.ts).
 import { exp4, hsum, bf16ToF32, madd } from "./simd";
 
 const BQ: i32 = 16;
@@ -110,6 +117,49 @@ export function attention(
   kc: usize, vc: usize, table: usize, bs: i32, blockStride: usize, kvBf16: bool, scale: f32,
   scratch: usize,
 ): void {
+  attend(q, qStride, out, outStride, 0, T, p0, 0, p0 + T, nh, nkv, hd,
+    kc, vc, table, bs, blockStride, kvBf16, scale, scratch, 0, false, false);
+}
+
+/**
+ * `attention` over part of the keys, with its online-softmax state carried in or out (cascade
+ * attention over a shared prefix: one pass of every member's queries over the shared blocks with
+ * `partial`, then each member's own keys with `resume`).
+ *
+ *   rows    0: query t is row t of q, out and state; else (T) i32: query t is row rows[t]
+ *   p0      query t is at position p0 + t and sees keys up to it; a caller whose queries all lie
+ *           past kTo (the shared prefix) passes p0 = kTo: no key is masked
+ *   kFrom, kTo  the keys attended: [kFrom, kTo) ∩ [0, p0 + t], kFrom a multiple of 64
+ *   state   row r, query head h: m (running max of the scaled scores), l (sum of exp(s - m)) at
+ *           state + (r nh + h) 8 bytes
+ *   resume  start from out's O (unnormalized: sum of exp(s - m) v) and state's m, l, not from
+ *           nothing
+ *   partial leave O unnormalized in out and m, l in state (another call continues them), instead
+ *           of out = O / l
+ */
+export function attention_state(
+  q: usize, qStride: i32, out: usize, outStride: i32, rows: usize,
+  T: i32, p0: i32, kFrom: i32, kTo: i32, nh: i32, nkv: i32, hd: i32,
+  kc: usize, vc: usize, table: usize, bs: i32, blockStride: usize, kvBf16: bool, scale: f32,
+  scratch: usize, state: usize, resume: bool, partial: bool,
+): void {
+  attend(q, qStride, out, outStride, rows, T, p0, kFrom, kTo, nh, nkv, hd,
+    kc, vc, table, bs, blockStride, kvBf16, scale, scratch, state, resume, partial);
+}
+
+/** Row index of query t: t itself, or rows[t]. */
+// @ts-ignore: decorator
+@inline
+function rowOf(rows: usize, t: i32): usize {
+  return rows == 0 ? <usize>t : <usize>load<i32>(rows + (<usize>t << 2));
+}
+
+function attend(
+  q: usize, qStride: i32, out: usize, outStride: i32, rows: usize,
+  T: i32, p0: i32, kFrom: i32, kTo: i32, nh: i32, nkv: i32, hd: i32,
+  kc: usize, vc: usize, table: usize, bs: i32, blockStride: usize, kvBf16: bool, scale: f32,
+  scratch: usize, state: usize, resume: bool, partial: bool,
+): void {
   const g = nh / nkv;
   const hdB = <usize>hd << 2;
   const rMax = BQ * g;
@@ -131,19 +181,29 @@ export function attention(
       const R = (te - tb) * g;
       // Row r = (t - tb) g + j is token t, query head kvh g + j.
       for (let r = 0; r < R; r++) {
-        const t = tb + r / g;
-        const qp = q + ((<usize>t * <usize>qStride + <usize>(kvh * g + r % g) * <usize>hd) << 2);
+        const row = rowOf(rows, tb + r / g);
+        const h = kvh * g + r % g;
+        const qp = q + ((row * <usize>qStride + <usize>h * <usize>hd) << 2);
         const dst = qs + <usize>r * hdB;
         for (let d = 0; d < hd; d += 4) {
           const o = <usize>d << 2;
           v128.store(dst + o, f32x4.mul(v128.load(qp + o), sv));
         }
-        memory.fill(ob + <usize>r * hdB, 0, hdB);
-        store<f32>(mRow + (<usize>r << 2), -Infinity);
-        store<f32>(lRow + (<usize>r << 2), 0);
+        if (resume) {
+          const op = out + ((row * <usize>outStride + <usize>h * <usize>hd) << 2);
+          memory.copy(ob + <usize>r * hdB, op, hdB);
+          const st = state + ((row * <usize>nh + <usize>h) << 3);
+          store<f32>(mRow + (<usize>r << 2), load<f32>(st));
+          store<f32>(lRow + (<usize>r << 2), load<f32>(st, 4));
+        } else {
+          memory.fill(ob + <usize>r * hdB, 0, hdB);
+          store<f32>(mRow + (<usize>r << 2), -Infinity);
+          store<f32>(lRow + (<usize>r << 2), 0);
+        }
       }
-      const last = p0 + te - 1;
-      for (let j0 = 0; j0 <= last; j0 += BK) {
+      // Keys up to the tile's last query, and below kTo.
+      const last = min(p0 + te, kTo) - 1;
+      for (let j0 = kFrom; j0 <= last; j0 += BK) {
         const n = min(last + 1, j0 + BK) - j0;
         const at = <usize>load<i32>(table + (<usize>(j0 / bs) << 2)) * blockStride +
           <usize>(j0 % bs) * <usize>hd * eb;
@@ -269,10 +329,18 @@ export function attention(
         }
       }
       for (let r = 0; r < R; r++) {
-        const t = tb + r / g;
-        const inv = f32x4.splat(<f32>1 / load<f32>(lRow + (<usize>r << 2)));
+        const row = rowOf(rows, tb + r / g);
+        const h = kvh * g + r % g;
         const src = ob + <usize>r * hdB;
-        const op = out + ((<usize>t * <usize>outStride + <usize>(kvh * g + r % g) * <usize>hd) << 2);
+        const op = out + ((row * <usize>outStride + <usize>h * <usize>hd) << 2);
+        if (partial) {
+          memory.copy(op, src, hdB);
+          const st = state + ((row * <usize>nh + <usize>h) << 3);
+          store<f32>(st, load<f32>(mRow + (<usize>r << 2)));
+          store<f32>(st, load<f32>(lRow + (<usize>r << 2)), 4);
+          continue;
+        }
+        const inv = f32x4.splat(<f32>1 / load<f32>(lRow + (<usize>r << 2)));
         for (let d = 0; d < hd; d += 4) {
           const o = <usize>d << 2;
           v128.store(op + o, f32x4.mul(v128.load(src + o), inv));

@@ -5,7 +5,7 @@
 export { matmul_f32, matmul_bf16, matmul_i8, quantize_i8 } from "./matmul";
 export { rmsnorm } from "./norm";
 export { rope_table, rope_apply } from "./rope";
-export { attention, attention_scratch_bytes } from "./attention";
+export { attention_state, attention_scratch_bytes } from "./attention";
 export { swiglu, add_into } from "./ffn";
 export { kv_store } from "./kv";
 export { relaxed_simd } from "./simd";

@@ -56,6 +56,7 @@ import {
   blockTokensProblem,
   LOGIT_ROWS,
   PROFILE_PHASES,
+  PROFILE_PREFIX_ROWS,
   PROFILE_TOTAL,
   stepLayout,
   type WeightFormat,
@@ -78,6 +79,8 @@ export interface WasmProfile {
   runMs: number;
   /** Tokens (rows) the profiled calls took. */
   tokens: number;
+  /** Of those, the rows that attended to a prefix shared with other items in one group pass. */
+  sharedPrefixRows: number;
 }
 
 /** Profiling beside a runtime seam (bench and diagnostics only). */
@@ -255,13 +258,16 @@ class PagedWasmRuntime implements ProfiledPagedRuntime {
 
   async profile(): Promise<WasmProfile> {
     const main = this.#profiling ?? { embedMs: 0, runMs: 0, tokens: 0 };
-    const shards = (await this.#shards.profile()).map((p) => {
+    const raw = await this.#shards.profile();
+    const shards = raw.map((p) => {
       const row = Object.fromEntries(PROFILE_PHASES.map((name, i) => [name, p[i] ?? 0]));
       const phases = PROFILE_PHASES.reduce((sum, _, i) => sum + (p[i] ?? 0), 0);
       const total = p[PROFILE_TOTAL] ?? 0;
       return { ...row, glue: total - phases, total } as WasmProfile["shards"][number];
     });
-    return { shards, ...main };
+    // Every shard groups alike: any shard's count.
+    const sharedPrefixRows = raw[0]?.[PROFILE_PREFIX_ROWS] ?? 0;
+    return { shards, ...main, sharedPrefixRows };
   }
 
   async step(items: readonly StepItem[], signal?: AbortSignal): Promise<(Float32Array | null)[]> {

@@ -20,13 +20,16 @@
 //              gu (2F, H) [gate rows then up rows], down (H, F); then finalNorm (H) f32, lm (V, H).
 //              Matrix elements f32 | bf16 | int8 (+ scales (rows, cols / 32) f32).
 //   activations x, xn, part (B, H); qkv (B, (nh + 2 nkv) hd); att (B, nh hd); gu (B, 2F); act (B, F);
-//              cos, sin (B, hd / 2); invFreq (hd / 2) f64; attention scratch; logits (LOGIT_ROWS, V);
+//              cos, sin (B, hd / 2); invFreq (hd / 2) f64; attention scratch; shared-prefix groups
+//              query rows (B) i32 and softmax state (B, nh, 2) f32; logits (LOGIT_ROWS, V);
 //              quantization staging (64, max cols) f32 (int8 only); the step (stepLayout) i32
 //   KV pool    at the top, block-major so it grows without moving anything: block b at
 //              kvBase + b * blockBytes, holding for each layer K (nkv, bs, hd) then V (nkv, bs, hd),
 //              f32 or bf16. Memory grows to the highest block a call uses.
 
 // @ts-check
+
+import { prefixGroups } from "./prefix-groups.mjs";
 
 /** @typedef {"f32" | "bf16" | "int8"} WeightFormat */
 /** @typedef {"qkv" | "o" | "gu" | "down" | "lm"} MatrixKey */
@@ -65,7 +68,7 @@
  * @property {(invFreq: number, half: number, positions: number, T: number, scaling: number, cos: number, sin: number) => void} rope_table
  * @property {(x: number, stride: number, T: number, heads: number, hd: number, cos: number, sin: number) => void} rope_apply
  * @property {(src: number, stride: number, T: number, nkv: number, hd: number, cache: number, slots: number, bs: number, blockStride: number, bf16: number) => void} kv_store
- * @property {(q: number, qStride: number, out: number, outStride: number, T: number, p0: number, nh: number, nkv: number, hd: number, kCache: number, vCache: number, table: number, bs: number, blockStride: number, bf16: number, scale: number, scratch: number) => void} attention
+ * @property {(q: number, qStride: number, out: number, outStride: number, rows: number, T: number, p0: number, kFrom: number, kTo: number, nh: number, nkv: number, hd: number, kCache: number, vCache: number, table: number, bs: number, blockStride: number, bf16: number, scale: number, scratch: number, state: number, resume: number, partial: number) => void} attention_state
  * @property {(gu: number, T: number, F: number, out: number) => void} swiglu
  * @property {(dst: number, src: number, n: number) => void} add_into
  */
@@ -200,6 +203,8 @@ export function shardBytes(spec) {
     2 * align((B * hd) / 2) * 4 +
     align((hd / 2) * 8) +
     align(scratch) +
+    align(B * 4) +
+    align(B * nh * 8) +
     align(LOGIT_ROWS * V * 4) +
     (f === "int8" ? align(QUANT_ROWS * Math.max(H, F, nh * hd) * 4) : 0) +
     align(stepLayout(B, 1).ints * 4);
@@ -235,6 +240,11 @@ export const REDUCE_PHASE = 6;
 const LOGITS = 7;
 /** Index after the phases: a forward's whole time in the shard (the glue is what the phases miss). */
 export const PROFILE_TOTAL = PROFILE_PHASES.length;
+/**
+ * Index after the total: a count, not ms: query rows that attended to a shared prefix in a group
+ * pass (once per micro-batch, not per layer), so a profile says whether steps were grouped.
+ */
+export const PROFILE_PREFIX_ROWS = PROFILE_TOTAL + 1;
 
 export class Shard {
   /**
@@ -296,6 +306,8 @@ export class Shard {
     this.sin = take((B * hd * 4) / 2);
     this.invFreq = take((hd / 2) * 8);
     this.scratch = take(nkv > 0 ? this.k.attention_scratch_bytes(nh, nkv, hd) : 0);
+    this.groupRows = take(B * 4);
+    this.softmaxState = take(B * nh * 8);
     this.logitsBuf = take(LOGIT_ROWS * V * 4);
     this.staging = f === "int8" ? take(QUANT_ROWS * Math.max(H, F, nh * hd) * 4) : 0;
     this.bs = spec.blockTokens;
@@ -304,10 +316,17 @@ export class Shard {
     this.kvBase = top;
     this.blockBytes = blockBytes(spec);
     this.scaling = 1;
-    // The micro-batch begin() started: its rows and segments (row0, rows, p0, table pointer).
+    // The micro-batch begin() started: its rows and segments (row0, rows, p0, table pointer, and
+    // the leading blocks it attends to in its shared-prefix group's pass, 0 when in none).
     this.T = 0;
-    /** @type {Array<{ row0: number, rows: number, p0: number, table: number }>} */
+    /** @type {Array<{ row0: number, rows: number, p0: number, table: number, shared: number }>} */
     this.segments = [];
+    /**
+     * The micro-batch's shared-prefix groups: `count` query rows listed at `rows` (groupRows),
+     * attending together to positions [0, keys) of `table` (any member's).
+     * @type {Array<{ rows: number, count: number, keys: number, table: number }>}
+     */
+    this.groups = [];
     /** Milliseconds per PROFILE_PHASES entry since profiling was turned on; null: off (no cost). */
     /** @type {Float64Array | null} */
     this.profile = null;
@@ -319,7 +338,7 @@ export class Shard {
    * @param {boolean} on
    */
   setProfiling(on) {
-    this.profile = on ? new Float64Array(PROFILE_TOTAL + 1) : null;
+    this.profile = on ? new Float64Array(PROFILE_PREFIX_ROWS + 1) : null;
   }
 
   /**
@@ -467,13 +486,57 @@ export class Shard {
     for (let i = 0; i < step[1]; i++) {
       const at = L.segments + 4 * i;
       const table = this.stepPtr + step[at + 3] * 4;
-      this.segments.push({ row0: step[at], rows: step[at + 1], p0: step[at + 2], table });
+      this.segments.push({
+        row0: step[at],
+        rows: step[at + 1],
+        p0: step[at + 2],
+        table,
+        shared: 0,
+      });
     }
+    this.#groupPrefixes();
     const t = this.clock();
     const positions = this.stepPtr + L.positions * 4;
     const half = this.spec.headDim / 2;
     this.k.rope_table(this.invFreq, half, positions, this.T, this.scaling, this.cos, this.sin);
     this.lap(ROPE, t);
+  }
+
+  /**
+   * Find the segments that share prefix blocks (prefix-groups.mjs) and list each group's query
+   * rows. Every shard sees the same step, so every shard groups alike.
+   */
+  #groupPrefixes() {
+    this.groups = [];
+    if (this.segments.length < 2) return;
+    const buf = this.memory.buffer;
+    const bs = this.bs;
+    const tables = this.segments.map(
+      (s) => new Int32Array(buf, s.table, Math.ceil((s.p0 + s.rows) / bs)),
+    );
+    const found = prefixGroups(
+      tables,
+      this.segments.map((s) => s.p0),
+      bs,
+    );
+    const rows = new Int32Array(buf, this.groupRows, this.spec.maxBatch);
+    let n = 0;
+    for (const { members, blocks } of found) {
+      const first = n;
+      for (const i of members) {
+        const s = this.segments[i];
+        s.shared = blocks;
+        for (let r = 0; r < s.rows; r++) rows[n++] = s.row0 + r;
+      }
+      const table = this.segments[members[0]].table;
+      if (this.profile !== null) this.profile[PROFILE_PREFIX_ROWS] += n - first;
+      this.groups.push({
+        rows: this.groupRows + first * 4,
+        count: n - first,
+        keys: blocks * bs,
+        table,
+      });
+    }
   }
 
   /**
@@ -521,15 +584,51 @@ export class Shard {
       k.kv_store(kOff, this.nqkv, T, nkv, hd, kc, slots, bs, bb, bf16);
       k.kv_store(vOff, this.nqkv, T, nkv, hd, vc, slots, bs, bb, bf16);
       t = this.lap(KV_STORE, t);
-      // Per sequence: its rows attend over its own table (causal from its p0).
+      const scale = 1 / Math.sqrt(hd);
+      const st = this.softmaxState;
+      // Shared prefixes first: every member's rows over the group's shared blocks in one pass (no
+      // mask: the blocks lie below every member's p0), leaving O unnormalized in att and m, l in
+      // the state.
+      for (const g of this.groups) {
+        k.attention_state(
+          this.qkvBuf,
+          this.nqkv,
+          this.att,
+          nh * hd,
+          g.rows,
+          g.count,
+          g.keys,
+          0,
+          g.keys,
+          nh,
+          nkv,
+          hd,
+          kc,
+          vc,
+          g.table,
+          bs,
+          bb,
+          bf16,
+          scale,
+          this.scratch,
+          st,
+          0,
+          1,
+        );
+      }
+      // Per sequence: its rows attend over its own table (causal from its p0); a group's member
+      // resumes from the group pass's state, over the blocks after the shared ones.
       for (const s of this.segments) {
-        k.attention(
+        k.attention_state(
           this.qkvBuf + s.row0 * this.nqkv * 4,
           this.nqkv,
           this.att + s.row0 * nh * hd * 4,
           nh * hd,
+          0,
           s.rows,
           s.p0,
+          s.shared * bs,
+          s.p0 + s.rows,
           nh,
           nkv,
           hd,
@@ -539,8 +638,11 @@ export class Shard {
           bs,
           bb,
           bf16,
-          1 / Math.sqrt(hd),
+          scale,
           this.scratch,
+          st + s.row0 * nh * 8,
+          s.shared > 0 ? 1 : 0,
+          0,
         );
       }
       this.lap(ATTENTION, t);
