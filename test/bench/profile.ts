@@ -9,7 +9,9 @@
 // the GEMM phase's own GFLOP/s are set. Prints a table per run on stderr and one JSON object.
 // With --batch N, also one decode step of N sequences batched on the paged runtime
 // (wasm/src/paged-runtime.ts; the prompt's blocks shared by all N) against its peer, the same N
-// sequences stepped one at a time on the same runtime, and their ratio.
+// sequences stepped one at a time on the same runtime, and their ratio; then the batched step's
+// phases and how many of its rows attended to the shared prompt in one group pass (shared-prefix
+// attention, wasm/src/prefix-groups.mjs). `--prompt 8192` for a long shared document.
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -114,10 +116,18 @@ async function batchedDecode(
     const single = await time(async () => {
       for (const item of items) await rt.step([item]);
     });
+    // One more batched step, profiled: where it goes, and how many of its rows attended to the
+    // shared prompt in one group pass (shared-prefix attention; n when all of them did).
+    await rt.setProfiling(true);
+    await rt.step(items);
+    const profiled = await rt.profile();
+    await rt.setProfiling(false);
     return {
       sequences: n,
       sharedPromptTokens: prompt,
       batchedStepMs: round(batched),
+      batchedStepPhases: rows(profiled),
+      sharedPrefixRows: profiled.sharedPrefixRows,
       peer: { oneAtATimeMs: round(single) },
       speedup: round(single / batched),
     };
