@@ -515,17 +515,20 @@ void decode_slice(const char* slice, ul_dtype dt, const ul_config& c, size_t n, 
       (*out)[h * per_head + i] = decode_at(values, dt, h * per_head, i, g.scales ? scales + h * nb : nullptr, c.head_dim);
 }
 
-/** A piece of positions [pos, pos + len) of one sequence in consecutive slots (inside one KV block). */
+/** A piece of positions [pos, pos + len) of one sequence in consecutive slots. */
 struct Run {
   int pos, slot, len;
 };
 
+/** Positions [start, end) through `table` as runs of consecutive slots: one per KV block, merged
+ *  where the next block follows in the pool (a single-sequence engine's table is one run). */
 std::vector<Run> runs_of(const ul_engine* e, const int32_t* table, int start, int end) {
   std::vector<Run> out;
   int bt = e->block_tokens;
   for (int p = start; p < end;) {
-    int len = std::min(end, (p / bt + 1) * bt) - p;
-    out.push_back({p, ul::slot_of(table, bt, p), len});
+    int len = std::min(end, (p / bt + 1) * bt) - p, slot = ul::slot_of(table, bt, p);
+    if (!out.empty() && out.back().slot + out.back().len == slot) out.back().len += len;
+    else out.push_back({p, slot, len});
     p += len;
   }
   return out;
@@ -555,15 +558,22 @@ Status move_range(ul_engine* e, int l, int kind, const int32_t* table, int start
     }
   }
   if (!scales) return Status::Ok();
+  // Position blocks b (relative to start's) whose scale blocks follow each other in the pool move
+  // together: (first b, scale block, count).
   int first = start / ul::kFp8Block, blocks = (end - 1) / ul::kFp8Block - first + 1, per_head = ul::fp8_blocks(e->slots);
+  std::vector<Run> spans;
   for (int b = 0; b < blocks; ++b) {
     int sb = scale_block_of(e, table, std::max(start, (first + b) * ul::kFp8Block));
-    for (int h = 0; h < c.num_kv_heads; ++h) {
-      float* dev = e->kv_scales(l, kind) + static_cast<size_t>(h) * per_head + sb;
-      if (to_host) UL_TRY(e->be->download(scales + h * blocks + b, dev, sizeof(float)));
-      else UL_TRY(e->be->upload(dev, scales + h * blocks + b, sizeof(float)));
-    }
+    if (!spans.empty() && spans.back().slot + spans.back().len == sb) ++spans.back().len;
+    else spans.push_back({b, sb, 1});
   }
+  for (const Run& r : spans)
+    for (int h = 0; h < c.num_kv_heads; ++h) {
+      float* dev = e->kv_scales(l, kind) + static_cast<size_t>(h) * per_head + r.slot;
+      float* host = scales + h * blocks + r.pos;
+      if (to_host) UL_TRY(e->be->download(host, dev, r.len * sizeof(float)));
+      else UL_TRY(e->be->upload(dev, host, r.len * sizeof(float)));
+    }
   return Status::Ok();
 }
 
