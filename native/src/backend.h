@@ -59,7 +59,7 @@ struct StepItemPlan {
 struct StepPlan {
   int n_items = 0;
   const StepItemPlan* items = nullptr;
-  const int32_t* tables = nullptr;
+  const int32_t* tables = nullptr;  // nullptr: every item's slots are its positions (identity)
   int table_ints = 0;
   const int32_t* positions = nullptr;  // (rows)
   const int32_t* slots = nullptr;      // (rows)

@@ -384,8 +384,10 @@ Status run_step(ul_engine* e, int n_items, const ul_step_item* items, float* log
     ul::StepPlan plan;
     plan.n_items = static_cast<int>(segs.size());
     plan.items = segs.data();
-    plan.tables = tables.data();
-    plan.table_ints = static_cast<int>(tables.size());
+    // The single-sequence engine's table is the identity: no table, slot = position (the
+    // kernels then read no table per key).
+    plan.tables = e->paged ? tables.data() : nullptr;
+    plan.table_ints = e->paged ? static_cast<int>(tables.size()) : 0;
     plan.positions = positions.data();
     plan.slots = slots.data();
     plan.rows = static_cast<int>(positions.size());

@@ -170,7 +170,8 @@ class RefBackend final : public Backend {
     StepItemPlan one{0, a.rows, a.pos0, 0};
     const StepItemPlan* items = a.plan ? a.plan->items : &one;
     int n_items = a.plan ? a.plan->n_items : 1;
-    for (int i = 0; i < n_items; ++i) attend_item(a, items[i], a.plan ? a.plan->tables + items[i].table_off : nullptr);
+    const int32_t* tables = a.plan ? a.plan->tables : nullptr;  // nullptr: slot = position
+    for (int i = 0; i < n_items; ++i) attend_item(a, items[i], tables ? tables + items[i].table_off : nullptr);
     return Status::Ok();
   }
 
