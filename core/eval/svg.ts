@@ -158,6 +158,12 @@ export function barsSvg(g: Grid<string>, t: PictureText): string {
       const x = gx + j * bw;
       out.push(
         `<rect x="${x}" y="${top + ph - bh}" width="${bw - 2}" height="${bh}" fill="${lengthColour(j, g.lengths.length)}"/>`,
+        text(
+          x + (bw - 2) / 2,
+          top + ph - bh - 4,
+          pct(v),
+          `font-size="10" text-anchor="middle" fill="#222"`,
+        ),
       );
     });
     out.push(

@@ -125,9 +125,11 @@ export const command: Command = {
     if (!model) throw new InvalidInputError(`${client.v1}/models lists no model: pass --model`);
     const limit = models.find((m) => m.id === model)?.maxModelLen ?? null;
     const longest = lengths[lengths.length - 1];
-    if (limit !== null && longest + (maxTokens ?? 1) > limit) {
+    // The answer's room: --max-tokens, else 64 (a UUID through a byte-level tokenizer needs 55).
+    const room = maxTokens ?? 64;
+    if (limit !== null && longest + room > limit) {
       throw new InvalidInputError(
-        `--lengths ${longest} does not fit: ${model} takes ${limit} tokens (prompt and output) on this server`,
+        `--lengths ${longest} does not fit: ${model} takes ${limit} tokens on this server, prompt and ${room} output tokens`,
       );
     }
     const store = await TrialStore.open(out, {
