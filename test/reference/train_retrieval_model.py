@@ -23,8 +23,9 @@ random weights on the same prompts (the loss on the answer and end token, 0.1 on
 sequences that are a random string written twice and random codes repeated in the filler (copying
 targets), under PoSE (Zhu et al. 2023: the positions after a random cut shifted by up to 4096 - 512,
 so every distance up to 4096 is seen in 512-token sequences). On this machine (two shared cores,
-1-3 s a step) 300-400 steps in three runs learned the filler's grammar but no copying; the induction
-heads had not formed when time ran out, so the fixture is the written circuit. docs/evaluation.md.
+1-4 s a step) four runs of 200-400 steps, adding those copying targets one by one, learned the
+filler's grammar but no copying; the induction heads had not formed when time ran out, so the
+fixture is the written circuit. docs/evaluation.md has the runs.
 
 Both: tokenizer.json is byte-level BPE with no merges (one token per UTF-8 byte, ids 0-255),
 Llama 3's pre-tokenizer, <|begin_of_text|> 256, <|end_of_text|> 257, so core/tokenizer loads it as it
