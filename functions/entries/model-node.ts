@@ -98,7 +98,7 @@ export async function startModelFunction(options: ModelFunctionOptions): Promise
   const createPaged = choice.factory.createPaged;
   if ((options.maxSeqs ?? 0) > 1 && !createPaged) {
     throw new InvalidInputError(
-      `runtime '${choice.factory.name}' runs one sequence at a time; --max-seqs ${options.maxSeqs} needs a runtime that batches (wasm, reference)`,
+      `runtime '${choice.factory.name}' runs one sequence at a time; --max-seqs ${options.maxSeqs} needs a runtime that batches (wasm, native-wasm, cuda, reference)`,
     );
   }
   const maxSeqs =
