@@ -259,7 +259,7 @@ describe("the GPU type follows the context", () => {
     expect(chooseGpuType("fp8", 1_048_576)).toBe("p5en.48xlarge"); // 80.9 GiB > an H100's 79.6
     for (const kv of KV_NAMES) {
       for (const context of [
-        1, 100_000, 230_776, 230_777, 461_326, 514_704, 1_012_400, 1_012_401,
+        1, 100_000, 230_776, 230_777, 461_326, 514_704, 1_012_278, 1_012_401,
       ]) {
         const expected = cheapestHolding(kv, context);
         if (expected) expect(chooseGpuType(kv, context), `${kv} ${context}`).toBe(expected);
@@ -271,7 +271,7 @@ describe("the GPU type follows the context", () => {
   it("never serves past the model's context, however much KV the GPU holds", () => {
     const model = "s3://my-models/ultralong-1m/";
     const h200 = resolveDeployConfig({ model, "gpu-type": "p5en.48xlarge", "kv-dtype": "fp8" }, {});
-    expect(h200.maxContext).toBe(1_048_576); // the GPU holds 2,023,811 fp8 positions
+    expect(h200.maxContext).toBe(1_048_576); // the GPU holds 2,023,569 fp8 positions
     expect(() =>
       resolveDeployConfig(
         { model, "max-context": "1500000", "kv-dtype": "fp8", "gpu-type": "p5en.48xlarge" },
@@ -284,7 +284,7 @@ describe("the GPU type follows the context", () => {
       { model, "gpu-type": "p5en.48xlarge", "kv-dtype": "fp8", "model-context": "2M" },
       {},
     );
-    expect(two.maxContext).toBe(2_023_811);
+    expect(two.maxContext).toBe(2_023_569);
   });
 
   it("takes --max-context as 1M/256K/plain integers and --kv-dtype bf16|fp8", () => {
@@ -297,7 +297,7 @@ describe("the GPU type follows the context", () => {
     expect([plain.gpuType, plain.maxContext]).toEqual(["g6e.xlarge", 200_000]);
     // a type alone serves the longest context its GPU holds
     const h200 = resolveDeployConfig({ model, "gpu-type": "p5en.48xlarge" }, {});
-    expect(h200.maxContext).toBe(1_012_400);
+    expect(h200.maxContext).toBe(1_012_278);
     expect(() => resolveDeployConfig({ "kv-dtype": "fp16" }, {})).toThrow(
       "--kv-dtype 'fp16' is not one of bf16, fp8",
     );
@@ -309,7 +309,7 @@ describe("the GPU type follows the context", () => {
   it("refuses a context no GPU holds, with the arithmetic on the largest", () => {
     expect(() => resolveDeployConfig({ "max-context": "1M" }, {})).toThrow(
       new LimitError(
-        "--max-context 1,048,576 in bf16 fits on no listed GPU: weights 14.96 GiB + KV 128.00 GiB + reserve 1.86 GiB = 144.82 GiB > GPU 140.40 GiB on p5en.48xlarge (8x H200 141 GB), the largest, which holds at most 1,012,400 positions; --kv-dtype fp8 holds it",
+        "--max-context 1,048,576 in bf16 fits on no listed GPU: weights 14.96 GiB + KV 128.00 GiB + reserve 1.87 GiB = 144.83 GiB > GPU 140.40 GiB on p5en.48xlarge (8x H200 141 GB), the largest, which holds at most 1,012,278 positions; --kv-dtype fp8 holds it",
       ),
     );
     expect(() => resolveDeployConfig({ "max-context": "4M", "kv-dtype": "fp8" }, {})).toThrow(
@@ -321,7 +321,7 @@ describe("the GPU type follows the context", () => {
     expect(() =>
       resolveDeployConfig({ "gpu-type": "g6e.xlarge", "max-context": "256K" }, {}),
     ).toThrow(
-      "--gpu-type g6e.xlarge (1x L40S 48 GB) cannot hold --max-context 262,144 in bf16: weights 14.96 GiB + KV 32.00 GiB + reserve 1.86 GiB = 48.82 GiB > GPU 44.99 GiB; it holds at most 230,776 positions in bf16",
+      "--gpu-type g6e.xlarge (1x L40S 48 GB) cannot hold --max-context 262,144 in bf16: weights 14.96 GiB + KV 32.00 GiB + reserve 1.87 GiB = 48.83 GiB > GPU 44.99 GiB; it holds at most 230,654 positions in bf16",
     );
   });
 });
@@ -386,7 +386,7 @@ describe("npm run deploy", () => {
     expect(report.model.note).toContain("placeholder");
     expect(report.gpu).toMatchObject({ type: "g6e.xlarge", kvDtype: "bf16", maxContext: 131_072 });
     expect(report.gpu.memory).toBe(
-      "weights 14.96 GiB + KV 16.00 GiB + reserve 1.86 GiB = 32.82 GiB <= GPU 44.99 GiB",
+      "weights 14.96 GiB + KV 16.00 GiB + reserve 1.87 GiB = 32.83 GiB <= GPU 44.99 GiB",
     );
   });
 
@@ -404,7 +404,7 @@ describe("npm run deploy", () => {
     expect(report.dryRun).toBe(true);
     expect(report.problems).toEqual([]);
     expect(report.gpu.type).toBe("p5en.48xlarge");
-    expect(report.gpu.maxContext).toBe(1_012_400); // the longest one H200 holds in bf16
+    expect(report.gpu.maxContext).toBe(1_012_278); // the longest one H200 holds in bf16
     expect(report.model).toEqual({ uri: "s3://my-models/ultralong-1m/", placeholder: false });
     expect(report.resources["AWS::Lambda::Url"]).toBe(1);
     expect(report.edgeBundleBytes).toBeGreaterThan(1000);
@@ -423,7 +423,7 @@ describe("npm run deploy", () => {
     expect(r.stdout).toBe("");
     expect(r.stderr.trim().split("\n")).toHaveLength(1);
     expect(r.stderr).toContain(
-      "weights 14.96 GiB + KV 128.00 GiB + reserve 1.86 GiB = 144.82 GiB > GPU 140.40 GiB on p5en.48xlarge",
+      "weights 14.96 GiB + KV 128.00 GiB + reserve 1.87 GiB = 144.83 GiB > GPU 140.40 GiB on p5en.48xlarge",
     );
   });
 

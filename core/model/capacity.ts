@@ -39,6 +39,9 @@ export type CudaKvDtypeName = keyof typeof CUDA_KV_DTYPES;
  */
 export const FIXED_RESERVE_BYTES = 1.5 * 2 ** 30;
 
+/** Rows lm_head runs together (engine.cpp logit_rows = min(32, max_chunk)). */
+export const LOGIT_ROWS = 32;
+
 /** Rows of one prefill chunk on CUDA: native/ts/cuda-runtime.ts's maxChunk (engine.cpp's default). */
 export const CUDA_PREFILL_CHUNK_ROWS = 4096;
 
@@ -81,7 +84,8 @@ export function parameterCount(shape: LlamaShape): number {
  * Bytes of one prefill chunk's scratch, the list ul_engine_create allocates:
  * inv_freq (head_dim/2 f64), x (rows, hidden) f32, xn (rows, max(hidden, heads*head_dim)),
  * q (rows, heads*head_dim), k and v (rows, kv_heads*head_dim), gate and up (rows, ffn) in the
- * activation dtype, logits (vocab) f32.
+ * activation dtype, logits (min(32, rows), vocab) f32: lm_head runs up to 32 rows together (the
+ * batched step's logits; engine.cpp logit_rows).
  */
 export function chunkActivationBytes(shape: LlamaShape, opts: CapacityOptions = {}): number {
   const { chunkRows: rows, activationBytesPerElement: act } = { ...DEFAULTS, ...opts };
@@ -94,7 +98,7 @@ export function chunkActivationBytes(shape: LlamaShape, opts: CapacityOptions = 
     rows * qd * act +
     2 * rows * kvd * act +
     2 * rows * shape.intermediateSize * act +
-    shape.vocabSize * 4
+    Math.min(LOGIT_ROWS, rows) * shape.vocabSize * 4
   );
 }
 
@@ -116,6 +120,9 @@ export function memoryFor(
 ): MemoryPlan {
   const o = { ...DEFAULTS, ...opts };
   const weights = parameterCount(shape) * o.weightBytesPerElement;
+  // The engine's pool is whole 64-position blocks (engine.cpp: one sequence is one table of them),
+  // so a context that is not a multiple of 64 takes up to 63 positions more than counted here:
+  // under 8 MiB for UltraLong-8B in bf16, inside the fixed reserve's slack.
   const kv = kvCacheBytes(shape, kvDtype, positions);
   const activations = chunkActivationBytes(shape, o);
   const fixed = o.fixedReserveBytes;
@@ -146,7 +153,7 @@ const gib = (bytes: number) => `${(bytes / 2 ** 30).toFixed(2)} GiB`;
 
 /**
  * The plan against a GPU as one line of arithmetic, e.g.
- * "weights 14.96 GiB + KV 128.00 GiB + reserve 1.86 GiB = 144.82 GiB > GPU 140.40 GiB"
+ * "weights 14.96 GiB + KV 128.00 GiB + reserve 1.87 GiB = 144.83 GiB > GPU 140.40 GiB"
  * (reserve = one chunk's activations + the fixed reserve).
  */
 export function planArithmetic(plan: MemoryPlan, gpuMemoryBytes: number): string {

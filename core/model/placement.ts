@@ -27,6 +27,7 @@ import {
   type CapacityOptions,
   CUDA_PREFILL_CHUNK_ROWS,
   kvCacheBytes,
+  longestContext,
   memoryFor,
   parameterCount,
 } from "./capacity.ts";
@@ -126,7 +127,11 @@ export function placeContext(input: PlacementInput): Placement {
     );
   }
   const share = Math.ceil(context / gpus);
-  const gpuTokens = Math.min(share, Math.floor(free / perTokenKv));
+  // What one engine holds beside the weights, as `ultralong inspect --gpu-memory` counts it.
+  const gpuTokens = Math.min(
+    share,
+    longestContext(shape, kvDtype, input.gpuMemoryBytes, input.capacity),
+  );
   const overflowPerGpu = share - gpuTokens;
   const hostCap = Math.floor(input.hostMemoryBytes / perTokenKv);
   const hostTokens = Math.min(overflowPerGpu * gpus, hostCap);
@@ -220,7 +225,7 @@ export function parseRates(value: unknown, source: string): Rates {
 
 const gib = (bytes: number) => `${(bytes / 2 ** 30).toFixed(2)} GiB`;
 
-/** 4194304 -> "4M", 1536 -> "1.5K", 2023811 -> "2,023,811". */
+/** 4194304 -> "4M", 1536 -> "1.5K", 2023569 -> "2,023,569". */
 export function fmtTokens(n: number): string {
   if (n >= 2 ** 20 && n % 2 ** 14 === 0) return `${n / 2 ** 20}M`;
   if (n >= 2 ** 10 && n % 2 ** 9 === 0) return `${n / 2 ** 10}K`;
