@@ -6,12 +6,12 @@
 // TS reference runtime; f32, bf16 and fp8 KV; copyBlocks / export / import through tables in the
 // snapshot layout (the bytes the single-sequence engine exports); typed errors that change nothing;
 // core's BatchScheduler driving it. Needs emcc.
+
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import type { PagedRuntime, StepItem } from "../core/engine/paged-runtime.ts";
 import { createReferenceRuntime } from "../core/engine/reference-runtime.ts";
 import type { Runtime } from "../core/engine/runtime.ts";
-import { BatchScheduler } from "../core/engine/scheduler.ts";
 import { InvalidInputError, LimitError } from "../core/errors.ts";
 import type { KvDtype } from "../core/kv/layout.ts";
 import type { LoadedModel } from "../core/model/weights.ts";
@@ -22,6 +22,7 @@ import {
   nativeWasmRuntimeFactory,
 } from "../native/ts/wasm-runtime.ts";
 import { loadTestModel, SMALL_VOCAB, UNEVEN_KV } from "./support/models.ts";
+import { checkSchedulerMatchesAlone } from "./support/paged-scheduler.ts";
 import { relativeError, suiteTokens } from "./support/runtime-suite.ts";
 import { haveEmcc, tool } from "./support/tools.ts";
 
@@ -335,50 +336,10 @@ describe.skipIf(!hasEmcc)("native paged runtime (native-wasm)", () => {
 
   it("under core's BatchScheduler: each sequence's logits == alone, a shared prefix copied on write", async () => {
     const model = await loadTestModel(SMALL_VOCAB);
-    const V = model.config.vocabSize;
-    const t = (n: number, seed: number) => suiteTokens(n, V, seed);
-    const logitsOf = async (rt: Runtime, calls: Int32Array[]) => {
-      const out: Float32Array[] = [];
-      for (const c of calls) out.push(await rt.forward(c));
-      return out;
-    };
-    // Prefill pieces longer than the step budget beside decode tokens.
-    const work = [
-      [t(150, 1), t(1, 2), t(1, 3)],
-      [t(5, 4), t(1, 5), t(1, 6), t(1, 7)],
-      [t(70, 8), t(20, 9), t(1, 10)],
-    ];
     const single = await createNativeWasmRuntime({ model, maxPositions: MAX_POS });
     const rt = await paged(model, "f32", 64, 16);
     try {
-      const scheduler = new BatchScheduler(rt, { maxBatchTokens: 96 });
-      const batched = await Promise.all(
-        work.map((calls, i) => logitsOf(scheduler.open(`t${i}`), calls)),
-      );
-      expect(scheduler.stats().steps).toBeLessThan(work.flat().length);
-      for (const [i, calls] of work.entries()) {
-        single.truncate(0);
-        const want = await logitsOf(single, calls);
-        for (const [c, w] of want.entries()) expect(batched[i][c]).toEqual(w);
-      }
-      // b shares a's two blocks, then leaves the prefix mid-block: block 1 is copied first.
-      const doc = t(128, 11);
-      const a = scheduler.open("t");
-      await a.prefill(doc);
-      const b = scheduler.open("t");
-      b.attach(a.blocksOf(0, 128));
-      b.truncate(100);
-      const bq = await b.forward(t(6, 12));
-      expect(b.blocks[0]).toBe(a.blocks[0]);
-      expect(b.blocks[1]).not.toBe(a.blocks[1]);
-      const aq = await a.forward(t(3, 13));
-      single.truncate(0);
-      await single.prefill(doc);
-      expect(aq).toEqual(await single.forward(t(3, 13)));
-      single.truncate(100);
-      expect(bq).toEqual(await single.forward(t(6, 12)));
-      await a.close();
-      await b.close();
+      await checkSchedulerMatchesAlone(rt, single, (got, want) => expect(got).toEqual(want));
     } finally {
       await rt.close();
       await single.close();

@@ -4,13 +4,13 @@
 // runtime) and what the batched reference runtime gives for the same steps; the same under core's
 // BatchScheduler (prefix sharing, copy-on-write through copyBlocks); an item straddling a micro-batch boundary; copyBlocks and export/import; 1 and 2
 // threads; typed errors that change nothing.
+
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { createPagedReferenceRuntime } from "../core/engine/paged-reference-runtime.ts";
 import type { PagedRuntime, StepItem } from "../core/engine/paged-runtime.ts";
 import { createReferenceRuntime } from "../core/engine/reference-runtime.ts";
 import type { Runtime } from "../core/engine/runtime.ts";
-import { BatchScheduler } from "../core/engine/scheduler.ts";
 import { InvalidInputError, LimitError } from "../core/errors.ts";
 import { kvPayloadBytes } from "../core/kv/layout.ts";
 import type { LoadedModel } from "../core/model/weights.ts";
@@ -18,6 +18,7 @@ import { ensureBuilt } from "../wasm/build.mjs";
 import { createPagedWasmRuntime } from "../wasm/src/paged-runtime.ts";
 import { createWasmRuntime, wasmRuntimeFactory } from "../wasm/src/runtime.ts";
 import { loadTestModel, SMALL_VOCAB, UNEVEN_KV } from "./support/models.ts";
+import { checkSchedulerMatchesAlone } from "./support/paged-scheduler.ts";
 import { INVARIANT_TOLERANCE, relativeError, suiteTokens } from "./support/runtime-suite.ts";
 
 const root = join(import.meta.dirname, "..");
@@ -234,53 +235,13 @@ describe("wasm paged runtime", () => {
 
   it("under core's BatchScheduler (2 threads): each sequence's logits == alone, a shared prefix copied on write", async () => {
     const model = await loadTestModel(SMALL_VOCAB);
-    const V = model.config.vocabSize;
-    const t = (n: number, seed: number) => suiteTokens(n, V, seed);
-    const logitsOf = async (rt: Runtime, calls: Int32Array[]) => {
-      const out: Float32Array[] = [];
-      for (const c of calls) out.push(await rt.forward(c));
-      return out;
-    };
-    // Prefill pieces longer than the step budget beside decode tokens.
-    const work = [
-      [t(150, 1), t(1, 2), t(1, 3)],
-      [t(5, 4), t(1, 5), t(1, 6), t(1, 7)],
-      [t(70, 8), t(20, 9), t(1, 10)],
-    ];
     const single = await createWasmRuntime({ model, threads: 1, maxPositions: 256 });
     try {
-      await withPaged(model, 2, async (rt) => {
-        const scheduler = new BatchScheduler(rt, { maxBatchTokens: 96 });
-        const batched = await Promise.all(
-          work.map((calls, i) => logitsOf(scheduler.open(`t${i}`), calls)),
-        );
-        expect(scheduler.stats().steps).toBeLessThan(work.flat().length);
-        for (const [i, calls] of work.entries()) {
-          single.truncate(0);
-          const want = await logitsOf(single, calls);
-          for (const [c, w] of want.entries()) {
-            expect(relativeError(batched[i][c], w)).toBeLessThanOrEqual(SAME);
-          }
-        }
-        // b shares a's two blocks, then leaves the prefix mid-block: block 1 is copied first.
-        const doc = t(128, 11);
-        const a = scheduler.open("t");
-        await a.prefill(doc);
-        const b = scheduler.open("t");
-        b.attach(a.blocksOf(0, 128));
-        b.truncate(100);
-        const bq = await b.forward(t(6, 12));
-        expect(b.blocks[0]).toBe(a.blocks[0]);
-        expect(b.blocks[1]).not.toBe(a.blocks[1]);
-        const aq = await a.forward(t(3, 13));
-        single.truncate(0);
-        await single.prefill(doc);
-        expect(relativeError(aq, await single.forward(t(3, 13)))).toBeLessThanOrEqual(SAME);
-        single.truncate(100);
-        expect(relativeError(bq, await single.forward(t(6, 12)))).toBeLessThanOrEqual(SAME);
-        await a.close();
-        await b.close();
-      });
+      await withPaged(model, 2, (rt) =>
+        checkSchedulerMatchesAlone(rt, single, (got, want) =>
+          expect(relativeError(got, want)).toBeLessThanOrEqual(SAME),
+        ),
+      );
     } finally {
       await single.close();
     }
