@@ -7,7 +7,7 @@
 // The pool: per layer K and V, each (kv_head, slots, head_dim) with slot = block * B + offset,
 // grown by doubling up to totalBlocks * B slots as higher blocks are first written.
 
-import { assert, CancelledError, InvalidInputError, LimitError } from "../errors.ts";
+import { assert, InvalidInputError, LimitError } from "../errors.ts";
 import { type KvDtype, kvPayloadBytes } from "../kv/layout.ts";
 import type { ModelConfig } from "../model/config-types.ts";
 import { computeRope, type RopeParams } from "../model/rope.ts";
@@ -24,6 +24,7 @@ import {
   growKvRows,
   importablePayload,
   type KvRows,
+  layerCheckpoint,
   type RowSegment,
   readKvRows,
   rowLogits,
@@ -34,8 +35,6 @@ import { referenceInfo, referenceOptions, referenceWeights } from "./reference-r
 
 /** Positions per block when the caller does not say (vLLM's default). */
 export const REFERENCE_BLOCK_TOKENS = 16;
-
-const YIELD_EVERY_MS = 20;
 
 class PagedReferenceRuntime implements PagedRuntime {
   readonly config: ModelConfig;
@@ -62,13 +61,11 @@ class PagedReferenceRuntime implements PagedRuntime {
       const B = this.info.blockTokens;
       const H = c.hiddenSize;
       let rows = 0;
-      let slotsNeeded = 0;
       for (const it of items) {
         this.#checkItem(it);
         rows += it.tokens.length;
-        for (const b of it.table) slotsNeeded = Math.max(slotsNeeded, (b + 1) * B);
       }
-      this.#grow(slotsNeeded);
+      for (const it of items) this.#growFor(it.table);
       const w = this.#weights;
       const x = new Float32Array(rows * H);
       const segments: RowSegment[] = [];
@@ -82,17 +79,10 @@ class PagedReferenceRuntime implements PagedRuntime {
         segments.push({ row0, T, start: it.start, slot: (p) => slotOf(it.table, B, p) });
         row0 += T;
       }
-      let lastYield = Date.now();
       await forwardRows(c, w, this.#rope, x, segments, {
         ...this.#kv,
         dtype: this.info.kv.dtype,
-        checkpoint: async () => {
-          if (Date.now() - lastYield > YIELD_EVERY_MS) {
-            await new Promise((resolve) => setTimeout(resolve, 0));
-            lastYield = Date.now();
-          }
-          if (signal?.aborted) throw new CancelledError();
-        },
+        checkpoint: layerCheckpoint(signal),
       });
       return segments.map((seg, i) =>
         items[i].logits ? rowLogits(c, w, x, seg.row0 + seg.T - 1) : null,
@@ -108,7 +98,7 @@ class PagedReferenceRuntime implements PagedRuntime {
         this.#checkBlock(from);
         this.#checkBlock(to);
       }
-      this.#grow(Math.max(0, ...pairs.flat().map((b) => (b + 1) * B)));
+      this.#growFor(pairs.flat());
       const cap = this.#kv.capacity;
       for (const cache of [...this.#kv.k, ...this.#kv.v]) {
         for (let h = 0; h < this.config.numKeyValueHeads; h++) {
@@ -128,7 +118,7 @@ class PagedReferenceRuntime implements PagedRuntime {
         throw new InvalidInputError(`exportKv(${start}, ${end}): not a position range`);
       }
       this.#checkTable(table, end);
-      this.#grow(Math.max(0, ...Array.from(table, (b) => (b + 1) * B)));
+      this.#growFor(table);
       return readKvRows(this.#kv, this.info.kv, (p) => slotOf(table, B, p), start, end - start);
     });
   }
@@ -147,7 +137,7 @@ class PagedReferenceRuntime implements PagedRuntime {
         throw new InvalidInputError(`importKv: start ${start} is not a position`);
       }
       this.#checkTable(table, start + tokens);
-      this.#grow(Math.max(0, ...Array.from(table, (b) => (b + 1) * B)));
+      this.#growFor(table);
       writeKvRows(this.#kv, this.info.kv, (p) => slotOf(table, B, p), start, tokens, payload);
     });
   }
@@ -201,6 +191,13 @@ class PagedReferenceRuntime implements PagedRuntime {
     if (!Number.isInteger(b) || b < 0 || b >= this.info.totalBlocks) {
       throw new InvalidInputError(`block ${b} is not in the pool of ${this.info.totalBlocks}`);
     }
+  }
+
+  /** Every slot of the blocks `blocks` names exists. */
+  #growFor(blocks: ArrayLike<number>): void {
+    let top = -1;
+    for (let i = 0; i < blocks.length; i++) top = Math.max(top, blocks[i]);
+    this.#grow((top + 1) * this.info.blockTokens);
   }
 
   /** Slots [0, slots) exist (capacity doubles, capped at the pool). */

@@ -4,7 +4,7 @@
 // sequence's logits in a batch equal its logits alone, bit for bit). Numerics as reference-runtime.ts
 // describes: f32 storage, f64 dot products, softmax, RMSNorm mean and RoPE angle.
 
-import { InvalidInputError } from "../errors.ts";
+import { CancelledError, InvalidInputError } from "../errors.ts";
 import { fp8PayloadToF32 } from "../kv/fp8.ts";
 import {
   type KvDtype,
@@ -446,4 +446,22 @@ export function growKvRows(kv: KvRows, layout: KvLayout, capacity: number, keep:
   }
   kv.capacity = capacity;
   return kv;
+}
+
+/** Yield to the event loop at most this often, so an AbortSignal can fire during a long forward. */
+const YIELD_EVERY_MS = 20;
+
+/**
+ * The checkpoint a reference forward runs between layers: a macrotask turn at most every
+ * YIELD_EVERY_MS (so a timer or a closed socket can abort it), then CancelledError if `signal` fired.
+ */
+export function layerCheckpoint(signal?: AbortSignal): () => Promise<void> {
+  let lastYield = Date.now();
+  return async () => {
+    if (Date.now() - lastYield > YIELD_EVERY_MS) {
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      lastYield = Date.now();
+    }
+    if (signal?.aborted) throw new CancelledError();
+  };
 }

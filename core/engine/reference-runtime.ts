@@ -25,13 +25,7 @@
 // dynamic-rope prompt gives different values chunked and whole once it passes
 // max_position_embeddings).
 
-import {
-  assert,
-  CancelledError,
-  InvalidInputError,
-  LimitError,
-  NotAvailableError,
-} from "../errors.ts";
+import { assert, InvalidInputError, LimitError, NotAvailableError } from "../errors.ts";
 import { type KvDtype, kvLayoutOf, kvPayloadBytes } from "../kv/layout.ts";
 import type { ModelConfig } from "../model/config-types.ts";
 import { computeRope, type RopeParams } from "../model/rope.ts";
@@ -42,6 +36,7 @@ import {
   growKvRows,
   importablePayload,
   type KvRows,
+  layerCheckpoint,
   readKvRows,
   rowLogits,
   type Weights,
@@ -49,9 +44,6 @@ import {
 } from "./reference-layers.ts";
 import type { RuntimeFactory, RuntimeOptions } from "./registry.ts";
 import { checkKvRange, checkTruncate, type Runtime, type RuntimeInfo } from "./runtime.ts";
-
-/** Yield to the event loop at most this often, so an AbortSignal can fire during a long forward. */
-const YIELD_EVERY_MS = 20;
 
 const SUPPORTED_KV: readonly KvDtype[] = ["f32", "bf16", "f16"];
 
@@ -164,19 +156,8 @@ class ReferenceRuntime implements Runtime {
     this.#ensureCapacity(p0 + T);
 
     const H = c.hiddenSize;
-    const _hd = c.headDim;
-    const _nH = c.numAttentionHeads;
-    const _nKV = c.numKeyValueHeads;
-    const _ffn = c.intermediateSize;
     const w = this.#weights;
-    let lastYield = Date.now();
-    const checkpoint = async () => {
-      if (Date.now() - lastYield > YIELD_EVERY_MS) {
-        await new Promise((resolve) => setTimeout(resolve, 0));
-        lastYield = Date.now();
-      }
-      if (signal?.aborted) throw new CancelledError();
-    };
+    const checkpoint = layerCheckpoint(signal);
 
     // (T, hidden) residual stream.
     const x = new Float32Array(T * H);
