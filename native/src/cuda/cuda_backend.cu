@@ -3,10 +3,12 @@
 // library loads (cublaslt.cu), else to our tensor-core GEMM (gemm.cu). Every host <-> device copy
 // (weights, KV export/import, logits) goes through two pinned staging halves, double-buffered.
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <unordered_set>
 #include <vector>
 
+#include "attention_fa2.cuh"
 #include "common.cuh"
 
 namespace ul {
@@ -36,6 +38,11 @@ class CudaBackend final : public Backend {
     UL_CUDA(cudaGetDeviceProperties(&prop, 0));
     if (prop.major < 8)
       return Err(UL_ERR_NOT_AVAILABLE, std::string(prop.name) + " is sm_" + std::to_string(prop.major * 10 + prop.minor) + "; bf16 tensor cores need sm_80 or newer");
+    // UL_ATTENTION: the prefill kernel for bf16 KV, fa2 (attention_fa2.cu, default) or wmma (flash_prefill).
+    const char* att = std::getenv("UL_ATTENTION");
+    if (att && *att && std::strcmp(att, "fa2") != 0 && std::strcmp(att, "wmma") != 0)
+      return Err(UL_ERR_INVALID_ARGUMENT, std::string("UL_ATTENTION must be fa2 or wmma, not '") + att + "'");
+    fa2_ = !(att && std::strcmp(att, "wmma") == 0);
     UL_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     UL_CUDA(cudaMalloc(&token_out_, sizeof(int32_t)));
     return cublaslt_open(&lt_, &gemm_report_);
@@ -43,7 +50,8 @@ class CudaBackend final : public Backend {
 
   const char* name() const override { return lt_ ? "cuda+cublaslt" : "cuda"; }
   std::string info_json_members() const override {
-    return std::string("\"kernels\":\"cuda\",\"gemm\":\"") + (lt_ ? "cublaslt" : "own-wmma") +
+    return std::string("\"kernels\":\"cuda\",\"attention\":\"") + (fa2_ ? "fa2" : "wmma") + "\",\"gemm\":\"" +
+           (lt_ ? "cublaslt" : "own-wmma") +
            "\",\"gemm_plans\":" + std::to_string(cublaslt_plans_built(lt_)) +
            ",\"gemm_own_shapes\":" + std::to_string(own_gemm_shapes_.size()) + "," + gemm_report_;
   }
@@ -259,7 +267,8 @@ class CudaBackend final : public Backend {
     bool flash = flash_supported(a);
     const int32_t* rows = flash ? dev_.small_rows : dev_.all_rows;
     int n = flash ? dev_.n_small : dev_.n_all, max_len = flash ? dev_.max_len_small : dev_.max_len_all;
-    if (flash) UL_TRY(launch_flash_prefill(a, dev_, stream_));
+    if (flash)
+      UL_TRY(fa2_ && fa2_supported(a) ? launch_fa2_prefill(a, dev_, stream_) : launch_flash_prefill(a, dev_, stream_));
     if (n == 0) return Status::Ok();
     size_t need = decode_workspace_floats(a, n, max_len);
     if (need > workspace_cap_) {
@@ -298,6 +307,7 @@ class CudaBackend final : public Backend {
   }
 
   cudaStream_t stream_ = nullptr;
+  bool fa2_ = true;  // prefill of bf16 KV (fa2_supported) on fa2_prefill; false: flash_prefill (UL_ATTENTION=wmma)
   CublasLt* lt_ = nullptr;
   // Shapes (rows, in, out, f32 output) cuBLASLt failed on, which our GEMM runs instead.
   std::unordered_set<uint64_t> own_gemm_shapes_;
