@@ -45,6 +45,7 @@ const STAGES = [
   "fp8",
   "kv-export",
   "paged",
+  "attention-fa2",
   "bench-attention",
   "bench-gemm",
   "bench-prefill",
@@ -210,10 +211,37 @@ describe.skipIf(!ready)("gpu-check.sh --dry-run", () => {
     }
   });
 
+  it("attention-fa2: every case of the paged, ragged comparison ran, and says what the dry run skips", () => {
+    const line = stage("attention-fa2") as Line & {
+      variants: { variant: string; cases: { group: number; keys: number; ok: boolean }[] }[];
+      skipped: string;
+    };
+    expect(line.variants.map((v) => v.variant)).toEqual(["reference"]);
+    const cases = line.variants[0].cases;
+    expect(cases.map((c) => c.group)).toEqual([4, 2, 8, 1]);
+    for (const c of cases) {
+      expect(c.ok).toBe(true);
+      expect(c.keys % 16).not.toBe(0); // off the 16-row and 64-key tiles
+    }
+    expect(line.skipped).toMatch(/fa2, wmma\) are not executed/);
+    expect(stage("summary").figures).toMatchObject({ attention_fa2_max_normalized_err: 0 });
+  });
+
   it("benchmarks ran beside torch on tiny shapes", () => {
-    const attention = stage("bench-attention").results as { seq_len: number; ratio: number }[];
+    const bench = stage("bench-attention") as Line & { skipped: string };
+    const attention = bench.results as {
+      seq_len: number;
+      ratio: number;
+      variants: Record<string, { tflops: number }>;
+      peers: Record<string, { tflops: number }>;
+    }[];
     expect(attention.map((a) => a.seq_len)).toEqual([128, 256]);
-    for (const a of attention) expect(a.ratio).toBeGreaterThan(0);
+    for (const a of attention) {
+      expect(a.ratio).toBeGreaterThan(0);
+      expect(Object.keys(a.variants)).toEqual(["reference"]);
+      expect(Object.keys(a.peers)).toEqual(["math_cpu"]);
+    }
+    expect(bench.skipped).toMatch(/SDPA backends \(flash, cudnn, efficient\) are not run/);
     const gemm = stage("bench-gemm").results as { name: string; ratio: number }[];
     expect(gemm.map((g) => g.name)).toEqual([
       "q_proj",

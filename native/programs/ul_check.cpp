@@ -21,6 +21,10 @@
 //       writes kv.bin (the export), tokens.bin (int32) and logits.bin (the new engine's, f32)
 //   ul_check bench-attention --lens 16384,65536,131072 [--backend ..]
 //       full causal attention of L queries over L keys, 32/8 heads, d 128 (the SDPA comparison)
+//   ul_check attention-variants [--backend ..] [--variants fa2,wmma] [--tiny]
+//       prefill attention through paged, shuffled block tables at ragged sizes (rows and keys off the
+//       tiles; GQA 32/8, 16/8, 64/8 and 8/8) vs the reference kernels, once per prefill kernel of
+//       the CUDA backend (UL_ATTENTION=each variant); the reference backend runs one "reference" pass
 //   ul_check bench-gemm --m 4096 [--backend ..]       the Llama-3.1-8B projection shapes
 //   ul_check bench-prefill --lens 32768,131072 [--shape 8b|tiny] [--backend ..]
 //       prefill tokens/s of a random-weight model of that shape through the whole engine
@@ -642,6 +646,118 @@ int cmd_bench_attention(const std::map<std::string, std::string>& f) {
   return 0;
 }
 
+// ---- attention-variants: each prefill kernel vs the reference through paged tables ---------------
+/** Sets UL_ATTENTION (the CUDA backend reads it when it is created); "" unsets it. */
+void set_attention_env(const std::string& v) {
+  if (v.empty()) unsetenv("UL_ATTENTION");
+  else setenv("UL_ATTENTION", v.c_str(), 1);
+}
+
+int cmd_attention_variants(const std::map<std::string, std::string>& f) {
+  const bool tiny = f.count("tiny") > 0;
+  const ul_backend_kind kind = backend_kind(f);
+  std::vector<std::string> variants = {"reference"};
+  if (kind == UL_BACKEND_CUDA) {
+    variants.clear();
+    std::stringstream ss(f.count("variants") ? f.at("variants") : "fa2,wmma");
+    for (std::string v; std::getline(ss, v, ',');) variants.push_back(v);
+  }
+  const int HD = 128, BT = 16;
+  // (heads, kv_heads, items of (rows, pos0)): no row count or key count a multiple of 16 or 64; the
+  // first case is Llama 3.1 8B's GQA over 3000 keys with two items (one of them a short tail tile).
+  // Sized for the reference, which runs on one CPU core (about 10 s for all four).
+  struct Case {
+    int heads, kv_heads;
+    std::vector<std::pair<int, int>> items;
+  };
+  const std::vector<Case> cases =
+      tiny ? std::vector<Case>{{32, 8, {{45, 55}, {17, 20}}}, {16, 8, {{33, 7}}}, {64, 8, {{21, 30}}}, {8, 8, {{19, 5}}}}
+           : std::vector<Case>{{32, 8, {{333, 2667}, {37, 500}}}, {16, 8, {{150, 350}}}, {64, 8, {{150, 350}}},
+                               {8, 8, {{150, 350}}}};
+  auto ref = make_reference_backend();
+  std::string json = "{\"backend\": \"" + std::string(kind == UL_BACKEND_CUDA ? "cuda" : "reference") +
+                     "\", \"block_tokens\": " + std::to_string(BT) + ", \"variants\": [";
+  bool all = true;
+  std::vector<std::vector<float>> want(cases.size());  // the reference's outputs, computed once
+  for (size_t vi = 0; vi < variants.size(); ++vi) {
+    if (kind == UL_BACKEND_CUDA) set_attention_env(variants[vi]);
+    auto dev = kind == UL_BACKEND_CUDA ? make_backend(kind) : make_reference_backend();
+    json += std::string(vi ? "," : "") + "\n  {\"variant\": \"" + variants[vi] + "\", \"info\": {" +
+            dev->info_json_members() + "}, \"cases\": [";
+    for (size_t ci = 0; ci < cases.size(); ++ci) {
+      const Case& c = cases[ci];
+      // Pool: every item's blocks plus 5 spare, handed out in a shuffled order.
+      std::vector<StepItemPlan> items;
+      std::vector<int32_t> tables, positions, slots;
+      int rows = 0, blocks = 5, keys = 0;
+      for (auto [r, p0] : c.items) blocks += (p0 + r + BT - 1) / BT;
+      std::vector<int32_t> order(blocks);
+      for (int b = 0; b < blocks; ++b) order[b] = b;
+      std::shuffle(order.begin(), order.end(), std::mt19937(static_cast<uint32_t>(17 + ci)));
+      int next = 0;
+      for (auto [r, p0] : c.items) {
+        items.push_back({rows, r, p0, static_cast<int>(tables.size())});
+        const int32_t* table = order.data() + next;
+        for (int b = 0; b < (p0 + r + BT - 1) / BT; ++b) tables.push_back(order[next++]);
+        for (int i = 0; i < r; ++i) {
+          positions.push_back(p0 + i);
+          slots.push_back(slot_of(table, BT, p0 + i));
+        }
+        rows += r;
+        keys = std::max(keys, p0 + r);
+      }
+      StepPlan plan;
+      plan.n_items = static_cast<int>(items.size());
+      plan.items = items.data();
+      plan.tables = tables.data();
+      plan.table_ints = static_cast<int>(tables.size());
+      plan.positions = positions.data();
+      plan.slots = slots.data();
+      plan.rows = rows;
+      plan.block_tokens = BT;
+      const int pool = blocks * BT;
+      auto k = rounded(randn(static_cast<size_t>(c.kv_heads) * pool * HD, 1.0f, 31 + ci), UL_DTYPE_BF16);
+      auto v = rounded(randn(static_cast<size_t>(c.kv_heads) * pool * HD, 1.0f, 41 + ci), UL_DTYPE_BF16);
+      auto q = rounded(randn(static_cast<size_t>(rows) * c.heads * HD, 1.0f, 51 + ci), UL_DTYPE_BF16);
+      auto run = [&](Backend& be) {
+        Buffers B(be);
+        ul_dtype act = be.act_dtype();
+        AttentionArgs a{};
+        a.q = B.put(q, act);
+        a.k_cache = B.put(k, UL_DTYPE_BF16);
+        a.v_cache = B.put(v, UL_DTYPE_BF16);
+        a.out = B.alloc(q.size() * dtype_size(act));
+        a.rows = rows; a.heads = c.heads; a.kv_heads = c.kv_heads; a.head_dim = HD; a.max_pos = pool; a.pos0 = 0;
+        a.kv_dtype = UL_DTYPE_BF16; a.softmax_scale = 1.0f / std::sqrt(static_cast<float>(HD));
+        a.plan = &plan;
+        must(be.prepare_step(plan), "prepare_step");
+        must(be.attention(a), "attention");
+        must(be.sync(), "sync");
+        return B.get(a.out, act, q.size());
+      };
+      if (want[ci].empty()) want[ci] = run(*ref);
+      Check r = compare("attention", "", run(*dev), want[ci], 0.0);
+      const double tol = dev->act_dtype() == UL_DTYPE_F32 ? 1e-5 : 2e-2;  // bf16 output and P (2^-9 each)
+      const double err = r.max_abs / r.max_ref;
+      const bool ok = err <= tol;
+      all = all && ok;
+      std::string shape = "[";
+      for (size_t i = 0; i < c.items.size(); ++i)
+        shape += (i ? ", [" : "[") + std::to_string(c.items[i].first) + ", " + std::to_string(c.items[i].second) + "]";
+      char buf[512];
+      std::snprintf(buf, sizeof buf,
+                    "%s\n    {\"heads\": %d, \"kv_heads\": %d, \"group\": %d, \"items_rows_pos0\": %s], \"keys\": %d, "
+                    "\"pool_slots\": %d, \"max_abs_err\": %.6g, \"normalized_err\": %.6g, \"tol\": %g, \"ok\": %s}",
+                    ci ? "," : "", c.heads, c.kv_heads, c.heads / c.kv_heads, shape.c_str(), keys, pool, r.max_abs, err,
+                    tol, ok ? "true" : "false");
+      json += buf;
+    }
+    json += "\n  ]}";
+  }
+  std::printf("%s\n], \"ok\": %s}\n", json.c_str(), all ? "true" : "false");
+  return 0;
+}
+
 int cmd_bench_gemm(const std::map<std::string, std::string>& f) {
   auto be = make_backend(backend_kind(f));
   const int M = f.count("m") ? std::stoi(f.at("m")) : 4096;
@@ -935,7 +1051,7 @@ int cmd_bench_paged_decode(const std::map<std::string, std::string>& f) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) die("usage: ul_check info|cublaslt-search|kernels|logits|kv-roundtrip|paged|bench-attention|bench-gemm|bench-prefill|bench-paged-decode [--flags]");
+  if (argc < 2) die("usage: ul_check info|cublaslt-search|kernels|logits|kv-roundtrip|paged|attention-variants|bench-attention|bench-gemm|bench-prefill|bench-paged-decode [--flags]");
   std::string cmd = argv[1];
   auto f = parse_flags(argc, argv, 2);
   if (cmd == "kernels") return cmd_kernels(f);
@@ -944,6 +1060,7 @@ int main(int argc, char** argv) {
   if (cmd == "logits") return cmd_logits(f);
   if (cmd == "kv-roundtrip") return cmd_kv_roundtrip(f);
   if (cmd == "bench-attention") return cmd_bench_attention(f);
+  if (cmd == "attention-variants") return cmd_attention_variants(f);
   if (cmd == "bench-gemm") return cmd_bench_gemm(f);
   if (cmd == "bench-prefill") return cmd_bench_prefill(f);
   if (cmd == "paged") return cmd_paged(f);
