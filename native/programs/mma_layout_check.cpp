@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "cuda/mma_layout.h"
+#include "ptx_isa_tables.h"
 
 using ul::mma::RowCol;
 
@@ -63,32 +64,6 @@ int tile_off(int row, int col) {
          col % ul::mma::kChunkElems;
 }
 
-// ---- the PTX ISA, transcribed ("Matrix Fragments for mma.m16n8k16 with floating point type") ----
-// Matrix A (.f16/.bf16): "row = groupID for ai where i < 2 || 4 <= i < 6; groupID + 8 otherwise;
-// col = (threadID_in_group * 2) + (i & 0x1) for ai where i < 4; (threadID_in_group * 2) + (i & 0x1)
-// + 8 for ai where i >= 4".
-RowCol isa_a(int laneid, int i) {
-  int groupID = laneid >> 2, threadID_in_group = laneid % 4;
-  int row, col;
-  if (i < 2 || (4 <= i && i < 6)) row = groupID;
-  else row = groupID + 8;
-  if (i < 4) col = (threadID_in_group * 2) + (i & 0x1);
-  else col = (threadID_in_group * 2) + (i & 0x1) + 8;
-  return {row, col};
-}
-// Matrix B (.f16/.bf16): "row = (threadID_in_group * 2) + (i & 0x1) for bi where i < 2;
-// (threadID_in_group * 2) + (i & 0x1) + 8 for bi where i >= 2; col = groupID".
-RowCol isa_b(int laneid, int i) {
-  int groupID = laneid >> 2, threadID_in_group = laneid % 4;
-  int row = i < 2 ? (threadID_in_group * 2) + (i & 0x1) : (threadID_in_group * 2) + (i & 0x1) + 8;
-  return {row, groupID};
-}
-// Accumulators C/D (.f32): "row = groupID for ci where i < 2; groupID + 8 for ci where i >= 2;
-// col = (threadID_in_group * 2) + (i & 0x1) for ci where i = {0,..,3}".
-RowCol isa_c(int laneid, int i) {
-  int groupID = laneid >> 2, threadID_in_group = laneid % 4;
-  return {i < 2 ? groupID : groupID + 8, (threadID_in_group * 2) + (i & 0x1)};
-}
 // The same figures as literal data, row 0 and row 8 of A (which thread holds which element): the
 // figure's "T0: {a0,a1} T1: {a0,a1} T2 T3 | T0: {a4,a5} ..." read off as (thread, element) per col.
 const int kIsaARow0[16][2] = {{0, 0}, {0, 1}, {1, 0}, {1, 1}, {2, 0}, {2, 1}, {3, 0}, {3, 1},
@@ -122,13 +97,13 @@ void mma_m16n8k16(const float (*a)[4][2], const float (*b)[2][2], float (*c)[4])
   double A[16][16], B[16][8], C[16][8];
   for (int l = 0; l < 32; ++l) {
     for (int i = 0; i < 8; ++i) {
-      RowCol p = isa_a(l, i);
+      RowCol p = ptx_isa::isa_a(l, i);
       A[p.row][p.col] = a[l][i / 2][i % 2];
     }
     for (int i = 0; i < 4; ++i) {
-      RowCol p = isa_b(l, i);
+      RowCol p = ptx_isa::isa_b(l, i);
       B[p.row][p.col] = b[l][i / 2][i % 2];
-      RowCol q = isa_c(l, i);
+      RowCol q = ptx_isa::isa_c(l, i);
       C[q.row][q.col] = c[l][i];
     }
   }
@@ -137,7 +112,7 @@ void mma_m16n8k16(const float (*a)[4][2], const float (*b)[2][2], float (*c)[4])
       for (int k = 0; k < 16; ++k) C[m][n] += A[m][k] * B[k][n];
   for (int l = 0; l < 32; ++l)
     for (int i = 0; i < 4; ++i) {
-      RowCol q = isa_c(l, i);
+      RowCol q = ptx_isa::isa_c(l, i);
       c[l][i] = static_cast<float>(C[q.row][q.col]);
     }
 }
@@ -367,7 +342,7 @@ void check_warp_products() {
   for (int kk = 0; kk < N / 16 && bad.empty(); ++kk)
     for (int l = 0; l < 32 && bad.empty(); ++l)
       for (int e = 0; e < 8; ++e) {
-        RowCol a = isa_a(l, e), c = c_map(l, p_elem(e / 2) + e % 2);
+        RowCol a = ptx_isa::isa_a(l, e), c = c_map(l, p_elem(e / 2) + e % 2);
         int key_a = 16 * kk + a.col, key_c = 8 * p_tile(kk, e / 2) + c.col;
         if (a.row != c.row || key_a != key_c) {
           bad = at(l, e, {c.row, key_c}, {a.row, key_a});
@@ -400,9 +375,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: mma_layout_check [--break a|b|c|k|v|p|swizzle]\n");
     return 2;
   }
-  check_map("mma m16n8k16 A", 8, 16, 16, a_map, isa_a);
-  check_map("mma m16n8k16 B", 4, 16, 8, b_map, isa_b);
-  check_map("mma m16n8k16 C/D", 4, 16, 8, c_map, isa_c);
+  check_map("mma m16n8k16 A", 8, 16, 16, a_map, ptx_isa::isa_a);
+  check_map("mma m16n8k16 B", 4, 16, 8, b_map, ptx_isa::isa_b);
+  check_map("mma m16n8k16 C/D", 4, 16, 8, c_map, ptx_isa::isa_c);
   {
     std::string bad;
     for (int col = 0; col < 16; ++col) {

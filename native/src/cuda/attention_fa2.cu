@@ -26,7 +26,9 @@
 //   - Ragged sizes: rows past the tile's last row load zeros and are not written; keys past the
 //     block's last position are zero-filled and masked by causality.
 // Every lane / register / address map is a function of mma_layout.h, tested on the CPU against the
-// PTX ISA (test/native-mma-layout.test.ts), so the first GPU run is not the first test of a layout.
+// PTX ISA (test/native-mma-layout.test.ts), and this file itself runs on CPU threads with the PTX
+// wrappers emulated (native/programs/fa2_emulate.cpp, test/native-fa2-emulate.test.ts), so the
+// first GPU run is not the first test of a layout or of the kernel's logic.
 //
 // Performance notes: mma.sync with 16 rows a warp reads each K/V tile from shared memory once per
 // warp (16 FLOP per shared byte), about the limit of mma.sync on Hopper; FlashAttention-3's 600+
@@ -77,6 +79,9 @@ __device__ __forceinline__ const bf16* key_row(const bf16* cache, const Fa2Param
   return cache + (static_cast<size_t>(kvh) * p.max_pos + slot) * kD;
 }
 
+// The PTX wrappers. UL_FA2_HOST_EMULATION (native/programs/fa2_emulate.cpp, a CPU test) compiles
+// this file with g++ and supplies CPU versions of exactly these seven, from the ISA's description.
+#ifndef UL_FA2_HOST_EMULATION
 __device__ __forceinline__ uint32_t smem_addr(const void* ptr) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
 }
@@ -108,6 +113,7 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+#endif  // UL_FA2_HOST_EMULATION
 /** Two f32 -> one register of two bf16, `lo` in the low half (the lower-indexed element, as the ISA
  *  packs a0 / a1). */
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
@@ -136,7 +142,8 @@ __global__ void __launch_bounds__(kThreads, 1) fa2_prefill_kernel(Fa2Params p) {
   const int bid = gridDim.x - 1 - blockIdx.x;  // the last (longest) tiles first
   const int* tile = p.tiles + 4 * (bid / per_tile);
   const int part = bid % per_tile;
-  const int rows = min(p.block_pos, tile[1] - part * p.block_pos);  // positions this block queries
+  const int left = tile[1] - part * p.block_pos;
+  const int rows = left < p.block_pos ? left : p.block_pos;  // positions this block queries
   if (rows <= 0) return;                                             // a short tile's unused part
   const int row0 = tile[0] + part * p.block_pos, pos0 = tile[2] + part * p.block_pos, toff = tile[3];
   const int kvh = blockIdx.y, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -272,7 +279,7 @@ __global__ void __launch_bounds__(kThreads, 1) fa2_prefill_kernel(Fa2Params p) {
     for (int e = 0; e < 4; e += 2) {
       const RowCol c = mma::c_elem(lane, e);
       const uint32_t v = pack_bf16(o[n][e] * inv[e >> 1], o[n][e + 1] * inv[e >> 1]);
-      std::memcpy(qs + mma::tile_offset(16 * warp + c.row, 8 * n + c.col), &v, sizeof v);
+      std::memcpy(static_cast<void*>(qs + mma::tile_offset(16 * warp + c.row, 8 * n + c.col)), &v, sizeof v);
     }
   __syncwarp();
   for (int i = 0; i < 16 * mma::kRowChunks / 32; ++i) {
@@ -292,6 +299,7 @@ bool fa2_supported(const AttentionArgs& a) {
   return group == 2 || group == 4 || group == 8;
 }
 
+#ifndef UL_FA2_HOST_EMULATION
 Status launch_fa2_prefill(const AttentionArgs& a, const DevicePlan& dp, cudaStream_t s) {
   if (!fa2_supported(a))
     return Err(UL_ERR_INVALID_ARGUMENT, "fa2_prefill: needs head_dim 128, bf16 KV, 2, 4 or 8 query heads per kv head");
@@ -316,6 +324,7 @@ Status launch_fa2_prefill(const AttentionArgs& a, const DevicePlan& dp, cudaStre
   UL_CUDA_LAUNCHED();
   return Status::Ok();
 }
+#endif  // UL_FA2_HOST_EMULATION
 
 }  // namespace cuda
 }  // namespace ul
