@@ -132,6 +132,8 @@ async function buildCuda(dir) {
     const inputs = [
       join(dir, "src/cuda", f),
       join(dir, "src/cuda/common.cuh"),
+      join(dir, "src/cuda/attention_fa2.cuh"),
+      join(dir, "src/cuda/mma_layout.h"),
       join(dir, "src/backend.h"),
       join(dir, "src/dtype.h"),
       join(dir, "src/library_search.h"),
