@@ -8,7 +8,9 @@
 
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ul_engine.h"
@@ -117,17 +119,21 @@ napi_value BackendCompiled(napi_env env, napi_callback_info info) {
   return out;
 }
 
-// create(config: {hiddenSize, ..., invFreq: Float64Array, ...}[, blockTokens, totalBlocks]): external
-// With the pool sizes it is ul_engine_create_paged.
+// create(config: {hiddenSize, ..., invFreq: Float64Array, ...}[, blockTokens, totalBlocks[,
+// deviceBlocks]]): external. With the pool sizes it is ul_engine_create_paged; with deviceBlocks
+// the _tiered form (blockTokens = totalBlocks = 0: the single-sequence ul_engine_create_tiered).
 napi_value Create(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
+  size_t argc = 4;
+  napi_value argv[4];
   napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
   if (argc < 1) return throw_type(env, "missing arguments");
-  int32_t block_tokens = 0, total_blocks = 0;
-  bool paged = argc >= 3;
+  int32_t block_tokens = 0, total_blocks = 0, device_blocks = 0;
+  bool paged = argc >= 3, tiered = argc >= 4;
   if (paged && (!get_i32(env, argv[1], &block_tokens) || !get_i32(env, argv[2], &total_blocks)))
     return throw_type(env, "create(config, blockTokens, totalBlocks)");
+  if (tiered && !get_i32(env, argv[3], &device_blocks))
+    return throw_type(env, "create(config, blockTokens, totalBlocks, deviceBlocks)");
+  paged = paged && !(tiered && block_tokens == 0 && total_blocks == 0);
   ul_config c{};
   napi_value cfg = argv[0], inv;
   c.hidden_size = prop_i32(env, cfg, "hiddenSize");
@@ -156,7 +162,9 @@ napi_value Create(napi_env env, napi_callback_info info) {
     return throw_type(env, "invFreq must be a Float64Array of rotaryDim / 2 values");
   c.inv_freq = static_cast<const double*>(inv_data);
   ul_engine* e = nullptr;
-  ul_status st = paged ? ul_engine_create_paged(&c, block_tokens, total_blocks, &e) : ul_engine_create(&c, &e);
+  ul_status st = tiered ? (paged ? ul_engine_create_paged_tiered(&c, block_tokens, total_blocks, device_blocks, &e)
+                                 : ul_engine_create_tiered(&c, device_blocks, &e))
+                        : (paged ? ul_engine_create_paged(&c, block_tokens, total_blocks, &e) : ul_engine_create(&c, &e));
   if (st != UL_OK) return throw_status(env, st, ul_engine_last_error(nullptr));
   Handle* h = new Handle{e, c.vocab_size};
   napi_value out;
@@ -302,18 +310,10 @@ napi_value BackendInfo(napi_env env, napi_callback_info info) {
   return out;
 }
 
-napi_value Memory(napi_env env, napi_callback_info info) {
-  ARGS(1);
-  Handle* h = get_handle(env, argv[0]);
-  if (!h) return no_handle(env, "closed or invalid engine");
-  ul_memory_report r{};
-  ul_status st = ul_engine_memory(h->engine, &r);
-  if (st != UL_OK) return throw_status(env, st, ul_engine_last_error(h->engine));
+/** A JS object of number properties from (name, u64) pairs. */
+napi_value number_object(napi_env env, std::initializer_list<std::pair<const char*, uint64_t>> fields) {
   napi_value out;
   napi_create_object(env, &out);
-  const std::pair<const char*, uint64_t> fields[] = {{"weightBytes", r.weight_bytes}, {"kvBytes", r.kv_bytes},
-                                                     {"activationBytes", r.activation_bytes},
-                                                     {"deviceFree", r.device_free}, {"deviceTotal", r.device_total}};
   for (const auto& f : fields) {
     napi_value v;
     napi_create_double(env, static_cast<double>(f.second), &v);
@@ -322,6 +322,30 @@ napi_value Memory(napi_env env, napi_callback_info info) {
   return out;
 }
 
+// memoryTiers(h): {blockTokens, deviceBlocks, hostBlocks, deviceKvBytes, hostKvBytes, stagingBytes}
+napi_value MemoryTiers(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  Handle* h = get_handle(env, argv[0]);
+  if (!h) return no_handle(env, "closed or invalid engine");
+  ul_kv_tiers r{};
+  ul_status st = ul_engine_memory_tiers(h->engine, &r);
+  if (st != UL_OK) return throw_status(env, st, ul_engine_last_error(h->engine));
+  return number_object(env, {{"blockTokens", r.block_tokens}, {"deviceBlocks", r.device_blocks},
+                             {"hostBlocks", r.host_blocks}, {"deviceKvBytes", r.device_kv_bytes},
+                             {"hostKvBytes", r.host_kv_bytes}, {"stagingBytes", r.staging_bytes}});
+}
+
+napi_value Memory(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  Handle* h = get_handle(env, argv[0]);
+  if (!h) return no_handle(env, "closed or invalid engine");
+  ul_memory_report r{};
+  ul_status st = ul_engine_memory(h->engine, &r);
+  if (st != UL_OK) return throw_status(env, st, ul_engine_last_error(h->engine));
+  return number_object(env, {{"weightBytes", r.weight_bytes}, {"kvBytes", r.kv_bytes},
+                             {"activationBytes", r.activation_bytes}, {"deviceFree", r.device_free},
+                             {"deviceTotal", r.device_total}});
+}
 
 // forwardAsync(h, tokens: Int32Array, wantLogits): Promise<Float32Array | null>
 // stepAsync(h, items: {tokens, start, table, logits}[]): Promise<Float32Array | null> (paged engine)
@@ -544,6 +568,7 @@ napi_value Init(napi_env env, napi_value exports) {
       {"exportKv", nullptr, ExportKv, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"importKv", nullptr, ImportKv, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"memory", nullptr, Memory, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"memoryTiers", nullptr, MemoryTiers, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"backendInfo", nullptr, BackendInfo, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"stepAsync", nullptr, StepAsync, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"copyBlocks", nullptr, CopyBlocks, nullptr, nullptr, nullptr, napi_default, nullptr},

@@ -42,7 +42,7 @@
 extern "C" {
 #endif
 
-#define UL_ABI_VERSION 3
+#define UL_ABI_VERSION 4 /* 4: tiered KV (ul_engine_create_tiered, _paged_tiered, _memory_tiers) */
 
 /*
  * fp8 KV: one f32 scale per (layer, K|V, kv_head, block of UL_FP8_BLOCK pool slots). A paged fp8
@@ -101,6 +101,23 @@ typedef struct ul_memory_report {
   uint64_t device_total;     /* CUDA: cudaMemGetInfo total; reference: 0 */
 } ul_memory_report;
 
+/*
+ * Tiered KV (ABI 4): where the pool's blocks live. Blocks [0, device_blocks) are in device memory,
+ * blocks [device_blocks, device_blocks + host_blocks) in host memory (CUDA: pinned); each layer's
+ * host blocks that a micro-batch touches are copied into one of two device staging buffers (layer
+ * l + 1's copy overlapping layer l's compute) and the rows it writes are copied back. Results are
+ * bit for bit those of an all-resident engine. device_kv_bytes + host_kv_bytes == kv_bytes of
+ * ul_memory_report; staging_bytes is device memory beside it (0 without a host tier).
+ */
+typedef struct ul_kv_tiers {
+  uint64_t block_tokens;    /* positions per block (the single-sequence engine: 64) */
+  uint64_t device_blocks;
+  uint64_t host_blocks;
+  uint64_t device_kv_bytes; /* the device tier, incl. fp8 scales */
+  uint64_t host_kv_bytes;   /* the host tier, incl. fp8 scales */
+  uint64_t staging_bytes;   /* two staging buffers of one layer's host tier (K and V, fp8 scales) */
+} ul_kv_tiers;
+
 typedef struct ul_engine ul_engine;
 
 /* Human-readable name of a status ("invalid_argument", ...). Never NULL. */
@@ -114,6 +131,13 @@ ul_status ul_engine_create(const ul_config* config, ul_engine** out);
  * position, truncate, export_kv, import_kv) return UL_ERR_STATE on it. */
 ul_status ul_engine_create_paged(const ul_config* config, int32_t block_tokens, int32_t total_blocks,
                                  ul_engine** out);
+/* ul_engine_create / ul_engine_create_paged with only the pool's first device_blocks blocks in
+ * device memory and the rest in the host tier (ul_kv_tiers). The single-sequence pool is
+ * ceil(max_positions / 64) blocks of 64: positions >= device_blocks * 64 live on the host.
+ * device_blocks must be in [0, the pool's blocks]; equal to it, the engine is all resident. */
+ul_status ul_engine_create_tiered(const ul_config* config, int32_t device_blocks, ul_engine** out);
+ul_status ul_engine_create_paged_tiered(const ul_config* config, int32_t block_tokens, int32_t total_blocks,
+                                        int32_t device_blocks, ul_engine** out);
 void ul_engine_destroy(ul_engine* engine);
 /* Message of the last failed call on this engine (or of the last failed create when NULL). */
 const char* ul_engine_last_error(const ul_engine* engine);
@@ -198,6 +222,8 @@ ul_status ul_engine_import_kv_paged(ul_engine* engine, const int32_t* table, int
                                     int32_t tokens, ul_dtype dtype);
 
 ul_status ul_engine_memory(const ul_engine* engine, ul_memory_report* out);
+/* Which tier holds what (ABI 4). */
+ul_status ul_engine_memory_tiers(const ul_engine* engine, ul_kv_tiers* out);
 
 /*
  * What runs this engine, as one line of JSON written NUL-terminated into buf (cut at size - 1):

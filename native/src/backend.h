@@ -10,7 +10,12 @@
 //   fp8 KV scales         f32                     (layer, K|V, kv_head, block): x = fp8 * scale,
 //                                                 block = slot / UL_FP8_BLOCK (fp8_blocks(slots))
 // A sequence's position p lives in slot table[p / block_tokens] * block_tokens + p % block_tokens
-// (StepPlan); `max_pos` in the args below is the pool's slot count, the stride of a kv head.
+// (StepPlan); `max_pos` in the args below is the resident pool's slot count, the stride of a kv head.
+//
+// KV tiers (engine.cpp): slots [0, max_pos) are the resident (device) pool; slots [max_pos,
+// max_pos + stage_slots) belong to host-tier blocks, whose rows for the layer at hand were copied
+// into a device staging region of the same (kv_head, slot, head_dim) layout. kv_row / kv_scale_at
+// are the ONE address rule for both tiers, used by the reference and every CUDA kernel.
 #pragma once
 #include <cmath>
 #include <cstddef>
@@ -73,6 +78,27 @@ UL_HOST_DEVICE inline int slot_of(const int32_t* table, int block_tokens, int p)
 }
 
 /**
+ * The row of (kv_head, slot) in one (layer, K|V) slice: slots below res_slots in the resident pool
+ * `resident` (kv_head stride res_slots), the others in the staging region `staged` (stride
+ * stage_slots, slot - res_slots). row = elements of one row (head_dim, or head_dim * element size
+ * for byte pointers). Untiered callers pass staged = nullptr and every slot below res_slots.
+ */
+template <typename T>
+UL_HOST_DEVICE inline T* kv_row(T* resident, T* staged, int res_slots, int stage_slots, int kv_head, int slot,
+                                int row) {
+  return slot < res_slots ? resident + (static_cast<size_t>(kv_head) * res_slots + slot) * row
+                          : staged + (static_cast<size_t>(kv_head) * stage_slots + (slot - res_slots)) * row;
+}
+
+/** The fp8 scale of (kv_head, slot)'s 64-slot block, by kv_row's rule (res_slots % 64 == 0). */
+template <typename T>
+UL_HOST_DEVICE inline T* kv_scale_at(T* resident, T* staged, int res_slots, int stage_slots, int kv_head, int slot) {
+  return slot < res_slots ? resident + static_cast<size_t>(kv_head) * ((res_slots + UL_FP8_BLOCK - 1) / UL_FP8_BLOCK) + slot / UL_FP8_BLOCK
+                          : staged + static_cast<size_t>(kv_head) * ((stage_slots + UL_FP8_BLOCK - 1) / UL_FP8_BLOCK) +
+                                (slot - res_slots) / UL_FP8_BLOCK;
+}
+
+/**
  * Attention over the cache. With `plan`: each item's rows attend over its own block table (causal:
  * the row at position p sees the item's keys 0..p). Without (kernel checks, benchmarks): one item of
  * `rows` queries at positions [pos0, pos0 + rows) whose slots are its positions.
@@ -88,6 +114,12 @@ struct AttentionArgs {
   ul_dtype kv_dtype;
   float softmax_scale;  // 1 / sqrt(head_dim)
   const StepPlan* plan = nullptr;  // the step's items (after prepare_step), or nullptr: see above
+  // Host tier (kv_row): slots >= max_pos are read here. nullptr / 0: every slot is resident.
+  const void* k_stage = nullptr;        // (kv_heads, stage_slots, head_dim), kv dtype
+  const void* v_stage = nullptr;
+  const float* k_stage_scale = nullptr; // (kv_heads, fp8_blocks(stage_slots)) fp8 only
+  const float* v_stage_scale = nullptr;
+  int stage_slots = 0;
 };
 
 /**
@@ -101,6 +133,10 @@ struct KvStoreArgs {
   float* scale;     // (kv_heads, fp8_blocks(max_pos)) fp8 only, else nullptr
   int rows, kv_heads, head_dim, max_pos, pos0;
   ul_dtype kv_dtype;
+  // Host tier (kv_row): slots >= max_pos are written here. nullptr / 0: every slot is resident.
+  void* stage = nullptr;         // (kv_heads, stage_slots, head_dim), kv dtype
+  float* stage_scale = nullptr;  // (kv_heads, fp8_blocks(stage_slots)) fp8 only
+  int stage_slots = 0;
 };
 
 class Backend {
@@ -170,8 +206,21 @@ class Backend {
   /** argmax (temperature <= 0) or Gumbel-max sample of logits (vocab) f32 on device. */
   virtual Status sample(const float* logits, int vocab, float temperature, uint64_t seed,
                         uint64_t counter, int32_t* token_host) = 0;
-  /** Waits for queued work (CUDA); no-op for the reference. */
+  /** Waits for queued work, compute and copies (CUDA); no-op for the reference. */
   virtual Status sync() = 0;
+
+  // The host KV tier. Host memory the device copies from without the engine's staging halves
+  // (CUDA: pinned, cudaHostAlloc; reference: plain), and a copy queue beside the compute queue
+  // (CUDA: a second stream; reference: the memcpy happens at once), ordered by two fences.
+  /** bytes of host memory, zeroed. */
+  virtual Status alloc_host(size_t bytes, void** out) = 0;
+  virtual void release_host(void* p) = 0;
+  /** Queues a copy between host-tier memory and device memory on the copy queue. */
+  virtual Status copy_async(void* dst, const void* src, size_t bytes, bool to_device) = 0;
+  /** Copies queued from now on start after the compute queued so far. */
+  virtual Status copy_waits_compute() = 0;
+  /** Compute queued from now on starts after the copies queued so far. */
+  virtual Status compute_waits_copy() = 0;
 };
 
 inline Status Backend::rope_step(void* x, int heads, int head_dim, int rot_dim, const double* inv_freq,

@@ -48,13 +48,25 @@ struct ul_engine {
   uint64_t weight_bytes = 0;
   bool ready = false;
 
-  // KV pool: (layer, K|V, kv_head, slots, head_dim) in cfg.kv_dtype, slots = total_blocks *
-  // block_tokens; fp8 scales (layer, K|V, kv_head, fp8_blocks(slots)) f32.
-  void* kv = nullptr;
+  // KV pool of total_blocks blocks of block_tokens positions (slots = total_blocks * block_tokens),
+  // in two tiers (docs/native.md, "Tiered KV"): blocks [0, device_blocks) in device memory,
+  // blocks [device_blocks, total_blocks) in host memory. Each tier has the layout
+  //   (layer, K|V, kv_head, tier slots, head_dim) in cfg.kv_dtype,
+  //   fp8 scales (layer, K|V, kv_head, fp8_blocks(tier slots)) f32,
+  // and slot s is found by ul::kv_row (s < dev_slots: device pool; else host slot s - dev_slots).
+  void* kv = nullptr;          // device tier
   float* kv_scale = nullptr;
+  void* kv_host = nullptr;     // host tier (CUDA: pinned), nullptr when host_blocks == 0
+  float* kv_host_scale = nullptr;
+  // Staging: two device copies of ONE layer's host tier (K|V, kv_head, host_slots, head_dim) plus
+  // scales, layer l in buffer l % 2; a micro-batch copies in only the host blocks it touches.
+  void* stage[2] = {nullptr, nullptr};
+  float* stage_scale[2] = {nullptr, nullptr};
   int32_t block_tokens = 0;
   int32_t total_blocks = 0;
   int32_t slots = 0;
+  int32_t device_blocks = 0, host_blocks = 0;
+  int32_t dev_slots = 0, host_slots = 0;
   // Single-sequence form: its position, and its table (block b = pool block b).
   bool paged = false;
   int32_t position = 0;
@@ -76,14 +88,21 @@ struct ul_engine {
 
   ~ul_engine() {
     if (!be) return;
+    be->sync();  // no copy may still be running into memory released below
     for (void* p : owned) be->release(p);
+    for (void* p : owned_host) be->release_host(p);
   }
 
-  std::vector<void*> owned;
+  std::vector<void*> owned, owned_host;
 
   Status alloc(size_t bytes, void** out) {
     UL_TRY(be->alloc(bytes, out));
     owned.push_back(*out);
+    return Status::Ok();
+  }
+  Status alloc_host(size_t bytes, void** out) {
+    UL_TRY(be->alloc_host(bytes, out));
+    owned_host.push_back(*out);
     return Status::Ok();
   }
 
@@ -93,20 +112,54 @@ struct ul_engine {
   }
 
   size_t kv_es() const { return ul::dtype_size(cfg.kv_dtype); }
-  size_t kv_slice_elems() const {  // one (layer, K|V): (kv_head, slots, head_dim)
-    return static_cast<size_t>(cfg.num_kv_heads) * slots * cfg.head_dim;
-  }
+  size_t row_bytes() const { return static_cast<size_t>(cfg.head_dim) * kv_es(); }
+  /** One (layer, K|V) of a tier of `tier_slots` slots: (kv_head, slot, head_dim) elements. */
+  size_t slice_elems(int tier_slots) const { return static_cast<size_t>(cfg.num_kv_heads) * tier_slots * cfg.head_dim; }
+  /** Its fp8 scales: (kv_head, fp8_blocks(tier_slots)). */
+  size_t scale_elems(int tier_slots) const { return static_cast<size_t>(cfg.num_kv_heads) * ul::fp8_blocks(tier_slots); }
   void* kv_slice(int layer, int kind) const {
-    return static_cast<char*>(kv) + (static_cast<size_t>(layer) * 2 + kind) * kv_slice_elems() * kv_es();
-  }
-  size_t scale_slice_elems() const {  // one (layer, K|V): (kv_head, block)
-    return static_cast<size_t>(cfg.num_kv_heads) * ul::fp8_blocks(slots);
+    return static_cast<char*>(kv) + (static_cast<size_t>(layer) * 2 + kind) * slice_elems(dev_slots) * kv_es();
   }
   float* kv_scales(int layer, int kind) const {
-    return kv_scale ? kv_scale + (static_cast<size_t>(layer) * 2 + kind) * scale_slice_elems() : nullptr;
+    return kv_scale ? kv_scale + (static_cast<size_t>(layer) * 2 + kind) * scale_elems(dev_slots) : nullptr;
   }
-  /** kv_store of `rows` new (rows, kv_heads, head_dim) rows at `src` into (layer, K|V) from slot pos0. */
-  ul::KvStoreArgs kv_store_args(int layer, int kind, const void* src, int rows, int pos0) const {
+  char* host_slice(int layer, int kind) const {
+    return kv_host ? static_cast<char*>(kv_host) + (static_cast<size_t>(layer) * 2 + kind) * slice_elems(host_slots) * kv_es() : nullptr;
+  }
+  float* host_scales(int layer, int kind) const {
+    return kv_host_scale ? kv_host_scale + (static_cast<size_t>(layer) * 2 + kind) * scale_elems(host_slots) : nullptr;
+  }
+  char* stage_slice(int buf, int kind) const {
+    return stage[buf] ? static_cast<char*>(stage[buf]) + kind * slice_elems(host_slots) * kv_es() : nullptr;
+  }
+  float* stage_scales(int buf, int kind) const {
+    return stage_scale[buf] ? stage_scale[buf] + kind * scale_elems(host_slots) : nullptr;
+  }
+  /** Bytes of the device tier, the host tier, the staging buffers (each incl. fp8 scales). */
+  uint64_t tier_bytes(int tier_slots, int copies) const {
+    return static_cast<uint64_t>(copies) * (slice_elems(tier_slots) * kv_es() + (cfg.kv_dtype == UL_DTYPE_FP8_E4M3 ? scale_elems(tier_slots) * sizeof(float) : 0));
+  }
+
+  /** Where one KV row (or scale) is: device memory, or the host tier (plain / pinned memory). */
+  struct Where {
+    char* p;
+    bool host;
+  };
+  /** The row of (layer, K|V, kv_head, slot), by kv_row over the device pool and the host pool. */
+  Where row_at(int layer, int kind, int h, int slot) const {
+    return {ul::kv_row(static_cast<char*>(kv_slice(layer, kind)), host_slice(layer, kind), dev_slots, host_slots, h, slot,
+                       static_cast<int>(row_bytes())),
+            slot >= dev_slots};
+  }
+  /** The fp8 scale of (layer, K|V, kv_head, slot)'s 64-slot block. */
+  Where scale_at(int layer, int kind, int h, int slot) const {
+    return {reinterpret_cast<char*>(ul::kv_scale_at(kv_scales(layer, kind), host_scales(layer, kind), dev_slots, host_slots, h, slot)),
+            slot >= dev_slots};
+  }
+
+  /** kv_store of `rows` new (rows, kv_heads, head_dim) rows at `src` into (layer, K|V) from slot
+   *  pos0; host-tier slots go to staging buffer `buf` (which holds that layer's host blocks). */
+  ul::KvStoreArgs kv_store_args(int layer, int kind, const void* src, int rows, int pos0, int buf) const {
     ul::KvStoreArgs s{};
     s.src = src;
     s.cache = kv_slice(layer, kind);
@@ -114,9 +167,12 @@ struct ul_engine {
     s.rows = rows;
     s.kv_heads = cfg.num_kv_heads;
     s.head_dim = cfg.head_dim;
-    s.max_pos = slots;
+    s.max_pos = dev_slots;
     s.pos0 = pos0;
     s.kv_dtype = cfg.kv_dtype;
+    s.stage = stage_slice(buf, kind);
+    s.stage_scale = stage_scales(buf, kind);
+    s.stage_slots = host_slots;
     return s;
   }
 };
@@ -304,24 +360,115 @@ Status check_items(const ul_engine* e, int n_items, const ul_step_item* items) {
   return Status::Ok();
 }
 
-/** The layer loop over one micro-batch: plan.rows rows of tokens at their positions and slots. */
+/** Consecutive host-tier blocks [first, first + len) (indices within the host tier). */
+struct BlockRun {
+  int first, len;
+};
+
+/** Sorted, deduplicated ids -> runs of consecutive ids. */
+std::vector<BlockRun> block_runs(std::vector<int> ids) {
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  std::vector<BlockRun> out;
+  for (int id : ids) {
+    if (!out.empty() && out.back().first + out.back().len == id) ++out.back().len;
+    else out.push_back({id, 1});
+  }
+  return out;
+}
+
+/**
+ * The host-tier blocks one micro-batch touches: `read`, every block its attention reads (each
+ * item's table up to its last row, which includes what it writes), and `write`, the blocks its rows
+ * are stored into. Both empty when the engine has no host tier or the micro-batch stays resident.
+ */
+struct TierIo {
+  std::vector<BlockRun> read, write;
+};
+
+TierIo tier_io(const ul_engine* e, const ul::StepPlan& plan) {
+  TierIo io;
+  if (e->host_blocks == 0) return io;
+  std::vector<int> read, write;
+  const int bt = e->block_tokens;
+  for (int i = 0; i < plan.n_items; ++i) {
+    const ul::StepItemPlan& it = plan.items[i];
+    int need = (it.pos0 + it.rows + bt - 1) / bt;
+    for (int b = 0; b < need; ++b) {
+      int id = plan.tables ? plan.tables[it.table_off + b] : b;  // no table: the identity
+      if (id >= e->device_blocks) read.push_back(id - e->device_blocks);
+    }
+  }
+  for (int r = 0; r < plan.rows; ++r)
+    if (plan.slots[r] >= e->dev_slots) write.push_back(plan.slots[r] / bt - e->device_blocks);
+  io.read = block_runs(std::move(read));
+  io.write = block_runs(std::move(write));
+  return io;
+}
+
+/**
+ * Queues the copies of host blocks `runs` of layer l between the host tier and staging buffer
+ * `buf` (to_device: host -> staging), on the backend's copy queue: K and V (or `only_kind`), every
+ * kv head, fp8 with the blocks' scales. A block keeps its offset: host slot s is staging slot s.
+ */
+Status stage_copy(ul_engine* e, int l, int buf, const std::vector<BlockRun>& runs, bool to_device, int only_kind = -1) {
+  const size_t row = e->row_bytes(), bt = static_cast<size_t>(e->block_tokens);
+  const size_t scales_per_block = bt / ul::kFp8Block, scale_stride = static_cast<size_t>(ul::fp8_blocks(e->host_slots));
+  for (int kind = 0; kind < 2; ++kind) {
+    if (only_kind >= 0 && kind != only_kind) continue;
+    for (int h = 0; h < e->cfg.num_kv_heads; ++h)
+      for (const BlockRun& r : runs) {
+        size_t off = (static_cast<size_t>(h) * e->host_slots + r.first * bt) * row, bytes = r.len * bt * row;
+        char* host = e->host_slice(l, kind) + off;
+        char* dev = e->stage_slice(buf, kind) + off;
+        UL_TRY(e->be->copy_async(to_device ? dev : host, to_device ? host : dev, bytes, to_device));
+        if (!e->kv_host_scale) continue;
+        size_t soff = h * scale_stride + r.first * scales_per_block, n = r.len * scales_per_block * sizeof(float);
+        float* hs = e->host_scales(l, kind) + soff;
+        float* ds = e->stage_scales(buf, kind) + soff;
+        UL_TRY(e->be->copy_async(to_device ? static_cast<void*>(ds) : hs, to_device ? static_cast<void*>(hs) : ds, n, to_device));
+      }
+  }
+  return Status::Ok();
+}
+
+/**
+ * The layer loop over one micro-batch: plan.rows rows of tokens at their positions and slots.
+ * Tiered (the micro-batch touches host blocks): layer l's host blocks are in staging buffer l % 2;
+ * layer l + 1's copy in is queued before layer l's attention (so it runs while layer l computes:
+ * attention, o_proj, MLP), and the blocks layer l wrote are copied back after its attention.
+ * Fences: the compute of layer l waits for its copy in; a copy into buffer b waits for the compute
+ * queued so far, which includes the last attention that read b (layer l - 1).
+ */
 Status run_rows(ul_engine* e, const ul::StepPlan& plan, const int32_t* tokens) {
   const ul_config& c = e->cfg;
   ul::Backend& be = *e->be;
   int rows = plan.rows;
   int qd = c.num_heads * c.head_dim, kvd = c.num_kv_heads * c.head_dim;
   UL_TRY(be.prepare_step(plan));
+  const TierIo io = tier_io(e, plan);
+  const bool tiered = !io.read.empty();
+  if (tiered) {
+    UL_TRY(be.copy_waits_compute());  // the micro-batch before may still read buffer 0
+    UL_TRY(stage_copy(e, 0, 0, io.read, true));
+  }
   UL_TRY(be.embed(e->embed, tokens, rows, c.hidden_size, e->x));
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerWeights& L = e->layers[l];
+    const int buf = l % 2;
     UL_TRY(be.rmsnorm(e->x, L.attn_norm, rows, c.hidden_size, c.rms_norm_eps, e->xn));
     UL_TRY(be.matmul(e->xn, L.q, rows, c.hidden_size, qd, e->q, false));
     UL_TRY(be.matmul(e->xn, L.k, rows, c.hidden_size, kvd, e->k, false));
     UL_TRY(be.matmul(e->xn, L.v, rows, c.hidden_size, kvd, e->v, false));
     UL_TRY(be.rope_step(e->q, c.num_heads, c.head_dim, c.rotary_dim, e->inv_freq, c.attention_scaling, plan));
     UL_TRY(be.rope_step(e->k, c.num_kv_heads, c.head_dim, c.rotary_dim, e->inv_freq, c.attention_scaling, plan));
+    if (tiered) UL_TRY(be.compute_waits_copy());  // layer l's host blocks are in buffer buf
     for (int kind = 0; kind < 2; ++kind)
-      UL_TRY(be.kv_store_step(e->kv_store_args(l, kind, kind == 0 ? e->k : e->v, rows, 0), plan));
+      UL_TRY(be.kv_store_step(e->kv_store_args(l, kind, kind == 0 ? e->k : e->v, rows, 0, buf), plan));
+    if (tiered && l + 1 < c.num_layers) {
+      UL_TRY(be.copy_waits_compute());
+      UL_TRY(stage_copy(e, l + 1, 1 - buf, io.read, true));
+    }
     ul::AttentionArgs a{};
     a.q = e->q;
     a.k_cache = e->kv_slice(l, 0);
@@ -333,12 +480,23 @@ Status run_rows(ul_engine* e, const ul::StepPlan& plan, const int32_t* tokens) {
     a.heads = c.num_heads;
     a.kv_heads = c.num_kv_heads;
     a.head_dim = c.head_dim;
-    a.max_pos = e->slots;
+    a.max_pos = e->dev_slots;
     a.pos0 = 0;
     a.kv_dtype = c.kv_dtype;
     a.softmax_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
     a.plan = &plan;
+    if (tiered) {  // only then: an all-resident micro-batch keeps kernels that read one tier
+      a.k_stage = e->stage_slice(buf, 0);
+      a.v_stage = e->stage_slice(buf, 1);
+      a.k_stage_scale = e->stage_scales(buf, 0);
+      a.v_stage_scale = e->stage_scales(buf, 1);
+      a.stage_slots = e->host_slots;
+    }
     UL_TRY(be.attention(a));
+    if (tiered && !io.write.empty()) {
+      UL_TRY(be.copy_waits_compute());  // the rows (and fp8 scales) layer l stored
+      UL_TRY(stage_copy(e, l, buf, io.write, false));
+    }
     UL_TRY(be.matmul(e->xn, L.o, rows, qd, c.hidden_size, e->x, true));
     UL_TRY(be.rmsnorm(e->x, L.ffn_norm, rows, c.hidden_size, c.rms_norm_eps, e->xn));
     UL_TRY(be.matmul(e->xn, L.gate, rows, c.hidden_size, c.intermediate_size, e->gate, false));
@@ -523,13 +681,14 @@ struct Run {
 };
 
 /** Positions [start, end) through `table` as runs of consecutive slots: one per KV block, merged
- *  where the next block follows in the pool (a single-sequence engine's table is one run). */
+ *  where the next block follows in the pool and in the same tier (a single-sequence engine's
+ *  table is one run per tier). */
 std::vector<Run> runs_of(const ul_engine* e, const int32_t* table, int start, int end) {
   std::vector<Run> out;
   int bt = e->block_tokens;
   for (int p = start; p < end;) {
     int len = std::min(end, (p / bt + 1) * bt) - p, slot = ul::slot_of(table, bt, p);
-    if (!out.empty() && out.back().slot + out.back().len == slot) out.back().len += len;
+    if (!out.empty() && out.back().slot + out.back().len == slot && slot != e->dev_slots) out.back().len += len;
     else out.push_back({p, slot, len});
     p += len;
   }
@@ -541,6 +700,17 @@ int scale_block_of(const ul_engine* e, const int32_t* table, int p) {
   return ul::slot_of(table, e->block_tokens, p) / ul::kFp8Block;
 }
 
+/** bytes between host memory `buf` and KV memory at w: the host tier by memcpy (the copy queue is
+ *  idle between calls: every call ends with sync), the device tier through the backend. */
+Status xfer(ul_engine* e, unsigned char* buf, const ul_engine::Where& w, size_t bytes, bool to_host) {
+  if (w.host) {
+    if (to_host) std::memcpy(buf, w.p, bytes);
+    else std::memcpy(w.p, buf, bytes);
+    return Status::Ok();
+  }
+  return to_host ? e->be->download(buf, w.p, bytes) : e->be->upload(w.p, buf, bytes);
+}
+
 /**
  * (layer, K|V) of positions [start, end) through `table`, between the pool and host memory:
  * values (kv_head, n, head_dim) in the cache dtype; `scales` (fp8 cache, or nullptr) the scales of
@@ -549,32 +719,25 @@ int scale_block_of(const ul_engine* e, const int32_t* table, int p) {
 Status move_range(ul_engine* e, int l, int kind, const int32_t* table, int start, int end, unsigned char* values,
                   float* scales, bool to_host) {
   const ul_config& c = e->cfg;
-  size_t row = static_cast<size_t>(c.head_dim) * e->kv_es(), n = static_cast<size_t>(end - start);
-  char* slice = static_cast<char*>(e->kv_slice(l, kind));
+  size_t row = e->row_bytes(), n = static_cast<size_t>(end - start);
   for (const Run& r : runs_of(e, table, start, end)) {
-    for (int h = 0; h < c.num_kv_heads; ++h) {
-      unsigned char* host = values + (h * n + (r.pos - start)) * row;
-      char* dev = slice + (static_cast<size_t>(h) * e->slots + r.slot) * row;
-      if (to_host) UL_TRY(e->be->download(host, dev, r.len * row));
-      else UL_TRY(e->be->upload(dev, host, r.len * row));
-    }
+    for (int h = 0; h < c.num_kv_heads; ++h)
+      UL_TRY(xfer(e, values + (h * n + (r.pos - start)) * row, e->row_at(l, kind, h, r.slot), r.len * row, to_host));
   }
   if (!scales) return Status::Ok();
-  // Position blocks b (relative to start's) whose scale blocks follow each other in the pool move
-  // together: (first b, scale block, count).
-  int first = start / ul::kFp8Block, blocks = (end - 1) / ul::kFp8Block - first + 1, per_head = ul::fp8_blocks(e->slots);
+  // Position blocks b (relative to start's) whose scale blocks follow each other in the pool, in
+  // one tier, move together: (first b, scale block, count).
+  int first = start / ul::kFp8Block, blocks = (end - 1) / ul::kFp8Block - first + 1;
   std::vector<Run> spans;
   for (int b = 0; b < blocks; ++b) {
     int sb = scale_block_of(e, table, std::max(start, (first + b) * ul::kFp8Block));
-    if (!spans.empty() && spans.back().slot + spans.back().len == sb) ++spans.back().len;
+    if (!spans.empty() && spans.back().slot + spans.back().len == sb && sb * ul::kFp8Block != e->dev_slots) ++spans.back().len;
     else spans.push_back({b, sb, 1});
   }
   for (const Run& r : spans)
     for (int h = 0; h < c.num_kv_heads; ++h) {
-      float* dev = e->kv_scales(l, kind) + static_cast<size_t>(h) * per_head + r.slot;
-      float* host = scales + h * blocks + r.pos;
-      if (to_host) UL_TRY(e->be->download(host, dev, r.len * sizeof(float)));
-      else UL_TRY(e->be->upload(dev, host, r.len * sizeof(float)));
+      unsigned char* host = reinterpret_cast<unsigned char*>(scales + h * blocks + r.pos);
+      UL_TRY(xfer(e, host, e->scale_at(l, kind, h, r.slot * ul::kFp8Block), r.len * sizeof(float), to_host));
     }
   return Status::Ok();
 }
@@ -669,7 +832,19 @@ Status import_fp8_via_store(ul_engine* e, int l, int kind, const int32_t* table,
     plan.rows = m;
     plan.block_tokens = e->block_tokens;
     UL_TRY(e->be->prepare_step(plan));
-    UL_TRY(e->be->kv_store_step(e->kv_store_args(l, kind, e->k, m, 0), plan));
+    // Host-tier blocks written go through staging buffer 0 as in a step (kv_store reads a block's
+    // earlier values when its fp8 scale grows), this (layer, K|V) only.
+    const std::vector<BlockRun> touched = tier_io(e, plan).write;
+    if (!touched.empty()) {
+      UL_TRY(e->be->copy_waits_compute());
+      UL_TRY(stage_copy(e, l, 0, touched, true, kind));
+      UL_TRY(e->be->compute_waits_copy());
+    }
+    UL_TRY(e->be->kv_store_step(e->kv_store_args(l, kind, e->k, m, 0, 0), plan));
+    if (!touched.empty()) {
+      UL_TRY(e->be->copy_waits_compute());
+      UL_TRY(stage_copy(e, l, 0, touched, false, kind));
+    }
   }
   return Status::Ok();
 }
@@ -715,6 +890,17 @@ Status import_kv(ul_engine* e, const int32_t* table, int start, const void* byte
   return e->be->sync();
 }
 
+/** bytes from src to dst, each in either tier. */
+Status copy_between(ul_engine* e, const ul_engine::Where& dst, const ul_engine::Where& src, size_t bytes) {
+  if (dst.host && src.host) {
+    std::memcpy(dst.p, src.p, bytes);
+    return Status::Ok();
+  }
+  if (dst.host) return e->be->download(dst.p, src.p, bytes);
+  if (src.host) return e->be->upload(dst.p, src.p, bytes);
+  return e->be->copy_device(dst.p, src.p, bytes);
+}
+
 /** Block `to` = block `from` for each pair, in every (layer, K|V, kv_head); fp8 with its scales. */
 Status copy_blocks(ul_engine* e, int n_pairs, const int32_t* pairs) {
   const ul_config& c = e->cfg;
@@ -723,27 +909,32 @@ Status copy_blocks(ul_engine* e, int n_pairs, const int32_t* pairs) {
   for (int i = 0; i < 2 * n_pairs; ++i)
     if (pairs[i] < 0 || pairs[i] >= e->total_blocks)
       return Err(UL_ERR_INVALID_ARGUMENT, "copy_blocks: block id " + std::to_string(pairs[i]) + " is outside [0, " + std::to_string(e->total_blocks) + ")");
-  size_t row = static_cast<size_t>(c.head_dim) * e->kv_es(), bt = static_cast<size_t>(e->block_tokens);
-  size_t per_block_scales = bt / ul::kFp8Block, per_head = static_cast<size_t>(ul::fp8_blocks(e->slots));
+  const int bt = e->block_tokens;
+  const size_t block_bytes = e->row_bytes() * bt, scale_bytes = bt / ul::kFp8Block * sizeof(float);
   for (int i = 0; i < n_pairs; ++i) {
-    size_t from = static_cast<size_t>(pairs[2 * i]), to = static_cast<size_t>(pairs[2 * i + 1]);
+    int from = pairs[2 * i], to = pairs[2 * i + 1];
     if (from == to) continue;
+    // A block's rows (and its scales) are consecutive in its tier: one copy each, tier to tier.
     for (int l = 0; l < c.num_layers; ++l)
       for (int kind = 0; kind < 2; ++kind)
         for (int h = 0; h < c.num_kv_heads; ++h) {
-          char* slice = static_cast<char*>(e->kv_slice(l, kind)) + static_cast<size_t>(h) * e->slots * row;
-          UL_TRY(e->be->copy_device(slice + to * bt * row, slice + from * bt * row, bt * row));
-          if (e->kv_scale) {
-            float* sc = e->kv_scales(l, kind) + h * per_head;
-            UL_TRY(e->be->copy_device(sc + to * per_block_scales, sc + from * per_block_scales, per_block_scales * sizeof(float)));
-          }
+          UL_TRY(copy_between(e, e->row_at(l, kind, h, to * bt), e->row_at(l, kind, h, from * bt), block_bytes));
+          if (e->kv_scale)
+            UL_TRY(copy_between(e, e->scale_at(l, kind, h, to * bt), e->scale_at(l, kind, h, from * bt), scale_bytes));
         }
   }
   return e->be->sync();
 }
 
-/** paged: block_tokens x total_blocks; otherwise one sequence of max_positions (64-position blocks). */
-Status create(const ul_config* config, bool paged, int32_t block_tokens, int32_t total_blocks, ul_engine** out) {
+/**
+ * paged: block_tokens x total_blocks; otherwise one sequence of max_positions (64-position blocks).
+ * device_blocks: blocks of the pool in device memory (the lowest ids), the rest in the host tier;
+ * kAllResident: every block.
+ */
+constexpr int32_t kAllResident = -1;
+
+Status create(const ul_config* config, bool paged, int32_t block_tokens, int32_t total_blocks, int32_t device_blocks,
+              ul_engine** out) {
   if (!config || !out) return Err(UL_ERR_INVALID_ARGUMENT, "create: null argument");
   UL_TRY(validate_config(*config));
   if (!paged) {
@@ -752,6 +943,9 @@ Status create(const ul_config* config, bool paged, int32_t block_tokens, int32_t
   }
   if (block_tokens <= 0 || total_blocks <= 0)
     return Err(UL_ERR_INVALID_ARGUMENT, "create_paged: block_tokens and total_blocks must be positive");
+  if (device_blocks == kAllResident) device_blocks = total_blocks;
+  if (device_blocks < 0 || device_blocks > total_blocks)
+    return Err(UL_ERR_INVALID_ARGUMENT, "create: device_blocks " + std::to_string(device_blocks) + " is outside [0, " + std::to_string(total_blocks) + "] (the pool's blocks of " + std::to_string(block_tokens) + " positions)");
   if (static_cast<int64_t>(block_tokens) * total_blocks > INT32_MAX)
     return Err(UL_ERR_LIMIT, "create_paged: the pool's slots exceed 2^31 - 1");
   if (config->kv_dtype == UL_DTYPE_FP8_E4M3 && block_tokens % ul::kFp8Block != 0)
@@ -776,16 +970,35 @@ Status create(const ul_config* config, bool paged, int32_t block_tokens, int32_t
   e->block_tokens = block_tokens;
   e->total_blocks = total_blocks;
   e->slots = block_tokens * total_blocks;
+  e->device_blocks = device_blocks;
+  e->host_blocks = total_blocks - device_blocks;
+  e->dev_slots = device_blocks * block_tokens;
+  e->host_slots = e->host_blocks * block_tokens;
   if (!paged)
     for (int32_t b = 0; b < total_blocks; ++b) e->identity_table.push_back(b);
   e->logit_rows = std::min(32, c.max_chunk);
 
-  size_t kv_bytes = static_cast<size_t>(c.num_layers) * 2 * e->kv_slice_elems() * e->kv_es();
-  UL_TRY(e->alloc(kv_bytes, &e->kv));
-  if (c.kv_dtype == UL_DTYPE_FP8_E4M3) {
-    void* p = nullptr;
-    UL_TRY(e->alloc(static_cast<size_t>(c.num_layers) * 2 * e->scale_slice_elems() * sizeof(float), &p));
+  const bool fp8 = c.kv_dtype == UL_DTYPE_FP8_E4M3;
+  const size_t layer_kinds = static_cast<size_t>(c.num_layers) * 2;
+  UL_TRY(e->alloc(layer_kinds * e->slice_elems(e->dev_slots) * e->kv_es(), &e->kv));
+  void* p = nullptr;
+  if (fp8) {
+    UL_TRY(e->alloc(layer_kinds * e->scale_elems(e->dev_slots) * sizeof(float), &p));
     e->kv_scale = static_cast<float*>(p);
+  }
+  if (e->host_blocks > 0) {
+    UL_TRY(e->alloc_host(layer_kinds * e->slice_elems(e->host_slots) * e->kv_es(), &e->kv_host));
+    if (fp8) {
+      UL_TRY(e->alloc_host(layer_kinds * e->scale_elems(e->host_slots) * sizeof(float), &p));
+      e->kv_host_scale = static_cast<float*>(p);
+    }
+    for (int buf = 0; buf < 2; ++buf) {
+      UL_TRY(e->alloc(2 * e->slice_elems(e->host_slots) * e->kv_es(), &e->stage[buf]));
+      if (fp8) {
+        UL_TRY(e->alloc(2 * e->scale_elems(e->host_slots) * sizeof(float), &p));
+        e->stage_scale[buf] = static_cast<float*>(p);
+      }
+    }
   }
   size_t act = ul::dtype_size(e->be->act_dtype()), rows = static_cast<size_t>(c.max_chunk);
   size_t qd = static_cast<size_t>(c.num_heads) * c.head_dim, kvd = static_cast<size_t>(c.num_kv_heads) * c.head_dim;
@@ -850,14 +1063,31 @@ int32_t ul_backend_compiled(ul_backend_kind kind) {
 
 ul_status ul_engine_create(const ul_config* config, ul_engine** out) {
   if (out) *out = nullptr;
-  Status st = create(config, false, 0, 0, out);
+  Status st = create(config, false, 0, 0, kAllResident, out);
   g_create_error = st.message;
   return st.code;
 }
 
 ul_status ul_engine_create_paged(const ul_config* config, int32_t block_tokens, int32_t total_blocks, ul_engine** out) {
   if (out) *out = nullptr;
-  Status st = create(config, true, block_tokens, total_blocks, out);
+  Status st = create(config, true, block_tokens, total_blocks, kAllResident, out);
+  g_create_error = st.message;
+  return st.code;
+}
+
+ul_status ul_engine_create_tiered(const ul_config* config, int32_t device_blocks, ul_engine** out) {
+  if (out) *out = nullptr;
+  Status st = device_blocks < 0 ? Err(UL_ERR_INVALID_ARGUMENT, "create: device_blocks " + std::to_string(device_blocks) + " is negative")
+                                : create(config, false, 0, 0, device_blocks, out);
+  g_create_error = st.message;
+  return st.code;
+}
+
+ul_status ul_engine_create_paged_tiered(const ul_config* config, int32_t block_tokens, int32_t total_blocks,
+                                        int32_t device_blocks, ul_engine** out) {
+  if (out) *out = nullptr;
+  Status st = device_blocks < 0 ? Err(UL_ERR_INVALID_ARGUMENT, "create: device_blocks " + std::to_string(device_blocks) + " is negative")
+                                : create(config, true, block_tokens, total_blocks, device_blocks, out);
   g_create_error = st.message;
   return st.code;
 }
@@ -965,11 +1195,23 @@ ul_status ul_engine_memory(const ul_engine* e, ul_memory_report* out) {
   if (!e || !out) return UL_ERR_INVALID_ARGUMENT;
   const ul_config& c = e->cfg;
   out->weight_bytes = e->weight_bytes;
-  out->kv_bytes = static_cast<uint64_t>(c.num_layers) * 2 * e->kv_slice_elems() * e->kv_es() +
-                  (e->kv_scale ? static_cast<uint64_t>(c.num_layers) * 2 * e->scale_slice_elems() * 4 : 0);
+  // Both tiers: what the pool holds, wherever it lives (ul_engine_memory_tiers splits it).
+  out->kv_bytes = e->tier_bytes(e->dev_slots, 2 * c.num_layers) + e->tier_bytes(e->host_slots, 2 * c.num_layers);
   out->activation_bytes = e->activation_bytes;
   Status st = e->be->memory_info(&out->device_free, &out->device_total);
   return st.code;
+}
+
+ul_status ul_engine_memory_tiers(const ul_engine* e, ul_kv_tiers* out) {
+  if (!e || !out) return UL_ERR_INVALID_ARGUMENT;
+  const int layer_kinds = 2 * e->cfg.num_layers;
+  out->block_tokens = static_cast<uint64_t>(e->block_tokens);
+  out->device_blocks = static_cast<uint64_t>(e->device_blocks);
+  out->host_blocks = static_cast<uint64_t>(e->host_blocks);
+  out->device_kv_bytes = e->tier_bytes(e->dev_slots, layer_kinds);
+  out->host_kv_bytes = e->tier_bytes(e->host_slots, layer_kinds);
+  out->staging_bytes = e->host_blocks ? e->tier_bytes(e->host_slots, 2 * 2) : 0;  // 2 buffers x (K, V)
+  return UL_OK;
 }
 
 int32_t ul_engine_backend_info(const ul_engine* e, char* buf, size_t size) {

@@ -98,6 +98,20 @@ export interface MemoryReport {
   deviceTotal: number;
 }
 
+/**
+ * ul_kv_tiers (ABI 4): pool blocks [0, deviceBlocks) in device memory, the next hostBlocks in host
+ * memory (pinned on CUDA), staged per layer into two device buffers of stagingBytes in all.
+ * deviceKvBytes + hostKvBytes == MemoryReport.kvBytes.
+ */
+export interface KvTiers {
+  blockTokens: number;
+  deviceBlocks: number;
+  hostBlocks: number;
+  deviceKvBytes: number;
+  hostKvBytes: number;
+  stagingBytes: number;
+}
+
 /** What runs an engine (ul_engine_backend_info): for /readyz, /metrics and the GPU check. */
 export interface BackendInfo {
   /** Kernel set: "reference" or "cuda". */
@@ -138,6 +152,8 @@ export interface NativeEngineBase {
   ): void;
   ready(): void;
   memory(): MemoryReport;
+  /** Which tier holds what (ul_engine_memory_tiers); absent in a host built before ABI 4. */
+  memoryTiers?(): KvTiers;
   /** What runs this engine; optional so a host built before ul_engine_backend_info still loads. */
   backendInfo?(): BackendInfo;
   destroy(): void;
@@ -194,7 +210,16 @@ export interface NativePagedEngine extends NativeEngineBase {
 export interface NativeHost {
   readonly name: string;
   backendCompiled(backend: number): boolean;
-  create(config: EngineConfig): NativeEngine;
-  /** ul_engine_create_paged; absent in a host built before ABI 3. */
-  createPaged?(config: EngineConfig, blockTokens: number, totalBlocks: number): NativePagedEngine;
+  /** deviceBlocks (ABI 4, ul_engine_create_tiered): blocks of 64 positions in device memory, the
+   *  rest of the pool in the host tier; undefined: all resident (ul_engine_create). */
+  create(config: EngineConfig, deviceBlocks?: number): NativeEngine;
+  /** ul_engine_create_paged (or _paged_tiered with deviceBlocks); absent before ABI 3. */
+  createPaged?(
+    config: EngineConfig,
+    blockTokens: number,
+    totalBlocks: number,
+    deviceBlocks?: number,
+  ): NativePagedEngine;
+  /** The host supports deviceBlocks (ABI 4). */
+  readonly tiered?: boolean;
 }

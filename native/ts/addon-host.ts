@@ -11,6 +11,7 @@ import type {
   BackendInfo,
   DtypeCode,
   EngineConfig,
+  KvTiers,
   MemoryReport,
   NativeEngine,
   NativeHost,
@@ -31,7 +32,13 @@ export function addonPath(env: Record<string, string | undefined> = process.env)
 type Handle = object;
 interface Addon {
   backendCompiled(kind: number): boolean;
-  create(config: EngineConfig, blockTokens?: number, totalBlocks?: number): Handle;
+  /** With deviceBlocks (ABI 4): the _tiered create; blockTokens = totalBlocks = 0 for the single form. */
+  create(
+    config: EngineConfig,
+    blockTokens?: number,
+    totalBlocks?: number,
+    deviceBlocks?: number,
+  ): Handle;
   stepAsync(h: Handle, items: readonly NativeStepItem[]): Promise<Float32Array | null>;
   copyBlocks(h: Handle, pairs: Int32Array): void;
   exportKvPaged(
@@ -66,6 +73,8 @@ interface Addon {
   exportKv(h: Handle, start: number, end: number, dtype: number, bytes: number): Uint8Array;
   importKv(h: Handle, bytes: Uint8Array, tokens: number, dtype: number): void;
   memory(h: Handle): MemoryReport;
+  /** Absent in an addon built before ABI 4. */
+  memoryTiers?(h: Handle): KvTiers;
   backendInfo(h: Handle): string;
   destroy(h: Handle): void;
 }
@@ -121,15 +130,24 @@ export function loadAddonHost(path = addonPath()): NativeHost {
     host = {
       name: "addon",
       backendCompiled: (kind) => addon.backendCompiled(kind),
-      create: (config) =>
+      tiered: typeof addon.memoryTiers === "function",
+      create: (config, deviceBlocks) =>
         new AddonEngine(
           addon,
-          call(() => addon.create(config)),
+          call(() =>
+            deviceBlocks === undefined
+              ? addon.create(config)
+              : addon.create(config, 0, 0, deviceBlocks),
+          ),
         ),
-      createPaged: (config, blockTokens, totalBlocks) =>
+      createPaged: (config, blockTokens, totalBlocks, deviceBlocks) =>
         new AddonEngine(
           addon,
-          call(() => addon.create(config, blockTokens, totalBlocks)),
+          call(() =>
+            deviceBlocks === undefined
+              ? addon.create(config, blockTokens, totalBlocks)
+              : addon.create(config, blockTokens, totalBlocks, deviceBlocks),
+          ),
         ),
     };
     cached.set(path, host);
@@ -213,6 +231,14 @@ class AddonEngine implements NativeEngine, NativePagedEngine {
   }
   memory(): MemoryReport {
     return call(() => this.#a.memory(this.#h));
+  }
+  memoryTiers(): KvTiers {
+    const tiers = this.#a.memoryTiers;
+    if (!tiers)
+      throw new NotAvailableError(
+        "this build of the native addon has no KV tiers (ABI 4); rebuild it",
+      );
+    return call(() => tiers(this.#h));
   }
   backendInfo(): BackendInfo {
     return parseBackendInfo(call(() => this.#a.backendInfo(this.#h)));

@@ -9,7 +9,11 @@ import { NotAvailableError } from "../../core/errors.ts";
 import { Backend, Dtype, type NativeHost } from "./abi.ts";
 import { addonUnavailableReason, loadAddonHost } from "./addon-host.ts";
 import { createNativePagedRuntime } from "./native-paged-runtime.ts";
-import { createNativeRuntime, type NativeRuntimeSpec } from "./native-runtime.ts";
+import {
+  createNativeRuntime,
+  type NativeRuntimeSpec,
+  type NativeTierOptions,
+} from "./native-runtime.ts";
 
 export const CUDA_SPEC: NativeRuntimeSpec = {
   name: "cuda",
@@ -76,14 +80,18 @@ export async function cudaUnavailableReason(): Promise<string | null> {
   return reason;
 }
 
-export async function createCudaRuntime(options: RuntimeOptions): Promise<Runtime> {
+export async function createCudaRuntime(
+  options: RuntimeOptions & NativeTierOptions,
+): Promise<Runtime> {
   const why = await cudaUnavailableReason();
   if (why !== null) throw new NotAvailableError(`runtime 'cuda' is not available: ${why}`);
   return createNativeRuntime(loadAddonHost(), CUDA_SPEC, options);
 }
 
 /** The paged form (continuous batching): the step runs on the addon's worker thread. */
-export async function createPagedCudaRuntime(options: PagedRuntimeOptions): Promise<PagedRuntime> {
+export async function createPagedCudaRuntime(
+  options: PagedRuntimeOptions & NativeTierOptions,
+): Promise<PagedRuntime> {
   const why = await cudaUnavailableReason();
   if (why !== null) throw new NotAvailableError(`runtime 'cuda' is not available: ${why}`);
   return createNativePagedRuntime(loadAddonHost(), CUDA_SPEC, options);

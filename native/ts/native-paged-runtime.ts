@@ -14,10 +14,12 @@ import { type KvDtype, kvLayoutOf, kvPayloadBytes } from "../../core/kv/layout.t
 import type { ModelConfig } from "../../core/model/config-types.ts";
 import { kvDtypeCode, type NativeHost, type NativePagedEngine } from "./abi.ts";
 import {
+  deviceBlocksOf,
   engineConfig,
   kernelsLine,
   loadEngineWeights,
   type NativeRuntimeSpec,
+  type NativeTierOptions,
   nativeOptions,
 } from "./native-runtime.ts";
 
@@ -27,11 +29,12 @@ import {
  */
 export const NATIVE_BLOCK_TOKENS = 64;
 
-/** Builds a paged runtime: the pool is allocated whole at create (totalBlocks x blockTokens). */
+/** Builds a paged runtime: the pool is allocated whole at create (totalBlocks x blockTokens);
+ *  with deviceKvPositions, blocks from deviceKvPositions / blockTokens up live in host memory. */
 export async function createNativePagedRuntime(
   host: NativeHost,
   spec: NativeRuntimeSpec,
-  options: PagedRuntimeOptions,
+  options: PagedRuntimeOptions & NativeTierOptions,
 ): Promise<PagedRuntime> {
   if (!host.createPaged) {
     throw new NotAvailableError(
@@ -51,8 +54,14 @@ export async function createNativePagedRuntime(
     }
   }
   const totalBlocks = Math.ceil(pool / blockTokens);
+  const deviceBlocks = deviceBlocksOf(host, options, blockTokens);
   const engine = await loadEngineWeights(
-    host.createPaged(engineConfig(c, spec, maxPositions, kvDtype), blockTokens, totalBlocks),
+    host.createPaged(
+      engineConfig(c, spec, maxPositions, kvDtype),
+      blockTokens,
+      totalBlocks,
+      deviceBlocks,
+    ),
     spec,
     options,
   );

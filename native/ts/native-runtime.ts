@@ -227,16 +227,52 @@ export async function loadEngineWeights<E extends NativeEngineBase>(
   return engine;
 }
 
+/**
+ * Tiered KV (docs/native.md "Tiered KV"): the native runtimes' one option beyond core's.
+ * deviceKvPositions: positions of the KV pool kept in device memory, a whole number of blocks (the
+ * lowest block ids); the rest of the pool lives in host memory and is staged per layer. Absent:
+ * every block resident. Results are the same bit for bit either way.
+ */
+export interface NativeTierOptions {
+  deviceKvPositions?: number;
+}
+
+/** deviceKvPositions as blocks of blockTokens positions, or undefined (all resident). The
+ *  engine refuses more blocks than its pool has. */
+export function deviceBlocksOf(
+  host: NativeHost,
+  options: NativeTierOptions,
+  blockTokens: number,
+): number | undefined {
+  const v = options.deviceKvPositions;
+  if (v === undefined) return undefined;
+  if (!Number.isInteger(v) || v < 0 || v % blockTokens !== 0) {
+    throw new InvalidInputError(
+      `deviceKvPositions must be a whole number of ${blockTokens}-position KV blocks (>= 0), not ${v}`,
+    );
+  }
+  if (!host.tiered) {
+    throw new NotAvailableError(
+      `the native host '${host.name}' has no tiered KV (ABI 4); rebuild it to use deviceKvPositions`,
+    );
+  }
+  return v / blockTokens;
+}
+
+/** Positions per block of the single-sequence engine's pool (ul_engine.h: 64, the fp8 block). */
+export const SINGLE_BLOCK_TOKENS = 64;
+
 /** Builds a runtime: creates the engine, streams every weight in, checks it is complete. */
 export async function createNativeRuntime(
   host: NativeHost,
   spec: NativeRuntimeSpec,
-  options: RuntimeOptions,
+  options: RuntimeOptions & NativeTierOptions,
 ): Promise<Runtime> {
   const c = options.model.config;
   const { kvDtype, maxPositions } = nativeOptions(spec, options);
+  const deviceBlocks = deviceBlocksOf(host, options, SINGLE_BLOCK_TOKENS);
   const engine = await loadEngineWeights(
-    host.create(engineConfig(c, spec, maxPositions, kvDtype)),
+    host.create(engineConfig(c, spec, maxPositions, kvDtype), deviceBlocks),
     spec,
     options,
   );

@@ -5,11 +5,12 @@
 import { existsSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
-import { NotAvailableError } from "../../core/errors.ts";
+import { InvalidInputError, NotAvailableError } from "../../core/errors.ts";
 import {
   type BackendInfo,
   type DtypeCode,
   type EngineConfig,
+  type KvTiers,
   type MemoryReport,
   type NativeEngine,
   type NativeHost,
@@ -69,6 +70,14 @@ interface EmModule {
     totalBlocks: number,
     out: number,
   ): number;
+  _ul_engine_create_tiered(cfg: number, deviceBlocks: number, out: number): number;
+  _ul_engine_create_paged_tiered(
+    cfg: number,
+    blockTokens: number,
+    totalBlocks: number,
+    deviceBlocks: number,
+    out: number,
+  ): number;
   _ul_engine_step(e: number, n: number, items: number, logits: number): number;
   _ul_engine_copy_blocks(e: number, n: number, pairs: number): number;
   _ul_engine_export_kv_paged(
@@ -92,12 +101,18 @@ interface EmModule {
     dt: number,
   ): number;
   _ul_engine_memory(e: number, out: number): number;
+  _ul_engine_memory_tiers(e: number, out: number): number;
   _ul_engine_backend_info(e: number, buf: number, size: number): number;
   _ul_wasm_config_layout(out: number): void;
   _ul_wasm_step_item_layout(out: number): void;
 }
 
 let loading: Promise<NativeHost> | null = null;
+
+/** An int32 argument: anything else would wrap on its way into the module. */
+function isInt32(v: number): boolean {
+  return Number.isInteger(v) && v >= -(2 ** 31) && v < 2 ** 31;
+}
 
 /** Why the module cannot load here, or null. */
 export function wasmUnavailableReason(): string | null {
@@ -125,6 +140,7 @@ export function loadWasmHost(): Promise<NativeHost> {
 
 class WasmHost implements NativeHost {
   readonly name = "native-wasm";
+  readonly tiered = true;
   readonly #m: EmModule;
   readonly #layout: Int32Array; // sizeof(ul_config), then field offsets (wasm_layout.cpp)
   readonly #itemLayout: Int32Array; // sizeof(ul_step_item), then field offsets
@@ -143,16 +159,29 @@ class WasmHost implements NativeHost {
     return this.#m._ul_backend_compiled(backend) === 1;
   }
 
-  create(config: EngineConfig): NativeEngine {
-    return this.#create(config, null);
+  create(config: EngineConfig, deviceBlocks?: number): NativeEngine {
+    return this.#create(config, null, deviceBlocks);
   }
 
-  createPaged(config: EngineConfig, blockTokens: number, totalBlocks: number): NativePagedEngine {
-    return this.#create(config, [blockTokens, totalBlocks]);
+  createPaged(
+    config: EngineConfig,
+    blockTokens: number,
+    totalBlocks: number,
+    deviceBlocks?: number,
+  ): NativePagedEngine {
+    return this.#create(config, [blockTokens, totalBlocks], deviceBlocks);
   }
 
-  /** ul_engine_create, or ul_engine_create_paged with [blockTokens, totalBlocks]. */
-  #create(config: EngineConfig, pool: [number, number] | null): WasmEngine {
+  /** ul_engine_create, or ul_engine_create_paged with [blockTokens, totalBlocks]; their _tiered
+   *  forms with deviceBlocks. */
+  #create(
+    config: EngineConfig,
+    pool: [number, number] | null,
+    deviceBlocks: number | undefined,
+  ): WasmEngine {
+    if (deviceBlocks !== undefined && !isInt32(deviceBlocks)) {
+      throw new InvalidInputError(`deviceBlocks must be an integer, not ${deviceBlocks}`);
+    }
     const m = this.#m;
     const L = this.#layout;
     const cfg = m._malloc(L[0]);
@@ -182,9 +211,14 @@ class WasmHost implements NativeHost {
       i32(14, config.kvDtype);
       i32(15, config.backend);
       i32(16, config.maxChunk);
+      const tiered = deviceBlocks !== undefined;
       const st = pool
-        ? m._ul_engine_create_paged(cfg, pool[0], pool[1], out)
-        : m._ul_engine_create(cfg, out);
+        ? tiered
+          ? m._ul_engine_create_paged_tiered(cfg, pool[0], pool[1], deviceBlocks, out)
+          : m._ul_engine_create_paged(cfg, pool[0], pool[1], out)
+        : tiered
+          ? m._ul_engine_create_tiered(cfg, deviceBlocks, out)
+          : m._ul_engine_create(cfg, out);
       if (st !== Status.ok) throw statusError(st, m.UTF8ToString(m._ul_engine_last_error(0)));
       return new WasmEngine(m, m.HEAP32[out >> 2], config.vocabSize, this.#itemLayout);
     } finally {
@@ -396,23 +430,33 @@ class WasmEngine implements NativeEngine, NativePagedEngine {
     }
   }
 
-  memory(): MemoryReport {
+  /** The `count` u64 fields a C call writes into a struct (ul_memory_report, ul_kv_tiers). */
+  #u64s(fill: (e: number, out: number) => number, count: number): number[] {
     const m = this.#m;
-    const p = m._malloc(40);
+    const p = m._malloc(count * 8);
     try {
-      this.#check(m._ul_engine_memory(this.#e, p));
-      const u64 = (i: number) =>
-        m.HEAPU32[(p >> 2) + 2 * i] + m.HEAPU32[(p >> 2) + 2 * i + 1] * 2 ** 32;
-      return {
-        weightBytes: u64(0),
-        kvBytes: u64(1),
-        activationBytes: u64(2),
-        deviceFree: u64(3),
-        deviceTotal: u64(4),
-      };
+      this.#check(fill(this.#e, p));
+      return Array.from(
+        { length: count },
+        (_, i) => m.HEAPU32[(p >> 2) + 2 * i] + m.HEAPU32[(p >> 2) + 2 * i + 1] * 2 ** 32,
+      );
     } finally {
       m._free(p);
     }
+  }
+
+  memory(): MemoryReport {
+    const [weightBytes, kvBytes, activationBytes, deviceFree, deviceTotal] = this.#u64s(
+      (e, p) => this.#m._ul_engine_memory(e, p),
+      5,
+    );
+    return { weightBytes, kvBytes, activationBytes, deviceFree, deviceTotal };
+  }
+
+  memoryTiers(): KvTiers {
+    const [blockTokens, deviceBlocks, hostBlocks, deviceKvBytes, hostKvBytes, stagingBytes] =
+      this.#u64s((e, p) => this.#m._ul_engine_memory_tiers(e, p), 6);
+    return { blockTokens, deviceBlocks, hostBlocks, deviceKvBytes, hostKvBytes, stagingBytes };
   }
 
   backendInfo(): BackendInfo {

@@ -7,7 +7,11 @@ import type { RuntimeFactory, RuntimeOptions } from "../../core/engine/registry.
 import type { Runtime } from "../../core/engine/runtime.ts";
 import { Backend } from "./abi.ts";
 import { createNativePagedRuntime } from "./native-paged-runtime.ts";
-import { createNativeRuntime, type NativeRuntimeSpec } from "./native-runtime.ts";
+import {
+  createNativeRuntime,
+  type NativeRuntimeSpec,
+  type NativeTierOptions,
+} from "./native-runtime.ts";
 import { loadWasmHost, wasmUnavailableReason } from "./wasm-host.ts";
 
 export const NATIVE_WASM_SPEC: NativeRuntimeSpec = {
@@ -22,13 +26,15 @@ export const NATIVE_WASM_SPEC: NativeRuntimeSpec = {
   callTokens: 256,
 };
 
-export async function createNativeWasmRuntime(options: RuntimeOptions): Promise<Runtime> {
+export async function createNativeWasmRuntime(
+  options: RuntimeOptions & NativeTierOptions,
+): Promise<Runtime> {
   return createNativeRuntime(await loadWasmHost(), NATIVE_WASM_SPEC, options);
 }
 
 /** The paged form: a KV pool of blocks (64 positions by default), reference kernels. */
 export async function createPagedNativeWasmRuntime(
-  options: PagedRuntimeOptions,
+  options: PagedRuntimeOptions & NativeTierOptions,
 ): Promise<PagedRuntime> {
   return createNativePagedRuntime(await loadWasmHost(), NATIVE_WASM_SPEC, options);
 }

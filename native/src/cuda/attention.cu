@@ -15,6 +15,10 @@
 //                  (max, sum, O); a second kernel combines the slices. At 1M keys one query row is
 //                  spread over heads x 256 blocks, so decode uses the whole GPU.
 //
+// Every K/V row and fp8 scale is found by ul::kv_row / ul::kv_scale_at (backend.h), the reference's
+// rule: slots below max_pos in the resident pool, the others in the staging copy of the layer's
+// host-tier blocks (a tiered engine; nullptr staging and every slot resident otherwise).
+//
 // fp8 caches are dequantised while loading: value * scale of (kv head, block of UL_FP8_BLOCK = 64
 // slots). A paged fp8 pool has block_tokens % 64 == 0, so 64 positions starting at a multiple of 64
 // are 64 consecutive slots: flash_prefill's 64-key tiles are one scale block each; split_kv reads
@@ -59,6 +63,11 @@ struct FlashParams {
   const int32_t* tables; // the step's block tables
   int heads, kv_heads, max_pos, block_tokens;
   float scale_log2;      // softmax_scale * log2(e)
+  const void* k_stage;   // host tier's staged rows (kv_heads, stage_slots, 128), or nullptr
+  const void* v_stage;
+  const float* k_stage_scale;
+  const float* v_stage_scale;
+  int stage_slots;
 };
 
 /** The slot of key position k (table offset toff; -1: slot = position). */
@@ -91,11 +100,11 @@ __global__ void __launch_bounds__(WARPS * 32) flash_prefill_kernel(FlashParams p
   const int* tile = p.tiles + 4 * blockIdx.x;
   const int m0 = tile[0], tile_rows = tile[1], tile_pos0 = tile[2], toff = tile[3];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const T* kc = static_cast<const T*>(p.k) + static_cast<size_t>(kvh) * p.max_pos * D;
-  const T* vc = static_cast<const T*>(p.v) + static_cast<size_t>(kvh) * p.max_pos * D;
+  const T* kc = static_cast<const T*>(p.k);
+  const T* vc = static_cast<const T*>(p.v);
+  const T* kst = static_cast<const T*>(p.k_stage);
+  const T* vst = static_cast<const T*>(p.v_stage);
   static_assert(BNK == kFp8Block, "a key tile is one fp8 scale block");
-  const float* ksb = p.k_scale ? p.k_scale + static_cast<size_t>(kvh) * fp8_blocks(p.max_pos) : nullptr;
-  const float* vsb = p.v_scale ? p.v_scale + static_cast<size_t>(kvh) * fp8_blocks(p.max_pos) : nullptr;
 
   for (int c = tid; c < BMQ * D / 8; c += WARPS * 32) {
     int row = c / (D / 8), col = (c % (D / 8)) * 8, m = m0 + row;
@@ -119,14 +128,15 @@ __global__ void __launch_bounds__(WARPS * 32) flash_prefill_kernel(FlashParams p
 
   for (int n0 = 0; n0 < kv_len; n0 += BNK) {
     // fp8: the tile's 64 positions are one 64-slot scale block (block_tokens % 64 == 0).
-    const int sb = key_slot(p.tables, toff, p.block_tokens, n0) / BNK;
-    const float ks = ksb ? ksb[sb] : 1.0f, vs = vsb ? vsb[sb] : 1.0f;
+    const int s0 = key_slot(p.tables, toff, p.block_tokens, n0);
+    const float ks = p.k_scale ? *kv_scale_at(p.k_scale, p.k_stage_scale, p.max_pos, p.stage_slots, kvh, s0) : 1.0f;
+    const float vs = p.v_scale ? *kv_scale_at(p.v_scale, p.v_stage_scale, p.max_pos, p.stage_slots, kvh, s0) : 1.0f;
     for (int c = tid; c < BNK * D / 8; c += WARPS * 32) {
       int row = c / (D / 8), col = (c % (D / 8)) * 8, key = n0 + row;
       bool ok = key < kv_len;
-      size_t at = static_cast<size_t>(ok ? key_slot(p.tables, toff, p.block_tokens, key) : 0) * D + col;
-      load8(kc + at, ks, Ks + row * LDQ + col, ok);
-      load8(vc + at, vs, Vs + row * LDQ + col, ok);
+      int slot = ok ? key_slot(p.tables, toff, p.block_tokens, key) : 0;
+      load8(kv_row(kc, kst, p.max_pos, p.stage_slots, kvh, slot, D) + col, ks, Ks + row * LDQ + col, ok);
+      load8(kv_row(vc, vst, p.max_pos, p.stage_slots, kvh, slot, D) + col, vs, Vs + row * LDQ + col, ok);
     }
     __syncthreads();
 
@@ -209,6 +219,11 @@ struct SplitParams {
   const int32_t* tables;  // the step's block tables
   int heads, kv_heads, head_dim, max_pos, block_tokens, splits, chunk;
   float scale_log2;
+  const void* k_stage;  // host tier's staged rows (kv_heads, stage_slots, head_dim), or nullptr
+  const void* v_stage;
+  const float* k_stage_scale;
+  const float* v_stage_scale;
+  int stage_slots;
 };
 
 template <typename T>
@@ -219,10 +234,10 @@ __global__ void __launch_bounds__(kSplitWarps * 32) split_kv_kernel(SplitParams 
   const int kvh = h / (p.heads / p.kv_heads), warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int len = p.qrows[3 * z + 1] + 1;
   const int start = split * p.chunk, end = min(start + p.chunk, len);
-  const T* kc = static_cast<const T*>(p.k) + static_cast<size_t>(kvh) * p.max_pos * p.head_dim;
-  const T* vc = static_cast<const T*>(p.v) + static_cast<size_t>(kvh) * p.max_pos * p.head_dim;
-  const float* ksb = p.k_scale ? p.k_scale + static_cast<size_t>(kvh) * fp8_blocks(p.max_pos) : nullptr;
-  const float* vsb = p.v_scale ? p.v_scale + static_cast<size_t>(kvh) * fp8_blocks(p.max_pos) : nullptr;
+  const T* kc = static_cast<const T*>(p.k);
+  const T* vc = static_cast<const T*>(p.v);
+  const T* kst = static_cast<const T*>(p.k_stage);
+  const T* vst = static_cast<const T*>(p.v_stage);
   const bf16* qr = p.q + (static_cast<size_t>(row) * p.heads + h) * p.head_dim;
   float qv[kMaxDimPerLane], acc[kMaxDimPerLane];
   for (int i = 0; i < kMaxDimPerLane; ++i) {
@@ -233,9 +248,10 @@ __global__ void __launch_bounds__(kSplitWarps * 32) split_kv_kernel(SplitParams 
   float m = kNegInf, l = 0.0f;
   for (int key = start + warp; key < end; key += kSplitWarps) {
     const int slot = key_slot(p.tables, toff, p.block_tokens, key);
-    const T* kr = kc + static_cast<size_t>(slot) * p.head_dim;
-    const T* vr = vc + static_cast<size_t>(slot) * p.head_dim;
-    const float ks = ksb ? ksb[slot / kFp8Block] : 1.0f, vs = vsb ? vsb[slot / kFp8Block] : 1.0f;
+    const T* kr = kv_row(kc, kst, p.max_pos, p.stage_slots, kvh, slot, p.head_dim);
+    const T* vr = kv_row(vc, vst, p.max_pos, p.stage_slots, kvh, slot, p.head_dim);
+    const float ks = p.k_scale ? *kv_scale_at(p.k_scale, p.k_stage_scale, p.max_pos, p.stage_slots, kvh, slot) : 1.0f;
+    const float vs = p.v_scale ? *kv_scale_at(p.v_scale, p.v_stage_scale, p.max_pos, p.stage_slots, kvh, slot) : 1.0f;
     float s = 0.0f;
     for (int i = 0; i < kMaxDimPerLane; ++i) {
       int d = lane + 32 * i;
@@ -309,7 +325,8 @@ Status launch_flash_prefill(const AttentionArgs& a, const DevicePlan& dp, cudaSt
   if (!flash_supported(a)) return Err(UL_ERR_INVALID_ARGUMENT, "flash_prefill: needs head_dim 128, bf16/fp8 KV");
   if (dp.n_tiles == 0) return Status::Ok();
   FlashParams p{static_cast<const bf16*>(a.q), a.k_cache, a.v_cache, a.k_scale, a.v_scale, static_cast<bf16*>(a.out),
-                dp.tiles, dp.tables, a.heads, a.kv_heads, a.max_pos, dp.block_tokens, a.softmax_scale * kLog2e};
+                dp.tiles, dp.tables, a.heads, a.kv_heads, a.max_pos, dp.block_tokens, a.softmax_scale * kLog2e,
+                a.k_stage, a.v_stage, a.k_stage_scale, a.v_stage_scale, a.stage_slots};
   dim3 grid(dp.n_tiles, a.heads);
   if (a.kv_dtype == UL_DTYPE_FP8_E4M3) {
     UL_CUDA(cudaFuncSetAttribute(flash_prefill_kernel<fp8>, cudaFuncAttributeMaxDynamicSharedMemorySize, kFlashSmem));
@@ -334,7 +351,8 @@ Status launch_split_kv(const AttentionArgs& a, const DevicePlan& dp, const int32
   size_t n = static_cast<size_t>(n_qrows) * a.heads * splits;
   SplitParams p{static_cast<const bf16*>(a.q), a.k_cache, a.v_cache, a.k_scale, a.v_scale, workspace, workspace + n,
                 workspace + 2 * n, static_cast<bf16*>(a.out), qrows, dp.tables, a.heads, a.kv_heads, a.head_dim,
-                a.max_pos, dp.block_tokens, splits, (max_len + splits - 1) / splits, a.softmax_scale * kLog2e};
+                a.max_pos, dp.block_tokens, splits, (max_len + splits - 1) / splits, a.softmax_scale * kLog2e,
+                a.k_stage, a.v_stage, a.k_stage_scale, a.v_stage_scale, a.stage_slots};
   dim3 grid(a.heads, splits, n_qrows);
   if (a.kv_dtype == UL_DTYPE_FP8_E4M3)
     split_kv_kernel<fp8><<<grid, kSplitWarps * 32, 0, s>>>(p);

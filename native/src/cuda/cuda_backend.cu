@@ -1,5 +1,6 @@
 // The CUDA kernel set behind the Backend vtable (backend.h): bf16 weights and activations, f32
-// residual stream, bf16 or fp8-e4m3 KV cache, one stream. Projections go to cuBLASLt when the
+// residual stream, bf16 or fp8-e4m3 KV cache, one compute stream (and a copy stream for the host
+// KV tier: pinned host blocks staged per layer while the layer before computes). Projections go to cuBLASLt when the
 // library loads (cublaslt.cu), else to our tensor-core GEMM (gemm.cu). Every host <-> device copy
 // (weights, KV export/import, logits) goes through two pinned staging halves, double-buffered.
 #include <algorithm>
@@ -26,6 +27,9 @@ class CudaBackend final : public Backend {
     if (plan_dev_) cudaFree(plan_dev_);
     if (tokens_) cudaFree(tokens_);
     if (token_out_) cudaFree(token_out_);
+    for (cudaEvent_t ev : {copy_done_, compute_done_})
+      if (ev) cudaEventDestroy(ev);
+    if (copy_stream_) cudaStreamDestroy(copy_stream_);
     if (stream_) cudaStreamDestroy(stream_);
   }
 
@@ -267,8 +271,11 @@ class CudaBackend final : public Backend {
     bool flash = flash_supported(a);
     const int32_t* rows = flash ? dev_.small_rows : dev_.all_rows;
     int n = flash ? dev_.n_small : dev_.n_all, max_len = flash ? dev_.max_len_small : dev_.max_len_all;
+    // fa2_prefill addresses rows without ul::kv_row (resident slots only): a layer with a staged host
+    // tier (a.k_stage) runs on flash_prefill, which reads both tiers.
     if (flash)
-      UL_TRY(fa2_ && fa2_supported(a) ? launch_fa2_prefill(a, dev_, stream_) : launch_flash_prefill(a, dev_, stream_));
+      UL_TRY(fa2_ && fa2_supported(a) && !a.k_stage ? launch_fa2_prefill(a, dev_, stream_)
+                                                    : launch_flash_prefill(a, dev_, stream_));
     if (n == 0) return Status::Ok();
     size_t need = decode_workspace_floats(a, n, max_len);
     if (need > workspace_cap_) {
@@ -287,6 +294,38 @@ class CudaBackend final : public Backend {
   }
   Status sync() override {
     UL_CUDA(cudaStreamSynchronize(stream_));
+    if (copy_stream_) UL_CUDA(cudaStreamSynchronize(copy_stream_));
+    return Status::Ok();
+  }
+
+  // The host KV tier: pinned memory (DMA without the staging halves, asynchronous to the host) and
+  // a second stream, so layer l + 1's blocks move over PCIe while layer l's kernels run.
+  Status alloc_host(size_t bytes, void** out) override {
+    cudaError_t e = cudaHostAlloc(out, bytes ? bytes : 1, cudaHostAllocDefault);
+    if (e == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      return Err(UL_ERR_OUT_OF_MEMORY, "cudaHostAlloc of " + std::to_string(bytes) + " bytes failed (pinned host memory full)");
+    }
+    UL_CUDA(e);
+    std::memset(*out, 0, bytes);
+    return Status::Ok();
+  }
+  void release_host(void* p) override { cudaFreeHost(p); }
+  Status copy_async(void* dst, const void* src, size_t bytes, bool to_device) override {
+    UL_TRY(ensure_copy_stream());
+    UL_CUDA(cudaMemcpyAsync(dst, src, bytes, to_device ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost, copy_stream_));
+    return Status::Ok();
+  }
+  Status copy_waits_compute() override {
+    UL_TRY(ensure_copy_stream());
+    UL_CUDA(cudaEventRecord(compute_done_, stream_));
+    UL_CUDA(cudaStreamWaitEvent(copy_stream_, compute_done_, 0));
+    return Status::Ok();
+  }
+  Status compute_waits_copy() override {
+    UL_TRY(ensure_copy_stream());
+    UL_CUDA(cudaEventRecord(copy_done_, copy_stream_));
+    UL_CUDA(cudaStreamWaitEvent(stream_, copy_done_, 0));
     return Status::Ok();
   }
 
@@ -306,8 +345,18 @@ class CudaBackend final : public Backend {
     return Status::Ok();
   }
 
+  Status ensure_copy_stream() {
+    if (copy_stream_) return Status::Ok();
+    UL_CUDA(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking));
+    UL_CUDA(cudaEventCreateWithFlags(&copy_done_, cudaEventDisableTiming));
+    UL_CUDA(cudaEventCreateWithFlags(&compute_done_, cudaEventDisableTiming));
+    return Status::Ok();
+  }
+
   cudaStream_t stream_ = nullptr;
   bool fa2_ = true;  // prefill of bf16 KV (fa2_supported) on fa2_prefill; false: flash_prefill (UL_ATTENTION=wmma)
+  cudaStream_t copy_stream_ = nullptr;  // host-tier KV copies (copy_async); created on first use
+  cudaEvent_t copy_done_ = nullptr, compute_done_ = nullptr;  // the two fences between the streams
   CublasLt* lt_ = nullptr;
   // Shapes (rows, in, out, f32 output) cuBLASLt failed on, which our GEMM runs instead.
   std::unordered_set<uint64_t> own_gemm_shapes_;

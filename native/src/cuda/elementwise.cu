@@ -90,27 +90,42 @@ Status launch_swiglu(const bf16* gate, const bf16* up, size_t n, bf16* out, cuda
   return Status::Ok();
 }
 
-// bf16: src (rows, kv_heads, head_dim) bf16 -> cache (kv_heads, max_pos slots, head_dim) at slot
-// slots[r] (a paged micro-batch), or pos0 + r when slots is nullptr. Grid (rows, kv_heads).
-__global__ void kv_store_bf16_kernel(const bf16* src, bf16* cache, int kv_heads, int head_dim, int max_pos, int pos0,
+// Where a store writes: one (layer, K|V) slice, resident rows and the staging copy of the host
+// tier's rows, found by ul::kv_row / kv_scale_at (backend.h) as every reader finds them.
+struct KvDst {
+  void* cache;        // (kv_heads, max_pos slots, head_dim)
+  float* scale;       // (kv_heads, fp8_blocks(max_pos)) fp8 only
+  void* stage;        // (kv_heads, stage_slots, head_dim) or nullptr
+  float* stage_scale; // (kv_heads, fp8_blocks(stage_slots)) fp8 only
+  int max_pos, stage_slots;
+};
+
+static KvDst kv_dst(const KvStoreArgs& a) { return {a.cache, a.scale, a.stage, a.stage_scale, a.max_pos, a.stage_slots}; }
+
+// bf16: src (rows, kv_heads, head_dim) bf16 -> the row of slot slots[r] (a paged micro-batch), or
+// pos0 + r when slots is nullptr. Grid (rows, kv_heads).
+__global__ void kv_store_bf16_kernel(const bf16* src, KvDst dst, int kv_heads, int head_dim, int pos0,
                                      const int32_t* slots) {
   int r = blockIdx.x, h = blockIdx.y;
   const bf16* s = src + (static_cast<size_t>(r) * kv_heads + h) * head_dim;
-  bf16* d = cache + (static_cast<size_t>(h) * max_pos + (slots ? slots[r] : pos0 + r)) * head_dim;
+  bf16* d = kv_row(static_cast<bf16*>(dst.cache), static_cast<bf16*>(dst.stage), dst.max_pos, dst.stage_slots, h,
+                   slots ? slots[r] : pos0 + r, head_dim);
   for (int i = threadIdx.x; i < head_dim; i += blockDim.x) d[i] = s[i];
 }
 
 // fp8, the reference's kv_store rule (backend.h fp8_block_scale) for one (kv head, 64-slot block):
 // the new rows for slots [lo, hi) of the block (src rows src_row0 ..): their amax (block
 // reduction), the block's new scale, requantisation of its earlier slots when it grew, then the new
-// rows quantised. Blocks are disjoint, so thread blocks never touch the same scale or bytes.
-__device__ void kv_store_fp8_block(const bf16* src, int src_row0, fp8* cache, float* scale, int h, int kv_heads,
-                                   int head_dim, int max_pos, int lo, int hi) {
+// rows quantised. Blocks are disjoint, so thread blocks never touch the same scale or bytes. A
+// 64-slot block lies in one tier (the tier boundary is a multiple of 64 for fp8).
+__device__ void kv_store_fp8_block(const bf16* src, int src_row0, const KvDst& dst, int h, int kv_heads,
+                                   int head_dim, int lo, int hi) {
   __shared__ float partial[32];
   __shared__ float block_scale, block_requant;
   const int b = lo / kFp8Block, first = b * kFp8Block;
   auto in = [&](int p, int d) { return to_f32(src[(static_cast<size_t>(src_row0 + p - lo) * kv_heads + h) * head_dim + d]); };
-  fp8* c = cache + static_cast<size_t>(h) * max_pos * head_dim;
+  fp8* c = kv_row(static_cast<fp8*>(dst.cache), static_cast<fp8*>(dst.stage), dst.max_pos, dst.stage_slots, h, first,
+                  head_dim);  // the block's first row; its rows follow
   float m = 0;
   for (int t = threadIdx.x; t < (hi - lo) * head_dim; t += blockDim.x) m = fmaxf(m, fabsf(in(lo + t / head_dim, t % head_dim)));
   m = warp_max(m);
@@ -118,7 +133,7 @@ __device__ void kv_store_fp8_block(const bf16* src, int src_row0, fp8* cache, fl
   __syncthreads();
   if (threadIdx.x == 0) {
     for (int w = 1; w < blockDim.x / 32; ++w) m = fmaxf(m, partial[w]);
-    float* sp = scale + static_cast<size_t>(h) * fp8_blocks(max_pos) + b;
+    float* sp = kv_scale_at(dst.scale, dst.stage_scale, dst.max_pos, dst.stage_slots, h, first);
     float requant = 1.0f;
     *sp = fp8_block_scale(*sp, lo == first, m, &requant);
     block_scale = *sp;
@@ -127,41 +142,35 @@ __device__ void kv_store_fp8_block(const bf16* src, int src_row0, fp8* cache, fl
   __syncthreads();
   const float s = block_scale, requant = block_requant;
   if (requant != 1.0f)
-    for (int t = threadIdx.x; t < (lo - first) * head_dim; t += blockDim.x) {
-      size_t at = static_cast<size_t>(first) * head_dim + t;
-      c[at] = from_f32<fp8>(to_f32(c[at]) * requant);
-    }
+    for (int t = threadIdx.x; t < (lo - first) * head_dim; t += blockDim.x) c[t] = from_f32<fp8>(to_f32(c[t]) * requant);
   for (int t = threadIdx.x; t < (hi - lo) * head_dim; t += blockDim.x) {
     int p = lo + t / head_dim, d = t % head_dim;
-    c[static_cast<size_t>(p) * head_dim + d] = from_f32<fp8>(fp8_quantize_input(in(p, d), s));
+    c[static_cast<size_t>(p - first) * head_dim + d] = from_f32<fp8>(fp8_quantize_input(in(p, d), s));
   }
 }
 
 // Contiguous rows at slots [pos0, pos0 + rows). Grid (64-slot blocks the write touches, kv_heads).
-__global__ void kv_store_fp8_kernel(const bf16* src, fp8* cache, float* scale, int kv_heads, int head_dim,
-                                    int max_pos, int pos0, int rows) {
+__global__ void kv_store_fp8_kernel(const bf16* src, KvDst dst, int kv_heads, int head_dim, int pos0, int rows) {
   const int first = (pos0 / kFp8Block + static_cast<int>(blockIdx.x)) * kFp8Block;
   const int lo = max(pos0, first), hi = min(pos0 + rows, first + kFp8Block);
-  kv_store_fp8_block(src, lo - pos0, cache, scale, blockIdx.y, kv_heads, head_dim, max_pos, lo, hi);
+  kv_store_fp8_block(src, lo - pos0, dst, blockIdx.y, kv_heads, head_dim, lo, hi);
 }
 
 // A paged micro-batch: segment i = (first src row, first slot, rows) inside one 64-slot block.
 // Grid (segments, kv_heads).
-__global__ void kv_store_fp8_segments_kernel(const bf16* src, fp8* cache, float* scale, int kv_heads, int head_dim,
-                                             int max_pos, const int32_t* segments) {
+__global__ void kv_store_fp8_segments_kernel(const bf16* src, KvDst dst, int kv_heads, int head_dim,
+                                             const int32_t* segments) {
   const int32_t* g = segments + 3 * blockIdx.x;
-  kv_store_fp8_block(src, g[0], cache, scale, blockIdx.y, kv_heads, head_dim, max_pos, g[1], g[1] + g[2]);
+  kv_store_fp8_block(src, g[0], dst, blockIdx.y, kv_heads, head_dim, g[1], g[1] + g[2]);
 }
 
 Status launch_kv_store(const KvStoreArgs& a, cudaStream_t s) {
   const bf16* src = static_cast<const bf16*>(a.src);
   if (a.kv_dtype == UL_DTYPE_FP8_E4M3) {
     int blocks = (a.pos0 + a.rows - 1) / kFp8Block - a.pos0 / kFp8Block + 1;
-    kv_store_fp8_kernel<<<dim3(blocks, a.kv_heads), 256, 0, s>>>(src, static_cast<fp8*>(a.cache), a.scale, a.kv_heads,
-                                                                 a.head_dim, a.max_pos, a.pos0, a.rows);
+    kv_store_fp8_kernel<<<dim3(blocks, a.kv_heads), 256, 0, s>>>(src, kv_dst(a), a.kv_heads, a.head_dim, a.pos0, a.rows);
   } else if (a.kv_dtype == UL_DTYPE_BF16) {
-    kv_store_bf16_kernel<<<dim3(a.rows, a.kv_heads), 128, 0, s>>>(src, static_cast<bf16*>(a.cache), a.kv_heads,
-                                                                  a.head_dim, a.max_pos, a.pos0, nullptr);
+    kv_store_bf16_kernel<<<dim3(a.rows, a.kv_heads), 128, 0, s>>>(src, kv_dst(a), a.kv_heads, a.head_dim, a.pos0, nullptr);
   } else {
     return Err(UL_ERR_NOT_AVAILABLE, "cuda kv_store: KV dtype must be bf16 or fp8-e4m3");
   }
@@ -171,15 +180,13 @@ Status launch_kv_store(const KvStoreArgs& a, cudaStream_t s) {
 
 Status launch_kv_store_slots(const KvStoreArgs& a, const int32_t* slots, int rows, const int32_t* fp8_segments,
                              int n_segments, cudaStream_t s) {
+  const bf16* src = static_cast<const bf16*>(a.src);
   if (a.kv_dtype == UL_DTYPE_FP8_E4M3) {
     if (n_segments == 0) return Status::Ok();
-    kv_store_fp8_segments_kernel<<<dim3(n_segments, a.kv_heads), 256, 0, s>>>(
-        static_cast<const bf16*>(a.src), static_cast<fp8*>(a.cache), a.scale, a.kv_heads, a.head_dim, a.max_pos,
-        fp8_segments);
+    kv_store_fp8_segments_kernel<<<dim3(n_segments, a.kv_heads), 256, 0, s>>>(src, kv_dst(a), a.kv_heads, a.head_dim,
+                                                                              fp8_segments);
   } else if (a.kv_dtype == UL_DTYPE_BF16) {
-    kv_store_bf16_kernel<<<dim3(rows, a.kv_heads), 128, 0, s>>>(static_cast<const bf16*>(a.src),
-                                                                static_cast<bf16*>(a.cache), a.kv_heads, a.head_dim,
-                                                                a.max_pos, 0, slots);
+    kv_store_bf16_kernel<<<dim3(rows, a.kv_heads), 128, 0, s>>>(src, kv_dst(a), a.kv_heads, a.head_dim, 0, slots);
   } else {
     return Err(UL_ERR_NOT_AVAILABLE, "cuda kv_store: KV dtype must be bf16 or fp8-e4m3");
   }

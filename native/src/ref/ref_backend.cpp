@@ -136,30 +136,36 @@ class RefBackend final : public Backend {
   Status kv_store(const KvStoreArgs& a) override {
     const float* src = static_cast<const float*>(a.src);
     auto in = [&](int r, int h, int d) { return src[(static_cast<size_t>(r) * a.kv_heads + h) * a.head_dim + d]; };
-    auto at = [&](int h, int p) { return (static_cast<size_t>(h) * a.max_pos + p) * a.head_dim; };
+    // Element index of (kv head h, slot p) from the base of p's tier (kv_row: resident or staged).
+    size_t es = dtype_size(a.kv_dtype), row = static_cast<size_t>(a.head_dim) * es;
+    auto base = [&](int h, int p) {
+      return kv_row(static_cast<unsigned char*>(a.cache), static_cast<unsigned char*>(a.stage), a.max_pos, a.stage_slots, h, p,
+                    static_cast<int>(row));
+    };
     if (a.kv_dtype != UL_DTYPE_FP8_E4M3) {
       for (int h = 0; h < a.kv_heads; ++h)
         for (int r = 0; r < a.rows; ++r)
-          for (int d = 0; d < a.head_dim; ++d) store_from_f32(a.cache, a.kv_dtype, at(h, a.pos0 + r) + d, in(r, h, d));
+          for (int d = 0; d < a.head_dim; ++d) store_from_f32(base(h, a.pos0 + r), a.kv_dtype, d, in(r, h, d));
       return Status::Ok();
     }
-    // fp8: block by block (blocks of kFp8Block absolute positions), see fp8_block_scale.
-    uint8_t* cache = static_cast<uint8_t*>(a.cache);
-    int blocks = fp8_blocks(a.max_pos), end = a.pos0 + a.rows;
+    // fp8: block by block (blocks of kFp8Block slots; a block lies in one tier), see fp8_block_scale.
+    int end = a.pos0 + a.rows;
     for (int h = 0; h < a.kv_heads; ++h) {
       for (int b = a.pos0 / kFp8Block; b * kFp8Block < end; ++b) {
         int first = b * kFp8Block, lo = std::max(a.pos0, first), hi = std::min(end, first + kFp8Block);
+        uint8_t* cache = base(h, first);  // the block's first row; its rows follow
+        auto at = [&](int p) { return static_cast<size_t>(p - first) * a.head_dim; };
         float amax = 0;
         for (int p = lo; p < hi; ++p)
           for (int d = 0; d < a.head_dim; ++d) amax = std::max(amax, std::fabs(in(p - a.pos0, h, d)));
-        float& scale = a.scale[static_cast<size_t>(h) * blocks + b];
+        float& scale = *kv_scale_at(a.scale, a.stage_scale, a.max_pos, a.stage_slots, h, first);
         float requant = 1.0f;
         scale = fp8_block_scale(scale, lo == first, amax, &requant);
         if (requant != 1.0f)
-          for (size_t i = at(h, first); i < at(h, lo); ++i) cache[i] = f32_to_fp8_e4m3(fp8_e4m3_to_f32(cache[i]) * requant);
+          for (size_t i = 0; i < at(lo); ++i) cache[i] = f32_to_fp8_e4m3(fp8_e4m3_to_f32(cache[i]) * requant);
         for (int p = lo; p < hi; ++p)
           for (int d = 0; d < a.head_dim; ++d)
-            cache[at(h, p) + d] = f32_to_fp8_e4m3(fp8_quantize_input(in(p - a.pos0, h, d), scale));
+            cache[at(p) + d] = f32_to_fp8_e4m3(fp8_quantize_input(in(p - a.pos0, h, d), scale));
       }
     }
     return Status::Ok();
@@ -182,23 +188,33 @@ class RefBackend final : public Backend {
     int group = a.heads / a.kv_heads, bt = a.plan ? a.plan->block_tokens : 1;
     int len = it.pos0 + it.rows;
     std::vector<float> scores(len);
-    std::vector<size_t> slot(len);
-    for (int p = 0; p < len; ++p) slot[p] = static_cast<size_t>(table ? slot_of(table, bt, p) : p);
+    std::vector<int> slot(len);
+    for (int p = 0; p < len; ++p) slot[p] = table ? slot_of(table, bt, p) : p;
+    size_t row = static_cast<size_t>(a.head_dim) * dtype_size(a.kv_dtype);
+    // K / V row of (kv head, slot) by kv_row, the rule every kernel reads the two tiers with.
+    auto k_row = [&](int kvh, int s) {
+      return kv_row(static_cast<const unsigned char*>(a.k_cache), static_cast<const unsigned char*>(a.k_stage), a.max_pos,
+                    a.stage_slots, kvh, s, static_cast<int>(row));
+    };
+    auto v_row = [&](int kvh, int s) {
+      return kv_row(static_cast<const unsigned char*>(a.v_cache), static_cast<const unsigned char*>(a.v_stage), a.max_pos,
+                    a.stage_slots, kvh, s, static_cast<int>(row));
+    };
     std::vector<double> acc(a.head_dim);
     for (int r = it.row0; r < it.row0 + it.rows; ++r) {
       int visible = it.pos0 + (r - it.row0) + 1;  // causal: keys at positions <= this query's
       for (int h = 0; h < a.heads; ++h) {
         int kvh = h / group;
         // fp8: x = value * scale of (kvh, the slot's block); other dtypes: scale 1.
-        const float* ks = a.k_scale ? a.k_scale + static_cast<size_t>(kvh) * fp8_blocks(a.max_pos) : nullptr;
-        const float* vs = a.v_scale ? a.v_scale + static_cast<size_t>(kvh) * fp8_blocks(a.max_pos) : nullptr;
+        auto k_scale = [&](int s) { return a.k_scale ? *kv_scale_at(a.k_scale, a.k_stage_scale, a.max_pos, a.stage_slots, kvh, s) : 1.0f; };
+        auto v_scale = [&](int s) { return a.v_scale ? *kv_scale_at(a.v_scale, a.v_stage_scale, a.max_pos, a.stage_slots, kvh, s) : 1.0f; };
         const float* qr = q + (static_cast<size_t>(r) * a.heads + h) * a.head_dim;
         float m = -std::numeric_limits<float>::infinity();
         for (int p = 0; p < visible; ++p) {
-          size_t base = (static_cast<size_t>(kvh) * a.max_pos + slot[p]) * a.head_dim;
+          const unsigned char* kr = k_row(kvh, slot[p]);
           double s = 0;
-          for (int d = 0; d < a.head_dim; ++d) s += static_cast<double>(qr[d]) * load_as_f32(a.k_cache, a.kv_dtype, base + d);
-          scores[p] = static_cast<float>(s * (ks ? ks[slot[p] / kFp8Block] : 1.0f)) * a.softmax_scale;
+          for (int d = 0; d < a.head_dim; ++d) s += static_cast<double>(qr[d]) * load_as_f32(kr, a.kv_dtype, d);
+          scores[p] = static_cast<float>(s * k_scale(slot[p])) * a.softmax_scale;
           m = std::max(m, scores[p]);
         }
         double denom = 0;
@@ -206,9 +222,9 @@ class RefBackend final : public Backend {
         for (int p = 0; p < visible; ++p) {
           double e = std::exp(static_cast<double>(scores[p] - m));
           denom += e;
-          double ev = e * (vs ? vs[slot[p] / kFp8Block] : 1.0f);
-          size_t base = (static_cast<size_t>(kvh) * a.max_pos + slot[p]) * a.head_dim;
-          for (int d = 0; d < a.head_dim; ++d) acc[d] += ev * load_as_f32(a.v_cache, a.kv_dtype, base + d);
+          double ev = e * v_scale(slot[p]);
+          const unsigned char* vr = v_row(kvh, slot[p]);
+          for (int d = 0; d < a.head_dim; ++d) acc[d] += ev * load_as_f32(vr, a.kv_dtype, d);
         }
         float* o = out + (static_cast<size_t>(r) * a.heads + h) * a.head_dim;
         for (int d = 0; d < a.head_dim; ++d) o[d] = static_cast<float>(acc[d] / denom);
@@ -245,6 +261,17 @@ class RefBackend final : public Backend {
   }
 
   Status sync() override { return Status::Ok(); }
+
+  // The host tier is plain memory and a copy happens when it is queued: the engine's code path
+  // (stage in, fences, write back) is the one CUDA runs, minus the overlap.
+  Status alloc_host(size_t bytes, void** out) override { return alloc(bytes, out); }
+  void release_host(void* p) override { std::free(p); }
+  Status copy_async(void* dst, const void* src, size_t bytes, bool) override {
+    std::memcpy(dst, src, bytes);
+    return Status::Ok();
+  }
+  Status copy_waits_compute() override { return Status::Ok(); }
+  Status compute_waits_copy() override { return Status::Ok(); }
 };
 
 }  // namespace
