@@ -223,7 +223,7 @@ void check_swizzle() {
   for (int threads : {256, 32}) {
     std::string why;
     bool ok = true;
-    for (int i = 0; i < 4 && ok; ++i)
+    for (int i = 0; i < 8 && ok; ++i)  // Q: 8 chunks a thread (K, V: the first 4); epilogue: 8 a lane
       for (int w = 0; w < threads / 32 && ok; ++w) {
         int addr[32];
         for (int l = 0; l < 32; ++l) {
