@@ -144,7 +144,7 @@ __global__ void __launch_bounds__(kThreads, 1) fa2_prefill_kernel(Fa2Params p) {
   const int part = bid % per_tile;
   const int left = tile[1] - part * p.block_pos;
   const int rows = left < p.block_pos ? left : p.block_pos;  // positions this block queries
-  if (rows <= 0) return;                                             // a short tile's unused part
+  if (rows <= 0) return;  // a short tile's unused part
   const int row0 = tile[0] + part * p.block_pos, pos0 = tile[2] + part * p.block_pos, toff = tile[3];
   const int kvh = blockIdx.y, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int kv_len = pos0 + rows;  // keys 0 .. kv_len - 1: up to the block's last position
