@@ -50,6 +50,7 @@ const STAGES = [
   "bench-gemm",
   "bench-prefill",
   "bench-paged-decode",
+  "tiered",
 ];
 
 interface Line {
@@ -225,6 +226,29 @@ describe.skipIf(!ready)("gpu-check.sh --dry-run", () => {
     }
     expect(line.skipped).toMatch(/fa2, wmma\) are not executed/);
     expect(stage("summary").figures).toMatchObject({ attention_fa2_max_normalized_err: 0 });
+  });
+
+  it("tiered: every tiered case is identical to the resident engine; copy rates measured", () => {
+    const line = stage("tiered") as Line & {
+      results: {
+        kv: string;
+        cases: { form: string; device_blocks: number; identical: boolean }[];
+      }[];
+      copy: { h2d_gbps: number; d2h_gbps: number };
+    };
+    expect(line.results.map((r) => r.kv)).toEqual(["f32", "fp8"]);
+    for (const r of line.results) {
+      expect(r.cases.map((c) => `${c.form} ${c.device_blocks}`)).toEqual([
+        "single 0",
+        "single 1",
+        "single 3",
+        "paged 3",
+      ]);
+      for (const c of r.cases) expect(c.identical).toBe(true);
+    }
+    expect(line.copy.h2d_gbps).toBeGreaterThan(0);
+    expect(line.copy.d2h_gbps).toBeGreaterThan(0);
+    expect((stage("summary").figures as { tiered_copy: object }).tiered_copy).toBeDefined();
   });
 
   it("benchmarks ran beside torch on tiny shapes", () => {

@@ -95,7 +95,7 @@ typedef struct ul_config {
 
 typedef struct ul_memory_report {
   uint64_t weight_bytes;     /* weights as held by the backend */
-  uint64_t kv_bytes;         /* the KV pool (incl. fp8 scales) */
+  uint64_t kv_bytes;         /* the KV pool, both tiers (incl. fp8 scales; ul_engine_memory_tiers) */
   uint64_t activation_bytes; /* scratch for one chunk of max_chunk rows */
   uint64_t device_free;      /* CUDA: cudaMemGetInfo free; reference: 0 */
   uint64_t device_total;     /* CUDA: cudaMemGetInfo total; reference: 0 */

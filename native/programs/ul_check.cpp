@@ -34,6 +34,10 @@
 //       alone on a single-sequence engine; normalised logits error per item
 //   ul_check bench-paged-decode [--shape 8b|tiny] [--seqs 16] [--prefix 4096] [--steps 16] [--backend ..]
 //       decode steps of --seqs sequences sharing a prefix, batched in one step vs one at a time
+//   ul_check tiered [--kv ..] [--tokens 300] [--decode-positions 65536] [--copy-mib 1024] [--backend ..]
+//       tiered KV == resident KV exactly (a 4-layer tiny model; single-sequence engines with 0, 1
+//       and 3 device blocks, a paged engine with 3 of its blocks on the device); the host tier's
+//       copy rates (pinned host <-> device, GB/s) and a decode step over a host-tier context
 //
 // CFG is a text file of "key value..." lines (written by gpu_check.py from config.json with
 // test/reference/rope_reference.py): hidden_size, intermediate_size, num_layers, num_heads,
@@ -803,9 +807,12 @@ ul_config random_config(bool tiny, std::vector<double>* inv) {
  * `distinct`: every tensor its own N(0, 0.02) draw (the paged check: a row's logits must depend on
  * its own tokens); otherwise one shared block reused for every tensor (benchmarks: fast to set).
  */
-ul_engine* random_engine(const ul_config& c, int block_tokens, int total_blocks, bool distinct) {
+ul_engine* random_engine(const ul_config& c, int block_tokens, int total_blocks, bool distinct, int device_blocks = -1) {
   ul_engine* e = nullptr;
-  if (block_tokens > 0) must(ul_engine_create_paged(&c, block_tokens, total_blocks, &e), nullptr, "create_paged");
+  if (device_blocks >= 0 && block_tokens > 0)
+    must(ul_engine_create_paged_tiered(&c, block_tokens, total_blocks, device_blocks, &e), nullptr, "create_paged_tiered");
+  else if (device_blocks >= 0) must(ul_engine_create_tiered(&c, device_blocks, &e), nullptr, "create_tiered");
+  else if (block_tokens > 0) must(ul_engine_create_paged(&c, block_tokens, total_blocks, &e), nullptr, "create_paged");
   else must(ul_engine_create(&c, &e), nullptr, "create");
   size_t biggest = static_cast<size_t>(c.vocab_size) * c.hidden_size;
   biggest = std::max(biggest, static_cast<size_t>(c.intermediate_size) * c.hidden_size);
@@ -1050,8 +1057,143 @@ int cmd_bench_paged_decode(const std::map<std::string, std::string>& f) {
 
 }  // namespace
 
+// ---- tiered KV -----------------------------------------------------------------------------------
+/** Logits of a prefill in calls of `feed` tokens, then `decode` one-token forwards, concatenated. */
+std::vector<float> single_run(ul_engine* e, const std::vector<int32_t>& toks, int n, int feed, int decode, int V) {
+  std::vector<float> out, logits(V);
+  for (int at = 0; at < n + decode;) {
+    int m = at < n ? std::min(feed, n - at) : 1;
+    must(ul_engine_forward(e, toks.data() + at, m, logits.data()), e, "forward");
+    out.insert(out.end(), logits.begin(), logits.end());
+    at += m;
+  }
+  return out;
+}
+
+/** Two sequences over interleaved 64-position blocks (even / odd ids, so each table mixes both
+ *  tiers): a prefill of both in one step, then `decode` steps of both. Every logits row. */
+std::vector<float> paged_run(ul_engine* e, const std::vector<int32_t>& toks, int n, int decode, int nb, int V) {
+  std::vector<std::vector<int32_t>> tables(2);
+  for (int s = 0; s < 2; ++s)
+    for (int b = 0; b < nb; ++b) tables[s].push_back(2 * b + s);
+  std::vector<float> out;
+  for (int k = 0; k <= decode; ++k) {
+    std::vector<ul_step_item> items;
+    for (int s = 0; s < 2; ++s) {
+      int start = k == 0 ? 0 : n + s * 7 + k - 1, len = k == 0 ? n + s * 7 : 1;  // B is 7 longer
+      items.push_back({toks.data() + start + s * 11, len, start, tables[s].data(), nb, 1});
+    }
+    std::vector<float> got(2 * static_cast<size_t>(V));
+    must(ul_engine_step(e, 2, items.data(), got.data()), e, "step");
+    out.insert(out.end(), got.begin(), got.end());
+  }
+  return out;
+}
+
+/**
+ * tiered == resident: the same random weights, tokens and calls on an all-resident engine and on
+ * engines whose pool has only 0, 1 or 3 blocks of 64 positions on the device (the rest in pinned
+ * host memory, staged per layer). The same kernels run on the same values, so the logits must be
+ * identical bit for bit. Then the host tier's raw copy rates (copy_async of --copy-mib between
+ * pinned host memory and the device, best of 3) and one decode step over --decode-positions of
+ * imported KV with 1 device block vs all resident: host KV read per step / the step's time.
+ */
+int cmd_tiered(const std::map<std::string, std::string>& f) {
+  ul_backend_kind kind = backend_kind(f);
+  const int n = f.count("tokens") ? std::stoi(f.at("tokens")) : 300, decode = 4;
+  const int L = f.count("decode-positions") ? std::stoi(f.at("decode-positions")) : 65536;
+  const size_t copy_bytes = (f.count("copy-mib") ? std::stoul(f.at("copy-mib")) : 1024) << 20;
+  std::vector<double> inv;
+  ul_config c = random_config(true, &inv);
+  c.num_layers = 4;  // each staging buffer serves two layers: a stale one would show
+  c.max_positions = n + 32;
+  c.kv_dtype = kv_flag(f, kind);
+  c.backend = kind;
+  c.max_chunk = 200;  // micro-batches straddle 64-position blocks and the tier boundary
+  const int V = c.vocab_size, feed = 150;
+  std::vector<int32_t> toks = seq_tokens(n + 64, V, 3);
+  const char* kv = c.kv_dtype == UL_DTYPE_BF16 ? "bf16" : c.kv_dtype == UL_DTYPE_FP8_E4M3 ? "fp8" : "f32";
+  std::printf("{\"backend\": \"%s\", \"kv\": \"%s\", \"layers\": %d, \"tokens\": %d, \"cases\": [",
+              kind == UL_BACKEND_CUDA ? "cuda" : "reference", kv, c.num_layers, n);
+  bool all = true;
+  auto report = [&](const char* form, int device_blocks, const ul_engine* e, const std::vector<float>& got,
+                    const std::vector<float>& want, bool first) {
+    ul_kv_tiers t{};
+    ul_engine_memory_tiers(e, &t);
+    bool same = got.size() == want.size() && std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0;
+    all = all && same;
+    std::printf("%s\n  {\"form\": \"%s\", \"device_blocks\": %d, \"host_blocks\": %llu, \"host_kv_bytes\": %llu, "
+                "\"identical\": %s, \"normalized_err\": %.3g}",
+                first ? "" : ",", form, device_blocks, static_cast<unsigned long long>(t.host_blocks),
+                static_cast<unsigned long long>(t.host_kv_bytes), same ? "true" : "false",
+                normalized_err(got, want.data(), want.size()));
+  };
+  ul_engine* resident = random_engine(c, 0, 0, true);
+  const std::vector<float> want = single_run(resident, toks, n, feed, decode, V);
+  ul_engine_destroy(resident);
+  bool first = true;
+  for (int device_blocks : {0, 1, 3}) {
+    ul_engine* e = random_engine(c, 0, 0, true, device_blocks);
+    report("single", device_blocks, e, single_run(e, toks, n, feed, decode, V), want, first);
+    first = false;
+    ul_engine_destroy(e);
+  }
+  const int nb = (n + 7 + decode + 63) / 64;
+  ul_engine* pr = random_engine(c, 64, 2 * nb, true);
+  const std::vector<float> pwant = paged_run(pr, toks, n, decode, nb, V);
+  ul_engine_destroy(pr);
+  ul_engine* pt = random_engine(c, 64, 2 * nb, true, 3);
+  report("paged", 3, pt, paged_run(pt, toks, n, decode, nb, V), pwant, false);
+  ul_engine_destroy(pt);
+
+  // Raw copy rates of the host tier's path: pinned host memory <-> device on the copy queue.
+  auto be = make_backend(kind);
+  void* host = nullptr;
+  must(be->alloc_host(copy_bytes, &host), "alloc_host");
+  Buffers B(*be);
+  void* dev = B.alloc(copy_bytes);
+  double h2d = time_best(*be, 3, [&] { must(be->copy_async(dev, host, copy_bytes, true), "copy in"); });
+  double d2h = time_best(*be, 3, [&] { must(be->copy_async(host, dev, copy_bytes, false), "copy out"); });
+  be->release_host(host);
+  std::printf("\n], \"copy\": {\"bytes\": %zu, \"h2d_gbps\": %.4g, \"d2h_gbps\": %.4g}", copy_bytes,
+              copy_bytes / h2d / 1e9, copy_bytes / d2h / 1e9);
+
+  // A decode step over L positions of imported (random) bf16 KV: resident vs 1 device block.
+  ul_config d = c;
+  d.kv_dtype = kind == UL_BACKEND_CUDA ? UL_DTYPE_BF16 : UL_DTYPE_F32;
+  d.max_positions = L + 1;
+  const size_t payload = kv_payload_bytes(d, L, UL_DTYPE_BF16);
+  std::vector<uint16_t> kvp(payload / 2);
+  auto r = randn(std::min<size_t>(kvp.size(), size_t{1} << 20), 0.5f, 5);
+  for (size_t i = 0; i < kvp.size(); ++i) kvp[i] = f32_to_bf16(r[i % r.size()]);
+  double step_s[2] = {0, 0};
+  uint64_t host_kv = 0;
+  std::vector<float> logits(V);
+  for (int tiered = 0; tiered < 2; ++tiered) {
+    ul_engine* e = random_engine(d, 0, 0, false, tiered ? 1 : -1);
+    must(ul_engine_import_kv(e, kvp.data(), payload, L, UL_DTYPE_BF16), e, "import");
+    double best = 1e30;
+    for (int it = 0; it < 4; ++it) {  // the first is a warm-up
+      double t0 = now_s();
+      must(ul_engine_forward(e, toks.data(), 1, logits.data()), e, "decode");
+      if (it > 0) best = std::min(best, now_s() - t0);
+      must(ul_engine_truncate(e, L), e, "truncate");
+    }
+    step_s[tiered] = best;
+    ul_kv_tiers t{};
+    ul_engine_memory_tiers(e, &t);
+    if (tiered) host_kv = t.host_kv_bytes;
+    ul_engine_destroy(e);
+  }
+  std::printf(", \"decode\": {\"positions\": %d, \"host_kv_bytes\": %llu, \"resident_s\": %.6f, \"tiered_s\": %.6f, "
+              "\"host_kv_gbps\": %.4g}, \"ok\": %s}\n",
+              L, static_cast<unsigned long long>(host_kv), step_s[0], step_s[1], host_kv / step_s[1] / 1e9,
+              all ? "true" : "false");
+  return 0;
+}
+
 int main(int argc, char** argv) {
-  if (argc < 2) die("usage: ul_check info|cublaslt-search|kernels|logits|kv-roundtrip|paged|attention-variants|bench-attention|bench-gemm|bench-prefill|bench-paged-decode [--flags]");
+  if (argc < 2) die("usage: ul_check info|cublaslt-search|kernels|logits|kv-roundtrip|paged|attention-variants|bench-attention|bench-gemm|bench-prefill|bench-paged-decode|tiered [--flags]");
   std::string cmd = argv[1];
   auto f = parse_flags(argc, argv, 2);
   if (cmd == "kernels") return cmd_kernels(f);
@@ -1065,5 +1207,6 @@ int main(int argc, char** argv) {
   if (cmd == "bench-prefill") return cmd_bench_prefill(f);
   if (cmd == "paged") return cmd_paged(f);
   if (cmd == "bench-paged-decode") return cmd_bench_paged_decode(f);
+  if (cmd == "tiered") return cmd_tiered(f);
   die("unknown command " + cmd);
 }

@@ -48,7 +48,7 @@ TARGETS = {
 }
 
 # name, time limit on one H200 (s), time limit in the dry run (s), what it proves. The H200 limits
-# add up to 640 s (caps, not estimates: a stage ends when its work does).
+# add up to 680 s (caps, not estimates: a stage ends when its work does).
 STAGES = [
     ("build", 90, 300, "nvcc compiles every CUDA kernel and links ul_check with cudart (+ dlopen)"),
     ("kernels", 45, 300, "every CUDA op vs the C++ reference; GEMM on cuBLASLt and on our own kernel"),
@@ -64,6 +64,7 @@ STAGES = [
     ("bench-gemm", 30, 300, "the 8B projection GEMMs (cuBLASLt and own kernel) vs torch.matmul"),
     ("bench-prefill", 105, 300, "prefill tokens/s of an 8B-shaped random-weight engine at 32K and 128K"),
     ("bench-paged-decode", 60, 300, "16 sequences sharing a 4096-token prefix: one batched decode step vs 16 alone"),
+    ("tiered", 40, 300, "tiered KV (0, 1, 3 device blocks; host blocks staged per layer) == resident KV bit for bit; host tier copy GB/s"),
 ]
 STAGE_NAMES = [s[0] for s in STAGES]
 
@@ -551,11 +552,24 @@ def stage_bench_paged_decode(ctx):
     return {**r, "ok": r["logits_finite"]}
 
 
+def stage_tiered(ctx):
+    """ul_check tiered per KV dtype: every case identical to the all-resident engine (the same kernels on
+    the same values), plus the pinned host <-> device copy rates and a decode step over a host-held
+    context (taken from the first run)."""
+    kvs = ["f32", "fp8"] if ctx.dry else ["bf16", "fp8"]
+    sizes = (["--tokens", "200", "--decode-positions", "2048", "--copy-mib", "64"] if ctx.dry else
+             ["--tokens", "1000", "--decode-positions", "262144", "--copy-mib", "1024"])
+    results = [run_json([ctx.bin, "tiered", "--backend", ctx.backend, "--kv", kv, *sizes], timeout=ctx.remaining())
+               for kv in kvs]
+    return {"ok": all(r["ok"] for r in results), "results": results, "copy": results[0]["copy"],
+            "decode": results[0]["decode"]}
+
+
 STAGE_FNS = {
     "build": stage_build, "kernels": stage_kernels, "prefill": stage_prefill, "chunked": stage_chunked,
     "decode": stage_decode, "kv-roundtrip": stage_kv_roundtrip, "fp8": stage_fp8, "kv-export": stage_kv_export,
     "paged": stage_paged, "attention-fa2": stage_attention_fa2, "bench-attention": stage_bench_attention, "bench-gemm": stage_bench_gemm,
-    "bench-prefill": stage_bench_prefill, "bench-paged-decode": stage_bench_paged_decode,
+    "bench-prefill": stage_bench_prefill, "bench-paged-decode": stage_bench_paged_decode, "tiered": stage_tiered,
 }
 assert list(STAGE_FNS) == STAGE_NAMES
 
@@ -655,6 +669,8 @@ def main_parent(args):
     if "speedup" in dec:
         summary["paged_decode_16"] = {k: dec[k] for k in ("batched_step_ms", "one_at_a_time_step_ms", "speedup",
                                                             "decode_tokens_per_s")}
+    if "copy" in results.get("tiered", (False, {}))[1]:
+        summary["tiered_copy"] = {**results["tiered"][1]["copy"], "decode": results["tiered"][1]["decode"]}
     if "max_normalized_err" in results.get("paged", (False, {}))[1]:
         summary["paged_max_normalized_err"] = results["paged"][1]["max_normalized_err"]
     line = {"stage": "summary", "ok": all(ok for ok, _ in results.values()),
