@@ -6,6 +6,7 @@
 // tables mix device and host blocks; copyBlocks between every pair of tiers; export then import
 // across tiers; the memory report's tiers; bad capacities refused with one typed error. Needs emcc.
 
+import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import type { PagedRuntime, StepItem } from "../core/engine/paged-runtime.ts";
@@ -13,7 +14,8 @@ import type { Runtime } from "../core/engine/runtime.ts";
 import { InvalidInputError } from "../core/errors.ts";
 import type { KvDtype } from "../core/kv/layout.ts";
 import type { LoadedModel } from "../core/model/weights.ts";
-import { build } from "../native/build.mjs";
+import { build, buildAddon } from "../native/build.mjs";
+import { loadAddonHost } from "../native/ts/addon-host.ts";
 import { createNativePagedRuntime } from "../native/ts/native-paged-runtime.ts";
 import { createNativeRuntime, engineConfig } from "../native/ts/native-runtime.ts";
 import { loadWasmHost } from "../native/ts/wasm-host.ts";
@@ -24,6 +26,12 @@ import { haveEmcc, tool } from "./support/tools.ts";
 
 const root = join(import.meta.dirname, "..");
 const hasEmcc = tool("emcc", haveEmcc(), "the tiered native KV tests");
+const hasGxx = tool(
+  "g++",
+  spawnSync("g++", ["--version"]).status === 0,
+  "tiered KV through the addon",
+);
+const addonPath = join(root, "native/build/test-tiered-addon/ul_addon.node");
 
 /** Rows per micro-batch: not a multiple of 16 or 64, so micro-batches straddle blocks and tiers. */
 const SPEC = { ...NATIVE_WASM_SPEC, maxChunk: 40 };
@@ -254,5 +262,62 @@ describe.skipIf(!hasEmcc)("tiered KV == resident KV (native-wasm)", () => {
     } finally {
       ok.destroy();
     }
+  });
+});
+
+describe.skipIf(!hasGxx)("tiered KV through the N-API addon (reference kernels)", () => {
+  beforeAll(async () => {
+    await buildAddon({ root, withCuda: false, out: addonPath });
+  }, 600_000);
+
+  it("deviceKvPositions reaches both create forms; results == resident; tiers reported; refusals typed", async () => {
+    const host = loadAddonHost(addonPath);
+    expect(host.tiered).toBe(true);
+    const model = await loadTestModel(MODEL);
+    const V = model.config.vocabSize;
+    const tokens = suiteTokens(130, V, 41);
+    const spec = { ...SPEC, name: "native-addon-reference" };
+    const opts = { model, kvDtype: "bf16" as const, maxPositions: MAX_POS };
+    const logitsOf = async (deviceKvPositions?: number) => {
+      const rt = await createNativeRuntime(host, spec, { ...opts, deviceKvPositions });
+      try {
+        return [await rt.forward(tokens.subarray(0, 129)), await rt.forward(tokens.subarray(129))];
+      } finally {
+        await rt.close();
+      }
+    };
+    const want = await logitsOf();
+    expect(await logitsOf(64)).toEqual(want);
+    const table = Int32Array.from([4, 0, 3]);
+    const stepOf = async (deviceKvPositions?: number) => {
+      const rt = await createNativePagedRuntime(host, spec, {
+        ...opts,
+        blockTokens: 64,
+        poolPositions: 5 * 64,
+        deviceKvPositions,
+      });
+      try {
+        return await rt.step([{ tokens: tokens.subarray(0, 129), start: 0, table, logits: true }]);
+      } finally {
+        await rt.close();
+      }
+    };
+    expect(await stepOf(64)).toEqual(await stepOf());
+    const cfg = engineConfig(model.config, spec, MAX_POS, "bf16");
+    const single = host.create(cfg, 2);
+    const pagedEngine = host.createPaged!(cfg, 64, 5, 1);
+    try {
+      expect(single.memoryTiers!()).toMatchObject({
+        blockTokens: 64,
+        deviceBlocks: 2,
+        hostBlocks: 3,
+      });
+      expect(pagedEngine.memoryTiers!()).toMatchObject({ deviceBlocks: 1, hostBlocks: 4 });
+    } finally {
+      single.destroy();
+      pagedEngine.destroy();
+    }
+    expect(() => host.create(cfg, -1)).toThrow(InvalidInputError);
+    expect(() => host.createPaged!(cfg, 64, 5, 6)).toThrow(/outside \[0, 5\]/);
   });
 });
