@@ -126,6 +126,16 @@ describe("ultralong serve: one line and a non-zero exit for each start-up mistak
     ["zero KV positions", () => ["--max-positions", "0"], /--max-positions must be at least 1/],
     ["a bad KV dtype", () => ["--kv-dtype", "f7"], /--kv-dtype must be/],
     ["a bad weight format", () => ["--weights", "int4"], /--weights must be f32, bf16 or int8/],
+    [
+      "device KV positions on a runtime without tiers",
+      () => ["--runtime", "reference", "--device-kv-positions", "64"],
+      /--device-kv-positions needs a runtime with tiered KV \(native-wasm, cuda\), not 'reference'/,
+    ],
+    [
+      "negative device KV positions",
+      () => ["--device-kv-positions", "-64"],
+      /--device-kv-positions must be a non-negative integer/,
+    ],
     ["a bad role", () => ["--role", "edge"], /--role must be both or model/],
     ["an unknown option", () => ["--prot", "8080"], /Unknown option '--prot'/],
     [
@@ -140,6 +150,11 @@ describe("ultralong serve: one line and a non-zero exit for each start-up mistak
       "a weight format the runtime does not hold",
       () => ["--runtime", "native-wasm", "--weights", "int8"],
       /runtime 'native-wasm' holds weights as f32, not int8/,
+    ]);
+    cases.push([
+      "device KV positions that are not whole KV blocks",
+      () => ["--runtime", "native-wasm", "--device-kv-positions", "65"],
+      /deviceKvPositions must be a whole number of 64-position KV blocks/,
     ]);
   }
   for (const [name, args, re] of cases) {

@@ -15,6 +15,7 @@ import { loadModelDir } from "../../core/node/load-model-dir.ts";
 import { openStore } from "../../core/node/snapshot-dir.ts";
 import { StoreNonceLedger } from "../../core/protocol/nonce-ledger.ts";
 import type { Tokenizer } from "../../core/tokenizer/index.ts";
+import type { NativeTierOptions } from "../../native/ts/native-runtime.ts";
 import type { LogSink } from "../http/request-log.ts";
 import { createModelApp, type ModelApp } from "../model/app.ts";
 import { createDriverEngine } from "../model/driver-engine.ts";
@@ -53,6 +54,9 @@ export interface ModelFunctionOptions {
   maxSeqs?: number;
   /** Most tokens one batched step runs (default DEFAULT_MAX_BATCH_TOKENS). */
   maxBatchTokens?: number;
+  /** Native runtimes: KV positions held in device memory, the rest of the pool in host memory
+   *  (docs/native.md "Tiered KV"); default: all of it on the device. */
+  deviceKvPositions?: number;
   maxWaiting?: number;
   keepAliveMs?: number;
   log?: LogSink;
@@ -80,6 +84,9 @@ export interface ModelFunction {
   close(): Promise<void>;
 }
 
+/** The runtimes whose engine keeps part of its KV pool in host memory (native/ts). */
+const TIERED_RUNTIMES = ["native-wasm", "cuda"];
+
 /**
  * Starts the model function. A refused start (a bad store, key file, max-positions or port)
  * leaves no runtime workers running and no socket listening.
@@ -104,12 +111,18 @@ export async function startModelFunction(options: ModelFunctionOptions): Promise
   const maxSeqs =
     options.maxSeqs ??
     (createPaged ? Math.min(32, Math.max(1, Math.floor(maxPositions / 2048))) : 1);
-  const runtimeOptions: RuntimeOptions = {
+  if (options.deviceKvPositions !== undefined && !TIERED_RUNTIMES.includes(choice.factory.name)) {
+    throw new InvalidInputError(
+      `--device-kv-positions needs a runtime with tiered KV (${TIERED_RUNTIMES.join(", ")}), not '${choice.factory.name}'`,
+    );
+  }
+  const runtimeOptions: RuntimeOptions & NativeTierOptions = {
     model,
     maxPositions,
     threads: options.threads,
     kvDtype: options.kvDtype,
     weightFormat: options.weightFormat,
+    deviceKvPositions: options.deviceKvPositions,
   };
   // Runtime workers start while the tokenizer loads on this thread.
   const creating: Promise<Runtime | PagedRuntime> =

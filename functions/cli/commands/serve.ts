@@ -40,6 +40,8 @@ options:
                      most 32, where the runtime batches; 1: one at a time)
   --max-batch-tokens N  most tokens one batched step runs (default 256)
   --kv-dtype D       KV cache element type: ${KV_DTYPE_HELP} (default: the runtime's)
+  --device-kv-positions N  native runtimes: KV positions held in GPU memory, whole blocks of 64;
+                     the rest of the pool in pinned host memory (default: all in GPU memory)
   --weights W        weights in memory: ${WEIGHTS_HELP}
                      (default: the checkpoint's)
   --role R           both (default) | model: only the model function, on --port, for a
@@ -183,6 +185,7 @@ export const command: Command = {
         "max-seqs": { type: "string" },
         "max-batch-tokens": { type: "string" },
         "kv-dtype": { type: "string" },
+        "device-kv-positions": { type: "string" },
         weights: { type: "string" },
         role: { type: "string" },
       },
@@ -205,6 +208,7 @@ export const command: Command = {
     const maxBatchTokens = intOption("max-batch-tokens", values["max-batch-tokens"]);
     if (maxBatchTokens === 0) throw new InvalidInputError("--max-batch-tokens must be at least 1");
     const kvDtype = kvDtypeOption(values["kv-dtype"]);
+    const deviceKvPositions = intOption("device-kv-positions", values["device-kv-positions"]);
     const weightFormat = weightsOption(values.weights);
     if (values["api-key"] !== undefined && (values["api-keys"] || role === "model"))
       throw new InvalidInputError(
@@ -236,6 +240,7 @@ export const command: Command = {
       maxSeqs,
       maxBatchTokens,
       kvDtype,
+      deviceKvPositions,
       weightFormat,
       env: io.env,
     });
