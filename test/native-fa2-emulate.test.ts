@@ -3,8 +3,8 @@
 // threads with ldmatrix, mma.sync and cp.async emulated from the PTX ISA's description (copies land
 // only when a wait_group forces them), and compares the outputs with a float64 causal attention
 // through the same paged tables: GQA groups 4, 2 and 8, two items in one launch, sizes off every
-// tile, tables of 16 and 5 positions and the identity, 7 key tiles (the K/V ring wraps). Needs g++
-// and the CUDA headers (cuda_bf16.h).
+// tile, tables of 16 and 5 positions and the identity, 7 key tiles (the K/V ring wraps), each on
+// both kernel shapes (16 and 32 rows a warp). Needs g++ and the CUDA headers (cuda_bf16.h).
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -32,6 +32,7 @@ interface Report {
   access_error: string;
   cases: {
     case: string;
+    warp_rows: number;
     normalized_err: number | null;
     finite_and_written: boolean;
     ok: boolean;
@@ -51,6 +52,7 @@ describe.skipIf(!ready)("fa2_emulate (attention_fa2.cu's kernel on CPU threads)"
         "-Wextra",
         "-Werror",
         "-Wno-attributes", // __shared__ / __global__ are attributes g++ does not know
+        "-Wno-unknown-pragmas", // and #pragma unroll is nvcc's
         "-x",
         "c++",
         `-I${cudaInclude}`,
@@ -75,12 +77,12 @@ describe.skipIf(!ready)("fa2_emulate (attention_fa2.cu's kernel on CPU threads)"
   it("matches float64 attention within bf16 rounding in every case, every output written", () => {
     const { status, report } = run([]);
     expect(report.access_error).toBe("");
-    expect(report.cases.map((c) => c.case)).toEqual([
-      "group4_table16_two_items",
-      "group2_identity",
-      "group8_table5",
-      "group4_420_keys",
-    ]);
+    // Each case on both kernel shapes: 16 rows a warp (8 warps, 64-key tiles) and 32 (4 warps, 32-key).
+    expect(report.cases.map((c) => `${c.case}/${c.warp_rows}`)).toEqual(
+      ["group4_table16_two_items", "group2_identity", "group8_table5", "group4_420_keys"].flatMap(
+        (name) => [`${name}/16`, `${name}/32`],
+      ),
+    );
     for (const c of report.cases) {
       expect(c.finite_and_written, c.case).toBe(true);
       expect(c.normalized_err, c.case).toBeLessThanOrEqual(1e-2);

@@ -43,7 +43,8 @@ struct Warp {
   float f[32][4];
 };
 struct Block {
-  std::barrier<> bar{256};
+  explicit Block(int threads) : bar(threads) {}
+  std::barrier<> bar;
   Warp warps[8];
 };
 Block* block = nullptr;
@@ -213,23 +214,25 @@ namespace {
 
 using ul::cuda::bf16;
 
-/** Runs fa2_prefill_kernel over a grid, one block after another, 256 threads each. */
+/** Runs fa2_prefill_kernel<M> over a grid, one block after another, Fa2Shape<M>::kThreads threads each. */
+template <int M>
 void launch(const ul::cuda::Fa2Params& p, dim3 grid) {
-  static_assert(ul::cuda::kSmemBytes <= ul::cuda::kEmuSmemBytes, "the emulated shared memory holds the kernel's");
+  using Shape = ul::cuda::Fa2Shape<M>;
+  static_assert(Shape::kSmemBytes <= ul::cuda::kEmuSmemBytes, "the emulated shared memory holds the kernel's");
   for (unsigned by = 0; by < grid.y; ++by)
     for (unsigned bx = 0; bx < grid.x; ++bx) {
       std::memset(ul::cuda::smem, 0xff, sizeof ul::cuda::smem);  // garbage: NaN bf16 pattern
-      auto blk = std::make_unique<fa2emu::Block>();
+      auto blk = std::make_unique<fa2emu::Block>(Shape::kThreads);
       fa2emu::block = blk.get();
       std::vector<std::thread> threads;
-      for (unsigned t = 0; t < ul::cuda::kThreads; ++t)
+      for (unsigned t = 0; t < static_cast<unsigned>(Shape::kThreads); ++t)
         threads.emplace_back([&, t] {
           fa2emu::thread_idx = {t, 0, 0};
           fa2emu::block_idx = {bx, by, 0};
           fa2emu::grid_dim = grid;
           ul::cuda::in_flight.clear();
           ul::cuda::pending.clear();
-          ul::cuda::fa2_prefill_kernel(p);
+          ul::cuda::fa2_prefill_kernel<M>(p);
         });
       for (auto& th : threads) th.join();
     }
@@ -243,11 +246,13 @@ struct Case {
 
 struct Result {
   std::string name;
-  double err = 0, ref = 0;
+  int warp_rows = 16;
+  double err = 0, ref = 0, sum_err = 0;  // max |got - want|, max |want|, sum |got - want|
+  size_t n = 0;
   bool written = true, ok = false;
 };
 
-Result run_case(const Case& c) {
+Result run_case(const Case& c, int warp_rows) {
   const int D = 128, group = c.heads / c.kv_heads;
   std::mt19937 rng(static_cast<uint32_t>(c.heads * 131 + c.block_tokens));
   std::normal_distribution<float> nd(0.0f, 1.0f);
@@ -302,11 +307,14 @@ Result run_case(const Case& c) {
                       {reinterpret_cast<const unsigned char*>(k.data()), k.size() * 2},
                       {reinterpret_cast<const unsigned char*>(v.data()), v.size() * 2}};
   const int n_tiles = static_cast<int>(tiles.size() / 4);
-  launch(p, dim3(n_tiles * (ul::cuda::kPlanTileRows / p.block_pos), c.kv_heads));
+  const dim3 grid(n_tiles * (ul::cuda::kPlanTileRows / p.block_pos), c.kv_heads);
+  if (warp_rows == 16) launch<1>(p, grid);
+  else launch<2>(p, grid);
 
   // float64 causal attention over the same bf16 values, row by row.
   Result res;
   res.name = c.name;
+  res.warp_rows = warp_rows;
   int row = 0;
   for (size_t it = 0; it < c.items.size(); ++it) {
     const auto [r, p0] = c.items[it];
@@ -333,6 +341,8 @@ Result run_case(const Case& c) {
           const float got = __bfloat162float(out[(static_cast<size_t>(row) * c.heads + h) * D + d]);
           if (std::isnan(got)) res.written = false;
           res.err = std::max(res.err, std::fabs(got - o));
+          res.sum_err += std::fabs(got - o);
+          ++res.n;
           if (std::isnan(got)) res.err = INFINITY;
           res.ref = std::max(res.ref, std::fabs(o));
         }
@@ -363,15 +373,20 @@ int main(int argc, char** argv) {
   };
   bool all = true;
   std::printf("{\"break_wait\": %s, \"cases\": [", fa2emu::break_wait ? "true" : "false");
-  for (size_t i = 0; i < cases.size(); ++i) {
-    Result r = run_case(cases[i]);
+  for (size_t i = 0; i < 2 * cases.size(); ++i) {
+    Result r = run_case(cases[i / 2], i % 2 ? 32 : 16);  // each case on both kernel shapes
     all = all && r.ok;
     // JSON has no inf / NaN: a non-finite error (NaN output) prints as null.
-    auto num = [](double x) { return std::isfinite(x) ? std::to_string(x) : std::string("null"); };
-    std::printf("%s\n  {\"case\": \"%s\", \"max_abs_err\": %s, \"normalized_err\": %s, \"finite_and_written\": %s, "
-                "\"ok\": %s}",
-                i ? "," : "", r.name.c_str(), num(r.err).c_str(), num(r.err / r.ref).c_str(), r.written ? "true" : "false",
-                r.ok ? "true" : "false");
+    auto num = [](double x) {
+      char b[32];
+      std::snprintf(b, sizeof b, "%.4g", x);
+      return std::isfinite(x) ? std::string(b) : std::string("null");
+    };
+    std::printf("%s\n  {\"case\": \"%s\", \"warp_rows\": %d, \"max_abs_err\": %s, \"normalized_err\": %s, "
+                "\"mean_abs_err\": %s, \"finite_and_written\": %s, \"ok\": %s}",
+                i ? "," : "", r.name.c_str(), r.warp_rows, num(r.err).c_str(), num(r.err / r.ref).c_str(),
+                num(r.sum_err / static_cast<double>(r.n)).c_str(),
+                r.written ? "true" : "false", r.ok ? "true" : "false");
   }
   std::printf("\n], \"access_error\": \"%s\", \"ok\": %s}\n", fa2emu::access_error.c_str(), all ? "true" : "false");
   return all ? 0 : 1;

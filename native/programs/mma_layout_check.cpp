@@ -218,12 +218,12 @@ void check_swizzle() {
       }
     check(std::string(p.name) + " conflict-free", ok, why);
   }
-  // cp.async stores of a tile by 256 threads (K, V, Q), each warp's 32 chunks; the O epilogue's
-  // 16-byte reads by one warp (32 threads) of its 16 rows.
-  for (int threads : {256, 32}) {
+  // cp.async stores of a tile by 256 or 128 threads (K, V, Q; the kernel's two shapes), each warp's
+  // 32 chunks; the O epilogue's 16-byte reads by one warp (32 threads) of its 16 rows.
+  for (int threads : {256, 128, 32}) {
     std::string why;
     bool ok = true;
-    for (int i = 0; i < 8 && ok; ++i)  // Q: 8 chunks a thread (K, V: the first 4); epilogue: 8 a lane
+    for (int i = 0; i < 2048 / threads && ok; ++i)  // Q's 2048 chunks (K, V: the first 1024; a warp's epilogue: 256)
       for (int w = 0; w < threads / 32 && ok; ++w) {
         int addr[32];
         for (int l = 0; l < 32; ++l) {
@@ -232,7 +232,9 @@ void check_swizzle() {
         }
         ok = phases16_conflict_free(addr, &why);
       }
-    check(threads == 256 ? "cp.async tile stores conflict-free" : "epilogue 16-byte reads conflict-free", ok, why);
+    check(threads > 32 ? "cp.async tile stores by " + std::to_string(threads) + " threads conflict-free"
+                       : "epilogue 16-byte reads conflict-free",
+          ok, why);
   }
   // The O epilogue's 4-byte writes: lane (row, 2 cols) of each 8-dim n-tile, rows g and g + 8.
   {

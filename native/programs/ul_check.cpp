@@ -21,7 +21,7 @@
 //       writes kv.bin (the export), tokens.bin (int32) and logits.bin (the new engine's, f32)
 //   ul_check bench-attention --lens 16384,65536,131072 [--backend ..]
 //       full causal attention of L queries over L keys, 32/8 heads, d 128 (the SDPA comparison)
-//   ul_check attention-variants [--backend ..] [--variants fa2,wmma] [--tiny]
+//   ul_check attention-variants [--backend ..] [--variants fa2,fa2-32,wmma] [--tiny]
 //       prefill attention through paged, shuffled block tables at ragged sizes (rows and keys off the
 //       tiles; GQA 32/8, 16/8, 64/8 and 8/8) vs the reference kernels, once per prefill kernel of
 //       the CUDA backend (UL_ATTENTION=each variant); the reference backend runs one "reference" pass
@@ -663,7 +663,7 @@ int cmd_attention_variants(const std::map<std::string, std::string>& f) {
   std::vector<std::string> variants = {"reference"};
   if (kind == UL_BACKEND_CUDA) {
     variants.clear();
-    std::stringstream ss(f.count("variants") ? f.at("variants") : "fa2,wmma");
+    std::stringstream ss(f.count("variants") ? f.at("variants") : "fa2,fa2-32,wmma");
     for (std::string v; std::getline(ss, v, ',');) variants.push_back(v);
   }
   const int HD = 128, BT = 16;

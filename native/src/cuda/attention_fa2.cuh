@@ -9,8 +9,9 @@ namespace cuda {
  *  (fp8 KV, other GQA groups) flash_prefill (attention.cu) runs the same tiles. */
 bool fa2_supported(const AttentionArgs& a);
 /** Causal prefill of dp's tiles (the same 64-row tiles flash_prefill runs), keys through each
- *  tile's block table; needs fa2_supported(a). */
-Status launch_fa2_prefill(const AttentionArgs& a, const DevicePlan& dp, cudaStream_t s);
+ *  tile's block table; needs fa2_supported(a). warp_rows: query rows a warp computes, 16 (8 warps,
+ *  64-key tiles) or 32 (4 warps, 32-key tiles: half the shared-memory reads per FLOP). */
+Status launch_fa2_prefill(const AttentionArgs& a, const DevicePlan& dp, cudaStream_t s, int warp_rows);
 
 }  // namespace cuda
 }  // namespace ul

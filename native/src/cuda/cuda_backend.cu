@@ -42,11 +42,13 @@ class CudaBackend final : public Backend {
     UL_CUDA(cudaGetDeviceProperties(&prop, 0));
     if (prop.major < 8)
       return Err(UL_ERR_NOT_AVAILABLE, std::string(prop.name) + " is sm_" + std::to_string(prop.major * 10 + prop.minor) + "; bf16 tensor cores need sm_80 or newer");
-    // UL_ATTENTION: the prefill kernel for bf16 KV, fa2 (attention_fa2.cu, default) or wmma (flash_prefill).
-    const char* att = std::getenv("UL_ATTENTION");
-    if (att && *att && std::strcmp(att, "fa2") != 0 && std::strcmp(att, "wmma") != 0)
-      return Err(UL_ERR_INVALID_ARGUMENT, std::string("UL_ATTENTION must be fa2 or wmma, not '") + att + "'");
-    fa2_ = !(att && std::strcmp(att, "wmma") == 0);
+    // UL_ATTENTION: the prefill kernel for bf16 KV: fa2 (attention_fa2.cu, 16 rows a warp; default),
+    // fa2-32 (32 rows a warp) or wmma (flash_prefill).
+    const std::string att = std::getenv("UL_ATTENTION") ? std::getenv("UL_ATTENTION") : "";
+    if (att.empty() || att == "fa2") fa2_rows_ = 16;
+    else if (att == "fa2-32") fa2_rows_ = 32;
+    else if (att == "wmma") fa2_rows_ = 0;
+    else return Err(UL_ERR_INVALID_ARGUMENT, "UL_ATTENTION must be fa2, fa2-32 or wmma, not '" + att + "'");
     UL_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     UL_CUDA(cudaMalloc(&token_out_, sizeof(int32_t)));
     return cublaslt_open(&lt_, &gemm_report_);
@@ -54,7 +56,7 @@ class CudaBackend final : public Backend {
 
   const char* name() const override { return lt_ ? "cuda+cublaslt" : "cuda"; }
   std::string info_json_members() const override {
-    return std::string("\"kernels\":\"cuda\",\"attention\":\"") + (fa2_ ? "fa2" : "wmma") + "\",\"gemm\":\"" +
+    return std::string("\"kernels\":\"cuda\",\"attention\":\"") + (fa2_rows_ == 16 ? "fa2" : fa2_rows_ == 32 ? "fa2-32" : "wmma") + "\",\"gemm\":\"" +
            (lt_ ? "cublaslt" : "own-wmma") +
            "\",\"gemm_plans\":" + std::to_string(cublaslt_plans_built(lt_)) +
            ",\"gemm_own_shapes\":" + std::to_string(own_gemm_shapes_.size()) + "," + gemm_report_;
@@ -274,8 +276,8 @@ class CudaBackend final : public Backend {
     // fa2_prefill addresses rows without ul::kv_row (resident slots only): a layer with a staged host
     // tier (a.k_stage) runs on flash_prefill, which reads both tiers.
     if (flash)
-      UL_TRY(fa2_ && fa2_supported(a) && !a.k_stage ? launch_fa2_prefill(a, dev_, stream_)
-                                                    : launch_flash_prefill(a, dev_, stream_));
+      UL_TRY(fa2_rows_ && fa2_supported(a) && !a.k_stage ? launch_fa2_prefill(a, dev_, stream_, fa2_rows_)
+                                                         : launch_flash_prefill(a, dev_, stream_));
     if (n == 0) return Status::Ok();
     size_t need = decode_workspace_floats(a, n, max_len);
     if (need > workspace_cap_) {
@@ -354,7 +356,7 @@ class CudaBackend final : public Backend {
   }
 
   cudaStream_t stream_ = nullptr;
-  bool fa2_ = true;  // prefill of bf16 KV (fa2_supported) on fa2_prefill; false: flash_prefill (UL_ATTENTION=wmma)
+  int fa2_rows_ = 16;  // bf16 KV prefill (fa2_supported) on fa2_prefill with 16 or 32 rows a warp; 0: flash_prefill
   cudaStream_t copy_stream_ = nullptr;  // host-tier KV copies (copy_async); created on first use
   cudaEvent_t copy_done_ = nullptr, compute_done_ = nullptr;  // the two fences between the streams
   CublasLt* lt_ = nullptr;
