@@ -1152,8 +1152,8 @@ int cmd_tiered(const std::map<std::string, std::string>& f) {
   must(be->alloc_host(copy_bytes, &host), "alloc_host");
   Buffers B(*be);
   void* dev = B.alloc(copy_bytes);
-  double h2d = time_best(*be, 3, [&] { must(be->copy_async(dev, host, copy_bytes, true), "copy in"); });
-  double d2h = time_best(*be, 3, [&] { must(be->copy_async(host, dev, copy_bytes, false), "copy out"); });
+  double h2d = time_best(*be, 3, [&] { must(be->copy_async(dev, host, copy_bytes, 1, copy_bytes, true), "copy in"); });
+  double d2h = time_best(*be, 3, [&] { must(be->copy_async(host, dev, copy_bytes, 1, copy_bytes, false), "copy out"); });
   be->release_host(host);
   std::printf("\n], \"copy\": {\"bytes\": %zu, \"h2d_gbps\": %.4g, \"d2h_gbps\": %.4g}", copy_bytes,
               copy_bytes / h2d / 1e9, copy_bytes / d2h / 1e9);

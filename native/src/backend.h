@@ -215,8 +215,9 @@ class Backend {
   /** bytes of host memory, zeroed. */
   virtual Status alloc_host(size_t bytes, void** out) = 0;
   virtual void release_host(void* p) = 0;
-  /** Queues a copy between host-tier memory and device memory on the copy queue. */
-  virtual Status copy_async(void* dst, const void* src, size_t bytes, bool to_device) = 0;
+  /** Queues a copy between host-tier memory and device memory on the copy queue: `height` rows of
+   *  `width` bytes, `pitch` bytes apart on both sides (the host tier and staging share a layout). */
+  virtual Status copy_async(void* dst, const void* src, size_t width, size_t height, size_t pitch, bool to_device) = 0;
   /** Copies queued from now on start after the compute queued so far. */
   virtual Status copy_waits_compute() = 0;
   /** Compute queued from now on starts after the copies queued so far. */

@@ -410,24 +410,24 @@ TierIo tier_io(const ul_engine* e, const ul::StepPlan& plan) {
  * Queues the copies of host blocks `runs` of layer l between the host tier and staging buffer
  * `buf` (to_device: host -> staging), on the backend's copy queue: K and V (or `only_kind`), every
  * kv head, fp8 with the blocks' scales. A block keeps its offset: host slot s is staging slot s.
+ * The (K|V, kv head) slices of a layer lie one pitch apart in both (host_slots rows; fp8 scales:
+ * fp8_blocks(host_slots)), so each run is one 2D copy of 2 x kv_heads rows.
  */
 Status stage_copy(ul_engine* e, int l, int buf, const std::vector<BlockRun>& runs, bool to_device, int only_kind = -1) {
   const size_t row = e->row_bytes(), bt = static_cast<size_t>(e->block_tokens);
-  const size_t scales_per_block = bt / ul::kFp8Block, scale_stride = static_cast<size_t>(ul::fp8_blocks(e->host_slots));
-  for (int kind = 0; kind < 2; ++kind) {
-    if (only_kind >= 0 && kind != only_kind) continue;
-    for (int h = 0; h < e->cfg.num_kv_heads; ++h)
-      for (const BlockRun& r : runs) {
-        size_t off = (static_cast<size_t>(h) * e->host_slots + r.first * bt) * row, bytes = r.len * bt * row;
-        char* host = e->host_slice(l, kind) + off;
-        char* dev = e->stage_slice(buf, kind) + off;
-        UL_TRY(e->be->copy_async(to_device ? dev : host, to_device ? host : dev, bytes, to_device));
-        if (!e->kv_host_scale) continue;
-        size_t soff = h * scale_stride + r.first * scales_per_block, n = r.len * scales_per_block * sizeof(float);
-        float* hs = e->host_scales(l, kind) + soff;
-        float* ds = e->stage_scales(buf, kind) + soff;
-        UL_TRY(e->be->copy_async(to_device ? static_cast<void*>(ds) : hs, to_device ? static_cast<void*>(hs) : ds, n, to_device));
-      }
+  const size_t scales_per_block = bt / ul::kFp8Block, scale_pitch = ul::fp8_blocks(e->host_slots) * sizeof(float);
+  const int kind0 = only_kind >= 0 ? only_kind : 0;
+  const size_t rows = static_cast<size_t>(only_kind >= 0 ? 1 : 2) * e->cfg.num_kv_heads, pitch = e->host_slots * row;
+  auto copy = [&](char* host, char* dev, size_t width, size_t p) {
+    return e->be->copy_async(to_device ? dev : host, to_device ? host : dev, width, rows, p, to_device);
+  };
+  for (const BlockRun& r : runs) {
+    size_t off = r.first * bt * row;
+    UL_TRY(copy(e->host_slice(l, kind0) + off, e->stage_slice(buf, kind0) + off, r.len * bt * row, pitch));
+    if (!e->kv_host_scale) continue;
+    size_t soff = r.first * scales_per_block;
+    UL_TRY(copy(reinterpret_cast<char*>(e->host_scales(l, kind0) + soff), reinterpret_cast<char*>(e->stage_scales(buf, kind0) + soff),
+                r.len * scales_per_block * sizeof(float), scale_pitch));
   }
   return Status::Ok();
 }

@@ -313,9 +313,16 @@ class CudaBackend final : public Backend {
     return Status::Ok();
   }
   void release_host(void* p) override { cudaFreeHost(p); }
-  Status copy_async(void* dst, const void* src, size_t bytes, bool to_device) override {
+  Status copy_async(void* dst, const void* src, size_t width, size_t height, size_t pitch, bool to_device) override {
     UL_TRY(ensure_copy_stream());
-    UL_CUDA(cudaMemcpyAsync(dst, src, bytes, to_device ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost, copy_stream_));
+    const cudaMemcpyKind kind = to_device ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost;
+    if (height > 1 && pitch <= max_pitch_) {
+      UL_CUDA(cudaMemcpy2DAsync(dst, pitch, src, pitch, width, height, kind, copy_stream_));
+      return Status::Ok();
+    }
+    for (size_t r = 0; r < height; ++r)  // one row, or a pitch beyond what a 2D copy takes
+      UL_CUDA(cudaMemcpyAsync(static_cast<char*>(dst) + r * pitch, static_cast<const char*>(src) + r * pitch, width, kind,
+                              copy_stream_));
     return Status::Ok();
   }
   Status copy_waits_compute() override {
@@ -352,6 +359,10 @@ class CudaBackend final : public Backend {
     UL_CUDA(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking));
     UL_CUDA(cudaEventCreateWithFlags(&copy_done_, cudaEventDisableTiming));
     UL_CUDA(cudaEventCreateWithFlags(&compute_done_, cudaEventDisableTiming));
+    int device = 0, max_pitch = 0;
+    UL_CUDA(cudaGetDevice(&device));
+    UL_CUDA(cudaDeviceGetAttribute(&max_pitch, cudaDevAttrMaxPitch, device));
+    max_pitch_ = static_cast<size_t>(max_pitch);
     return Status::Ok();
   }
 
@@ -359,6 +370,7 @@ class CudaBackend final : public Backend {
   int fa2_rows_ = 16;  // bf16 KV prefill (fa2_supported) on fa2_prefill with 16 or 32 rows a warp; 0: flash_prefill
   cudaStream_t copy_stream_ = nullptr;  // host-tier KV copies (copy_async); created on first use
   cudaEvent_t copy_done_ = nullptr, compute_done_ = nullptr;  // the two fences between the streams
+  size_t max_pitch_ = 0;  // cudaDevAttrMaxPitch: the largest pitch cudaMemcpy2DAsync takes
   CublasLt* lt_ = nullptr;
   // Shapes (rows, in, out, f32 output) cuBLASLt failed on, which our GEMM runs instead.
   std::unordered_set<uint64_t> own_gemm_shapes_;

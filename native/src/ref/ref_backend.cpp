@@ -266,8 +266,9 @@ class RefBackend final : public Backend {
   // (stage in, fences, write back) is the one CUDA runs, minus the overlap.
   Status alloc_host(size_t bytes, void** out) override { return alloc(bytes, out); }
   void release_host(void* p) override { std::free(p); }
-  Status copy_async(void* dst, const void* src, size_t bytes, bool) override {
-    std::memcpy(dst, src, bytes);
+  Status copy_async(void* dst, const void* src, size_t width, size_t height, size_t pitch, bool) override {
+    for (size_t r = 0; r < height; ++r)
+      std::memcpy(static_cast<char*>(dst) + r * pitch, static_cast<const char*>(src) + r * pitch, width);
     return Status::Ok();
   }
   Status copy_waits_compute() override { return Status::Ok(); }
