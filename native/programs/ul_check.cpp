@@ -37,7 +37,8 @@
 //   ul_check tiered [--kv ..] [--tokens 300] [--decode-positions 65536] [--copy-mib 1024] [--backend ..]
 //       tiered KV == resident KV exactly (a 4-layer tiny model; single-sequence engines with 0, 1
 //       and 3 device blocks, a paged engine with 3 of its blocks on the device); the host tier's
-//       copy rates (pinned host <-> device, GB/s) and a decode step over a host-tier context
+//       copy rates (pinned host <-> device, GB/s), a decode step over a host-tier context and a
+//       prefill of --prefill-positions (16384) tokens, each tiered (1 device block) vs resident
 //
 // CFG is a text file of "key value..." lines (written by gpu_check.py from config.json with
 // test/reference/rope_reference.py): hidden_size, intermediate_size, num_layers, num_heads,
@@ -1158,15 +1159,19 @@ int cmd_tiered(const std::map<std::string, std::string>& f) {
   std::printf("\n], \"copy\": {\"bytes\": %zu, \"h2d_gbps\": %.4g, \"d2h_gbps\": %.4g}", copy_bytes,
               copy_bytes / h2d / 1e9, copy_bytes / d2h / 1e9);
 
-  // A decode step over L positions of imported (random) bf16 KV: resident vs 1 device block.
+  // A decode step over L positions of imported (random) bf16 KV, then a prefill of P tokens from
+  // position 0 (the engine's default chunk): resident vs 1 device block.
+  const int P = std::min(L, f.count("prefill-positions") ? std::stoi(f.at("prefill-positions")) : 16384);
+  const std::vector<int32_t> ptoks = seq_tokens(P, V, 4);
   ul_config d = c;
   d.kv_dtype = kind == UL_BACKEND_CUDA ? UL_DTYPE_BF16 : UL_DTYPE_F32;
   d.max_positions = L + 1;
+  d.max_chunk = 0;
   const size_t payload = kv_payload_bytes(d, L, UL_DTYPE_BF16);
   std::vector<uint16_t> kvp(payload / 2);
   auto r = randn(std::min<size_t>(kvp.size(), size_t{1} << 20), 0.5f, 5);
   for (size_t i = 0; i < kvp.size(); ++i) kvp[i] = f32_to_bf16(r[i % r.size()]);
-  double step_s[2] = {0, 0};
+  double step_s[2] = {0, 0}, prefill_s[2] = {0, 0};
   uint64_t host_kv = 0;
   std::vector<float> logits(V);
   for (int tiered = 0; tiered < 2; ++tiered) {
@@ -1180,15 +1185,20 @@ int cmd_tiered(const std::map<std::string, std::string>& f) {
       must(ul_engine_truncate(e, L), e, "truncate");
     }
     step_s[tiered] = best;
+    must(ul_engine_truncate(e, 0), e, "truncate");
+    double t0 = now_s();
+    must(ul_engine_forward(e, ptoks.data(), P, logits.data()), e, "prefill");
+    prefill_s[tiered] = now_s() - t0;
     ul_kv_tiers t{};
     ul_engine_memory_tiers(e, &t);
     if (tiered) host_kv = t.host_kv_bytes;
     ul_engine_destroy(e);
   }
   std::printf(", \"decode\": {\"positions\": %d, \"host_kv_bytes\": %llu, \"resident_s\": %.6f, \"tiered_s\": %.6f, "
-              "\"host_kv_gbps\": %.4g}, \"ok\": %s}\n",
-              L, static_cast<unsigned long long>(host_kv), step_s[0], step_s[1], host_kv / step_s[1] / 1e9,
-              all ? "true" : "false");
+              "\"host_kv_gbps\": %.4g}, \"prefill\": {\"positions\": %d, \"resident_s\": %.6f, \"tiered_s\": %.6f, "
+              "\"slowdown\": %.4g}, \"ok\": %s}\n",
+              L, static_cast<unsigned long long>(host_kv), step_s[0], step_s[1], host_kv / step_s[1] / 1e9, P, prefill_s[0],
+              prefill_s[1], prefill_s[1] / prefill_s[0], all ? "true" : "false");
   return 0;
 }
 

@@ -557,12 +557,13 @@ def stage_tiered(ctx):
     the same values), plus the pinned host <-> device copy rates and a decode step over a host-held
     context (taken from the first run)."""
     kvs = ["f32", "fp8"] if ctx.dry else ["bf16", "fp8"]
-    sizes = (["--tokens", "200", "--decode-positions", "2048", "--copy-mib", "64"] if ctx.dry else
-             ["--tokens", "1000", "--decode-positions", "262144", "--copy-mib", "1024"])
+    sizes = (["--tokens", "200", "--decode-positions", "2048", "--prefill-positions", "256", "--copy-mib", "64"]
+             if ctx.dry else ["--tokens", "1000", "--decode-positions", "262144", "--prefill-positions", "16384",
+                              "--copy-mib", "1024"])
     results = [run_json([ctx.bin, "tiered", "--backend", ctx.backend, "--kv", kv, *sizes], timeout=ctx.remaining())
                for kv in kvs]
     return {"ok": all(r["ok"] for r in results), "results": results, "copy": results[0]["copy"],
-            "decode": results[0]["decode"]}
+            "decode": results[0]["decode"], "prefill": results[0]["prefill"]}
 
 
 STAGE_FNS = {
@@ -670,7 +671,8 @@ def main_parent(args):
         summary["paged_decode_16"] = {k: dec[k] for k in ("batched_step_ms", "one_at_a_time_step_ms", "speedup",
                                                             "decode_tokens_per_s")}
     if "copy" in results.get("tiered", (False, {}))[1]:
-        summary["tiered_copy"] = {**results["tiered"][1]["copy"], "decode": results["tiered"][1]["decode"]}
+        t = results["tiered"][1]
+        summary["tiered_copy"] = {**t["copy"], "decode": t["decode"], "prefill": t["prefill"]}
     if "max_normalized_err" in results.get("paged", (False, {}))[1]:
         summary["paged_max_normalized_err"] = results["paged"][1]["max_normalized_err"]
     line = {"stage": "summary", "ok": all(ok for ok, _ in results.values()),
