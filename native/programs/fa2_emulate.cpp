@@ -242,6 +242,7 @@ struct Case {
   const char* name;
   int heads, kv_heads, block_tokens;  // block_tokens 0: no table (slot = position, toff -1)
   std::vector<std::pair<int, int>> items;  // (rows, pos0), each >= 16 rows
+  int res_blocks = -1;  // >= 0: tiered, pool blocks >= res_blocks in the staging region (backend.h kv_row)
 };
 
 struct Result {
@@ -306,6 +307,30 @@ Result run_case(const Case& c, int warp_rows) {
   fa2emu::readable = {{reinterpret_cast<const unsigned char*>(q.data()), q.size() * 2},
                       {reinterpret_cast<const unsigned char*>(k.data()), k.size() * 2},
                       {reinterpret_cast<const unsigned char*>(v.data()), v.size() * 2}};
+  // Tiered: the same rows split as the engine holds them, slots below res in the resident pool
+  // (kv_head stride res), the rest in a staging region (stride pool - res); k and v stay the truth.
+  std::vector<bf16> k_res, v_res, k_st, v_st;
+  if (c.res_blocks >= 0) {
+    const int res = c.res_blocks * bt, st = pool - res;
+    for (auto* pr : {&k_res, &v_res}) pr->resize(static_cast<size_t>(c.kv_heads) * std::max(res, 1) * D);
+    for (auto* pr : {&k_st, &v_st}) pr->resize(static_cast<size_t>(c.kv_heads) * st * D);
+    for (int h = 0; h < c.kv_heads; ++h)
+      for (int slot = 0; slot < pool; ++slot) {
+        const size_t from = (static_cast<size_t>(h) * pool + slot) * D;
+        const size_t to = slot < res ? (static_cast<size_t>(h) * res + slot) * D : (static_cast<size_t>(h) * st + slot - res) * D;
+        std::copy_n(k.data() + from, D, (slot < res ? k_res : k_st).data() + to);
+        std::copy_n(v.data() + from, D, (slot < res ? v_res : v_st).data() + to);
+      }
+    p.k = k_res.data();
+    p.v = v_res.data();
+    p.k_stage = k_st.data();
+    p.v_stage = v_st.data();
+    p.max_pos = res;
+    p.stage_slots = st;
+    fa2emu::readable = {{reinterpret_cast<const unsigned char*>(q.data()), q.size() * 2}};
+    for (auto* pr : {&k_res, &v_res, &k_st, &v_st})
+      fa2emu::readable.push_back({reinterpret_cast<const unsigned char*>(pr->data()), pr->size() * 2});
+  }
   const int n_tiles = static_cast<int>(tiles.size() / 4);
   const dim3 grid(n_tiles * (ul::cuda::kPlanTileRows / p.block_pos), c.kv_heads);
   if (warp_rows == 16) launch<1>(p, grid);
@@ -370,6 +395,7 @@ int main(int argc, char** argv) {
       {"group2_identity", 4, 2, 0, {{70, 30}}},
       {"group8_table5", 8, 1, 5, {{21, 141}}},
       {"group4_420_keys", 4, 1, 16, {{20, 400}}},
+      {"group4_table16_tiered", 8, 2, 16, {{77, 100}, {19, 0}}, 5},
   };
   bool all = true;
   std::printf("{\"break_wait\": %s, \"cases\": [", fa2emu::break_wait ? "true" : "false");

@@ -75,14 +75,19 @@ struct Fa2Params {
   int group;              // heads / kv_heads: 2, 4 or 8
   int block_pos;          // query positions of a block: 128 / group
   float scale_log2;       // softmax_scale * log2(e)
+  const bf16* k_stage;    // host-tier rows staged for this layer (kv_heads, stage_slots, 128), or nullptr
+  const bf16* v_stage;
+  int stage_slots;        // slots >= max_pos are staged (backend.h kv_row)
 };
 
-/** The K or V row (`cache`: p.k or p.v) of kv head kvh at key position `key` of an item whose
- *  table starts at tables[toff] (-1: slot = position). The only place a K/V row is addressed: the
- *  rule of attention.cu's key_slot and backend.h's slot_of. */
-__device__ __forceinline__ const bf16* key_row(const bf16* cache, const Fa2Params& p, int kvh, int toff, int key) {
+/** The K or V row (`cache`, `stage`: p.k, p.k_stage or p.v, p.v_stage) of kv head kvh at key
+ *  position `key` of an item whose table starts at tables[toff] (-1: slot = position). The only
+ *  place a K/V row is addressed: the table rule of attention.cu's key_slot and backend.h's slot_of,
+ *  then backend.h's kv_row for the two tiers (slots >= max_pos are in the staging region). */
+__device__ __forceinline__ const bf16* key_row(const bf16* cache, const bf16* stage, const Fa2Params& p, int kvh,
+                                               int toff, int key) {
   const int slot = toff < 0 ? key : p.tables[toff + key / p.block_tokens] * p.block_tokens + key % p.block_tokens;
-  return cache + (static_cast<size_t>(kvh) * p.max_pos + slot) * kD;
+  return kv_row(cache, stage, p.max_pos, p.stage_slots, kvh, slot, kD);
 }
 
 // The PTX wrappers. UL_FA2_HOST_EMULATION (native/programs/fa2_emulate.cpp, a CPU test) compiles
@@ -182,8 +187,8 @@ __global__ void __launch_bounds__(Fa2Shape<M>::kThreads, 1) fa2_prefill_kernel(F
       const int key = t * kKeys + c.row;
       const bool ok = key < kv_len;  // else zeros (the source is not read)
       const int col = c.col * mma::kChunkElems, off = mma::tile_offset(c.row, col);
-      cp_async16(smem_addr(ks + off), (ok ? key_row(p.k, p, kvh, toff, key) : p.k) + col, ok);
-      cp_async16(smem_addr(vs + off), (ok ? key_row(p.v, p, kvh, toff, key) : p.v) + col, ok);
+      cp_async16(smem_addr(ks + off), (ok ? key_row(p.k, p.k_stage, p, kvh, toff, key) : p.k) + col, ok);
+      cp_async16(smem_addr(vs + off), (ok ? key_row(p.v, p.v_stage, p, kvh, toff, key) : p.v) + col, ok);
     }
   };
   // Groups committed in order: Q, tiles 0 .. kStages - 2, then one per loop iteration (maybe
@@ -390,7 +395,10 @@ Status launch_fa2_prefill(const AttentionArgs& a, const DevicePlan& dp, cudaStre
               dp.block_tokens,
               group,
               kRows / group,
-              a.softmax_scale * kLog2e};
+              a.softmax_scale * kLog2e,
+              static_cast<const bf16*>(a.k_stage),
+              static_cast<const bf16*>(a.v_stage),
+              a.stage_slots};
   return warp_rows == 16 ? launch_shape<1>(p, dp.n_tiles, a.kv_heads, s) : launch_shape<2>(p, dp.n_tiles, a.kv_heads, s);
 }
 #endif  // UL_FA2_HOST_EMULATION

@@ -273,11 +273,10 @@ class CudaBackend final : public Backend {
     bool flash = flash_supported(a);
     const int32_t* rows = flash ? dev_.small_rows : dev_.all_rows;
     int n = flash ? dev_.n_small : dev_.n_all, max_len = flash ? dev_.max_len_small : dev_.max_len_all;
-    // fa2_prefill addresses rows without ul::kv_row (resident slots only): a layer with a staged host
-    // tier (a.k_stage) runs on flash_prefill, which reads both tiers.
+    // Both kernels read both KV tiers (ul::kv_row): a layer with a staged host tier runs on either.
     if (flash)
-      UL_TRY(fa2_rows_ && fa2_supported(a) && !a.k_stage ? launch_fa2_prefill(a, dev_, stream_, fa2_rows_)
-                                                         : launch_flash_prefill(a, dev_, stream_));
+      UL_TRY(fa2_rows_ && fa2_supported(a) ? launch_fa2_prefill(a, dev_, stream_, fa2_rows_)
+                                           : launch_flash_prefill(a, dev_, stream_));
     if (n == 0) return Status::Ok();
     size_t need = decode_workspace_floats(a, n, max_len);
     if (need > workspace_cap_) {
