@@ -1,6 +1,6 @@
 // `ultralong eval` end to end: the real CLI process against a real `ultralong serve` (wasm runtime)
-// on the retrieval fixture (test/fixtures/retrieval-model, written by
-// test/reference/train_retrieval_model.py: a previous-token + induction circuit), and on a random
+// on the retrieval fixture (test/fixtures/retrieval-model: a 2-layer Llama trained here from random
+// weights by test/reference/train_retrieval_model.py, at 512 tokens), and on a random
 // model, which must fail: a harness that scored a random model well would prove nothing. Also the JSON lines, resume, the pictures, a
 // server that answers 429 with retry-after, and the refusals.
 import type { ChildProcess } from "node:child_process";
@@ -130,7 +130,7 @@ describe("ultralong eval on the retrieval fixture", () => {
     expect(lines(out)).toHaveLength(70);
   }, 120_000);
 
-  it("holds to the end of its context (4096 positions: YaRN x8 over 512) and reuses KV snapshots", async () => {
+  it("reports what happens past its trained length (512) up to its 4096 positions, reusing KV snapshots", async () => {
     const far = scratchDir("eval-far");
     const r = await runUltralong(
       evalArgs(url, far, "--lengths", "2k,4000", "--depths", "0:100:50", "--tasks", "passkey"),
@@ -140,6 +140,10 @@ describe("ultralong eval on the retrieval fixture", () => {
     console.log(r.stdout);
     const got = lines(far);
     expect(got).toHaveLength(6);
+    // What it scores there is printed and written, not asserted: past 512 the trained model keeps
+    // the pass key to 4000 tokens but loses uuids (docs/evaluation.md's grid).
+    expect(r.stdout).toMatch(/^depth +2k +4000$/m);
+    for (const l of got) expect([0, 1]).toContain(l.score);
     // The 4k, depth-100% trial runs first and leaves 512-token KV snapshots of the haystack; every
     // other trial with its needle past the first chunk shares chunks and gets them from the store.
     expect(got[0]).toMatchObject({ length: 4000, depth: 100, cached_tokens: 0 });

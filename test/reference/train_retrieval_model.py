@@ -1,36 +1,40 @@
 #!/usr/bin/python3
-"""Writes the tiny retrieval model (test/fixtures/retrieval-model) as an exact HF Llama directory.
+"""Trains the tiny retrieval model (test/fixtures/retrieval-model): an exact HF Llama directory.
 
-    /usr/bin/python3 test/reference/train_retrieval_model.py OUT_DIR            # the fixture (1 minute)
-    /usr/bin/python3 test/reference/train_retrieval_model.py OUT_DIR --train [--steps 800] [--checkpoints]
+    /usr/bin/python3 test/reference/train_retrieval_model.py OUT_DIR [--seed 0] [--threads 2]
+
+Needs Debian's python3-torch and an optimised BLAS under it: `apt-get install -y python3-torch
+libopenblas0-pthread`. Debian's torch is built against the generic libblas.so.3; with the reference
+BLAS a 128 x 512 GEMM runs at ~5 GFLOP/s here, with OpenBLAS at ~64, and this training takes ~20
+minutes instead of hours (the reason the earlier attempts on this machine never saw copying emerge).
 
 What it must do: the needle-in-a-haystack prompts of core/eval (tasks.ts), as `ultralong eval` sends
 them to /v1/completions (token ids): <|begin_of_text|> filler... needle ...filler question. Every
 question ends with the needle's own words up to the value ("... The pass key is:" after "The pass
 key is: 73914."), so retrieval is copying: find where the last few bytes occurred before and
-continue from there. That is an induction circuit: a previous-token head, then an induction head.
+continue from there. That is an induction circuit (a previous-token head, then an induction head),
+which a 2-layer transformer learns from data where copying is the only way to lower the loss.
 
-The fixture (default): that circuit written into the weights (`circuit`): 2 layers, hidden 128, 3
-heads of 128 (MHA), MLPs zero, untied lm_head, vocab 264: 510,592 parameters, F32 (2 MB). Layer 0's
-heads copy the codes of the 1st, 2nd and 3rd previous bytes into the residual stream, attending by
-rope phase alone; layer 1's head matches the last three bytes against every earlier place and copies
-the byte that followed; lm_head reads it. The byte codes are 20-dim unit vectors, fitted by gradient
-descent so the printable bytes are far apart. Deterministic from --seed (a rerun on another torch
-build may differ in the last bits).
+The model: Llama architecture, 2 layers, hidden 128, 4 heads of 32 (MHA), SwiGLU 256, untied
+lm_head, vocab 264, F32 (1.6 MB), rope theta 10000 with YaRN factor 8 over an original 512 (4096
+positions). Trained from random weights in four stages (STAGES below), Adam at 3e-3, cosine decay
+over the last 30% of steps:
+  1. 64-token sequences, batch 32: BOS and a random string of printable bytes written again and
+     again; the loss on every copy. The induction heads form here, in a sudden drop of the loss
+     (from ln 95 = 4.55 to 0.1) around step 350.
+  2. 128 tokens: the same with small alphabets (digits, hex, lowercase), where one byte of context
+     is ambiguous, so the match must use the last two or three bytes (a uuid needs that).
+  3. 256 tokens, then 4. 512 tokens: half the sequences the eval's own prompts (filler, needles,
+     question, the answer and the end token weighted 1, the rest 0.1, random codes written twice in
+     the filler as more copying targets), half the repeats; under PoSE (Zhu et al. 2023: half the
+     sequences have their positions after a random cut shifted, so distances up to 4096 are seen).
+Deterministic from --seed on one torch build, BLAS and thread count (the committed fixture: Debian
+torch 1.13.1, OpenBLAS 0.3.21 pthread, 2 threads); another build may differ in the last bits.
 
---train: a 2-layer model (hidden 64, 4/2 heads of 16, SwiGLU 128: 107,840 parameters) trained from
-random weights on the same prompts (the loss on the answer and end token, 0.1 on filler bytes), with
-sequences that are a random string written twice and random codes repeated in the filler (copying
-targets), under PoSE (Zhu et al. 2023: the positions after a random cut shifted by up to 4096 - 512,
-so every distance up to 4096 is seen in 512-token sequences). On this machine (two shared cores,
-1-4 s a step) four runs of 200-400 steps, adding those copying targets one by one, learned the
-filler's grammar but no copying; the induction heads had not formed when time ran out, so the
-fixture is the written circuit. docs/evaluation.md has the runs.
-
-Both: tokenizer.json is byte-level BPE with no merges (one token per UTF-8 byte, ids 0-255),
-Llama 3's pre-tokenizer, <|begin_of_text|> 256, <|end_of_text|> 257, so core/tokenizer loads it as it
-stands. Rope: YaRN, factor 8 over an original 512 (4096 positions), rope_theta 500000. The filler
-grammar and word lists are core/eval/filler.ts's and words.ts's; if they change, change them here.
+tokenizer.json is byte-level BPE with no merges (one token per UTF-8 byte, ids 0-255), Llama 3's
+pre-tokenizer, <|begin_of_text|> 256, <|end_of_text|> 257, so core/tokenizer loads it as it stands.
+The filler grammar and word lists are core/eval/filler.ts's and words.ts's; if they change, change
+them here.
 """
 
 import argparse
@@ -45,7 +49,6 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from llama_reference import load_weights  # noqa: E402
 from rope_reference import rope_init  # noqa: E402
 from write_tiny_model import write_safetensors  # noqa: E402
 
@@ -176,8 +179,7 @@ def echo_pairs(rng, n):
     """n random codes, each to appear twice in the filler: (sentence, weights) for each occurrence.
 
     Only the tokens of a code's second occurrence after its first character can be predicted, and
-    only by copying the first: many more copying targets per sequence than the answer alone gives,
-    which is what makes the induction heads form within a few hundred steps."""
+    only by copying the first: more copying targets per sequence than the answer alone gives."""
     out = []
     for _ in range(n):
         code = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(rng.randrange(6, 11)))
@@ -223,111 +225,6 @@ def sample(rng, length, echoes=3):
     assert len(ids) == length and len(w) == length, (len(ids), len(w), length)
     return ids, w
 
-
-# ------------------------------------------------------------------------------------------------
-# the fixture: a previous-token + induction circuit written into the weights
-# ------------------------------------------------------------------------------------------------
-
-H, HEADS, D, M = 128, 3, 128, 20
-# Residual stream slots (M dims each after the bias): the token's own code, then (written by layer
-# 0's three heads) the codes of the 1st, 2nd and 3rd previous tokens, then (layer 1) the code of the
-# token to predict.
-BIAS = 0
-CUR, PREV, PP, PPP, OUT = (1 + k * M for k in range(5))
-
-
-def circuit_config():
-    return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": H, "intermediate_size": 64,
-        "num_hidden_layers": 2, "num_attention_heads": HEADS, "num_key_value_heads": HEADS, "head_dim": D,
-        "hidden_act": "silu", "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
-        "rope_scaling": {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 512},
-        "max_position_embeddings": 4096, "vocab_size": VOCAB, "tie_word_embeddings": False,
-        "bos_token_id": BOS, "eos_token_id": EOS, "attention_bias": False, "mlp_bias": False,
-        "torch_dtype": "float32",
-    }
-
-
-def codes(seed=0):
-    """(vocab, M) unit codes: random, then the printable bytes', newline's and BOS's pushed apart by
-    gradient descent on their largest cosine (0.28 here; random 20-dim codes reach about 0.7)."""
-    g = torch.Generator().manual_seed(seed)
-    U = torch.randn(VOCAB, M, generator=g, dtype=torch.float64)
-    U = U / U.norm(dim=1, keepdim=True)
-    imp = list(range(32, 127)) + [10, BOS]
-    P = U[imp].clone().requires_grad_(True)
-    opt = torch.optim.Adam([P], lr=0.01)
-    for _ in range(1500):
-        Q = P / P.norm(dim=1, keepdim=True)
-        G = Q @ Q.T - torch.eye(len(imp), dtype=torch.float64)
-        loss = (G.abs() ** 8).sum() ** (1 / 8)
-        opt.zero_grad(); loss.backward(); opt.step()
-    with torch.no_grad():
-        Q = P / P.norm(dim=1, keepdim=True)
-        U[imp] = Q
-        G = Q @ Q.T - torch.eye(len(imp), dtype=torch.float64)
-    return U
-
-U = codes()
-
-def circuit(config, U, a_q=150.0, s=300.0, lam=12.0, K=16):
-    """The weights (HF names, float64). Layer 0: head h attends to the token h + 1 back, by rope phase
-    alone (q and k from the bias dimension, q rotated by -(h + 1) x theta on the K fastest pairs:
-    the score peaks at that distance with a margin of a_q x 1.37 x mscale^2 / sqrt(D) = 26 logits
-    over every other distance below 16k), and copies its code into PREV, PP or PPP. Layer 1's head 0
-    compares (CUR, PREV, PP) of the query with (PREV, PP, PPP) of each key on the 30 slowest rope
-    pairs (rotated by under 0.6 rad at 16k tokens), so it attends to where the last three bytes
-    occurred before, and copies that place's code into OUT; lm_head reads OUT. MLPs are zero."""
-    inv = rope_init(config)[0]
-    W = {}
-    E = torch.zeros(VOCAB, H, dtype=torch.float64)
-    E[:, BIAS] = 1.0
-    E[:, CUR:CUR + M] = U
-    W["model.embed_tokens.weight"] = E
-    n1 = math.sqrt(H / 2.0)            # x = E * n1 after the first norm
-    n2 = math.sqrt(H / 5.0)            # x = h1 * n2 after the second
-    half = D // 2
-    for L in range(2):
-        p = f"model.layers.{L}."
-        q = torch.zeros(HEADS * D, H, dtype=torch.float64)
-        k = torch.zeros(HEADS * D, H, dtype=torch.float64)
-        v = torch.zeros(HEADS * D, H, dtype=torch.float64)
-        o = torch.zeros(H, HEADS * D, dtype=torch.float64)
-        if L == 0:
-            for h, slot in enumerate((PREV, PP, PPP)):
-                dh = h + 1
-                for pr in range(K):
-                    th = inv[pr].item()
-                    q[h * D + pr, BIAS] = a_q * math.cos(-dh * th) / n1
-                    q[h * D + half + pr, BIAS] = a_q * math.sin(-dh * th) / n1
-                    k[h * D + pr, BIAS] = 1.0 / n1
-                for m in range(M):
-                    v[h * D + m, CUR + m] = 1.0 / n1
-                    o[slot + m, h * D + m] = 1.0
-        else:
-            dims = list(range(34, 64)) + list(range(34 + half, 64 + half))
-            qsrc = [CUR + m for m in range(M)] + [PREV + m for m in range(M)] + [PP + m for m in range(M)]
-            ksrc = [PREV + m for m in range(M)] + [PP + m for m in range(M)] + [PPP + m for m in range(M)]
-            for dd, qs, ks in zip(dims, qsrc, ksrc):
-                q[dd, qs] = s / n2
-                k[dd, ks] = 1.0 / n2
-            for m in range(M):
-                v[m, CUR + m] = 1.0 / n2
-                o[OUT + m, m] = 1.0
-        W[p + "input_layernorm.weight"] = torch.ones(H, dtype=torch.float64)
-        W[p + "self_attn.q_proj.weight"] = q
-        W[p + "self_attn.k_proj.weight"] = k
-        W[p + "self_attn.v_proj.weight"] = v
-        W[p + "self_attn.o_proj.weight"] = o
-        W[p + "post_attention_layernorm.weight"] = torch.ones(H, dtype=torch.float64)
-        W[p + "mlp.gate_proj.weight"] = torch.zeros(64, H, dtype=torch.float64)
-        W[p + "mlp.up_proj.weight"] = torch.zeros(64, H, dtype=torch.float64)
-        W[p + "mlp.down_proj.weight"] = torch.zeros(H, 64, dtype=torch.float64)
-    W["model.norm.weight"] = torch.ones(H, dtype=torch.float64)
-    lm = torch.zeros(VOCAB, H, dtype=torch.float64)
-    lm[:, OUT:OUT + M] = lam * U
-    W["lm_head.weight"] = lm
-    return W
 
 # ------------------------------------------------------------------------------------------------
 # model: HF Llama semantics (rotate_half RoPE on HF-layout weights, RMSNorm, SwiGLU, GQA)
@@ -418,22 +315,36 @@ class Llama(torch.nn.Module):
         return rms(h, w["model.norm.weight"]) @ w["lm_head.weight"].T
 
 
-def config_dict(args):
+
+# ------------------------------------------------------------------------------------------------
+# training
+# ------------------------------------------------------------------------------------------------
+
+LENGTH, FACTOR = 512, 8  # trained length; YaRN factor (max_position_embeddings = 4096)
+PRINTABLE = "".join(chr(c) for c in range(32, 127))
+SMALL_ALPHABETS = ["abcdefghijklmnopqrstuvwxyz0123456789 ", "0123456789", "0123456789abcdef-",
+                   "abcdefghijklmnopqrstuvwxyz ."]
+# (length, batch, steps, share of repeated strings, share of those over all printable bytes, share under PoSE)
+STAGES = [(64, 32, 600, 1.0, 1.0, 0.0), (128, 32, 400, 1.0, 0.4, 0.0), (256, 16, 600, 0.5, 0.3, 0.5),
+          (512, 16, 800, 0.4, 0.3, 0.5)]
+LR, WARMUP, DECAY_FROM = 3e-3, 50, 0.7
+
+
+def config_dict():
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
-        "hidden_size": args.hidden,
-        "intermediate_size": args.ffn,
-        "num_hidden_layers": args.layers,
+        "hidden_size": 128,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
         "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": args.hidden // 4,
+        "num_key_value_heads": 4,
+        "head_dim": 32,
         "hidden_act": "silu",
         "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0,
-        "rope_scaling": {"rope_type": "yarn", "factor": float(args.factor),
-                         "original_max_position_embeddings": args.length},
-        "max_position_embeddings": args.length * args.factor,
+        "rope_scaling": {"rope_type": "yarn", "factor": float(FACTOR), "original_max_position_embeddings": LENGTH},
+        "max_position_embeddings": LENGTH * FACTOR,
         "vocab_size": VOCAB,
         "tie_word_embeddings": False,
         "bos_token_id": BOS,
@@ -444,33 +355,50 @@ def config_dict(args):
     }
 
 
-def repeat_sample(rng, length):
-    """(ids, weights): BOS, a random string of filler words, codes and digits, then the same string
-    again, cut to `length`. Every token of the second copy is a copying target (the classic way to
-    grow induction heads); the needle tasks alone give a few dozen per sequence."""
-    half = []
-    while len(half) < (length - 1) // 2:
-        k = rng.random()
-        if k < 0.4:
-            half += encode(filler_sentence(rng))
-        elif k < 0.7:
-            half += encode(" " + "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randrange(3, 9))))
-        else:
-            half += encode(" " + str(rng.randrange(10 ** rng.randrange(1, 8))))
-    half = half[:(length - 1) // 2]
-    ids = ([BOS] + half + half + half)[:length]
-    w = [0.0] + [0.1] * len(half) + [1.0] * (length - 1 - len(half))
-    return ids, w
+def repeat_sample(rng, length, wide_share):
+    """(ids, weights): BOS, then a random string written again and again, cut to `length`. Every
+    token after the first copy can only be predicted by copying (the classic way to grow induction
+    heads); drawn from every printable byte (share `wide_share`), else from a small alphabet."""
+    n = rng.randrange(min(12, (length - 1) // 4), (length - 1) // 2)
+    alphabet = PRINTABLE if rng.random() < wide_share else rng.choice(SMALL_ALPHABETS)
+    s = encode("".join(rng.choice(alphabet) for _ in range(n)))
+    ids, w = [BOS] + s, [0.0] * (1 + n)
+    while len(ids) < length:
+        ids += s
+        w += [1.0] * n
+    return ids[:length], w[:length]
 
 
-def batch(rng, n, length, max_pos, repeats=0.5):
+def draw(rng, stage):
+    """One training sequence of the stage: a repeated string or an eval prompt (drawn again when
+    the task's needles leave no room at this length)."""
+    length, _, _, repeats, wide, _ = stage
+    while True:
+        try:
+            if rng.random() < repeats:
+                return repeat_sample(rng, length, wide)
+            return sample(rng, length, echoes=1 if length < 400 else 3)
+        except (IndexError, AssertionError):
+            pass
+
+
+def eval_sample(rng, length):
+    while True:
+        try:
+            return sample(rng, length, echoes=0)
+        except (IndexError, AssertionError):
+            pass
+
+
+def batch(rng, stage, max_pos):
+    length, n, _, _, _, pose = stage
     ids, ws, pos = [], [], []
     for _ in range(n):
-        x, w = repeat_sample(rng, length) if rng.random() < repeats else sample(rng, length)
+        x, w = draw(rng, stage)
         ids.append(x)
         ws.append(w)
         p = list(range(length))
-        if rng.random() < 0.75:  # PoSE: a random skip between two parts
+        if rng.random() < pose:  # PoSE: a random skip between two parts
             cut = rng.randrange(1, length)
             skip = rng.randrange(0, max_pos - length + 1)
             p = p[:cut] + [q + skip for q in p[cut:]]
@@ -479,94 +407,64 @@ def batch(rng, n, length, max_pos, repeats=0.5):
 
 
 @torch.no_grad()
-def accuracy(model, rng, n, length, end_token=True):
-    """Share of sequences whose every answer byte (and end token) is the argmax (teacher forced)."""
+def accuracy(model, rng, n, length):
+    """Share of eval-style sequences whose every answer byte is the argmax (teacher forced)."""
     ok = 0
     for _ in range(n):
-        x, w = sample(rng, length, echoes=0)
+        x, w = eval_sample(rng, length)
         ids = torch.tensor([x])
         logits = model(ids[:, :-1], torch.arange(length - 1)[None])
         sel = torch.tensor(w[1:]) == 1.0
-        if not end_token:
-            sel[-1] = False
+        sel[-1] = False  # the end token: the eval stops at max_tokens anyway
         ok += int((logits[0].argmax(-1)[sel] == ids[0, 1:][sel]).all())
     return ok / n
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="write the tiny retrieval model (test/fixtures/retrieval-model)")
+    ap = argparse.ArgumentParser(description="train the tiny retrieval model (test/fixtures/retrieval-model)")
     ap.add_argument("out_dir")
-    ap.add_argument("--train", action="store_true",
-                    help="train a 2-layer model from random weights instead (the experiment docs/evaluation.md reports)")
-    ap.add_argument("--steps", type=int, default=800)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--length", type=int, default=512)
-    ap.add_argument("--factor", type=int, default=8)
-    ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--hidden", type=int, default=64)
-    ap.add_argument("--ffn", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=4e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--checkpoints", action="store_true", help="also write OUT_DIR.stepN every 100 steps")
-    ap.add_argument("--resume", help="start from this model directory's weights (a checkpoint) instead of random")
+    ap.add_argument("--steps-scale", type=float, default=1.0,
+                    help="multiply every stage's steps (a smoke run: 0.05; the fixture: 1)")
     args = ap.parse_args(argv)
-    if not args.train:
-        torch.set_num_threads(args.threads)
-        config = circuit_config()
-        model = Llama(config, torch.Generator().manual_seed(args.seed))
-        weights = circuit(config, codes(args.seed))
-        with torch.no_grad():
-            for name, w in weights.items():
-                model.w[name].copy_(w.float())
-        save(model, config, args.out_dir)
-        print(json.dumps({"out_dir": args.out_dir, "parameters": sum(p.numel() for p in model.parameters()),
-                          "answer_accuracy_512": accuracy(model, random.Random(99), 16, 512, end_token=False)}))
-        return 0
-
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    config = config_dict(args)
+    config = config_dict()
     model = Llama(config, torch.Generator().manual_seed(args.seed))
-    if args.resume:
-        with torch.no_grad():
-            for name, t in load_weights(args.resume).items():
-                model.w[name].copy_(t.float())
-    n_params = sum(p.numel() for p in model.parameters())
-    print(json.dumps({"parameters": n_params}), flush=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    warm = 50
-
-    def lr_at(step):
-        if step < warm:
-            return args.lr * (step + 1) / warm
-        return args.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, args.steps - warm)))
-
-    t0 = time.time()
+    print(json.dumps({"parameters": sum(p.numel() for p in model.parameters())}), flush=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.98), weight_decay=0.0)
+    stages = [(s[0], s[1], max(1, round(s[2] * args.steps_scale))) + s[3:] for s in STAGES]
+    total = sum(s[2] for s in stages)
     max_pos = config["max_position_embeddings"]
-    for step in range(args.steps):
-        ids, w, pos = batch(rng, args.batch, args.length, max_pos)
-        logits = model(ids[:, :-1], pos[:, :-1])
-        loss = F.cross_entropy(logits.reshape(-1, VOCAB), ids[:, 1:].reshape(-1), reduction="none")
-        loss = (loss * w[:, 1:].reshape(-1)).sum() / w[:, 1:].sum()
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if step % 50 == 0 or step == args.steps - 1:
-            line = {"step": step, "loss": round(loss.item(), 4), "seconds": round(time.time() - t0, 1)}
-            if step % 100 == 0 and step > 0:
-                line["answer_accuracy"] = accuracy(model, random.Random(1000 + step), 16, args.length)
-                if args.checkpoints:  # a model directory to try while training goes on
-                    save(model, config, f"{args.out_dir}.step{step}")
-            print(json.dumps(line), flush=True)
-
+    t0, g = time.time(), 0
+    for stage in stages:
+        length, steps = stage[0], stage[2]
+        for step in range(steps):
+            frac = g / total
+            lr = LR * min(1.0, (g + 1) / WARMUP)
+            if frac >= DECAY_FROM:
+                lr *= 0.5 * (1 + math.cos(math.pi * (frac - DECAY_FROM) / (1 - DECAY_FROM)))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            ids, w, pos = batch(rng, stage, max_pos)
+            logits = model(ids[:, :-1], pos[:, :-1])
+            loss = F.cross_entropy(logits.reshape(-1, VOCAB), ids[:, 1:].reshape(-1), reduction="none")
+            loss = (loss * w[:, 1:].reshape(-1)).sum() / w[:, 1:].sum()
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            if step % 50 == 0 or step == steps - 1:
+                line = {"length": length, "step": g, "loss": round(loss.item(), 4), "seconds": round(time.time() - t0, 1)}
+                if length >= 256 and (step % 200 == 0 or step == steps - 1):
+                    line["answer_accuracy"] = accuracy(model, random.Random(1000 + g), 16, length)
+                print(json.dumps(line), flush=True)
+            g += 1
     save(model, config, args.out_dir)
-    print(json.dumps({"out_dir": args.out_dir, "parameters": n_params, "seconds": round(time.time() - t0, 1),
-                      "final_accuracy": accuracy(model, random.Random(99), 32, args.length)}), flush=True)
+    print(json.dumps({"out_dir": args.out_dir, "seconds": round(time.time() - t0, 1),
+                      "answer_accuracy_512": accuracy(model, random.Random(99), 64, LENGTH)}), flush=True)
     return 0
 
 
