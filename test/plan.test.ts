@@ -28,7 +28,7 @@ describe("placeContext on UltraLong-8B", () => {
     expect(p.perGpu.total).toBe(memoryFor(ULTRALONG_8B, "fp8-e4m3", 0).total + 512 * 1024 * 65568);
   });
 
-  it("2M tokens on one H200: the GPU holds what it can, the host the rest", () => {
+  it("2M tokens on one H200: the GPU holds what fits beside two staging buffers, the host the rest", () => {
     const p = placeContext({
       ...base,
       context: 2 * M,
@@ -38,7 +38,17 @@ describe("placeContext on UltraLong-8B", () => {
       rates: DATASHEET_RATES.h200,
     });
     const free = H200 - memoryFor(ULTRALONG_8B, "fp8-e4m3", 0).total;
-    expect(p.perGpu.kvTokens).toBe(Math.floor(free / 65568));
+    // By hand: D device positions (whole 64-position blocks) cost 65568 B each; the 2M - D host
+    // positions cost two staging buffers of one layer's host part, 2 x 65568 / 32 = 4098 B each.
+    // D x 65568 + (2M - D) x 4098 <= free: D <= (free - 2M x 4098) / 61470, in whole blocks.
+    const D = Math.floor((free - 2 * M * 4098) / 61470 / 64) * 64;
+    expect(D).toBe(2018624); // 4,945 fewer than the 2,023,569 that fit with no staging
+    expect(p.perGpu.kvTokens).toBe(D);
+    expect(p.perGpu.stagingBytes).toBe((2 * M - D) * 4098); // 2 x 0.15 GiB
+    expect(p.perGpu.stagingBytes).toBe((2 * p.tiers.host.bytes) / 32);
+    expect(p.perGpu.total).toBe(H200 - free + D * 65568 + (2 * M - D) * 4098);
+    expect(p.perGpu.total).toBeLessThanOrEqual(H200);
+    expect(p.perGpu.total + 64 * (65568 - 4098)).toBeGreaterThan(H200); // one block more does not fit
     expect(p.tiers.host.tokens).toBe(2 * M - p.perGpu.kvTokens);
     expect(p.tiers.gpu.tokens + p.tiers.host.tokens).toBe(2 * M);
     expect(p.decode.hostBytesPerGpu).toBe(p.tiers.host.tokens * 65568);
@@ -64,9 +74,46 @@ describe("placeContext on UltraLong-8B", () => {
     const p = placeContext({ ...input, store: true });
     const total = p.tiers.gpu.tokens + p.tiers.host.tokens + p.tiers.store.tokens;
     expect(total).toBe(4 * M);
+    // Staging covers everything off the device, the store's part too (attention reads it all):
+    // 2 x (4M - D) x 128 KiB / 32 layers = 25.9 GiB. Each position moved to the host frees its
+    // 128 KiB and costs 8 KiB of staging, so the device tier is that much (to a block) below the
+    // all-device 1,012,278 positions a GPU would hold with no staging counted.
+    const D = p.perGpu.kvTokens;
+    expect(D).toBe(800128);
+    expect(p.perGpu.stagingBytes).toBe((4 * M - D) * 8192);
+    expect(p.perGpu.total).toBeLessThanOrEqual(H200);
+    const free = H200 - memoryFor(ULTRALONG_8B, "bf16", 0).total;
+    const lost = (Math.floor(free / 131072) - D) * 131072 - p.perGpu.stagingBytes;
+    expect(lost).toBeGreaterThanOrEqual(0);
+    expect(lost).toBeLessThan(64 * 131072);
     expect(p.tiers.host.bytes).toBeLessThanOrEqual(256 * GiB);
     expect(p.tiers.store.bytes).toBe(
       kvCacheBytes(ULTRALONG_8B, "bf16", 4 * M) - p.tiers.gpu.bytes - p.tiers.host.bytes,
+    );
+  });
+
+  it("refuses a host tier whose staging alone does not fit, with the arithmetic", () => {
+    // 4M of bf16 on a 40 GiB GPU: even with every block on the host, each staging buffer is one
+    // layer's host part, 4M x 128 KiB / 32 = 16 GiB, and 2 x 16 GiB > 40 - 16.83 GiB.
+    const input = {
+      ...base,
+      gpuMemoryBytes: 40 * GiB,
+      hostMemoryBytes: 1024 * GiB,
+      context: 4 * M,
+      kvDtype: "bf16" as const,
+      gpus: 1,
+    };
+    const free = 40 * GiB - memoryFor(ULTRALONG_8B, "bf16", 0).total;
+    expect(free).toBeLessThan(32 * GiB);
+    expect(() => placeContext(input)).toThrow(
+      `staging buffers, one layer's host part (4M tokens) each, take 2 x 16.00 GiB = 32.00 GiB > ${(free / GiB).toFixed(2)} GiB beside`,
+    );
+    expect(() => placeContext({ ...input, store: true })).toThrow(
+      /even with every block on the host/,
+    );
+    // fp8 halves the staging (2 x 8.00 GiB), which fits.
+    expect(placeContext({ ...input, kvDtype: "fp8-e4m3" }).perGpu.total).toBeLessThanOrEqual(
+      40 * GiB,
     );
   });
 
@@ -96,6 +143,28 @@ describe("ultralong plan", () => {
     expect(text.status).toBe(0);
     expect(text.stdout).toContain("4M tokens of fp8 KV = 256.1 GiB (64 KiB per token) on 8 GPUs");
     expect(text.stdout).toContain("times:   need --rates");
+    // No host part: no staging term.
+    expect(text.stdout).toContain("+ KV 32.0 GiB (512K tokens) = 48.8 GiB\n");
+    const tiered = await runUltralong([
+      "plan",
+      "--context",
+      "4M",
+      "--gpus",
+      "1",
+      "--host-memory",
+      "512G",
+      "--json",
+    ]);
+    expect(tiered.status).toBe(0);
+    const perGpu = JSON.parse(tiered.stdout).perGpu;
+    expect(perGpu).toMatchObject({ kvTokens: 800128, stagingBytes: (4 * M - 800128) * 8192 });
+    expect(perGpu.total).toBe(
+      perGpu.weights + perGpu.scratch + perGpu.kvBytes + perGpu.stagingBytes,
+    );
+    const line = await runUltralong(["plan", "--context", "4M", "--host-memory", "512G"]);
+    expect(line.stdout).toContain(
+      "+ KV 97.7 GiB (800,128 tokens) + staging 2 x 12.9 GiB = 140.4 GiB\n",
+    );
     const rates = join(scratchDir("rates"), "rates.json");
     await writeFile(
       rates,

@@ -9,6 +9,9 @@
 //   tiers        what of that share the GPU cannot hold goes to pinned host memory (the node's,
 //                shared by its GPUs), and what the host cannot hold to the snapshot store when one
 //                is named; otherwise the plan is refused with the arithmetic
+//   staging      a GPU with a host part also holds the engine's two staging buffers, each one
+//                layer's host part (native/src/engine.cpp create), so its device tier is what
+//                fits beside weights + reserve + staging (deviceTier below)
 //   prefill      FLOPs: the projections (2 x non-embedding parameters per token) and causal
 //                attention (2 x layers x heads x head_dim x N^2: QK^T and PV over the lower
 //                triangle), split over the GPUs; bytes the host tier sends to the GPUs (each chunk
@@ -22,12 +25,14 @@
 // from.
 
 import { InvalidInputError } from "../errors.ts";
+import { FP8_BLOCK_POSITIONS } from "../kv/layout.ts";
 import {
   type CapacityKvDtype,
   type CapacityOptions,
   CUDA_PREFILL_CHUNK_ROWS,
   kvCacheBytes,
   longestContext,
+  type MemoryPlan,
   memoryFor,
   parameterCount,
 } from "./capacity.ts";
@@ -84,7 +89,16 @@ export interface Tier {
 }
 
 export interface Placement {
-  perGpu: { weights: number; scratch: number; kvBytes: number; kvTokens: number; total: number };
+  perGpu: {
+    weights: number;
+    scratch: number;
+    kvBytes: number;
+    kvTokens: number;
+    /** Both staging buffers (each stagingBytes / 2: one layer's host part); 0 with no host part. */
+    stagingBytes: number;
+    /** weights + scratch + kvBytes + stagingBytes. */
+    total: number;
+  };
   tiers: { gpu: Tier; host: Tier; store: Tier };
   kvBytesPerToken: number;
   prefill: {
@@ -123,35 +137,43 @@ export function placeContext(input: PlacementInput): Placement {
   const free = input.gpuMemoryBytes - base.total;
   if (free <= 0) {
     throw new InvalidInputError(
-      `the model does not fit one GPU: weights ${gib(base.weights)} + reserve ${gib(base.activations + base.fixed)} = ${gib(base.total)} > GPU ${gib(input.gpuMemoryBytes)}`,
+      `the model does not fit one GPU: ${besides(base)} = ${gib(base.total)} > GPU ${gib(input.gpuMemoryBytes)}`,
     );
   }
   const share = Math.ceil(context / gpus);
   // What one engine holds beside the weights, as `ultralong inspect --gpu-memory` counts it.
-  const gpuTokens = Math.min(
-    share,
-    longestContext(shape, kvDtype, input.gpuMemoryBytes, input.capacity),
-  );
+  const resident = longestContext(shape, kvDtype, input.gpuMemoryBytes, input.capacity);
+  // A host part only where there is somewhere to put it; with none the refusal below counts the
+  // all-resident GPU, which holds no staging.
+  const tiered = share > resident && (input.hostMemoryBytes > 0 || input.store);
+  const gpu = tiered
+    ? deviceTier(input, share, base, perTokenKv)
+    : { tokens: Math.min(share, resident), stagingBytes: 0 };
+  const gpuTokens = gpu.tokens;
+  const kvOnGpu = gpuTokens * perTokenKv;
   const overflowPerGpu = share - gpuTokens;
   const hostCap = Math.floor(input.hostMemoryBytes / perTokenKv);
   const hostTokens = Math.min(overflowPerGpu * gpus, hostCap);
   const storeTokens = overflowPerGpu * gpus - hostTokens;
   if (storeTokens > 0 && !input.store) {
+    const each = tiered
+      ? `KV ${gib(kvOnGpu)} + staging 2 x ${gib(gpu.stagingBytes / 2)} in the ${gib(free)} each has beside`
+      : `${gib(free)} each beside`;
     throw new InvalidInputError(
       `${fmtTokens(context)} tokens of ${kvDtype} KV (${gib(context * perTokenKv)}) do not fit: ` +
-        `${gpus} GPU x ${fmtTokens(gpuTokens)} tokens (${gib(free)} each beside weights ${gib(base.weights)} + reserve ${gib(base.activations + base.fixed)}) ` +
+        `${gpus} GPU x ${fmtTokens(gpuTokens)} tokens (${each} ${besides(base)}) ` +
         `+ host ${fmtTokens(hostCap)} tokens (${gib(input.hostMemoryBytes)}) = ${fmtTokens(gpus * gpuTokens + hostCap)} < ${fmtTokens(context)}; ` +
         `add GPUs or host memory${kvDtype === "bf16" ? ", use fp8 KV" : ""}, or back the host tier with a snapshot store`,
     );
   }
-  const kvOnGpu = gpuTokens * perTokenKv;
   const placement: Placement = {
     perGpu: {
       weights: base.weights,
       scratch: base.activations + base.fixed,
       kvBytes: kvOnGpu,
       kvTokens: gpuTokens,
-      total: base.total + kvOnGpu,
+      stagingBytes: gpu.stagingBytes,
+      total: base.total + kvOnGpu + gpu.stagingBytes,
     },
     tiers: {
       gpu: { tokens: gpuTokens * gpus, bytes: kvOnGpu * gpus },
@@ -174,6 +196,43 @@ export function placeContext(input: PlacementInput): Placement {
     placement.decode.secondsPerToken = Math.max(hbm, link); // copies overlap the HBM reads
   }
   return placement;
+}
+
+/**
+ * The device tier of a GPU whose share of `share` positions does not fit resident: the most
+ * positions D, whole 64-position blocks (the single engine's pool blocks; `--device-kv-positions`
+ * takes whole blocks), with kv(D) + staging(H) <= free, where the pool P is the share in whole
+ * blocks, H = P - D the host part and staging(H) = 2 buffers x one layer's host part = 2 kv(H) / L
+ * (engine.cpp create: 2 x (K|V, kv_head, host slots, head_dim) plus the fp8 scales). The host part
+ * counts what the store would hold too: full attention reads every block each step, so all that
+ * is not on the device passes through staging.
+ * At whole blocks kv is exactly linear (p bytes a position, fp8's scales being one per block), so
+ * D p + 2 (P - D) p / L <= free gives D = (free - 2 P p / L) / (p (1 - 2 / L)): each position moved
+ * to the host frees p and costs 2p / L of staging. The closed form is rounded down to a block and
+ * the loops then step to the exact edge, guarding the floats. Refused when even D = 0 does not fit.
+ */
+function deviceTier(input: PlacementInput, share: number, base: MemoryPlan, perTokenKv: number) {
+  const { shape, kvDtype, context, gpus } = input;
+  const free = input.gpuMemoryBytes - base.total;
+  const B = FP8_BLOCK_POSITIONS;
+  const L = shape.numHiddenLayers;
+  const P = Math.ceil(share / B) * B;
+  const kv = (positions: number) => kvCacheBytes(shape, kvDtype, positions);
+  const staging = (device: number) => (2 * kv(P - device)) / L;
+  const fits = (device: number) => kv(device) + staging(device) <= free;
+  if (!fits(0)) {
+    throw new InvalidInputError(
+      `${fmtTokens(context)} tokens of ${kvDtype} KV do not fit ${gpus} GPU${gpus > 1 ? "s" : ""} even with every block on the host: ` +
+        `each GPU's two staging buffers, one layer's host part (${fmtTokens(P)} tokens) each, take 2 x ${gib(staging(0) / 2)} = ${gib(staging(0))} ` +
+        `> ${gib(free)} beside ${besides(base)}; add GPUs${kvDtype === "bf16" ? " or use fp8 KV" : ""}`,
+    );
+  }
+  // L > 2 here: with L <= 2 the staging alone is at least the whole pool, which does not fit.
+  const estimate = (free - (2 * P * perTokenKv) / L) / (perTokenKv * (1 - 2 / L));
+  let device = Math.min(P, Math.max(0, Math.floor(estimate / B) * B));
+  while (device > 0 && !fits(device)) device -= B;
+  while (device + B < P && fits(device + B)) device += B;
+  return { tokens: device, stagingBytes: staging(device) };
 }
 
 function prefillCost(input: PlacementInput, overflowPerGpu: number, perTokenKv: number) {
@@ -224,6 +283,8 @@ export function parseRates(value: unknown, source: string): Rates {
 }
 
 const gib = (bytes: number) => `${(bytes / 2 ** 30).toFixed(2)} GiB`;
+const besides = (base: MemoryPlan) =>
+  `weights ${gib(base.weights)} + reserve ${gib(base.activations + base.fixed)}`;
 
 /** 4194304 -> "4M", 1536 -> "1.5K", 2023569 -> "2,023,569". */
 export function fmtTokens(n: number): string {

@@ -26,7 +26,8 @@ const usage = `usage: ultralong plan --context N [--model DIR|CONFIG.json] [--kv
 Plans where N tokens of KV live on a machine and what the prefill and one decode token cost: each GPU
 holds the weights (bf16) and context / gpus positions of KV (context parallelism splits the
 sequence), what a GPU cannot hold goes to pinned host memory, and with --store what the host cannot
-hold to the snapshot store. Refuses, showing the arithmetic, when it does not fit.
+hold to the snapshot store; a GPU with a host part also holds two staging buffers of one layer's
+host part each. Refuses, showing the arithmetic, when it does not fit.
 
 options:
   --context N        tokens of context: 1M, 2M, 4M, 131072 (K and M are 1024 and 1024^2)
@@ -77,7 +78,7 @@ function describe(p: Placement, context: number, gpus: number, dtype: string): s
   const t = p.tiers;
   const lines = [
     `${fmtTokens(context)} tokens of ${dtype} KV = ${gib(context * p.kvBytesPerToken)} (${(p.kvBytesPerToken / 1024).toFixed(0)} KiB per token) on ${gpus} GPU${gpus > 1 ? "s" : ""}`,
-    `per GPU: weights ${gib(p.perGpu.weights)} + scratch ${gib(p.perGpu.scratch)} + KV ${gib(p.perGpu.kvBytes)} (${fmtTokens(p.perGpu.kvTokens)} tokens) = ${gib(p.perGpu.total)}`,
+    `per GPU: weights ${gib(p.perGpu.weights)} + scratch ${gib(p.perGpu.scratch)} + KV ${gib(p.perGpu.kvBytes)} (${fmtTokens(p.perGpu.kvTokens)} tokens)${p.perGpu.stagingBytes > 0 ? ` + staging 2 x ${gib(p.perGpu.stagingBytes / 2)}` : ""} = ${gib(p.perGpu.total)}`,
     `tiers:   GPU ${fmtTokens(t.gpu.tokens)} tokens (${gib(t.gpu.bytes)}), host ${fmtTokens(t.host.tokens)} (${gib(t.host.bytes)}), store ${fmtTokens(t.store.tokens)} (${gib(t.store.bytes)})`,
     `prefill: ${pflop(p.prefill.gemmFlops)} projections + ${pflop(p.prefill.attentionFlops)} attention; host -> each GPU ${gib(p.prefill.hostToGpuBytesPerGpu)}`,
     `decode:  per token each GPU reads ${gib(p.decode.hbmBytesPerGpu)} from HBM and ${gib(p.decode.hostBytesPerGpu)} over the host link${p.decode.storeBytesPerGpu > 0 ? ` (${gib(p.decode.storeBytesPerGpu)} of it from the snapshot store)` : ""}`,
