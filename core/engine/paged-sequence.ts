@@ -6,13 +6,15 @@
 //
 // State: positions [0, position) are held, in blocks[0 .. ceil(position / B)). The table may hold
 // more blocks than that (taken for a step that then failed); they are reused by the next step and
-// given back by truncate or close. While preempted, the KV of [0, swapped.tokens) is held as bytes
-// (the snapshot layout) instead of blocks, and `blocks` is empty.
+// given back by truncate or close. While preempted, the KV of [0, swapped.tokens) is held by the
+// scheduler's swap (kv-swap.ts: the snapshot store or host memory) instead of blocks, and `blocks`
+// is empty.
 
 import { assert, InvalidInputError, LimitError } from "../errors.ts";
 import type { KvDtype } from "../kv/layout.ts";
 import type { ModelConfig } from "../model/config-types.ts";
 import type { KvBlockPool } from "./kv-blocks.ts";
+import type { SwappedKv } from "./kv-swap.ts";
 import type { PagedRuntime } from "./paged-runtime.ts";
 import { checkKvRange, checkTruncate, type Runtime, type RuntimeInfo } from "./runtime.ts";
 
@@ -43,8 +45,8 @@ export class PagedSequence implements Runtime {
   readonly order: number;
   /** The scheduler's: the block table. */
   blocks: number[] = [];
-  /** The scheduler's: KV held as bytes while preempted. */
-  swapped: { bytes: Uint8Array; tokens: number } | null = null;
+  /** The scheduler's: where the KV is while preempted. */
+  swapped: SwappedKv | null = null;
   /** The scheduler's: a forward or prefill of this sequence is queued or running. */
   busy = false;
   #position = 0;
@@ -104,7 +106,7 @@ export class PagedSequence implements Runtime {
     assert(!this.busy, "truncate while a forward of this sequence runs");
     checkTruncate(position, this.#position);
     this.#position = position;
-    if (this.swapped) return; // the bytes are imported whole at swap-in, then cut to position
+    if (this.swapped) return; // swap-in restores what is below position, then cuts to it
     this.releaseFrom(Math.ceil(position / this.#host.pool.blockTokens));
   }
 
@@ -179,8 +181,7 @@ export class PagedSequence implements Runtime {
     if (this.#closed) return;
     this.#closed = true;
     this.releaseFrom(0);
-    this.swapped = null;
-    this.#host.closed(this);
+    this.#host.closed(this); // which lets go of a swap too
   }
 
   #open(): void {

@@ -11,9 +11,11 @@
 //      order (a sequence's own tokens are never reordered);
 //   3. blocks for each piece are reserved (copy-on-write of a shared or prefix-named block that
 //      would be written); when the pool runs dry the newest sequence that is not in the step is
-//      preempted: its KV is exported as bytes (the snapshot layout), its blocks freed, and it is
-//      imported back, exactly, before its next piece runs. The oldest sequence always progresses;
-//      a sequence that alone cannot fit fails with LimitError;
+//      preempted: its KV is saved (kv-swap.ts: snapshot objects in the store, else host memory up
+//      to a budget), its blocks freed, and it is restored, exactly, before its next piece runs.
+//      A victim whose KV cannot be kept, or whose restore fails, fails alone (its request gets the
+//      error); the oldest sequence always progresses; a sequence that alone cannot fit fails with
+//      LimitError;
 //   4. one runtime.step() over all pieces; each call resolves once its last piece has run.
 //
 // Before a step it yields to the event loop (a few turns at most, only while some open sequence has
@@ -25,6 +27,13 @@
 import { assert, CancelledError, InvalidInputError, LimitError } from "../errors.ts";
 import { isTokenId } from "../tokenizer/token-id.ts";
 import { KvBlockPool, type KvBlockStats } from "./kv-blocks.ts";
+import {
+  KvSwap,
+  type KvSwapOptions,
+  type KvSwapStats,
+  type PoolKv,
+  type SwappedKv,
+} from "./kv-swap.ts";
 import type { PagedRuntime, StepItem } from "./paged-runtime.ts";
 import { PagedSequence, type SequenceHost } from "./paged-sequence.ts";
 
@@ -34,6 +43,8 @@ export const DEFAULT_MAX_BATCH_TOKENS = 256;
 export interface SchedulerOptions {
   /** Most tokens one step runs, decode tokens and prefill pieces together. */
   maxBatchTokens?: number;
+  /** Where preempted sequences' KV goes (kv-swap.ts); default: host memory, 1 GiB at most. */
+  swap?: KvSwapOptions;
 }
 
 export interface SchedulerStats {
@@ -41,8 +52,10 @@ export interface SchedulerStats {
   sequences: number;
   /** Sequences with a call queued for the next step. */
   waiting: number;
-  /** Sequences whose KV is held as bytes (preempted). */
+  /** Sequences preempted, their KV in the swap store or host memory. */
   swapped: number;
+  /** The swap's counters (kv-swap.ts). */
+  swap: KvSwapStats;
   blocks: KvBlockStats;
   steps: number;
   /** Tokens and sequences of the last step. */
@@ -88,6 +101,7 @@ export class BatchScheduler implements SequenceHost {
   readonly runtime: PagedRuntime;
   readonly pool: KvBlockPool;
   readonly maxBatchTokens: number;
+  readonly swap: KvSwap;
   readonly #calls: Call[] = [];
   readonly #exclusive: Array<() => Promise<void>> = [];
   readonly #sequences = new Set<PagedSequence>();
@@ -95,6 +109,8 @@ export class BatchScheduler implements SequenceHost {
   readonly #served = new Map<string, number>();
   #pumping = false;
   #order = 0;
+  /** Calls failed outside a step (a victim's KV lost, a failed restore): #plan looks again. */
+  #failures = 0;
   readonly #stats = {
     steps: 0,
     lastStepTokens: 0,
@@ -112,6 +128,7 @@ export class BatchScheduler implements SequenceHost {
     this.runtime = runtime;
     this.pool = new KvBlockPool(runtime.info.totalBlocks, runtime.info.blockTokens);
     this.maxBatchTokens = budget;
+    this.swap = new KvSwap(runtime.info.kv, runtime.info.blockTokens, options.swap);
   }
 
   /** A new, empty sequence for one request of `tenant`. Close it to give its blocks back. */
@@ -123,11 +140,12 @@ export class BatchScheduler implements SequenceHost {
 
   stats(): SchedulerStats {
     let swapped = 0;
-    for (const s of this.#sequences) if (s.swapped) swapped++;
+    for (const s of this.#sequences) if (s.swapped && !s.swapped.lost) swapped++;
     return {
       sequences: this.#sequences.size,
       waiting: this.#calls.length,
       swapped,
+      swap: this.swap.stats(),
       blocks: this.pool.stats(),
       ...this.#stats,
     };
@@ -195,8 +213,16 @@ export class BatchScheduler implements SequenceHost {
 
   closed(seq: PagedSequence): void {
     this.#sequences.delete(seq);
+    if (seq.swapped) this.swap.drop(seq.swapped);
+    seq.swapped = null;
+    this.#fail(seq, new CancelledError("the sequence was closed"));
+  }
+
+  /** Rejects seq's queued call, if it has one. */
+  #fail(seq: PagedSequence, err: unknown): void {
     const i = this.#calls.findIndex((c) => c.seq === seq);
-    if (i >= 0) this.#calls.splice(i, 1)[0].reject(new CancelledError("the sequence was closed"));
+    if (i >= 0) this.#calls.splice(i, 1)[0].reject(err);
+    this.#failures++;
   }
 
   async reserve(seq: PagedSequence, start: number, end: number): Promise<boolean> {
@@ -275,7 +301,9 @@ export class BatchScheduler implements SequenceHost {
     const prefill = byAge.filter((c) => c.tokens.length - c.done > 1);
     const pieces: Piece[] = [];
     let budget = this.maxBatchTokens;
+    const failures = this.#failures;
     const take = async (call: Call, n: number): Promise<boolean> => {
+      if (!this.#calls.includes(call)) return false; // failed since byAge was taken
       if (!(await this.#fit(call, n, pieces))) return false;
       pieces.push({ call, n });
       budget -= n;
@@ -303,7 +331,7 @@ export class BatchScheduler implements SequenceHost {
       if (placed.has(call)) continue;
       await take(call, Math.min(budget, call.tokens.length - call.done));
     }
-    if (pieces.length === 0) {
+    if (pieces.length === 0 && this.#failures === failures) {
       // The oldest call cannot get its blocks even with every newer sequence preempted.
       const oldest = byAge[0];
       this.#calls.splice(this.#calls.indexOf(oldest), 1);
@@ -325,7 +353,14 @@ export class BatchScheduler implements SequenceHost {
     const seq = call.seq;
     const at = call.start + call.done;
     for (;;) {
-      if ((await this.#swapIn(seq, false)) && (await this.reserve(seq, at, at + n))) return true;
+      let restored: boolean;
+      try {
+        restored = await this.#swapIn(seq, false);
+      } catch (err) {
+        this.#fail(seq, err); // this request alone: its KV cannot be restored
+        return false;
+      }
+      if (restored && (await this.reserve(seq, at, at + n))) return true;
       const inStep = new Set(pieces.map((p) => p.call.seq));
       let victim: PagedSequence | undefined;
       const queued = new Set(this.#calls.map((c) => c.seq));
@@ -340,31 +375,68 @@ export class BatchScheduler implements SequenceHost {
     }
   }
 
+  /**
+   * Preempts `seq`: its KV saved (the store, else host memory), its blocks freed. When the KV
+   * cannot be kept (no room in the host budget), the sequence fails instead: its queued call now,
+   * every later one with the same error, so the others go on and memory stays bounded.
+   */
   async #swapOut(seq: PagedSequence): Promise<void> {
-    const B = this.pool.blockTokens;
     // A queued call's pieces so far are in seq.position already.
     const tokens = seq.position;
-    const bytes = await this.runtime.exportKv(seq.table(Math.ceil(tokens / B)), 0, tokens);
-    seq.releaseFrom(0);
-    seq.swapped = { bytes, tokens };
     this.#stats.preemptions++;
+    let saved: SwappedKv;
+    try {
+      saved = await this.swap.save(seq.tenant, seq.order, tokens, this.#poolKv(seq));
+    } catch (err) {
+      saved = { tokens, pieces: [], lost: err instanceof Error ? err : new Error(String(err)) };
+      if (!seq.isClosed) this.#fail(seq, saved.lost);
+    }
+    seq.releaseFrom(0);
+    if (seq.isClosed)
+      this.swap.drop(saved); // closed while its KV was being written
+    else seq.swapped = saved;
   }
 
-  /** Imports a preempted sequence's KV back (exact). False when the pool cannot hold it now. */
+  /** Restores a preempted sequence's KV (exact). False when the pool cannot hold it now. */
   async #swapIn(seq: PagedSequence, mustFit: boolean): Promise<boolean> {
     const saved = seq.swapped;
     if (!saved) return true;
-    if (!(await this.reserve(seq, 0, saved.tokens))) {
+    if (saved.lost) throw saved.lost;
+    // Only the pieces below the position (a truncate while swapped out drops the rest).
+    const need = saved.pieces.filter((p) => p.start < seq.position).at(-1)?.end ?? 0;
+    if (!(await this.reserve(seq, 0, need))) {
       seq.releaseFrom(0);
       if (mustFit) throw new LimitError("the KV pool has no room to restore this sequence now");
       return false;
     }
-    const B = this.pool.blockTokens;
-    const table = seq.table(Math.ceil(saved.tokens / B));
-    await this.runtime.importKv(table, 0, saved.bytes, saved.tokens, this.runtime.info.kv.dtype);
+    try {
+      await this.swap.restore(saved, seq.position, this.#poolKv(seq));
+    } catch (err) {
+      seq.releaseFrom(0);
+      seq.swapped = {
+        tokens: 0,
+        pieces: [],
+        lost: err instanceof Error ? err : new Error(String(err)),
+      };
+      throw err;
+    }
     seq.swapped = null;
-    seq.releaseFrom(Math.ceil(seq.position / B)); // a truncate while swapped out
+    seq.releaseFrom(Math.ceil(seq.position / this.pool.blockTokens));
     return true;
+  }
+
+  /** seq's positions in the pool, through its block table. */
+  #poolKv(seq: PagedSequence): PoolKv {
+    const B = this.pool.blockTokens;
+    const table = (end: number) => {
+      if (seq.isClosed) throw new CancelledError("the sequence was closed");
+      return seq.table(Math.ceil(end / B));
+    };
+    return {
+      export: (start, end) => this.runtime.exportKv(table(end), start, end),
+      import: (start, end, bytes) =>
+        this.runtime.importKv(table(end), start, bytes, end - start, this.runtime.info.kv.dtype),
+    };
   }
 
   async #step(pieces: Piece[]): Promise<void> {

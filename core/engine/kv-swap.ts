@@ -1,0 +1,281 @@
+// Where a preempted sequence's KV waits (scheduler.ts): the snapshot store when there is one, else
+// host memory up to a byte budget. Preempting a long sequence moves GiBs of KV out of the pool;
+// held on the JS heap that can exhaust host memory, so the store comes first and the heap is the
+// bounded fallback.
+//
+// A swap is the sequence's positions [0, tokens) cut into pieces of `chunkTokens` (the last may be
+// partial), each exported from the pool, encoded and written on its own, so host memory holds one
+// piece at a time on the way out and on the way back. A piece in the store is one object in the
+// snapshot format (core/kv/format.ts, layout.ts), under
+//
+//   swap/v1/<model fingerprint, 16 hex>/<tenant tag, 16 hex>/<instance, 32 hex>/<seq>-<swap>/<start>
+//
+// instance: random per KvSwap (per serving process), so processes sharing a store never collide;
+// seq: the sequence's opening order; swap: a counter, so two swaps of one sequence differ too. The
+// tenant tag (chain-key.ts) keeps a tenant's objects under its own prefix. These are not prefix
+// snapshots (kv/v1/): they are named by sequence, not content, and the snapshot cache never reads
+// them. Each object is sealed with AES-GCM under a key generated at startup and never written
+// anywhere (only this process reads its swaps back): at rest they are unreadable, tamper-evident,
+// and leftovers of a crashed process are garbage (`ultralong snapshots rm --prefix swap/`). The
+// header's chain key field is SHA-256 of the object key, so an object copied under another key (or
+// another tenant's) fails the check. After a restore, or when the sequence closes, its objects
+// are deleted; a failed delete is counted and left (store eviction or rm removes it).
+//
+// A restore checks every object (checksums, GCM tag, range, layout, fingerprint, key binding)
+// before importing it; anything off fails that sequence's request with StoreError, never imports
+// wrong KV.
+
+import { assert, LimitError, NotFoundError } from "../errors.ts";
+import { toHex } from "../hash/hex.ts";
+import { sha256 } from "../hash/sha256.ts";
+import { tenantTag } from "../kv/chain-key.ts";
+import { decodeSnapshot, encodeSnapshot } from "../kv/format.ts";
+import { FP8_BLOCK_POSITIONS, type KvLayout } from "../kv/layout.ts";
+import { defaultLogger, type SnapshotLogger, type SnapshotStore, StoreError } from "../kv/store.ts";
+
+/** Default host memory for swapped KV when the store is absent or failing (`--max-swap-bytes`). */
+export const DEFAULT_MAX_SWAP_HOST_BYTES = 1 << 30;
+/** Default positions per swap object (bf16 Llama-3.1-8B: 256 MiB). */
+export const DEFAULT_SWAP_CHUNK_TOKENS = 2048;
+export const SWAP_KEY_ROOT = "swap/v1/";
+
+export interface KvSwapOptions {
+  /** Where swapped KV goes first; absent (serve --no-store): host memory only. */
+  store?: SnapshotStore;
+  /** LoadedModel.fingerprint(), 64 hex: objects name the model. Needed with a store. */
+  modelFingerprint?: string;
+  /** Most bytes of swapped KV held in host memory at once; past it a preemption fails its victim. */
+  maxHostBytes?: number;
+  /** Positions per swap piece; rounded up to whole pool blocks and fp8 scale blocks. */
+  chunkTokens?: number;
+  logger?: SnapshotLogger;
+}
+
+/** One piece of a swap: in the store under `key`, or in memory as `bytes` (snapshot layout). */
+type SwapPiece = { start: number; end: number } & ({ key: string } | { bytes: Uint8Array });
+
+/** A preempted sequence's KV: positions [0, tokens) in pieces, or `lost` (restoring is impossible). */
+export interface SwappedKv {
+  tokens: number;
+  pieces: SwapPiece[];
+  /** Set when the KV could not be kept or restored: every later call of the sequence fails with it. */
+  lost?: Error;
+}
+
+export interface KvSwapStats {
+  /** Bytes of swap objects written to the store (cumulative). */
+  storeBytesWritten: number;
+  /** Swapped KV in host memory now. */
+  hostBytes: number;
+  /** Store writes that failed (the piece went to host memory or the victim failed). */
+  storeWriteErrors: number;
+  /** Restores that failed (missing or corrupt object, store down): that request failed. */
+  restoreFailures: number;
+  /** Swap objects whose delete failed (left to the store's eviction). */
+  deleteErrors: number;
+}
+
+/** Reads and writes one sequence's KV in the pool: the scheduler's export/import over its table. */
+export interface PoolKv {
+  export(start: number, end: number): Promise<Uint8Array>;
+  import(start: number, end: number, bytes: Uint8Array): Promise<void>;
+}
+
+export class KvSwap {
+  readonly store: SnapshotStore | undefined;
+  readonly maxHostBytes: number;
+  readonly chunkTokens: number;
+  readonly #layout: KvLayout;
+  readonly #fingerprint: string;
+  readonly #instance = toHex(crypto.getRandomValues(new Uint8Array(16)));
+  readonly #key: Promise<CryptoKey>;
+  readonly #log: SnapshotLogger;
+  readonly #deletes = new Set<Promise<void>>();
+  #swaps = 0;
+  readonly #stats: KvSwapStats = {
+    storeBytesWritten: 0,
+    hostBytes: 0,
+    storeWriteErrors: 0,
+    restoreFailures: 0,
+    deleteErrors: 0,
+  };
+
+  constructor(layout: KvLayout, blockTokens: number, opts: KvSwapOptions = {}) {
+    const max = opts.maxHostBytes ?? DEFAULT_MAX_SWAP_HOST_BYTES;
+    assert(Number.isSafeInteger(max) && max >= 0, "max swap host bytes is a count");
+    this.store = opts.store;
+    this.maxHostBytes = max;
+    this.#layout = layout;
+    this.#fingerprint = opts.modelFingerprint ?? "0".repeat(64);
+    assert(
+      !opts.store || /^[0-9a-f]{64}$/.test(opts.modelFingerprint ?? ""),
+      "a swap store needs the model fingerprint",
+    );
+    // Pieces start on pool blocks (imports fill whole blocks) and, for fp8, on scale blocks (a
+    // payload's scales are counted from its first position: aligned, they are the pool's own).
+    const unit = layout.dtype === "fp8-e4m3" ? lcm(blockTokens, FP8_BLOCK_POSITIONS) : blockTokens;
+    this.chunkTokens = Math.ceil((opts.chunkTokens ?? DEFAULT_SWAP_CHUNK_TOKENS) / unit) * unit;
+    this.#log = opts.logger ?? defaultLogger;
+    this.#key = crypto.subtle.generateKey({ name: "AES-GCM", length: 256 }, false, [
+      "encrypt",
+      "decrypt",
+    ]) as Promise<CryptoKey>;
+  }
+
+  stats(): KvSwapStats {
+    return { ...this.#stats };
+  }
+
+  /**
+   * Saves positions [0, tokens) of a sequence: each piece to the store, or to host memory when
+   * there is no store or its write fails. LimitError (nothing kept) when memory would pass
+   * maxHostBytes; the caller then fails the sequence instead.
+   */
+  async save(tenant: string, order: number, tokens: number, kv: PoolKv): Promise<SwappedKv> {
+    const dir = this.store
+      ? `${SWAP_KEY_ROOT}${this.#fingerprint.slice(0, 16)}/${await tenantTag(tenant)}/${this.#instance}/${order}-${this.#swaps++}/`
+      : "";
+    const saved: SwappedKv = { tokens, pieces: [] };
+    try {
+      for (let start = 0; start < tokens; start += this.chunkTokens) {
+        const end = Math.min(tokens, start + this.chunkTokens);
+        const bytes = await kv.export(start, end);
+        if (this.store && (await this.#put(`${dir}${start}`, start, end, bytes))) {
+          saved.pieces.push({ start, end, key: `${dir}${start}` });
+          continue;
+        }
+        if (this.#stats.hostBytes + bytes.length > this.maxHostBytes) {
+          throw new LimitError(
+            `preempting this sequence needs ${bytes.length} more bytes of host memory for its KV, past the ${this.maxHostBytes}-byte swap budget (${this.store ? `the store ${this.store.name} refused the write` : "no snapshot store"}); retry later or raise --max-swap-bytes`,
+          );
+        }
+        this.#stats.hostBytes += bytes.length;
+        saved.pieces.push({ start, end, bytes });
+      }
+    } catch (err) {
+      this.drop(saved);
+      throw err;
+    }
+    return saved;
+  }
+
+  /**
+   * Imports the pieces holding positions [0, upTo) back into the pool, each checked first, then
+   * drops the swap. StoreError when a piece is missing or fails a check (the swap is dropped too).
+   */
+  async restore(saved: SwappedKv, upTo: number, kv: PoolKv): Promise<void> {
+    try {
+      for (const p of saved.pieces) {
+        if (p.start >= upTo) break;
+        const bytes = "bytes" in p ? p.bytes : await this.#get(p.key, p.start, p.end);
+        await kv.import(p.start, p.end, bytes);
+      }
+    } catch (err) {
+      this.#stats.restoreFailures++;
+      throw err instanceof StoreError
+        ? err
+        : new StoreError(`this sequence's preempted KV could not be restored: ${message(err)}`, {
+            cause: err,
+          });
+    } finally {
+      this.drop(saved);
+    }
+  }
+
+  /** Lets go of a swap: host bytes are freed, store objects deleted in the background. */
+  drop(saved: SwappedKv): void {
+    for (const p of saved.pieces) {
+      if ("bytes" in p) {
+        this.#stats.hostBytes -= p.bytes.length;
+        continue;
+      }
+      const store = this.store as SnapshotStore;
+      const done: Promise<void> = store
+        .delete(p.key)
+        .catch((err) => {
+          this.#stats.deleteErrors++;
+          this.#log.warn("swap object not deleted", { key: p.key, error: message(err) });
+        })
+        .finally(() => this.#deletes.delete(done));
+      this.#deletes.add(done);
+    }
+    saved.pieces = [];
+  }
+
+  /** Resolves when every delete started so far has finished (tests, shutdown). */
+  async settled(): Promise<void> {
+    while (this.#deletes.size) await Promise.all([...this.#deletes]);
+  }
+
+  /** Encodes and writes one piece; false (logged, counted) when the store refuses. */
+  async #put(key: string, start: number, end: number, payload: Uint8Array): Promise<boolean> {
+    const store = this.store as SnapshotStore;
+    try {
+      const object = await encodeSnapshot(
+        {
+          modelFingerprint: this.#fingerprint,
+          layout: this.#layout,
+          tokenStart: start,
+          tokenEnd: end,
+          chainKey: await bindingOf(key),
+          previousKey: null,
+        },
+        payload,
+        { key: await this.#key },
+      );
+      await store.put(key, object);
+      this.#stats.storeBytesWritten += object.length;
+      return true;
+    } catch (err) {
+      this.#stats.storeWriteErrors++;
+      this.#log.warn("swap write failed; keeping the piece in host memory", {
+        key,
+        error: message(err),
+      });
+      return false;
+    }
+  }
+
+  /** One piece's payload, checked against everything it was written as. */
+  async #get(key: string, start: number, end: number): Promise<Uint8Array> {
+    const store = this.store as SnapshotStore;
+    let object: Uint8Array;
+    try {
+      object = await store.get(key);
+    } catch (err) {
+      if (err instanceof NotFoundError) {
+        throw new StoreError(`this sequence's preempted KV is gone from ${store.name} (${key})`);
+      }
+      throw err;
+    }
+    const { header, payload } = await decodeSnapshot(object, { key: await this.#key });
+    const L = this.#layout;
+    const h = header.layout;
+    const same =
+      header.tokenStart === start &&
+      header.tokenEnd === end &&
+      header.modelFingerprint === this.#fingerprint &&
+      h.layers === L.layers &&
+      h.kvHeads === L.kvHeads &&
+      h.headDim === L.headDim &&
+      h.dtype === L.dtype &&
+      toHex(header.chainKey) === toHex(await bindingOf(key));
+    if (!same) throw new StoreError(`swap object ${key} is not the one written there`);
+    return payload;
+  }
+}
+
+/** The header's chain key field for a swap object: binds it to its store key. */
+async function bindingOf(key: string): Promise<Uint8Array> {
+  return sha256(new TextEncoder().encode(`ultralong-kv-swap\n${key}`));
+}
+
+function lcm(a: number, b: number): number {
+  let [x, y] = [a, b];
+  while (y) [x, y] = [y, x % y];
+  return (a / x) * b;
+}
+
+function message(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

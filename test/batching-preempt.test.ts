@@ -1,0 +1,344 @@
+// Preemption through the snapshot store (core/engine/kv-swap.ts): a preempted sequence's KV goes to
+// a real store (a directory, and s3rver) as snapshot objects, not to the heap, and comes back
+// exactly; without a store it goes to host memory up to a budget, past which the victim alone fails
+// with LimitError; a corrupt or missing object fails that request alone; two tenants' swaps never
+// share objects.
+//
+// The scenarios are deterministic: calls are made one after another, so which sequence the
+// scheduler preempts is fixed (the newest idle one when the oldest needs blocks).
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createPagedReferenceRuntime } from "../core/engine/paged-reference-runtime.ts";
+import type { PagedRuntime } from "../core/engine/paged-runtime.ts";
+import type { PagedSequence } from "../core/engine/paged-sequence.ts";
+import { createReferenceRuntime } from "../core/engine/reference-runtime.ts";
+import type { Runtime } from "../core/engine/runtime.ts";
+import { BatchScheduler } from "../core/engine/scheduler.ts";
+import { LimitError } from "../core/errors.ts";
+import { tenantTag } from "../core/kv/chain-key.ts";
+import { kvPayloadBytes } from "../core/kv/layout.ts";
+import { S3Store } from "../core/kv/s3-store.ts";
+import { type SnapshotStore, StoreError } from "../core/kv/store.ts";
+import type { LoadedModel } from "../core/model/weights.ts";
+import { DirectoryStore } from "../core/node/snapshot-dir.ts";
+import { ensureBuilt } from "../wasm/build.mjs";
+import { createPagedWasmRuntime } from "../wasm/src/paged-runtime.ts";
+import { type S3Server, startS3, storeOptions } from "./harness/s3.ts";
+import { loadTestModel, SMALL_VOCAB } from "./support/models.ts";
+import { suiteTokens } from "./support/runtime-suite.ts";
+
+await ensureBuilt({ root: join(import.meta.dirname, "..") });
+
+let model: LoadedModel;
+let fingerprint: string;
+const dirs: string[] = [];
+
+beforeAll(async () => {
+  model = await loadTestModel(SMALL_VOCAB);
+  fingerprint = await model.fingerprint();
+});
+afterAll(async () => {
+  for (const d of dirs) await rm(d, { recursive: true, force: true });
+});
+
+async function dirStore(): Promise<DirectoryStore> {
+  const dir = await mkdtemp(join(tmpdir(), "ultralong-swap-"));
+  dirs.push(dir);
+  return new DirectoryStore(dir);
+}
+
+const tokens = (n: number, seed: number) => suiteTokens(n, 500, seed);
+
+async function swapKeys(store: SnapshotStore, prefix = "swap/"): Promise<string[]> {
+  const keys: string[] = [];
+  for await (const o of store.list(prefix)) keys.push(o.key);
+  return keys.sort();
+}
+
+/** A scheduler whose swaps go to `store` only (no host memory), in pieces of 16 positions. */
+function storeScheduler(runtime: PagedRuntime, store: SnapshotStore, chunkTokens = 16) {
+  return new BatchScheduler(runtime, {
+    swap: { store, modelFingerprint: fingerprint, chunkTokens, maxHostBytes: 0 },
+  });
+}
+
+/** 10 blocks of 8 positions: two sequences of 40 fill it. */
+function referencePool(): Promise<PagedRuntime> {
+  return createPagedReferenceRuntime({
+    model,
+    maxPositions: 256,
+    blockTokens: 8,
+    poolPositions: 80,
+  });
+}
+
+/** Old `a` and new `b` fill the pool of 2n positions; a's next call needs a block: b is preempted. */
+async function fillAndPreempt(scheduler: BatchScheduler, n = 40) {
+  const a = scheduler.open("t");
+  const b = scheduler.open("t");
+  const out = [await a.forward(tokens(n, 1)), await b.forward(tokens(n, 2))];
+  out.push(await a.forward(tokens(8, 3)));
+  return { a, b, out };
+}
+
+/**
+ * Old (`a`) and new (`b`) sequences fill the pool; a's next call preempts idle b (`whileSwapped`
+ * runs then). Returns the logits of every call, b's last one made after the preemption (b
+ * restored, a preempted in turn).
+ */
+async function preemptScenario(
+  scheduler: BatchScheduler,
+  n = 40,
+  whileSwapped: (b: PagedSequence) => Promise<void> = async () => {},
+) {
+  const { a, b, out } = await fillAndPreempt(scheduler, n);
+  const stats = scheduler.stats();
+  await whileSwapped(b);
+  out.push(await b.forward(tokens(1, 4))); // b restored (a preempted to make room)
+  out.push(await a.forward(tokens(1, 5)));
+  return { a, b, out, stats };
+}
+
+/**
+ * The scenario with b's KV in `store`: objects appear there (none in memory) in the snapshot
+ * format, sealed, under the tenant's tag; restored == never preempted; nothing left afterwards.
+ */
+async function checkThroughStore(store: SnapshotStore): Promise<void> {
+  const runtime = await referencePool();
+  const scheduler = storeScheduler(runtime, store);
+  const { a, b, out } = await preemptScenario(scheduler, 40, async (victim) => {
+    // b is out of the pool: three objects (16 + 16 + a partial 8) in the store, none in memory.
+    const st = scheduler.stats();
+    expect(st.preemptions).toBe(1);
+    expect(st.swapped).toBe(1);
+    expect(victim.blocks).toEqual([]);
+    expect(st.swap.hostBytes).toBe(0);
+    expect(st.swap.storeBytesWritten).toBeGreaterThan(0);
+    const tag = await tenantTag("t");
+    const keys = await swapKeys(store);
+    expect(keys).toHaveLength(3);
+    for (const k of keys) {
+      expect(k.startsWith(`swap/v1/${fingerprint.slice(0, 16)}/${tag}/`)).toBe(true);
+    }
+    expect(keys.map((k) => k.split("/").at(-1)).sort()).toEqual(["0", "16", "32"]);
+    const first = await store.get(keys[0]);
+    expect(new TextDecoder().decode(first.subarray(0, 8))).toBe("ULKVSNAP");
+    expect(new DataView(first.buffer, first.byteOffset).getUint32(12, true) & 1).toBe(1);
+  });
+  const st = scheduler.stats();
+  expect(st.preemptions).toBeGreaterThanOrEqual(2);
+  expect(st.swap.restoreFailures).toBe(0);
+  const single = await createReferenceRuntime({ model, maxPositions: 256 });
+  const want = await alone(single);
+  await single.close();
+  for (const [i, w] of want.entries()) expect(out[i]).toEqual(w);
+  await closeAll(scheduler, store, [a, b]);
+  await runtime.close();
+}
+
+/** Closes `seqs`: every swap object is deleted (restored ones already were) and every block back. */
+async function closeAll(scheduler: BatchScheduler, store: SnapshotStore, seqs: PagedSequence[]) {
+  for (const s of seqs) await s.close();
+  await scheduler.swap.settled();
+  expect(await swapKeys(store)).toEqual([]);
+  expect(scheduler.stats().blocks.used).toBe(0);
+}
+
+/** The same calls on a runtime alone (never preempted). */
+async function alone(rt: Runtime, n = 40): Promise<Float32Array[]> {
+  const out: Float32Array[] = [];
+  const run = async (calls: Array<[number, number]>) => {
+    rt.truncate(0);
+    const got: Float32Array[] = [];
+    for (const [len, seed] of calls) got.push(await rt.forward(tokens(len, seed)));
+    return got;
+  };
+  const [a1, a2, a3] = await run([
+    [n, 1],
+    [8, 3],
+    [1, 5],
+  ]);
+  const [b1, b2] = await run([
+    [n, 2],
+    [1, 4],
+  ]);
+  out.push(a1, b1, a2, b2, a3);
+  return out;
+}
+
+describe("preemption through the snapshot store", () => {
+  it("writes the victim's KV to a directory store, not memory, and restores it exactly", async () => {
+    await checkThroughStore(await dirStore());
+  });
+
+  it("keeps preempted == never preempted for concurrent sequences through the store", async () => {
+    const runtime = await referencePool();
+    const store = await dirStore();
+    const scheduler = new BatchScheduler(runtime, {
+      maxBatchTokens: 16,
+      swap: { store, modelFingerprint: fingerprint, chunkTokens: 8, maxHostBytes: 0 },
+    });
+    const work = [0, 1, 2].map((i) => [
+      tokens(20, 30 + i),
+      ...Array.from({ length: 12 }, (_, k) => tokens(1, 40 + 13 * i + k)),
+    ]);
+    const batched = await Promise.all(
+      work.map(async (calls) => {
+        const seq = scheduler.open("t");
+        const out: Float32Array[] = [];
+        for (const c of calls) out.push(await seq.forward(c));
+        await seq.close();
+        return out;
+      }),
+    );
+    const st = scheduler.stats();
+    expect(st.preemptions).toBeGreaterThan(0);
+    expect(st.swap.storeBytesWritten).toBeGreaterThan(0);
+    expect(st.swap.hostBytes).toBe(0);
+    for (const [i, calls] of work.entries()) {
+      const single = await createReferenceRuntime({ model, maxPositions: 256 });
+      for (const [c, call] of calls.entries())
+        expect(batched[i][c]).toEqual(await single.forward(call));
+      await single.close();
+    }
+    await scheduler.swap.settled();
+    expect(await swapKeys(store)).toEqual([]);
+    await runtime.close();
+  });
+
+  it("restores exactly on the wasm runtime too", async () => {
+    // 4 blocks of 64: two sequences of 128 fill it.
+    const opts = { model, threads: 1, maxPositions: 512, blockTokens: 64 };
+    const runtime = await createPagedWasmRuntime({ ...opts, poolPositions: 256 });
+    const store = await dirStore();
+    const scheduler = new BatchScheduler(runtime, {
+      swap: { store, modelFingerprint: fingerprint, chunkTokens: 64, maxHostBytes: 0 },
+    });
+    const { out } = await preemptScenario(scheduler, 128);
+    expect(scheduler.stats().preemptions).toBeGreaterThanOrEqual(2);
+    expect(scheduler.stats().swap.storeBytesWritten).toBeGreaterThan(0);
+    // Never preempted: the same calls, one sequence at a time, on a pool that holds them.
+    const roomy = await createPagedWasmRuntime({ ...opts, poolPositions: 512 });
+    const other = new BatchScheduler(roomy);
+    const want = await alone(other.open("t"), 128);
+    expect(other.stats().preemptions).toBe(0);
+    for (const [i, w] of want.entries()) expect(out[i]).toEqual(w);
+    await runtime.close();
+    await roomy.close();
+  });
+
+  it("fails only the request whose swap object is corrupt or missing", async () => {
+    for (const damage of ["corrupt", "missing"] as const) {
+      const runtime = await referencePool();
+      const store = await dirStore();
+      const scheduler = storeScheduler(runtime, store);
+      const { a, b } = await fillAndPreempt(scheduler); // b preempted into the store
+      const [key] = (await swapKeys(store)).slice(-1);
+      const path = join(store.root, key);
+      if (damage === "corrupt") {
+        const bytes = await readFile(path);
+        bytes[bytes.length - 100] ^= 1; // a payload byte
+        await writeFile(path, bytes);
+      } else {
+        await rm(path);
+      }
+      await expect(b.forward(tokens(1, 4))).rejects.toBeInstanceOf(StoreError);
+      await expect(b.forward(tokens(1, 4))).rejects.toBeInstanceOf(StoreError); // and stays failed
+      expect(scheduler.stats().swap.restoreFailures).toBe(1);
+      // a goes on, exactly.
+      const got = await a.forward(tokens(1, 5));
+      const single = await createReferenceRuntime({ model, maxPositions: 256 });
+      await single.forward(tokens(40, 1));
+      await single.forward(tokens(8, 3));
+      expect(got).toEqual(await single.forward(tokens(1, 5)));
+      await single.close();
+      await closeAll(scheduler, store, [a, b]);
+      await runtime.close();
+    }
+  });
+
+  it("without a store keeps swapped KV in host memory up to the budget, then fails the victim", async () => {
+    const single = await createReferenceRuntime({ model, maxPositions: 256 });
+    const want = await alone(single);
+    await single.close();
+    const perToken = kvPayloadBytes((await referencePool()).info.kv, 1);
+    // Within the budget: exact, and the bytes are counted while swapped. A restore preempts first
+    // and frees its own bytes after: a's 48 positions with b's 40, then b's 41 with a's 48.
+    {
+      const runtime = await referencePool();
+      const scheduler = new BatchScheduler(runtime, { swap: { maxHostBytes: 89 * perToken } });
+      const { out, stats } = await preemptScenario(scheduler);
+      expect(stats.swap.hostBytes).toBe(40 * perToken);
+      expect(stats.swapped).toBe(1);
+      for (const [i, w] of want.entries()) expect(out[i]).toEqual(w);
+      expect(scheduler.stats().swap.hostBytes).toBe(41 * perToken); // b, preempted again
+      expect(scheduler.stats().swap.storeBytesWritten).toBe(0);
+      await runtime.close();
+    }
+    // Past it: b (the victim) fails with LimitError, a goes on; nothing is held.
+    {
+      const runtime = await referencePool();
+      const scheduler = new BatchScheduler(runtime, { swap: { maxHostBytes: 40 * perToken - 1 } });
+      const { a, b, out } = await fillAndPreempt(scheduler);
+      expect(out[2]).toEqual(want[2]);
+      expect(scheduler.stats().swap.hostBytes).toBe(0);
+      expect(scheduler.stats().swapped).toBe(0);
+      const err = await b.forward(tokens(1, 4)).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(LimitError);
+      expect((err as Error).message).toMatch(/swap budget/);
+      expect(await a.forward(tokens(1, 5))).toEqual(want[4]);
+      await runtime.close();
+    }
+  });
+
+  it("never lets two tenants' swapped sequences share objects", async () => {
+    const runtime = await referencePool();
+    const store = await dirStore();
+    const scheduler = storeScheduler(runtime, store);
+    const old = scheduler.open("o");
+    const x = scheduler.open("x");
+    const y = scheduler.open("y");
+    await old.forward(tokens(16, 1));
+    // The same tokens in both tenants: content-named objects would collide; swap objects do not.
+    await x.forward(tokens(32, 2));
+    await y.forward(tokens(32, 2));
+    await old.forward(tokens(64, 3)); // 8 more blocks: y, then x, preempted
+    expect(scheduler.stats().swapped).toBe(2);
+    const keys = await swapKeys(store);
+    expect(keys).toHaveLength(4);
+    const [tx, ty] = [await tenantTag("x"), await tenantTag("y")];
+    const ofX = keys.filter((k) => k.split("/")[3] === tx);
+    const ofY = keys.filter((k) => k.split("/")[3] === ty);
+    expect(ofX).toHaveLength(2);
+    expect(ofY).toHaveLength(2);
+    // Each sequence's objects sit in a directory of its own.
+    const seqDir = (k: string) => k.split("/").slice(0, -1).join("/");
+    expect(new Set(ofX.map(seqDir)).size).toBe(1);
+    expect(seqDir(ofX[0])).not.toBe(seqDir(ofY[0]));
+    // An object moved under the other tenant's key is refused, not imported.
+    const yFirst = ofY.find((k) => k.endsWith("/0")) as string;
+    const xFirst = ofX.find((k) => k.endsWith("/0")) as string;
+    await writeFile(join(store.root, yFirst), await readFile(join(store.root, xFirst)));
+    await old.close(); // room for both
+    await expect(y.forward(tokens(1, 4))).rejects.toBeInstanceOf(StoreError);
+    const single = await createReferenceRuntime({ model, maxPositions: 256 });
+    await single.forward(tokens(32, 2));
+    expect(await x.forward(tokens(1, 4))).toEqual(await single.forward(tokens(1, 4)));
+    await single.close();
+    await runtime.close();
+  });
+});
+
+describe("preemption through an S3 store (s3rver)", () => {
+  let s3: S3Server;
+  beforeAll(async () => {
+    s3 = await startS3();
+  });
+  afterAll(() => s3?.close());
+
+  it("writes the victim's KV as objects in the bucket and restores it exactly", async () => {
+    await checkThroughStore(new S3Store({ ...storeOptions(s3), prefix: "swaps/" }));
+  });
+});
