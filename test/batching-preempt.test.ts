@@ -259,22 +259,37 @@ describe("preemption through the snapshot store", () => {
     }
   });
 
-  it("without a store keeps swapped KV in host memory up to the budget, then fails the victim", async () => {
+  it("without a store, or when its writes fail, keeps swapped KV in host memory up to the budget, then fails the victim", async () => {
     const single = await createReferenceRuntime({ model, maxPositions: 256 });
     const want = await alone(single);
     await single.close();
     const perToken = kvPayloadBytes((await referencePool()).info.kv, 1);
+    // A store that refuses every write: a directory store whose root is a regular file.
+    const notADir = join(await mkdtemp(join(tmpdir(), "ultralong-swap-")), "file");
+    dirs.push(notADir);
+    await writeFile(notADir, "not a directory");
     // Within the budget: exact, and the bytes are counted while swapped. A restore preempts first
     // and frees its own bytes after: a's 48 positions with b's 40, then b's 41 with a's 48.
-    {
+    for (const store of [undefined, new DirectoryStore(notADir)]) {
+      const warnings: string[] = [];
       const runtime = await referencePool();
-      const scheduler = new BatchScheduler(runtime, { swap: { maxHostBytes: 89 * perToken } });
+      const scheduler = new BatchScheduler(runtime, {
+        swap: {
+          store,
+          modelFingerprint: fingerprint,
+          maxHostBytes: 89 * perToken,
+          logger: { debug() {}, warn: (m) => warnings.push(m) },
+        },
+      });
       const { out, stats } = await preemptScenario(scheduler);
       expect(stats.swap.hostBytes).toBe(40 * perToken);
       expect(stats.swapped).toBe(1);
       for (const [i, w] of want.entries()) expect(out[i]).toEqual(w);
-      expect(scheduler.stats().swap.hostBytes).toBe(41 * perToken); // b, preempted again
-      expect(scheduler.stats().swap.storeBytesWritten).toBe(0);
+      const st = scheduler.stats().swap;
+      expect(st.hostBytes).toBe(41 * perToken); // b, preempted again
+      expect(st.storeBytesWritten).toBe(0);
+      expect(st.storeWriteErrors).toBe(store ? 3 : 0); // b, a, b again: one piece each
+      expect(warnings.length).toBe(st.storeWriteErrors);
       await runtime.close();
     }
     // Past it: b (the victim) fails with LimitError, a goes on; nothing is held.
