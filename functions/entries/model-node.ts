@@ -54,6 +54,8 @@ export interface ModelFunctionOptions {
   maxSeqs?: number;
   /** Most tokens one batched step runs (default DEFAULT_MAX_BATCH_TOKENS). */
   maxBatchTokens?: number;
+  /** Host memory for preempted sequences' KV when the store is absent or failing (docs/batching.md). */
+  maxSwapBytes?: number;
   /** Native runtimes: KV positions held in device memory, the rest of the pool in host memory
    *  (docs/native.md "Tiered KV"); default: all of it on the device. */
   deviceKvPositions?: number;
@@ -158,7 +160,12 @@ export async function startModelFunction(options: ModelFunctionOptions): Promise
     model,
     runtime:
       "step" in runtime
-        ? { paged: runtime, maxSeqs, maxBatchTokens: options.maxBatchTokens }
+        ? {
+            paged: runtime,
+            maxSeqs,
+            maxBatchTokens: options.maxBatchTokens,
+            maxSwapBytes: options.maxSwapBytes,
+          }
         : runtime,
     tokenizer,
     store: store

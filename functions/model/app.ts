@@ -124,7 +124,7 @@ export async function createModelApp(options: ModelAppOptions): Promise<ModelApp
     );
     metrics.gauge(
       "ul_model_seqs_swapped",
-      "Sequences preempted (KV held as bytes)",
+      "Sequences preempted (KV in the snapshot store or host memory)",
       () => batch().swapped,
     );
     metrics.gauge(
@@ -157,6 +157,21 @@ export async function createModelApp(options: ModelAppOptions): Promise<ModelApp
       "ul_model_preemptions",
       "Sequences preempted so far (cumulative)",
       () => batch().preemptions,
+    );
+    metrics.gauge(
+      "ul_model_swap_store_bytes",
+      "Bytes of preempted sequences' KV written to the snapshot store (cumulative)",
+      () => batch().swap.storeBytesWritten,
+    );
+    metrics.gauge(
+      "ul_model_swap_host_bytes",
+      "Bytes of preempted sequences' KV held in host memory now",
+      () => batch().swap.hostBytes,
+    );
+    metrics.gauge(
+      "ul_model_swap_restore_failures",
+      "Preempted sequences whose KV could not be restored (their requests failed; cumulative)",
+      () => batch().swap.restoreFailures,
     );
   }
 

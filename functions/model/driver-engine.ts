@@ -42,8 +42,11 @@ export interface DriverEngineOptions {
   /**
    * One sequence at a time on a Runtime, or many at once on a PagedRuntime (continuous batching,
    * docs/batching.md): `maxSeqs` generations run together, steps of at most `maxBatchTokens`.
+   * Preempted sequences' KV goes to the store, else host memory up to `maxSwapBytes`.
    */
-  runtime: Runtime | { paged: PagedRuntime; maxSeqs: number; maxBatchTokens?: number };
+  runtime:
+    | Runtime
+    | { paged: PagedRuntime; maxSeqs: number; maxBatchTokens?: number; maxSwapBytes?: number };
   /** For token text and stop strings. */
   tokenizer: DecoderFactory;
   /** Snapshot store; without one, no snapshots (the runtime still reuses a held prefix). */
@@ -86,8 +89,16 @@ export async function createDriverEngine(options: DriverEngineOptions): Promise<
   const { model } = options;
   const batched = "paged" in options.runtime ? options.runtime : null;
   const single = "paged" in options.runtime ? null : options.runtime;
+  const fingerprint = await model.fingerprint();
   const scheduler = batched
-    ? new BatchScheduler(batched.paged, { maxBatchTokens: batched.maxBatchTokens })
+    ? new BatchScheduler(batched.paged, {
+        maxBatchTokens: batched.maxBatchTokens,
+        swap: {
+          store: options.store?.store,
+          modelFingerprint: fingerprint,
+          maxHostBytes: batched.maxSwapBytes,
+        },
+      })
     : null;
   const index = scheduler ? new BlockPrefixIndex(scheduler.pool) : null;
   const rtInfo = batched ? batched.paged.info : (single as Runtime).info;
@@ -101,7 +112,6 @@ export async function createDriverEngine(options: DriverEngineOptions): Promise<
   const driver = single
     ? new SequenceDriver(single, { eosTokenIds: eos, clock: options.clock })
     : null;
-  const fingerprint = await model.fingerprint();
   const saltKey = await importSigningKey(options.saltSecret);
   const maxCaches = Math.max(1, options.maxTenantCaches ?? 256);
   // Insertion order is recency: a used tenant is moved to the end, the first one is evicted.

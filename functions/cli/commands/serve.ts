@@ -39,6 +39,8 @@ options:
   --max-seqs N       generations at once, batched (default: one per 2048 KV positions, at
                      most 32, where the runtime batches; 1: one at a time)
   --max-batch-tokens N  most tokens one batched step runs (default 256)
+  --max-swap-bytes N host memory for preempted sequences' KV when there is no store or its
+                     writes fail (default 1073741824); past it the preempted request fails
   --kv-dtype D       KV cache element type: ${KV_DTYPE_HELP} (default: the runtime's)
   --device-kv-positions N  native runtimes: KV positions held in GPU memory, whole blocks of 64;
                      the rest of the pool in pinned host memory (default: all in GPU memory)
@@ -184,6 +186,7 @@ export const command: Command = {
         "max-positions": { type: "string" },
         "max-seqs": { type: "string" },
         "max-batch-tokens": { type: "string" },
+        "max-swap-bytes": { type: "string" },
         "kv-dtype": { type: "string" },
         "device-kv-positions": { type: "string" },
         weights: { type: "string" },
@@ -207,6 +210,7 @@ export const command: Command = {
     if (maxSeqs === 0) throw new InvalidInputError("--max-seqs must be at least 1");
     const maxBatchTokens = intOption("max-batch-tokens", values["max-batch-tokens"]);
     if (maxBatchTokens === 0) throw new InvalidInputError("--max-batch-tokens must be at least 1");
+    const maxSwapBytes = intOption("max-swap-bytes", values["max-swap-bytes"]);
     const kvDtype = kvDtypeOption(values["kv-dtype"]);
     const deviceKvPositions = intOption("device-kv-positions", values["device-kv-positions"]);
     const weightFormat = weightsOption(values.weights);
@@ -239,6 +243,7 @@ export const command: Command = {
       maxPositions,
       maxSeqs,
       maxBatchTokens,
+      maxSwapBytes,
       kvDtype,
       deviceKvPositions,
       weightFormat,
