@@ -388,7 +388,7 @@ export class BatchScheduler implements SequenceHost {
     try {
       saved = await this.swap.save(seq.tenant, seq.order, tokens, this.#poolKv(seq));
     } catch (err) {
-      saved = { tokens, pieces: [], lost: err instanceof Error ? err : new Error(String(err)) };
+      saved = lostSwap(err);
       if (!seq.isClosed) this.#fail(seq, saved.lost);
     }
     seq.releaseFrom(0);
@@ -413,11 +413,7 @@ export class BatchScheduler implements SequenceHost {
       await this.swap.restore(saved, seq.position, this.#poolKv(seq));
     } catch (err) {
       seq.releaseFrom(0);
-      seq.swapped = {
-        tokens: 0,
-        pieces: [],
-        lost: err instanceof Error ? err : new Error(String(err)),
-      };
+      seq.swapped = lostSwap(err);
       throw err;
     }
     seq.swapped = null;
@@ -476,4 +472,9 @@ export class BatchScheduler implements SequenceHost {
       }
     });
   }
+}
+
+/** A swap that cannot be restored: every later call of its sequence fails with `err`. */
+function lostSwap(err: unknown): SwappedKv {
+  return { tokens: 0, pieces: [], lost: err instanceof Error ? err : new Error(String(err)) };
 }
