@@ -35,8 +35,11 @@ import { defaultLogger, type SnapshotLogger, type SnapshotStore, StoreError } fr
 
 /** Default host memory for swapped KV when the store is absent or failing (`--max-swap-bytes`). */
 export const DEFAULT_MAX_SWAP_HOST_BYTES = 1 << 30;
-/** Default positions per swap object (bf16 Llama-3.1-8B: 256 MiB). */
-export const DEFAULT_SWAP_CHUNK_TOKENS = 2048;
+/**
+ * Default positions per swap object: the snapshot chunk's 512 (bf16 Llama-3.1-8B: 64 MiB an
+ * object; encoding holds about 4 copies of a piece at once, so 2048 peaked at ~1 GiB of host memory).
+ */
+export const DEFAULT_SWAP_CHUNK_TOKENS = 512;
 export const SWAP_KEY_ROOT = "swap/v1/";
 
 export interface KvSwapOptions {
