@@ -49,6 +49,20 @@ export class LimitError extends UltralongError {
   }
 }
 
+/**
+ * The server is short of a resource for now (host memory for preempted sequences' KV, pool room to
+ * restore one): not the request's fault, and the same request may succeed later (HTTP 503 with
+ * retry-after).
+ */
+export class BusyError extends UltralongError {
+  constructor(
+    message: string,
+    readonly retryAfterS = 1,
+  ) {
+    super("server_busy", message);
+  }
+}
+
 /** The work was cancelled (client went away, AbortSignal fired). */
 export class CancelledError extends UltralongError {
   constructor(message = "cancelled", options?: { cause?: unknown }) {

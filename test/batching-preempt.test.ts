@@ -1,7 +1,7 @@
 // Preemption through the snapshot store (core/engine/kv-swap.ts): a preempted sequence's KV goes to
 // a real store (a directory, and s3rver) as snapshot objects, not to the heap, and comes back
 // exactly; without a store it goes to host memory up to a budget, past which the victim alone fails
-// with LimitError; a corrupt or missing object fails that request alone; two tenants' swaps never
+// with BusyError; a corrupt or missing object fails that request alone; two tenants' swaps never
 // share objects.
 //
 // The scenarios are deterministic: calls are made one after another, so which sequence the
@@ -16,7 +16,7 @@ import type { PagedSequence } from "../core/engine/paged-sequence.ts";
 import { createReferenceRuntime } from "../core/engine/reference-runtime.ts";
 import type { Runtime } from "../core/engine/runtime.ts";
 import { BatchScheduler } from "../core/engine/scheduler.ts";
-import { LimitError } from "../core/errors.ts";
+import { BusyError } from "../core/errors.ts";
 import { tenantTag } from "../core/kv/chain-key.ts";
 import { kvPayloadBytes } from "../core/kv/layout.ts";
 import { S3Store } from "../core/kv/s3-store.ts";
@@ -292,7 +292,7 @@ describe("preemption through the snapshot store", () => {
       expect(warnings.length).toBe(st.storeWriteErrors);
       await runtime.close();
     }
-    // Past it: b (the victim) fails with LimitError, a goes on; nothing is held.
+    // Past it: b (the victim) fails with BusyError (HTTP 503), a goes on; nothing is held.
     {
       const runtime = await referencePool();
       const scheduler = new BatchScheduler(runtime, { swap: { maxHostBytes: 40 * perToken - 1 } });
@@ -301,7 +301,8 @@ describe("preemption through the snapshot store", () => {
       expect(scheduler.stats().swap.hostBytes).toBe(0);
       expect(scheduler.stats().swapped).toBe(0);
       const err = await b.forward(tokens(1, 4)).catch((e: unknown) => e);
-      expect(err).toBeInstanceOf(LimitError);
+      expect(err).toBeInstanceOf(BusyError);
+      expect((err as BusyError).retryAfterS).toBeGreaterThan(0);
       expect((err as Error).message).toMatch(/swap budget/);
       expect(await a.forward(tokens(1, 5))).toEqual(want[4]);
       await runtime.close();

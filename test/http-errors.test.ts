@@ -4,7 +4,7 @@
 // through the one table (429 queue full relayed, unreachable = 502 at error level).
 import { connect, createServer } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { InvalidInputError, LimitError, NotAvailableError } from "../core/errors.ts";
+import { BusyError, InvalidInputError, LimitError, NotAvailableError } from "../core/errors.ts";
 import { sha256Hex } from "../core/hash/sha256.ts";
 import { StoreError } from "../core/kv/store.ts";
 import { loadModelDir } from "../core/node/load-model-dir.ts";
@@ -478,6 +478,11 @@ describe("the model function's errors, through the same table", () => {
     expect(describeError(new Narrower("too long")).status).toBe(400);
     expect(describeError(new SignatureError("bad tag")).status).toBe(401);
     expect(describeError(new StoreError("down")).status).toBe(503);
+    // Short of memory or pool room for now: a 503 that says when to retry, not the request's 400.
+    expect(describeError(new BusyError("no room", 2))).toMatchObject({
+      status: 503,
+      retryAfterS: 2,
+    });
     expect(describeError(new IncompleteBodyError()).status).toBe(400);
     expect(describeError(new Error("boom"))).toMatchObject({
       status: 500,

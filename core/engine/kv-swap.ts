@@ -25,7 +25,7 @@
 // before importing it; anything off fails that sequence's request with StoreError, never imports
 // wrong KV.
 
-import { assert, LimitError, NotFoundError } from "../errors.ts";
+import { assert, BusyError, NotFoundError } from "../errors.ts";
 import { toHex } from "../hash/hex.ts";
 import { sha256 } from "../hash/sha256.ts";
 import { tenantTag } from "../kv/chain-key.ts";
@@ -131,7 +131,7 @@ export class KvSwap {
 
   /**
    * Saves positions [0, tokens) of a sequence: each piece to the store, or to host memory when
-   * there is no store or its write fails. LimitError (nothing kept) when memory would pass
+   * there is no store or its write fails. BusyError (nothing kept) when memory would pass
    * maxHostBytes; the caller then fails the sequence instead.
    */
   async save(tenant: string, order: number, tokens: number, kv: PoolKv): Promise<SwappedKv> {
@@ -148,7 +148,7 @@ export class KvSwap {
           continue;
         }
         if (this.#stats.hostBytes + bytes.length > this.maxHostBytes) {
-          throw new LimitError(
+          throw new BusyError(
             `preempting this sequence needs ${bytes.length} more bytes of host memory for its KV, past the ${this.maxHostBytes}-byte swap budget (${this.store ? `the store ${this.store.name} refused the write` : "no snapshot store"}); retry later or raise --max-swap-bytes`,
           );
         }

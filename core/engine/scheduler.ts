@@ -24,7 +24,7 @@
 // signal fires is rejected and its sequence keeps only what it held before the call; a step is
 // never interrupted for one sequence (it is at most maxBatchTokens long).
 
-import { assert, CancelledError, InvalidInputError, LimitError } from "../errors.ts";
+import { assert, BusyError, CancelledError, InvalidInputError, LimitError } from "../errors.ts";
 import { isTokenId } from "../tokenizer/token-id.ts";
 import { KvBlockPool, type KvBlockStats } from "./kv-blocks.ts";
 import {
@@ -406,7 +406,7 @@ export class BatchScheduler implements SequenceHost {
     const need = saved.pieces.filter((p) => p.start < seq.position).at(-1)?.end ?? 0;
     if (!(await this.reserve(seq, 0, need))) {
       seq.releaseFrom(0);
-      if (mustFit) throw new LimitError("the KV pool has no room to restore this sequence now");
+      if (mustFit) throw new BusyError("the KV pool has no room to restore this sequence now");
       return false;
     }
     try {

@@ -5,6 +5,7 @@
 // the client. Bodies use OpenAI's error shape so OpenAI SDKs surface the message:
 //   { "error": { "message", "type", "param", "code" } }
 import {
+  BusyError,
   CancelledError,
   FormatError,
   InvalidInputError,
@@ -124,6 +125,7 @@ const BY_CLASS = new Map<ErrorClass, readonly [number, string]>([
   [UpstreamError, [502, "server_error"]],
   [NotAvailableError, [503, "server_error"]],
   [StoreError, [503, "server_error"]],
+  [BusyError, [503, "server_error"]],
 ]);
 
 function entryOf(err: UltralongError): readonly [number, string] {
@@ -153,7 +155,7 @@ export function describeError(err: unknown): {
     const [status, type] = entryOf(err);
     const param = (err as { param?: string | null }).param ?? null;
     const body = { error: { message: err.message, type, param, code: err.code } };
-    return err instanceof RateLimitError
+    return err instanceof RateLimitError || err instanceof BusyError
       ? { status, body, retryAfterS: err.retryAfterS }
       : { status, body };
   }
