@@ -20,6 +20,7 @@ beforeAll(async () => {
     runtime: "reference",
     maxSeqs: 4,
     maxBatchTokens: 64,
+    maxSwapBytes: 123_456_789,
     store: null,
     snapshotChunkTokens: 32,
     maxPositions: 2048,
@@ -71,7 +72,12 @@ describe("serve with continuous batching", () => {
   it("says it batches on /readyz's engine info", () => {
     const info = s.engine.info();
     expect(info.maxSeqs).toBe(4);
-    expect(info.batching).toMatchObject({ maxBatchTokens: 64, blockTokens: 16 });
+    expect(info.batching).toMatchObject({
+      maxBatchTokens: 64,
+      blockTokens: 16,
+      swapTo: "host", // no store: preempted KV stays in host memory, up to the budget given
+      maxSwapBytes: 123_456_789,
+    });
   });
 
   it("answers concurrent questions about one document as it answers each alone", async () => {

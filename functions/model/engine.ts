@@ -26,7 +26,14 @@ export interface EngineInfo {
   /** Generations that run at once: 1, or with continuous batching `--max-seqs`. */
   maxSeqs: number;
   /** With continuous batching: the step budget and the KV block pool (docs/batching.md). */
-  batching?: { maxBatchTokens: number; blockTokens: number; totalBlocks: number };
+  batching?: {
+    maxBatchTokens: number;
+    blockTokens: number;
+    totalBlocks: number;
+    /** Where preempted sequences' KV goes: the snapshot store, else host memory up to maxSwapBytes. */
+    swapTo: "store" | "host";
+    maxSwapBytes: number;
+  };
 }
 
 export interface GenerationRequest {
