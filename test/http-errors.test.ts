@@ -465,7 +465,15 @@ describe("the model function's errors, through the same table", () => {
     expect(relay(429)).toBeInstanceOf(RateLimitError);
     expect(describeError(relay(429)).retryAfterS).toBe(7);
     expect(describeError(relay(499)).status).toBe(499);
-    expect(relay(503)).toBeInstanceOf(NotAvailableError);
+    expect(relay(503)).toBeInstanceOf(BusyError); // with a retry-after: short of a resource for now
+    expect(describeError(relay(503))).toMatchObject({ status: 503, retryAfterS: 7 });
+    const noRetry = relayedError({ status: 503, code: "not_available", message: "no GPU" });
+    expect(noRetry).toBeInstanceOf(NotAvailableError);
+    expect(noRetry).not.toBeInstanceOf(BusyError);
+    expect(describeError(noRetry).retryAfterS).toBeUndefined();
+    expect(describeError(relayedError({ status: 429, code: "x", message: "y" })).retryAfterS).toBe(
+      1,
+    );
     // The edge's own signature, request or server: not the client's doing.
     for (const status of [401, 403, 404, 413, 415, 500, 502]) {
       expect(relay(status)).toBeInstanceOf(UpstreamError);

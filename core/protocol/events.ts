@@ -47,6 +47,8 @@ export interface ErrorEvent {
   message: string;
   /** HTTP status the edge should use when nothing has been streamed yet. */
   status?: number;
+  /** Seconds to wait before retrying, where the status has one (429; 503 for want of a resource). */
+  retryAfterS?: number;
 }
 
 export type ModelEvent =

@@ -62,7 +62,8 @@ export async function generateRemote(
       code: typeof body.code === "string" ? body.code : "upstream_error",
       message: typeof body.message === "string" ? body.message : `answered ${res.status}`,
     };
-    throw relayedError(error, Number(res.headers.get("retry-after") ?? 1));
+    const retryAfter = Number(res.headers.get("retry-after") ?? Number.NaN); // seconds, or absent
+    throw relayedError(error, Number.isFinite(retryAfter) ? retryAfter : undefined);
   }
   if (!res.body) throw new UpstreamError("the model function sent no body");
   // Cancel the response body ourselves when `signal` fires. Passing `signal` to fetch alone is not
@@ -84,7 +85,10 @@ async function* events(
   try {
     for await (const msg of parseSse(body)) {
       const event = msg.event as ModelEvent["event"];
-      if (event === "error") throw relayedError(JSON.parse(msg.data) as ErrorEvent);
+      if (event === "error") {
+        const e = JSON.parse(msg.data) as ErrorEvent;
+        throw relayedError(e, e.retryAfterS);
+      }
       if (event !== "progress" && event !== "token" && event !== "usage") continue;
       yield { event, data: JSON.parse(msg.data) } as Exclude<ModelEvent, { event: "error" }>;
     }

@@ -183,18 +183,27 @@ export function errorResponse(err: unknown): Response {
 // What the model function's statuses mean to the edge's client. Those a client causes or may retry
 // are rebuilt as the edge's own error of the class with that status; every other one (401/403: the
 // edge's signature, 404/413/415: the edge's request, 5xx) is the edge's failure, a 502.
-const RELAYED: Array<[ErrorClass, (e: ErrorEvent, retryAfterS: number) => UltralongError]> = [
+// A 503 that says when to retry (the model function short of memory or pool room for now) stays a
+// BusyError, with its retry-after; one that does not is NotAvailableError.
+const RELAYED: Array<[ErrorClass, (e: ErrorEvent, retryAfterS?: number) => UltralongError]> = [
   [ParamError, (e) => new ParamError(null, e.message, e.code)],
-  [RateLimitError, (e, s) => new RateLimitError(e.message, s)],
+  [RateLimitError, (e, s) => new RateLimitError(e.message, s ?? 1)],
   [CancelledError, (e) => new CancelledError(e.message)],
-  [NotAvailableError, (e) => new NotAvailableError(`model function: ${e.message}`)],
+  [
+    NotAvailableError,
+    (e, s) =>
+      s === undefined
+        ? new NotAvailableError(`model function: ${e.message}`)
+        : new BusyError(`model function: ${e.message}`, s),
+  ],
 ];
 
 /**
  * The edge's error for one the model function reported: an HTTP answer other than 200 (its status
- * and OpenAI body) or an `error` event (with the status it would have answered).
+ * and OpenAI body) or an `error` event (with the status it would have answered); `retryAfterS`:
+ * its retry-after header or the event's, if it had one.
  */
-export function relayedError(e: ErrorEvent, retryAfterS = 1): UltralongError {
+export function relayedError(e: ErrorEvent, retryAfterS?: number): UltralongError {
   for (const [cls, make] of RELAYED) if (statusOf(cls) === e.status) return make(e, retryAfterS);
   return new UpstreamError(`model function: ${e.message}`);
 }

@@ -299,7 +299,11 @@ export async function createModelApp(options: ModelAppOptions): Promise<ModelApp
         const d = describeError(abort.signal.aborted ? abort.signal.reason : err);
         stats.errorCode = d.body.error.code;
         const { code, message } = d.body.error;
-        return { status: d.status, event: sseEvent("error", { code, message, status: d.status }) };
+        const retry = d.retryAfterS === undefined ? {} : { retryAfterS: d.retryAfterS };
+        return {
+          status: d.status,
+          event: sseEvent("error", { code, message, status: d.status, ...retry }),
+        };
       },
       done(status) {
         client.release();
