@@ -6,25 +6,10 @@
 // tile, tables of 16 and 5 positions and the identity, 7 key tiles (the K/V ring wraps), each on
 // both kernel shapes (16 and 32 rows a warp). Needs g++ and the CUDA headers (cuda_bf16.h).
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
-import { tool } from "./support/tools.ts";
+import { buildEmulation, emulationReady } from "./support/kernel-emulation.ts";
 
-const root = join(import.meta.dirname, "..");
-const cudaInclude = join(process.env.CUDA_HOME ?? "/usr/local/cuda", "include");
-const ready =
-  tool(
-    "g++",
-    spawnSync("g++", ["--version"], { stdio: "ignore" }).status === 0,
-    "the fa2 kernel emulation (fa2_emulate.cpp)",
-  ) &&
-  tool(
-    `CUDA headers (${cudaInclude}/cuda_bf16.h)`,
-    existsSync(join(cudaInclude, "cuda_bf16.h")),
-    "the fa2 kernel emulation (fa2_emulate.cpp)",
-  );
+const ready = emulationReady("the fa2 kernel emulation (fa2_emulate.cpp)");
 
 interface Report {
   break_wait: boolean;
@@ -40,33 +25,12 @@ interface Report {
 }
 
 describe.skipIf(!ready)("fa2_emulate (attention_fa2.cu's kernel on CPU threads)", () => {
-  const bin = join(mkdtempSync(join(tmpdir(), "ul-fa2-emulate-")), "fa2_emulate");
+  let bin = "";
 
   beforeAll(() => {
-    const cc = spawnSync(
-      "g++",
-      [
-        "-std=c++20",
-        "-O2",
-        "-Wall",
-        "-Wextra",
-        "-Werror",
-        "-Wno-attributes", // __shared__ / __global__ are attributes g++ does not know
-        "-Wno-unknown-pragmas", // and #pragma unroll is nvcc's
-        "-x",
-        "c++",
-        `-I${cudaInclude}`,
-        "-Inative/include",
-        "-Inative/src",
-        "-Inative/programs",
-        "native/programs/fa2_emulate.cpp",
-        "-o",
-        bin,
-        "-pthread",
-      ],
-      { cwd: root, encoding: "utf8" },
-    );
+    const cc = buildEmulation("fa2_emulate");
     expect(cc.status, cc.stderr).toBe(0);
+    bin = cc.bin;
   }, 300_000);
 
   function run(args: string[]) {

@@ -10,7 +10,10 @@
 //                  S = Q K^T and O += P V on tensor cores (wmma bf16, fp32 accumulate); the running
 //                  max / sum and the O accumulator (64 floats per lane: 2 lanes per row) in registers.
 //   split_kv       any rows, head_dim <= 256 (decode: every sequence's decode token of a batch in
-//                  one launch, and the fallback). Grid (head, split, query row): each block reduces
+//                  one launch, and the fallback). head_dim 128 with bf16 / fp8 KV and groups of 1,
+//                  2, 4, 8 (or multiples) run attention_decode.cu's kernel (16-byte loads, a block
+//                  per GQA group: the decode fast path); the rest, or UL_DECODE=general, run this
+//                  general one. Grid (head, split, query row): each block reduces
 //                  one slice of that row's keys (a warp per key, a lane per 32nd dim) to a partial
 //                  (max, sum, O); a second kernel combines the slices. At 1M keys one query row is
 //                  spread over heads x 256 blocks, so decode uses the whole GPU.
@@ -31,6 +34,8 @@
 #include <mma.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "common.cuh"
 
@@ -315,6 +320,13 @@ int split_count(const AttentionArgs& a, int qrows, int max_len) {
   return std::max(1, std::min({want, 256, cap}));
 }
 
+/** UL_DECODE=general: the general kernel even where attention_decode.cu applies (benchmarks compare
+ *  the two; read at each call, so one process can time both). */
+bool force_general_split_kv() {
+  const char* v = std::getenv("UL_DECODE");
+  return v && std::strcmp(v, "general") == 0;
+}
+
 }  // namespace
 
 bool flash_supported(const AttentionArgs& a) {
@@ -340,6 +352,7 @@ Status launch_flash_prefill(const AttentionArgs& a, const DevicePlan& dp, cudaSt
 }
 
 size_t decode_workspace_floats(const AttentionArgs& a, int qrows, int max_len) {
+  if (decode_heads_per_block(a) > 0 && !force_general_split_kv()) return decode_fast_workspace_floats(a, qrows, max_len);
   return static_cast<size_t>(qrows) * a.heads * split_count(a, qrows, max_len) * (a.head_dim + 2);
 }
 
@@ -347,6 +360,9 @@ Status launch_split_kv(const AttentionArgs& a, const DevicePlan& dp, const int32
                        float* workspace, cudaStream_t s) {
   if (a.head_dim > kMaxDimPerLane * 32) return Err(UL_ERR_INVALID_ARGUMENT, "split_kv: head_dim above 256");
   if (n_qrows == 0) return Status::Ok();
+  // head_dim 128, bf16 / fp8, groups of 1, 2, 4, 8: the vector-load kernel (attention_decode.cu).
+  if (decode_heads_per_block(a) > 0 && !force_general_split_kv())
+    return launch_decode(a, dp, qrows, n_qrows, max_len, workspace, s);
   int splits = split_count(a, n_qrows, max_len);
   size_t n = static_cast<size_t>(n_qrows) * a.heads * splits;
   SplitParams p{static_cast<const bf16*>(a.q), a.k_cache, a.v_cache, a.k_scale, a.v_scale, workspace, workspace + n,

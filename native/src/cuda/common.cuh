@@ -96,6 +96,15 @@ size_t decode_workspace_floats(const AttentionArgs& a, int n_qrows, int max_len)
 Status launch_split_kv(const AttentionArgs& a, const DevicePlan& dp, const int32_t* qrows, int n_qrows, int max_len,
                        float* workspace, cudaStream_t s);
 bool flash_supported(const AttentionArgs& a);
+// attention_decode.cu: launch_split_kv's fast path (16-byte KV loads, one block per GQA group).
+/** Query heads one decode block serves, or 0 where the fast path does not apply (launch_split_kv
+ *  then runs its general kernel): head_dim 128, bf16 / fp8 KV, group 1, 2, 4, 8 or a multiple. */
+int decode_heads_per_block(const AttentionArgs& a);
+/** Splits per query row: enough blocks for an H200 at batch 1, at least 256 keys each. */
+int decode_splits(const AttentionArgs& a, int n_qrows, int max_len);
+size_t decode_fast_workspace_floats(const AttentionArgs& a, int n_qrows, int max_len);
+Status launch_decode(const AttentionArgs& a, const DevicePlan& dp, const int32_t* qrows, int n_qrows, int max_len,
+                     float* workspace, cudaStream_t s);
 // sampling.cu
 Status launch_sample(const float* logits, int vocab, float temperature, uint64_t seed, uint64_t counter,
                      int32_t* token, cudaStream_t s);
