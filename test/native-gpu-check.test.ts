@@ -251,6 +251,25 @@ describe.skipIf(!ready)("gpu-check.sh --dry-run", () => {
     expect((stage("summary").figures as { tiered_copy: object }).tiered_copy).toBeDefined();
   });
 
+  it("bench-paged-decode: the decode row's KV bandwidth at both lengths, bf16 and fp8", () => {
+    const line = stage("bench-paged-decode") as Line & {
+      decode_bandwidth: { kv: string; keys: number; gbps: number; fraction_of_hbm: number }[];
+    };
+    expect(line.decode_bandwidth.map((r) => `${r.kv} ${r.keys}`)).toEqual([
+      "bf16 1000",
+      "bf16 4099",
+      "fp8 1000",
+      "fp8 4099",
+    ]);
+    for (const r of line.decode_bandwidth) {
+      expect(r.gbps).toBeGreaterThan(0);
+      expect(r.fraction_of_hbm).toBeCloseTo((r.gbps * 1e9) / 4.8e12, 3);
+    }
+    expect(
+      (stage("summary").figures as { decode_bandwidth: unknown[] }).decode_bandwidth,
+    ).toHaveLength(4);
+  });
+
   it("benchmarks ran beside torch on tiny shapes", () => {
     const bench = stage("bench-attention") as Line & { skipped: string };
     const attention = bench.results as {

@@ -34,6 +34,9 @@
 //       alone on a single-sequence engine; normalised logits error per item
 //   ul_check bench-paged-decode [--shape 8b|tiny] [--seqs 16] [--prefix 4096] [--steps 16] [--backend ..]
 //       decode steps of --seqs sequences sharing a prefix, batched in one step vs one at a time
+//   ul_check bench-decode [--lens 131072,1048576] [--backend ..]
+//       one decode row of the 8B shape (32 / 8 heads, d 128) over L keys, bf16 and fp8 KV: seconds,
+//       KV GB/s, fraction of the H200's 4.8 TB/s; on CUDA also the general split_kv (UL_DECODE=general)
 //   ul_check tiered [--kv ..] [--tokens 300] [--decode-positions 65536] [--copy-mib 1024] [--backend ..]
 //       tiered KV == resident KV exactly (a 4-layer tiny model; single-sequence engines with 0, 1
 //       and 3 device blocks, a paged engine with 3 of its blocks on the device); the host tier's
@@ -651,6 +654,60 @@ int cmd_bench_attention(const std::map<std::string, std::string>& f) {
   return 0;
 }
 
+// ---- bench-decode: one decode row over L keys, the KV stream's bandwidth --------------------------
+constexpr double kH200HbmBytesPerS = 4.8e12;
+
+/** One decode query row (position L - 1) of the 8B shape over L keys of bf16 or fp8 KV: seconds,
+ *  KV bytes read / second and that as a fraction of the H200's HBM bandwidth; on CUDA also the
+ *  general split_kv kernel (UL_DECODE=general, read at each launch) for comparison. */
+int cmd_bench_decode(const std::map<std::string, std::string>& f) {
+  auto be = make_backend(backend_kind(f));
+  const int H = 32, KVH = 8, HD = 128;
+  std::vector<int> lens = int_list(f.count("lens") ? f.at("lens") : "131072,1048576");
+  std::vector<std::pair<ul_dtype, const char*>> kvs = {{UL_DTYPE_BF16, "bf16"}, {UL_DTYPE_FP8_E4M3, "fp8"}};
+  const bool cuda = backend_kind(f) == UL_BACKEND_CUDA;
+  std::printf("{\"backend\": \"%s\", \"heads\": %d, \"kv_heads\": %d, \"head_dim\": %d, \"hbm_bytes_per_s\": %.3g, "
+              "\"results\": [", be->name(), H, KVH, HD, kH200HbmBytesPerS);
+  bool first = true;
+  for (auto [kvdt, kvname] : kvs) {
+    if (!be->supports_kv(kvdt)) continue;
+    for (int L : lens) {
+      Buffers B(*be);
+      const ul_dtype act = be->act_dtype();
+      const bool fp8 = kvdt == UL_DTYPE_FP8_E4M3;
+      const size_t cache = static_cast<size_t>(KVH) * L * HD, scales = static_cast<size_t>(KVH) * fp8_blocks(L);
+      AttentionArgs a{};
+      a.q = fill_random(B, static_cast<size_t>(H) * HD, act, 1.0f);
+      a.k_cache = fill_random(B, cache, kvdt, 1.0f);
+      a.v_cache = fill_random(B, cache, kvdt, 1.0f);
+      if (fp8) {
+        a.k_scale = static_cast<const float*>(B.put(std::vector<float>(scales, 1.0f / 64), UL_DTYPE_F32));
+        a.v_scale = static_cast<const float*>(B.put(std::vector<float>(scales, 1.0f / 64), UL_DTYPE_F32));
+      }
+      a.out = B.alloc(static_cast<size_t>(H) * HD * dtype_size(act));
+      a.rows = 1; a.heads = H; a.kv_heads = KVH; a.head_dim = HD; a.max_pos = L; a.pos0 = L - 1;
+      a.kv_dtype = kvdt; a.softmax_scale = 1.0f / std::sqrt(128.0f);
+      const double bytes = 2.0 * cache * dtype_size(kvdt) + (fp8 ? 2.0 * scales * 4 : 0.0);
+      const int iters = cuda ? 10 : 1;
+      const double s = time_best(*be, iters, [&] { must(be->attention(a), "attention"); });
+      std::printf("%s\n  {\"kv\": \"%s\", \"keys\": %d, \"kv_bytes\": %.0f, \"seconds\": %.6g, \"gbps\": %.4g, "
+                  "\"fraction_of_hbm\": %.4f", first ? "" : ",", kvname, L, bytes, s, bytes / s / 1e9,
+                  bytes / s / kH200HbmBytesPerS);
+      if (cuda) {
+        setenv("UL_DECODE", "general", 1);
+        const double g = time_best(*be, iters, [&] { must(be->attention(a), "attention (general)"); });
+        unsetenv("UL_DECODE");
+        std::printf(", \"general_seconds\": %.6g, \"general_gbps\": %.4g, \"speedup_vs_general\": %.3f", g,
+                    bytes / g / 1e9, g / s);
+      }
+      std::printf("}");
+      first = false;
+    }
+  }
+  std::printf("\n]}\n");
+  return 0;
+}
+
 // ---- attention-variants: each prefill kernel vs the reference through paged tables ---------------
 /** Sets UL_ATTENTION (the CUDA backend reads it when it is created); "" unsets it. */
 void set_attention_env(const std::string& v) {
@@ -1203,7 +1260,7 @@ int cmd_tiered(const std::map<std::string, std::string>& f) {
 }
 
 int main(int argc, char** argv) {
-  if (argc < 2) die("usage: ul_check info|cublaslt-search|kernels|logits|kv-roundtrip|paged|attention-variants|bench-attention|bench-gemm|bench-prefill|bench-paged-decode|tiered [--flags]");
+  if (argc < 2) die("usage: ul_check info|cublaslt-search|kernels|logits|kv-roundtrip|paged|attention-variants|bench-attention|bench-gemm|bench-prefill|bench-paged-decode|bench-decode|tiered [--flags]");
   std::string cmd = argv[1];
   auto f = parse_flags(argc, argv, 2);
   if (cmd == "kernels") return cmd_kernels(f);
@@ -1217,6 +1274,7 @@ int main(int argc, char** argv) {
   if (cmd == "bench-prefill") return cmd_bench_prefill(f);
   if (cmd == "paged") return cmd_paged(f);
   if (cmd == "bench-paged-decode") return cmd_bench_paged_decode(f);
+  if (cmd == "bench-decode") return cmd_bench_decode(f);
   if (cmd == "tiered") return cmd_tiered(f);
   die("unknown command " + cmd);
 }

@@ -4,7 +4,7 @@
 # line per stage as it ends (also appended to OUT/gpu-check.jsonl), then a summary line. Stages:
 # build, kernels, prefill, chunked, decode, kv-roundtrip, fp8, kv-export, paged, attention-fa2,
 # bench-attention, bench-gemm, bench-prefill, bench-paged-decode, tiered (docs/native.md says what
-# each proves). The stage limits add up to 710 s on one H200.
+# each proves). The stage limits add up to 740 s on one H200.
 #
 #   native/scripts/gpu-check.sh [--out DIR] [--stage NAME]...  GPU machine: nvcc, python3 with torch
 #   native/scripts/gpu-check.sh --dry-run [--out DIR]           anywhere with g++ and python3 + torch:

@@ -48,7 +48,7 @@ TARGETS = {
 }
 
 # name, time limit on one H200 (s), time limit in the dry run (s), what it proves. The H200 limits
-# add up to 710 s (caps, not estimates: a stage ends when its work does).
+# add up to 740 s (caps, not estimates: a stage ends when its work does).
 STAGES = [
     ("build", 90, 300, "nvcc compiles every CUDA kernel and links ul_check with cudart (+ dlopen)"),
     ("kernels", 45, 300, "every CUDA op vs the C++ reference; GEMM on cuBLASLt and on our own kernel"),
@@ -63,7 +63,8 @@ STAGES = [
     ("bench-attention", 90, 300, "causal attention (fa2, fa2-32, wmma) vs torch SDPA flash, cuDNN and efficient at 16K, 64K, 128K"),
     ("bench-gemm", 30, 300, "the 8B projection GEMMs (cuBLASLt and own kernel) vs torch.matmul"),
     ("bench-prefill", 105, 300, "prefill tokens/s of an 8B-shaped random-weight engine at 32K and 128K"),
-    ("bench-paged-decode", 60, 300, "16 sequences sharing a 4096-token prefix: one batched decode step vs 16 alone"),
+    ("bench-paged-decode", 90, 300, "16 sequences sharing a 4096-token prefix: one batched decode step vs 16 alone; "
+     "one decode row over 128K and 1M keys (bf16, fp8): KV GB/s and fraction of 4.8 TB/s"),
     ("tiered", 40, 300, "tiered KV (0, 1, 3 device blocks; host blocks staged per layer) == resident KV bit for bit; host tier copy GB/s"),
 ]
 STAGE_NAMES = [s[0] for s in STAGES]
@@ -546,10 +547,16 @@ def stage_paged(ctx):
 
 
 def stage_bench_paged_decode(ctx):
+    """The batched paged decode step, then the decode kernel's KV bandwidth: one decode row of the 8B
+    shape over 128K and 1M keys (bf16, fp8), GB/s and the fraction of the H200's 4.8 TB/s."""
     flags = ["--shape", "tiny", "--prefix", "64", "--steps", "2"] if ctx.dry else ["--shape", "8b", "--prefix", "4096"]
     r = run_json([ctx.bin, "bench-paged-decode", "--backend", ctx.backend, "--seqs", "16", *flags],
                  timeout=ctx.remaining())
-    return {**r, "ok": r["logits_finite"]}
+    lens = "1000,4099" if ctx.dry else "131072,1048576"
+    bw = run_json([ctx.bin, "bench-decode", "--backend", ctx.backend, "--lens", lens], timeout=ctx.remaining())
+    bandwidth = [{k: x[k] for k in x if k != "kv_bytes"} for x in bw["results"]]
+    return {**r, "decode_bandwidth": bandwidth,
+            "ok": r["logits_finite"] and len(bandwidth) == 4 and all(x["gbps"] > 0 for x in bandwidth)}
 
 
 def stage_tiered(ctx):
@@ -670,6 +677,8 @@ def main_parent(args):
     if "speedup" in dec:
         summary["paged_decode_16"] = {k: dec[k] for k in ("batched_step_ms", "one_at_a_time_step_ms", "speedup",
                                                             "decode_tokens_per_s")}
+    if "decode_bandwidth" in dec:
+        summary["decode_bandwidth"] = dec["decode_bandwidth"]
     if "copy" in results.get("tiered", (False, {}))[1]:
         t = results["tiered"][1]
         summary["tiered_copy"] = {**t["copy"], "decode": t["decode"], "prefill": t["prefill"]}
