@@ -3,8 +3,8 @@
 // threads (shuffles and __syncthreads emulated), with the split count and chunk the launcher
 // computes, and compares each output with a float64 attention through the same shuffled paged
 // tables: bf16 and fp8 (per-64-slot block scales) KV, GQA groups 1, 4 and 8, group 4 also with a
-// staged host tier, query rows of 1, 63, 1000, 4099 keys and a 100-key row without a table, all in
-// one launch. Needs g++ and the CUDA headers (cuda_bf16.h, cuda_fp8.h).
+// staged host tier over 2 kv heads, query rows of 1, 63, 1000 and 4099 keys and a 100-key row
+// without a table, all in one launch. Needs g++ and the CUDA headers (cuda_bf16.h, cuda_fp8.h).
 import { spawnSync } from "node:child_process";
 import { beforeAll, describe, expect, it } from "vitest";
 import { buildEmulation, emulationReady } from "./support/kernel-emulation.ts";
@@ -54,7 +54,7 @@ describe.skipIf(!ready)("decode_emulate (attention_decode.cu's kernel on CPU thr
     for (const c of report.cases) {
       expect(c.finite_and_written, c.case).toBe(true);
       expect(c.splits, c.case).toBeGreaterThan(1); // the split / combine path, not one block a row
-      expect(c.normalized_err, c.case).toBeLessThanOrEqual(4e-3);
+      expect(c.normalized_err, c.case).toBeLessThanOrEqual(5e-3);
       expect(c.normalized_err, c.case).toBeGreaterThan(0); // the output is rounded to bf16
     }
     expect(status).toBe(0);

@@ -292,10 +292,10 @@ Result run_case(const Case& c) {
     out_r.err = std::max(out_r.err, row_err / row_ref);
     if (len > 1) multi = std::max(multi, row_err / row_ref);
   }
-  // Bound: f32 accumulation and one bf16 rounding of the output (relative 2^-9): 4e-3 of the
-  // largest output.
-  out_r.ok = out_r.written && out_r.err <= 4e-3;
-  out_r.multi_key_ok = out_r.written && multi <= 4e-3;
+  // Bound: one bf16 rounding of the output (relative 2^-8 at most, 8 bits of precision) and f32
+  // accumulation: 5e-3 of the row's largest output.
+  out_r.ok = out_r.written && out_r.err <= 5e-3;
+  out_r.multi_key_ok = out_r.written && multi <= 5e-3;
   return out_r;
 }
 
@@ -315,17 +315,21 @@ int main(int argc, char** argv) {
     return 2;
   }
   // GQA groups 1, 4 (Llama 3.1 8B) and 8 (fp8: two blocks of 4 heads a kv head), tables of 16 and
-  // 64 positions (an fp8 pool's blocks are multiples of 64); group 4 also tiered.
+  // 64 positions (an fp8 pool's blocks are multiples of 64); group 4 also tiered, over 2 kv heads
+  // (the kv head strides of both tiers); the others over 1 (time).
   std::vector<Case> cases;
   for (bool f8 : {false, true})
-    for (auto [h, kvh] : {std::pair{2, 2}, std::pair{8, 2}, std::pair{8, 1}})
-      for (bool tiered : {false, true})
-        if (!tiered || h / kvh == 4)
-        cases.push_back({std::string(f8 ? "fp8" : "bf16") + "_group" + std::to_string(h / kvh) + (tiered ? "_tiered" : ""),
-                         f8, h, kvh, f8 ? 64 : 16, tiered});
+    for (int group : {1, 4, 8})
+      for (bool tiered : {false, true}) {
+        if (tiered && group != 4) continue;
+        const int kvh = tiered ? 2 : 1;
+        cases.push_back({std::string(f8 ? "fp8" : "bf16") + "_group" + std::to_string(group) + (tiered ? "_tiered" : ""),
+                         f8, group * kvh, kvh, f8 ? 64 : 16, tiered});
+      }
   // The broken variant needs only to fail, not every shape: the two group-4 cases (time).
   if (decemu::break_shuffle)
-    cases.erase(std::remove_if(cases.begin(), cases.end(), [](const Case& c) { return c.heads / c.kv_heads != 4 || c.tiered; }),
+    cases.erase(std::remove_if(cases.begin(), cases.end(),
+                               [](const Case& c) { return c.heads / c.kv_heads != 4 || c.tiered; }),
                 cases.end());
   bool all = true;
   std::printf("{\"break_shuffle\": %s, \"lens\": [1, 63, 1000, 4099, 100], \"cases\": [",
