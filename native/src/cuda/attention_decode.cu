@@ -50,7 +50,9 @@ constexpr int kDecD = 128;       // head_dim
 constexpr int kDecWarps = 4;     // warps a block
 constexpr int kUnroll = 4;       // keys a row group loads before computing
 constexpr int kMinChunk = 256;   // keys a split at least
-constexpr int kTargetBlocks = 132 * 8;  // H200 SMs x blocks each: the splits of a batch-1 step fill the GPU
+// H200 SMs x 6: whole waves at the 3 bf16 blocks (155 registers) and 2 fp8 blocks (254) an SM
+// holds, so a batch-1 step has no part-filled last wave (8 kv heads: 99 splits a row).
+constexpr int kTargetBlocks = 132 * 6;
 constexpr int kMaxSplits = 1024;
 constexpr float kDecLog2e = 1.4426950408889634f;
 
