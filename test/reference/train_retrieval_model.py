@@ -5,8 +5,8 @@
 
 Needs Debian's python3-torch and an optimised BLAS under it: `apt-get install -y python3-torch
 libopenblas0-pthread`. Debian's torch is built against the generic libblas.so.3; with the reference
-BLAS a 128 x 512 GEMM runs at ~5 GFLOP/s here, with OpenBLAS at ~64, and this training takes ~20
-minutes instead of hours (the reason the earlier attempts on this machine never saw copying emerge).
+BLAS a 4096 x 128 x 512 GEMM runs at ~5 GFLOP/s here, with OpenBLAS at ~64, and this training took
+50 minutes on two shared cores instead of hours (why the earlier attempts here never saw copying).
 
 What it must do: the needle-in-a-haystack prompts of core/eval (tasks.ts), as `ultralong eval` sends
 them to /v1/completions (token ids): <|begin_of_text|> filler... needle ...filler question. Every
