@@ -202,7 +202,7 @@ export async function createDriverEngine(options: DriverEngineOptions): Promise<
             maxBatchTokens: scheduler.maxBatchTokens,
             blockTokens: batched.paged.info.blockTokens,
             totalBlocks: batched.paged.info.totalBlocks,
-            swapTo: options.store ? "store" : "host",
+            swapTo: scheduler.swap.store ? "store" : "host",
             maxSwapBytes: scheduler.swap.maxHostBytes,
           },
         }
