@@ -3,6 +3,7 @@
 // cancellation. The reference runtime computes every row of a batch exactly as it computes it
 // alone, so the invariants are checked with exact equality here; test/wasm-paged.test.ts checks
 // the wasm runtime's batches within its tolerances.
+import { getEventListeners } from "node:events";
 import { beforeAll, describe, expect, it } from "vitest";
 import { BlockPrefixIndex, createBlockPrefixCache } from "../core/engine/block-prefix-cache.ts";
 import { type DoneEvent, SequenceDriver, type TokenEvent } from "../core/engine/driver.ts";
@@ -176,6 +177,18 @@ describe("the scheduler on the batched reference runtime", () => {
     expect(seq.position).toBe(8);
     await seq.close();
     expect(scheduler.stats().blocks.used).toBe(0);
+    await runtime.close();
+  });
+
+  it("leaves no abort listener behind on a request's signal, however many calls it made", async () => {
+    const runtime = await paged();
+    const scheduler = new BatchScheduler(runtime, { maxBatchTokens: 8 });
+    const seq = scheduler.open("t");
+    const ac = new AbortController();
+    await seq.prefill(tokens(8, 72), ac.signal);
+    for (const t of tokens(20, 73)) await seq.forward(Int32Array.of(t), ac.signal);
+    expect(getEventListeners(ac.signal, "abort")).toHaveLength(0);
+    await seq.close();
     await runtime.close();
   });
 

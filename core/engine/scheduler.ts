@@ -174,6 +174,9 @@ export class BatchScheduler implements SequenceHost {
     assert(!seq.busy, "one forward at a time per sequence");
     seq.busy = true;
     return new Promise((resolve, reject) => {
+      // An abort wakes the pump (which drops the call); the listener goes with the call, so a long
+      // generation does not pile one up per token on its request's signal.
+      const onAbort = () => this.#kick();
       const call: Call = {
         seq,
         tokens,
@@ -182,17 +185,19 @@ export class BatchScheduler implements SequenceHost {
         logits,
         signal,
         resolve: (v) => {
+          signal?.removeEventListener("abort", onAbort);
           seq.busy = false;
           resolve(v);
         },
         reject: (e) => {
+          signal?.removeEventListener("abort", onAbort);
           seq.busy = false;
           seq.setPosition(call.start); // nothing of a failed call stays visible
           reject(e);
         },
       };
       this.#calls.push(call);
-      signal?.addEventListener("abort", () => this.#kick(), { once: true });
+      signal?.addEventListener("abort", onAbort, { once: true });
       this.#kick();
     });
   }

@@ -1,10 +1,11 @@
 // `npm run bench -- profile [--quick] [--threads 1,2] [--prompt 512] [--weights f32|bf16|int8]
-// [--batch N]` (ULTRALONG_WASM_SIMD=plain for the plain SIMD128 build instead of the relaxed one):
+// [--batch N] [--model issue14|issue15]` (ULTRALONG_WASM_SIMD=plain for the plain SIMD128 build instead of the relaxed one):
 // where one prefill and one decode step of the WASM runtime spend their time, phase by phase
 // (wasm/src/shard.mjs PROFILE_PHASES: GEMM, attention, norms, rotary, KV writes, elementwise, the
 // shards' all-reduce, lm_head; `glue` is the shard's JS between kernels, `main` the main thread's
 // share: embeddings, messages to the workers, waiting for the slowest shard). The model is issue
-// 14's shape (12 layers, hidden 768, 12/4 heads, FFN 2048, Llama 3's 128256 vocabulary).
+// 14's shape (12 layers, hidden 768, 12/4 heads, FFN 2048, Llama 3's 128256 vocabulary), or with
+// `--model issue15` the batching benchmark's (8 layers, hidden 512, 8/4 heads, FFN 1536).
 // The peer, measured in the same run: the SIMD128 multiply-add peak of one core, against which
 // the GEMM phase's own GFLOP/s are set. Prints a table per run on stderr and one JSON object.
 // With --batch N, also one decode step of N sequences batched on the paged runtime
@@ -27,11 +28,10 @@ import {
   type WasmProfile,
 } from "../../wasm/src/runtime.ts";
 import { BLOCK_TOKENS, type WeightFormat } from "../../wasm/src/shard.mjs";
-import { ISSUE14_MODEL } from "../support/bench-models.ts";
+import { ISSUE14_MODEL, ISSUE15_MODEL } from "../support/bench-models.ts";
 import { simdPeak } from "./runtime.ts";
 
-const FULL: GenerateOptions = { ...ISSUE14_MODEL, dtype: "f32", seed: 7 };
-const QUICK: GenerateOptions = { ...FULL, layers: 2, vocab: 32000 };
+const MODELS: Record<string, GenerateOptions> = { issue14: ISSUE14_MODEL, issue15: ISSUE15_MODEL };
 
 const round = (x: number, d = 3) => Number(x.toPrecision(d));
 
@@ -151,7 +151,14 @@ export default async function main(args: string[]): Promise<void> {
       `--batch takes a sequence count in [1, 256], not ${arg("--batch")}`,
     );
   }
-  const opts = quick ? QUICK : FULL;
+  const modelName = arg("--model") ?? "issue14";
+  if (!(modelName in MODELS)) {
+    throw new InvalidInputError(
+      `--model takes one of ${Object.keys(MODELS).join(", ")}, not ${modelName}`,
+    );
+  }
+  const full: GenerateOptions = { ...MODELS[modelName], dtype: "f32", seed: 7 };
+  const opts = quick ? { ...full, layers: 2, vocab: 32000 } : full;
   const root = join(import.meta.dirname, "..", "..");
   await ensureBuilt({ root });
   const peak = await simdPeak(new WebAssembly.Module(readFileSync(join(root, TEST_WASM_FILE))));
