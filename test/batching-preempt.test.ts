@@ -347,6 +347,121 @@ describe("preemption through the snapshot store", () => {
   });
 });
 
+describe("preemption with a shared document (its blocks stay in the pool)", () => {
+  /** The alone runtime's logits of `calls` after `prefix` (tokens given as [length, seed]). */
+  async function aloneAfter(prefix: Int32Array, calls: Array<[number, number]>) {
+    const rt = await createReferenceRuntime({ model, maxPositions: 256 });
+    await rt.prefill(prefix);
+    const out: Float32Array[] = [];
+    for (const [len, seed] of calls) out.push(await rt.forward(tokens(len, seed)));
+    await rt.close();
+    return out;
+  }
+
+  it("writes only the victim's own blocks, keeps the shared ones in its table, and restores exactly", async () => {
+    const store = await dirStore();
+    const runtime = await referencePool(); // 10 blocks of 8
+    const scheduler = storeScheduler(runtime, store);
+    const doc = tokens(24, 10); // 3 whole blocks
+    const a = scheduler.open("t");
+    await a.prefill(doc);
+    const b = scheduler.open("t");
+    b.attach(a.blocksOf(0, 24));
+    const bOut = [await b.forward(tokens(16, 11))]; // 2 blocks of b's own: 5 used
+    const aOut = [await a.forward(tokens(16, 12)), await a.forward(tokens(24, 13))]; // 10 used
+    // a's next block: idle b is preempted; its 3 shared blocks are neither written nor freed.
+    aOut.push(await a.forward(tokens(8, 14)));
+    const st = scheduler.stats();
+    expect(st.preemptions).toBe(1);
+    expect(st.preemptionKeptBlocks).toBe(3);
+    expect(b.swapped?.from).toBe(24);
+    expect(b.blocks).toEqual(a.blocks.slice(0, 3));
+    const keys = await swapKeys(store);
+    expect(keys.map((k) => k.split("/").at(-1))).toEqual(["24"]); // [24, 40) only
+    // The one object holds 16 positions' KV, not 40.
+    const object = await store.get(keys[0]);
+    expect(object.length).toBeGreaterThan(kvPayloadBytes(runtime.info.kv, 16));
+    expect(object.length).toBeLessThan(kvPayloadBytes(runtime.info.kv, 24));
+    // b goes on (a preempted in turn, keeping the same 3 blocks), then a again.
+    bOut.push(await b.forward(tokens(1, 15)));
+    aOut.push(await a.forward(tokens(1, 16)));
+    expect(scheduler.stats().preemptions).toBeGreaterThanOrEqual(2);
+    expect(aOut).toEqual(
+      await aloneAfter(doc, [
+        [16, 12],
+        [24, 13],
+        [8, 14],
+        [1, 16],
+      ]),
+    );
+    expect(bOut).toEqual(
+      await aloneAfter(doc, [
+        [16, 11],
+        [1, 15],
+      ]),
+    );
+    await closeAll(scheduler, store, [a, b]);
+    await runtime.close();
+  });
+
+  it("never preempts a sequence whose blocks are all shared (it would free nothing)", async () => {
+    const runtime = await referencePool();
+    const scheduler = new BatchScheduler(runtime);
+    const a = scheduler.open("t");
+    await a.prefill(tokens(32, 20)); // 4 blocks
+    const c = scheduler.open("t");
+    await c.prefill(tokens(40, 21)); // 5 blocks
+    const b = scheduler.open("t"); // the newest: only the document, all of it a's blocks
+    b.attach(a.blocksOf(0, 32));
+    await a.prefill(tokens(8, 22)); // 10 blocks used
+    await a.forward(tokens(8, 23)); // a needs one: c is preempted, not the newer b
+    const st = scheduler.stats();
+    expect(st.preemptions).toBe(1);
+    expect(c.swapped).not.toBeNull();
+    expect(b.swapped).toBeNull();
+    expect(b.blocks).toEqual(a.blocks.slice(0, 4));
+    for (const s of [a, b, c]) await s.close();
+    expect(scheduler.stats().blocks.used).toBe(0);
+    await runtime.close();
+  });
+
+  it("writes the kept blocks too once nobody else holds them, and restores the whole sequence", async () => {
+    const store = await dirStore();
+    const runtime = await referencePool();
+    const scheduler = storeScheduler(runtime, store);
+    const doc = tokens(24, 30);
+    const a = scheduler.open("t");
+    await a.prefill(doc);
+    const b = scheduler.open("t");
+    b.attach(a.blocksOf(0, 24));
+    const first = await b.forward(tokens(16, 31)); // b: 3 shared + 2 own
+    await a.prefill(tokens(40, 32)); // a: 3 shared + 5 own: 10 used
+    await a.forward(tokens(1, 33)); // b preempted, keeping the 3 shared blocks
+    expect(b.swapped?.from).toBe(24);
+    await a.close(); // b alone holds the 3 blocks now
+    // d needs 9 of the 10 blocks: b's kept 3 are written (ahead of its other piece) and freed.
+    const d = scheduler.open("t");
+    await d.forward(tokens(72, 34));
+    expect(b.swapped?.from).toBe(0);
+    expect(b.blocks).toEqual([]);
+    expect((await swapKeys(store)).map((k) => k.split("/").at(-1)).sort()).toEqual([
+      "0",
+      "16",
+      "24",
+    ]);
+    await d.close();
+    const again = await b.forward(tokens(1, 35));
+    expect([first, again]).toEqual(
+      await aloneAfter(doc, [
+        [16, 31],
+        [1, 35],
+      ]),
+    );
+    await closeAll(scheduler, store, [b]);
+    await runtime.close();
+  });
+});
+
 describe("preemption through an S3 store (s3rver)", () => {
   let s3: S3Server;
   beforeAll(async () => {

@@ -3,9 +3,11 @@
 // held on the JS heap that can exhaust host memory, so the store comes first and the heap is the
 // bounded fallback.
 //
-// A swap is the sequence's positions [0, tokens) cut into pieces of `chunkTokens` (the last may be
-// partial), each exported from the pool, encoded and written on its own, so host memory holds one
-// piece at a time on the way out and on the way back. A piece in the store is one object in the
+// A swap is the sequence's positions [from, tokens) cut into pieces of `chunkTokens` (the last may
+// be partial), each exported from the pool, encoded and written on its own, so host memory holds
+// one piece at a time on the way out and on the way back. [0, from) is the run of leading blocks the
+// victim shares with sequences still running (the scheduler keeps those in the pool: writing them
+// would free nothing); a later, deeper preemption saves them too, ahead of the rest. A piece in the store is one object in the
 // snapshot format (core/kv/format.ts, layout.ts), under
 //
 //   swap/v1/<model fingerprint, 16 hex>/<tenant tag, 16 hex>/<instance, 32 hex>/<seq>-<swap>/<start>
@@ -57,8 +59,13 @@ export interface KvSwapOptions {
 /** One piece of a swap: in the store under `key`, or in memory as `bytes` (snapshot layout). */
 type SwapPiece = { start: number; end: number } & ({ key: string } | { bytes: Uint8Array });
 
-/** A preempted sequence's KV: positions [0, tokens) in pieces, or `lost` (restoring is impossible). */
+/**
+ * A preempted sequence's KV: positions [from, tokens) in pieces (sorted by start), or `lost`
+ * (restoring is impossible). Positions [0, from) stayed in the pool: the sequence kept those
+ * blocks because other sequences hold them too (a shared document), so giving them up frees nothing.
+ */
 export interface SwappedKv {
+  from: number;
   tokens: number;
   pieces: SwapPiece[];
   /** Set when the KV could not be kept or restored: every later call of the sequence fails with it. */
@@ -89,6 +96,7 @@ export class KvSwap {
   readonly maxHostBytes: number;
   readonly chunkTokens: number;
   readonly #layout: KvLayout;
+  readonly #unit: number;
   readonly #fingerprint: string;
   readonly #instance = toHex(crypto.getRandomValues(new Uint8Array(16)));
   readonly #key: Promise<CryptoKey>;
@@ -117,6 +125,7 @@ export class KvSwap {
     // Pieces start on pool blocks (imports fill whole blocks) and, for fp8, on scale blocks (a
     // payload's scales are counted from its first position: aligned, they are the pool's own).
     const unit = layout.dtype === "fp8-e4m3" ? lcm(blockTokens, FP8_BLOCK_POSITIONS) : blockTokens;
+    this.#unit = unit;
     this.chunkTokens = Math.ceil((opts.chunkTokens ?? DEFAULT_SWAP_CHUNK_TOKENS) / unit) * unit;
     this.#log = opts.logger ?? defaultLogger;
     this.#key = crypto.subtle.generateKey({ name: "AES-GCM", length: 256 }, false, [
@@ -129,18 +138,30 @@ export class KvSwap {
     return { ...this.#stats };
   }
 
+  /** Positions per unit a swap may start at: pool blocks, and for fp8 whole scale blocks too. */
+  get unitTokens(): number {
+    return this.#unit;
+  }
+
   /**
-   * Saves positions [0, tokens) of a sequence: each piece to the store, or to host memory when
-   * there is no store or its write fails. BusyError (nothing kept) when memory would pass
-   * maxHostBytes; the caller then fails the sequence instead.
+   * Saves positions [from, tokens) of a sequence (`from` a multiple of unitTokens): each piece to
+   * the store, or to host memory when there is no store or its write fails. BusyError (nothing
+   * kept) when memory would pass maxHostBytes; the caller then fails the sequence instead.
    */
-  async save(tenant: string, order: number, tokens: number, kv: PoolKv): Promise<SwappedKv> {
+  async save(
+    tenant: string,
+    order: number,
+    from: number,
+    tokens: number,
+    kv: PoolKv,
+  ): Promise<SwappedKv> {
+    assert(from >= 0 && from <= tokens && from % this.#unit === 0, "a swap starts on a unit");
     const dir = this.store
       ? `${SWAP_KEY_ROOT}${this.#fingerprint.slice(0, 16)}/${await tenantTag(tenant)}/${this.#instance}/${order}-${this.#swaps++}/`
       : "";
-    const saved: SwappedKv = { tokens, pieces: [] };
+    const saved: SwappedKv = { from, tokens, pieces: [] };
     try {
-      for (let start = 0; start < tokens; start += this.chunkTokens) {
+      for (let start = from; start < tokens; start += this.chunkTokens) {
         const end = Math.min(tokens, start + this.chunkTokens);
         const bytes = await kv.export(start, end);
         if (this.store && (await this.#put(`${dir}${start}`, start, end, bytes))) {

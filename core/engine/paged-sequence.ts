@@ -6,9 +6,10 @@
 //
 // State: positions [0, position) are held, in blocks[0 .. ceil(position / B)). The table may hold
 // more blocks than that (taken for a step that then failed); they are reused by the next step and
-// given back by truncate or close. While preempted, the KV of [0, swapped.tokens) is held by the
-// scheduler's swap (kv-swap.ts: the snapshot store or host memory) instead of blocks, and `blocks`
-// is empty.
+// given back by truncate or close. While preempted, the KV of [swapped.from, swapped.tokens) is
+// held by the scheduler's swap (kv-swap.ts: the snapshot store or host memory) instead of blocks,
+// and `blocks` holds only [0, swapped.from): leading blocks other sequences held too when it was
+// preempted (often none).
 
 import { assert, InvalidInputError, LimitError } from "../errors.ts";
 import type { KvDtype } from "../kv/layout.ts";

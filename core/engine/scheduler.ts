@@ -10,9 +10,12 @@
 //      another tenant's; a prompt longer than the budget runs as pieces over several steps, in
 //      order (a sequence's own tokens are never reordered);
 //   3. blocks for each piece are reserved (copy-on-write of a shared or prefix-named block that
-//      would be written); when the pool runs dry the newest sequence that is not in the step is
-//      preempted: its KV is saved (kv-swap.ts: snapshot objects in the store, else host memory up
-//      to a budget), its blocks freed, and it is restored, exactly, before its next piece runs.
+//      would be written); when the pool runs dry a sequence that is not in the step is preempted
+//      (the newest whose preemption frees enough blocks, else the one freeing most; one whose
+//      blocks are all shared frees none and is left alone): its KV is saved (kv-swap.ts: snapshot
+//      objects in the store, else host memory up to a budget), except the leading blocks running
+//      sequences share with it (a document's: they stay in its table, unwritten), its other blocks
+//      freed, and it is restored, exactly, before its next piece runs.
 //      A victim whose KV cannot be kept, or whose restore fails, fails alone (its request gets the
 //      error); the oldest sequence always progresses; a sequence that alone cannot fit fails with
 //      LimitError;
@@ -65,6 +68,11 @@ export interface SchedulerStats {
   stepTokens: number;
   stepSequences: number;
   preemptions: number;
+  /**
+   * Blocks preemptions left in the pool because running sequences hold them too (a shared
+   * document's), so writing them out would have freed nothing (cumulative).
+   */
+  preemptionKeptBlocks: number;
 }
 
 interface Call {
@@ -118,6 +126,7 @@ export class BatchScheduler implements SequenceHost {
     stepTokens: 0,
     stepSequences: 0,
     preemptions: 0,
+    preemptionKeptBlocks: 0,
   };
 
   constructor(runtime: PagedRuntime, options: SchedulerOptions = {}) {
@@ -230,7 +239,8 @@ export class BatchScheduler implements SequenceHost {
     this.#failures++;
   }
 
-  async reserve(seq: PagedSequence, start: number, end: number): Promise<boolean> {
+  /** Table indexes of seq's blocks in [start, end) that a write must copy first, and the growth. */
+  #writePlan(seq: PagedSequence, start: number, end: number): { cow: number[]; grow: number } {
     const B = this.pool.blockTokens;
     const first = Math.floor(start / B);
     const last = Math.ceil(end / B); // exclusive
@@ -240,7 +250,11 @@ export class BatchScheduler implements SequenceHost {
       const b = seq.blocks[i];
       if (this.pool.refs(b) > 1 || this.pool.isNamed(b)) cow.push(i);
     }
-    const grow = Math.max(0, last - seq.blocks.length);
+    return { cow, grow: Math.max(0, last - seq.blocks.length) };
+  }
+
+  async reserve(seq: PagedSequence, start: number, end: number): Promise<boolean> {
+    const { cow, grow } = this.#writePlan(seq, start, end);
     const got = this.pool.allocate(grow + cow.length);
     if (!got) return false;
     const pairs: Array<[number, number]> = [];
@@ -366,37 +380,89 @@ export class BatchScheduler implements SequenceHost {
         return false;
       }
       if (restored && (await this.reserve(seq, at, at + n))) return true;
-      const inStep = new Set(pieces.map((p) => p.call.seq));
-      let victim: PagedSequence | undefined;
-      const queued = new Set(this.#calls.map((c) => c.seq));
-      for (const s of this.#sequences) {
-        const mayLose = s.order > seq.order || !queued.has(s); // newer, or idle between calls
-        if (mayLose && s !== seq && !inStep.has(s) && s.blocks.length && !s.swapped) {
-          if (!victim || s.order > victim.order) victim = s;
-        }
-      }
+      const victim = this.#victim(seq, this.#shortfall(seq, at, at + n), pieces);
       if (!victim) return false;
       await this.#swapOut(victim);
     }
   }
 
   /**
-   * Preempts `seq`: its KV saved (the store, else host memory), its blocks freed. When the KV
-   * cannot be kept (no room in the host budget), the sequence fails instead: its queued call now,
-   * every later one with the same error, so the others go on and memory stays bounded.
+   * Whom to preempt for `seq`, `short` blocks short: among the sequences that may lose their
+   * blocks (newer than seq, or idle between calls; not in this step) and whose preemption frees
+   * any, the newest that frees enough alone, else the one that frees most (newest on a tie). A
+   * sequence whose blocks other tables all hold too (questions about one document, nothing
+   * generated yet) frees nothing and is never preempted.
+   */
+  #victim(seq: PagedSequence, short: number, pieces: Piece[]): PagedSequence | undefined {
+    const inStep = new Set(pieces.map((p) => p.call.seq));
+    const queued = new Set(this.#calls.map((c) => c.seq));
+    let enough: PagedSequence | undefined;
+    let most: { s: PagedSequence; frees: number } | undefined;
+    for (const s of this.#sequences) {
+      const mayLose = s.order > seq.order || !queued.has(s); // newer, or idle between calls
+      if (!mayLose || s === seq || inStep.has(s) || s.swapped?.lost) continue;
+      const frees = this.#freedBy(s);
+      if (frees === 0) continue;
+      if (frees >= short && (!enough || s.order > enough.order)) enough = s;
+      if (!most || frees > most.frees || (frees === most.frees && s.order > most.s.order)) {
+        most = { s, frees };
+      }
+    }
+    return enough ?? most?.s;
+  }
+
+  /** Blocks a preemption of `s` gives back to the pool: those no other table holds. */
+  #freedBy(s: PagedSequence): number {
+    let n = 0;
+    for (const b of s.blocks) if (this.pool.refs(b) === 1) n++;
+    return n;
+  }
+
+  /** Blocks seq lacks to write [start, end): its restore's, then the write's, less what is free. */
+  #shortfall(seq: PagedSequence, start: number, end: number): number {
+    const B = this.pool.blockTokens;
+    let restore = 0;
+    const saved = seq.swapped;
+    if (saved && !saved.lost) {
+      const upTo = saved.pieces.filter((p) => p.start < seq.position).at(-1)?.end ?? 0;
+      restore = Math.max(0, Math.ceil(upTo / B) - seq.blocks.length);
+    }
+    const { cow, grow } = this.#writePlan(seq, start, end);
+    return Math.max(0, restore + cow.length + Math.max(0, grow - restore) - this.pool.available);
+  }
+
+  /**
+   * Preempts `seq`: its KV saved (the store, else host memory), its blocks freed, except the
+   * leading run that other tables hold too (a shared document's blocks: freeing them frees
+   * nothing, so they stay in its table and are not written). A sequence already preempted loses
+   * the blocks it kept that way (saved ahead of its other pieces) once nobody else holds them.
+   * When the KV cannot be kept (no room in the host budget), the sequence fails instead: its
+   * queued call now, every later one with the same error, so the others go on and memory stays
+   * bounded.
    */
   async #swapOut(seq: PagedSequence): Promise<void> {
+    const B = this.pool.blockTokens;
+    const prior = seq.swapped;
     // A queued call's pieces so far are in seq.position already.
-    const tokens = seq.position;
+    const to = prior ? prior.from : seq.position;
+    let keep = 0;
+    while (keep < Math.floor(to / B) && this.pool.refs(seq.blocks[keep]) > 1) keep++;
+    keep -= keep % (this.swap.unitTokens / B);
     this.#stats.preemptions++;
     let saved: SwappedKv;
     try {
-      saved = await this.swap.save(seq.tenant, seq.order, tokens, this.#poolKv(seq));
+      saved = await this.swap.save(seq.tenant, seq.order, keep * B, to, this.#poolKv(seq));
+      if (prior) {
+        saved.pieces.push(...prior.pieces);
+        saved.tokens = prior.tokens;
+      }
+      this.#stats.preemptionKeptBlocks += keep;
     } catch (err) {
+      if (prior) this.swap.drop(prior);
       saved = lostSwap(err);
       if (!seq.isClosed) this.#fail(seq, saved.lost);
     }
-    seq.releaseFrom(0);
+    seq.releaseFrom(saved.lost ? 0 : keep);
     if (seq.isClosed)
       this.swap.drop(saved); // closed while its KV was being written
     else seq.swapped = saved;
@@ -407,10 +473,11 @@ export class BatchScheduler implements SequenceHost {
     const saved = seq.swapped;
     if (!saved) return true;
     if (saved.lost) throw saved.lost;
-    // Only the pieces below the position (a truncate while swapped out drops the rest).
+    // Only the pieces below the position (a truncate while swapped out drops the rest); the
+    // blocks of [0, from) never left the table.
     const need = saved.pieces.filter((p) => p.start < seq.position).at(-1)?.end ?? 0;
-    if (!(await this.reserve(seq, 0, need))) {
-      seq.releaseFrom(0);
+    if (need > saved.from && !(await this.reserve(seq, saved.from, need))) {
+      seq.releaseFrom(saved.from / this.pool.blockTokens);
       if (mustFit) throw new BusyError("the KV pool has no room to restore this sequence now");
       return false;
     }
@@ -481,5 +548,10 @@ export class BatchScheduler implements SequenceHost {
 
 /** A swap that cannot be restored: every later call of its sequence fails with `err`. */
 function lostSwap(err: unknown): SwappedKv {
-  return { tokens: 0, pieces: [], lost: err instanceof Error ? err : new Error(String(err)) };
+  return {
+    from: 0,
+    tokens: 0,
+    pieces: [],
+    lost: err instanceof Error ? err : new Error(String(err)),
+  };
 }

@@ -159,6 +159,11 @@ export async function createModelApp(options: ModelAppOptions): Promise<ModelApp
       () => batch().preemptions,
     );
     metrics.gauge(
+      "ul_model_preemption_kept_blocks",
+      "KV blocks preemptions left in the pool because running sequences share them (cumulative)",
+      () => batch().preemptionKeptBlocks,
+    );
+    metrics.gauge(
       "ul_model_swap_store_bytes",
       "Bytes of preempted sequences' KV written to the snapshot store (cumulative)",
       () => batch().swap.storeBytesWritten,
