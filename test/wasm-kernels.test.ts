@@ -95,6 +95,8 @@ for (const build of BUILDS) {
         [1, 2048, 300], // decode over several L2 row blocks (rows read one after another)
         [1, 40, 9], // decode with K not a multiple of 16: the 1 x 4 tile (f32, bf16 only)
         [2, 72, 5],
+        [16, 512, 67], // a small batch: every tile packed once, W rows shared by all (odd N)
+        [18, 512, 131], // the same over three L2 row blocks, with two tokens past the tiles
       ];
       for (const format of ["f32", "bf16", "int8"] as const) {
         for (const [T, K, N] of shapes) {
@@ -166,6 +168,32 @@ for (const build of BUILDS) {
           });
         }
       }
+
+      it("a small batch's product is bit for bit its 4-row tiles' products (f32, bf16)", () => {
+        // T 8..64 runs n outer over tiles packed once; T 4 the blocked order: the same tile4x2p
+        // sums in the same k order, so the bits must agree.
+        for (const format of ["f32", "bf16"] as const) {
+          top = Math.ceil(k.heap_base() / 64) * 64;
+          const [T, K, N] = [16, 512, 131];
+          const r = rng(99);
+          const x = alloc(T * K * 4);
+          fill(x, T * K, r);
+          const wf = alloc(N * K * 4);
+          const wv = fill(wf, N * K, r, 0.1);
+          let w = wf;
+          if (format === "bf16") {
+            w = alloc(N * K * 2);
+            const b = u16(w, N * K);
+            for (let i = 0; i < N * K; i++) b[i] = f32ToBf16(wv[i]);
+          }
+          const mm = fn(format === "f32" ? "matmul_f32" : "matmul_bf16");
+          const y = alloc(T * N * 4);
+          const y4 = alloc(T * N * 4);
+          mm(x, T, K, w, N, y, 0);
+          for (let t = 0; t < T; t += 4) mm(x + t * K * 4, 4, K, w, N, y4 + t * N * 4, 0);
+          expect(Array.from(f32(y, T * N))).toEqual(Array.from(f32(y4, T * N)));
+        }
+      });
 
       it("int8 quantization error is at most half a step (absmax of the block / 254)", () => {
         top = Math.ceil(k.heap_base() / 64) * 64;

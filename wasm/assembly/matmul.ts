@@ -127,14 +127,41 @@ function packX4(x: usize, K: i32): void {
   }
 }
 
-/** tile4x2 over the packed rows (PACK). */
+// Small batches (a batched decode step: T of 8 to 64 rows) against a large W: every 4-token tile
+// of x is packed once into PACKS, and each pair of W rows, read from memory once, serves every
+// tile while it is in L1 (n outer, tiles inner). The blocked order below (per L2 block of W, tile
+// after tile over the block) reads W from DRAM in its first tile's pass at 2 flops a byte, which
+// DRAM cannot feed: lm_head of issue 15's model (T 16, K 512, N 32064) ran at 31 of the 45 GFLOP/s
+// the same T reaches on a cached W. Each y element is the same tile4x2p over the same k order,
+// so both orders give identical bits. The packs live in DQ (below): int8 weights, the only user
+// of DQ, never take this path.
+const PACKS_BYTES: i32 = 4 * L2_BLOCK_BYTES;
+const SMALL_T_MAX: i32 = 64;
+
+function packTiles(x: usize, tiles: i32, K: i32): void {
+  const xs = <usize>K << 2;
+  for (let g = 0; g < tiles; g++) {
+    const xp = x + <usize>(4 * g) * xs;
+    let o = DQ + <usize>g * (<usize>K << 4);
+    for (let k = 0; k < K; k += 4) {
+      const p = xp + (<usize>k << 2);
+      v128.store(o, v128.load(p));
+      v128.store(o, v128.load(p + xs), 16);
+      v128.store(o, v128.load(p + 2 * xs), 32);
+      v128.store(o, v128.load(p + 3 * xs), 48);
+      o += 64;
+    }
+  }
+}
+
+/** tile4x2 over 4 rows packed at `pack` (packX4's layout). */
 // @ts-ignore: decorator
 @inline
-function tile4x2p<W>(K: i32, w: usize, scales: usize, n: i32, y: usize, N: i32, acc: bool): void {
+function tile4x2p<W>(pack: usize, K: i32, w: usize, scales: usize, n: i32, y: usize, N: i32, acc: bool): void {
   const eb = <usize>sizeof<W>();
   const rb = <usize>K * eb;
   let pw = w + <usize>n * rb;
-  let px = PACK;
+  let px = pack;
   let a00 = f32x4.splat(0), a01 = f32x4.splat(0), a10 = f32x4.splat(0), a11 = f32x4.splat(0);
   let a20 = f32x4.splat(0), a21 = f32x4.splat(0), a30 = f32x4.splat(0), a31 = f32x4.splat(0);
   const bk = blockOf<W>(K);
@@ -387,6 +414,9 @@ function gemm<W>(x: usize, T: i32, K: i32, w: usize, scales: usize, N: i32, y: u
   if (nb < 4) nb = 4;
   const xs = <usize>K << 2;
   const ys = <usize>N << 2;
+  const tiles = T >> 2;
+  const small = sizeof<W>() != 1 && tiles >= 2 && T <= SMALL_T_MAX && tiles * (K << 4) <= PACKS_BYTES;
+  if (small) packTiles(x, tiles, K);
   for (let n0 = 0; n0 < N; n0 += nb) {
     const n1 = min(N, n0 + nb);
     let t = 0;
@@ -401,7 +431,7 @@ function gemm<W>(x: usize, T: i32, K: i32, w: usize, scales: usize, N: i32, y: u
         const yt = y + <usize>t * ys;
         let n = n0;
         packX4(xt, K);
-        for (; n + 2 <= n1; n += 2) tile4x2p<f32>(K, dq, 0, n, yt, N, acc);
+        for (; n + 2 <= n1; n += 2) tile4x2p<f32>(PACK, K, dq, 0, n, yt, N, acc);
         if (n < n1) tile4x1<f32>(xt, K, dq, 0, n, yt, N, acc);
       }
       for (; t < T; t++) {
@@ -411,13 +441,25 @@ function gemm<W>(x: usize, T: i32, K: i32, w: usize, scales: usize, N: i32, y: u
       }
       continue;
     }
+    if (small) {
+      // Every tile packed already; W rows n, n + 1 serve all of them in turn.
+      let n = n0;
+      for (; n + 2 <= n1; n += 2) {
+        for (let g = 0; g < tiles; g++) {
+          tile4x2p<W>(DQ + <usize>g * (<usize>K << 4), K, w, scales, n, y + <usize>(4 * g) * ys, N, acc);
+        }
+      }
+      for (; t + 4 <= T; t += 4) {
+        if (n < n1) tile4x1<W>(x + <usize>t * xs, K, w, scales, n, y + <usize>t * ys, N, acc);
+      }
+    }
     for (; t + 4 <= T; t += 4) {
       const xt = x + <usize>t * xs;
       const yt = y + <usize>t * ys;
       let n = n0;
       if (K <= PACK_MAX_K) {
         packX4(xt, K);
-        for (; n + 2 <= n1; n += 2) tile4x2p<W>(K, w, scales, n, yt, N, acc);
+        for (; n + 2 <= n1; n += 2) tile4x2p<W>(PACK, K, w, scales, n, yt, N, acc);
       } else {
         for (; n + 2 <= n1; n += 2) tile4x2<W>(xt, K, w, scales, n, yt, N, acc);
       }
