@@ -285,6 +285,8 @@ describe("preemption through the snapshot store", () => {
       expect(stats.swap.hostBytes).toBe(40 * perToken);
       expect(stats.swapped).toBe(1);
       for (const [i, w] of want.entries()) expect(out[i]).toEqual(w);
+      // The writes (failing) run in the background: their errors are counted once they end.
+      await scheduler.swap.settled();
       const st = scheduler.stats().swap;
       expect(st.hostBytes).toBe(41 * perToken); // b, preempted again
       expect(st.storeBytesWritten).toBe(0);
@@ -305,6 +307,63 @@ describe("preemption through the snapshot store", () => {
       expect((err as BusyError).retryAfterS).toBeGreaterThan(0);
       expect((err as Error).message).toMatch(/swap budget/);
       expect(await a.forward(tokens(1, 5))).toEqual(want[4]);
+      await runtime.close();
+    }
+  });
+
+  it("writes to the store in the background: the step that preempts does not wait for it", async () => {
+    // A directory store whose writes wait for `open` (a slow store): the preempting call returns
+    // while every write is still held; the KV sits in host memory, counted, until they land.
+    const inner = await dirStore();
+    let open = () => {};
+    let gate = Promise.resolve();
+    const slow: SnapshotStore = {
+      name: `slow ${inner.name}`,
+      put: async (key, bytes) => {
+        await gate;
+        await inner.put(key, bytes);
+      },
+      create: (key, bytes) => inner.create(key, bytes),
+      get: (key, range) => inner.get(key, range),
+      head: (key) => inner.head(key),
+      delete: (key) => inner.delete(key),
+      list: (prefix) => inner.list(prefix),
+      move: (from, to) => inner.move(from, to),
+    };
+    const perToken = kvPayloadBytes((await referencePool()).info.kv, 1);
+    const single = await createReferenceRuntime({ model, maxPositions: 256 });
+    const want = await alone(single);
+    await single.close();
+    for (const restoreBeforeWrites of [false, true]) {
+      gate = new Promise<void>((r) => {
+        open = r;
+      });
+      const runtime = await referencePool();
+      const scheduler = new BatchScheduler(runtime, {
+        swap: {
+          store: slow,
+          modelFingerprint: fingerprint,
+          chunkTokens: 16,
+          maxHostBytes: 1 << 20,
+        },
+      });
+      const { a, b, out } = await fillAndPreempt(scheduler); // b preempted; a's call returned
+      expect(scheduler.stats().swapped).toBe(1);
+      expect(scheduler.stats().swap.hostBytes).toBe(40 * perToken);
+      expect(await swapKeys(inner)).toEqual([]); // nothing written yet
+      if (!restoreBeforeWrites) {
+        open();
+        await scheduler.swap.settled();
+        expect(await swapKeys(inner)).toHaveLength(3);
+        expect(scheduler.stats().swap.hostBytes).toBe(0);
+      }
+      // b comes back exactly (from memory while its writes are held, else from the store).
+      out.push(await b.forward(tokens(1, 4)));
+      out.push(await a.forward(tokens(1, 5)));
+      for (const [i, w] of want.entries()) expect(out[i]).toEqual(w);
+      open();
+      await closeAll(scheduler, inner, [a, b]);
+      expect(scheduler.stats().swap.hostBytes).toBe(0);
       await runtime.close();
     }
   });

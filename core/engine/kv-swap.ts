@@ -4,10 +4,13 @@
 // bounded fallback.
 //
 // A swap is the sequence's positions [from, tokens) cut into pieces of `chunkTokens` (the last may
-// be partial), each exported from the pool, encoded and written on its own, so host memory holds
-// one piece at a time on the way out and on the way back. [0, from) is the run of leading blocks the
-// victim shares with sequences still running (the scheduler keeps those in the pool: writing them
-// would free nothing); a later, deeper preemption saves them too, ahead of the rest. A piece in the store is one object in the
+// be partial), each exported from the pool, encoded and written on its own. Writes run in the
+// background, one piece after another, while their bytes fit in the host budget (the pool goes on
+// computing meanwhile); past it a piece is written before the next is exported, so host memory
+// stays within the budget plus one piece on the way out, and holds one piece at a time on the way
+// back. [0, from) is the run of leading blocks the victim shares with sequences still running (the
+// scheduler keeps those in the pool: writing them would free nothing); a later, deeper preemption
+// saves them too, ahead of the rest. A piece in the store is one object in the
 // snapshot format (core/kv/format.ts, layout.ts), under
 //
 //   swap/v1/<model fingerprint, 16 hex>/<tenant tag, 16 hex>/<instance, 32 hex>/<seq>-<swap>/<start>
@@ -56,8 +59,18 @@ export interface KvSwapOptions {
   logger?: SnapshotLogger;
 }
 
-/** One piece of a swap: in the store under `key`, or in memory as `bytes` (snapshot layout). */
-type SwapPiece = { start: number; end: number } & ({ key: string } | { bytes: Uint8Array });
+/**
+ * One piece of a swap: in memory as `bytes` (snapshot layout) or in the store under `key`; while
+ * `writing`, both the bytes and a store write of them are under way (the write sets `key` and
+ * drops the bytes when it lands, and leaves the bytes in memory when it fails).
+ */
+interface SwapPiece {
+  start: number;
+  end: number;
+  bytes?: Uint8Array;
+  key?: string;
+  writing?: Promise<void>;
+}
 
 /**
  * A preempted sequence's KV: positions [from, tokens) in pieces (sorted by start), or `lost`
@@ -75,7 +88,7 @@ export interface SwappedKv {
 export interface KvSwapStats {
   /** Bytes of swap objects written to the store (cumulative). */
   storeBytesWritten: number;
-  /** Swapped KV in host memory now. */
+  /** Swapped KV in host memory now: kept there, or exported and still being written. */
   hostBytes: number;
   /** Store writes that failed (the piece went to host memory or the victim failed). */
   storeWriteErrors: number;
@@ -101,7 +114,8 @@ export class KvSwap {
   readonly #instance = toHex(crypto.getRandomValues(new Uint8Array(16)));
   readonly #key: Promise<CryptoKey>;
   readonly #log: SnapshotLogger;
-  readonly #deletes = new Set<Promise<void>>();
+  /** Background store writes and deletes under way. */
+  readonly #pending = new Set<Promise<void>>();
   #swaps = 0;
   readonly #stats: KvSwapStats = {
     storeBytesWritten: 0,
@@ -147,6 +161,11 @@ export class KvSwap {
    * Saves positions [from, tokens) of a sequence (`from` a multiple of unitTokens): each piece to
    * the store, or to host memory when there is no store or its write fails. BusyError (nothing
    * kept) when memory would pass maxHostBytes; the caller then fails the sequence instead.
+   *
+   * With a store, pieces that fit in the host budget are exported and their writes left running
+   * in the background: save returns once the KV is out of the pool, so the step that needed the
+   * blocks does not wait for the store (the bytes count against the budget until their write
+   * lands). A piece past the budget is written before the next is exported, as with no room.
    */
   async save(
     tenant: string,
@@ -160,15 +179,25 @@ export class KvSwap {
       ? `${SWAP_KEY_ROOT}${this.#fingerprint.slice(0, 16)}/${await tenantTag(tenant)}/${this.#instance}/${order}-${this.#swaps++}/`
       : "";
     const saved: SwappedKv = { from, tokens, pieces: [] };
+    const later: Array<{ piece: SwapPiece; key: string }> = [];
     try {
       for (let start = from; start < tokens; start += this.chunkTokens) {
         const end = Math.min(tokens, start + this.chunkTokens);
         const bytes = await kv.export(start, end);
-        if (this.store && (await this.#put(`${dir}${start}`, start, end, bytes))) {
-          saved.pieces.push({ start, end, key: `${dir}${start}` });
+        const key = `${dir}${start}`;
+        const fits = this.#stats.hostBytes + bytes.length <= this.maxHostBytes;
+        if (this.store && fits) {
+          this.#stats.hostBytes += bytes.length;
+          const piece: SwapPiece = { start, end, bytes };
+          later.push({ piece, key });
+          saved.pieces.push(piece);
           continue;
         }
-        if (this.#stats.hostBytes + bytes.length > this.maxHostBytes) {
+        if (this.store && (await this.#put(key, start, end, bytes))) {
+          saved.pieces.push({ start, end, key });
+          continue;
+        }
+        if (!fits) {
           throw new BusyError(
             `preempting this sequence needs ${bytes.length} more bytes of host memory for its KV, past the ${this.maxHostBytes}-byte swap budget (${this.store ? `the store ${this.store.name} refused the write` : "no snapshot store"}); retry later or raise --max-swap-bytes`,
           );
@@ -179,6 +208,24 @@ export class KvSwap {
     } catch (err) {
       this.drop(saved);
       throw err;
+    }
+    // The background writes, one piece after another (one piece's encoding in memory at a time),
+    // started once every piece is out of the pool, so they do not slow the exports down.
+    let chain = Promise.resolve();
+    for (const { piece, key } of later) {
+      chain = chain.then(async () => {
+        // Restored or dropped before its turn: nothing to write.
+        const ok =
+          piece.bytes !== undefined && (await this.#put(key, piece.start, piece.end, piece.bytes));
+        piece.writing = undefined;
+        if (!ok) return; // stays in memory, counted (or is gone)
+        piece.key = key; // (a piece dropped meanwhile is deleted by drop's release)
+        if (!piece.bytes) return;
+        this.#stats.hostBytes -= piece.bytes.length;
+        piece.bytes = undefined;
+      });
+      piece.writing = chain;
+      this.#track(chain);
     }
     return saved;
   }
@@ -191,7 +238,8 @@ export class KvSwap {
     try {
       for (const p of saved.pieces) {
         if (p.start >= upTo) break;
-        const bytes = "bytes" in p ? p.bytes : await this.#get(p.key, p.start, p.end);
+        // A piece still being written is read from memory; its object is deleted once written.
+        const bytes = p.bytes ?? (await this.#get(p.key as string, p.start, p.end));
         await kv.import(p.start, p.end, bytes);
       }
     } catch (err) {
@@ -206,29 +254,48 @@ export class KvSwap {
     }
   }
 
-  /** Lets go of a swap: host bytes are freed, store objects deleted in the background. */
+  /**
+   * Lets go of a swap: host bytes are freed, store objects deleted in the background (a piece
+   * still being written is deleted when its write ends).
+   */
   drop(saved: SwappedKv): void {
     for (const p of saved.pieces) {
-      if ("bytes" in p) {
-        this.#stats.hostBytes -= p.bytes.length;
-        continue;
-      }
-      const store = this.store as SnapshotStore;
-      const done: Promise<void> = store
-        .delete(p.key)
-        .catch((err) => {
-          this.#stats.deleteErrors++;
-          this.#log.warn("swap object not deleted", { key: p.key, error: message(err) });
-        })
-        .finally(() => this.#deletes.delete(done));
-      this.#deletes.add(done);
+      if (p.writing) {
+        // Its bytes stop counting now (the swap is over; the write ends soon), its object goes
+        // once it is written.
+        if (p.bytes) this.#stats.hostBytes -= p.bytes.length;
+        p.bytes = undefined;
+        this.#track(p.writing.then(() => this.#release(p)));
+      } else this.#release(p);
     }
     saved.pieces = [];
   }
 
-  /** Resolves when every delete started so far has finished (tests, shutdown). */
+  #release(p: SwapPiece): void {
+    if (p.bytes) {
+      this.#stats.hostBytes -= p.bytes.length;
+      p.bytes = undefined;
+    }
+    if (p.key === undefined) return;
+    const key = p.key;
+    p.key = undefined;
+    this.#track(
+      (this.store as SnapshotStore).delete(key).catch((err) => {
+        this.#stats.deleteErrors++;
+        this.#log.warn("swap object not deleted", { key, error: message(err) });
+      }),
+    );
+  }
+
+  /** Keeps `work` (a background write or delete) until it ends, for settled(). */
+  #track(work: Promise<void>): void {
+    const done: Promise<void> = work.finally(() => this.#pending.delete(done));
+    this.#pending.add(done);
+  }
+
+  /** Resolves when every write and delete started so far has finished (tests, shutdown). */
   async settled(): Promise<void> {
-    while (this.#deletes.size) await Promise.all([...this.#deletes]);
+    while (this.#pending.size) await Promise.all([...this.#pending]);
   }
 
   /** Encodes and writes one piece; false (logged, counted) when the store refuses. */
