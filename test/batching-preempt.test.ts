@@ -10,6 +10,7 @@ import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { KvSwap } from "../core/engine/kv-swap.ts";
 import { createPagedReferenceRuntime } from "../core/engine/paged-reference-runtime.ts";
 import type { PagedRuntime } from "../core/engine/paged-runtime.ts";
 import type { PagedSequence } from "../core/engine/paged-sequence.ts";
@@ -366,6 +367,101 @@ describe("preemption through the snapshot store", () => {
       expect(scheduler.stats().swap.hostBytes).toBe(0);
       await runtime.close();
     }
+  });
+
+  it("reads a swapped sequence's pieces back ahead of its restore, within the host budget", async () => {
+    const inner = await dirStore();
+    let gets = 0;
+    const counting: SnapshotStore = {
+      name: inner.name,
+      put: (key, bytes) => inner.put(key, bytes),
+      create: (key, bytes) => inner.create(key, bytes),
+      get: (key, range) => {
+        gets++;
+        return inner.get(key, range);
+      },
+      head: (key) => inner.head(key),
+      delete: (key) => inner.delete(key),
+      list: (prefix) => inner.list(prefix),
+      move: (from, to) => inner.move(from, to),
+    };
+    const runtime = await referencePool();
+    const perToken = kvPayloadBytes(runtime.info.kv, 1);
+    const table = Int32Array.of(0, 1, 2, 3, 4);
+    await runtime.step([{ tokens: tokens(40, 9), start: 0, table, logits: false }]);
+    const kv = {
+      export: (a: number, b: number) => runtime.exportKv(table, a, b),
+      import: (a: number, b: number, bytes: Uint8Array) =>
+        runtime.importKv(table, a, bytes, b - a, runtime.info.kv.dtype),
+    };
+    const before = await kv.export(0, 40);
+    const zeros = new Uint8Array(before.length);
+    for (const budget of [64, 20]) {
+      // Pieces of 16, 16, 8 positions; a budget of 20 positions' bytes reads only the first ahead.
+      const swap = new KvSwap(runtime.info.kv, runtime.info.blockTokens, {
+        store: counting,
+        modelFingerprint: fingerprint,
+        chunkTokens: 16,
+        maxHostBytes: budget * perToken,
+      });
+      const saved = await swap.save("t", 0, 0, 40, kv);
+      await swap.settled(); // written; nothing in memory
+      expect(swap.stats().hostBytes).toBe(0);
+      await kv.import(0, 40, zeros);
+      gets = 0;
+      swap.prefetch(saved, 40);
+      await swap.settled();
+      const ahead = budget === 64 ? 40 : 16;
+      expect(gets).toBe(budget === 64 ? 3 : 1);
+      expect(swap.stats().storeBytesPrefetched).toBe(ahead * perToken);
+      expect(swap.stats().hostBytes).toBe(ahead * perToken);
+      await swap.restore(saved, 40, kv);
+      expect(gets).toBe(3); // each piece read once, ahead or by the restore
+      expect(await kv.export(0, 40)).toEqual(before);
+      expect(swap.stats().hostBytes).toBe(0);
+      await swap.settled();
+      expect(await swapKeys(inner)).toEqual([]);
+    }
+    // A piece that cannot be read ahead (damaged) is left to the restore, which refuses it.
+    const swap = new KvSwap(runtime.info.kv, runtime.info.blockTokens, {
+      store: counting,
+      modelFingerprint: fingerprint,
+      chunkTokens: 16,
+      maxHostBytes: 64 * perToken,
+    });
+    const saved = await swap.save("t", 0, 0, 40, kv);
+    await swap.settled();
+    const [first] = await swapKeys(inner);
+    await writeFile(join(inner.root, first), "damaged");
+    swap.prefetch(saved, 40);
+    await swap.settled();
+    expect(swap.stats().storeBytesPrefetched).toBe(24 * perToken); // the other two
+    await expect(swap.restore(saved, 40, kv)).rejects.toBeInstanceOf(StoreError);
+    expect(swap.stats().hostBytes).toBe(0);
+    await runtime.close();
+  });
+
+  it("prefetches a sequence that waits for room, so its restore imports from memory", async () => {
+    const store = await dirStore();
+    const runtime = await referencePool();
+    const scheduler = new BatchScheduler(runtime, {
+      maxBatchTokens: 8,
+      swap: { store, modelFingerprint: fingerprint, chunkTokens: 16, maxHostBytes: 1 << 20 },
+    });
+    const { a, b, out } = await fillAndPreempt(scheduler); // b swapped; a holds 6 of 10 blocks
+    await scheduler.swap.settled(); // b's pieces are in the store, not in memory
+    expect(scheduler.stats().swap.hostBytes).toBe(0);
+    // a's 24-token prefill runs in three steps (a is older and busy: b cannot take its blocks),
+    // b's call waits for room meanwhile, and its pieces are read back; then b comes back.
+    const [, bLogits] = await Promise.all([a.prefill(tokens(24, 6)), b.forward(tokens(1, 4))]);
+    expect(scheduler.stats().swap.storeBytesPrefetched).toBeGreaterThan(0);
+    const single = await createReferenceRuntime({ model, maxPositions: 256 });
+    await single.forward(tokens(40, 2));
+    expect(bLogits).toEqual(await single.forward(tokens(1, 4)));
+    expect(out[1]).toEqual((await alone(single))[1]);
+    await single.close();
+    await closeAll(scheduler, store, [a, b]);
+    await runtime.close();
   });
 
   it("never lets two tenants' swapped sequences share objects", async () => {

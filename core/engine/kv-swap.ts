@@ -35,7 +35,7 @@ import { toHex } from "../hash/hex.ts";
 import { sha256 } from "../hash/sha256.ts";
 import { tenantTag } from "../kv/chain-key.ts";
 import { decodeSnapshot, encodeSnapshot } from "../kv/format.ts";
-import { FP8_BLOCK_POSITIONS, type KvLayout } from "../kv/layout.ts";
+import { FP8_BLOCK_POSITIONS, type KvLayout, kvPayloadBytes } from "../kv/layout.ts";
 import { defaultLogger, type SnapshotLogger, type SnapshotStore, StoreError } from "../kv/store.ts";
 
 /** Default host memory for swapped KV when the store is absent or failing (`--max-swap-bytes`). */
@@ -70,6 +70,8 @@ interface SwapPiece {
   bytes?: Uint8Array;
   key?: string;
   writing?: Promise<void>;
+  /** A read ahead of the restore (prefetch): resolves once `bytes` holds the piece, or it failed. */
+  fetching?: Promise<void>;
 }
 
 /**
@@ -83,6 +85,8 @@ export interface SwappedKv {
   pieces: SwapPiece[];
   /** Set when the KV could not be kept or restored: every later call of the sequence fails with it. */
   lost?: Error;
+  /** prefetch() has run for this swap. */
+  prefetched?: boolean;
 }
 
 export interface KvSwapStats {
@@ -96,6 +100,8 @@ export interface KvSwapStats {
   restoreFailures: number;
   /** Swap objects whose delete failed (left to the store's eviction). */
   deleteErrors: number;
+  /** Bytes of swapped KV read back from the store ahead of a restore (cumulative). */
+  storeBytesPrefetched: number;
 }
 
 /** Reads and writes one sequence's KV in the pool: the scheduler's export/import over its table. */
@@ -122,6 +128,7 @@ export class KvSwap {
     hostBytes: 0,
     storeWriteErrors: 0,
     restoreFailures: 0,
+    storeBytesPrefetched: 0,
     deleteErrors: 0,
   };
 
@@ -238,7 +245,9 @@ export class KvSwap {
     try {
       for (const p of saved.pieces) {
         if (p.start >= upTo) break;
-        // A piece still being written is read from memory; its object is deleted once written.
+        // A piece still being written, or read ahead, comes from memory (a piece being written has
+        // its object deleted once written).
+        if (!p.bytes && p.fetching) await p.fetching;
         const bytes = p.bytes ?? (await this.#get(p.key as string, p.start, p.end));
         await kv.import(p.start, p.end, bytes);
       }
@@ -251,6 +260,41 @@ export class KvSwap {
           });
     } finally {
       this.drop(saved);
+    }
+  }
+
+  /**
+   * Reads the store's pieces of positions [0, upTo) back into host memory ahead of the restore,
+   * one after another in the background, while they fit in the host budget (a piece that does not
+   * is left to the restore): the scheduler calls it when a swapped sequence waits for room, so
+   * the step that restores it imports from memory instead of waiting for the store. A failed read
+   * is let go; the restore reads that piece again and reports what is wrong. Once per swap.
+   */
+  prefetch(saved: SwappedKv, upTo: number): void {
+    if (!this.store || saved.lost || saved.prefetched) return;
+    saved.prefetched = true;
+    let chain = Promise.resolve();
+    for (const p of saved.pieces) {
+      if (p.start >= upTo) break;
+      if (p.bytes || p.key === undefined) continue;
+      const key = p.key;
+      const need = kvPayloadBytes(this.#layout, p.end - p.start);
+      chain = chain.then(async () => {
+        // Restored or dropped meanwhile, or no room: the restore reads it (or nobody does).
+        if (p.key !== key || p.bytes || this.#stats.hostBytes + need > this.maxHostBytes) return;
+        p.fetching = this.#get(key, p.start, p.end).then(
+          (bytes) => {
+            if (p.key !== key || p.bytes) return; // let go of while it was read
+            p.bytes = bytes;
+            this.#stats.hostBytes += bytes.length;
+            this.#stats.storeBytesPrefetched += bytes.length;
+          },
+          () => {},
+        );
+        await p.fetching;
+        p.fetching = undefined;
+      });
+      this.#track(chain);
     }
   }
 

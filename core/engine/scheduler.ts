@@ -479,6 +479,8 @@ export class BatchScheduler implements SequenceHost {
     if (need > saved.from && !(await this.reserve(seq, saved.from, need))) {
       seq.releaseFrom(saved.from / this.pool.blockTokens);
       if (mustFit) throw new BusyError("the KV pool has no room to restore this sequence now");
+      // It waits for room: its pieces are read back meanwhile, so the restore does not wait.
+      this.swap.prefetch(saved, seq.position);
       return false;
     }
     try {

@@ -178,6 +178,11 @@ export async function createModelApp(options: ModelAppOptions): Promise<ModelApp
       "Preempted sequences whose KV could not be restored (their requests failed; cumulative)",
       () => batch().swap.restoreFailures,
     );
+    metrics.gauge(
+      "ul_model_swap_prefetch_bytes",
+      "Bytes of preempted sequences' KV read back from the store ahead of their restore (cumulative)",
+      () => batch().swap.storeBytesPrefetched,
+    );
   }
 
   // Which runtime, kernels and KV dtype serve: a constant 1 whose labels say it (Prometheus' *_info).
