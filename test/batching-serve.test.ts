@@ -20,6 +20,7 @@ beforeAll(async () => {
     runtime: "reference",
     maxSeqs: 4,
     maxBatchTokens: 64,
+    maxPrefillTokens: 24,
     maxSwapBytes: 123_456_789,
     store: null,
     snapshotChunkTokens: 32,
@@ -74,6 +75,7 @@ describe("serve with continuous batching", () => {
     expect(info.maxSeqs).toBe(4);
     expect(info.batching).toMatchObject({
       maxBatchTokens: 64,
+      maxPrefillTokens: 24,
       blockTokens: 16,
       swapTo: "host", // no store: preempted KV stays in host memory, up to the budget given
       maxSwapBytes: 123_456_789,

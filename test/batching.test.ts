@@ -213,6 +213,36 @@ describe("the scheduler on the batched reference runtime", () => {
     expect(decoded).toBeGreaterThanOrEqual(10);
     await runtime.close();
   });
+  it("caps the prompt tokens beside decode tokens at maxPrefillTokens, and only there", async () => {
+    const runtime = await paged({ poolPositions: 1024 });
+    const scheduler = new BatchScheduler(runtime, { maxBatchTokens: 16, maxPrefillTokens: 4 });
+    expect(scheduler.maxPrefillTokens).toBe(4);
+    // A prompt alone runs in steps of 16.
+    const alone = scheduler.open("a");
+    const before = scheduler.stats().steps;
+    await alone.prefill(tokens(64, 90));
+    expect(scheduler.stats().steps - before).toBe(4);
+    // Beside a decode token, at most 4 of another prompt's tokens a step.
+    const long = scheduler.open("b").prefill(tokens(40, 91));
+    let longDone = false;
+    void long.then(() => {
+      longDone = true;
+    });
+    const stepTokens: number[] = [];
+    for (let i = 0; !longDone && i < 100; i++) {
+      await alone.forward(tokens(1, 92 + i));
+      stepTokens.push(scheduler.stats().lastStepTokens);
+    }
+    await long;
+    expect(stepTokens.length).toBeGreaterThanOrEqual(9); // 40 tokens, 4 a step
+    expect(Math.max(...stepTokens)).toBe(5);
+    // Bad values are refused; a cap above the step budget is the step budget.
+    expect(() => new BatchScheduler(runtime, { maxPrefillTokens: 0 })).toThrow(InvalidInputError);
+    expect(
+      new BatchScheduler(runtime, { maxBatchTokens: 8, maxPrefillTokens: 64 }).maxPrefillTokens,
+    ).toBe(8);
+    await runtime.close();
+  });
 });
 
 describe("prefix sharing through the block prefix cache and the sequence driver", () => {

@@ -124,6 +124,11 @@ describe("ultralong serve: one line and a non-zero exit for each start-up mistak
       /cannot listen on 192\.0\.2\.1:0: no such address/,
     ],
     ["zero KV positions", () => ["--max-positions", "0"], /--max-positions must be at least 1/],
+    [
+      "a zero prefill cap",
+      () => ["--max-prefill-tokens", "0"],
+      /--max-prefill-tokens must be at least 1/,
+    ],
     ["a bad KV dtype", () => ["--kv-dtype", "f7"], /--kv-dtype must be/],
     ["a bad weight format", () => ["--weights", "int4"], /--weights must be f32, bf16 or int8/],
     [

@@ -4,7 +4,8 @@
 //
 //   1. decode tokens (one-token calls) of every waiting sequence go first, oldest sequence first,
 //      so a long prefill never stalls a running generation by more than one step;
-//   2. the rest of the step's token budget (maxBatchTokens) goes to prefill pieces, shared out
+//   2. the rest of the step's token budget (maxBatchTokens; at most maxPrefillTokens when the step
+//      has decode tokens) goes to prefill pieces, shared out
 //      between tenants in turn (the tenant served longest ago first, each at most its fair share
 //      of what is left), then to whoever still has tokens: one tenant's long prompt cannot starve
 //      another tenant's; a prompt longer than the budget runs as pieces over several steps, in
@@ -46,6 +47,12 @@ export const DEFAULT_MAX_BATCH_TOKENS = 256;
 export interface SchedulerOptions {
   /** Most tokens one step runs, decode tokens and prefill pieces together. */
   maxBatchTokens?: number;
+  /**
+   * Most prompt tokens a step runs beside decode tokens (`--max-prefill-tokens`; default
+   * maxBatchTokens): bounds what a running generation's next token waits for when new prompts
+   * arrive. A step without decode tokens runs prompt pieces up to maxBatchTokens.
+   */
+  maxPrefillTokens?: number;
   /** Where preempted sequences' KV goes (kv-swap.ts); default: host memory, 1 GiB at most. */
   swap?: KvSwapOptions;
 }
@@ -109,6 +116,7 @@ export class BatchScheduler implements SequenceHost {
   readonly runtime: PagedRuntime;
   readonly pool: KvBlockPool;
   readonly maxBatchTokens: number;
+  readonly maxPrefillTokens: number;
   readonly swap: KvSwap;
   readonly #calls: Call[] = [];
   readonly #exclusive: Array<() => Promise<void>> = [];
@@ -134,9 +142,16 @@ export class BatchScheduler implements SequenceHost {
     if (!Number.isSafeInteger(budget) || budget < 1) {
       throw new InvalidInputError(`max batch tokens must be a positive integer, not ${budget}`);
     }
+    const prefillCap = options.maxPrefillTokens ?? budget;
+    if (!Number.isSafeInteger(prefillCap) || prefillCap < 1) {
+      throw new InvalidInputError(
+        `max prefill tokens must be a positive integer, not ${prefillCap}`,
+      );
+    }
     this.runtime = runtime;
     this.pool = new KvBlockPool(runtime.info.totalBlocks, runtime.info.blockTokens);
     this.maxBatchTokens = budget;
+    this.maxPrefillTokens = Math.min(prefillCap, budget);
     this.swap = new KvSwap(runtime.info.kv, runtime.info.blockTokens, options.swap);
   }
 
@@ -332,6 +347,8 @@ export class BatchScheduler implements SequenceHost {
       if (budget === 0) break;
       await take(call, 1);
     }
+    // Beside decode tokens, prompt pieces get at most maxPrefillTokens of the step.
+    if (pieces.length > 0) budget = Math.min(budget, this.maxPrefillTokens);
     // Prefill: one piece per tenant in turn, least recently served tenant first, fair shares.
     const tenants = [...new Set(prefill.map((c) => c.seq.tenant))].sort(
       (a, b) => (this.#served.get(a) ?? -1) - (this.#served.get(b) ?? -1),

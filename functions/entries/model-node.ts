@@ -54,6 +54,8 @@ export interface ModelFunctionOptions {
   maxSeqs?: number;
   /** Most tokens one batched step runs (default DEFAULT_MAX_BATCH_TOKENS). */
   maxBatchTokens?: number;
+  /** Most prompt tokens a step runs beside decode tokens (default maxBatchTokens). */
+  maxPrefillTokens?: number;
   /** Host memory for preempted sequences' KV when the store is absent or failing (docs/batching.md). */
   maxSwapBytes?: number;
   /** Native runtimes: KV positions held in device memory, the rest of the pool in host memory
@@ -164,6 +166,7 @@ export async function startModelFunction(options: ModelFunctionOptions): Promise
             paged: runtime,
             maxSeqs,
             maxBatchTokens: options.maxBatchTokens,
+            maxPrefillTokens: options.maxPrefillTokens,
             maxSwapBytes: options.maxSwapBytes,
           }
         : runtime,

@@ -46,7 +46,13 @@ export interface DriverEngineOptions {
    */
   runtime:
     | Runtime
-    | { paged: PagedRuntime; maxSeqs: number; maxBatchTokens?: number; maxSwapBytes?: number };
+    | {
+        paged: PagedRuntime;
+        maxSeqs: number;
+        maxBatchTokens?: number;
+        maxPrefillTokens?: number;
+        maxSwapBytes?: number;
+      };
   /** For token text and stop strings. */
   tokenizer: DecoderFactory;
   /** Snapshot store; without one, no snapshots (the runtime still reuses a held prefix). */
@@ -93,6 +99,7 @@ export async function createDriverEngine(options: DriverEngineOptions): Promise<
   const scheduler = batched
     ? new BatchScheduler(batched.paged, {
         maxBatchTokens: batched.maxBatchTokens,
+        maxPrefillTokens: batched.maxPrefillTokens,
         swap: {
           store: options.store?.store,
           modelFingerprint: fingerprint,
@@ -200,6 +207,7 @@ export async function createDriverEngine(options: DriverEngineOptions): Promise<
       ? {
           batching: {
             maxBatchTokens: scheduler.maxBatchTokens,
+            maxPrefillTokens: scheduler.maxPrefillTokens,
             blockTokens: batched.paged.info.blockTokens,
             totalBlocks: batched.paged.info.totalBlocks,
             swapTo: scheduler.swap.store ? "store" : "host",

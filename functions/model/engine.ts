@@ -28,6 +28,8 @@ export interface EngineInfo {
   /** With continuous batching: the step budget and the KV block pool (docs/batching.md). */
   batching?: {
     maxBatchTokens: number;
+    /** Most prompt tokens a step runs beside decode tokens. */
+    maxPrefillTokens: number;
     blockTokens: number;
     totalBlocks: number;
     /** Where preempted sequences' KV goes: the snapshot store, else host memory up to maxSwapBytes. */

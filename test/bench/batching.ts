@@ -1,5 +1,5 @@
 // `npm run bench -- batching [--clients 1,4,16,32] [--doc-tokens 8192] [--tokens 32] [--quick]
-//   [--max-seqs N[,M]]`: many clients asking different questions about one document, against
+//   [--max-seqs N[,M]] [--questions N] [--max-prefill-tokens N[,M]]`: many clients asking different questions about one document, against
 // `ultralong serve` over HTTP and against llama.cpp with as many parallel sequences, in one run
 // (issue 15, item 6).
 //
@@ -7,15 +7,16 @@
 // `--quick`: 2 layers, hidden 64, a 256-token document, clients 1,4, 8 tokens) is converted to GGUF
 // by our converter. The prompt of question q is the document (BOS and doc-tokens - 1 ids spread
 // over the ordinary vocabulary) followed by 16 question ids that differ from every other
-// question's from the first one. Every cell of C clients asks the same max(clients) questions,
-// C at a time (test/support/batching-load.ts: each client takes the next question when its answer
+// question's from the first one. Every cell of C clients asks the same max(clients) questions
+// (`--questions N`: N of them, so clients ask several each and new questions arrive while others
+// decode: the steady state, where prompt pieces share steps with decode tokens), C at a time (test/support/batching-load.ts: each client takes the next question when its answer
 // is complete), greedy, `--tokens` tokens at most (an end-of-generation token ends an answer early
 // on both sides).
 //   ours:  `ultralong serve --runtime wasm --threads 2 --no-store` (a child process, as a user runs
 //          it), POST /v1/completions with the ids and stream: true, timed per token at the client.
 //          A 429 (queue full) is retried after its Retry-After and counted. The server is started
 //          once per value of `--max-seqs` (default 1 and max(clients): one sequence at a time and
-//          batched), each with a KV pool (--max-positions) that holds the document once and every
+//          batched), and of `--max-prefill-tokens` where given (serve's own default otherwise), each with a KV pool (--max-positions) that holds the document once and every
 //          sequence's question and answer, and each is measured. A serve whose --help does not
 //          list --max-seqs (before batching) is started once, without it, and the JSON says so.
 //   peer:  llama.cpp through node-llama-cpp's prebuilt CPU binary, one context with max(clients)
@@ -76,9 +77,20 @@ interface Settings {
   tokens: number;
   /** --max-seqs values asked for, or null (the default). */
   maxSeqs: number[] | null;
+  /** Questions per cell (default max(clients)). */
+  questions: number;
+  /** --max-prefill-tokens values asked for, or null (serve's default). */
+  maxPrefill: number[] | null;
 }
 
-const VALUE_OPTIONS = ["--clients", "--doc-tokens", "--tokens", "--max-seqs"];
+const VALUE_OPTIONS = [
+  "--clients",
+  "--doc-tokens",
+  "--tokens",
+  "--max-seqs",
+  "--questions",
+  "--max-prefill-tokens",
+];
 
 function intList(name: string, text: string | undefined, min: number): number[] {
   if (text === undefined) throw new InvalidInputError(`${name} needs a value`);
@@ -109,6 +121,12 @@ function parseSettings(args: string[]): Settings {
       ? [1, 4]
       : [1, 4, 16, 32];
   if (Math.max(...clients) > 256) throw new InvalidInputError("--clients: at most 256");
+  const questions = one("--questions", Math.max(...clients), 1);
+  if (questions < Math.max(...clients) || questions > 1024) {
+    throw new InvalidInputError(
+      `--questions: at least the most clients (${Math.max(...clients)}) and at most 1024, got ${questions}`,
+    );
+  }
   return {
     quick,
     // 1 always runs: it is the unloaded figure and the answers asked alone.
@@ -117,6 +135,10 @@ function parseSettings(args: string[]): Settings {
     // Two at least, so every answer has an inter-token gap.
     tokens: one("--tokens", quick ? 8 : 32, 2),
     maxSeqs: given.has("--max-seqs") ? intList("--max-seqs", given.get("--max-seqs"), 1) : null,
+    questions,
+    maxPrefill: given.has("--max-prefill-tokens")
+      ? intList("--max-prefill-tokens", given.get("--max-prefill-tokens"), 1)
+      : null,
   };
 }
 
@@ -140,11 +162,24 @@ function modes(s: Settings, serveHas: Set<string>): Mode[] {
       },
     ];
   }
+  if (s.maxPrefill && !serveHas.has("--max-prefill-tokens")) {
+    throw new InvalidInputError(
+      "--max-prefill-tokens: this `ultralong serve` has no --max-prefill-tokens; leave it out",
+    );
+  }
   const values = s.maxSeqs ?? [1, Math.max(...s.clients)];
-  return [...new Set(values)].map((n) => ({
-    label: `max-seqs ${n}`,
-    args: ["--max-seqs", String(n), "--max-positions", String(kvPositions(s, n))],
-  }));
+  return [...new Set(values)].flatMap((n) =>
+    (s.maxPrefill ?? [null]).map((p) => ({
+      label: p === null ? `max-seqs ${n}` : `max-seqs ${n}, max-prefill-tokens ${p}`,
+      args: [
+        "--max-seqs",
+        String(n),
+        "--max-positions",
+        String(kvPositions(s, n)),
+        ...(p === null ? [] : ["--max-prefill-tokens", String(p)]),
+      ],
+    })),
+  );
 }
 
 /**
@@ -185,7 +220,7 @@ export default async function main(args: string[]): Promise<void> {
   const llama = await loadLlamaCpp();
   if (!llama) throw new Error("node-llama-cpp is not installed: run npm install");
   const shape = s.quick ? TINY : { ...ISSUE15_MODEL, seed: 15 };
-  const questions = Math.max(...s.clients);
+  const questions = s.questions;
   const load = [loadavg()[0]];
 
   // The document and the questions: deterministic ids, none special (all below 128000).
@@ -231,7 +266,7 @@ export default async function main(args: string[]): Promise<void> {
     }
     peer = await openParallelLlama(llama, {
       ggufPath: gguf,
-      sequences: questions,
+      sequences: Math.max(...s.clients),
       threads: THREADS,
       document,
       contextSize: positions,
@@ -346,7 +381,7 @@ export default async function main(args: string[]): Promise<void> {
       llamaCpp: {
         via: "node-llama-cpp (prebuilt CPU binary, gpu: false, build: never)",
         release: llama.llamaCppRelease.release,
-        sequences: questions,
+        sequences: Math.max(...s.clients),
         batchSize: peer.context.batchSize,
         documentPrefillMs: Math.round(peer.documentPrefillMs),
         // Sequence 0's state saved and loaded into each other sequence (no KV is shared).

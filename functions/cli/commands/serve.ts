@@ -39,6 +39,9 @@ options:
   --max-seqs N       generations at once, batched (default: one per 2048 KV positions, at
                      most 32, where the runtime batches; 1: one at a time)
   --max-batch-tokens N  most tokens one batched step runs (default 256)
+  --max-prefill-tokens N  most prompt tokens a step runs beside decode tokens (default
+                      --max-batch-tokens): lower keeps running generations' inter-token latency
+                      down while new prompts arrive, at their time to first token's cost
   --max-swap-bytes N host memory for preempted sequences' KV when there is no store or its
                      writes fail (default 1073741824); past it the preempted request fails
   --kv-dtype D       KV cache element type: ${KV_DTYPE_HELP} (default: the runtime's)
@@ -186,6 +189,7 @@ export const command: Command = {
         "max-positions": { type: "string" },
         "max-seqs": { type: "string" },
         "max-batch-tokens": { type: "string" },
+        "max-prefill-tokens": { type: "string" },
         "max-swap-bytes": { type: "string" },
         "kv-dtype": { type: "string" },
         "device-kv-positions": { type: "string" },
@@ -210,6 +214,10 @@ export const command: Command = {
     if (maxSeqs === 0) throw new InvalidInputError("--max-seqs must be at least 1");
     const maxBatchTokens = intOption("max-batch-tokens", values["max-batch-tokens"]);
     if (maxBatchTokens === 0) throw new InvalidInputError("--max-batch-tokens must be at least 1");
+    const maxPrefillTokens = intOption("max-prefill-tokens", values["max-prefill-tokens"]);
+    if (maxPrefillTokens === 0) {
+      throw new InvalidInputError("--max-prefill-tokens must be at least 1");
+    }
     const maxSwapBytes = intOption("max-swap-bytes", values["max-swap-bytes"]);
     const kvDtype = kvDtypeOption(values["kv-dtype"]);
     const deviceKvPositions = intOption("device-kv-positions", values["device-kv-positions"]);
@@ -243,6 +251,7 @@ export const command: Command = {
       maxPositions,
       maxSeqs,
       maxBatchTokens,
+      maxPrefillTokens,
       maxSwapBytes,
       kvDtype,
       deviceKvPositions,
@@ -251,7 +260,7 @@ export const command: Command = {
     });
     const info = server.engine.info();
     say(
-      `${server.runtimeChoice}; kernels ${info.kernels}; KV ${info.kv.dtype}; ${info.batching ? `batching up to ${info.maxSeqs} sequences, ${info.batching.maxBatchTokens} tokens a step, KV blocks of ${info.batching.blockTokens}` : "one sequence at a time"}`,
+      `${server.runtimeChoice}; kernels ${info.kernels}; KV ${info.kv.dtype}; ${info.batching ? `batching up to ${info.maxSeqs} sequences, ${info.batching.maxBatchTokens} tokens a step (${info.batching.maxPrefillTokens} of prompts beside decode tokens), KV blocks of ${info.batching.blockTokens}` : "one sequence at a time"}`,
     );
     if (info.sizing) say(info.sizing);
     if (role === "model") {
