@@ -425,6 +425,27 @@ for (const build of BUILDS) {
       });
     });
 
+    describe("attention's base-2 exp", () => {
+      it("2^x within 2.5e-7 relative of float64 over [-126, 0], and 2^-126 below", () => {
+        top = Math.ceil(k.heap_base() / 64) * 64;
+        const n = 8192;
+        const x = alloc(n * 4);
+        const y = alloc(n * 4);
+        const xs = f32(x, n);
+        for (let i = 0; i < n - 4; i++) xs[i] = -126 + (126 * i) / (n - 5);
+        xs.set([0, -0.5, -1e9, Number.NEGATIVE_INFINITY], n - 4);
+        fn("exp2neg_f32")(x, y, n);
+        const ys = f32(y, n);
+        for (let i = 0; i < n - 2; i++) {
+          const e = 2 ** xs[i];
+          expect(Math.abs(ys[i] - e) / e).toBeLessThanOrEqual(2.5e-7);
+        }
+        expect(ys[n - 4]).toBe(1);
+        expect(ys[n - 2]).toBe(2 ** -126); // far below, and -inf (a masked score): ~1e-38, not NaN
+        expect(ys[n - 1]).toBe(2 ** -126);
+      });
+    });
+
     describe("kv_store", () => {
       it("writes each row at its slot's (kv_head, slot % bs) row of block slot / bs, bf16 rounded to nearest even exactly as core's f32ToBf16", () => {
         top = Math.ceil(k.heap_base() / 64) * 64;

@@ -50,11 +50,12 @@ const RUNTIME = [
   "rope_table",
   "swiglu",
 ];
-// Only the test module's: each SIMD kernel's scalar reference, exp4 over an array, the bench peers.
+// Only the test module's: each SIMD kernel's scalar reference, exp4 and exp2neg4 over an array, the bench peers.
 const TEST_ONLY = [
   "add_into_ref",
   "attention",
   "attention_ref",
+  "exp2neg_f32",
   "exp_f32",
   "matmul_bf16_ref",
   "matmul_f32_ref",

@@ -29,9 +29,10 @@
 // from a row list into the same tiles, so each shared K/V tile is loaded once for all of them), then
 // each resumes over its own keys. Per row that is the same tiles in the same order with the same
 // operations as one pass, so the results are bit-identical to it (test/wasm-paged-cascade.test.ts).
-import { exp4, hsum, bf16ToF32, madd } from "./simd";
+import { exp2neg4, hsum, bf16ToF32, madd } from "./simd";
 
 const BQ: i32 = 16;
+const LOG2E: f32 = 1.4426950408889634;
 const BK: i32 = 64;
 
 /** Scratch bytes `attention` needs: Qs and O (R, hd), S (R, BK), m and l (R), bf16 K/V tiles. */
@@ -171,7 +172,9 @@ function attend(
   const kt = lRow + (<usize>rMax << 2);
   const vt = kt + <usize>BK * hdB;
   const eb: usize = kvBf16 ? 2 : 4;
-  const sv = f32x4.splat(scale);
+  // Scores in base 2 (scale log2 e folded into Qs): P = 2^(S - m) is exp of the natural scores
+  // less theirs, and the state's m is in the same base-2 units on both sides of a cascade.
+  const sv = f32x4.splat(scale * LOG2E);
   const zero = f32x4.splat(0);
   for (let kvh = 0; kvh < nkv; kvh++) {
     const kHead = kc + <usize>kvh * <usize>bs * <usize>hd * eb;
@@ -253,22 +256,22 @@ function attend(
             // Every lane valid (tiles off the diagonal): no mask to apply.
             for (let i = 0; i < n; i += 4) {
               const o = <usize>i << 2;
-              const p = exp4(f32x4.sub(v128.load(srow + o), m4));
+              const p = exp2neg4(f32x4.sub(v128.load(srow + o), m4));
               v128.store(srow + o, p);
               lv = f32x4.add(lv, p);
             }
           } else {
-            // Masked lanes are -inf, whose exp4 is ~1e-38, not 0: zero them.
+            // Masked lanes are -inf, whose exp2neg4 is ~1e-38, not 0: zero them.
             for (let i = 0; i < n; i += 4) {
               const o = <usize>i << 2;
-              const p = keep(exp4(f32x4.sub(v128.load(srow + o), m4)), i, lim, zero);
+              const p = keep(exp2neg4(f32x4.sub(v128.load(srow + o), m4)), i, lim, zero);
               v128.store(srow + o, p);
               lv = f32x4.add(lv, p);
             }
           }
           let l = hsum(lv);
           if (mOld != -Infinity && mOld != mNew) {
-            const corr = f32x4.extract_lane(exp4(f32x4.splat(mOld - mNew)), 0);
+            const corr = f32x4.extract_lane(exp2neg4(f32x4.splat(mOld - mNew)), 0);
             l += load<f32>(lRow + (<usize>r << 2)) * corr;
             const cv = f32x4.splat(corr);
             const orow = ob + <usize>r * hdB;

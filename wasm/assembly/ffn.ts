@@ -1,7 +1,7 @@
 // SwiGLU and residual adds.
 //   gu (T, 2F): per token [gate (F) | up (F)]  ->  out (T, F) = silu(gate) * up,
 //   silu(g) = g / (1 + e^-g).  F must be a multiple of 4.
-import { exp4 } from "./simd";
+import { exp2neg4, exp4 } from "./simd";
 
 export function swiglu(gu: usize, T: i32, F: i32, out: usize): void {
   const one = f32x4.splat(1);
@@ -49,5 +49,13 @@ export function exp_f32(x: usize, y: usize, n: i32): void {
   for (let i = 0; i < n; i += 4) {
     const o = <usize>i << 2;
     v128.store(y + o, exp4(v128.load(x + o)));
+  }
+}
+
+/** Attention's 2^x for x <= 0 (simd.ts exp2neg4) over an array, for the same bound. */
+export function exp2neg_f32(x: usize, y: usize, n: i32): void {
+  for (let i = 0; i < n; i += 4) {
+    const o = <usize>i << 2;
+    v128.store(y + o, exp2neg4(v128.load(x + o)));
   }
 }

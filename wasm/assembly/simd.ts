@@ -99,3 +99,34 @@ export function exp4(xIn: v128): v128 {
   );
   return f32x4.mul(y, pow2n);
 }
+
+// 2^x on f32x4 for x <= 0 (softmax weights in base 2: the scores pre-scaled by log2 e): x = n + r
+// with n = round(x), |r| <= 1/2, 2^r by its degree-6 Taylor polynomial (relative error <= 1.2e-7 at
+// |r| = 1/2), 2^n from the exponent bits. Inputs below -126 give 2^-126 (~1e-38: zero to f32 sums
+// of weights near 1). Against exp4(x ln 2) it drops the ln 2 multiply, the two-step reduction and
+// the upper clamp: 14 instructions instead of 21, on the softmax's every score.
+const C1: f32 = 0.6931471805599453;
+const C2: f32 = 0.2402265069591007;
+const C3: f32 = 0.05550410866482158;
+const C4: f32 = 0.009618129107628477;
+const C5: f32 = 0.0013333558146428443;
+const C6: f32 = 0.00015403530393381609;
+
+// @ts-ignore: decorator
+@inline
+export function exp2neg4(xIn: v128): v128 {
+  const x = f32x4.pmax(xIn, f32x4.splat(-126));
+  const n = f32x4.nearest(x);
+  const r = f32x4.sub(x, n);
+  let y = madd(f32x4.splat(C6), r, f32x4.splat(C5));
+  y = madd(y, r, f32x4.splat(C4));
+  y = madd(y, r, f32x4.splat(C3));
+  y = madd(y, r, f32x4.splat(C2));
+  y = madd(y, r, f32x4.splat(C1));
+  y = madd(y, r, f32x4.splat(1.0));
+  const pow2n = i32x4.shl(
+    i32x4.sub(f32x4.add(n, f32x4.splat(EXP_MAGIC)), i32x4.splat(EXP_MAGIC_BITS - 127)),
+    23,
+  );
+  return f32x4.mul(y, pow2n);
+}
