@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import {
   applyPenalties,
+  argmax,
   createRng,
   logSumExp,
   PenaltyState,
@@ -262,5 +263,31 @@ describe("Sampler", () => {
       expect(() => validateSamplingOptions(o), JSON.stringify(o)).toThrow(InvalidInputError);
     }
     expect(() => validateSamplingOptions({ temperature: 0, topP: 1, topK: 0 })).not.toThrow();
+  });
+});
+
+describe("argmax", () => {
+  // The plain scan it replaced: the lowest index of the largest value; NaN never wins except at 0.
+  const scan = (v: Float32Array) => {
+    let best = 0;
+    for (let i = 1; i < v.length; i++) if (v[i] > v[best]) best = i;
+    return best;
+  };
+  it("equals the plain scan on ties, NaN, -inf and every length up to 41", () => {
+    const rng = createRng(11);
+    const specials = [Number.NaN, Number.NEGATIVE_INFINITY, Number.POSITIVE_INFINITY, 0, 1];
+    for (let n = 0; n <= 41; n++) {
+      for (let trial = 0; trial < 200; trial++) {
+        const v = new Float32Array(n);
+        for (let i = 0; i < n; i++) {
+          const u = rng();
+          // Few distinct values (ties everywhere), sometimes a special one.
+          v[i] = u < 0.15 ? specials[Math.floor(rng() * specials.length)] : Math.floor(rng() * 4);
+        }
+        expect(argmax(v), `n ${n}: ${Array.from(v)}`).toBe(scan(v));
+      }
+    }
+    const long = Float32Array.from({ length: 128256 }, () => rng());
+    expect(argmax(long)).toBe(scan(long));
   });
 });

@@ -206,6 +206,43 @@ describe("wasm paged runtime", () => {
     }
   });
 
+  it("gives transientLogits items views of the last lm_head pass, copies of earlier ones, the same values (2 threads)", async () => {
+    const model = await loadTestModel(SMALL_VOCAB);
+    const rt = await createPagedWasmRuntime({
+      model,
+      threads: 2,
+      maxPositions: 256,
+      poolPositions: 48 * BS,
+    });
+    try {
+      const prefix = suiteTokens(BS, SMALL_VOCAB.vocab!, 5);
+      await rt.step([{ tokens: prefix, start: 0, table: Int32Array.of(0), logits: false }]);
+      // 40 decode tokens after the shared block, each into a block of its own: two lm_head passes
+      // (32 rows, then 8).
+      const items = (transient: boolean): StepItem[] =>
+        Array.from({ length: 40 }, (_, i) => ({
+          tokens: Int32Array.of((7 * i + 3) % SMALL_VOCAB.vocab!),
+          start: BS,
+          table: Int32Array.of(0, 1 + i),
+          logits: true,
+          transientLogits: transient,
+        }));
+      const copies = (await rt.step(items(false))).map((l) => Array.from(l as Float32Array));
+      const got = await rt.step(items(true));
+      got.forEach((l, i) => {
+        const shared = (l as Float32Array).buffer instanceof SharedArrayBuffer;
+        expect(shared, `item ${i}`).toBe(i >= 32); // the first pass's were copied before the second
+        expect(Array.from(l as Float32Array)).toEqual(copies[i]);
+      });
+      // Without the flag nothing is a view.
+      for (const l of await rt.step(items(false))) {
+        expect((l as Float32Array).buffer instanceof SharedArrayBuffer).toBe(false);
+      }
+    } finally {
+      await rt.close();
+    }
+  });
+
   it("bf16 KV: the batch plan == each sequence alone on the single-sequence runtime (2 threads)", async () => {
     const model = await loadTestModel(ODD);
     const { seqs, steps } = plan(model.config.vocabSize);

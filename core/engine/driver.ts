@@ -392,7 +392,8 @@ export class SequenceDriver {
           return;
         }
         output.push(id);
-        logits = await rt.forward(Int32Array.of(id), signal);
+        // Sampled at the top of the loop, before anything is awaited: a view will do.
+        logits = await rt.forward(Int32Array.of(id), signal, { transientLogits: true });
       }
     } finally {
       prompt.close();

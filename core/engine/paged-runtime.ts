@@ -38,6 +38,11 @@ export interface StepItem {
   table: Int32Array;
   /** Whether to return the logits (vocab floats) of this item's last token. */
   logits: boolean;
+  /**
+   * The caller reads this item's logits before the runtime's next step: they may be a view of a
+   * buffer that step reuses, instead of a copy (Runtime's ForwardOptions.transientLogits).
+   */
+  transientLogits?: boolean;
 }
 
 export interface PagedRuntime {

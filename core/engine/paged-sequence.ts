@@ -17,18 +17,28 @@ import type { ModelConfig } from "../model/config-types.ts";
 import type { KvBlockPool } from "./kv-blocks.ts";
 import type { SwappedKv } from "./kv-swap.ts";
 import type { PagedRuntime } from "./paged-runtime.ts";
-import { checkKvRange, checkTruncate, type Runtime, type RuntimeInfo } from "./runtime.ts";
+import {
+  checkKvRange,
+  checkTruncate,
+  type ForwardOptions,
+  type Runtime,
+  type RuntimeInfo,
+} from "./runtime.ts";
 
 /** What a sequence needs from its scheduler. */
 export interface SequenceHost {
   readonly runtime: PagedRuntime;
   readonly pool: KvBlockPool;
-  /** Run tokens at [position, position + n) in a later step; logits of the last when asked. */
+  /**
+   * Run tokens at [position, position + n) in a later step; logits of the last when asked (a view
+   * the next step reuses when `transient`: ForwardOptions.transientLogits).
+   */
   submit(
     seq: PagedSequence,
     tokens: Int32Array,
     logits: boolean,
     signal?: AbortSignal,
+    transient?: boolean,
   ): Promise<Float32Array | null>;
   /** Run `fn` with the runtime to itself (between steps), the sequence swapped in first. */
   exclusive<T>(seq: PagedSequence, fn: () => Promise<T>): Promise<T>;
@@ -92,9 +102,14 @@ export class PagedSequence implements Runtime {
     return Int32Array.from(this.blocks.slice(0, n));
   }
 
-  forward(tokens: Int32Array, signal?: AbortSignal): Promise<Float32Array> {
+  forward(
+    tokens: Int32Array,
+    signal?: AbortSignal,
+    options?: ForwardOptions,
+  ): Promise<Float32Array> {
     this.#open();
-    return this.#host.submit(this, tokens, true, signal) as Promise<Float32Array>;
+    const transient = options?.transientLogits === true;
+    return this.#host.submit(this, tokens, true, signal, transient) as Promise<Float32Array>;
   }
 
   async prefill(tokens: Int32Array, signal?: AbortSignal): Promise<void> {

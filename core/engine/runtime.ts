@@ -40,6 +40,16 @@ export interface RuntimeInfo {
   sizing?: string;
 }
 
+/** Options of one forward call. */
+export interface ForwardOptions {
+  /**
+   * The caller reads the logits at once, before it awaits anything: the runtime may return a view
+   * of a buffer that its next forward or step (of any sequence) reuses, instead of a copy. A
+   * runtime may ignore it (and copy).
+   */
+  transientLogits?: boolean;
+}
+
 export interface Runtime {
   readonly config: ModelConfig;
   readonly info: RuntimeInfo;
@@ -51,7 +61,11 @@ export interface Runtime {
    * K and V to the cache. Returns the logits (vocab_size floats) of the LAST token: decode is
    * `forward([token])`. Rejects with CancelledError if `signal` fires between layers.
    */
-  forward(tokens: Int32Array, signal?: AbortSignal): Promise<Float32Array>;
+  forward(
+    tokens: Int32Array,
+    signal?: AbortSignal,
+    options?: ForwardOptions,
+  ): Promise<Float32Array>;
 
   /** Like forward but computes no logits (saves the lm_head for every chunk but the last). */
   prefill(tokens: Int32Array, signal?: AbortSignal): Promise<void>;

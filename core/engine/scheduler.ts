@@ -90,6 +90,8 @@ interface Call {
   /** Tokens of the call already run. */
   done: number;
   logits: boolean;
+  /** The caller reads the logits at once: a view of the runtime's buffer will do. */
+  transient: boolean;
   signal?: AbortSignal;
   resolve(v: Float32Array | null): void;
   reject(e: unknown): void;
@@ -180,6 +182,7 @@ export class BatchScheduler implements SequenceHost {
     tokens: Int32Array,
     logits: boolean,
     signal?: AbortSignal,
+    transient = false,
   ): Promise<Float32Array | null> {
     if (tokens.length === 0) return Promise.reject(new InvalidInputError("forward: no tokens"));
     const V = this.runtime.config.vocabSize;
@@ -207,6 +210,7 @@ export class BatchScheduler implements SequenceHost {
         start: seq.position,
         done: 0,
         logits,
+        transient,
         signal,
         resolve: (v) => {
           signal?.removeEventListener("abort", onAbort);
@@ -536,6 +540,7 @@ export class BatchScheduler implements SequenceHost {
         start,
         table: call.seq.table(Math.ceil((start + n) / B)),
         logits: done && call.logits,
+        transientLogits: done && call.logits && call.transient,
       };
     });
     const s = this.#stats;

@@ -75,6 +75,7 @@ export class LocalShards implements ShardSet {
     const shard = this.#shard;
     const t = shard.clock();
     try {
+      // Always a copy: the view would be of wasm memory, which a later grow detaches.
       return shard.logits(rows).slice();
     } finally {
       shard.lap(PROFILE_TOTAL, t);

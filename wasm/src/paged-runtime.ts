@@ -287,9 +287,10 @@ class PagedWasmRuntime implements ProfiledPagedRuntime {
         const key = this.#seqLenFor(item.start + item.tokens.length);
         groups.set(key, [...(groups.get(key) ?? []), i]);
       });
+      const views: number[] = []; // items whose logits are a view of the shards' buffer
       for (const [seqLen, members] of groups) {
         await this.#setRope(seqLen);
-        await this.#pass(items, members, blocks, out, signal);
+        await this.#pass(items, members, blocks, out, views, signal);
       }
       if (prof) {
         prof.runMs += performance.now() - t0;
@@ -351,6 +352,7 @@ class PagedWasmRuntime implements ProfiledPagedRuntime {
     members: number[],
     blocks: number,
     out: (Float32Array | null)[],
+    views: number[],
     signal?: AbortSignal,
   ): Promise<void> {
     const bs = this.info.blockTokens;
@@ -379,11 +381,16 @@ class PagedWasmRuntime implements ProfiledPagedRuntime {
       for (let i = 0; i < wanted.length; i += LOGIT_ROWS) {
         const part = wanted.slice(i, i + LOGIT_ROWS);
         const rows = Int32Array.from(part, (s) => s.row0 + s.rows - 1);
-        const logits = await this.#shards.logits(rows);
+        // A pass whose rows all read their logits at once (transientLogits) may get a view of the
+        // shards' buffer (no 0.5 MB copy a row); this pass overwrites it, so earlier views of this
+        // step are copied first.
+        for (const k of views.splice(0)) out[k] = (out[k] as Float32Array).slice();
+        const view = part.every((s) => items[s.item].transientLogits === true);
+        const logits = await this.#shards.logits(rows, view);
         const V = this.config.vocabSize;
-        // Views, not copies: each call's buffer is fresh (a decode step's is 0.5 MB per row).
         part.forEach((s, j) => {
           out[s.item] = logits.subarray(j * V, (j + 1) * V);
+          if (view) views.push(s.item);
         });
       }
       T = 0;

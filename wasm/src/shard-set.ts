@@ -23,9 +23,10 @@ export interface ShardSet {
   forward(input: Float32Array, step: Int32Array, signal?: AbortSignal): Promise<void>;
   /**
    * The whole vocabulary's logits of `rows` (rows of the last forward, at most LOGIT_ROWS):
-   * (rows.length, vocab) f32.
+   * (rows.length, vocab) f32. A copy; with `view`, where the set can, a view of its logits buffer
+   * that the next logits() call overwrites.
    */
-  logits(rows: Int32Array): Promise<Float32Array>;
+  logits(rows: Int32Array, view?: boolean): Promise<Float32Array>;
   /** Each shard's KV for positions [start, end) of the sequence in `table` (shard.mjs exportKv layout). */
   exportKv(table: Int32Array, start: number, end: number): Promise<Uint8Array[]>;
   importKv(parts: Uint8Array[], table: Int32Array, start: number, n: number): Promise<void>;

@@ -147,9 +147,11 @@ export class WorkerShards implements ShardSet {
     if (results.some((r) => r.cancelled)) throw new CancelledError();
   }
 
-  async logits(rows: Int32Array) {
+  async logits(rows: Int32Array, view = false) {
     await this.#pool.all("logits", () => [rows]).catch(rethrowWorker);
-    return this.#logits.slice(0, rows.length * this.#vocab);
+    const n = rows.length * this.#vocab;
+    // The shared buffer never detaches, so a view stays readable until the next pass writes it.
+    return view ? this.#logits.subarray(0, n) : this.#logits.slice(0, n);
   }
 
   async exportKv(table: Int32Array, start: number, end: number) {
