@@ -38,7 +38,7 @@ describe("npm run bench -- batching", () => {
     const unknown = await bench(["--quick", "--bogus"]);
     expect(unknown.status).toBe(2);
     expect(unknown.stderr.trim()).toBe(
-      "npm run bench -- batching: unknown argument '--bogus' (--quick, --clients, --doc-tokens, --tokens, --max-seqs, --questions, --max-prefill-tokens)",
+      "npm run bench -- batching: unknown argument '--bogus' (--quick, --staggered, --clients, --doc-tokens, --tokens, --max-seqs, --questions, --max-prefill-tokens)",
     );
     const zero = await bench(["--clients", "4,0"]);
     expect(zero.status).toBe(2);

@@ -1,5 +1,5 @@
 // `npm run bench -- batching [--clients 1,4,16,32] [--doc-tokens 8192] [--tokens 32] [--quick]
-//   [--max-seqs N[,M]] [--questions N] [--max-prefill-tokens N[,M]]`: many clients asking different questions about one document, against
+//   [--max-seqs N[,M]] [--questions N] [--max-prefill-tokens N[,M]] [--staggered]`: many clients asking different questions about one document, against
 // `ultralong serve` over HTTP and against llama.cpp with as many parallel sequences, in one run
 // (issue 15, item 6).
 //
@@ -9,7 +9,9 @@
 // over the ordinary vocabulary) followed by 16 question ids that differ from every other
 // question's from the first one. Every cell of C clients asks the same max(clients) questions
 // (`--questions N`: N of them, so clients ask several each and new questions arrive while others
-// decode: the steady state, where prompt pieces share steps with decode tokens), C at a time (test/support/batching-load.ts: each client takes the next question when its answer
+// decode: the steady state, where prompt pieces share steps with decode tokens; `--staggered`:
+// question q's answer is at most tokens/2 + (7q mod (tokens/2 + 1)) tokens, so clients fall out of
+// step and new questions arrive mid-answer), C at a time (test/support/batching-load.ts: each client takes the next question when its answer
 // is complete), greedy, `--tokens` tokens at most (an end-of-generation token ends an answer early
 // on both sides).
 //   ours:  `ultralong serve --runtime wasm --threads 2 --no-store` (a child process, as a user runs
@@ -81,6 +83,15 @@ interface Settings {
   questions: number;
   /** --max-prefill-tokens values asked for, or null (serve's default). */
   maxPrefill: number[] | null;
+  /** --staggered: answers of different lengths per question (maxTokensOf). */
+  staggered: boolean;
+}
+
+/** Question q's answer length: `tokens`, or with --staggered tokens/2 .. tokens, spread over q. */
+function maxTokensOf(s: Settings, q: number): number {
+  if (!s.staggered) return s.tokens;
+  const half = Math.floor(s.tokens / 2);
+  return Math.max(2, half + ((7 * q) % (s.tokens - half + 1)));
 }
 
 const VALUE_OPTIONS = [
@@ -105,12 +116,14 @@ function intList(name: string, text: string | undefined, min: number): number[] 
 function parseSettings(args: string[]): Settings {
   const given = new Map<string, string | undefined>();
   let quick = false;
+  let staggered = false;
   for (let i = 0; i < args.length; i++) {
     if (args[i] === "--quick") quick = true;
+    else if (args[i] === "--staggered") staggered = true;
     else if (VALUE_OPTIONS.includes(args[i])) given.set(args[i], args[++i]);
     else
       throw new InvalidInputError(
-        `unknown argument '${args[i]}' (--quick, ${VALUE_OPTIONS.join(", ")})`,
+        `unknown argument '${args[i]}' (--quick, --staggered, ${VALUE_OPTIONS.join(", ")})`,
       );
   }
   const one = (name: string, dflt: number, min: number) =>
@@ -136,6 +149,7 @@ function parseSettings(args: string[]): Settings {
     tokens: one("--tokens", quick ? 8 : 32, 2),
     maxSeqs: given.has("--max-seqs") ? intList("--max-seqs", given.get("--max-seqs"), 1) : null,
     questions,
+    staggered,
     maxPrefill: given.has("--max-prefill-tokens")
       ? intList("--max-prefill-tokens", given.get("--max-prefill-tokens"), 1)
       : null,
@@ -288,7 +302,7 @@ export default async function main(args: string[]): Promise<void> {
           oursRuns[i].set(
             clients,
             await runClients(clients, questions, (q) =>
-              streamCompletion(server, [...document, ...question(q)], s.tokens),
+              streamCompletion(server, [...document, ...question(q)], maxTokensOf(s, q)),
             ),
           );
         }
@@ -298,7 +312,7 @@ export default async function main(args: string[]): Promise<void> {
         peerRuns.set(
           clients,
           await runClients(clients, questions, async (q, client) => {
-            const a = await p.ask(client, question(q), s.tokens);
+            const a = await p.ask(client, question(q), maxTokensOf(s, q));
             return { ...a, pieces: peerPieces(a.ids) };
           }),
         );
@@ -366,6 +380,7 @@ export default async function main(args: string[]): Promise<void> {
         documentTokens: s.docTokens,
         questionTokens: QUESTION_TOKENS,
         maxTokens: s.tokens,
+        staggered: s.staggered,
         questionsPerCell: questions,
         threads: THREADS,
         greedy: true,
