@@ -170,7 +170,7 @@ export async function createModelApp(options: ModelAppOptions): Promise<ModelApp
     );
     metrics.gauge(
       "ul_model_swap_host_bytes",
-      "Bytes of preempted sequences' KV held in host memory now",
+      "Bytes of preempted sequences' KV held in host memory now (pieces being written or read ahead included)",
       () => batch().swap.hostBytes,
     );
     metrics.gauge(
