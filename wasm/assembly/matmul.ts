@@ -114,9 +114,9 @@ function tile4x2<W>(x: usize, K: i32, w: usize, scales: usize, n: i32, y: usize,
 const PACK_MAX_K: i32 = 16384;
 const PACK: usize = memory.data(4 * PACK_MAX_K * 4, 64);
 
-function packX4(x: usize, K: i32): void {
+function packX4(x: usize, K: i32, dst: usize = PACK): void {
   const xs = <usize>K << 2;
-  let o = PACK;
+  let o = dst;
   for (let k = 0; k < K; k += 4) {
     const xp = x + (<usize>k << 2);
     v128.store(o, v128.load(xp));
@@ -139,18 +139,8 @@ const PACKS_BYTES: i32 = 4 * L2_BLOCK_BYTES;
 const SMALL_T_MAX: i32 = 64;
 
 function packTiles(x: usize, tiles: i32, K: i32): void {
-  const xs = <usize>K << 2;
   for (let g = 0; g < tiles; g++) {
-    const xp = x + <usize>(4 * g) * xs;
-    let o = DQ + <usize>g * (<usize>K << 4);
-    for (let k = 0; k < K; k += 4) {
-      const p = xp + (<usize>k << 2);
-      v128.store(o, v128.load(p));
-      v128.store(o, v128.load(p + xs), 16);
-      v128.store(o, v128.load(p + 2 * xs), 32);
-      v128.store(o, v128.load(p + 3 * xs), 48);
-      o += 64;
-    }
+    packX4(x + <usize>(4 * g) * (<usize>K << 2), K, DQ + <usize>g * (<usize>K << 4));
   }
 }
 
