@@ -58,6 +58,21 @@ async function swapKeys(store: SnapshotStore, prefix = "swap/"): Promise<string[
   return keys.sort();
 }
 
+/** `inner` with some of its methods replaced (a slow or counting store over a real one). */
+function over(inner: SnapshotStore, own: Partial<SnapshotStore>): SnapshotStore {
+  return {
+    name: inner.name,
+    put: (key, bytes) => inner.put(key, bytes),
+    create: (key, bytes) => inner.create(key, bytes),
+    get: (key, range) => inner.get(key, range),
+    head: (key) => inner.head(key),
+    delete: (key) => inner.delete(key),
+    list: (prefix) => inner.list(prefix),
+    move: (from, to) => inner.move(from, to),
+    ...own,
+  };
+}
+
 /** A scheduler whose swaps go to `store` only (no host memory), in pieces of 16 positions. */
 function storeScheduler(runtime: PagedRuntime, store: SnapshotStore, chunkTokens = 16) {
   return new BatchScheduler(runtime, {
@@ -318,19 +333,12 @@ describe("preemption through the snapshot store", () => {
     const inner = await dirStore();
     let open = () => {};
     let gate = Promise.resolve();
-    const slow: SnapshotStore = {
-      name: `slow ${inner.name}`,
+    const slow = over(inner, {
       put: async (key, bytes) => {
         await gate;
         await inner.put(key, bytes);
       },
-      create: (key, bytes) => inner.create(key, bytes),
-      get: (key, range) => inner.get(key, range),
-      head: (key) => inner.head(key),
-      delete: (key) => inner.delete(key),
-      list: (prefix) => inner.list(prefix),
-      move: (from, to) => inner.move(from, to),
-    };
+    });
     const perToken = kvPayloadBytes((await referencePool()).info.kv, 1);
     const single = await createReferenceRuntime({ model, maxPositions: 256 });
     const want = await alone(single);
@@ -372,19 +380,12 @@ describe("preemption through the snapshot store", () => {
   it("reads a swapped sequence's pieces back ahead of its restore, within the host budget", async () => {
     const inner = await dirStore();
     let gets = 0;
-    const counting: SnapshotStore = {
-      name: inner.name,
-      put: (key, bytes) => inner.put(key, bytes),
-      create: (key, bytes) => inner.create(key, bytes),
+    const counting = over(inner, {
       get: (key, range) => {
         gets++;
         return inner.get(key, range);
       },
-      head: (key) => inner.head(key),
-      delete: (key) => inner.delete(key),
-      list: (prefix) => inner.list(prefix),
-      move: (from, to) => inner.move(from, to),
-    };
+    });
     const runtime = await referencePool();
     const perToken = kvPayloadBytes(runtime.info.kv, 1);
     const table = Int32Array.of(0, 1, 2, 3, 4);
