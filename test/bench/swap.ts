@@ -42,6 +42,17 @@ import { ISSUE15_MODEL } from "../support/bench-models.ts";
 import { TINY } from "../support/models.ts";
 
 const THREADS = 2;
+
+/** One destination's figures for one length. */
+interface Place {
+  stepWaitMs: number;
+  saveMs: number;
+  restoreMs: number;
+  saveMiBPerSec: number;
+  restoreMiBPerSec: number;
+  storedBytes: number | null;
+  recomputeOverSwap: number;
+}
 const MiB = 1 << 20;
 const round = (x: number, d = 3) => Number(x.toPrecision(d));
 const mibPerSec = (bytes: number, ms: number) => round(bytes / MiB / (ms / 1000));
@@ -129,7 +140,7 @@ export default async function main(args: string[]): Promise<void> {
         const before = await kv.export(0, n);
         const zeros = new Uint8Array(before.length);
         const bytes = kvPayloadBytes(layout, n);
-        const places: Record<string, unknown> = {};
+        const places: Record<string, Place> = {};
         for (const [place, store] of Object.entries(stores)) {
           const swap = new KvSwap(layout, B, {
             store,
@@ -139,7 +150,7 @@ export default async function main(args: string[]): Promise<void> {
           let stepWaitMs = Number.POSITIVE_INFINITY;
           let saveMs = Number.POSITIVE_INFINITY;
           let restoreMs = Number.POSITIVE_INFINITY;
-          let storedBytes = 0;
+          let storedBytes: number | null = null; // bytes of objects in the store (none in memory)
           for (let r = 0; r < s.reps; r++) {
             const written = swap.stats().storeBytesWritten;
             const a = performance.now();
@@ -147,7 +158,7 @@ export default async function main(args: string[]): Promise<void> {
             const returned = performance.now();
             await swap.settled(); // every write landed
             const b = performance.now();
-            storedBytes = swap.stats().storeBytesWritten - written || bytes;
+            if (store) storedBytes = swap.stats().storeBytesWritten - written;
             await kv.import(0, n, zeros); // the restore must bring the KV back, not find it there
             const c = performance.now();
             await swap.restore(saved, n, kv);
@@ -180,7 +191,7 @@ export default async function main(args: string[]): Promise<void> {
           rawMs = Math.min(rawMs, performance.now() - a);
         }
         await rm(join(dir, "raw"));
-        const directory = places.directory as { saveMs: number; restoreMs: number };
+        const { hostMemory, directory, s3rver } = places;
         results.push({
           positions: n,
           kvBytes: bytes,
@@ -190,11 +201,9 @@ export default async function main(args: string[]): Promise<void> {
             rawFile: { writeReadMs: round(rawMs) },
           },
           ratios: {
-            recomputeOverHostMemorySwap: (places.hostMemory as { recomputeOverSwap: number })
-              .recomputeOverSwap,
-            recomputeOverDirectorySwap: (places.directory as { recomputeOverSwap: number })
-              .recomputeOverSwap,
-            recomputeOverS3Swap: (places.s3rver as { recomputeOverSwap: number }).recomputeOverSwap,
+            recomputeOverHostMemorySwap: hostMemory.recomputeOverSwap,
+            recomputeOverDirectorySwap: directory.recomputeOverSwap,
+            recomputeOverS3Swap: s3rver.recomputeOverSwap,
             rawFileOverDirectorySwap: round(rawMs / (directory.saveMs + directory.restoreMs)),
           },
         });
