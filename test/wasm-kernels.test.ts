@@ -447,34 +447,42 @@ for (const build of BUILDS) {
     });
 
     describe("kv_store", () => {
-      it("writes each row at its slot's (kv_head, slot % bs) row of block slot / bs, bf16 rounded to nearest even exactly as core's f32ToBf16", () => {
+      it("writes each row at its slot's row of block slot / bs (V rows (kv_head, bs, hd), K panels (kv_head, bs / 16, hd, 16)), bf16 rounded to nearest even exactly as core's f32ToBf16", () => {
         top = Math.ceil(k.heap_base() / 64) * 64;
         const T = 3;
         const nkv = 2;
         const hd = 16;
         const stride = 80;
-        const bs = 4;
+        const bs = 32;
         const blocks = 3;
-        const slotsAt = [5, 0, 11]; // block 1 row 1, block 0 row 0, block 2 row 3
+        const slotsAt = [37, 0, 81]; // block 1 row 5, block 0 row 0, block 2 row 17 (its 2nd panel)
         const src = alloc(T * stride * 4);
         const sv = fill(src, T * stride, rng(8), 1000);
         const slots = alloc(T * 4);
         new Int32Array(k.memory.buffer, slots, T).set(slotsAt);
         for (const bf16 of [0, 1]) {
-          const eb = bf16 ? 2 : 4;
-          // Blocks one element apart more than their K needs: the stride is the kernel's to use.
-          const blockStride = (nkv * bs * hd + 8) * eb;
-          const cache = alloc(blocks * blockStride);
-          fn("kv_store")(src, stride, T, nkv, hd, cache, slots, bs, blockStride, bf16);
-          const n = (blocks * blockStride) / eb;
-          for (let t = 0; t < T; t++) {
-            const block = Math.floor(slotsAt[t] / bs);
-            for (let h = 0; h < nkv; h++) {
-              for (let d = 0; d < hd; d++) {
-                const v = sv[t * stride + h * hd + d];
-                const at = (block * blockStride) / eb + (h * bs + (slotsAt[t] % bs)) * hd + d;
-                if (bf16) expect(u16(cache, n)[at]).toBe(f32ToBf16(v));
-                else expect(f32(cache, n)[at]).toBe(v);
+          for (const panels of [0, 1]) {
+            const eb = bf16 ? 2 : 4;
+            // Blocks one element apart more than their K needs: the stride is the kernel's to use.
+            const blockStride = (nkv * bs * hd + 8) * eb;
+            const cache = alloc(blocks * blockStride);
+            new Uint8Array(k.memory.buffer, cache, blocks * blockStride).fill(0);
+            fn("kv_store")(src, stride, T, nkv, hd, cache, slots, bs, blockStride, bf16, panels);
+            const n = (blocks * blockStride) / eb;
+            let written = 0;
+            for (let i = 0; i < n; i++) if ((bf16 ? u16(cache, n)[i] : f32(cache, n)[i]) !== 0) written++;
+            expect(written).toBe(T * nkv * hd); // nothing else touched (the values are nonzero)
+            for (let t = 0; t < T; t++) {
+              const block = Math.floor(slotsAt[t] / bs);
+              const i = slotsAt[t] % bs;
+              for (let h = 0; h < nkv; h++) {
+                for (let d = 0; d < hd; d++) {
+                  const v = sv[t * stride + h * hd + d];
+                  const inHead = panels ? (Math.floor(i / 16) * hd + d) * 16 + (i % 16) : i * hd + d;
+                  const at = (block * blockStride) / eb + h * bs * hd + inHead;
+                  if (bf16) expect(u16(cache, n)[at]).toBe(f32ToBf16(v));
+                  else expect(f32(cache, n)[at]).toBe(v);
+                }
               }
             }
           }

@@ -3,9 +3,9 @@
 //
 //   q    token t, query head h at  q + (t * qStride + h * hd) floats, rotated
 //   out  token t, query head h at  out + (t * outStride + h * hd) floats
-//   kc, vc  this layer's K and V in block 0; block b's are blockStride bytes further, each
-//           (kv_head, bs, hd), f32 or bf16 (kvBf16); query head h reads kv head h / (nh / nkv), as
-//           HF's repeat_kv does
+//   kc, vc  this layer's K and V in block 0; block b's are blockStride bytes further, V (kv_head,
+//           bs, hd) and K (kv_head, bs / 16, hd, 16) in panels of 16 positions (wasm/assembly/kv.ts),
+//           f32 or bf16 (kvBf16); query head h reads kv head h / (nh / nkv), as HF's repeat_kv does
 //   table   (ceil((p0 + T) / bs)) i32: position p lies in block table[p / bs], row p % bs
 //   bs      positions per block, a multiple of BK, so every key tile lies inside one block
 //   scale   1 / sqrt(hd)
@@ -13,15 +13,20 @@
 // Tiled like FlashAttention, with the query heads of one KV head taken together (GQA): a block is
 // BQ tokens x g = nh / nkv heads, R = BQ g query rows that all read the same K and V tiles of BK keys,
 // so each K/V vector loaded serves several rows. Per tile, as two small GEMMs:
-//   S (R, BK) = Qs K^T    2 rows x 4 keys micro-tile: 8 f32x4 accumulators over hd, lanes summed at
-//                          the end (4 keys' sums land in one vector); causal and tile-end lanes masked
+//   S (R, BK) = Qs K^T    2 rows x 16 keys micro-tile: 8 f32x4 accumulators, one multiply-add per
+//                          dim with the rows' query element splat, the 16 keys' K read from their
+//                          panel (dim-major: four vectors a dim, the panel front to back); each score
+//                          is one chain over d in order, so no lanes are summed and a row's scores
+//                          do not depend on the rows beside it; causal and tile-end lanes masked
 //   online softmax per row: running max m, sum l, O rescaled when m grows (P = exp(S - m))
-//   O (R, hd) += P V      4 rows x 8 channels micro-tile: 8 accumulators over the tile's keys
-// Queries are gathered (and pre-scaled by 1/sqrt(hd)) into Qs, outputs accumulate in O, both in the
-// scratch below, whose size does not depend on context length: no (T, context) score matrix exists.
-// bf16 caches are widened tile by tile. The previous kernel (one query row at a time, a horizontal
-// sum per score and O read and written per key) ran at ~10 GFLOP/s on issue 14's model; this
-// layout is GEMM-shaped (npm run bench -- profile, "attention" phase).
+//   O (R, hd) += P V      2 rows x 16 channels micro-tile: 8 accumulators over the tile's keys
+// Queries are gathered (pre-scaled by 1/sqrt(hd), transposed: dim-major, so a micro-tile's rows are
+// neighbours) into Qs, outputs accumulate in O, both in the scratch below, whose size does not
+// depend on context length: no (T, context) score matrix exists. bf16 caches are widened tile by
+// tile. The previous kernels: one query row at a time (~10 GFLOP/s on issue 14's model), then K
+// position-major with 2 rows x 4 keys dot products summed across lanes at the end: the K panels
+// made one layer's attention of 16 queries over 8K keys 17% faster and one query's 21% (a scratch
+// A/B of attention_state, one thread, issue 15's dims).
 //
 // Cascade attention (issue 15 item 2) is the same loop over part of the keys with its state carried:
 // attention_state's `partial` leaves each row's O unnormalized with its m and l, `resume` starts
@@ -29,7 +34,8 @@
 // from a row list into the same tiles, so each shared K/V tile is loaded once for all of them), then
 // each resumes over its own keys. Per row that is the same tiles in the same order with the same
 // operations as one pass, so the results are bit-identical to it (test/wasm-paged-cascade.test.ts).
-import { exp2neg4, hsum, bf16ToF32, madd } from "./simd";
+import { kPanelAt, PANEL } from "./kv";
+import { exp2neg4, hsum, bf16ToF32, loadBf16x4, madd } from "./simd";
 
 const BQ: i32 = 16;
 const LOG2E: f32 = 1.4426950408889634;
@@ -41,15 +47,6 @@ export function attention_scratch_bytes(nh: i32, nkv: i32, hd: i32): i32 {
   return (2 * R * hd + R * BK + 2 * R + 2 * BK * hd) * 4;
 }
 
-/** [sum(a), sum(b), sum(c), sum(d)]: four dot products' partial lanes into one vector. */
-// @ts-ignore: decorator
-@inline
-function sum4(a: v128, b: v128, c: v128, d: v128): v128 {
-  const ab = f32x4.add(v128.shuffle<f32>(a, b, 0, 4, 1, 5), v128.shuffle<f32>(a, b, 2, 6, 3, 7));
-  const cd = f32x4.add(v128.shuffle<f32>(c, d, 0, 4, 1, 5), v128.shuffle<f32>(c, d, 2, 6, 3, 7));
-  return f32x4.add(v128.shuffle<f32>(ab, cd, 0, 1, 4, 5), v128.shuffle<f32>(ab, cd, 2, 3, 6, 7));
-}
-
 /** Lanes i .. i + 3 below `lim` (the row's valid keys in this tile) keep v, others become `fill`. */
 // @ts-ignore: decorator
 @inline
@@ -58,25 +55,45 @@ function keep(v: v128, i: i32, lim: i32, fill: v128): v128 {
   return v128.bitselect(v, fill, i32x4.lt_s(idx, i32x4.splat(lim)));
 }
 
+/** An S row's keys i .. i + 15 from v0 .. v3 at `sp`, lanes at or past `lim` -inf. */
+// @ts-ignore: decorator
+@inline
+function put16(sp: usize, i: i32, lim: i32, v0: v128, v1: v128, v2: v128, v3: v128): void {
+  if (lim >= i + 16) {
+    v128.store(sp, v0);
+    v128.store(sp, v1, 16);
+    v128.store(sp, v2, 32);
+    v128.store(sp, v3, 48);
+    return;
+  }
+  const ninf = f32x4.splat(-Infinity);
+  v128.store(sp, keep(v0, i, lim, ninf));
+  v128.store(sp, keep(v1, i + 4, lim, ninf), 16);
+  v128.store(sp, keep(v2, i + 8, lim, ninf), 32);
+  v128.store(sp, keep(v3, i + 12, lim, ninf), 48);
+}
+
 /**
- * S rows r and r + 1 over keys 0 .. n (rounded up to 4; the lanes past a row's valid keys are
- * -inf). Key rows past n are read but masked.
+ * S rows r and r + 1 (at sa and sa + BK floats) over the tile's keys 0 .. n16 (n rounded up to 16;
+ * the lanes past a row's valid keys are -inf). qt: row r's scaled query element d at
+ * qt + d Rp floats, row r + 1's next to it; kp: the tile's first K panel (f32, PANEL x 4 bytes a
+ * dim). Key rows past n are read but masked: they lie in the same block.
  */
 // @ts-ignore: decorator
 @inline
-function scores2(qa: usize, kp: usize, n: i32, hd: i32, sa: usize, limA: i32, limB: i32): void {
-  const hdB = <usize>hd << 2;
-  const qb = qa + hdB;
-  const ninf = f32x4.splat(-Infinity);
-  for (let i = 0; i < n; i += 4) {
-    const k0 = kp + <usize>i * hdB;
-    const k1 = k0 + hdB, k2 = k1 + hdB, k3 = k2 + hdB;
+function scores2(qt: usize, Rp: i32, kp: usize, n16: i32, hd: i32, sa: usize, limA: i32, limB: i32): void {
+  const qStep = <usize>Rp << 2;
+  const panel = <usize>hd * (PANEL << 2);
+  for (let i = 0; i < n16; i += PANEL) {
     let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
     let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
-    for (let o: usize = 0; o < hdB; o += 16) {
-      const x = v128.load(qa + o);
-      const y = v128.load(qb + o);
-      const w0 = v128.load(k0 + o), w1 = v128.load(k1 + o), w2 = v128.load(k2 + o), w3 = v128.load(k3 + o);
+    let qp = qt;
+    let kq = kp + <usize>(i >> 4) * panel;
+    const kEnd = kq + panel;
+    while (kq < kEnd) {
+      const x = v128.load32_splat(qp);
+      const y = v128.load32_splat(qp, 4);
+      const w0 = v128.load(kq), w1 = v128.load(kq, 16), w2 = v128.load(kq, 32), w3 = v128.load(kq, 48);
       a0 = madd(x, w0, a0);
       a1 = madd(x, w1, a1);
       a2 = madd(x, w2, a2);
@@ -85,31 +102,101 @@ function scores2(qa: usize, kp: usize, n: i32, hd: i32, sa: usize, limA: i32, li
       b1 = madd(y, w1, b1);
       b2 = madd(y, w2, b2);
       b3 = madd(y, w3, b3);
+      qp += qStep;
+      kq += PANEL << 2;
     }
-    v128.store(sa + (<usize>i << 2), keep(sum4(a0, a1, a2, a3), i, limA, ninf));
-    v128.store(sa + (<usize>(BK + i) << 2), keep(sum4(b0, b1, b2, b3), i, limB, ninf));
+    put16(sa + (<usize>i << 2), i, limA, a0, a1, a2, a3);
+    put16(sa + (<usize>(BK + i) << 2), i, limB, b0, b1, b2, b3);
   }
 }
 
-/** scores2 for one row (the block's last when its row count is odd). */
+/** scores2 for one row (the block's last when its row count is odd): the same chains. */
 // @ts-ignore: decorator
 @inline
-function scores1(qa: usize, kp: usize, n: i32, hd: i32, sa: usize, lim: i32): void {
-  const hdB = <usize>hd << 2;
-  const ninf = f32x4.splat(-Infinity);
-  for (let i = 0; i < n; i += 4) {
-    const k0 = kp + <usize>i * hdB;
-    const k1 = k0 + hdB, k2 = k1 + hdB, k3 = k2 + hdB;
+function scores1(qt: usize, Rp: i32, kp: usize, n16: i32, hd: i32, sa: usize, lim: i32): void {
+  const qStep = <usize>Rp << 2;
+  const panel = <usize>hd * (PANEL << 2);
+  for (let i = 0; i < n16; i += PANEL) {
     let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
-    for (let o: usize = 0; o < hdB; o += 16) {
-      const x = v128.load(qa + o);
-      a0 = madd(x, v128.load(k0 + o), a0);
-      a1 = madd(x, v128.load(k1 + o), a1);
-      a2 = madd(x, v128.load(k2 + o), a2);
-      a3 = madd(x, v128.load(k3 + o), a3);
+    let qp = qt;
+    let kq = kp + <usize>(i >> 4) * panel;
+    const kEnd = kq + panel;
+    while (kq < kEnd) {
+      const x = v128.load32_splat(qp);
+      a0 = madd(x, v128.load(kq), a0);
+      a1 = madd(x, v128.load(kq, 16), a1);
+      a2 = madd(x, v128.load(kq, 32), a2);
+      a3 = madd(x, v128.load(kq, 48), a3);
+      qp += qStep;
+      kq += PANEL << 2;
     }
-    v128.store(sa + (<usize>i << 2), keep(sum4(a0, a1, a2, a3), i, lim, ninf));
+    put16(sa + (<usize>i << 2), i, lim, a0, a1, a2, a3);
   }
+}
+
+/**
+ * O rows r, r + 1 (at oa, oa + hdB; channels from byte od) += P rows r, r + 1 (at pa, pa + BK
+ * floats; keys up to pEnd) times V (rows hdB bytes apart from vd, channel od's): one chain of
+ * multiply-adds per output over the keys in order, whatever the tile shape.
+ */
+// @ts-ignore: decorator
+@inline
+function pv2x16(pa: usize, pEnd: usize, oa: usize, hdB: usize, vd: usize, od: usize): void {
+  const ob = oa + hdB;
+  let c00 = v128.load(oa + od), c01 = v128.load(oa + od, 16), c02 = v128.load(oa + od, 32), c03 = v128.load(oa + od, 48);
+  let c10 = v128.load(ob + od), c11 = v128.load(ob + od, 16), c12 = v128.load(ob + od, 32), c13 = v128.load(ob + od, 48);
+  let pi = pa;
+  let vr = vd;
+  while (pi < pEnd) {
+    const v0 = v128.load(vr), v1 = v128.load(vr, 16), v2 = v128.load(vr, 32), v3 = v128.load(vr, 48);
+    const w0 = v128.load32_splat(pi);
+    const w1 = v128.load32_splat(pi, BK << 2);
+    c00 = madd(w0, v0, c00); c01 = madd(w0, v1, c01); c02 = madd(w0, v2, c02); c03 = madd(w0, v3, c03);
+    c10 = madd(w1, v0, c10); c11 = madd(w1, v1, c11); c12 = madd(w1, v2, c12); c13 = madd(w1, v3, c13);
+    pi += 4;
+    vr += hdB;
+  }
+  v128.store(oa + od, c00); v128.store(oa + od, c01, 16); v128.store(oa + od, c02, 32); v128.store(oa + od, c03, 48);
+  v128.store(ob + od, c10); v128.store(ob + od, c11, 16); v128.store(ob + od, c12, 32); v128.store(ob + od, c13, 48);
+}
+
+/** pv2x16 over 8 channels. */
+// @ts-ignore: decorator
+@inline
+function pv2x8(pa: usize, pEnd: usize, oa: usize, hdB: usize, vd: usize, od: usize): void {
+  const ob = oa + hdB;
+  let c00 = v128.load(oa + od), c01 = v128.load(oa + od, 16);
+  let c10 = v128.load(ob + od), c11 = v128.load(ob + od, 16);
+  let pi = pa;
+  let vr = vd;
+  while (pi < pEnd) {
+    const v0 = v128.load(vr), v1 = v128.load(vr, 16);
+    const w0 = v128.load32_splat(pi);
+    const w1 = v128.load32_splat(pi, BK << 2);
+    c00 = madd(w0, v0, c00); c01 = madd(w0, v1, c01);
+    c10 = madd(w1, v0, c10); c11 = madd(w1, v1, c11);
+    pi += 4;
+    vr += hdB;
+  }
+  v128.store(oa + od, c00); v128.store(oa + od, c01, 16);
+  v128.store(ob + od, c10); v128.store(ob + od, c11, 16);
+}
+
+/** pv2x8 for row r alone. */
+// @ts-ignore: decorator
+@inline
+function pv1x8(pa: usize, pEnd: usize, oa: usize, hdB: usize, vd: usize, od: usize): void {
+  let c0 = v128.load(oa + od), c1 = v128.load(oa + od, 16);
+  let pi = pa;
+  let vr = vd;
+  while (pi < pEnd) {
+    const w = v128.load32_splat(pi);
+    c0 = madd(w, v128.load(vr), c0);
+    c1 = madd(w, v128.load(vr, 16), c1);
+    pi += 4;
+    vr += hdB;
+  }
+  v128.store(oa + od, c0); v128.store(oa + od, c1, 16);
 }
 
 export function attention(
@@ -174,7 +261,7 @@ function attend(
   const eb: usize = kvBf16 ? 2 : 4;
   // Scores in base 2 (scale log2 e folded into Qs): P = 2^(S - m) is exp of the natural scores
   // less theirs, and the state's m is in the same base-2 units on both sides of a cascade.
-  const sv = f32x4.splat(scale * LOG2E);
+  const sv: f32 = scale * LOG2E;
   const zero = f32x4.splat(0);
   for (let kvh = 0; kvh < nkv; kvh++) {
     const kHead = kc + <usize>kvh * <usize>bs * <usize>hd * eb;
@@ -182,15 +269,16 @@ function attend(
     for (let tb = 0; tb < T; tb += BQ) {
       const te = min(T, tb + BQ);
       const R = (te - tb) * g;
+      const Rp = (R + 1) & ~1;
       // Row r = (t - tb) g + j is token t, query head kvh g + j.
       for (let r = 0; r < R; r++) {
         const row = rowOf(rows, tb + r / g);
         const h = kvh * g + r % g;
         const qp = q + ((row * <usize>qStride + <usize>h * <usize>hd) << 2);
-        const dst = qs + <usize>r * hdB;
-        for (let d = 0; d < hd; d += 4) {
-          const o = <usize>d << 2;
-          v128.store(dst + o, f32x4.mul(v128.load(qp + o), sv));
+        // Qs dim-major: element d of row r at (d Rp + r) floats.
+        const dst = qs + (<usize>r << 2);
+        for (let d = 0; d < hd; d++) {
+          store<f32>(dst + ((<usize>d * <usize>Rp) << 2), load<f32>(qp + (<usize>d << 2)) * sv);
         }
         if (resume) {
           const op = out + ((row * <usize>outStride + <usize>h * <usize>hd) << 2);
@@ -208,32 +296,35 @@ function attend(
       const last = min(p0 + te, kTo) - 1;
       for (let j0 = kFrom; j0 <= last; j0 += BK) {
         const n = min(last + 1, j0 + BK) - j0;
-        const at = <usize>load<i32>(table + (<usize>(j0 / bs) << 2)) * blockStride +
-          <usize>(j0 % bs) * <usize>hd * eb;
-        let kp = kHead + at;
-        let vp = vHead + at;
+        const blockAt = <usize>load<i32>(table + (<usize>(j0 / bs) << 2)) * blockStride;
+        // The tile's first K panel (j0 % bs is a multiple of BK, so of PANEL) and V row.
+        let kp = kHead + blockAt + <usize>((j0 % bs) >> 4) * <usize>hd * (eb << 4);
+        let vp = vHead + blockAt + <usize>(j0 % bs) * <usize>hd * eb;
+        const n16 = (n + 15) & ~15;
         if (kvBf16) {
-          const cnt = n * hd;
-          for (let i = 0; i < cnt; i++) {
-            store<f32>(kt + (<usize>i << 2), bf16ToF32(load<u16>(kp + (<usize>i << 1))));
+          // K panels widened whole (rows past n included: their scores are masked), V rows up to n.
+          const kCount = (n16 >> 4) * hd * PANEL;
+          for (let i = 0; i < kCount; i += 4) {
+            v128.store(kt + (<usize>i << 2), loadBf16x4(kp + (<usize>i << 1)));
+          }
+          const vCount = n * hd;
+          for (let i = 0; i < vCount; i++) {
             store<f32>(vt + (<usize>i << 2), bf16ToF32(load<u16>(vp + (<usize>i << 1))));
           }
-          // The masked lanes past n read these: keep them finite.
-          memory.fill(kt + <usize>n * hdB, 0, <usize>(((n + 3) & ~3) - n) * hdB);
           kp = kt;
           vp = vt;
         }
         // Keys of this tile row r may see: j0 + i <= p0 + t, and i < n. Key rows past n up to the
-        // next multiple of 4 are read but masked: they lie inside the same block.
+        // next multiple of 16 are read but masked: they lie inside the same block.
         let r = 0;
         for (; r + 2 <= R; r += 2) {
           const limA = min(n, p0 + tb + r / g - j0 + 1);
           const limB = min(n, p0 + tb + (r + 1) / g - j0 + 1);
-          scores2(qs + <usize>r * hdB, kp, n, hd, sb + (<usize>(r * BK) << 2), limA, limB);
+          scores2(qs + (<usize>r << 2), Rp, kp, n16, hd, sb + (<usize>(r * BK) << 2), limA, limB);
         }
         if (r < R) {
           const lim = min(n, p0 + tb + r / g - j0 + 1);
-          scores1(qs + <usize>r * hdB, kp, n, hd, sb + (<usize>(r * BK) << 2), lim);
+          scores1(qs + (<usize>r << 2), Rp, kp, n16, hd, sb + (<usize>(r * BK) << 2), lim);
         }
         // Online softmax: P = exp(S - m_new) in place, l and O rescaled by exp(m_old - m_new).
         for (let r = 0; r < R; r++) {
@@ -285,49 +376,18 @@ function attend(
           store<f32>(lRow + (<usize>r << 2), l);
           store<f32>(mRow + (<usize>r << 2), mNew);
         }
-        // O += P V: 4 rows x 8 channels per pass over the tile's keys (rows past R: none).
-        for (let r = 0; r < R; r += 4) {
-          const rows = min(4, R - r);
-          const p0r = sb + (<usize>(r * BK) << 2);
-          const o0 = ob + <usize>r * hdB;
-          for (let d = 0; d < hd; d += 8) {
-            const od = <usize>d << 2;
-            if (rows == 4) {
-              let c00 = v128.load(o0 + od), c01 = v128.load(o0 + od, 16);
-              let c10 = v128.load(o0 + hdB + od), c11 = v128.load(o0 + hdB + od, 16);
-              let c20 = v128.load(o0 + 2 * hdB + od), c21 = v128.load(o0 + 2 * hdB + od, 16);
-              let c30 = v128.load(o0 + 3 * hdB + od), c31 = v128.load(o0 + 3 * hdB + od, 16);
-              for (let i = 0; i < n; i++) {
-                const vr = vp + <usize>i * hdB + od;
-                const v0 = v128.load(vr), v1 = v128.load(vr, 16);
-                const pi = p0r + (<usize>i << 2);
-                const w0 = v128.load32_splat(pi);
-                const w1 = v128.load32_splat(pi + (<usize>BK << 2));
-                const w2 = v128.load32_splat(pi + (<usize>(2 * BK) << 2));
-                const w3 = v128.load32_splat(pi + (<usize>(3 * BK) << 2));
-                c00 = madd(w0, v0, c00); c01 = madd(w0, v1, c01);
-                c10 = madd(w1, v0, c10); c11 = madd(w1, v1, c11);
-                c20 = madd(w2, v0, c20); c21 = madd(w2, v1, c21);
-                c30 = madd(w3, v0, c30); c31 = madd(w3, v1, c31);
-              }
-              v128.store(o0 + od, c00); v128.store(o0 + od, c01, 16);
-              v128.store(o0 + hdB + od, c10); v128.store(o0 + hdB + od, c11, 16);
-              v128.store(o0 + 2 * hdB + od, c20); v128.store(o0 + 2 * hdB + od, c21, 16);
-              v128.store(o0 + 3 * hdB + od, c30); v128.store(o0 + 3 * hdB + od, c31, 16);
-            } else {
-              for (let rr = 0; rr < rows; rr++) {
-                const orow = o0 + <usize>rr * hdB + od;
-                const prow = p0r + (<usize>(rr * BK) << 2);
-                let c0 = v128.load(orow), c1 = v128.load(orow, 16);
-                for (let i = 0; i < n; i++) {
-                  const vr = vp + <usize>i * hdB + od;
-                  const w = v128.load32_splat(prow + (<usize>i << 2));
-                  c0 = madd(w, v128.load(vr), c0);
-                  c1 = madd(w, v128.load(vr, 16), c1);
-                }
-                v128.store(orow, c0); v128.store(orow, c1, 16);
-              }
-            }
+        // O += P V: 2 rows x 16 channels per pass over the tile's keys (a whole 64-byte line of each
+        // V row a key), 2 x 8 for a last 8 channels, the last row alone when R is odd.
+        for (let r = 0; r < R; r += 2) {
+          const pa = sb + (<usize>(r * BK) << 2);
+          const oa = ob + <usize>r * hdB;
+          const pEnd = pa + (<usize>n << 2);
+          if (r + 1 < R) {
+            let d = 0;
+            for (; d + 16 <= hd; d += 16) pv2x16(pa, pEnd, oa, hdB, vp + (<usize>d << 2), <usize>d << 2);
+            if (d < hd) pv2x8(pa, pEnd, oa, hdB, vp + (<usize>d << 2), <usize>d << 2);
+          } else {
+            for (let d = 0; d < hd; d += 8) pv1x8(pa, pEnd, oa, hdB, vp + (<usize>d << 2), <usize>d << 2);
           }
         }
       }
@@ -353,10 +413,15 @@ function attend(
   }
 }
 
-/** Byte offset of kv head h, position j from block 0's K (or V), looked up position by position. */
-function kvAt(table: usize, bs: i32, blockStride: usize, h: i32, j: i32, hd: i32, eb: usize): usize {
+/**
+ * Byte offset of kv head h, position j, dim d from block 0's K (panels: kPanelAt) or V (rows),
+ * looked up position by position.
+ */
+function kvAt(table: usize, bs: i32, blockStride: usize, h: i32, j: i32, d: i32, hd: i32, eb: usize, isK: bool): usize {
   const block = <usize>load<i32>(table + (<usize>(j / bs) << 2));
-  return block * blockStride + (<usize>h * <usize>bs + <usize>(j % bs)) * <usize>hd * eb;
+  const head = block * blockStride + <usize>h * <usize>bs * <usize>hd * eb;
+  const i = j % bs;
+  return head + (isK ? kPanelAt(i, d, hd) : <usize>i * <usize>hd + <usize>d) * eb;
 }
 
 /**
@@ -381,7 +446,7 @@ export function attention_ref(
       for (let j = 0; j < ctx; j++) {
         let s: f32 = 0;
         for (let d = 0; d < hd; d++) {
-          const at = kvAt(table, bs, blockStride, kvh, j, hd, eb) + <usize>d * eb;
+          const at = kvAt(table, bs, blockStride, kvh, j, d, hd, eb, true);
           const k = kvBf16 ? bf16ToF32(load<u16>(kc + at)) : load<f32>(kc + at);
           s += load<f32>(qp + (<usize>d << 2)) * k;
         }
@@ -398,7 +463,7 @@ export function attention_ref(
       for (let d = 0; d < hd; d++) {
         let o: f32 = 0;
         for (let j = 0; j < ctx; j++) {
-          const at = kvAt(table, bs, blockStride, kvh, j, hd, eb) + <usize>d * eb;
+          const at = kvAt(table, bs, blockStride, kvh, j, d, hd, eb, false);
           const v = kvBf16 ? bf16ToF32(load<u16>(vc + at)) : load<f32>(vc + at);
           o += load<f32>(scratch + (<usize>j << 2)) * v;
         }

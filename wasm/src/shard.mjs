@@ -24,8 +24,10 @@
 //              query rows (B) i32 and softmax state (B, nh, 2) f32; logits (LOGIT_ROWS, V);
 //              quantization staging (64, max cols) f32 (int8 only); the step (stepLayout) i32
 //   KV pool    at the top, block-major so it grows without moving anything: block b at
-//              kvBase + b * blockBytes, holding for each layer K (nkv, bs, hd) then V (nkv, bs, hd),
-//              f32 or bf16. Memory grows to the highest block a call uses.
+//              kvBase + b * blockBytes, holding for each layer K (nkv, bs / 16, hd, 16: panels of 16
+//              positions, dim-major inside, wasm/assembly/kv.ts) then V (nkv, bs, hd), f32 or bf16.
+//              Memory grows to the highest block a call uses. exportKv / importKv convert K between
+//              its panels and the position-major rows of the snapshot layout.
 
 // @ts-check
 
@@ -67,7 +69,7 @@ import { prefixGroups } from "./prefix-groups.mjs";
  * @property {(x: number, w: number, y: number, T: number, H: number, eps: number) => void} rmsnorm
  * @property {(invFreq: number, half: number, positions: number, T: number, scaling: number, cos: number, sin: number) => void} rope_table
  * @property {(x: number, stride: number, T: number, heads: number, hd: number, cos: number, sin: number) => void} rope_apply
- * @property {(src: number, stride: number, T: number, nkv: number, hd: number, cache: number, slots: number, bs: number, blockStride: number, bf16: number) => void} kv_store
+ * @property {(src: number, stride: number, T: number, nkv: number, hd: number, cache: number, slots: number, bs: number, blockStride: number, bf16: number, panels: number) => void} kv_store
  * @property {(q: number, qStride: number, out: number, outStride: number, rows: number, T: number, p0: number, kFrom: number, kTo: number, nh: number, nkv: number, hd: number, kCache: number, vCache: number, table: number, bs: number, blockStride: number, bf16: number, scale: number, scratch: number, state: number, resume: number, partial: number) => void} attention_state
  * @property {(gu: number, T: number, F: number, out: number) => void} swiglu
  * @property {(dst: number, src: number, n: number) => void} add_into
@@ -581,8 +583,8 @@ export class Shard {
       const vc = this.#kvPtr(l, 1);
       const slots = this.stepPtr + this.layout.slots * 4;
       const { bs, blockBytes: bb } = this;
-      k.kv_store(kOff, this.nqkv, T, nkv, hd, kc, slots, bs, bb, bf16);
-      k.kv_store(vOff, this.nqkv, T, nkv, hd, vc, slots, bs, bb, bf16);
+      k.kv_store(kOff, this.nqkv, T, nkv, hd, kc, slots, bs, bb, bf16, 1);
+      k.kv_store(vOff, this.nqkv, T, nkv, hd, vc, slots, bs, bb, bf16, 0);
       t = this.lap(KV_STORE, t);
       const scale = 1 / Math.sqrt(hd);
       const st = this.softmaxState;
@@ -731,8 +733,10 @@ export class Shard {
     const out = new Uint8Array(2 * L * nkv * (end - start) * hd * this.kvEb);
     this.#ensureTable(table, end);
     const mem = new Uint8Array(this.memory.buffer);
-    for (const { ptr, at, bytes } of this.#kvRuns(table, start, end - start)) {
-      out.set(mem.subarray(ptr, ptr + bytes), at);
+    const outE = this.#elements(out);
+    for (const { ptr, at, bytes, kRow } of this.#kvRuns(table, start, end - start)) {
+      if (kRow < 0) out.set(mem.subarray(ptr, ptr + bytes), at);
+      else this.#kPanels(ptr, kRow, bytes, outE, at, false);
     }
     return out;
   }
@@ -748,8 +752,49 @@ export class Shard {
   importKv(bytes, table, start, n) {
     this.#ensureTable(table, start + n);
     const mem = new Uint8Array(this.memory.buffer);
-    for (const { ptr, at, bytes: len } of this.#kvRuns(table, start, n)) {
-      mem.set(bytes.subarray(at, at + len), ptr);
+    // Element views need alignment: a piece cut from a larger buffer may not have it.
+    const src = bytes.byteOffset % this.kvEb === 0 ? bytes : bytes.slice();
+    const srcE = this.#elements(src);
+    for (const { ptr, at, bytes: len, kRow } of this.#kvRuns(table, start, n)) {
+      if (kRow < 0) mem.set(src.subarray(at, at + len), ptr);
+      else this.#kPanels(ptr, kRow, len, srcE, at, true);
+    }
+  }
+
+  /**
+   * `bytes` as cache elements (f32 or bf16 bit patterns, copied as integers).
+   * @param {Uint8Array} bytes  byteOffset a multiple of the element size
+   * @returns {Uint32Array | Uint16Array}
+   */
+  #elements(bytes) {
+    const eb = this.kvEb;
+    return eb === 4
+      ? new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >> 2)
+      : new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >> 1);
+  }
+
+  /**
+   * K rows [row, row + bytes / rowBytes) of one head's block starting at byte `head` (its panels:
+   * element (i, d) at ((i >> 4) hd + d) 16 + (i & 15), wasm/assembly/kv.ts) and the same rows
+   * position-major in `buf` from byte `at`: copied into the panels when `toPanels`, out of them else.
+   * @param {number} head
+   * @param {number} row
+   * @param {number} bytes
+   * @param {Uint32Array | Uint16Array} buf
+   * @param {number} at
+   * @param {boolean} toPanels
+   */
+  #kPanels(head, row, bytes, buf, at, toPanels) {
+    const hd = this.spec.headDim;
+    const eb = this.kvEb;
+    const mem = eb === 4 ? new Uint32Array(this.memory.buffer) : new Uint16Array(this.memory.buffer);
+    const base = head / eb;
+    let o = at / eb;
+    const end = row + bytes / (hd * eb);
+    for (let i = row; i < end; i++, o += hd) {
+      const p = base + (i >> 4) * hd * 16 + (i & 15);
+      if (toPanels) for (let d = 0; d < hd; d++) mem[p + d * 16] = buf[o + d];
+      else for (let d = 0; d < hd; d++) buf[o + d] = mem[p + d * 16];
     }
   }
 
@@ -781,12 +826,13 @@ export class Shard {
 
   /**
    * exportKv's layout walked run by run: for each layer, K then V, each local KV head, the runs of
-   * positions [start, start + n) that lie in one block: `bytes` at `ptr` in memory and at `at` in
-   * the exported bytes.
+   * positions [start, start + n) that lie in one block: `bytes` at `at` in the exported bytes; in
+   * memory, a V run's rows are `bytes` at `ptr`, a K run's are rows kRow .. of the head's block at
+   * `ptr` (in panels: #kPanels), kRow -1 for V.
    * @param {Int32Array} table
    * @param {number} start
    * @param {number} n
-   * @returns {Generator<{ ptr: number, at: number, bytes: number }>}
+   * @returns {Generator<{ ptr: number, at: number, bytes: number, kRow: number }>}
    */
   *#kvRuns(table, start, n) {
     const { layers: L, kvHeads: nkv } = this.spec;
@@ -799,9 +845,11 @@ export class Shard {
           const head = this.#kvPtr(l, which) + h * bs * rowBytes;
           for (let p = start; p < start + n; ) {
             const rows = Math.min(bs - (p % bs), start + n - p);
-            const ptr = head + table[Math.floor(p / bs)] * this.blockBytes + (p % bs) * rowBytes;
-            yield { ptr, at, bytes: rows * rowBytes };
-            at += rows * rowBytes;
+            const block = head + table[Math.floor(p / bs)] * this.blockBytes;
+            const bytes = rows * rowBytes;
+            if (which === 0) yield { ptr: block, at, bytes, kRow: p % bs };
+            else yield { ptr: block + (p % bs) * rowBytes, at, bytes, kRow: -1 };
+            at += bytes;
             p += rows;
           }
         }
