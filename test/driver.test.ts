@@ -313,6 +313,37 @@ describe("SequenceDriver", () => {
     expect(r.ids).toEqual(greedy.slice(0, 2));
   });
 
+  it("starts the next token's forward before handing a token out; a consumer that stops leaves it counted", async () => {
+    const { runtime, driver } = await newDriver();
+    // Forwards the runtime has been asked for, counted at the call (the runtime itself unchanged).
+    let forwards = 0;
+    const forward = runtime.forward.bind(runtime);
+    runtime.forward = (...args: Parameters<Runtime["forward"]>) => {
+      forwards++;
+      return forward(...args);
+    };
+    const asked: number[] = [];
+    const ids: number[] = [];
+    for await (const e of driver.generate({ prompt, maxTokens: 4, sampling: { temperature: 0 } })) {
+      if (e.type !== "token") continue;
+      asked.push(forwards);
+      ids.push(e.id);
+    }
+    expect(ids).toEqual(greedy.slice(0, 4));
+    // The prompt's forward, then one per token but the last, each asked before its token's event.
+    expect(asked).toEqual([2, 3, 4, 4]);
+    // A consumer that stops after two tokens: the third token's forward ran, it is held.
+    let seen = 0;
+    for await (const e of driver.generate({ prompt, maxTokens: 8, sampling: { temperature: 0 } })) {
+      if (e.type === "token" && ++seen === 2) break;
+    }
+    expect(runtime.position).toBe(prompt.length + 2);
+    expect(driver.heldTokens).toEqual([...prompt, ...greedy.slice(0, 2)]);
+    const r = await collect(driver, { prompt, maxTokens: 3, sampling: { temperature: 0 } });
+    expect(r.ids).toEqual(greedy.slice(0, 3));
+    expect(r.done.usage.cachedTokens).toBe(prompt.length - 1);
+  });
+
   it("refuses bad requests before doing any work", async () => {
     const { driver } = await newDriver({ maxPositions: prompt.length });
     expect(() => driver.generate({ prompt: [] })).toThrow(InvalidInputError);

@@ -210,6 +210,8 @@ export class SequenceDriver {
     // prompt + output once `truncated` is set; before that it still holds this.#held.
     const output: number[] = [];
     let truncated = false;
+    // The next decode forward, started before the token it follows is handed out (below).
+    let ahead: Promise<Float32Array> | null = null;
     // Checked here, at the first next(), so a generator that is never iterated holds nothing.
     if (this.#busy) throw new Error("assertion failed: one generation at a time per driver");
     this.#busy = true;
@@ -372,6 +374,17 @@ export class SequenceDriver {
         const event: TokenEvent = { type: "token", id, text };
         if (sampled.logprob !== undefined) event.logprob = sampled.logprob;
         if (sampled.top !== undefined) event.top = sampled.top;
+        if (finishReason === undefined) {
+          // The next token's forward starts before this one is handed out, so the runtime's
+          // next step does not wait for the consumer (streaming the token out, over a socket):
+          // with many sequences batched, a step starts once every one of them has sampled. The
+          // logits were read above (sampled), so a view will do. A consumer that stops here
+          // leaves one token computed and unused (the finally below waits for it).
+          output.push(id);
+          ahead = rt.forward(Int32Array.of(id), signal, { transientLogits: true });
+          // Settled in the finally or below; until then a rejection is not unhandled.
+          ahead.catch(() => {});
+        }
         yield event;
 
         if (finishReason !== undefined) {
@@ -391,12 +404,16 @@ export class SequenceDriver {
           yield done;
           return;
         }
-        output.push(id);
-        // Sampled at the top of the loop, before anything is awaited: a view will do.
-        logits = await rt.forward(Int32Array.of(id), signal, { transientLogits: true });
+        const next = ahead;
+        assert(next !== null, "a token without a finish reason started the next forward");
+        ahead = null;
+        logits = await next;
       }
     } finally {
       prompt.close();
+      // A forward started ahead of a consumer that stopped: the runtime is used by nobody else
+      // until it settles (its token counts in the position if it ran: output holds it).
+      if (ahead) await ahead.catch(() => {});
       if (truncated) {
         const pos = rt.position;
         const fromPrompt = Math.min(pos, prompt.length);
