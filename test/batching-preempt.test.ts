@@ -465,6 +465,66 @@ describe("preemption through the snapshot store", () => {
     await runtime.close();
   });
 
+  it("reads a swapped sequence back off the step's path: the others decode while the store is slow", async () => {
+    // A directory store whose reads wait for `open`: b's restore cannot read its pieces, yet c's
+    // decode steps run meanwhile; once the reads land, b comes back exactly.
+    const inner = await dirStore();
+    let open = () => {};
+    const gate = new Promise<void>((r) => {
+      open = r;
+    });
+    let reads = 0;
+    const slow = over(inner, {
+      get: async (key, range) => {
+        reads++;
+        await gate;
+        return inner.get(key, range);
+      },
+    });
+    const runtime = await referencePool();
+    const scheduler = new BatchScheduler(runtime, {
+      swap: { store: slow, modelFingerprint: fingerprint, chunkTokens: 16, maxHostBytes: 1 << 20 },
+    });
+    const { a, b } = await fillAndPreempt(scheduler); // b swapped
+    await scheduler.swap.settled(); // b's pieces are in the store only
+    await a.close(); // room for b, and for c
+    const c = scheduler.open("t");
+    const cOut = [await c.forward(tokens(16, 7))];
+    let bDone = false;
+    const bCall = b.forward(tokens(1, 4)).then((l) => {
+      bDone = true;
+      return l;
+    });
+    const cSteps = (async () => {
+      for (let i = 0; i < 4; i++) cOut.push(await c.forward(tokens(1, 10 + i)));
+      return "ran";
+    })();
+    // A liveness bound, not a timing: before, the step waited for b's reads, so c never ran.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const stalled = new Promise((r) => {
+      timer = setTimeout(() => r("stalled"), 10_000);
+    });
+    const ran = await Promise.race([cSteps, stalled]);
+    clearTimeout(timer);
+    if (ran !== "ran") open(); // let the calls finish before the test fails
+    expect(ran).toBe("ran");
+    expect(bDone).toBe(false); // still waiting for its pieces
+    expect(reads).toBeGreaterThan(0);
+    expect(scheduler.stats().swapped).toBe(1);
+    open();
+    const bLogits = await bCall;
+    const single = await createReferenceRuntime({ model, maxPositions: 256 });
+    await single.forward(tokens(40, 2));
+    expect(bLogits).toEqual(await single.forward(tokens(1, 4)));
+    single.truncate(0);
+    const cWant = [await single.forward(tokens(16, 7))];
+    for (let i = 0; i < 4; i++) cWant.push(await single.forward(tokens(1, 10 + i)));
+    expect(cOut).toEqual(cWant);
+    await single.close();
+    await closeAll(scheduler, inner, [b, c]);
+    await runtime.close();
+  });
+
   it("never lets two tenants' swapped sequences share objects", async () => {
     const runtime = await referencePool();
     const store = await dirStore();

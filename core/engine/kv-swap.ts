@@ -85,8 +85,11 @@ export interface SwappedKv {
   pieces: SwapPiece[];
   /** Set when the KV could not be kept or restored: every later call of the sequence fails with it. */
   lost?: Error;
-  /** prefetch() has run for this swap. */
-  prefetched?: boolean;
+  /** prefetch() has run for this swap: its reads, settled once each piece is read or let go. */
+  prefetched?: Promise<void>;
+  /** The prefetch's reads have all settled: a restore now reads the store only for the pieces
+   * that did not fit in the host budget (or failed). */
+  fetched?: boolean;
 }
 
 export interface KvSwapStats {
@@ -268,11 +271,15 @@ export class KvSwap {
    * one after another in the background, while they fit in the host budget (a piece that does not
    * is left to the restore): the scheduler calls it when a swapped sequence waits for room, so
    * the step that restores it imports from memory instead of waiting for the store. A failed read
-   * is let go; the restore reads that piece again and reports what is wrong. Once per swap.
+   * is let go; the restore reads that piece again and reports what is wrong. Once per swap: a
+   * second call returns the first one's reads. Resolves (never rejects) once they have all settled.
    */
-  prefetch(saved: SwappedKv, upTo: number): void {
-    if (!this.store || saved.lost || saved.prefetched) return;
-    saved.prefetched = true;
+  prefetch(saved: SwappedKv, upTo: number): Promise<void> {
+    if (saved.prefetched) return saved.prefetched;
+    if (!this.store || saved.lost) {
+      saved.fetched = true;
+      return Promise.resolve();
+    }
     let chain = Promise.resolve();
     for (const p of saved.pieces) {
       if (p.start >= upTo) break;
@@ -296,6 +303,12 @@ export class KvSwap {
       });
       this.#track(chain);
     }
+    saved.prefetched = chain
+      .catch(() => {})
+      .then(() => {
+        saved.fetched = true;
+      });
+    return saved.prefetched;
   }
 
   /**

@@ -16,7 +16,8 @@
 //      blocks are all shared frees none and is left alone): its KV is saved (kv-swap.ts: snapshot
 //      objects in the store, else host memory up to a budget), except the leading blocks running
 //      sequences share with it (a document's: they stay in its table, unwritten), its other blocks
-//      freed, and it is restored, exactly, before its next piece runs.
+//      freed, and it is restored, exactly, before its next piece runs (its pieces are read back
+//      from the store first, outside the steps: the others' steps do not wait for the store).
 //      A victim whose KV cannot be kept, or whose restore fails, fails alone (its request gets the
 //      error); the oldest sequence always progresses; a sequence that alone cannot fit fails with
 //      LimitError;
@@ -126,6 +127,10 @@ export class BatchScheduler implements SequenceHost {
   /** Step number at which each tenant's prefill was last served. */
   readonly #served = new Map<string, number>();
   #pumping = false;
+  /** Swapped sequences whose pieces are being read back before their restore (#fit). */
+  readonly #reading = new Set<SwappedKv>();
+  /** A read-back ended since the last #plan began: a pump about to stop looks again. */
+  #readLanded = false;
   #order = 0;
   /** Calls failed outside a step (a victim's KV lost, a failed restore): #plan looks again. */
   #failures = 0;
@@ -296,6 +301,7 @@ export class BatchScheduler implements SequenceHost {
   }
 
   async #pump(): Promise<void> {
+    let waitsForReads = false;
     try {
       for (;;) {
         while (this.#exclusive.length) await this.#exclusive.shift()?.();
@@ -303,15 +309,25 @@ export class BatchScheduler implements SequenceHost {
         while (this.#exclusive.length) await this.#exclusive.shift()?.();
         this.#dropCancelled();
         if (this.#calls.length === 0) break;
+        this.#readLanded = false;
         const pieces = await this.#plan();
-        if (pieces.length === 0) continue; // #plan failed a call that cannot fit; look again
+        if (pieces.length === 0) {
+          // Every call left waits for its swapped KV to be read back: the reads wake the pump.
+          if (this.#reading.size > 0 && !this.#readLanded) {
+            waitsForReads = true;
+            break;
+          }
+          continue; // #plan failed a call that cannot fit; look again
+        }
         await this.#step(pieces);
       }
     } finally {
       this.#pumping = false;
     }
     // Work queued by the last resolutions (after the loop saw none) starts a new pump.
-    if (this.#calls.length || this.#exclusive.length) this.#kick();
+    if ((this.#calls.length && !waitsForReads) || this.#exclusive.length || this.#readLanded) {
+      this.#kick();
+    }
   }
 
   /** Open sequences with no call queued. */
@@ -371,7 +387,7 @@ export class BatchScheduler implements SequenceHost {
       if (placed.has(call)) continue;
       await take(call, Math.min(budget, call.tokens.length - call.done));
     }
-    if (pieces.length === 0 && this.#failures === failures) {
+    if (pieces.length === 0 && this.#failures === failures && this.#reading.size === 0) {
       // The oldest call cannot get its blocks even with every newer sequence preempted.
       const oldest = byAge[0];
       this.#calls.splice(this.#calls.indexOf(oldest), 1);
@@ -392,6 +408,7 @@ export class BatchScheduler implements SequenceHost {
   async #fit(call: Call, n: number, pieces: Piece[]): Promise<boolean> {
     const seq = call.seq;
     const at = call.start + call.done;
+    if (this.#readingBack(seq)) return false;
     for (;;) {
       let restored: boolean;
       try {
@@ -430,6 +447,27 @@ export class BatchScheduler implements SequenceHost {
       }
     }
     return enough ?? most?.s;
+  }
+
+  /**
+   * Whether seq's call must wait for its swapped pieces to be read back from the store: the step
+   * does not wait for a store read (a piece of 8K positions from S3 takes ~1 s) while the other
+   * sequences could run. The first time, the reads start (within the host budget: a piece that
+   * does not fit is read by the restore itself, on the step's path, as before); when they have
+   * settled the pump is woken and the restore imports from memory.
+   */
+  #readingBack(seq: PagedSequence): boolean {
+    const saved = seq.swapped;
+    if (!saved || saved.lost || saved.fetched || !this.swap.store) return false;
+    if (!this.#reading.has(saved)) {
+      this.#reading.add(saved);
+      void this.swap.prefetch(saved, seq.position).then(() => {
+        this.#reading.delete(saved);
+        this.#readLanded = true;
+        this.#kick();
+      });
+    }
+    return true;
   }
 
   /** Blocks a preemption of `s` gives back to the pool: those no other table holds. */
@@ -500,8 +538,7 @@ export class BatchScheduler implements SequenceHost {
     if (need > saved.from && !(await this.reserve(seq, saved.from, need))) {
       seq.releaseFrom(saved.from / this.pool.blockTokens);
       if (mustFit) throw new BusyError("the KV pool has no room to restore this sequence now");
-      // It waits for room: its pieces are read back meanwhile, so the restore does not wait.
-      this.swap.prefetch(saved, seq.position);
+      // It waits for room (its pieces were read back before it got here: #readingBack).
       return false;
     }
     try {
