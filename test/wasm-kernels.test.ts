@@ -470,7 +470,8 @@ for (const build of BUILDS) {
             fn("kv_store")(src, stride, T, nkv, hd, cache, slots, bs, blockStride, bf16, panels);
             const n = (blocks * blockStride) / eb;
             let written = 0;
-            for (let i = 0; i < n; i++) if ((bf16 ? u16(cache, n)[i] : f32(cache, n)[i]) !== 0) written++;
+            for (let i = 0; i < n; i++)
+              if ((bf16 ? u16(cache, n)[i] : f32(cache, n)[i]) !== 0) written++;
             expect(written).toBe(T * nkv * hd); // nothing else touched (the values are nonzero)
             for (let t = 0; t < T; t++) {
               const block = Math.floor(slotsAt[t] / bs);
@@ -478,7 +479,9 @@ for (const build of BUILDS) {
               for (let h = 0; h < nkv; h++) {
                 for (let d = 0; d < hd; d++) {
                   const v = sv[t * stride + h * hd + d];
-                  const inHead = panels ? (Math.floor(i / 16) * hd + d) * 16 + (i % 16) : i * hd + d;
+                  const inHead = panels
+                    ? (Math.floor(i / 16) * hd + d) * 16 + (i % 16)
+                    : i * hd + d;
                   const at = (block * blockStride) / eb + h * bs * hd + inHead;
                   if (bf16) expect(u16(cache, n)[at]).toBe(f32ToBf16(v));
                   else expect(f32(cache, n)[at]).toBe(v);

@@ -787,7 +787,8 @@ export class Shard {
   #kPanels(head, row, bytes, buf, at, toPanels) {
     const hd = this.spec.headDim;
     const eb = this.kvEb;
-    const mem = eb === 4 ? new Uint32Array(this.memory.buffer) : new Uint16Array(this.memory.buffer);
+    const mem =
+      eb === 4 ? new Uint32Array(this.memory.buffer) : new Uint16Array(this.memory.buffer);
     const base = head / eb;
     let o = at / eb;
     const end = row + bytes / (hd * eb);
