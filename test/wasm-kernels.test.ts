@@ -491,6 +491,32 @@ for (const build of BUILDS) {
           }
         }
       });
+
+      it("kv_panel_rows reads K rows out of their panels and writes them back, f32 and bf16", () => {
+        top = Math.ceil(k.heap_base() / 64) * 64;
+        const [nkv, hd, bs, rows, row] = [1, 24, 64, 21, 13]; // rows 13 .. 33: three panels
+        for (const bf16 of [0, 1]) {
+          const eb = bf16 ? 2 : 4;
+          const src = alloc(rows * hd * 4);
+          const sv = fill(src, rows * hd, rng(11 + bf16));
+          const slots = alloc(rows * 4);
+          new Int32Array(k.memory.buffer, slots, rows).forEach((_, t, a) => {
+            a[t] = row + t;
+          });
+          const blockStride = nkv * bs * hd * eb;
+          const cache = alloc(2 * blockStride);
+          new Uint8Array(k.memory.buffer, cache, 2 * blockStride).fill(0);
+          fn("kv_store")(src, hd, rows, nkv, hd, cache, slots, bs, blockStride, bf16, 1);
+          const out = alloc(rows * hd * eb);
+          fn("kv_panel_rows")(cache, row, rows, hd, bf16, out, 0);
+          const want = bf16 ? Uint16Array.from(sv, f32ToBf16) : Float32Array.from(sv);
+          expect(bf16 ? u16(out, rows * hd) : f32(out, rows * hd)).toEqual(want);
+          // Back into the second block's panels: the same bytes as kv_store wrote in the first.
+          fn("kv_panel_rows")(cache + blockStride, row, rows, hd, bf16, out, 1);
+          const bytes = new Uint8Array(k.memory.buffer, cache, 2 * blockStride);
+          expect(bytes.subarray(blockStride)).toEqual(bytes.subarray(0, blockStride));
+        }
+      });
     });
   });
 }

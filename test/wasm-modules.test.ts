@@ -39,6 +39,7 @@ const RUNTIME = [
   "attention_scratch_bytes",
   "attention_state",
   "heap_base",
+  "kv_panel_rows",
   "kv_store",
   "matmul_bf16",
   "matmul_f32",

@@ -7,7 +7,7 @@ export { rmsnorm } from "./norm";
 export { rope_table, rope_apply } from "./rope";
 export { attention_state, attention_scratch_bytes } from "./attention";
 export { swiglu, add_into } from "./ffn";
-export { kv_store } from "./kv";
+export { kv_store, kv_panel_rows } from "./kv";
 export { relaxed_simd } from "./simd";
 
 /** First byte the glue may use. */

@@ -52,3 +52,27 @@ export function kv_store(
     }
   }
 }
+
+/**
+ * K rows [row, row + rows) of one head's block at `head` (its panels) and the same rows
+ * position-major at `buf` (rows x hd elements, the snapshot layout's): copied into the panels when
+ * `toPanels`, out of them otherwise. exportKv / importKv's conversion (wasm/src/shard.mjs).
+ */
+export function kv_panel_rows(
+  head: usize, row: i32, rows: i32, hd: i32, bf16: bool, buf: usize, toPanels: bool,
+): void {
+  const eb: usize = bf16 ? 2 : 4;
+  const step = <usize>PANEL * eb; // one dim to the next inside a panel
+  for (let i = 0; i < rows; i++) {
+    let p = head + kPanelAt(row + i, 0, hd) * eb;
+    let o = buf + <usize>i * <usize>hd * eb;
+    const end = o + <usize>hd * eb;
+    if (bf16) {
+      if (toPanels) for (; o < end; o += 2, p += step) store<u16>(p, load<u16>(o));
+      else for (; o < end; o += 2, p += step) store<u16>(o, load<u16>(p));
+    } else {
+      if (toPanels) for (; o < end; o += 4, p += step) store<f32>(p, load<f32>(o));
+      else for (; o < end; o += 4, p += step) store<f32>(o, load<f32>(p));
+    }
+  }
+}

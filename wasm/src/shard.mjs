@@ -70,6 +70,7 @@ import { prefixGroups } from "./prefix-groups.mjs";
  * @property {(invFreq: number, half: number, positions: number, T: number, scaling: number, cos: number, sin: number) => void} rope_table
  * @property {(x: number, stride: number, T: number, heads: number, hd: number, cos: number, sin: number) => void} rope_apply
  * @property {(src: number, stride: number, T: number, nkv: number, hd: number, cache: number, slots: number, bs: number, blockStride: number, bf16: number, panels: number) => void} kv_store
+ * @property {(head: number, row: number, rows: number, hd: number, bf16: number, buf: number, toPanels: number) => void} kv_panel_rows
  * @property {(q: number, qStride: number, out: number, outStride: number, rows: number, T: number, p0: number, kFrom: number, kTo: number, nh: number, nkv: number, hd: number, kCache: number, vCache: number, table: number, bs: number, blockStride: number, bf16: number, scale: number, scratch: number, state: number, resume: number, partial: number) => void} attention_state
  * @property {(gu: number, T: number, F: number, out: number) => void} swiglu
  * @property {(dst: number, src: number, n: number) => void} add_into
@@ -307,7 +308,8 @@ export class Shard {
     this.cos = take((B * hd * 4) / 2);
     this.sin = take((B * hd * 4) / 2);
     this.invFreq = take((hd / 2) * 8);
-    this.scratch = take(nkv > 0 ? this.k.attention_scratch_bytes(nh, nkv, hd) : 0);
+    this.scratchBytes = nkv > 0 ? this.k.attention_scratch_bytes(nh, nkv, hd) : 0;
+    this.scratch = take(this.scratchBytes);
     this.groupRows = take(B * 4);
     this.softmaxState = take(B * nh * 8);
     this.logitsBuf = take(LOGIT_ROWS * V * 4);
@@ -733,10 +735,19 @@ export class Shard {
     const out = new Uint8Array(2 * L * nkv * (end - start) * hd * this.kvEb);
     this.#ensureTable(table, end);
     const mem = new Uint8Array(this.memory.buffer);
-    const outE = this.#elements(out);
     for (const { ptr, at, bytes, kRow } of this.#kvRuns(table, start, end - start)) {
       if (kRow < 0) out.set(mem.subarray(ptr, ptr + bytes), at);
-      else this.#kPanels(ptr, kRow, bytes, outE, at, false);
+      else {
+        this.#kPanels(
+          ptr,
+          kRow,
+          bytes,
+          (stage, n, off) => {
+            out.set(mem.subarray(stage, stage + n), at + off);
+          },
+          false,
+        );
+      }
     }
     return out;
   }
@@ -752,50 +763,45 @@ export class Shard {
   importKv(bytes, table, start, n) {
     this.#ensureTable(table, start + n);
     const mem = new Uint8Array(this.memory.buffer);
-    // Element views need alignment: a piece cut from a larger buffer may not have it.
-    const src = bytes.byteOffset % this.kvEb === 0 ? bytes : bytes.slice();
-    const srcE = this.#elements(src);
     for (const { ptr, at, bytes: len, kRow } of this.#kvRuns(table, start, n)) {
-      if (kRow < 0) mem.set(src.subarray(at, at + len), ptr);
-      else this.#kPanels(ptr, kRow, len, srcE, at, true);
+      if (kRow < 0) mem.set(bytes.subarray(at, at + len), ptr);
+      else {
+        this.#kPanels(
+          ptr,
+          kRow,
+          len,
+          (stage, m, off) => {
+            mem.set(bytes.subarray(at + off, at + off + m), stage);
+          },
+          true,
+        );
+      }
     }
   }
 
   /**
-   * `bytes` as cache elements (f32 or bf16 bit patterns, copied as integers).
-   * @param {Uint8Array} bytes  byteOffset a multiple of the element size
-   * @returns {Uint32Array | Uint16Array}
-   */
-  #elements(bytes) {
-    const eb = this.kvEb;
-    return eb === 4
-      ? new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >> 2)
-      : new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >> 1);
-  }
-
-  /**
-   * K rows [row, row + bytes / rowBytes) of one head's block starting at byte `head` (its panels:
-   * element (i, d) at ((i >> 4) hd + d) 16 + (i & 15), wasm/assembly/kv.ts) and the same rows
-   * position-major in `buf` from byte `at`: copied into the panels when `toPanels`, out of them else.
+   * K rows from `row` (`bytes` of position-major rows) of one head's block at byte `head`, in its
+   * panels (wasm/assembly/kv.ts), converted through the attention scratch (free outside a
+   * forward) in runs that fit there: `move(stage, n, off)` copies n bytes at `stage` out to (or, when
+   * `toPanels`, in from) the position-major bytes' offset `off`, after (before) kv_panel_rows.
    * @param {number} head
    * @param {number} row
    * @param {number} bytes
-   * @param {Uint32Array | Uint16Array} buf
-   * @param {number} at
+   * @param {(stage: number, n: number, off: number) => void} move
    * @param {boolean} toPanels
    */
-  #kPanels(head, row, bytes, buf, at, toPanels) {
-    const hd = this.spec.headDim;
-    const eb = this.kvEb;
-    const mem =
-      eb === 4 ? new Uint32Array(this.memory.buffer) : new Uint16Array(this.memory.buffer);
-    const base = head / eb;
-    let o = at / eb;
-    const end = row + bytes / (hd * eb);
-    for (let i = row; i < end; i++, o += hd) {
-      const p = base + (i >> 4) * hd * 16 + (i & 15);
-      if (toPanels) for (let d = 0; d < hd; d++) mem[p + d * 16] = buf[o + d];
-      else for (let d = 0; d < hd; d++) buf[o + d] = mem[p + d * 16];
+  #kPanels(head, row, bytes, move, toPanels) {
+    const rowBytes = this.spec.headDim * this.kvEb;
+    const most = Math.max(1, Math.floor(this.scratchBytes / rowBytes));
+    const bf16 = this.kvEb === 2 ? 1 : 0;
+    for (let off = 0; off < bytes; ) {
+      const rows = Math.min(most, (bytes - off) / rowBytes);
+      const n = rows * rowBytes;
+      const r = row + off / rowBytes;
+      if (toPanels) move(this.scratch, n, off);
+      this.k.kv_panel_rows(head, r, rows, this.spec.headDim, bf16, this.scratch, toPanels ? 1 : 0);
+      if (!toPanels) move(this.scratch, n, off);
+      off += n;
     }
   }
 
