@@ -7,10 +7,12 @@
 
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { SequenceDriver } from "../core/engine/driver.ts";
 import { createPagedReferenceRuntime } from "../core/engine/paged-reference-runtime.ts";
 import type { PagedRuntime, StepItem } from "../core/engine/paged-runtime.ts";
 import { createReferenceRuntime } from "../core/engine/reference-runtime.ts";
 import type { Runtime } from "../core/engine/runtime.ts";
+import { BatchScheduler } from "../core/engine/scheduler.ts";
 import { InvalidInputError, LimitError } from "../core/errors.ts";
 import { kvPayloadBytes } from "../core/kv/layout.ts";
 import type { LoadedModel } from "../core/model/weights.ts";
@@ -282,6 +284,52 @@ describe("wasm paged runtime", () => {
     } finally {
       await single.close();
     }
+  });
+
+  it("drivers under the scheduler (2 threads: logits handed over as views): a slow consumer's tokens are its own", async () => {
+    // The worker shards hand decode logits over as views of a buffer the next step reuses. A
+    // consumer slower than a step (streaming its token out) must still sample its own logits:
+    // the driver samples them as they come back, not when the consumer asks for the next token.
+    // Two sequences at most in a step and one prompt token for the other keep every step under 4
+    // rows, where each row's GEMMs are the one-row kernels: the slow one's tokens alone are exact.
+    const model = await loadTestModel(SMALL_VOCAB);
+    const V = model.config.vocabSize;
+    const slowPrompt = Array.from(suiteTokens(20, V, 21));
+    await withPaged(model, 2, async (rt) => {
+      const scheduler = new BatchScheduler(rt);
+      const generate = async (prompt: number[], each: (i: number) => Promise<void>) => {
+        const seq = scheduler.open("t");
+        const driver = new SequenceDriver(seq, { eosTokenIds: [] });
+        const ids: number[] = [];
+        const request = { prompt, maxTokens: 8, sampling: { temperature: 0 } };
+        for await (const e of driver.generate(request)) {
+          if (e.type !== "token") continue;
+          ids.push(e.id);
+          await each(ids.length);
+        }
+        await seq.close();
+        return ids;
+      };
+      const alone = await generate(slowPrompt, async () => {});
+      // After the slow one's prefill, another sequence decodes beside it, request after request,
+      // until it ends: their decode rows share lm_head passes (views), then the other one steps
+      // on alone while the slow consumer is busy.
+      let slowDone = false;
+      let fast: Promise<number> | undefined;
+      const slow = await generate(slowPrompt, async (i) => {
+        if (i === 1) {
+          fast = (async () => {
+            let runs = 0;
+            while (!slowDone) await generate([(runs++ * 37 + 5) % V], async () => {});
+            return runs;
+          })();
+        }
+        await new Promise((r) => setTimeout(r, 25)); // the token going out over a socket
+      });
+      slowDone = true;
+      expect(await fast).toBeGreaterThan(1);
+      expect(slow).toEqual(alone);
+    });
   });
 
   it("an item straddling the 128-row micro-batch boundary attends to the rows written before it", async () => {

@@ -23,7 +23,13 @@ import type { LoadedModel } from "../model/weights.ts";
 import type { PrefixCache } from "./prefix-cache.ts";
 import { PromptIntake, type PromptSource } from "./prompt-intake.ts";
 import type { Runtime } from "./runtime.ts";
-import { type Rng, Sampler, type SamplingOptions, type TokenLogprob } from "./sampling.ts";
+import {
+  type Rng,
+  type SampledToken,
+  Sampler,
+  type SamplingOptions,
+  type TokenLogprob,
+} from "./sampling.ts";
 import { StopStringMatcher } from "./stop.ts";
 
 /**
@@ -210,8 +216,9 @@ export class SequenceDriver {
     // prompt + output once `truncated` is set; before that it still holds this.#held.
     const output: number[] = [];
     let truncated = false;
-    // The next decode forward, started before the token it follows is handed out (below).
-    let ahead: Promise<Float32Array> | null = null;
+    // The next token: its forward started before the token it follows is handed out, sampled
+    // as its logits come back (below).
+    let ahead: Promise<SampledToken> | null = null;
     // Checked here, at the first next(), so a generator that is never iterated holds nothing.
     if (this.#busy) throw new Error("assertion failed: one generation at a time per driver");
     this.#busy = true;
@@ -337,9 +344,10 @@ export class SequenceDriver {
       const stopIds = new Set(request.stopTokenIds ?? []);
       const maxTokens = request.maxTokens ?? maxPositions - n;
       let generated = 0;
+      let sampled: SampledToken | undefined;
       for (;;) {
         if (signal?.aborted) throw new CancelledError();
-        const sampled = sampler.sample(logits);
+        sampled ??= sampler.sample(logits);
         const id = sampled.id;
         generated++;
         let finishReason: FinishReason | undefined;
@@ -377,11 +385,15 @@ export class SequenceDriver {
         if (finishReason === undefined) {
           // The next token's forward starts before this one is handed out, so the runtime's
           // next step does not wait for the consumer (streaming the token out, over a socket):
-          // with many sequences batched, a step starts once every one of them has sampled. The
-          // logits were read above (sampled), so a view will do. A consumer that stops here
-          // leaves one token computed and unused (the finally below waits for it).
+          // with many sequences batched, a step starts once every one of them has sampled. Its
+          // logits are sampled in the forward's own continuation, before anything is awaited:
+          // they may be a view of a buffer the runtime's next step (any sequence's) overwrites,
+          // and the consumer may take longer than that to ask for the next token. A consumer that
+          // stops here leaves one token computed and unused (the finally below waits for it).
           output.push(id);
-          ahead = rt.forward(Int32Array.of(id), signal, { transientLogits: true });
+          ahead = rt
+            .forward(Int32Array.of(id), signal, { transientLogits: true })
+            .then((next) => sampler.sample(next));
           // Settled in the finally or below; until then a rejection is not unhandled.
           ahead.catch(() => {});
         }
@@ -407,7 +419,7 @@ export class SequenceDriver {
         const next = ahead;
         assert(next !== null, "a token without a finish reason started the next forward");
         ahead = null;
-        logits = await next;
+        sampled = await next;
       }
     } finally {
       prompt.close();
