@@ -73,6 +73,44 @@ function over(inner: SnapshotStore, own: Partial<SnapshotStore>): SnapshotStore 
   };
 }
 
+/** `inner` whose reads wait until `open()` (a slow store), counting them. */
+function heldReads(inner: SnapshotStore) {
+  let open = () => {};
+  const gate = new Promise<void>((r) => {
+    open = r;
+  });
+  let reads = 0;
+  const store = over(inner, {
+    get: async (key, range) => {
+      reads++;
+      await gate;
+      return inner.get(key, range);
+    },
+  });
+  return { store, open: () => open(), reads: () => reads };
+}
+
+/**
+ * The preemption scenario over a directory store whose reads are held (heldReads): b swapped, its
+ * pieces written (in the store only), a open.
+ */
+async function swappedBehindHeldReads() {
+  const inner = await dirStore();
+  const held = heldReads(inner);
+  const runtime = await referencePool();
+  const scheduler = new BatchScheduler(runtime, {
+    swap: {
+      store: held.store,
+      modelFingerprint: fingerprint,
+      chunkTokens: 16,
+      maxHostBytes: 1 << 20,
+    },
+  });
+  const { a, b } = await fillAndPreempt(scheduler);
+  await scheduler.swap.settled();
+  return { inner, held, runtime, scheduler, a, b };
+}
+
 /** A scheduler whose swaps go to `store` only (no host memory), in pieces of 16 positions. */
 function storeScheduler(runtime: PagedRuntime, store: SnapshotStore, chunkTokens = 16) {
   return new BatchScheduler(runtime, {
@@ -468,25 +506,7 @@ describe("preemption through the snapshot store", () => {
   it("reads a swapped sequence back off the step's path: the others decode while the store is slow", async () => {
     // A directory store whose reads wait for `open`: b's restore cannot read its pieces, yet c's
     // decode steps run meanwhile; once the reads land, b comes back exactly.
-    const inner = await dirStore();
-    let open = () => {};
-    const gate = new Promise<void>((r) => {
-      open = r;
-    });
-    let reads = 0;
-    const slow = over(inner, {
-      get: async (key, range) => {
-        reads++;
-        await gate;
-        return inner.get(key, range);
-      },
-    });
-    const runtime = await referencePool();
-    const scheduler = new BatchScheduler(runtime, {
-      swap: { store: slow, modelFingerprint: fingerprint, chunkTokens: 16, maxHostBytes: 1 << 20 },
-    });
-    const { a, b } = await fillAndPreempt(scheduler); // b swapped
-    await scheduler.swap.settled(); // b's pieces are in the store only
+    const { inner, held, runtime, scheduler, a, b } = await swappedBehindHeldReads();
     await a.close(); // room for b, and for c
     const c = scheduler.open("t");
     const cOut = [await c.forward(tokens(16, 7))];
@@ -506,12 +526,12 @@ describe("preemption through the snapshot store", () => {
     });
     const ran = await Promise.race([cSteps, stalled]);
     clearTimeout(timer);
-    if (ran !== "ran") open(); // let the calls finish before the test fails
+    if (ran !== "ran") held.open(); // let the calls finish before the test fails
     expect(ran).toBe("ran");
     expect(bDone).toBe(false); // still waiting for its pieces
-    expect(reads).toBeGreaterThan(0);
+    expect(held.reads()).toBeGreaterThan(0);
     expect(scheduler.stats().swapped).toBe(1);
-    open();
+    held.open();
     const bLogits = await bCall;
     const single = await createReferenceRuntime({ model, maxPositions: 256 });
     await single.forward(tokens(40, 2));
@@ -522,6 +542,40 @@ describe("preemption through the snapshot store", () => {
     expect(cOut).toEqual(cWant);
     await single.close();
     await closeAll(scheduler, inner, [b, c]);
+    await runtime.close();
+  });
+
+  it("a swapped sequence's call cancelled while its pieces are read back leaves the scheduler idle", async () => {
+    const { inner, held, runtime, scheduler, a, b } = await swappedBehindHeldReads(); // a idle
+    const abort = new AbortController();
+    const call = b.forward(tokens(1, 4), abort.signal);
+    for (let i = 0; i < 1000 && held.reads() === 0; i++) await new Promise((r) => setImmediate(r));
+    expect(held.reads()).toBe(1); // its read-back has begun (and waits at the gate)
+    abort.abort();
+    await expect(call).rejects.toThrow();
+    held.open();
+    await scheduler.swap.settled();
+    await new Promise((r) => setTimeout(r, 10)); // the read-back's end has woken the pump
+    // Nothing to run now: the pump has stopped. (It once kicked itself again and again here, a
+    // setImmediate spin, or with no idle sequence a synchronous recursion.)
+    const real = globalThis.setImmediate;
+    let turns = 0;
+    globalThis.setImmediate = ((fn: (...a: unknown[]) => void, ...args: unknown[]) => {
+      turns++;
+      return real(fn, ...args);
+    }) as typeof setImmediate;
+    try {
+      await new Promise((r) => setTimeout(r, 50));
+    } finally {
+      globalThis.setImmediate = real;
+    }
+    expect(turns).toBeLessThan(10);
+    // And it still serves: b comes back exactly.
+    const single = await createReferenceRuntime({ model, maxPositions: 256 });
+    await single.forward(tokens(40, 2));
+    expect(await b.forward(tokens(1, 4))).toEqual(await single.forward(tokens(1, 4)));
+    await single.close();
+    await closeAll(scheduler, inner, [a, b]);
     await runtime.close();
   });
 

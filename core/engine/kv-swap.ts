@@ -231,6 +231,9 @@ export class KvSwap {
         if (!ok) return; // stays in memory, counted (or is gone)
         piece.key = key; // (a piece dropped meanwhile is deleted by drop's release)
         if (!piece.bytes) return;
+        // Its restore is coming (the read-back began, and skipped this piece: it was in memory):
+        // the bytes stay for it, or the restore would read them back on the step's path.
+        if (saved.prefetched) return;
         this.#stats.hostBytes -= piece.bytes.length;
         piece.bytes = undefined;
       });

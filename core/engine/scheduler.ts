@@ -129,8 +129,13 @@ export class BatchScheduler implements SequenceHost {
   #pumping = false;
   /** Swapped sequences whose pieces are being read back before their restore (#fit). */
   readonly #reading = new Set<SwappedKv>();
-  /** A read-back ended since the last #plan began: a pump about to stop looks again. */
-  #readLanded = false;
+  /** Calls the current #plan deferred until their sequence's pieces are read back. */
+  #deferred = 0;
+  /**
+   * Something may have changed since the current #plan began (a call submitted or cancelled, a
+   * read-back ended: every #kick sets it): a pump that found nothing to run looks again.
+   */
+  #wake = false;
   #order = 0;
   /** Calls failed outside a step (a victim's KV lost, a failed restore): #plan looks again. */
   #failures = 0;
@@ -295,6 +300,7 @@ export class BatchScheduler implements SequenceHost {
   }
 
   #kick(): void {
+    this.#wake = true;
     if (this.#pumping) return;
     this.#pumping = true;
     void this.#pump();
@@ -309,11 +315,13 @@ export class BatchScheduler implements SequenceHost {
         while (this.#exclusive.length) await this.#exclusive.shift()?.();
         this.#dropCancelled();
         if (this.#calls.length === 0) break;
-        this.#readLanded = false;
+        this.#wake = false;
+        const failures = this.#failures;
         const pieces = await this.#plan();
         if (pieces.length === 0) {
-          // Every call left waits for its swapped KV to be read back: the reads wake the pump.
-          if (this.#reading.size > 0 && !this.#readLanded) {
+          // The calls left wait for their swapped KV to be read back (or for room they can only
+          // get after those reads): the reads' ends, like any new call, wake the pump.
+          if (this.#deferred > 0 && !this.#wake && this.#failures === failures) {
             waitsForReads = true;
             break;
           }
@@ -324,8 +332,9 @@ export class BatchScheduler implements SequenceHost {
     } finally {
       this.#pumping = false;
     }
-    // Work queued by the last resolutions (after the loop saw none) starts a new pump.
-    if ((this.#calls.length && !waitsForReads) || this.#exclusive.length || this.#readLanded) {
+    // Work queued by the last resolutions (after the loop saw none) starts a new pump; a pump
+    // that stopped for reads is started again by them, or by whatever woke it meanwhile.
+    if (this.#exclusive.length || (this.#calls.length && (!waitsForReads || this.#wake))) {
       this.#kick();
     }
   }
@@ -356,8 +365,13 @@ export class BatchScheduler implements SequenceHost {
     const pieces: Piece[] = [];
     let budget = this.maxBatchTokens;
     const failures = this.#failures;
+    this.#deferred = 0;
     const take = async (call: Call, n: number): Promise<boolean> => {
       if (!this.#calls.includes(call)) return false; // failed since byAge was taken
+      if (this.#readingBack(call.seq)) {
+        this.#deferred++;
+        return false;
+      }
       if (!(await this.#fit(call, n, pieces))) return false;
       pieces.push({ call, n });
       budget -= n;
@@ -387,7 +401,7 @@ export class BatchScheduler implements SequenceHost {
       if (placed.has(call)) continue;
       await take(call, Math.min(budget, call.tokens.length - call.done));
     }
-    if (pieces.length === 0 && this.#failures === failures && this.#reading.size === 0) {
+    if (pieces.length === 0 && this.#failures === failures && this.#deferred === 0) {
       // The oldest call cannot get its blocks even with every newer sequence preempted.
       const oldest = byAge[0];
       this.#calls.splice(this.#calls.indexOf(oldest), 1);
@@ -408,7 +422,6 @@ export class BatchScheduler implements SequenceHost {
   async #fit(call: Call, n: number, pieces: Piece[]): Promise<boolean> {
     const seq = call.seq;
     const at = call.start + call.done;
-    if (this.#readingBack(seq)) return false;
     for (;;) {
       let restored: boolean;
       try {
@@ -463,7 +476,6 @@ export class BatchScheduler implements SequenceHost {
       this.#reading.add(saved);
       void this.swap.prefetch(saved, seq.position).then(() => {
         this.#reading.delete(saved);
-        this.#readLanded = true;
         this.#kick();
       });
     }
