@@ -312,6 +312,9 @@ for (const build of BUILDS) {
         // blocks of two key tiles: a tile starts mid-block
         { nh: 8, nkv: 2, hd: 64, p0: 200, T: 50, bf16: false, bs: 128 },
         { nh: 4, nkv: 1, hd: 64, p0: 300, T: 3, bf16: true, bs: 128 },
+        // head_dim 40 and 24 (16-channel P V passes, then 8), 5 and 1 query heads a KV head
+        { nh: 10, nkv: 2, hd: 40, p0: 90, T: 19, bf16: false },
+        { nh: 3, nkv: 3, hd: 24, p0: 140, T: 5, bf16: true },
       ];
       it("the planner's scratch size (shard.mjs) is the kernel's attention_scratch_bytes", () => {
         for (const c of cases) {
