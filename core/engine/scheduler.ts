@@ -127,8 +127,6 @@ export class BatchScheduler implements SequenceHost {
   /** Step number at which each tenant's prefill was last served. */
   readonly #served = new Map<string, number>();
   #pumping = false;
-  /** Swapped sequences whose pieces are being read back before their restore (#fit). */
-  readonly #reading = new Set<SwappedKv>();
   /** Calls the current #plan deferred until their sequence's pieces are read back. */
   #deferred = 0;
   /**
@@ -472,13 +470,8 @@ export class BatchScheduler implements SequenceHost {
   #readingBack(seq: PagedSequence): boolean {
     const saved = seq.swapped;
     if (!saved || saved.lost || saved.fetched || !this.swap.store) return false;
-    if (!this.#reading.has(saved)) {
-      this.#reading.add(saved);
-      void this.swap.prefetch(saved, seq.position).then(() => {
-        this.#reading.delete(saved);
-        this.#kick();
-      });
-    }
+    // Started once per swap (prefetch sets saved.prefetched at once); its end wakes the pump.
+    if (!saved.prefetched) void this.swap.prefetch(saved, seq.position).then(() => this.#kick());
     return true;
   }
 

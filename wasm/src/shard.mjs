@@ -734,21 +734,7 @@ export class Shard {
     const { layers: L, kvHeads: nkv, headDim: hd } = this.spec;
     const out = new Uint8Array(2 * L * nkv * (end - start) * hd * this.kvEb);
     this.#ensureTable(table, end);
-    const mem = new Uint8Array(this.memory.buffer);
-    for (const { ptr, at, bytes, kRow } of this.#kvRuns(table, start, end - start)) {
-      if (kRow < 0) out.set(mem.subarray(ptr, ptr + bytes), at);
-      else {
-        this.#kPanels(
-          ptr,
-          kRow,
-          bytes,
-          (stage, n, off) => {
-            out.set(mem.subarray(stage, stage + n), at + off);
-          },
-          false,
-        );
-      }
-    }
+    this.#copyKv(table, start, end - start, out, false);
     return out;
   }
 
@@ -762,46 +748,41 @@ export class Shard {
    */
   importKv(bytes, table, start, n) {
     this.#ensureTable(table, start + n);
-    const mem = new Uint8Array(this.memory.buffer);
-    for (const { ptr, at, bytes: len, kRow } of this.#kvRuns(table, start, n)) {
-      if (kRow < 0) mem.set(bytes.subarray(at, at + len), ptr);
-      else {
-        this.#kPanels(
-          ptr,
-          kRow,
-          len,
-          (stage, m, off) => {
-            mem.set(bytes.subarray(at + off, at + off + m), stage);
-          },
-          true,
-        );
-      }
-    }
+    this.#copyKv(table, start, n, bytes, true);
   }
 
   /**
-   * K rows from `row` (`bytes` of position-major rows) of one head's block at byte `head`, in its
-   * panels (wasm/assembly/kv.ts), converted through the attention scratch (free outside a
-   * forward) in runs that fit there: `move(stage, n, off)` copies n bytes at `stage` out to (or, when
-   * `toPanels`, in from) the position-major bytes' offset `off`, after (before) kv_panel_rows.
-   * @param {number} head
-   * @param {number} row
-   * @param {number} bytes
-   * @param {(stage: number, n: number, off: number) => void} move
-   * @param {boolean} toPanels
+   * Positions [start, start + n) between the pool (through `table`) and `bytes` in exportKv's
+   * layout: into the pool when `toPool`, out of it otherwise. V runs are copied as they are; K
+   * runs go through the attention scratch (free outside a forward), converted between K's panels
+   * (wasm/assembly/kv.ts) and position-major rows by kv_panel_rows, as many rows a time as fit.
+   * @param {Int32Array} table
+   * @param {number} start
+   * @param {number} n
+   * @param {Uint8Array} bytes
+   * @param {boolean} toPool
    */
-  #kPanels(head, row, bytes, move, toPanels) {
-    const rowBytes = this.spec.headDim * this.kvEb;
+  #copyKv(table, start, n, bytes, toPool) {
+    const mem = new Uint8Array(this.memory.buffer);
+    const hd = this.spec.headDim;
+    const rowBytes = hd * this.kvEb;
     const most = Math.max(1, Math.floor(this.scratchBytes / rowBytes));
     const bf16 = this.kvEb === 2 ? 1 : 0;
-    for (let off = 0; off < bytes; ) {
-      const rows = Math.min(most, (bytes - off) / rowBytes);
-      const n = rows * rowBytes;
-      const r = row + off / rowBytes;
-      if (toPanels) move(this.scratch, n, off);
-      this.k.kv_panel_rows(head, r, rows, this.spec.headDim, bf16, this.scratch, toPanels ? 1 : 0);
-      if (!toPanels) move(this.scratch, n, off);
-      off += n;
+    const stage = this.scratch;
+    for (const { ptr, at, bytes: len, kRow } of this.#kvRuns(table, start, n)) {
+      if (kRow < 0) {
+        if (toPool) mem.set(bytes.subarray(at, at + len), ptr);
+        else bytes.set(mem.subarray(ptr, ptr + len), at);
+        continue;
+      }
+      for (let off = 0; off < len; ) {
+        const m = Math.min(most * rowBytes, len - off);
+        const row = kRow + off / rowBytes;
+        if (toPool) mem.set(bytes.subarray(at + off, at + off + m), stage);
+        this.k.kv_panel_rows(ptr, row, m / rowBytes, hd, bf16, stage, toPool ? 1 : 0);
+        if (!toPool) bytes.set(mem.subarray(stage, stage + m), at + off);
+        off += m;
+      }
     }
   }
 
@@ -835,7 +816,7 @@ export class Shard {
    * exportKv's layout walked run by run: for each layer, K then V, each local KV head, the runs of
    * positions [start, start + n) that lie in one block: `bytes` at `at` in the exported bytes; in
    * memory, a V run's rows are `bytes` at `ptr`, a K run's are rows kRow .. of the head's block at
-   * `ptr` (in panels: #kPanels), kRow -1 for V.
+   * `ptr` (in panels: #copyKv), kRow -1 for V.
    * @param {Int32Array} table
    * @param {number} start
    * @param {number} n
