@@ -1,5 +1,6 @@
 // `npm run bench -- batching [--clients 1,4,16,32] [--doc-tokens 8192] [--tokens 32] [--quick]
-//   [--max-seqs N[,M]] [--questions N] [--max-prefill-tokens N[,M]] [--staggered]`: many clients asking different questions about one document, against
+//   [--max-seqs N[,M]] [--questions N] [--max-prefill-tokens N[,M]] [--staggered]
+//   [--temperature T]`: many clients asking different questions about one document, against
 // `ultralong serve` over HTTP and against llama.cpp with as many parallel sequences, in one run
 // (issue 15, item 6).
 //
@@ -12,7 +13,8 @@
 // decode: the steady state, where prompt pieces share steps with decode tokens; `--staggered`:
 // question q's answer is at most tokens/2 + (7q mod (tokens/2 + 1)) tokens, so clients fall out of
 // step and new questions arrive mid-answer), C at a time (test/support/batching-load.ts: each client takes the next question when its answer
-// is complete), greedy, `--tokens` tokens at most (an end-of-generation token ends an answer early
+// is complete), greedy (`--temperature T`: sampled at T, question q with seed q on both sides, so
+// an answer is the same in every cell), `--tokens` tokens at most (an end-of-generation token ends an answer early
 // on both sides).
 //   ours:  `ultralong serve --runtime wasm --threads 2 --no-store` (a child process, as a user runs
 //          it), POST /v1/completions with the ids and stream: true, timed per token at the client.
@@ -85,6 +87,8 @@ interface Settings {
   maxPrefill: number[] | null;
   /** --staggered: answers of different lengths per question (maxTokensOf). */
   staggered: boolean;
+  /** --temperature: 0 (greedy, the default) or the sampling temperature of every question. */
+  temperature: number;
 }
 
 /** Question q's answer length: `tokens`, or with --staggered tokens/2 .. tokens, spread over q. */
@@ -101,6 +105,7 @@ const VALUE_OPTIONS = [
   "--max-seqs",
   "--questions",
   "--max-prefill-tokens",
+  "--temperature",
 ];
 
 function intList(name: string, text: string | undefined, min: number): number[] {
@@ -140,8 +145,15 @@ function parseSettings(args: string[]): Settings {
       `--questions: at least the most clients (${Math.max(...clients)}) and at most 1024, got ${questions}`,
     );
   }
+  const temperature = given.has("--temperature") ? Number(given.get("--temperature")) : 0;
+  if (!Number.isFinite(temperature) || temperature < 0 || temperature > 2) {
+    throw new InvalidInputError(
+      `--temperature takes a number in [0, 2], got '${given.get("--temperature")}'`,
+    );
+  }
   return {
     quick,
+    temperature,
     // 1 always runs: it is the unloaded figure and the answers asked alone.
     clients: [...new Set([1, ...clients])].sort((a, b) => a - b),
     docTokens: one("--doc-tokens", quick ? 256 : 8192, 2),
@@ -302,7 +314,10 @@ export default async function main(args: string[]): Promise<void> {
           oursRuns[i].set(
             clients,
             await runClients(clients, questions, (q) =>
-              streamCompletion(server, [...document, ...question(q)], maxTokensOf(s, q)),
+              streamCompletion(server, [...document, ...question(q)], maxTokensOf(s, q), {
+                temperature: s.temperature,
+                seed: q,
+              }),
             ),
           );
         }
@@ -312,7 +327,10 @@ export default async function main(args: string[]): Promise<void> {
         peerRuns.set(
           clients,
           await runClients(clients, questions, async (q, client) => {
-            const a = await p.ask(client, question(q), maxTokensOf(s, q));
+            const a = await p.ask(client, question(q), maxTokensOf(s, q), {
+              temperature: s.temperature,
+              seed: q,
+            });
             return { ...a, pieces: peerPieces(a.ids) };
           }),
         );
@@ -383,7 +401,9 @@ export default async function main(args: string[]): Promise<void> {
         staggered: s.staggered,
         questionsPerCell: questions,
         threads: THREADS,
-        greedy: true,
+        greedy: s.temperature === 0,
+        temperature: s.temperature,
+        seedOfQuestionQ: s.temperature === 0 ? null : "q",
       },
       ours: {
         runtime: "wasm",

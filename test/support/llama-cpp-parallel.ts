@@ -19,11 +19,16 @@ export interface ParallelLlama {
   /** Time to save sequence 0's state and load it into every other sequence. */
   documentCopyMs: number;
   /**
-   * Question `prompt` on sequence `seq` after the document: greedy, at most `maxTokens` tokens,
+   * Question `prompt` on sequence `seq` after the document: greedy (or `sampling`), at most `maxTokens` tokens,
    * ending early at an end-of-generation token as our server does. Never throws. `ids` are the
    * generated token ids; the caller makes the Answer's pieces from them.
    */
-  ask(seq: number, prompt: number[], maxTokens: number): Promise<Answer & { ids: number[] }>;
+  ask(
+    seq: number,
+    prompt: number[],
+    maxTokens: number,
+    sampling?: { temperature: number; seed?: number },
+  ): Promise<Answer & { ids: number[] }>;
   close(): Promise<void>;
 }
 
@@ -58,7 +63,7 @@ export async function openParallelLlama(
     context,
     documentPrefillMs: t1 - t0,
     documentCopyMs: t2 - t1,
-    async ask(seq, prompt, maxTokens) {
+    async ask(seq, prompt, maxTokens, sampling = { temperature: 0 }) {
       const s = seqs[seq];
       const answer = {
         startMs: performance.now(),
@@ -71,7 +76,7 @@ export async function openParallelLlama(
       try {
         if (s.nextTokenIndex > doc.length)
           await s.eraseContextTokenRanges([{ start: doc.length, end: s.nextTokenIndex }]);
-        for await (const t of s.evaluate(prompt as Token[], { temperature: 0 })) {
+        for await (const t of s.evaluate(prompt as Token[], sampling)) {
           answer.tokenMs.push(performance.now());
           answer.ids.push(t);
           if (answer.ids.length >= maxTokens) break;

@@ -72,6 +72,7 @@ export async function streamCompletion(
   server: BenchServer,
   prompt: number[],
   maxTokens: number,
+  sampling: { temperature: number; seed?: number } = { temperature: 0 },
 ): Promise<Answer> {
   const answer: Answer = {
     startMs: performance.now(),
@@ -84,7 +85,8 @@ export async function streamCompletion(
     model: server.modelId,
     prompt,
     max_tokens: maxTokens,
-    temperature: 0,
+    temperature: sampling.temperature,
+    ...(sampling.seed === undefined ? {} : { seed: sampling.seed }),
     stream: true,
   });
   try {
