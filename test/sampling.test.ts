@@ -122,12 +122,14 @@ describe("survivors", () => {
       { topK: 50, topP: 0.7 },
       { minP: 0.01, topK: 200, topP: 0.95 },
     ];
+    const rising = Float32Array.from({ length: 20_000 }, (_, i) => i / 1000);
     for (const [seed, spread] of [
       [1, 4],
       [2, 0.3],
       [3, 12],
+      [4, 0], // rising logits: every id enters top-k's heap, which hands over to the histogram
     ]) {
-      const scaled = randomLogits(20_000, seed, spread);
+      const scaled = spread === 0 ? rising : randomLogits(20_000, seed, spread);
       for (const o of combos) {
         const got = survivors(scaled, o);
         expect(new Set(got.ids), `${JSON.stringify(o)} spread ${spread}`).toEqual(
@@ -270,14 +272,44 @@ describe("Sampler", () => {
   });
 });
 
+describe("Sampler on rows with NaN, infinities and huge logits", () => {
+  it("always returns an id of the row; never NaN or -Infinity where another exists; +Infinity wins", () => {
+    const rng = createRng(17);
+    const specials = [Number.NaN, Number.NEGATIVE_INFINITY, Number.POSITIVE_INFINITY, 1e34, -1e34];
+    const temperatures = [5e-6, 1e-5, 0.5, 1, 2];
+    for (let trial = 0; trial < 3000; trial++) {
+      const n = 1 + Math.floor(rng() * 9);
+      const l = Float32Array.from({ length: n }, () =>
+        rng() < 0.3 ? specials[Math.floor(rng() * specials.length)] : rng() * 4,
+      );
+      const o: SamplingOptions = {
+        temperature: temperatures[Math.floor(rng() * temperatures.length)],
+        topK: [0, 1, 3, 2000][Math.floor(rng() * 4)],
+        topP: [1, 0.5, 0.99][Math.floor(rng() * 3)],
+        minP: [0, 0.1][Math.floor(rng() * 2)],
+        seed: trial,
+        logprobs: trial % 5 === 0 ? 2 : undefined,
+      };
+      const id = new Sampler(o, n).sample(l).id;
+      const what = `${JSON.stringify(o)} on ${Array.from(l)}: ${id}`;
+      expect(Number.isInteger(id) && id >= 0 && id < n, what).toBe(true);
+      const real = Array.from(l).some((x) => !Number.isNaN(x) && x > Number.NEGATIVE_INFINITY);
+      if (real) expect(Number.isNaN(l[id]) || l[id] === Number.NEGATIVE_INFINITY, what).toBe(false);
+      if (l.includes(Number.POSITIVE_INFINITY)) expect(l[id], what).toBe(Number.POSITIVE_INFINITY);
+    }
+  });
+});
+
 describe("argmax", () => {
-  // The plain scan it replaced: the lowest index of the largest value; NaN never wins except at 0.
+  // A plain scan: the lowest index of the largest value that is not NaN; 0 when all are NaN.
   const scan = (v: Float32Array) => {
-    let best = 0;
-    for (let i = 1; i < v.length; i++) if (v[i] > v[best]) best = i;
-    return best;
+    let best = -1;
+    for (let i = 0; i < v.length; i++) {
+      if (!Number.isNaN(v[i]) && (best < 0 || v[i] > v[best])) best = i;
+    }
+    return Math.max(best, 0);
   };
-  it("equals the plain scan on ties, NaN, -inf and every length up to 41", () => {
+  it("equals a plain scan on ties, NaN, -inf and every length up to 41", () => {
     const rng = createRng(11);
     const specials = [Number.NaN, Number.NEGATIVE_INFINITY, Number.POSITIVE_INFINITY, 0, 1];
     for (let n = 0; n <= 41; n++) {
@@ -368,6 +400,14 @@ describe("drawTempered (the plain temperature draw)", () => {
       }
     }
     expect(moved).toBeLessThanOrEqual(2);
+  });
+
+  it("takes the last id with weight when rounding carries the target past every sum", () => {
+    const rng = createRng(39);
+    const l = Float32Array.from({ length: 8200 }, (_, i) =>
+      i < 8192 ? -rng() : Number.NEGATIVE_INFINITY,
+    );
+    expect(drawTempered(l, 1, () => 1 - 2 ** -53, sums(l.length))).toBe(8191);
   });
 
   it("never draws NaN or -Infinity, and says where it cannot draw", () => {

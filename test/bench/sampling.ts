@@ -17,7 +17,7 @@
 // vocabulary) and "peaky" (sd 4: a few likely ids and a long tail, closer to a trained model).
 // Each setting's figure is the mean over `--reps` draws (default 200) after 50 unmeasured ones
 // (the textbook's: a tenth of them, at least 10, after 5). The repetition penalty applies to a
-// 512-id prompt on both sides.
+// 512-id prompt on both sides (ours also to the row's earlier outputs: a few ids more).
 // Prints one JSON object: per setting and shape, ours and the textbook's ms per token and
 // textbook / ours (> 1: ours is faster).
 
@@ -59,19 +59,29 @@ function textbook(raw: Float32Array, o: SamplingOptions, u: number, seen: number
   let z = 0;
   for (let i = 0; i < V; i++) z += p[i] = Math.exp(logits[i] / T - max);
   if (o.logprobs) {
-    // log-softmax of the raw logits and the top N, by a sort as HF's scores are.
+    // log-softmax of the raw logits and the top N by one pass of selection (as torch.topk).
     let rawMax = Number.NEGATIVE_INFINITY;
     for (let i = 0; i < V; i++) rawMax = Math.max(rawMax, logits[i]);
     let rawZ = 0;
     for (let i = 0; i < V; i++) rawZ += Math.exp(logits[i] - rawMax);
-    const order = Array.from({ length: V }, (_, i) => i).sort((a, b) => logits[b] - logits[a]);
-    sink += order[o.logprobs] + rawZ;
+    const top: number[] = [];
+    for (let i = 0; i < V; i++) {
+      if (top.length === o.logprobs && logits[i] <= logits[top[top.length - 1]]) continue;
+      top.push(i);
+      top.sort((a, b) => logits[b] - logits[a]);
+      if (top.length > o.logprobs) top.pop();
+    }
+    sink += top[0] + Math.log(rawZ);
   }
   let ids: number[] | null = null;
   if (o.topK || (o.topP ?? 1) < 1 || o.minP) {
     ids = Array.from({ length: V }, (_, i) => i).sort((a, b) => p[b] - p[a] || a - b);
     if (o.minP) ids = ids.filter((i) => p[i] >= (o.minP ?? 0));
-    if (o.topK) ids = ids.slice(0, o.topK);
+    if (o.topK && ids.length > o.topK) {
+      // Ties with the k-th are kept, as Hugging Face's top-k warper keeps them.
+      const kth = p[ids[o.topK - 1]];
+      ids = ids.filter((i, n) => n < o.topK! || p[i] === kth);
+    }
     if ((o.topP ?? 1) < 1) {
       let kept = 0;
       for (const i of ids) kept += p[i];
