@@ -103,6 +103,33 @@ describe("serve with continuous batching", () => {
     expect(stats().sequences).toBe(0);
   });
 
+  it("n choices of a new prompt compute it once: the others take its blocks", async () => {
+    // A document never asked about before (the words of DOC backwards): nothing cached.
+    const prompt = `${DOC.split(" ").reverse().join(" ")}\nQuestion: which item comes first?`;
+    const before = logs.length;
+    const res = await fetch(`${s.url}/v1/completions`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${KEYS.b}`, "content-type": "application/json" },
+      body: JSON.stringify({ model: "tiny", prompt, max_tokens: 4, temperature: 1, seed: 3, n: 3 }),
+    });
+    const body = await res.json();
+    expect(res.status, JSON.stringify(body)).toBe(200);
+    expect(body.choices).toHaveLength(3);
+    const rid = res.headers.get("x-request-id");
+    const cached = ["", ".1", ".2"]
+      .map((suffix) =>
+        logs.slice(before).find((l) => l.app === "model" && l.requestId === `${rid}${suffix}`),
+      )
+      .map((l) => l?.cachedTokens as number)
+      .sort((x, y) => x - y);
+    // One computed the prompt's chunks; the other two took its blocks.
+    const whole = Math.floor((body.usage.prompt_tokens - 1) / 32) * 32;
+    expect(whole).toBeGreaterThanOrEqual(128);
+    expect(cached[0]).toBe(0);
+    expect(cached[1]).toBeGreaterThanOrEqual(whole);
+    expect(stats().blocks.used).toBe(0);
+  });
+
   it("frees a disconnected client's sequence at once; the others finish correctly", async () => {
     const want = await Promise.all([10, 11, 12, 13].map((i) => ask("a", question(i))));
     const aborts = [10, 11, 12, 13].map(() => new AbortController());

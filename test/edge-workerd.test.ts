@@ -79,4 +79,35 @@ describe("edge in workerd", () => {
     });
     expect(bad.status).toBe(400);
   });
+
+  it("streams n choices through workerd as the Node edge answers them", async () => {
+    const body = (stream: boolean) =>
+      JSON.stringify({
+        model: "tiny",
+        prompt: "workerd chooses",
+        max_tokens: 4,
+        temperature: 1,
+        seed: 11,
+        n: 3,
+        stream,
+      });
+    const res = await fetch(`${worker.url}/v1/completions`, {
+      method: "POST",
+      headers,
+      body: body(true),
+    });
+    const text = ["", "", ""];
+    for await (const m of parseSse(res.body!)) {
+      if (m.data === "[DONE]") continue;
+      for (const c of JSON.parse(m.data).choices) text[c.index] += c.text;
+    }
+    const node = (await (
+      await fetch(`${edge.local.url}/v1/completions`, {
+        method: "POST",
+        headers,
+        body: body(false),
+      })
+    ).json()) as { choices: { text: string }[] };
+    expect(text).toEqual(node.choices.map((c) => c.text));
+  });
 });

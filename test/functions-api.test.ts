@@ -250,6 +250,96 @@ describe("openai client", () => {
     expect(usage?.prompt_tokens).toBe(ids.length);
   });
 
+  it("n choices: each the completion its own seed gives alone, the prompt counted once", async () => {
+    const ask = (n: number, seed: number) =>
+      client().completions.create({
+        model: "tiny",
+        prompt: "Once upon a time",
+        max_tokens: 6,
+        temperature: 1,
+        seed,
+        n,
+      });
+    const three = await ask(3, 40);
+    expect(three.choices.map((c) => c.index)).toEqual([0, 1, 2]);
+    const alone = await Promise.all([40, 41, 42].map((seed) => ask(1, seed)));
+    expect(three.choices.map((c) => c.text)).toEqual(alone.map((r) => r.choices[0].text));
+    expect(new Set(three.choices.map((c) => c.text)).size).toBeGreaterThan(1);
+    expect(three.usage?.prompt_tokens).toBe(alone[0].usage?.prompt_tokens);
+    expect(three.usage?.completion_tokens).toBe(
+      alone.reduce((n, r) => n + (r.usage?.completion_tokens ?? 0), 0),
+    );
+
+    // Chat, streamed: chunks carry their choice's index; each choice's text is its non-stream one.
+    const chat = {
+      model: "tiny",
+      messages: [{ role: "user" as const, content: "Tell me a story" }],
+      max_tokens: 5,
+      temperature: 1,
+      seed: 9,
+      n: 2,
+    };
+    const whole = await client().chat.completions.create(chat);
+    const stream = await client().chat.completions.create({
+      ...chat,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    const text = ["", ""];
+    const finishes: number[] = [];
+    let usage: OpenAI.CompletionUsage | undefined;
+    for await (const chunk of stream) {
+      for (const ch of chunk.choices) {
+        text[ch.index] += ch.delta.content ?? "";
+        if (ch.finish_reason) finishes.push(ch.index);
+      }
+      if (chunk.usage) usage = chunk.usage;
+    }
+    expect(text).toEqual(whole.choices.map((c) => c.message.content));
+    expect(finishes.sort()).toEqual([0, 1]);
+    expect(usage?.prompt_tokens).toBe(whole.usage?.prompt_tokens);
+    expect(usage?.completion_tokens).toBe(whole.usage?.completion_tokens);
+
+    // The reference runtime shares no blocks between sequences: what serves the other choices is
+    // what choice 0 left (its snapshot chunks), so they are sent once it has its first token. Sent
+    // with it, all three computed the prompt side by side (cached 0, 0 and 32).
+    const before = logs.length;
+    const long = `${"a long shared document ".repeat(12)}question`;
+    const r = await post("/v1/completions", { model: "tiny", prompt: long, max_tokens: 3, n: 3 });
+    expect(r.status).toBe(200);
+    const rid = r.headers.get("x-request-id");
+    const lines = logs.slice(before).filter((l) => l.app === "model");
+    const cached = ["", ".1", ".2"]
+      .map((suffix) => lines.find((l) => l.requestId === `${rid}${suffix}`)?.cachedTokens as number)
+      .sort((x, y) => x - y);
+    const prompt = (r.json as { usage: { prompt_tokens: number } }).usage.prompt_tokens;
+    expect(prompt).toBeGreaterThan(40);
+    expect(cached[1]).toBeGreaterThanOrEqual(prompt - 32);
+
+    // Choices count against the model function's queue as requests do: 16 exceed its 1 running +
+    // 8 waiting, so the request is refused whole, in OpenAI's shape, and nothing is left running.
+    const many = await post("/v1/completions", {
+      model: "tiny",
+      prompt: "hi",
+      max_tokens: 2,
+      n: 16,
+    });
+    expect(many.status).toBe(429);
+    expect(many.json.error?.type).toBeTruthy();
+    expect(
+      (await post("/v1/completions", { model: "tiny", prompt: "hi", max_tokens: 2 })).status,
+    ).toBe(200);
+
+    // The streamed text/plain route has no whole prompt to send n times.
+    const text1 = await fetch(`${s.url}/v1/completions/text?n=2&max_tokens=2`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${KEY_A}`, "content-type": "text/plain" },
+      body: "hello",
+    });
+    expect(text1.status).toBe(400);
+    expect(((await text1.json()) as { error: { param: string } }).error.param).toBe("n");
+  });
+
   it("lists the model; stop strings end the text", async () => {
     const models = await client().models.list();
     expect(models.data.map((m) => m.id)).toEqual(["tiny"]);
@@ -399,7 +489,8 @@ describe("bad input: 4xx in OpenAI's shape, the server carries on", () => {
       404,
       /file-nope/,
     ],
-    ["n > 1", "/v1/completions", { model: "tiny", prompt: "x", n: 2 }, 400, /n/],
+    ["n above 16", "/v1/completions", { model: "tiny", prompt: "x", n: 17 }, 400, /'n'.*16/],
+    ["n of 0", "/v1/completions", { model: "tiny", prompt: "x", n: 0 }, 400, /'n'/],
   ];
   for (const [name, path, body, status, message, headers] of cases) {
     it(name, async () => {

@@ -8,7 +8,12 @@ import { checkWellFormed } from "./body.ts";
 
 export type { ChatMessage };
 
+/** Most choices one request may ask for (`n`); each is a generation on the model function. */
+export const MAX_CHOICES = 16;
+
 export interface SamplingParams extends Sampling {
+  /** Choices to generate from the prompt (OpenAI's `n`), 1..MAX_CHOICES. */
+  n: number;
   /** null = not given: the tenant's max output tokens (bounded by context) applies. */
   maxTokens: number | null;
   stream: boolean;
@@ -74,8 +79,7 @@ export function requireModel(body: Json): string {
 }
 
 function sampling(body: Json, kind: "chat" | "completion"): SamplingParams {
-  const n = optNumber(body, "n", 1, 1, true);
-  if (n !== null && n !== 1) throw new ParamError("n", "only n = 1 is supported");
+  const n = optNumber(body, "n", 1, MAX_CHOICES, true) ?? 1;
   const maxTokens =
     optNumber(body, "max_completion_tokens", 1, 2 ** 31, true) ??
     optNumber(body, "max_tokens", 1, 2 ** 31, true);
@@ -119,6 +123,7 @@ function sampling(body: Json, kind: "chat" | "completion"): SamplingParams {
   }
   if (optBool(body, "echo")) throw new ParamError("echo", "'echo' is not supported");
   return {
+    n,
     maxTokens,
     temperature: optNumber(body, "temperature", 0, 2) ?? DEFAULT_TEMPERATURE,
     topP: optNumber(body, "top_p", Number.MIN_VALUE, 1) ?? 1,
@@ -176,7 +181,7 @@ export function parseQuerySampling(query: URLSearchParams): Json {
   const body: Json = {};
   for (const [k, v] of query) {
     if (["stream", "progress"].includes(k)) body[k] = v === "true" || v === "1";
-    else if (["max_tokens", "temperature", "top_p", "seed", "logprobs"].includes(k))
+    else if (["max_tokens", "temperature", "top_p", "seed", "logprobs", "n"].includes(k))
       body[k] = Number(v);
     else if (k === "stop") body.stop = [...((body.stop as string[]) ?? []), v];
     else body[k] = v;

@@ -45,45 +45,67 @@ export class Completion {
     logprobs: boolean,
     tokenText: TokenText,
   ): Record<string, unknown> {
-    const u = this.usage!;
-    const finish = u.finishReason === "length" ? "length" : "stop";
+    return completionJson(kind, ids, [this], this.usage!, logprobs, tokenText);
+  }
+
+  /** This choice of a response, at `index`. */
+  choiceJson(
+    kind: Kind,
+    index: number,
+    logprobs: boolean,
+    tokenText: TokenText,
+  ): Record<string, unknown> {
+    const finish = this.usage!.finishReason === "length" ? "length" : "stop";
     if (kind === "chat") {
       return {
-        id: ids.id,
-        object: "chat.completion",
-        created: ids.created,
-        model: ids.model,
-        system_fingerprint: null,
-        choices: [
-          {
-            index: 0,
-            message: { role: "assistant", content: this.text, refusal: null },
-            logprobs: logprobs
-              ? { content: this.tokens.map((t) => chatLogprob(t, tokenText)), refusal: null }
-              : null,
-            finish_reason: finish,
-          },
-        ],
-        usage: usageJson(u),
+        index,
+        message: { role: "assistant", content: this.text, refusal: null },
+        logprobs: logprobs
+          ? { content: this.tokens.map((t) => chatLogprob(t, tokenText)), refusal: null }
+          : null,
+        finish_reason: finish,
       };
     }
     return {
-      id: ids.id,
-      object: "text_completion",
-      created: ids.created,
-      model: ids.model,
-      system_fingerprint: null,
-      choices: [
-        {
-          index: 0,
-          text: this.text,
-          logprobs: logprobs ? completionLogprobs(this.tokens, 0, tokenText) : null,
-          finish_reason: finish,
-        },
-      ],
-      usage: usageJson(u),
+      index,
+      text: this.text,
+      logprobs: logprobs ? completionLogprobs(this.tokens, 0, tokenText) : null,
+      finish_reason: finish,
     };
   }
+}
+
+/** The non-stream response of `choices` (request field `n`), with their summed `usage`. */
+export function completionJson(
+  kind: Kind,
+  ids: ResponseIds,
+  choices: Completion[],
+  usage: UsageEvent,
+  logprobs: boolean,
+  tokenText: TokenText,
+): Record<string, unknown> {
+  return {
+    id: ids.id,
+    object: kind === "chat" ? "chat.completion" : "text_completion",
+    created: ids.created,
+    model: ids.model,
+    system_fingerprint: null,
+    choices: choices.map((c, i) => c.choiceJson(kind, i, logprobs, tokenText)),
+    usage: usageJson(usage),
+  };
+}
+
+/**
+ * The usage of a request's choices: the prompt (and its cached part) once, as OpenAI counts it,
+ * and every choice's completion tokens; the first choice's finish reason and prefill, the longest
+ * decode.
+ */
+export function totalUsage(us: UsageEvent[]): UsageEvent {
+  return {
+    ...us[0],
+    completionTokens: us.reduce((n, u) => n + u.completionTokens, 0),
+    decodeMs: Math.max(...us.map((u) => u.decodeMs)),
+  };
 }
 
 export function usageJson(u: UsageEvent): Record<string, unknown> {
@@ -125,6 +147,8 @@ export class ChunkWriter {
     readonly ids: ResponseIds,
     readonly logprobs: boolean,
     readonly tokenText: TokenText,
+    /** The choice's index (request field `n`). */
+    readonly index = 0,
   ) {}
 
   #base(choices: unknown[]): Record<string, unknown> {
@@ -146,20 +170,20 @@ export class ChunkWriter {
       const logprobs = this.logprobs
         ? { content: [chatLogprob(ev, this.tokenText)], refusal: null }
         : null;
-      return this.#base([{ index: 0, delta, logprobs, finish_reason: null }]);
+      return this.#base([{ index: this.index, delta, logprobs, finish_reason: null }]);
     }
     const logprobs = this.logprobs ? completionLogprobs([ev], this.#offset, this.tokenText) : null;
     this.#offset += ev.text.length;
-    return this.#base([{ index: 0, text: ev.text, logprobs, finish_reason: null }]);
+    return this.#base([{ index: this.index, text: ev.text, logprobs, finish_reason: null }]);
   }
 
   finish(u: UsageEvent): Record<string, unknown> {
     const finish = u.finishReason === "length" ? "length" : "stop";
     if (this.kind === "chat") {
       const delta: Record<string, unknown> = this.#first ? { role: "assistant", content: "" } : {};
-      return this.#base([{ index: 0, delta, logprobs: null, finish_reason: finish }]);
+      return this.#base([{ index: this.index, delta, logprobs: null, finish_reason: finish }]);
     }
-    return this.#base([{ index: 0, text: "", logprobs: null, finish_reason: finish }]);
+    return this.#base([{ index: this.index, text: "", logprobs: null, finish_reason: finish }]);
   }
 
   /** stream_options.include_usage: a last chunk with empty choices and the usage. */

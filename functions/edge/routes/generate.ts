@@ -5,8 +5,8 @@
 //   POST /v1/completions        JSON; prompt text or token ids
 //   POST /v1/completions/text   text/plain body = the prompt; sampling in the query string
 import { Hono } from "hono";
-import { UltralongError } from "../../../core/errors.ts";
-import { sseEvent, type UsageEvent } from "../../../core/protocol/events.ts";
+import { CancelledError, UltralongError } from "../../../core/errors.ts";
+import { type ModelEvent, sseEvent, type UsageEvent } from "../../../core/protocol/events.ts";
 import type { GenerateHeader } from "../../../core/protocol/header.ts";
 import {
   describeError,
@@ -32,7 +32,75 @@ import {
   parseQuerySampling,
   type SamplingParams,
 } from "../openai-request.ts";
-import { ChunkWriter, Completion, type Kind } from "../openai-response.ts";
+import {
+  ChunkWriter,
+  Completion,
+  completionJson,
+  type Kind,
+  totalUsage,
+} from "../openai-response.ts";
+
+type Event = Exclude<ModelEvent, { event: "error" }>;
+
+/**
+ * The events of a request's `n` choices, each with its index, as they come. `first` is choice 0's
+ * (sent, and taken by the model function); `start(i)` sends choice i's. The others are sent once
+ * choice 0 has its first token, when the model function holds the prompt's KV for the tenant: as
+ * named blocks on a batched runtime, as the held prompt or its snapshots on one that runs a
+ * sequence at a time. Sent together, the latter would compute the prompt n times side by side.
+ * `stop()` cancels whatever still runs, when the consumer stops or a choice fails (the first
+ * failure is thrown; a choice the model function refuses, 429 included, is one).
+ */
+async function* choiceEvents(
+  first: AsyncGenerator<Event>,
+  n: number,
+  start: (i: number) => Promise<AsyncGenerator<Event>>,
+  stop: () => void,
+): AsyncGenerator<{ index: number; ev: Event }> {
+  if (n === 1) {
+    for await (const ev of first) yield { index: 0, ev };
+    return;
+  }
+  type Item = { index: number; ev?: Event; end?: true; error?: unknown };
+  const items: Item[] = [];
+  let wake: (() => void) | null = null;
+  const push = (item: Item) => {
+    items.push(item);
+    wake?.();
+    wake = null;
+  };
+  let others = false;
+  const startOthers = () => {
+    if (others) return;
+    others = true;
+    for (let i = 1; i < n; i++) void pump(i, () => start(i));
+  };
+  const pump = async (index: number, open: () => Promise<AsyncGenerator<Event>>) => {
+    try {
+      for await (const ev of await open()) {
+        push({ index, ev });
+        if (ev.event !== "progress") startOthers();
+      }
+      push({ index, end: true });
+    } catch (error) {
+      push({ index, error: error ?? new Error("a choice failed") });
+    }
+  };
+  void pump(0, async () => first);
+  try {
+    for (let ended = 0; ended < n; ) {
+      while (items.length === 0) await new Promise<void>((resolve) => (wake = resolve));
+      const item = items.shift()!;
+      if (item.error !== undefined) throw item.error;
+      if (item.end) {
+        ended++;
+        startOthers();
+      } else yield { index: item.index, ev: item.ev! };
+    }
+  } finally {
+    stop();
+  }
+}
 
 export function generateRoutes(deps: EdgeDeps): Hono<EdgeEnv> {
   const { text, metrics, clock } = deps;
@@ -96,6 +164,9 @@ export function generateRoutes(deps: EdgeDeps): Hono<EdgeEnv> {
     const q = parseQuerySampling(new URL(c.req.url).searchParams);
     const req = parseCompletionRequest({ ...q, model: q.model ?? deps.modelId, prompt: "" });
     prompts.checkModel(req.model);
+    if (req.n !== 1) {
+      throw new ParamError("n", "n > 1 needs the prompt in a JSON body (POST /v1/completions)");
+    }
     return generate(c, "completion", req, uploadedPrompt(c.req.raw, c.get("tenant")));
   });
 
@@ -158,6 +229,9 @@ export function generateRoutes(deps: EdgeDeps): Hono<EdgeEnv> {
     const tenant = c.get("tenant");
     const log = c.get("log");
     const known = prompt instanceof Int32Array ? prompt.length : null;
+    if (p.n > 1 && !(prompt instanceof Int32Array)) {
+      throw new ParamError("n", "n > 1 needs the whole prompt before generation starts");
+    }
     let promptError: unknown = null;
     let promptEnded = prompt instanceof Int32Array;
     const source: AsyncIterable<Int32Array> | Iterable<Int32Array> =
@@ -210,28 +284,56 @@ export function generateRoutes(deps: EdgeDeps): Hono<EdgeEnv> {
       metrics.inc("ul_edge_cached_tokens_total", {}, u.cachedTokens);
       Object.assign(log, usageLogFields(u));
     };
-    const events = await generateRemote(deps.client, header, source, abort.signal).catch(
+    // n > 1 (ids only): every choice's request is cancelled with the client, or when one fails.
+    const choices = new AbortController();
+    const cancelChoices = () => choices.abort(abort.signal.reason);
+    if (abort.signal.aborted) cancelChoices();
+    else if (p.n > 1) abort.signal.addEventListener("abort", cancelChoices, { once: true });
+    const signal = p.n === 1 ? abort.signal : choices.signal;
+    const choiceHeader = (i: number): GenerateHeader => {
+      if (i === 0) return header;
+      const seed = p.seed === null ? null : p.seed + i;
+      return {
+        ...header,
+        requestId: `${header.requestId}.${i}`,
+        // Distinct seeds, so the choices differ; past the safe range they count down instead.
+        seed: seed === null || Number.isSafeInteger(seed) ? seed : p.seed! - i,
+      };
+    };
+    const first = await generateRemote(deps.client, header, source, signal).catch(
       (err: unknown) => {
         client.release();
         return rethrow(err);
       },
     );
+    const events = choiceEvents(
+      first,
+      p.n,
+      (i) => generateRemote(deps.client, choiceHeader(i), [prompt as Int32Array], signal),
+      () => {
+        abort.signal.removeEventListener("abort", cancelChoices);
+        choices.abort(new CancelledError("the request's other choices ended"));
+      },
+    );
 
     if (!p.stream) {
-      const done = new Completion();
+      const done = Array.from({ length: p.n }, () => new Completion());
       try {
-        for await (const ev of events) {
-          if (ev.event === "token") done.add(ev.data);
-          else if (ev.event === "usage") done.usage = ev.data;
+        for await (const { index, ev } of events) {
+          if (ev.event === "token") done[index].add(ev.data);
+          else if (ev.event === "usage") done[index].usage = ev.data;
         }
       } catch (err) {
         rethrow(err);
       } finally {
         client.release();
       }
-      if (!done.usage) rethrow(new UpstreamError("the model function ended without usage"));
-      account(done.usage!);
-      return c.json(done.toJson(kind, ids, p.logprobs, tokenText));
+      if (done.some((d) => !d.usage)) {
+        rethrow(new UpstreamError("the model function ended without usage"));
+      }
+      const usage = totalUsage(done.map((d) => d.usage!));
+      account(usage);
+      return c.json(completionJson(kind, ids, done, usage, p.logprobs, tokenText));
     }
 
     // Streaming: the response is committed (200); later errors become an `error` data chunk, and
@@ -240,21 +342,33 @@ export function generateRoutes(deps: EdgeDeps): Hono<EdgeEnv> {
     const started = clock();
     const route = c.req.routePath;
     const requestId = c.get("requestId");
-    const writer = new ChunkWriter(kind, ids, p.logprobs, tokenText);
+    const writers = Array.from(
+      { length: p.n },
+      (_, i) => new ChunkWriter(kind, ids, p.logprobs, tokenText, i),
+    );
     return sseResponse({
       abort,
       keepAliveMs: deps.keepAliveMs,
       headers: { "x-request-id": requestId },
       async run(send) {
-        for await (const ev of events) {
+        const usages: UsageEvent[] = [];
+        for await (const { index, ev } of events) {
+          const writer = writers[index];
           if (ev.event === "token") send(sseEvent(null, writer.token(ev.data)));
-          else if (ev.event === "progress") send(sseEvent(null, writer.progress(ev.data)));
-          else if (ev.event === "usage") {
-            account(ev.data);
+          else if (ev.event === "progress") {
+            // Choice 0's, for the prompt's prefill (the others share its chunks).
+            if (index === 0) send(sseEvent(null, writer.progress(ev.data)));
+          } else if (ev.event === "usage") {
+            usages[index] = ev.data;
             send(sseEvent(null, writer.finish(ev.data)));
-            if (p.includeUsage) send(sseEvent(null, writer.usage(ev.data)));
           }
         }
+        if (usages.filter(Boolean).length < p.n) {
+          throw new UpstreamError("the model function ended without usage");
+        }
+        const usage = totalUsage(usages);
+        account(usage);
+        if (p.includeUsage) send(sseEvent(null, writers[0].usage(usage)));
         send(sseEvent(null, "[DONE]"));
       },
       fail(err) {
