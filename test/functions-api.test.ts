@@ -316,19 +316,24 @@ describe("openai client", () => {
     expect(prompt).toBeGreaterThan(40);
     expect(cached[1]).toBeGreaterThanOrEqual(prompt - 32);
 
-    // Choices count against the model function's queue as requests do: 16 exceed its 1 running +
-    // 8 waiting, so the request is refused whole, in OpenAI's shape, and nothing is left running.
-    const many = await post("/v1/completions", {
+    // More choices than the model function has places for (1 running + 8 waiting here): those it
+    // refuses for now (429) are asked again after its Retry-After, so all 16 are answered. The
+    // key's 64 output tokens are a request's, all choices together: 4 each by default, and a
+    // max_tokens that would exceed them in all is refused.
+    const many = await post("/v1/completions", { model: "tiny", prompt: "hi", n: 16 });
+    expect(many.status, JSON.stringify(many.json)).toBe(200);
+    const manyChoices = (many.json as unknown as { choices: { index: number }[] }).choices;
+    expect(manyChoices.map((c) => c.index)).toEqual([...Array(16).keys()]);
+    const manyUsage = (many.json as unknown as { usage: { completion_tokens: number } }).usage;
+    expect(manyUsage.completion_tokens).toBeLessThanOrEqual(64);
+    const over = await post("/v1/completions", {
       model: "tiny",
       prompt: "hi",
-      max_tokens: 2,
-      n: 16,
+      n: 4,
+      max_tokens: 20,
     });
-    expect(many.status).toBe(429);
-    expect(many.json.error?.type).toBeTruthy();
-    expect(
-      (await post("/v1/completions", { model: "tiny", prompt: "hi", max_tokens: 2 })).status,
-    ).toBe(200);
+    expect(over.status).toBe(400);
+    expect(over.json.error?.message).toMatch(/n = 4 choices.*64/);
 
     // The streamed text/plain route has no whole prompt to send n times.
     const text1 = await fetch(`${s.url}/v1/completions/text?n=2&max_tokens=2`, {

@@ -5,13 +5,14 @@
 //   POST /v1/completions        JSON; prompt text or token ids
 //   POST /v1/completions/text   text/plain body = the prompt; sampling in the query string
 import { Hono } from "hono";
-import { CancelledError, UltralongError } from "../../../core/errors.ts";
+import { BusyError, CancelledError, UltralongError } from "../../../core/errors.ts";
 import { type ModelEvent, sseEvent, type UsageEvent } from "../../../core/protocol/events.ts";
 import type { GenerateHeader } from "../../../core/protocol/header.ts";
 import {
   describeError,
   IncompleteBodyError,
   ParamError,
+  RateLimitError,
   UpstreamError,
 } from "../../http/http-errors.ts";
 import { usageLogFields } from "../../http/request-log.ts";
@@ -41,6 +42,21 @@ import {
 } from "../openai-response.ts";
 
 type Event = Exclude<ModelEvent, { event: "error" }>;
+
+/** Resolves after `ms`, or rejects with the signal's reason when it fires first. */
+function waitOrAbort(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal.reason);
+    };
+    const timer = setTimeout(() => {
+      signal.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
+}
 
 /**
  * The events of a request's `n` choices, each with its index, as they come. `first` is choice 0's
@@ -107,16 +123,28 @@ export function generateRoutes(deps: EdgeDeps): Hono<EdgeEnv> {
   const prompts = new Prompts(deps);
   const app = new Hono<EdgeEnv>();
 
-  /** max_tokens checked against the tenant and the context; defaults to what fits. */
+  /**
+   * max_tokens (of each choice) checked against the tenant, whose limit is on a request's
+   * generated tokens, all choices together, and against the context; defaults to what fits.
+   */
   function outputBudget(tenant: Tenant, p: SamplingParams, promptTokens: number | null): number {
-    if (p.maxTokens !== null && p.maxTokens > tenant.maxOutputTokens) {
+    if (p.maxTokens !== null && p.maxTokens * p.n > tenant.maxOutputTokens) {
       throw new ParamError(
         "max_tokens",
-        `max_tokens is ${p.maxTokens}; this key allows at most ${tenant.maxOutputTokens}`,
+        p.n === 1
+          ? `max_tokens is ${p.maxTokens}; this key allows at most ${tenant.maxOutputTokens}`
+          : `max_tokens is ${p.maxTokens} for each of n = ${p.n} choices; this key allows at most ${tenant.maxOutputTokens} generated tokens a request`,
+      );
+    }
+    const share = Math.floor(tenant.maxOutputTokens / p.n);
+    if (share === 0) {
+      throw new ParamError(
+        "n",
+        `n is ${p.n}; this key allows at most ${tenant.maxOutputTokens} generated tokens a request`,
       );
     }
     const room = deps.maxContext - (promptTokens ?? 0);
-    return Math.max(0, Math.min(p.maxTokens ?? tenant.maxOutputTokens, room));
+    return Math.max(0, Math.min(p.maxTokens ?? share, room));
   }
 
   function checkPromptLength(tenant: Tenant, n: number, maxTokens: number | null) {
@@ -306,15 +334,27 @@ export function generateRoutes(deps: EdgeDeps): Hono<EdgeEnv> {
         return rethrow(err);
       },
     );
-    const events = choiceEvents(
-      first,
-      p.n,
-      (i) => generateRemote(deps.client, choiceHeader(i), [prompt as Int32Array], signal),
-      () => {
-        abort.signal.removeEventListener("abort", cancelChoices);
-        choices.abort(new CancelledError("the request's other choices ended"));
-      },
-    );
+    /**
+     * Choice i's request. A model function without room for it now (its queue full: 429; short of
+     * memory: 503 with a retry-after) is asked again after the wait it names, until the request
+     * ends: the choices then run as places free up.
+     */
+    const openChoice = async (i: number) => {
+      for (;;) {
+        try {
+          return await generateRemote(deps.client, choiceHeader(i), [prompt as Int32Array], signal);
+        } catch (err) {
+          if (!(err instanceof RateLimitError || err instanceof BusyError) || signal.aborted) {
+            throw err;
+          }
+          await waitOrAbort(err.retryAfterS * 1000, signal);
+        }
+      }
+    };
+    const events = choiceEvents(first, p.n, openChoice, () => {
+      abort.signal.removeEventListener("abort", cancelChoices);
+      choices.abort(new CancelledError("the request's other choices ended"));
+    });
 
     if (!p.stream) {
       const done = Array.from({ length: p.n }, () => new Completion());
@@ -359,16 +399,16 @@ export function generateRoutes(deps: EdgeDeps): Hono<EdgeEnv> {
             // Choice 0's, for the prompt's prefill (the others share its chunks).
             if (index === 0) send(sseEvent(null, writer.progress(ev.data)));
           } else if (ev.event === "usage") {
-            usages[index] = ev.data;
             send(sseEvent(null, writer.finish(ev.data)));
+            usages[index] = ev.data;
+            // The request's usage once the last choice has its own.
+            if (usages.filter(Boolean).length === p.n) {
+              const usage = totalUsage(usages);
+              account(usage);
+              if (p.includeUsage) send(sseEvent(null, writers[0].usage(usage)));
+            }
           }
         }
-        if (usages.filter(Boolean).length < p.n) {
-          throw new UpstreamError("the model function ended without usage");
-        }
-        const usage = totalUsage(usages);
-        account(usage);
-        if (p.includeUsage) send(sseEvent(null, writers[0].usage(usage)));
         send(sseEvent(null, "[DONE]"));
       },
       fail(err) {
