@@ -34,11 +34,16 @@ interface Figures {
 }
 
 describe("npm run bench -- batching", () => {
-  it("refuses an unknown argument, a bad count and --max-seqs serve does not have, in one line", async () => {
+  it("refuses an unknown argument, a bad count or temperature and --max-seqs serve does not have, in one line", async () => {
     const unknown = await bench(["--quick", "--bogus"]);
     expect(unknown.status).toBe(2);
     expect(unknown.stderr.trim()).toBe(
-      "npm run bench -- batching: unknown argument '--bogus' (--quick, --staggered, --clients, --doc-tokens, --tokens, --max-seqs, --questions, --max-prefill-tokens)",
+      "npm run bench -- batching: unknown argument '--bogus' (--quick, --staggered, --clients, --doc-tokens, --tokens, --max-seqs, --questions, --max-prefill-tokens, --temperature)",
+    );
+    const hot = await bench(["--quick", "--temperature", "3"]);
+    expect(hot.status).toBe(2);
+    expect(hot.stderr.trim()).toBe(
+      "npm run bench -- batching: --temperature takes a number in [0, 2], got '3'",
     );
     const zero = await bench(["--clients", "4,0"]);
     expect(zero.status).toBe(2);
