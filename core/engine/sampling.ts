@@ -599,8 +599,9 @@ function drawWeight(max: number, logit: number, invT: number, minWeight: number)
  * with 16 sequences (issue 15's model), 6 of 16 seeded answers then differed from the same
  * question asked alone, against none with continuous weights.
  *
- * `blockSums` holds ceil(vocab / DRAW_BLOCK) values. Returns -1 where it cannot draw (no finite
- * max, or a temperature whose inverse overflows); the caller then draws by `survivors`.
+ * `blockSums` holds ceil(vocab / DRAW_BLOCK) values. Returns -1 where it cannot draw (a +Infinity
+ * logit, none that is a number, or a temperature whose inverse overflows); the Sampler then takes
+ * the greedy limit.
  */
 export function drawTempered(
   logits: Float32Array,
