@@ -137,7 +137,7 @@ export function generateRoutes(deps: EdgeDeps): Hono<EdgeEnv> {
       );
     }
     const share = Math.floor(tenant.maxOutputTokens / p.n);
-    if (share === 0) {
+    if (p.n > 1 && share === 0) {
       throw new ParamError(
         "n",
         `n is ${p.n}; this key allows at most ${tenant.maxOutputTokens} generated tokens a request`,
@@ -192,9 +192,6 @@ export function generateRoutes(deps: EdgeDeps): Hono<EdgeEnv> {
     const q = parseQuerySampling(new URL(c.req.url).searchParams);
     const req = parseCompletionRequest({ ...q, model: q.model ?? deps.modelId, prompt: "" });
     prompts.checkModel(req.model);
-    if (req.n !== 1) {
-      throw new ParamError("n", "n > 1 needs the prompt in a JSON body (POST /v1/completions)");
-    }
     return generate(c, "completion", req, uploadedPrompt(c.req.raw, c.get("tenant")));
   });
 
@@ -258,7 +255,8 @@ export function generateRoutes(deps: EdgeDeps): Hono<EdgeEnv> {
     const log = c.get("log");
     const known = prompt instanceof Int32Array ? prompt.length : null;
     if (p.n > 1 && !(prompt instanceof Int32Array)) {
-      throw new ParamError("n", "n > 1 needs the whole prompt before generation starts");
+      // Each choice sends the prompt again: a streamed upload (POST /v1/completions/text) is read once.
+      throw new ParamError("n", "n > 1 needs the prompt in a JSON body (POST /v1/completions)");
     }
     let promptError: unknown = null;
     let promptEnded = prompt instanceof Int32Array;
