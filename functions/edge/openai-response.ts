@@ -39,15 +39,6 @@ export class Completion {
     this.tokens.push(ev);
   }
 
-  toJson(
-    kind: Kind,
-    ids: ResponseIds,
-    logprobs: boolean,
-    tokenText: TokenText,
-  ): Record<string, unknown> {
-    return completionJson(kind, ids, [this], this.usage!, logprobs, tokenText);
-  }
-
   /** This choice of a response, at `index`. */
   choiceJson(
     kind: Kind,
